@@ -1,0 +1,111 @@
+"""The label job's configuration: one frozen dataclass, validated at construction.
+
+A YAML config file and command-line flags say the same things (same names, dashes or
+underscores); flags win.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .decode import DEFAULT_MAX_PIXELS
+from .errors import UsageError
+from .inference import DEVICES, PRECISIONS
+from .models import model_spec
+from .schema import EMBEDDING_DTYPES
+from .writer import MODES
+
+
+def _one_of(name: str, value: str, valid) -> None:
+    if value not in valid:
+        raise UsageError(f"invalid {name} {value!r}; valid: {', '.join(valid)}")
+
+
+def _positive(name: str, value: int, allow_zero: bool = False) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < (0 if allow_zero else 1):
+        raise UsageError(f"{name} must be an integer >= {0 if allow_zero else 1}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    inputs: tuple[str, ...]
+    output: str
+    model: str = "resnet50"
+    weights: str = "DEFAULT"
+    preprocess: str | None = None  # torchvision weights whose transforms() a checkpoint uses
+    batch_size: int = 0  # 0 = per device: 256 on GPU, 32 on CPU
+    top_k: int = 5
+    embeddings: bool = True
+    embedding_dtype: str = "float32"
+    device: str = "auto"
+    precision: str = "auto"
+    mode: str = "error"
+    address: str | None = None
+    path_column: str = "path"
+    rows_per_file: int = 10_000
+    num_workers: int = 0  # model actors; 0 = one per GPU, or one per CPU node
+    threads_per_worker: int = 0  # torch threads per CPU actor; 0 = the node's CPUs
+    io_threads: int = 0  # file-fetch threads per decode task; 0 = 1 local, 16 remote
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    compile: bool = False
+
+    def __post_init__(self):
+        if not self.inputs:
+            raise UsageError("give at least one INPUT (directory, file, glob, URI or manifest)")
+        if not self.output:
+            raise UsageError("--output is required")
+        model_spec(self.model)
+        _one_of("--embedding-dtype", self.embedding_dtype, EMBEDDING_DTYPES)
+        _one_of("--device", self.device, DEVICES)
+        _one_of("--precision", self.precision, PRECISIONS)
+        _one_of("--mode", self.mode, MODES)
+        _positive("--batch-size", self.batch_size, allow_zero=True)
+        _positive("--top-k", self.top_k, allow_zero=True)
+        if self.top_k > 1000:
+            raise UsageError(f"--top-k must be at most 1000, got {self.top_k}")
+        _positive("--rows-per-file", self.rows_per_file)
+        _positive("--num-workers", self.num_workers, allow_zero=True)
+        _positive("--threads-per-worker", self.threads_per_worker, allow_zero=True)
+        _positive("--io-threads", self.io_threads, allow_zero=True)
+        _positive("--max-pixels", self.max_pixels)
+        if not self.embeddings and self.top_k == 0:
+            raise UsageError("--top-k 0 with --no-embeddings leaves nothing to compute")
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_sources(cls, file_values: dict, flag_values: dict) -> "LabelConfig":
+        """Merge a config file's values with flags (flags win; None means 'not given')."""
+        merged: dict = {}
+        for source, values in (("config file", file_values), ("flags", flag_values)):
+            for key, value in values.items():
+                name = key.replace("-", "_")
+                if name not in cls.field_names():
+                    raise UsageError(f"unknown {source} key {key!r}; valid: {', '.join(sorted(cls.field_names()))}")
+                if value is not None:
+                    merged[name] = value
+        if isinstance(merged.get("inputs"), str):
+            merged["inputs"] = [merged["inputs"]]
+        merged["inputs"] = tuple(merged.get("inputs") or ())
+        merged.setdefault("output", "")
+        return cls(**merged)
+
+
+def load_config_file(path: str) -> dict:
+    import yaml
+
+    from .storage import read_bytes_or_raise
+
+    try:
+        values = yaml.safe_load(read_bytes_or_raise(path)) or {}
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} not found") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"config file {path} must hold a mapping of option names to values")
+    return values
+

@@ -1,0 +1,161 @@
+"""Read and decode stage: path -> RGB -> resized, center-cropped uint8 CHW tensor.
+
+The geometry is exactly torchvision's `ImageClassification` preset on a PIL image (PIL
+resize, then center crop); only the float conversion and normalisation are left to the
+model stage, so batches travel between processes as uint8 (4x smaller than float32).
+Every input yields one output row; failures become an `error` string "category: detail".
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as F
+
+from .models import Preprocessing
+from .storage import read_bytes_or_raise
+
+DEFAULT_MAX_PIXELS = 100_000_000  # ~10k x 10k; larger inputs are refused before decoding
+
+# A truncated file must fail loudly, never decode into grey padding.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageError(Exception):
+    """A per-image failure; `category` is the stable reason prefix in the `error` column."""
+
+    def __init__(self, category: str, detail: str):
+        super().__init__(f"{category}: {detail}")
+        self.category = category
+
+
+def read_image_bytes(uri: str) -> bytes:
+    try:
+        data = read_bytes_or_raise(uri)
+    except FileNotFoundError:
+        raise ImageError("not_found", "no such file") from None
+    except IsADirectoryError:
+        raise ImageError("read_error", "is a directory") from None
+    except PermissionError:
+        raise ImageError("read_error", "permission denied") from None
+    except OSError as exc:
+        raise ImageError("read_error", _short(exc)) from None
+    if not data:
+        raise ImageError("empty_file", "file has 0 bytes")
+    return data
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:limit]
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB, the way users' reference loaders do."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit (or 32-bit int) grayscale: scale the full range to 8 bits instead of clipping.
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr = np.clip(np.rint(arr * (255.0 / peak)), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # palette transparency must go through RGBA to be dropped cleanly
+    return img.convert("RGB")
+
+
+def decode_rgb(data: bytes, max_pixels: int) -> Image.Image:
+    """Bytes -> RGB image with EXIF orientation applied; checks size before allocating."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError("too_large", _short(exc)) from None
+    except UnidentifiedImageError:
+        raise ImageError("decode_error", "not a recognised image format") from None
+    except Exception as exc:
+        raise ImageError("decode_error", _short(exc)) from None
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageError("too_large", f"{width}x{height} pixels exceeds the limit of {max_pixels}")
+    if width == 0 or height == 0:
+        raise ImageError("decode_error", f"empty image {width}x{height}")
+    try:
+        img.seek(0)  # first frame of animations and multi-page files
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return to_rgb(img)
+    except Exception as exc:
+        raise ImageError("decode_error", _short(exc)) from None
+
+
+def preprocess(img: Image.Image, prep: Preprocessing) -> np.ndarray:
+    """Resize and center-crop exactly as torchvision's preset does; returns uint8 (3, H, W)."""
+    interpolation = InterpolationMode(prep.interpolation)
+    img = F.resize(img, [prep.resize_size], interpolation=interpolation, antialias=True)
+    img = F.center_crop(img, [prep.crop_size])
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    pixels: np.ndarray | None
+    width: int | None
+    height: int | None
+    error: str | None
+
+
+def load_one(uri: str, prep: Preprocessing, max_pixels: int) -> DecodedImage:
+    width = height = None
+    try:
+        data = read_image_bytes(uri)
+        img = decode_rgb(data, max_pixels)
+        width, height = img.size
+        return DecodedImage(preprocess(img, prep), width, height, None)
+    except ImageError as exc:
+        return DecodedImage(None, width, height, str(exc))
+    except MemoryError:
+        return DecodedImage(None, width, height, "too_large: out of memory while decoding")
+    except Exception as exc:  # a decoder bug must cost one row, not the job
+        return DecodedImage(None, width, height, f"decode_error: {type(exc).__name__}: {_short(exc)}")
+
+
+class DecodeStage:
+    """Batch callable: {"path": [...], ...} -> adds image, width, height, error.
+
+    Files are fetched and decoded on a small thread pool: reads are I/O bound and
+    Pillow's decoders release the GIL, so a few threads keep one task's core busy.
+    """
+
+    def __init__(self, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS, io_threads: int = 4):
+        self.prep = prep
+        self.max_pixels = max_pixels
+        self.io_threads = io_threads
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        paths = [str(p) for p in batch["path"]]
+        if self.io_threads > 1 and len(paths) > 1:
+            with ThreadPoolExecutor(min(self.io_threads, len(paths))) as pool:
+                decoded = list(pool.map(lambda p: load_one(p, self.prep, self.max_pixels), paths))
+        else:
+            decoded = [load_one(p, self.prep, self.max_pixels) for p in paths]
+        size = self.prep.crop_size
+        images = np.zeros((len(paths), 3, size, size), dtype=np.uint8)
+        for i, d in enumerate(decoded):
+            if d.pixels is not None:
+                images[i] = d.pixels
+        out = dict(batch)
+        out["image"] = images
+        out["width"] = np.array([d.width if d.width is not None else -1 for d in decoded], dtype=np.int32)
+        out["height"] = np.array([d.height if d.height is not None else -1 for d in decoded], dtype=np.int32)
+        # "" = no error: an all-None object column would not survive Arrow conversion as strings.
+        out["error"] = np.array([d.error or "" for d in decoded], dtype=object)
+        return out

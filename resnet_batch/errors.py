@@ -1,0 +1,9 @@
+"""Exceptions that carry a one-line message meant for the user."""
+
+
+class UsageError(ValueError):
+    """A bad argument or configuration; the CLI prints it as one line and exits 2."""
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Weights could not be fetched or loaded; the message says how to fix it."""

@@ -1,0 +1,137 @@
+"""Model stage: uint8 image batches -> top-k labels and pooled embeddings, one forward pass.
+
+Normalisation happens here, on the model's device, so only uint8 crosses process and
+PCIe boundaries. A batch that runs out of GPU memory is split in halves and retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from .models import ResolvedWeights, build_model, forward_features
+from .schema import build_table
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 instructions (AVX512-BF16 or AMX), where bf16 is fast."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was requested but this worker has no usable CUDA GPU")
+    return device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    if precision != "auto":
+        return precision
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    weights: ResolvedWeights
+    top_k: int = 5
+    embeddings: bool = True
+    embedding_dtype: str = "float32"
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int = 0  # torch intra-op threads on CPU; 0 = the CPUs Ray granted this actor
+    channels_last: bool = True
+    compile: bool = False
+
+
+class Predictor:
+    """Actor-pool callable holding one model replica."""
+
+    def __init__(self, settings: InferenceSettings, schema: pa.Schema):
+        self.settings = settings
+        self.schema = schema
+        self.device = torch.device(resolve_device(settings.device))
+        self.precision = resolve_precision(settings.precision, self.device.type)
+        if self.device.type == "cpu":
+            threads = settings.threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count()
+            torch.set_num_threads(max(1, threads))
+        else:
+            torch.backends.cudnn.benchmark = True
+        model = build_model(settings.weights).to(self.device)
+        if settings.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.forward = torch.compile(self._forward_raw) if settings.compile else self._forward_raw
+        prep = settings.weights.preprocessing
+        self.mean = torch.tensor(prep.mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(prep.std, device=self.device).view(1, 3, 1, 1)
+        self.categories = settings.weights.categories
+        log.info("model %s on %s, precision %s", settings.weights.model, self.device, self.precision)
+
+    def _forward_raw(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Same ops as torchvision's preset: convert_image_dtype (x/255), then normalize.
+        x = images.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
+        if self.settings.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = AUTOCAST_DTYPES.get(self.precision)
+        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            pooled, logits = forward_features(self.model, x)
+        return pooled.float(), logits.float()
+
+    @torch.inference_mode()
+    def run_model(self, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled, logits) on the CPU for a uint8 (N, 3, H, W) array, splitting on OOM."""
+        tensor = torch.from_numpy(images)
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+        try:
+            pooled, logits = self.forward(tensor)
+            return pooled.cpu(), logits.cpu()
+        except torch.OutOfMemoryError:
+            if len(images) <= 1:
+                raise
+            del tensor
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = len(images) // 2
+            log.warning("out of memory on a batch of %d; retrying as two halves", len(images))
+            first, second = self.run_model(images[:half]), self.run_model(images[half:])
+            return torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]])
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(topk_ids, topk_probs, embeddings) as numpy arrays."""
+        pooled, logits = self.run_model(images)
+        k = self.settings.top_k
+        probs, ids = torch.softmax(logits, dim=1).topk(k, dim=1) if k else (logits[:, :0], logits[:, :0])
+        dtype = np.float16 if self.settings.embedding_dtype == "float16" else np.float32
+        return ids.numpy().astype(np.int32), probs.numpy().astype(np.float32), pooled.numpy().astype(dtype)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        images = batch["image"]
+        ok = np.array([not e for e in batch["error"]], dtype=bool)
+        n, k, dim = len(images), self.settings.top_k, self.settings.weights.embedding_dim
+        ids = np.zeros((n, k), dtype=np.int32)
+        probs = np.zeros((n, k), dtype=np.float32)
+        emb = np.zeros((n, dim), dtype=np.float16 if self.settings.embedding_dtype == "float16" else np.float32)
+        if ok.any():
+            ids[ok], probs[ok], emb[ok] = self.predict(np.ascontiguousarray(images[ok]))
+        return build_table(self.schema, batch, ids, probs, self.categories, emb)

@@ -1,0 +1,265 @@
+"""Model registry: ResNet builders, their weights, preprocessing and class names.
+
+Preprocessing and labels always come from torchvision's weights metadata (`transforms()`
+and `meta["categories"]`), never from constants of our own.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+from torchvision.models import WeightsEnum
+
+from .errors import UsageError, WeightsUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    builder: Callable[..., nn.Module]
+    weights_enum: type[WeightsEnum]
+    embedding_dim: int
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("resnet18", tvm.resnet18, tvm.ResNet18_Weights, 512),
+        ModelSpec("resnet34", tvm.resnet34, tvm.ResNet34_Weights, 512),
+        ModelSpec("resnet50", tvm.resnet50, tvm.ResNet50_Weights, 2048),
+        ModelSpec("resnet101", tvm.resnet101, tvm.ResNet101_Weights, 2048),
+        ModelSpec("resnet152", tvm.resnet152, tvm.ResNet152_Weights, 2048),
+    )
+}
+
+NO_WEIGHTS = "none"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The parameters of torchvision's `ImageClassification` preset."""
+
+    resize_size: int
+    crop_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str
+
+    @classmethod
+    def from_weights(cls, weights: WeightsEnum) -> "Preprocessing":
+        preset = weights.transforms()
+        return cls(
+            resize_size=int(preset.resize_size[0]),
+            crop_size=int(preset.crop_size[0]),
+            mean=tuple(float(m) for m in preset.mean),
+            std=tuple(float(s) for s in preset.std),
+            interpolation=preset.interpolation.value,
+        )
+
+    def describe(self) -> dict:
+        return {
+            "resize_size": self.resize_size,
+            "crop_size": self.crop_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "antialias": True,
+            "color": "RGB, EXIF orientation applied",
+        }
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Everything a worker needs to rebuild the model, cheap to pickle."""
+
+    model: str
+    weights: str  # what the user asked for, normalised: enum name, "none" or a URI
+    source: str  # "torchvision" | "checkpoint" | "none"
+    preprocessing: Preprocessing
+    preprocess_from: str  # the torchvision weights whose transforms() we follow
+    categories: tuple[str, ...]
+
+    @property
+    def embedding_dim(self) -> int:
+        return MODELS[self.model].embedding_dim
+
+
+def model_spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise UsageError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def weights_names(name: str) -> list[str]:
+    return ["DEFAULT", *(w.name for w in model_spec(name).weights_enum)]
+
+
+def _torchvision_weights(spec: ModelSpec, name: str) -> WeightsEnum:
+    if name == "DEFAULT":
+        return spec.weights_enum.DEFAULT
+    try:
+        return spec.weights_enum[name]
+    except KeyError:
+        valid = ", ".join([*weights_names(spec.name), NO_WEIGHTS, "PATH-or-URI"])
+        raise UsageError(f"unknown weights {name!r} for {spec.name}; valid: {valid}") from None
+
+
+def _looks_like_enum_name(value: str) -> bool:
+    return value.replace("_", "").isalnum() and value.upper() == value
+
+
+def resolve_weights(model: str, weights: str, preprocess_from: str | None = None) -> ResolvedWeights:
+    """Decide where the weights come from and which preprocessing goes with them.
+
+    For random init and checkpoints the preprocessing and class names follow
+    `preprocess_from` (default: the model's IMAGENET1K_V1 weights, the classic
+    256/224 recipe most ResNet checkpoints were trained with).
+    """
+    spec = model_spec(model)
+    if weights == NO_WEIGHTS or weights.lower() == NO_WEIGHTS:
+        source, label = "none", NO_WEIGHTS
+    elif weights == "DEFAULT" or _looks_like_enum_name(weights):
+        tv = _torchvision_weights(spec, weights)
+        if preprocess_from is not None and preprocess_from != tv.name:
+            raise UsageError("--preprocess applies only to --weights none or a checkpoint")
+        return ResolvedWeights(
+            model=model,
+            weights=tv.name,
+            source="torchvision",
+            preprocessing=Preprocessing.from_weights(tv),
+            preprocess_from=tv.name,
+            categories=tuple(tv.meta["categories"]),
+        )
+    else:
+        source, label = "checkpoint", weights
+    reference = _torchvision_weights(spec, preprocess_from or "IMAGENET1K_V1")
+    return ResolvedWeights(
+        model=model,
+        weights=label,
+        source=source,
+        preprocessing=Preprocessing.from_weights(reference),
+        preprocess_from=reference.name,
+        categories=tuple(reference.meta["categories"]),
+    )
+
+
+def _download_torchvision(resolved: ResolvedWeights) -> dict[str, torch.Tensor]:
+    tv = _torchvision_weights(MODELS[resolved.model], resolved.weights)
+    try:
+        return tv.get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:  # URLError, HTTPError, socket errors, hash mismatch
+        raise WeightsUnavailableError(
+            f"cannot download {resolved.model} {tv.name} weights from {tv.url} "
+            f"({type(exc).__name__}: {exc}); put the file in torch's hub cache "
+            f"($TORCH_HOME/hub/checkpoints/) or pass --weights PATH-or-URI to a checkpoint"
+        ) from None
+
+
+def read_checkpoint(uri: str) -> dict[str, torch.Tensor]:
+    """Load a state_dict from a local path or fsspec URI without executing pickled code."""
+    from .storage import read_bytes_or_raise
+
+    try:
+        data = read_bytes_or_raise(uri)
+    except FileNotFoundError:
+        raise WeightsUnavailableError(f"checkpoint not found: {uri}") from None
+    except OSError as exc:
+        raise WeightsUnavailableError(f"cannot read checkpoint {uri}: {exc}") from None
+    try:
+        if uri.endswith(".safetensors"):
+            from safetensors.torch import load as load_safetensors
+
+            state = load_safetensors(data)
+        else:
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsUnavailableError(
+            f"cannot load checkpoint {uri} as a state_dict ({type(exc).__name__}: {exc}); "
+            "expected a .pt/.pth state_dict saved with torch.save or a .safetensors file"
+        ) from None
+    return _unwrap_state_dict(state, uri)
+
+
+def _unwrap_state_dict(state: object, uri: str) -> dict[str, torch.Tensor]:
+    # Training scripts often save {"state_dict": ...} or {"model": ...}, and DDP adds "module.".
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsUnavailableError(f"checkpoint {uri} does not hold a state_dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _num_classes(state: dict[str, torch.Tensor]) -> int:
+    weight = state.get("fc.weight")
+    return int(weight.shape[0]) if weight is not None else 1000
+
+
+def load_state_dict(resolved: ResolvedWeights) -> dict[str, torch.Tensor] | None:
+    if resolved.source == "torchvision":
+        return _download_torchvision(resolved)
+    if resolved.source == "checkpoint":
+        return read_checkpoint(resolved.weights)
+    return None
+
+
+def build_model(
+    resolved: ResolvedWeights, state: dict[str, torch.Tensor] | None = None, assign: bool = False
+) -> nn.Module:
+    """Build the model with its weights loaded, in eval mode, on the CPU."""
+    if state is None:
+        state = load_state_dict(resolved)
+    num_classes = _num_classes(state) if state is not None else len(resolved.categories)
+    model = MODELS[resolved.model].builder(weights=None, num_classes=num_classes)
+    if state is not None:
+        try:
+            model.load_state_dict(state, strict=True, assign=assign)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0:2]
+            raise WeightsUnavailableError(
+                f"checkpoint {resolved.weights} does not fit {resolved.model}: {' '.join(first)}"
+            ) from None
+    return model.eval()
+
+
+def check_weights(resolved: ResolvedWeights) -> list[str]:
+    """Fail early, in the driver, on weights that workers could not load.
+
+    Builds the model on the meta device so the check costs no memory for parameters.
+    Returns the class names that the loaded weights imply.
+    """
+    state = load_state_dict(resolved)
+    if state is None:
+        return list(resolved.categories)
+    with torch.device("meta"):
+        build_model(resolved, state, assign=True)
+    n = _num_classes(state)
+    return list(resolved.categories) if n == len(resolved.categories) else [str(i) for i in range(n)]
+
+
+def forward_features(model: tvm.ResNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass through the network: (pooled embedding, logits)."""
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
+    pooled = torch.flatten(model.avgpool(x), 1)
+    return pooled, model.fc(pooled)
+
+
+def describe_models() -> list[dict]:
+    return [
+        {
+            "model": spec.name,
+            "weights": [*weights_names(spec.name), NO_WEIGHTS, "PATH-or-URI"],
+            "default": spec.weights_enum.DEFAULT.name,
+            "embedding_dim": spec.embedding_dim,
+        }
+        for spec in MODELS.values()
+    ]

@@ -1,0 +1,224 @@
+"""Wires the stages into a Ray Data pipeline. The only module that imports `ray.data`.
+
+    list inputs (driver) -> from_arrow blocks -> DecodeStage (tasks, CPU)
+        -> Predictor (actor pool, GPU when present) -> part files (OutputDir)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import ray.data
+from ray.data import ActorPoolStrategy
+from ray.data.block import Block, BlockAccessor
+from ray.data.datasource import Datasink, WriteResult
+
+from . import __version__
+from .config import LabelConfig
+from .decode import DecodeStage
+from .errors import UsageError
+from .inference import InferenceSettings, Predictor
+from .models import check_weights, resolve_weights
+from .schema import output_schema, with_run_metadata
+from .sources import list_inputs
+from .storage import is_local
+from .writer import OutputDir, WriteStats
+
+log = logging.getLogger(__name__)
+
+# Retries are bounded on purpose: an input that deterministically kills a worker must end
+# the job with an error instead of restarting it forever.
+ACTOR_RETRY_ARGS = {"max_restarts": 3, "max_task_retries": 3}
+TASK_RETRY_ARGS = {"max_retries": 3}
+BLOCKS_PER_BATCH = 4  # input block size, in batches: enough work per decode task
+
+
+@dataclass
+class LabelSummary:
+    inputs: int
+    already_done: int
+    processed: int
+    rows_in_output: int
+    errors: Counter = field(default_factory=Counter)
+    setup_s: float = 0.0
+    run_s: float = 0.0
+    missing: int = 0
+    duplicates: int = 0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.processed / self.run_s if self.run_s > 0 else 0.0
+
+    @property
+    def complete(self) -> bool:
+        return self.missing == 0 and self.duplicates == 0 and self.rows_in_output >= self.inputs
+
+    def lines(self) -> list[str]:
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())) or "none"
+        return [
+            f"inputs {self.inputs}, already done {self.already_done}, processed {self.processed}, "
+            f"rows in output {self.rows_in_output}",
+            f"errors: {errors}",
+            f"setup {self.setup_s:.1f}s, run {self.run_s:.1f}s, {self.images_per_s:.1f} images/s",
+            "complete: every input has exactly one row" if self.complete else
+            f"INCOMPLETE: {self.missing} inputs without a row, {self.duplicates} duplicate rows",
+        ]
+
+
+class _PartFileSink(Datasink[WriteStats]):
+    """Adapts OutputDir to Ray's Datasink; per-file work happens in OutputDir."""
+
+    def __init__(self, out: OutputDir, schema: pa.Schema, rows_per_file: int):
+        self.out = out
+        self.schema = schema
+        self.rows_per_file = rows_per_file
+        self.stats = WriteStats()
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_file
+
+    def write(self, blocks: Iterable[Block], ctx) -> WriteStats:
+        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
+        return self.out.write_tables([t for t in tables if t.num_rows], self.schema, self.rows_per_file)
+
+    def on_write_complete(self, write_result: WriteResult[WriteStats]) -> None:
+        for stats in write_result.write_returns:
+            self.stats.add(stats)
+
+
+def _init_ray(address: str | None) -> None:
+    if ray.is_initialized():
+        return
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+
+
+def _pool_layout(cfg: LabelConfig) -> tuple[int, float, int]:
+    """(actors, GPUs per actor, torch threads per actor) from what the cluster has."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    if cfg.device == "cuda" and gpus == 0:
+        raise UsageError("--device cuda was requested but the Ray cluster has no GPUs")
+    if gpus and cfg.device != "cpu":
+        return cfg.num_workers or gpus, 1, cfg.threads_per_worker or 4
+    cpu_nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1]
+    cpus_per_node = int(min(n["Resources"]["CPU"] for n in cpu_nodes)) if cpu_nodes else 1
+    return cfg.num_workers or max(1, len(cpu_nodes)), 0, cfg.threads_per_worker or cpus_per_node
+
+
+def run_info(cfg: LabelConfig, resolved, extra_columns: list[str]) -> dict:
+    return {
+        "model": cfg.model,
+        "weights": resolved.weights,
+        "weights_source": resolved.source,
+        "preprocessing": {"from_weights": resolved.preprocess_from, **resolved.preprocessing.describe()},
+        "top_k": cfg.top_k,
+        "embeddings": cfg.embeddings,
+        "embedding_dtype": cfg.embedding_dtype,
+        "embedding_dim": resolved.embedding_dim if cfg.embeddings else 0,
+        "precision": cfg.precision,
+        "extra_columns": extra_columns,
+        "package": "resnet-batch",
+        "package_version": __version__,
+    }
+
+
+def _verify(out: OutputDir, inputs: pa.Array) -> tuple[int, int, int]:
+    """(rows, inputs without a row, duplicate rows), read back from the part files."""
+    written = out.completed_path_column()
+    rows = len(written)
+    distinct = pc.count_distinct(written).as_py() if rows else 0
+    missing = int(pc.sum(pc.invert(pc.is_in(inputs, value_set=written.combine_chunks()))).as_py() or 0)
+    return rows, missing, rows - distinct
+
+
+def run_label(cfg: LabelConfig) -> LabelSummary:
+    start = time.monotonic()
+    resolved = resolve_weights(cfg.model, cfg.weights, cfg.preprocess)
+    out = OutputDir(cfg.output)
+    table = list_inputs(list(cfg.inputs), cfg.path_column)
+    extra_fields = tuple(f for f in table.schema if f.name != "path")
+    resolved = dataclasses.replace(resolved, categories=tuple(check_weights(resolved)))
+    if cfg.top_k > len(resolved.categories):
+        raise UsageError(f"--top-k {cfg.top_k} exceeds the model's {len(resolved.categories)} classes")
+    info = run_info(cfg, resolved, [f.name for f in extra_fields])
+    out.prepare(cfg.mode, info)
+    done = out.completed_paths() if cfg.mode == "resume" else set()
+    todo = table.filter(pc.invert(pc.is_in(table.column("path"), value_set=pa.array(list(done), pa.string()))))
+    log.info("%d inputs, %d already done, %d to process", table.num_rows, len(done), todo.num_rows)
+
+    schema = with_run_metadata(
+        output_schema(resolved.embedding_dim if cfg.embeddings else None, cfg.embedding_dtype,
+                      cfg.top_k > 0, extra_fields),
+        info,
+    )
+    stats = WriteStats()
+    setup_s = time.monotonic() - start
+    if todo.num_rows:
+        _init_ray(cfg.address)
+        setup_s = time.monotonic() - start
+        stats = _execute(cfg, resolved, schema, todo, out)
+    run_s = time.monotonic() - start - setup_s
+    rows, missing, duplicates = _verify(out, table.column("path").combine_chunks())
+    return LabelSummary(
+        inputs=table.num_rows,
+        already_done=len(done),
+        processed=stats.rows,
+        rows_in_output=rows,
+        errors=stats.errors,
+        setup_s=setup_s,
+        run_s=run_s,
+        missing=missing,
+        duplicates=duplicates,
+    )
+
+
+def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: pa.Table, out: OutputDir) -> WriteStats:
+    actors, gpus_per_actor, threads = _pool_layout(cfg)
+    on_gpu = gpus_per_actor > 0
+    batch_size = cfg.batch_size or (256 if on_gpu else 32)
+    block_rows = batch_size * BLOCKS_PER_BATCH
+    blocks = [todo.slice(i, block_rows) for i in range(0, todo.num_rows, block_rows)]
+    all_local = all(is_local(p) for p in todo.column("path").slice(0, 1).to_pylist())
+    io_threads = cfg.io_threads or (1 if all_local else 16)
+    settings = InferenceSettings(
+        weights=resolved,
+        top_k=cfg.top_k,
+        embeddings=cfg.embeddings,
+        embedding_dtype=cfg.embedding_dtype,
+        device="cuda" if on_gpu else "cpu",
+        precision=cfg.precision,
+        threads=threads,
+        compile=cfg.compile,
+    )
+    log.info("%d model actor(s), %s, batch %d, %d thread(s) each",
+             actors, "GPU" if on_gpu else "CPU", batch_size, threads)
+    ds = ray.data.from_arrow(blocks)
+    ds = ds.map_batches(
+        DecodeStage(resolved.preprocessing, cfg.max_pixels, io_threads),
+        batch_size=None,
+        batch_format="numpy",
+        num_cpus=1,
+        **TASK_RETRY_ARGS,
+    )
+    ds = ds.map_batches(
+        Predictor,
+        fn_constructor_kwargs={"settings": settings, "schema": schema},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(min_size=1, max_size=actors),
+        num_gpus=gpus_per_actor or None,
+        num_cpus=1,
+        **ACTOR_RETRY_ARGS,
+    )
+    sink = _PartFileSink(out, schema, cfg.rows_per_file)
+    ds.write_datasink(sink)
+    return sink.stats

@@ -1,0 +1,86 @@
+"""Filesystem access for local paths and fsspec URIs.
+
+Credentials and endpoints come from each ecosystem's standard places (for S3 the AWS
+environment variables, AWS_ENDPOINT_URL, profiles and instance roles); nothing here
+takes or logs them.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+import fsspec
+from fsspec import AbstractFileSystem
+
+from .errors import UsageError
+
+# scheme -> (python module the fsspec implementation needs, extra that installs it)
+SCHEMES: dict[str, tuple[str | None, str | None]] = {
+    "file": (None, None),
+    "local": (None, None),
+    "memory": (None, None),
+    "s3": ("s3fs", "s3"),
+    "s3a": ("s3fs", "s3"),
+    "gs": ("gcsfs", "gcs"),
+    "gcs": ("gcsfs", "gcs"),
+    "az": ("adlfs", "azure"),
+    "abfs": ("adlfs", "azure"),
+    "abfss": ("adlfs", "azure"),
+    "http": ("aiohttp", "http"),
+    "https": ("aiohttp", "http"),
+}
+READ_ONLY_SCHEMES = {"http", "https"}
+
+
+def scheme_of(uri: str) -> str:
+    """The URI scheme, or "" for a plain local path (Windows drive letters included)."""
+    if "://" not in uri:
+        return ""
+    return urlsplit(uri).scheme.lower()
+
+
+def is_local(uri: str) -> bool:
+    return scheme_of(uri) in ("", "file", "local")
+
+
+def check_scheme(uri: str, *, for_output: bool = False) -> str:
+    scheme = scheme_of(uri)
+    if scheme == "":
+        return scheme
+    if scheme not in SCHEMES:
+        valid = ", ".join(f"{s}://" for s in SCHEMES)
+        raise UsageError(f"unsupported URI scheme {scheme!r} in {uri}; valid: local paths, {valid}")
+    if for_output and scheme in READ_ONLY_SCHEMES:
+        raise UsageError(f"{scheme}:// is read-only; write the output to a local path or a bucket")
+    module, extra = SCHEMES[scheme]
+    if module is not None:
+        try:
+            __import__(module)
+        except ImportError:
+            raise UsageError(
+                f"{scheme}:// needs the {module} package: pip install 'resnet-batch[{extra}]'"
+            ) from None
+    return scheme
+
+
+def filesystem(uri: str) -> tuple[AbstractFileSystem, str]:
+    """(filesystem, path inside it) for a local path or URI."""
+    if scheme_of(uri) == "":
+        return fsspec.filesystem("file"), os.path.abspath(uri)
+    check_scheme(uri)
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs, path
+
+
+def join(base: str, *names: str) -> str:
+    return "/".join([base.rstrip("/"), *names])
+
+
+def read_bytes_or_raise(uri: str) -> bytes:
+    """Read a whole file; raises FileNotFoundError / PermissionError / OSError."""
+    if scheme_of(uri) == "":
+        with open(uri, "rb") as f:
+            return f.read()
+    fs, path = filesystem(uri)
+    return fs.cat_file(path)

@@ -1,0 +1,149 @@
+"""Output stage: the Parquet dataset directory, its modes, and atomic part files.
+
+The output is its own checkpoint: every part file lists the inputs it holds in `path`,
+and a part file becomes visible only once it is complete (rename on local disks; object
+stores publish an object only when its upload completes). Readers skip the `_`-prefixed
+temporary files and the run description `_resnet_batch.json`, as pyarrow, pandas, polars
+and DuckDB do by default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import UsageError
+from .storage import check_scheme, filesystem, is_local, join
+
+log = logging.getLogger(__name__)
+
+MODES = ("error", "overwrite", "resume")
+PART_PREFIX = "part-"
+PART_SUFFIX = ".parquet"
+TMP_PREFIX = "_tmp-"
+RUN_FILE = "_resnet_batch.json"
+# Settings that change the numbers in the output; resuming with other values would mix runs.
+RESUME_KEYS = ("model", "weights", "preprocessing", "top_k", "embeddings", "embedding_dtype", "extra_columns")
+
+
+@dataclass
+class WriteStats:
+    rows: int = 0
+    files: int = 0
+    errors: Counter = field(default_factory=Counter)
+
+    def add(self, other: "WriteStats") -> None:
+        self.rows += other.rows
+        self.files += other.files
+        self.errors.update(other.errors)
+
+
+def error_category(error: str) -> str:
+    return error.split(":", 1)[0]
+
+
+class OutputDir:
+    def __init__(self, uri: str):
+        check_scheme(uri, for_output=True)
+        self.uri = uri
+        self.fs, self.path = filesystem(uri)
+        self.atomic_rename = is_local(uri)
+
+    def _names(self) -> list[str]:
+        if not self.fs.exists(self.path):
+            return []
+        if not self.fs.isdir(self.path):
+            raise UsageError(f"--output {self.uri} exists and is not a directory")
+        return [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.path, detail=False)]
+
+    def part_files(self) -> list[str]:
+        return sorted(
+            join(self.path, n) for n in self._names() if n.startswith(PART_PREFIX) and n.endswith(PART_SUFFIX)
+        )
+
+    def _is_ours(self, name: str) -> bool:
+        return name == RUN_FILE or name.startswith(TMP_PREFIX) or (
+            name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)
+        )
+
+    def prepare(self, mode: str, run_info: dict) -> None:
+        """Apply --mode to whatever is already at the output location."""
+        if mode not in MODES:
+            raise UsageError(f"unknown --mode {mode!r}; valid: {', '.join(MODES)}")
+        names = self._names()
+        ours = [n for n in names if self._is_ours(n)]
+        if mode == "error" and names:
+            what = f"{len(ours)} resnet-batch files" if ours else f"{len(names)} other files"
+            raise UsageError(
+                f"--output {self.uri} already holds {what}; use --mode resume to finish that run, "
+                "--mode overwrite to replace it, or choose another output"
+            )
+        if mode == "resume" and RUN_FILE in names:
+            self._check_same_run(run_info)
+        if mode == "overwrite":
+            for name in ours:
+                self.fs.rm(join(self.path, name))
+        else:  # resume: drop the temporary files of the run that died
+            for name in ours:
+                if name.startswith(TMP_PREFIX):
+                    self.fs.rm(join(self.path, name))
+        self.fs.makedirs(self.path, exist_ok=True)
+        with self.fs.open(join(self.path, RUN_FILE), "w") as f:
+            json.dump(run_info, f, indent=1, sort_keys=True)
+
+    def _check_same_run(self, run_info: dict) -> None:
+        with self.fs.open(join(self.path, RUN_FILE), "r") as f:
+            previous = json.load(f)
+        changed = [k for k in RESUME_KEYS if previous.get(k) != run_info.get(k)]
+        if changed:
+            raise UsageError(
+                f"cannot resume {self.uri}: it was written with different {', '.join(changed)}; "
+                "use the same settings, or --mode overwrite"
+            )
+
+    def completed_path_column(self) -> pa.ChunkedArray:
+        """The `path` column of every complete part file, duplicates included."""
+        chunks = []
+        for part in self.part_files():
+            with self.fs.open(part, "rb") as f:
+                chunks.extend(pq.read_table(f, columns=["path"]).column("path").chunks)
+        return pa.chunked_array(chunks, type=pa.string())
+
+    def completed_paths(self) -> set[str]:
+        return set(self.completed_path_column().to_pylist())
+
+    def write_part(self, table: pa.Table) -> str:
+        """Write one part file so that readers never see it half-written.
+
+        The name hashes the paths it holds: a retried write task rewrites the same
+        file instead of adding a duplicate.
+        """
+        digest = hashlib.sha1("\n".join(table.column("path").to_pylist()).encode()).hexdigest()[:24]
+        name = f"{PART_PREFIX}{digest}{PART_SUFFIX}"
+        final = join(self.path, name)
+        target = join(self.path, f"{TMP_PREFIX}{uuid.uuid4().hex}{PART_SUFFIX}") if self.atomic_rename else final
+        with self.fs.open(target, "wb") as f:
+            pq.write_table(table, f, compression="zstd")
+        if target != final:
+            self.fs.mv(target, final)
+        return name
+
+    def write_tables(self, tables: list[pa.Table], schema: pa.Schema, rows_per_file: int) -> WriteStats:
+        stats = WriteStats()
+        if not tables:
+            return stats
+        table = pa.concat_tables([t.cast(schema) for t in tables]).combine_chunks()
+        for start in range(0, table.num_rows, rows_per_file):
+            chunk = table.slice(start, rows_per_file)
+            self.write_part(chunk)
+            stats.files += 1
+            stats.rows += chunk.num_rows
+            stats.errors.update(error_category(e) for e in chunk.column("error").to_pylist() if e is not None)
+        return stats

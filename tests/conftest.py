@@ -1,0 +1,105 @@
+"""Shared fixtures: one module-scoped local Ray, generated images, saved checkpoints."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+
+def smooth_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Photo-like content (smooth gradients plus noise) so JPEG and resizing behave realistically."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels = []
+    for _ in range(3):
+        fx, fy, phase = rng.uniform(0.005, 0.05), rng.uniform(0.005, 0.05), rng.uniform(0, 6.28)
+        channels.append(127 + 100 * np.sin(fx * x + fy * y + phase))
+    img = np.stack(channels, axis=-1) + rng.normal(0, 12, (height, width, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def exif_rotated_jpeg(pixels: np.ndarray, orientation: int = 6) -> bytes:
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif.tobytes(), quality=90)
+    return buf.getvalue()
+
+
+def write_reference_set(folder: Path, seed: int = 0) -> list[Path]:
+    """Images in the modes and shapes the issue names: JPEG/PNG, gray, RGBA, palette, EXIF."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+
+    def save(name: str, img: Image.Image, **kw) -> None:
+        path = folder / name
+        img.save(path, **kw)
+        files.append(path)
+
+    save("landscape.jpg", Image.fromarray(smooth_image(rng, 375, 500)), quality=92)
+    save("portrait.png", Image.fromarray(smooth_image(rng, 480, 300)))
+    save("tall_narrow.jpg", Image.fromarray(smooth_image(rng, 900, 120)), quality=85)
+    save("small.png", Image.fromarray(smooth_image(rng, 40, 60)))
+    save("square.jpeg", Image.fromarray(smooth_image(rng, 224, 224)))
+    save("gray.jpg", Image.fromarray(smooth_image(rng, 256, 320)[..., 0], mode="L"))
+    save("gray.png", Image.fromarray(smooth_image(rng, 200, 260)[..., 1], mode="L"))
+    rgba = np.concatenate([smooth_image(rng, 240, 320), rng.integers(0, 256, (240, 320, 1), dtype=np.uint8)], -1)
+    save("rgba.png", Image.fromarray(rgba, mode="RGBA"))
+    save("palette.png", Image.fromarray(smooth_image(rng, 210, 330)).quantize(64))
+    rotated = folder / "exif_rotated.jpg"
+    rotated.write_bytes(exif_rotated_jpeg(smooth_image(rng, 300, 400)))
+    files.append(rotated)
+    return files
+
+
+def reference_image(path: Path) -> Image.Image:
+    """What users' own loaders do: EXIF orientation, then Pillow's RGB conversion."""
+    from PIL import ImageOps
+
+    with Image.open(path) as img:
+        return ImageOps.exif_transpose(img).convert("RGB")
+
+
+def save_random_checkpoint(model_name: str, path: Path, seed: int = 0) -> Path:
+    import torchvision.models as tvm
+
+    torch.manual_seed(seed)
+    model = tvm.get_model(model_name, weights=None)
+    # Random-init BN running stats are 0/1; perturb them so the checkpoint exercises them.
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def reference_images(tmp_path_factory) -> list[Path]:
+    return write_reference_set(tmp_path_factory.mktemp("reference_images"))
+
+
+@pytest.fixture(scope="session")
+def resnet18_ckpt(tmp_path_factory) -> Path:
+    return save_random_checkpoint("resnet18", tmp_path_factory.mktemp("ckpt") / "resnet18.pth")
+
+
+@pytest.fixture(scope="session")
+def resnet50_ckpt(tmp_path_factory) -> Path:
+    return save_random_checkpoint("resnet50", tmp_path_factory.mktemp("ckpt") / "resnet50.pth", seed=1)

@@ -1,0 +1,83 @@
+"""Decode stage alone (no Ray): the bad-input catalogue row by row, and exact preprocessing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchvision.models import ResNet50_Weights, ResNet18_Weights
+
+from resnet_batch.decode import DecodeStage, ImageError, decode_rgb
+from resnet_batch.models import Preprocessing
+
+from .inputs_catalogue import bomb_png, reference_rgb, write_catalogue
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("catalogue")
+    return folder, write_catalogue(folder)
+
+
+def normalised(pixels: np.ndarray, weights) -> torch.Tensor:
+    prep = weights.transforms()
+    x = torch.from_numpy(pixels).float().div(255.0)
+    mean, std = torch.tensor(prep.mean).view(3, 1, 1), torch.tensor(prep.std).view(3, 1, 1)
+    return (x - mean) / std
+
+
+@pytest.mark.parametrize("weights", [ResNet18_Weights.IMAGENET1K_V1, ResNet50_Weights.IMAGENET1K_V2])
+def test_catalogue_rows(catalogue, weights):
+    folder, expected = catalogue
+    names = sorted(expected)
+    stage = DecodeStage(Preprocessing.from_weights(weights), max_pixels=50_000_000, io_threads=2)
+    out = stage({"path": np.array([str(folder / n) for n in names], dtype=object)})
+    assert out["image"].shape == (len(names), 3, 224, 224) and out["image"].dtype == np.uint8
+    for i, name in enumerate(names):
+        error = out["error"][i]
+        if expected[name] is None:
+            assert error == "", (name, error)
+            ref = reference_rgb(folder / name)
+            assert (out["width"][i], out["height"][i]) == ref.size, name
+            # Bit-exact against torchvision's own preset on the reference PIL image.
+            torch.testing.assert_close(normalised(out["image"][i], weights), weights.transforms()(ref),
+                                       rtol=0, atol=1e-6, msg=name)
+        else:
+            assert error.split(":")[0] == expected[name], (name, error)
+            assert len(error) < 300 and "\n" not in error
+            assert not out["image"][i].any(), name
+
+
+def test_bomb_refused_before_allocation():
+    import tracemalloc
+
+    tracemalloc.start()
+    with pytest.raises(ImageError) as info:
+        decode_rgb(bomb_png(200_000, 200_000), max_pixels=100_000_000)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert info.value.category == "too_large"
+    assert "200000x200000" in str(info.value) or "pixels" in str(info.value)
+    assert peak < 50_000_000  # the image itself would need 40 GB
+
+
+def test_pixel_limit_is_configurable():
+    from .inputs_catalogue import _encode
+    from PIL import Image
+
+    data = _encode(Image.new("RGB", (100, 100)), "PNG")
+    assert decode_rgb(data, max_pixels=10_000).size == (100, 100)
+    with pytest.raises(ImageError, match="too_large: 100x100 pixels exceeds the limit of 9999"):
+        decode_rgb(data, max_pixels=9_999)
+
+
+def test_sixteen_bit_scaled_not_clipped(catalogue):
+    folder, _ = catalogue
+    from PIL import Image
+
+    with Image.open(folder / "gray16.png") as img:
+        raw = np.asarray(img).astype(np.float64)
+    rgb = np.asarray(decode_rgb((folder / "gray16.png").read_bytes(), 10**8))
+    assert rgb.shape[2] == 3 and (rgb[..., 0] == rgb[..., 2]).all()
+    np.testing.assert_array_equal(rgb[..., 0], np.round(raw / 257).astype(np.uint8))
+    assert rgb.min() < 100  # clipping 16-bit values would make nearly everything 255
