@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -202,6 +203,16 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: pa.Table, out:
     log.info("%d model actor(s), %s, batch %d, %d thread(s) each",
              actors, "GPU" if on_gpu else "CPU", batch_size, threads)
     ds = ray.data.from_arrow(blocks)
+    with warnings.catch_warnings():
+        # Ray 2.60 names no parameter for retry bounds yet; **ray_remote_args is the way.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
+        ds = _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, actors, gpus_per_actor)
+    sink = _PartFileSink(out, schema, cfg.rows_per_file)
+    ds.write_datasink(sink)
+    return sink.stats
+
+
+def _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, actors, gpus_per_actor):
     ds = ds.map_batches(
         DecodeStage(resolved.preprocessing, cfg.max_pixels, io_threads),
         batch_size=None,
@@ -219,6 +230,4 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: pa.Table, out:
         num_cpus=1,
         **ACTOR_RETRY_ARGS,
     )
-    sink = _PartFileSink(out, schema, cfg.rows_per_file)
-    ds.write_datasink(sink)
-    return sink.stats
+    return ds

@@ -1,0 +1,89 @@
+"""The command line as a user runs it: a fresh process that starts its own local Ray."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "images"
+
+
+def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "resnet_batch.cli", *args],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+    )
+
+
+def test_label_starts_its_own_ray_and_writes_every_row(tmp_path):
+    out = tmp_path / "out"
+    result = cli("label", str(EXAMPLES), "--output", str(out), "--model", "resnet18",
+                 "--weights", "none", "--top-k", "3", "--embedding-dtype", "float16")
+    assert result.returncode == 0, result.stderr[-3000:]
+    n_inputs = len(list(EXAMPLES.iterdir()))
+    assert f"inputs {n_inputs}, already done 0, processed {n_inputs}, rows in output {n_inputs}" in result.stdout
+    assert "errors: decode_error 1" in result.stdout
+    assert "images/s" in result.stdout and "complete: every input has exactly one row" in result.stdout
+
+    # Plain pandas and pyarrow read it, without Ray anywhere in the reading process.
+    reader = (
+        "import sys, pandas as pd, pyarrow.parquet as pq\n"
+        f"df = pd.read_parquet({str(out)!r})\n"
+        f"t = pq.read_table({str(out)!r})\n"
+        "assert 'ray' not in sys.modules\n"
+        "print(len(df), t.schema.field('embedding').type, sorted(df.error.dropna().str.split(':').str[0]))\n"
+    )
+    read = subprocess.run([sys.executable, "-c", reader], capture_output=True, text=True, timeout=120)
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.split("\n")[0] == f"{n_inputs} fixed_size_list<element: halffloat>[512] ['decode_error']"
+    table = pq.read_table(out)
+    assert all(len(ids) == 3 for ids, e in zip(table["topk_ids"].to_pylist(), table["error"].to_pylist()) if e is None)
+
+    # The default --mode error refuses to touch the result, before doing any work.
+    again = cli("label", str(EXAMPLES), "--output", str(out), "--model", "resnet18", "--weights", "none")
+    assert again.returncode == 2
+    assert "already holds" in again.stderr and "--mode resume" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--model", "resnet99"], "valid: resnet18, resnet34, resnet50, resnet101, resnet152"),
+    (["--mode", "append"], "valid: error, overwrite, resume"),
+    (["--precision", "int8"], "valid: auto, fp32, fp16, bf16"),
+    (["--device", "tpu"], "valid: auto, cpu, cuda"),
+    (["--embedding-dtype", "float64"], "valid: float32, float16"),
+    (["--weights", "IMAGENET1K_V9"], "valid: DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2, none, PATH-or-URI"),
+    (["--batch-size", "-4"], "--batch-size must be an integer >= 0"),
+    (["s3x://bucket/x"], "unsupported URI scheme 's3x'"),
+    (["/definitely/not/here"], "does not exist"),
+])
+def test_bad_arguments_give_one_line(tmp_path, args, needle):
+    base = ["label", str(EXAMPLES), "--output", str(tmp_path / "o")]
+    if not args[0].startswith("--"):
+        base = ["label", args[0], "--output", str(tmp_path / "o")]
+        args = []
+    result = cli(*base, *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+
+
+def test_missing_weights_download_is_one_clear_line(tmp_path):
+    result = cli("label", str(EXAMPLES), "--output", str(tmp_path / "o"), "--model", "resnet34",
+                 env={"TORCH_HOME": str(tmp_path / "torch")})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot download resnet34 IMAGENET1K_V1" in lines[0]
+    assert "--weights PATH-or-URI" in lines[0]
+
+
+def test_models_lists_widths():
+    result = cli("models")
+    assert result.returncode == 0
+    assert "resnet152" in result.stdout and "2048" in result.stdout and "IMAGENET1K_V2" in result.stdout

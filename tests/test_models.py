@@ -1,0 +1,126 @@
+"""Model registry and checkpoint loading, without Ray."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+import torchvision.models as tvm
+
+from resnet_batch.errors import UsageError, WeightsUnavailableError
+from resnet_batch.models import (
+    MODELS, build_model, check_weights, describe_models, forward_features, resolve_weights,
+)
+
+
+def test_registry_widths_and_weights():
+    rows = {r["model"]: r for r in describe_models()}
+    assert list(rows) == ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+    assert {m: r["embedding_dim"] for m, r in rows.items()} == {
+        "resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048}
+    assert "IMAGENET1K_V2" in rows["resnet101"]["weights"] and "IMAGENET1K_V2" not in rows["resnet34"]["weights"]
+
+
+@pytest.mark.parametrize("model, weights, resize", [
+    ("resnet18", "DEFAULT", 256), ("resnet50", "IMAGENET1K_V1", 256), ("resnet50", "DEFAULT", 232),
+    ("resnet152", "IMAGENET1K_V2", 232), ("resnet101", "none", 256),
+])
+def test_preprocessing_comes_from_weights(model, weights, resize):
+    resolved = resolve_weights(model, weights)
+    assert resolved.preprocessing.resize_size == resize and resolved.preprocessing.crop_size == 224
+    assert len(resolved.categories) == 1000 and resolved.categories[0] == "tench"
+
+
+@pytest.mark.parametrize("model, weights, needle", [
+    ("resnet99", "DEFAULT", "valid: resnet18, resnet34, resnet50, resnet101, resnet152"),
+    ("resnet18", "IMAGENET1K_V2", "valid: DEFAULT, IMAGENET1K_V1, none, PATH-or-URI"),
+])
+def test_bad_choices_name_valid_values(model, weights, needle):
+    with pytest.raises(UsageError, match=needle):
+        resolve_weights(model, weights)
+
+
+def test_missing_download_says_how_to_pass_a_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(WeightsUnavailableError) as info:
+        check_weights(resolve_weights("resnet18", "DEFAULT"))
+    message = str(info.value)
+    assert "resnet18-f37072fd.pth" in message and "--weights PATH-or-URI" in message
+    assert "\n" not in message
+
+
+def test_hub_cache_is_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.manual_seed(0)
+    reference = tvm.resnet18()
+    torch.save(reference.state_dict(), cache / "resnet18-f37072fd.pth")
+    model = build_model(resolve_weights("resnet18", "IMAGENET1K_V1"))
+    assert torch.equal(model.fc.weight, reference.fc.weight)
+
+
+def _variants(tmp_path, state):
+    from safetensors.torch import save_file
+
+    paths = {}
+    torch.save(state, paths.setdefault("plain", tmp_path / "plain.pth"))
+    torch.save({"state_dict": state, "epoch": 3}, paths.setdefault("wrapped", tmp_path / "wrapped.pt"))
+    torch.save({f"module.{k}": v for k, v in state.items()}, paths.setdefault("ddp", tmp_path / "ddp.pth"))
+    save_file({k: v.contiguous() for k, v in state.items()}, paths.setdefault("st", tmp_path / "m.safetensors"))
+    return paths
+
+
+def test_checkpoint_formats_load_identically(tmp_path):
+    torch.manual_seed(1)
+    reference = tvm.resnet18().eval()
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = reference(x)
+    for name, path in _variants(tmp_path, reference.state_dict()).items():
+        model = build_model(resolve_weights("resnet18", str(path)))
+        with torch.no_grad():
+            pooled, logits = forward_features(model, x)
+        torch.testing.assert_close(logits, expected, msg=name)
+        assert pooled.shape == (2, 512)
+
+
+def test_checkpoint_for_other_architecture_is_refused(tmp_path, resnet18_ckpt):
+    with pytest.raises(WeightsUnavailableError, match="does not fit resnet50"):
+        check_weights(resolve_weights("resnet50", str(resnet18_ckpt)))
+
+
+def test_finetuned_head_gets_index_labels(tmp_path):
+    path = tmp_path / "ten.pth"
+    torch.save(tvm.resnet34(num_classes=10).state_dict(), path)
+    assert check_weights(resolve_weights("resnet34", str(path))) == [str(i) for i in range(10)]
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['EXPLOIT_MARKER']}",))
+
+
+def test_pickled_code_is_never_executed(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("EXPLOIT_MARKER", str(marker))
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"fc.weight": _Exploit()}, f)
+    with pytest.raises(WeightsUnavailableError, match="cannot load checkpoint"):
+        check_weights(resolve_weights("resnet18", str(path)))
+    assert not marker.exists()
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(WeightsUnavailableError, match="checkpoint not found"):
+        check_weights(resolve_weights("resnet18", str(tmp_path / "nope.pth")))
+
+
+def test_forward_features_equals_model_forward():
+    model = MODELS["resnet50"].builder().eval()
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(forward_features(model, x)[1], model(x))
