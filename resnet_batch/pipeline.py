@@ -35,9 +35,11 @@ from .writer import OutputDir, WriteStats
 
 log = logging.getLogger(__name__)
 
-# Retries are bounded on purpose: an input that deterministically kills a worker must end
-# the job with an error instead of restarting it forever.
-ACTOR_RETRY_ARGS = {"max_restarts": 3, "max_task_retries": 3}
+# Actor restarts are bounded on purpose: an input that deterministically kills a worker
+# must end the job with an error instead of restarting it forever. Tasks on an actor
+# retry without bound while it restarts (a lost node makes them fail fast until the
+# replacement is up); the restart budget is what bounds a crash loop.
+ACTOR_RETRY_ARGS = {"max_restarts": 8, "max_task_retries": -1}
 TASK_RETRY_ARGS = {"max_retries": 3}
 BLOCKS_PER_BATCH = 4  # input block size, in batches: enough work per decode task
 

@@ -1,0 +1,64 @@
+"""Run by test_multinode.py in its own process: a 3-node Ray cluster on this machine, a label
+job on it, and the worker node that hosts a model actor removed mid-run.
+
+Prints one JSON line with what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import ray
+from ray.cluster_utils import Cluster
+
+from resnet_batch.config import LabelConfig
+from resnet_batch.pipeline import run_label
+
+
+def model_actor_nodes() -> set[str]:
+    """Nodes hosting a live model actor, straight from the GCS (no dashboard needed)."""
+    from ray._private.state import actors
+
+    return {
+        a["Address"]["NodeID"] for a in actors().values()
+        if a["State"] == "ALIVE" and "Predictor" in a["ActorClassName"]
+    }
+
+
+def main(src: str, out: str) -> None:
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="WARNING")
+    cfg = LabelConfig(inputs=(src,), output=out, model="resnet50", weights="none", precision="fp32",
+                      batch_size=2, rows_per_file=4, top_k=1)
+    result: list = []
+    job = threading.Thread(target=lambda: result.append(run_label(cfg)))
+    job.start()
+    deadline = time.monotonic() + 240
+    while len(list(Path(out).glob("part-*.parquet"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    files_before_kill = len(list(Path(out).glob("part-*.parquet")))
+    actor_nodes = model_actor_nodes()
+    victim = next(w for w in workers if w.node_id in actor_nodes)
+    cluster.remove_node(victim, allow_graceful=False)
+    cluster.add_node(num_cpus=2)  # what an autoscaler would do
+    job.join(timeout=400)
+    summary = result[0] if result else None
+    print(json.dumps({
+        "killed_node_had_actor": victim.node_id in actor_nodes,
+        "files_before_kill": files_before_kill,
+        "complete": bool(summary and summary.complete),
+        "inputs": summary.inputs if summary else None,
+        "rows": summary.rows_in_output if summary else None,
+    }))
+    ray.shutdown()
+    cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
