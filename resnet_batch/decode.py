@@ -19,6 +19,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
 from .models import Preprocessing
+from .sources import INLINE_BYTES, TAR_OFFSET, TAR_SIZE
 from .storage import read_bytes_or_raise
 
 DEFAULT_MAX_PIXELS = 100_000_000  # ~10k x 10k; larger inputs are refused before decoding
@@ -35,9 +36,12 @@ class ImageError(Exception):
         self.category = category
 
 
-def read_image_bytes(uri: str) -> bytes:
+def read_image_bytes(uri: str, offset: int = -1, size: int = -1) -> bytes:
+    """Bytes of a file, or of a tar member (`shard.tar/key.jpg` at `offset` in the shard)."""
+    if offset >= 0:
+        uri = uri[: uri.lower().rindex(".tar/") + len(".tar")]
     try:
-        data = read_bytes_or_raise(uri)
+        data = read_bytes_or_raise(uri, offset, size)
     except FileNotFoundError:
         raise ImageError("not_found", "no such file") from None
     except IsADirectoryError:
@@ -113,10 +117,25 @@ class DecodedImage:
     error: str | None
 
 
-def load_one(uri: str, prep: Preprocessing, max_pixels: int) -> DecodedImage:
+@dataclass(frozen=True)
+class Source:
+    """Where an image's bytes are: a file, a tar member, or bytes carried in the row."""
+
+    path: str
+    offset: int = -1
+    size: int = -1
+    inline: bytes | None = None
+
+
+def load_one(src: Source, prep: Preprocessing, max_pixels: int) -> DecodedImage:
     width = height = None
     try:
-        data = read_image_bytes(uri)
+        if src.inline is not None:
+            data = src.inline
+            if not data:
+                raise ImageError("empty_file", "file has 0 bytes")
+        else:
+            data = read_image_bytes(src.path, src.offset, src.size)
         img = decode_rgb(data, max_pixels)
         width, height = img.size
         return DecodedImage(preprocess(img, prep), width, height, None)
@@ -141,21 +160,33 @@ class DecodeStage:
         self.io_threads = io_threads
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        paths = [str(p) for p in batch["path"]]
+        sources = _sources(batch)
+        paths = [s.path for s in sources]
         if self.io_threads > 1 and len(paths) > 1:
             with ThreadPoolExecutor(min(self.io_threads, len(paths))) as pool:
-                decoded = list(pool.map(lambda p: load_one(p, self.prep, self.max_pixels), paths))
+                decoded = list(pool.map(lambda s: load_one(s, self.prep, self.max_pixels), sources))
         else:
-            decoded = [load_one(p, self.prep, self.max_pixels) for p in paths]
+            decoded = [load_one(s, self.prep, self.max_pixels) for s in sources]
         size = self.prep.crop_size
         images = np.zeros((len(paths), 3, size, size), dtype=np.uint8)
         for i, d in enumerate(decoded):
             if d.pixels is not None:
                 images[i] = d.pixels
-        out = dict(batch)
+        out = {k: v for k, v in batch.items() if k != INLINE_BYTES}
         out["image"] = images
         out["width"] = np.array([d.width if d.width is not None else -1 for d in decoded], dtype=np.int32)
         out["height"] = np.array([d.height if d.height is not None else -1 for d in decoded], dtype=np.int32)
         # "" = no error: an all-None object column would not survive Arrow conversion as strings.
         out["error"] = np.array([d.error or "" for d in decoded], dtype=object)
         return out
+
+
+def _sources(batch: dict[str, np.ndarray]) -> list[Source]:
+    n = len(batch["path"])
+    offsets = batch.get(TAR_OFFSET, np.full(n, -1))
+    sizes = batch.get(TAR_SIZE, np.full(n, -1))
+    inline = batch.get(INLINE_BYTES, [None] * n)
+    return [
+        Source(str(p), int(o), int(s), None if b is None else bytes(b))
+        for p, o, s, b in zip(batch["path"], offsets, sizes, inline)
+    ]

@@ -41,6 +41,7 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 NO_WEIGHTS = "none"
+RANDOM_INIT_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,10 @@ def build_model(
     if state is None:
         state = load_state_dict(resolved)
     num_classes = _num_classes(state) if state is not None else len(resolved.categories)
-    model = MODELS[resolved.model].builder(weights=None, num_classes=num_classes)
+    with torch.random.fork_rng(devices=[]):
+        # Random init (--weights none) must be the same in every actor of a job and across runs.
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model = MODELS[resolved.model].builder(weights=None, num_classes=num_classes)
     if state is not None:
         try:
             model.load_state_dict(state, strict=True, assign=assign)

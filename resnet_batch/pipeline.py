@@ -148,7 +148,7 @@ def run_label(cfg: LabelConfig) -> LabelSummary:
     resolved = resolve_weights(cfg.model, cfg.weights, cfg.preprocess)
     out = OutputDir(cfg.output)
     table = list_inputs(list(cfg.inputs), cfg.path_column)
-    extra_fields = tuple(f for f in table.schema if f.name != "path")
+    extra_fields = tuple(f for f in table.schema if f.name != "path" and not f.name.startswith("_"))
     resolved = dataclasses.replace(resolved, categories=tuple(check_weights(resolved)))
     if cfg.top_k > len(resolved.categories):
         raise UsageError(f"--top-k {cfg.top_k} exceeds the model's {len(resolved.categories)} classes")
@@ -209,9 +209,18 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: pa.Table, out:
         # Ray 2.60 names no parameter for retry bounds yet; **ray_remote_args is the way.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
         ds = _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, actors, gpus_per_actor)
+    if out.driver_only:
+        return _write_from_driver(ds, out, schema, cfg.rows_per_file)
     sink = _PartFileSink(out, schema, cfg.rows_per_file)
     ds.write_datasink(sink)
     return sink.stats
+
+
+def _write_from_driver(ds, out: OutputDir, schema: pa.Schema, rows_per_file: int) -> WriteStats:
+    stats = WriteStats()
+    for batch in ds.iter_batches(batch_size=rows_per_file, batch_format="pyarrow"):
+        stats.add(out.write_tables([batch], schema, rows_per_file))
+    return stats
 
 
 def _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, actors, gpus_per_actor):

@@ -10,6 +10,9 @@ import io
 import logging
 import os
 import posixpath
+import tarfile
+
+import fsspec
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -17,7 +20,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .errors import UsageError
-from .storage import filesystem, scheme_of
+from .storage import filesystem, is_local, scheme_of
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +28,11 @@ IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .ico".split()
 )
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".parquet")
+TAR_EXTENSIONS = (".tar",)
 GLOB_CHARS = "*?["
+# Internal columns (dropped before writing): where a tar member's bytes lie in its shard,
+# and the bytes themselves for memory:// inputs, which live only in the driver's process.
+TAR_OFFSET, TAR_SIZE, INLINE_BYTES = "_tar_offset", "_tar_size", "_bytes"
 
 
 def _ext(path: str) -> str:
@@ -47,8 +54,25 @@ def _is_hidden(path: str, root: str) -> bool:
     return any(part.startswith(".") for part in rel.split("/"))
 
 
+def is_tar(uri: str) -> bool:
+    return uri.lower().endswith(TAR_EXTENSIONS)
+
+
 def list_location(uri: str) -> list[str]:
-    """Image files under a directory, matching a glob, or the file itself."""
+    """Image files (and tar shards) under a directory, matching a glob, or the file itself."""
+    try:
+        return _list_location(uri)
+    except UsageError:
+        raise
+    except (OSError, ValueError) as exc:  # missing bucket, denied listing, bad endpoint
+        raise UsageError(f"cannot list input {uri}: {type(exc).__name__}: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def _list_location(uri: str) -> list[str]:
     fs, path = filesystem(uri)
     if any(c in uri for c in GLOB_CHARS):
         found = [p for p in fs.glob(path) if fs.isfile(p)]
@@ -58,7 +82,7 @@ def list_location(uri: str) -> list[str]:
     if fs.isdir(path):
         found = [
             p for p in fs.find(path)
-            if _ext(p) in IMAGE_EXTENSIONS and not _is_hidden(p, path)
+            if (_ext(p) in IMAGE_EXTENSIONS or is_tar(p)) and not _is_hidden(p, path)
         ]
         if not found:
             log.warning("input directory %s holds no image files", uri)
@@ -66,6 +90,8 @@ def list_location(uri: str) -> list[str]:
     if fs.isfile(path) or _ext(path) in IMAGE_EXTENSIONS:
         # A named image that is missing still gets its row (error not_found).
         return [_to_uri(fs, path, uri)]
+    if not is_local(uri) and scheme_of(uri) != "memory":
+        fs.ls(path.split("/", 1)[0])  # surfaces a missing bucket or denied access as OSError
     raise UsageError(f"input {uri} does not exist (expected a directory, image file, glob or manifest)")
 
 
@@ -80,9 +106,12 @@ def _resolve_entry(entry: str, base_uri: str) -> str:
 
 def read_manifest(uri: str, path_column: str = "path") -> pa.Table:
     fs, path = filesystem(uri)
-    if not fs.exists(path):
-        raise UsageError(f"manifest {uri} does not exist")
-    data = fs.cat_file(path)
+    try:
+        data = fs.cat_file(path)
+    except FileNotFoundError:
+        raise UsageError(f"manifest {uri} does not exist") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read manifest {uri}: {type(exc).__name__}: {_one_line(exc)}") from None
     lower = uri.lower()
     if lower.endswith(".txt"):
         lines = [line.strip() for line in data.decode("utf-8-sig").splitlines()]
@@ -107,6 +136,50 @@ def read_manifest(uri: str, path_column: str = "path") -> pa.Table:
     return extras.add_column(0, "path", paths)
 
 
+def list_tar_members(uri: str) -> pa.Table:
+    """One row per image member of a WebDataset-style shard: path `shard.tar/key.jpg`.
+
+    Only the headers are read (seeking over member data), so remote shards are not
+    downloaded here; workers later fetch each member by byte range.
+    """
+    fs, path = filesystem(uri)
+    paths, offsets, sizes = [], [], []
+    try:
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            for member in tar:
+                if member.isfile() and _ext(member.name) in IMAGE_EXTENSIONS:
+                    paths.append(f"{uri}/{member.name}")
+                    offsets.append(member.offset_data)
+                    sizes.append(member.size)
+    except (OSError, tarfile.TarError) as exc:
+        raise UsageError(f"cannot read tar shard {uri}: {type(exc).__name__}: {_one_line(exc)}") from None
+    return pa.table({"path": pa.array(paths, pa.string()), TAR_OFFSET: pa.array(offsets, pa.int64()),
+                     TAR_SIZE: pa.array(sizes, pa.int64())})
+
+
+def _location_table(uri: str) -> pa.Table:
+    found = list_location(uri)
+    tables = [list_tar_members(u) for u in found if is_tar(u)]
+    images = [u for u in found if not is_tar(u)]
+    return pa.concat_tables([pa.table({"path": pa.array(images, pa.string())}), *tables],
+                            promote_options="default")
+
+
+def _inline_memory_bytes(table: pa.Table) -> pa.Table:
+    """memory:// exists only in this process, so its bytes travel with the rows."""
+    paths = table.column("path").to_pylist()
+    if not any(p.startswith("memory://") for p in paths):
+        return table
+    fs = fsspec.filesystem("memory")
+    blobs = []
+    for p in paths:
+        try:
+            blobs.append(fs.cat_file(p) if p.startswith("memory://") else None)
+        except FileNotFoundError:
+            blobs.append(None)  # the decode stage reports not_found
+    return table.append_column(INLINE_BYTES, pa.array(blobs, pa.binary()))
+
+
 def list_inputs(inputs: list[str], path_column: str = "path") -> pa.Table:
     """All inputs as one table, duplicates removed (first occurrence wins)."""
     tables = []
@@ -114,12 +187,15 @@ def list_inputs(inputs: list[str], path_column: str = "path") -> pa.Table:
         if is_manifest(uri):
             tables.append(read_manifest(uri, path_column))
         else:
-            tables.append(pa.table({"path": pa.array(list_location(uri), type=pa.string())}))
+            tables.append(_location_table(uri))
     table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({"path": []})
     empty = pc.equal(table.column("path"), "")
     if pc.any(empty).as_py():
         raise UsageError("a manifest lists an empty path")
-    return drop_duplicate_paths(table)
+    for name in (TAR_OFFSET, TAR_SIZE):
+        if name in table.column_names:  # -1 = not a tar member (numpy batches have no int nulls)
+            table = table.set_column(table.column_names.index(name), name, pc.fill_null(table[name], -1))
+    return _inline_memory_bytes(drop_duplicate_paths(table))
 
 
 def drop_duplicate_paths(table: pa.Table) -> pa.Table:

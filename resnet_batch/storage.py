@@ -77,10 +77,15 @@ def join(base: str, *names: str) -> str:
     return "/".join([base.rstrip("/"), *names])
 
 
-def read_bytes_or_raise(uri: str) -> bytes:
-    """Read a whole file; raises FileNotFoundError / PermissionError / OSError."""
+def read_bytes_or_raise(uri: str, offset: int = -1, size: int = -1) -> bytes:
+    """Read a whole file, or `size` bytes at `offset`; raises FileNotFoundError / OSError."""
     if scheme_of(uri) == "":
         with open(uri, "rb") as f:
+            if offset >= 0:
+                f.seek(offset)
+                return f.read(size)
             return f.read()
     fs, path = filesystem(uri)
+    if offset >= 0:
+        return fs.cat_file(path, start=offset, end=offset + size)
     return fs.cat_file(path)

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import UsageError
-from .storage import check_scheme, filesystem, is_local, join
+from .storage import check_scheme, filesystem, is_local, join, scheme_of
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,11 @@ class OutputDir:
         self.uri = uri
         self.fs, self.path = filesystem(uri)
         self.atomic_rename = is_local(uri)
+        # memory:// lives in one process: only the driver can write there.
+        self.driver_only = scheme_of(uri) == "memory"
 
     def _names(self) -> list[str]:
+        self.fs.invalidate_cache()  # object-store listings are cached per process
         if not self.fs.exists(self.path):
             return []
         if not self.fs.isdir(self.path):
@@ -77,6 +80,15 @@ class OutputDir:
         """Apply --mode to whatever is already at the output location."""
         if mode not in MODES:
             raise UsageError(f"unknown --mode {mode!r}; valid: {', '.join(MODES)}")
+        try:
+            self._prepare(mode, run_info)
+        except (UsageError, FileExistsError):
+            raise
+        except OSError as exc:  # missing bucket, no write permission, unreachable endpoint
+            detail = " ".join(str(exc).split())[:300]
+            raise UsageError(f"cannot write to --output {self.uri}: {type(exc).__name__}: {detail}") from None
+
+    def _prepare(self, mode: str, run_info: dict) -> None:
         names = self._names()
         ours = [n for n in names if self._is_ours(n)]
         if mode == "error" and names:
@@ -94,7 +106,8 @@ class OutputDir:
             for name in ours:
                 if name.startswith(TMP_PREFIX):
                     self.fs.rm(join(self.path, name))
-        self.fs.makedirs(self.path, exist_ok=True)
+        if self.atomic_rename:  # local disk; object stores have no directories (and s3fs would create a bucket)
+            self.fs.makedirs(self.path, exist_ok=True)
         with self.fs.open(join(self.path, RUN_FILE), "w") as f:
             json.dump(run_info, f, indent=1, sort_keys=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -80,8 +81,36 @@ def save_random_checkpoint(model_name: str, path: Path, seed: int = 0) -> Path:
     return path
 
 
+S3_SECRET = "s3cr3t-never-logged"
+
+
 @pytest.fixture(scope="session")
-def ray_local():
+def s3_endpoint():
+    """A real S3-protocol server (moto) on 127.0.0.1, configured through the standard AWS variables.
+
+    Started before Ray so that Ray's worker processes inherit the same environment.
+    """
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.update(
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        AWS_ACCESS_KEY_ID="testing-key-id",
+        AWS_SECRET_ACCESS_KEY=S3_SECRET,
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_endpoint):
     import ray
 
     if not ray.is_initialized():

@@ -1,0 +1,175 @@
+"""Cloud and other inputs: s3:// through a real S3-protocol server, manifests, tar shards, memory://."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from resnet_batch.config import LabelConfig
+from resnet_batch.errors import UsageError
+from resnet_batch.pipeline import run_label
+
+from .conftest import S3_SECRET, write_reference_set
+
+
+def config(inputs, out, **kw) -> LabelConfig:
+    base = dict(model="resnet18", weights="none", precision="fp32", batch_size=4, top_k=3)
+    return LabelConfig(inputs=tuple(str(i) for i in inputs), output=str(out), **{**base, **kw})
+
+
+def by_name(table: pa.Table) -> dict[str, dict]:
+    return {r["path"].rsplit("/", 1)[-1]: r for r in table.to_pylist()}
+
+
+def assert_same_rows(rows: dict, reference: dict) -> None:
+    assert set(rows) == set(reference)
+    for name, ref in reference.items():
+        row = rows[name]
+        assert row["error"] == ref["error"], name
+        assert (row["width"], row["height"]) == (ref["width"], ref["height"])
+        # Batches group differently between runs, so values agree to float tolerance; top-k
+        # ids of a random-init model's near-uniform scores may swap, their probs may not.
+        np.testing.assert_allclose(row["embedding"], ref["embedding"], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(row["topk_probs"], ref["topk_probs"], rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def local_run(ray_local, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    images = write_reference_set(folder)
+    out = tmp_path_factory.mktemp("local") / "out"
+    assert run_label(config([folder], out)).complete
+    return images, by_name(pq.read_table(out))
+
+
+@pytest.fixture(scope="module")
+def s3(s3_endpoint):
+    fs = fsspec.filesystem("s3")
+    fs.invalidate_cache()
+    return fs
+
+
+def test_s3_in_and_out_match_local(s3, local_run, tmp_path):
+    images, reference = local_run
+    s3.mkdir("rb-in")
+    for p in images:
+        s3.put(str(p), f"rb-in/photos/{'nested/' if p.suffix == '.png' else ''}{p.name}")
+    s3.mkdir("rb-out")
+    summary = run_label(config(["s3://rb-in/photos"], "s3://rb-out/labels", rows_per_file=4))
+    assert summary.complete and summary.inputs == len(images)
+    s3.invalidate_cache()
+    parts = sorted(s3.glob("rb-out/labels/part-*.parquet"))
+    assert len(parts) >= 3
+    table = pa.concat_tables(pq.read_table(io.BytesIO(s3.cat_file(p))) for p in parts)
+    assert all(p.startswith("s3://rb-in/photos/") for p in table.column("path").to_pylist())
+    assert_same_rows(by_name(table), reference)
+
+    # Credentials appear nowhere in what the job wrote.
+    for name in s3.find("rb-out/labels"):
+        assert S3_SECRET.encode() not in s3.cat_file(name)
+
+    # Resume against the bucket: nothing left to do.
+    again = run_label(config(["s3://rb-in/photos"], "s3://rb-out/labels", mode="resume"))
+    assert again.complete and again.processed == 0 and again.already_done == len(images)
+
+
+@pytest.mark.parametrize("kind", ["txt", "csv", "parquet"])
+def test_manifests_carry_columns_and_report_missing(s3, local_run, tmp_path, kind):
+    images, reference = local_run
+    bucket = f"rb-manifest-{kind}"
+    s3.mkdir(bucket)
+    uris = []
+    for p in images:
+        s3.put(str(p), f"{bucket}/img/{p.name}")
+        uris.append(f"s3://{bucket}/img/{p.name}")
+    uris.append(f"s3://{bucket}/img/missing.jpg")
+    ids = list(range(100, 100 + len(uris)))
+    captions = [f"caption {i}" for i in ids]
+    meta = pa.table({"uri": uris, "id": ids, "caption": captions})
+    if kind == "txt":
+        data, column = ("\n".join(uris) + "\n").encode(), "path"
+    elif kind == "csv":
+        buf = io.BytesIO()
+        pacsv.write_csv(meta, buf)
+        data, column = buf.getvalue(), "uri"
+    else:
+        buf = io.BytesIO()
+        pq.write_table(meta, buf)
+        data, column = buf.getvalue(), "uri"
+    s3.pipe(f"{bucket}/list.{kind}", data)
+
+    out = tmp_path / "out"
+    summary = run_label(config([f"s3://{bucket}/list.{kind}"], out, path_column=column))
+    assert summary.complete and summary.inputs == len(uris) and dict(summary.errors) == {"not_found": 1}
+    table = pq.read_table(out)
+    rows = by_name(table)
+    assert rows["missing.jpg"]["error"].startswith("not_found:")
+    del rows["missing.jpg"]
+    assert_same_rows(rows, reference)
+    if kind != "txt":
+        assert table.column_names[-2:] == ["id", "caption"]
+        got = {r["path"]: (r["id"], r["caption"]) for r in table.to_pylist()}
+        assert got == {u: (i, c) for u, i, c in zip(uris, ids, captions)}
+
+
+def test_tar_shards(local_run, tmp_path):
+    images, reference = local_run
+    shard = tmp_path / "shard-000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for p in images:
+            tar.add(p, arcname=f"sample/{p.name}")
+        info = tarfile.TarInfo("sample/readme.json")
+        payload = json.dumps({"not": "an image"}).encode()
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    out = tmp_path / "out"
+    summary = run_label(config([shard], out))
+    assert summary.complete and summary.inputs == len(images)
+    table = pq.read_table(out)
+    assert sorted(table.column("path").to_pylist()) == sorted(f"{shard}/sample/{p.name}" for p in images)
+    assert_same_rows(by_name(table), reference)
+
+
+def test_memory_filesystem(local_run):
+    images, reference = local_run
+    mem = fsspec.filesystem("memory")
+    for p in images:
+        mem.pipe(f"/rb/in/{p.name}", p.read_bytes())
+    summary = run_label(config(["memory://rb/in"], "memory://rb/out"))
+    assert summary.complete and summary.inputs == len(images)
+    parts = mem.glob("/rb/out/part-*.parquet")
+    table = pa.concat_tables(pq.read_table(io.BytesIO(mem.cat_file(p))) for p in parts)
+    assert all(p.startswith("memory://") for p in table.column("path").to_pylist())
+    assert_same_rows(by_name(table), reference)
+
+
+@pytest.mark.parametrize("inputs, output, needle", [
+    (["gs://bucket/images"], "out", "gs:// needs the gcsfs package: pip install 'resnet-batch[gcs]'"),
+    (["az://container/images"], "out", "pip install 'resnet-batch[azure]'"),
+    (["s3://no-such-bucket-rb/images"], "out", "cannot list input s3://no-such-bucket-rb/images"),
+    (["ftp2://host/x"], "out", "unsupported URI scheme 'ftp2'"),
+    (["IMAGES"], "https://example.com/out", "https:// is read-only"),
+])
+def test_storage_errors_are_one_line(s3, tmp_path, inputs, output, needle):
+    (tmp_path / "IMAGES").mkdir()
+    inputs = [str(tmp_path / i) if i == "IMAGES" else i for i in inputs]
+    output = output if "://" in output else str(tmp_path / output)
+    with pytest.raises(UsageError) as info:
+        run_label(config(inputs, output))
+    assert needle in str(info.value) and "\n" not in str(info.value)
+    assert S3_SECRET not in str(info.value)
+
+
+def test_unwritable_output_bucket(s3, local_run):
+    images, _ = local_run
+    with pytest.raises(UsageError, match="cannot write to --output s3://no-such-out-bucket"):
+        run_label(config([images[0]], "s3://no-such-out-bucket/out"))
