@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from .errors import UsageError, WeightsUnavailableError
@@ -46,6 +47,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_label_args(sub.add_parser("label", help="label images: top-k classes and embeddings to Parquet"))
     sub.add_parser("models", help="list models, weights and embedding widths")
+    evaluate = sub.add_parser("eval", help="top-1/top-5 error on a labeled collection (ImageNet layouts)")
+    _add_label_args(evaluate)
+    evaluate.add_argument("--label-column", help="manifest column with the class index or WordNet id")
+
+    submit = sub.add_parser("submit", help="submit a label job to a Ray cluster: submit --address URL -- label ...")
+    submit.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS"),
+                        help="the cluster's job server, e.g. http://HEAD:8265 (default $RAY_ADDRESS)")
+    submit.add_argument("--wait", action="store_true", help="follow the logs and exit with the job's status")
+    submit.add_argument("--working-dir", help="local directory uploaded as the job's working directory")
+    submit.add_argument("--pip", nargs="+", action="extend", default=[], help="extra pip packages for the job")
+    submit.add_argument("--submission-id", help="job id to use (default: generated)")
+    submit.add_argument("--entrypoint-num-cpus", type=float, default=0, help="CPUs reserved for the driver (default 0: it mostly waits)")
+    submit.add_argument("--entrypoint-num-gpus", type=float, default=0, help="GPUs reserved for the driver")
+    submit.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE", help="job metadata")
+
+    jobs = sub.add_parser("jobs", help="status, logs or stop of a submitted job")
+    jobs.add_argument("action", choices=["status", "logs", "stop"])
+    jobs.add_argument("job_id", metavar="ID")
+    jobs.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS"))
     return parser
 
 
@@ -53,13 +73,32 @@ def cmd_label(args: argparse.Namespace) -> int:
     from .config import LabelConfig, load_config_file
     from .pipeline import run_label
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "verbose")}
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "verbose", "label_args")}
     if not flags["inputs"]:
         flags["inputs"] = None
     file_values = load_config_file(args.config) if args.config else {}
     cfg = LabelConfig.from_sources(file_values, flags)
     summary = run_label(cfg)
     for line in summary.lines():
+        print(line)
+    return EXIT_OK if summary.complete else EXIT_INCOMPLETE
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .config import LabelConfig, load_config_file
+    from .pipeline import run_eval
+
+    flags = {k: v for k, v in vars(args).items()
+             if k not in ("command", "config", "verbose", "label_args", "label_column")}
+    if not flags["inputs"]:
+        flags["inputs"] = None
+    if not flags["output"]:  # predictions go next to the user unless told otherwise
+        flags["output"] = f"eval-{flags['model'] or 'resnet50'}-{(flags['weights'] or 'DEFAULT').replace('/', '_')}"
+        flags["mode"] = flags["mode"] or "overwrite"
+    file_values = load_config_file(args.config) if args.config else {}
+    cfg = LabelConfig.from_sources(file_values, flags)
+    summary, report = run_eval(cfg, args.label_column)
+    for line in [*summary.lines(), *report.lines(), f"predictions: {cfg.output}"]:
         print(line)
     return EXIT_OK if summary.complete else EXIT_INCOMPLETE
 
@@ -72,11 +111,60 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"label": cmd_label, "models": cmd_models}
+def _require_address(args) -> str:
+    if not args.address:
+        raise UsageError("--address is required (the cluster's job server, e.g. http://HEAD:8265)")
+    return args.address
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from . import submit
+
+    metadata = {}
+    for item in args.metadata:
+        if "=" not in item:
+            raise UsageError(f"--metadata takes KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        metadata[key] = value
+    sub = submit.Submission(
+        address=_require_address(args), label_args=tuple(args.label_args), submission_id=args.submission_id,
+        working_dir=args.working_dir, pip=tuple(args.pip), entrypoint_num_cpus=args.entrypoint_num_cpus,
+        entrypoint_num_gpus=args.entrypoint_num_gpus, metadata=metadata,
+    )
+    job_id = submit.submit(sub)
+    print(f"submitted {job_id}", flush=True)
+    if not args.wait:
+        return EXIT_OK
+    final = submit.follow(sub.address, job_id)
+    print(f"job {job_id} {final}")
+    return EXIT_OK if final == submit.TERMINAL_OK else EXIT_INCOMPLETE
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from . import submit
+
+    address = _require_address(args)
+    if args.action == "status":
+        info = submit.status(address, args.job_id)
+        print(json.dumps(info))
+        return EXIT_OK
+    if args.action == "logs":
+        print(submit.logs(address, args.job_id), end="")
+        return EXIT_OK
+    return EXIT_OK if submit.stop(address, args.job_id) else EXIT_INCOMPLETE
+
+
+COMMANDS = {"label": cmd_label, "eval": cmd_eval, "models": cmd_models, "submit": cmd_submit, "jobs": cmd_jobs}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    label_args: list[str] = []
+    if "--" in argv:  # submit ... -- label ...: everything after -- is the job's command line
+        cut = argv.index("--")
+        argv, label_args = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
+    args.label_args = label_args
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

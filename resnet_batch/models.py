@@ -16,6 +16,7 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models import WeightsEnum
 
+from . import hf
 from .errors import UsageError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class ResolvedWeights:
 
     model: str
     weights: str  # what the user asked for, normalised: enum name, "none" or a URI
-    source: str  # "torchvision" | "checkpoint" | "none"
+    source: str  # "torchvision" | "checkpoint" | "hf" | "none"
     preprocessing: Preprocessing
     preprocess_from: str  # the torchvision weights whose transforms() we follow
     categories: tuple[str, ...]
@@ -140,6 +141,9 @@ def resolve_weights(model: str, weights: str, preprocess_from: str | None = None
             categories=tuple(tv.meta["categories"]),
         )
     else:
+        hf_folder = hf.checkpoint_dir(weights)
+        if hf_folder is not None:
+            return _resolve_hf(spec, weights, hf_folder, preprocess_from)
         source, label = "checkpoint", weights
     reference = _torchvision_weights(spec, preprocess_from or "IMAGENET1K_V1")
     return ResolvedWeights(
@@ -149,6 +153,25 @@ def resolve_weights(model: str, weights: str, preprocess_from: str | None = None
         preprocessing=Preprocessing.from_weights(reference),
         preprocess_from=reference.name,
         categories=tuple(reference.meta["categories"]),
+    )
+
+
+def _resolve_hf(spec: ModelSpec, weights: str, folder, preprocess_from: str | None) -> ResolvedWeights:
+    """Preprocessing and labels from the checkpoint's own config and image-processor files."""
+    config = hf.read_config(folder)
+    arch = hf.architecture(config)
+    if arch != spec.name:
+        raise UsageError(f"--weights {weights} holds a {arch} checkpoint; use --model {arch}")
+    reference = _torchvision_weights(spec, preprocess_from or "IMAGENET1K_V1")
+    values = hf.preprocessing_values(folder)
+    prep = Preprocessing(**values) if values and not preprocess_from else Preprocessing.from_weights(reference)
+    return ResolvedWeights(
+        model=spec.name,
+        weights=weights,
+        source="hf",
+        preprocessing=prep,
+        preprocess_from="preprocessor_config.json" if values and not preprocess_from else reference.name,
+        categories=hf.categories(config) or tuple(reference.meta["categories"]),
     )
 
 
@@ -196,7 +219,8 @@ def _unwrap_state_dict(state: object, uri: str) -> dict[str, torch.Tensor]:
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsUnavailableError(f"checkpoint {uri} does not hold a state_dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    return hf.convert_state_dict(state) if hf.is_hf_state_dict(state) else state
 
 
 def _num_classes(state: dict[str, torch.Tensor]) -> int:
@@ -209,6 +233,8 @@ def load_state_dict(resolved: ResolvedWeights) -> dict[str, torch.Tensor] | None
         return _download_torchvision(resolved)
     if resolved.source == "checkpoint":
         return read_checkpoint(resolved.weights)
+    if resolved.source == "hf":
+        return hf.load_hf_weights(resolved.weights)
     return None
 
 

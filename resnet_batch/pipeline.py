@@ -26,6 +26,7 @@ from . import __version__
 from .config import LabelConfig
 from .decode import DecodeStage
 from .errors import UsageError
+from .evaluate import EvalReport, attach_labels, score
 from .inference import InferenceSettings, Predictor
 from .models import check_weights, resolve_weights
 from .schema import output_schema, with_run_metadata
@@ -143,11 +144,13 @@ def _verify(out: OutputDir, inputs: pa.Array) -> tuple[int, int, int]:
     return rows, missing, rows - distinct
 
 
-def run_label(cfg: LabelConfig) -> LabelSummary:
+def run_label(cfg: LabelConfig, table: pa.Table | None = None) -> LabelSummary:
+    """Label every input; `table` (path + extra columns) replaces listing cfg.inputs."""
     start = time.monotonic()
     resolved = resolve_weights(cfg.model, cfg.weights, cfg.preprocess)
     out = OutputDir(cfg.output)
-    table = list_inputs(list(cfg.inputs), cfg.path_column)
+    if table is None:
+        table = list_inputs(list(cfg.inputs), cfg.path_column)
     extra_fields = tuple(f for f in table.schema if f.name != "path" and not f.name.startswith("_"))
     resolved = dataclasses.replace(resolved, categories=tuple(check_weights(resolved)))
     if cfg.top_k > len(resolved.categories):
@@ -242,3 +245,13 @@ def _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, act
         **ACTOR_RETRY_ARGS,
     )
     return ds
+
+
+def run_eval(cfg: LabelConfig, label_column: str | None = None) -> tuple[LabelSummary, EvalReport]:
+    """Top-1/top-5 error through the label pipeline; predictions land in cfg.output."""
+    cfg = dataclasses.replace(cfg, top_k=max(5, cfg.top_k))
+    table = attach_labels(list_inputs(list(cfg.inputs), cfg.path_column), label_column)
+    summary = run_label(cfg, table)
+    out = OutputDir(cfg.output)
+    weights = resolve_weights(cfg.model, cfg.weights, cfg.preprocess).weights
+    return summary, score(out.part_files(), out.fs, cfg.model, weights)

@@ -1,0 +1,245 @@
+"""Side-by-side throughput: bare model forward vs Ray's documented pipeline vs `resnet-batch label`.
+
+    python bench/bench.py                       # 2000 generated JPEGs, resnet18, fp32
+    python bench/bench.py --precision auto      # bf16 autocast where the CPU/GPU has it
+    python bench/bench.py --images 500 --only label   # e.g. the 1x of a memory-scaling pair
+
+Each contender runs in its own process tree on the same images; peak memory is the
+largest sampled sum of RSS over that tree (driver, raylet, Ray workers). Start-up (Ray,
+model load) is reported separately from the steady rate where the contender exposes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT / "bench" / "data"
+
+
+# --------------------------------------------------------------------------- images
+def photo_like(rng: np.random.Generator, height: int = 375, width: int = 500) -> np.ndarray:
+    """Gradients, shapes with edges and sensor-like noise: JPEGs of 80-150 KB at quality 90."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.stack([127 + 90 * np.sin(rng.uniform(0.005, 0.04) * x + rng.uniform(0.005, 0.04) * y
+                                      + rng.uniform(0, 6.3)) for _ in range(3)], -1)
+    for _ in range(rng.integers(4, 10)):
+        cy, cx, r = rng.integers(0, height), rng.integers(0, width), rng.integers(15, 120)
+        mask = (y - cy) ** 2 + (x - cx) ** 2 < r ** 2
+        img[mask] = rng.uniform(0, 255, 3)
+    img += rng.normal(0, 16, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def ensure_images(folder: Path, count: int) -> list[Path]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1234)
+    paths = []
+    for i in range(count):
+        path = folder / f"img_{i:06d}.jpg"
+        pixels = photo_like(rng)  # drawn even when the file exists, so image i is the same in any run
+        if not path.exists():
+            Image.fromarray(pixels).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+# --------------------------------------------------------------------------- memory
+def tree_rss_bytes(root_pid: int) -> int:
+    """Sum of RSS over root_pid and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(entry), int(fields[1])
+        children.setdefault(ppid, []).append(pid)
+        rss[pid] = int(fields[21]) * page
+    total, stack = 0, [root_pid]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def run_measured(cmd: list[str], env: dict | None = None) -> tuple[str, float, int]:
+    """(stdout, wall seconds, peak tree RSS bytes) of a command."""
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+    peak = [0]
+
+    def sample():
+        while proc.poll() is None:
+            peak[0] = max(peak[0], tree_rss_bytes(proc.pid))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    wall = time.monotonic() - start
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed ({proc.returncode}):\n{err[-3000:]}")
+    return out, wall, peak[0]
+
+
+# --------------------------------------------------------------------------- contenders
+def bare_forward(args) -> dict:
+    """Model forward only, on pre-decoded uint8 crops, with the job's own precision and threads."""
+    import torch
+
+    from resnet_batch.decode import load_one, Source
+    from resnet_batch.inference import InferenceSettings, Predictor
+    from resnet_batch.models import resolve_weights
+
+    resolved = resolve_weights(args.model, "none")
+    paths = sorted(Path(args.data).glob("*.jpg"))[: args.images]
+    crops = np.stack([load_one(Source(str(p)), resolved.preprocessing, 10**8).pixels for p in paths])
+    settings = InferenceSettings(weights=resolved, top_k=5, precision=args.precision,
+                                 device=args.device, threads=args.threads or os.cpu_count())
+    predictor = Predictor(settings, schema=None)
+    predictor.run_model(crops[: args.batch_size])  # warm-up (allocations, autotuning)
+    start = time.monotonic()
+    for i in range(0, len(crops), args.batch_size):
+        predictor.run_model(crops[i: i + args.batch_size])
+    if predictor.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.monotonic() - start
+    return {"images": len(crops), "steady_s": seconds, "precision": predictor.precision}
+
+
+def ray_documented(args) -> dict:
+    """Ray's documented batch-inference shape: read_images -> per-row transforms -> actor -> Parquet."""
+    import ray
+    import torch
+    from torchvision import transforms
+    from torchvision.models import get_model, get_model_weights
+
+    weights = get_model_weights(args.model).DEFAULT
+    ray.init(num_cpus=os.cpu_count(), logging_level="WARNING")
+    start = time.monotonic()
+    ds = ray.data.read_images(str(args.data), mode="RGB", include_paths=True)
+    if args.images:
+        ds = ds.limit(args.images)
+    transform = transforms.Compose([transforms.ToTensor(), weights.transforms()])
+
+    def preprocess(row):
+        row["transformed_image"] = transform(row["image"]).numpy()
+        del row["image"]
+        return row
+
+    class ResnetModel:
+        def __init__(self):
+            torch.manual_seed(0)
+            self.model = get_model(args.model, weights=None).eval()
+
+        def __call__(self, batch):
+            with torch.inference_mode():
+                prediction = self.model(torch.as_tensor(batch["transformed_image"]))
+            return {"path": batch["path"], "predicted_label": prediction.argmax(dim=1).numpy()}
+
+    out = Path(args.workdir) / "ray_documented_out"
+    ds.map(preprocess).map_batches(
+        ResnetModel, compute=ray.data.ActorPoolStrategy(size=1), batch_size=args.batch_size,
+    ).write_parquet(str(out))
+    return {"images": args.images, "steady_s": time.monotonic() - start}
+
+
+def resnet_batch_label(args) -> dict:
+    out = Path(args.workdir) / "label_out"
+    cmd = [sys.executable, "-m", "resnet_batch.cli", "label", str(args.data), "--output", str(out),
+           "--mode", "overwrite", "--model", args.model, "--weights", "none", "--precision", args.precision,
+           "--device", args.device, "--batch-size", str(args.batch_size), "--top-k", "5"]
+    if args.images:
+        manifest = Path(args.workdir) / "manifest.txt"
+        manifest.write_text("\n".join(str(p) for p in sorted(Path(args.data).glob("*.jpg"))[: args.images]))
+        cmd[4] = str(manifest)
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-3000:])
+    setup, run = map(float, re.search(r"setup ([\d.]+)s, run ([\d.]+)s", result.stdout).groups())
+    processed = int(re.search(r"processed (\d+)", result.stdout).group(1))
+    return {"images": processed, "steady_s": run, "startup_s": setup}
+
+
+CONTENDERS = {"bare": bare_forward, "ray_doc": ray_documented, "label": resnet_batch_label}
+TITLES = {"bare": "bare model forward", "ray_doc": "Ray documented pipeline", "label": "resnet-batch label"}
+
+
+def measure(name: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--_child", name, "--data", str(args.data), "--images", str(args.images),
+           "--model", args.model, "--precision", args.precision, "--device", args.device,
+           "--batch-size", str(args.batch_size), "--workdir", str(args.workdir), "--threads", str(args.threads)]
+    out, wall, peak = run_measured(cmd)
+    result = json.loads(out.strip().splitlines()[-1])
+    result.update(wall_s=wall, peak_rss_gib=peak / 2**30, rate=result["images"] / result["steady_s"])
+    return result
+
+
+def print_table(results: dict, args) -> None:
+    import platform
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    print(f"\n{args.model}, {args.images} JPEGs, batch {args.batch_size}, precision {args.precision}, "
+          f"device {args.device}; {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}")
+    print(f"| contender | images/s | x bare | x Ray doc | wall s | start-up s | peak RSS GiB |")
+    print(f"| --- | --- | --- | --- | --- | --- | --- |")
+    bare, doc = results.get("bare", {}).get("rate"), results.get("ray_doc", {}).get("rate")
+    for name, r in results.items():
+        ratio = lambda ref: f"{r['rate'] / ref:.2f}" if ref else "-"  # noqa: E731
+        startup = f"{r['startup_s']:.1f}" if "startup_s" in r else "-"
+        print(f"| {TITLES[name]} | {r['rate']:.1f} | {ratio(bare)} | {ratio(doc)} | {r['wall_s']:.1f} "
+              f"| {startup} | {r['peak_rss_gib']:.2f} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of JPEGs (generated if missing)")
+    p.add_argument("--images", type=int, default=2000)
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=0, help="torch threads for the bare forward (0 = all cores)")
+    p.add_argument("--only", nargs="*", choices=list(CONTENDERS), default=list(CONTENDERS))
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/resnet-batch-bench"))
+    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--_child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args._child:
+        print(json.dumps(CONTENDERS[args._child](args)))
+        return
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    ensure_images(args.data, args.images)
+    results = {}
+    for name in args.only:
+        print(f"running {TITLES[name]} ...", file=sys.stderr, flush=True)
+        results[name] = measure(name, args)
+    print_table(results, args)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Hugging Face ResNet checkpoints (`ResNetForImageClassification`) in torchvision's layout.
+
+Reads `config.json`, `preprocessor_config.json` and the weights directly; `transformers`
+is never imported. Sources: `hf:org/name` (hub cache, or a download through
+huggingface_hub when installed), a `save_pretrained` directory, or a `.safetensors` file
+whose keys are in the Hugging Face layout.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from .errors import UsageError, WeightsUnavailableError
+
+HF_PREFIX = "hf:"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# (layer_type, depths) -> torchvision model
+ARCHITECTURES = {
+    ("basic", (2, 2, 2, 2)): "resnet18",
+    ("basic", (3, 4, 6, 3)): "resnet34",
+    ("bottleneck", (3, 4, 6, 3)): "resnet50",
+    ("bottleneck", (3, 4, 23, 3)): "resnet101",
+    ("bottleneck", (3, 8, 36, 3)): "resnet152",
+}
+RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL resample codes in image-processor files
+
+
+def is_hf_state_dict(keys) -> bool:
+    return any(k.startswith(("resnet.embedder.", "embedder.embedder.")) for k in keys)
+
+
+def _cached_snapshot(repo: str) -> Path | None:
+    """The hub cache's snapshot of `repo` (refs/main when recorded), without any network."""
+    cache = os.environ.get("HF_HUB_CACHE") or os.path.join(os.environ.get("HF_HOME", "~/.cache/huggingface"), "hub")
+    root = Path(cache).expanduser() / f"models--{repo.replace('/', '--')}"
+    ref = root / "refs" / "main"
+    if ref.exists() and (root / "snapshots" / ref.read_text().strip()).is_dir():
+        return root / "snapshots" / ref.read_text().strip()
+    snapshots = sorted((root / "snapshots").glob("*"))
+    return snapshots[-1] if snapshots else None
+
+
+def _hub_snapshot(repo: str) -> Path:
+    cached = _cached_snapshot(repo)
+    if cached is not None:
+        return cached
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise WeightsUnavailableError(
+            f"hf:{repo} is not in the Hugging Face cache and huggingface_hub is not installed to download it: "
+            "pip install 'resnet-batch[hf]', or pass a save_pretrained directory with --weights"
+        ) from None
+    try:
+        return Path(snapshot_download(repo, allow_patterns=["*.json", *WEIGHT_FILES]))
+    except Exception as exc:
+        raise WeightsUnavailableError(
+            f"cannot fetch hf:{repo} from the Hugging Face hub ({type(exc).__name__}); "
+            "pass a save_pretrained directory or a .safetensors file with --weights"
+        ) from None
+
+
+def checkpoint_dir(weights: str) -> Path | None:
+    """The directory holding config.json for an HF source, or None when it is not one."""
+    if weights.startswith(HF_PREFIX):
+        return _hub_snapshot(weights[len(HF_PREFIX):])
+    path = Path(weights)
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise UsageError(f"--weights {weights} is a directory without config.json (not a save_pretrained folder)")
+        return path
+    if path.suffix == ".safetensors" and (path.parent / "config.json").exists():
+        return path.parent
+    return None
+
+
+def read_config(folder: Path) -> dict:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise WeightsUnavailableError(f"cannot read {folder / 'config.json'}: {exc}") from None
+    if config.get("model_type") != "resnet":
+        raise UsageError(f"{folder} holds a {config.get('model_type')!r} model, not a ResNet")
+    return config
+
+
+def architecture(config: dict) -> str:
+    key = (config.get("layer_type"), tuple(config.get("depths", ())))
+    if key not in ARCHITECTURES or config.get("downsample_in_bottleneck") or config.get("embedding_size", 64) != 64:
+        raise UsageError(
+            f"Hugging Face ResNet config {key} does not match a torchvision ResNet; supported: "
+            + ", ".join(f"{t} {list(d)} ({m})" for (t, d), m in ARCHITECTURES.items())
+        )
+    return ARCHITECTURES[key]
+
+
+def categories(config: dict) -> tuple[str, ...]:
+    id2label = config.get("id2label") or {}
+    return tuple(str(id2label.get(str(i), id2label.get(i, i))) for i in range(len(id2label)))
+
+
+def preprocessing_values(folder: Path) -> dict | None:
+    """Resize/crop/mean/std/interpolation from preprocessor_config.json (ConvNext/ViT processors)."""
+    path = folder / "preprocessor_config.json"
+    if not path.exists():
+        return None
+    cfg = json.loads(path.read_text())
+    size = cfg.get("size", {})
+    if isinstance(size, int):
+        size = {"shortest_edge": size}
+    crop = cfg.get("crop_size")
+    crop = crop.get("height") if isinstance(crop, dict) else crop
+    if "shortest_edge" in size and cfg.get("crop_pct"):
+        crop = size["shortest_edge"]
+        resize = int(size["shortest_edge"] / cfg["crop_pct"])
+    elif "shortest_edge" in size:
+        resize, crop = size["shortest_edge"], crop or size["shortest_edge"]
+    else:
+        resize = crop = size.get("height", 224)
+    return {
+        "resize_size": int(resize),
+        "crop_size": int(crop),
+        "mean": tuple(float(m) for m in cfg.get("image_mean", (0.485, 0.456, 0.406))),
+        "std": tuple(float(s) for s in cfg.get("image_std", (0.229, 0.224, 0.225))),
+        "interpolation": RESAMPLE.get(cfg.get("resample", 2), "bilinear"),
+    }
+
+
+def load_hf_weights(weights: str) -> dict[str, torch.Tensor]:
+    folder = checkpoint_dir(weights)
+    path = Path(weights) if weights.endswith(".safetensors") else None
+    if path is None:
+        path = next((folder / f for f in WEIGHT_FILES if (folder / f).exists()), None)
+        if path is None:
+            raise WeightsUnavailableError(f"{folder} has none of {', '.join(WEIGHT_FILES)}")
+    data = path.read_bytes()
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load
+
+        state = load(data)
+    else:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return convert_state_dict(state)
+
+
+_RULES = [
+    (r"^resnet\.embedder\.embedder\.convolution\.", "conv1."),
+    (r"^resnet\.embedder\.embedder\.normalization\.", "bn1."),
+    (r"^resnet\.encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.convolution\.", "layer{s}.{b}.downsample.0."),
+    (r"^resnet\.encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.normalization\.", "layer{s}.{b}.downsample.1."),
+    (r"^resnet\.encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.convolution\.", "layer{s}.{b}.conv{i}."),
+    (r"^resnet\.encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.normalization\.", "layer{s}.{b}.bn{i}."),
+    (r"^classifier\.1\.", "fc."),
+]
+
+
+def convert_key(key: str) -> str | None:
+    key = key if key.startswith(("resnet.", "classifier.")) else f"resnet.{key}"
+    for pattern, template in _RULES:
+        match = re.match(pattern, key)
+        if match:
+            # HF counts stages and layers-within-a-block from 0; torchvision's layerN and convN from 1.
+            offsets = (1, 0, 1)
+            names = {n: int(g) + o for n, g, o in zip("sbi", match.groups(), offsets)}
+            return template.format(**names) + key[match.end():]
+    return None
+
+
+def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Hugging Face ResNet keys -> torchvision keys; refuses keys it does not understand."""
+    converted, unknown = {}, []
+    for key, value in state.items():
+        new = convert_key(key)
+        if new is None:
+            unknown.append(key)
+        else:
+            converted[new] = value
+    if unknown:
+        raise WeightsUnavailableError(f"unexpected keys in Hugging Face checkpoint: {', '.join(unknown[:5])}")
+    return converted

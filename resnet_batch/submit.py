@@ -1,0 +1,100 @@
+"""Ray Jobs API: submit a label job to a cluster, follow it, and manage it.
+
+Token authentication (Ray 2.60's default for `ray start` heads) is handled by Ray's own
+client, which reads RAY_AUTH_MODE and the token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH
+or ~/.ray/auth_token; this module never reads or prints the token itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .errors import UsageError
+
+TERMINAL_OK = "SUCCEEDED"
+EXIT_JOB_FAILED = 1
+
+
+def _client(address: str):
+    try:
+        from ray.job_submission import JobSubmissionClient
+    except ImportError:
+        raise UsageError("submitting jobs needs Ray's job client: pip install 'ray[default]'") from None
+    try:
+        return JobSubmissionClient(address)
+    except Exception as exc:  # connection refused, bad address, auth failure
+        raise UsageError(f"cannot reach the Ray job server at {address}: {' '.join(str(exc).split())[:300]}") from None
+
+
+@dataclass(frozen=True)
+class Submission:
+    address: str
+    label_args: tuple[str, ...]
+    submission_id: str | None = None
+    working_dir: str | None = None
+    pip: tuple[str, ...] = ()
+    entrypoint_num_cpus: float = 0
+    entrypoint_num_gpus: float = 0
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.label_args:
+            raise UsageError("give the label command after --, e.g. submit --address URL -- label s3://b/in --output s3://b/out")
+        if self.label_args[0] != "label":
+            raise UsageError(f"only 'label' jobs can be submitted, got {self.label_args[0]!r}")
+
+    def entrypoint(self) -> str:
+        return "python -m resnet_batch.cli " + shlex.join(self.label_args)
+
+    def runtime_env(self) -> dict:
+        # Ship this package's source with the job; the cluster image provides torch and Ray.
+        env: dict = {"py_modules": [str(Path(__file__).resolve().parent)]}
+        if self.working_dir:
+            env["working_dir"] = self.working_dir
+        if self.pip:
+            env["pip"] = list(self.pip)
+        return env
+
+
+def submit(sub: Submission) -> str:
+    client = _client(sub.address)
+    return client.submit_job(
+        entrypoint=sub.entrypoint(),
+        submission_id=sub.submission_id,
+        runtime_env=sub.runtime_env(),
+        entrypoint_num_cpus=sub.entrypoint_num_cpus,
+        entrypoint_num_gpus=sub.entrypoint_num_gpus,
+        metadata={"tool": "resnet-batch", "version": __version__, **sub.metadata},
+    )
+
+
+async def _follow(client, job_id: str, out) -> None:
+    async for lines in client.tail_job_logs(job_id):
+        out.write(lines)
+        out.flush()
+
+
+def follow(address: str, job_id: str, out=sys.stdout) -> str:
+    """Stream the job's logs until it ends; returns its final status."""
+    client = _client(address)
+    asyncio.run(_follow(client, job_id, out))
+    return client.get_job_status(job_id).value
+
+
+def status(address: str, job_id: str) -> dict:
+    info = _client(address).get_job_info(job_id)
+    return {"submission_id": job_id, "status": str(info.status.value), "message": info.message,
+            "entrypoint": info.entrypoint, "metadata": info.metadata}
+
+
+def logs(address: str, job_id: str) -> str:
+    return _client(address).get_job_logs(job_id)
+
+
+def stop(address: str, job_id: str) -> bool:
+    return _client(address).stop_job(job_id)

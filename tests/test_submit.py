@@ -1,0 +1,91 @@
+"""Submit through the Ray Jobs API to a real `ray start --head` with token authentication."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "images"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    pytest.importorskip("ray.dashboard", reason="the job server needs ray[default]")
+    token = secrets.token_hex(16)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    env.pop("RAY_ADDRESS", None)
+    gcs, dashboard = free_port(), free_port()
+    temp = tmp_path_factory.mktemp("ray_head")
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dashboard}",
+         "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2", f"--temp-dir={temp}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    probe = f"from ray.job_submission import JobSubmissionClient as C; C({address!r}).list_jobs()"
+    try:
+        # Ray's client reads RAY_AUTH_MODE at import, so probe from a process with the head's env.
+        deadline = time.monotonic() + 120
+        while subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode != 0:
+            assert head.poll() is None and time.monotonic() < deadline, "ray head did not come up"
+            time.sleep(1)
+        yield address, env, token
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)  # SIGTERM would leave raylet and GCS running
+        head.wait()
+
+
+def cli(env, *args, timeout=400):
+    return subprocess.run([sys.executable, "-m", "resnet_batch.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def test_submit_wait_succeeds_and_writes_output(ray_head, tmp_path):
+    address, env, token = ray_head
+    out = tmp_path / "out"
+    result = cli(env, "submit", "--address", address, "--wait", "--submission-id", "rb-ok-1",
+                 "--metadata", "owner=tests", "--",
+                 "label", str(EXAMPLES), "--output", str(out), "--model", "resnet18", "--weights", "none")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "submitted rb-ok-1" in result.stdout and "job rb-ok-1 SUCCEEDED" in result.stdout
+    assert "complete: every input has exactly one row" in result.stdout  # the job's own summary, streamed
+    assert token not in result.stdout + result.stderr
+    assert pq.read_table(out).num_rows == len(list(EXAMPLES.iterdir()))
+
+    status = cli(env, "jobs", "status", "rb-ok-1", "--address", address)
+    assert status.returncode == 0 and '"status": "SUCCEEDED"' in status.stdout and '"owner": "tests"' in status.stdout
+    logs = cli(env, "jobs", "logs", "rb-ok-1", "--address", address)
+    assert "errors: decode_error 1" in logs.stdout and token not in logs.stdout
+
+
+def test_failing_job_reports_failure(ray_head, tmp_path):
+    address, env, _ = ray_head
+    result = cli(env, "submit", "--address", address, "--wait", "--submission-id", "rb-bad-1", "--",
+                 "label", str(EXAMPLES), "--output", str(tmp_path / "o"), "--model", "resnet99")
+    assert result.returncode == 1
+    assert "valid: resnet18, resnet34, resnet50, resnet101, resnet152" in result.stdout
+    assert "job rb-bad-1 FAILED" in result.stdout
+    status = cli(env, "jobs", "status", "rb-bad-1", "--address", address)
+    assert '"status": "FAILED"' in status.stdout
+
+
+def test_submit_without_label_command(tmp_path):
+    result = cli(os.environ.copy(), "submit", "--address", "http://127.0.0.1:9", "--", "models")
+    assert result.returncode == 2 and "only 'label' jobs can be submitted" in result.stderr
