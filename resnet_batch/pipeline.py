@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 import warnings
 from collections import Counter
@@ -97,6 +98,58 @@ class _PartFileSink(Datasink[WriteStats]):
     def on_write_complete(self, write_result: WriteResult[WriteStats]) -> None:
         for stats in write_result.write_returns:
             self.stats.add(stats)
+
+
+@ray.remote(num_cpus=0)
+class _ProgressCounter:
+    """Images through the model so far, reported by the actors (retries may overcount)."""
+
+    def __init__(self):
+        self.done = 0
+
+    def add(self, n: int) -> None:
+        self.done += n
+
+    def get(self) -> int:
+        return self.done
+
+
+class _ReportingPredictor(Predictor):
+    def __init__(self, settings: InferenceSettings, schema: pa.Schema, progress):
+        super().__init__(settings, schema)
+        self.progress = progress
+
+    def __call__(self, batch):
+        table = super().__call__(batch)
+        self.progress.add.remote(table.num_rows)
+        return table
+
+
+class _ProgressLogger:
+    """Logs images done / total and the rate every `interval_s` while the job runs."""
+
+    def __init__(self, total: int, interval_s: float = 15.0):
+        self.total, self.interval_s = total, interval_s
+        self.counter = _ProgressCounter.remote()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        while not self.stop.wait(self.interval_s):
+            done = min(self.total, ray.get(self.counter.get.remote()))
+            elapsed = time.monotonic() - start
+            log.info("progress: %d/%d images (%.1f%%), %.1f images/s", done, self.total,
+                     100 * done / self.total, done / elapsed)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        ray.kill(self.counter)
 
 
 def _init_ray(address: str | None) -> None:
@@ -208,15 +261,17 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: pa.Table, out:
     log.info("%d model actor(s), %s, batch %d, %d thread(s) each",
              actors, "GPU" if on_gpu else "CPU", batch_size, threads)
     ds = ray.data.from_arrow(blocks)
-    with warnings.catch_warnings():
-        # Ray 2.60 names no parameter for retry bounds yet; **ray_remote_args is the way.
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
-        ds = _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, actors, gpus_per_actor)
-    if out.driver_only:
-        return _write_from_driver(ds, out, schema, cfg.rows_per_file)
-    sink = _PartFileSink(out, schema, cfg.rows_per_file)
-    ds.write_datasink(sink)
-    return sink.stats
+    with _ProgressLogger(todo.num_rows) as progress:
+        with warnings.catch_warnings():
+            # Ray 2.60 names no parameter for retry bounds yet; **ray_remote_args is the way.
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
+            ds = _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, actors,
+                             gpus_per_actor, progress.counter)
+        if out.driver_only:
+            return _write_from_driver(ds, out, schema, cfg.rows_per_file)
+        sink = _PartFileSink(out, schema, cfg.rows_per_file)
+        ds.write_datasink(sink)
+        return sink.stats
 
 
 def _write_from_driver(ds, out: OutputDir, schema: pa.Schema, rows_per_file: int) -> WriteStats:
@@ -226,7 +281,7 @@ def _write_from_driver(ds, out: OutputDir, schema: pa.Schema, rows_per_file: int
     return stats
 
 
-def _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, actors, gpus_per_actor):
+def _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, actors, gpus_per_actor, counter):
     ds = ds.map_batches(
         DecodeStage(resolved.preprocessing, cfg.max_pixels, io_threads),
         batch_size=None,
@@ -235,8 +290,8 @@ def _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, act
         **TASK_RETRY_ARGS,
     )
     ds = ds.map_batches(
-        Predictor,
-        fn_constructor_kwargs={"settings": settings, "schema": schema},
+        _ReportingPredictor,
+        fn_constructor_kwargs={"settings": settings, "schema": schema, "progress": counter},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ActorPoolStrategy(min_size=1, max_size=actors),

@@ -23,6 +23,15 @@ def smooth_image(rng: np.random.Generator, height: int, width: int) -> np.ndarra
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def write_jpegs(folder: Path, count: int, seed: int, height: int = 240, width: int = 320) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"img_{i:03d}.jpg" for i in range(count)]
+    for path in paths:
+        Image.fromarray(smooth_image(rng, height, width)).save(path)
+    return paths
+
+
 def exif_rotated_jpeg(pixels: np.ndarray, orientation: int = 6) -> bytes:
     img = Image.fromarray(pixels)
     exif = img.getexif()

@@ -7,24 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
-from .conftest import smooth_image
+from .conftest import write_jpegs
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_worker_node_lost_mid_job(tmp_path):
-    rng = np.random.default_rng(9)
-    src = tmp_path / "in"
-    src.mkdir()
-    n = 60
-    for i in range(n):
-        Image.fromarray(smooth_image(rng, 200, 260)).save(src / f"{i:03d}.jpg")
+    src, n = tmp_path / "in", 60
+    write_jpegs(src, n, seed=9, height=200, width=260)
     out = tmp_path / "out"
     run = subprocess.run([sys.executable, "-m", "tests.multinode_job", str(src), str(out)],
                          capture_output=True, text=True, timeout=540, cwd=ROOT)

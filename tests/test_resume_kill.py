@@ -8,12 +8,10 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
-from .conftest import smooth_image
+from .conftest import write_jpegs
 
 pytestmark = pytest.mark.slow
 
@@ -25,12 +23,8 @@ def label_cmd(src, out, mode):
 
 
 def test_sigkill_driver_then_resume(tmp_path):
-    rng = np.random.default_rng(5)
-    src = tmp_path / "in"
-    src.mkdir()
-    n = 80
-    for i in range(n):
-        Image.fromarray(smooth_image(rng, 240, 320)).save(src / f"img_{i:03d}.jpg")
+    src, n = tmp_path / "in", 80
+    write_jpegs(src, n, seed=5)
     out = tmp_path / "out"
 
     driver = subprocess.Popen(label_cmd(src, out, "error"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
