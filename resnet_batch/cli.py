@@ -39,6 +39,8 @@ def _add_label_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--io-threads", type=int, help="file-fetch threads per decode task")
     p.add_argument("--max-pixels", type=int, help="refuse images with more pixels (default 100000000)")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
+    p.add_argument("--decode", help="cpu|gpu: where JPEGs are decoded (gpu = nvJPEG in the model actor; "
+                   "resized on tensors, close to but not bit-equal with the PIL reference) (default cpu)")
 
 
 def build_parser() -> argparse.ArgumentParser:

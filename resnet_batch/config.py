@@ -17,6 +17,9 @@ from .schema import EMBEDDING_DTYPES
 from .writer import MODES
 
 
+DECODERS = ("cpu", "gpu")
+
+
 def _one_of(name: str, value: str, valid) -> None:
     if value not in valid:
         raise UsageError(f"invalid {name} {value!r}; valid: {', '.join(valid)}")
@@ -49,6 +52,7 @@ class LabelConfig:
     io_threads: int = 0  # file-fetch threads per decode task; 0 = 1 local, 16 remote
     max_pixels: int = DEFAULT_MAX_PIXELS
     compile: bool = False
+    decode: str = "cpu"  # "gpu": JPEGs decoded by nvJPEG in the model actor
 
     def __post_init__(self):
         if not self.inputs:
@@ -60,6 +64,7 @@ class LabelConfig:
         _one_of("--device", self.device, DEVICES)
         _one_of("--precision", self.precision, PRECISIONS)
         _one_of("--mode", self.mode, MODES)
+        _one_of("--decode", self.decode, DECODERS)
         _positive("--batch-size", self.batch_size, allow_zero=True)
         _positive("--top-k", self.top_k, allow_zero=True)
         if self.top_k > 1000:

@@ -23,6 +23,7 @@ from .sources import INLINE_BYTES, TAR_OFFSET, TAR_SIZE
 from .storage import read_bytes_or_raise
 
 DEFAULT_MAX_PIXELS = 100_000_000  # ~10k x 10k; larger inputs are refused before decoding
+JPEG_COLUMN = "_jpeg"  # undecoded JPEG bytes for the device decoder (b"" = decoded here)
 
 # A truncated file must fail loudly, never decode into grey padding.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -115,6 +116,23 @@ class DecodedImage:
     width: int | None
     height: int | None
     error: str | None
+    jpeg: bytes | None = None  # left for the model's device to decode (--decode gpu)
+
+
+def device_decodable_size(data: bytes, max_pixels: int) -> tuple[int, int] | None:
+    """(width, height) after EXIF orientation for a JPEG that nvJPEG can take, else None.
+
+    Reads only the header, so the size limit holds without decoding anything.
+    """
+    img = Image.open(io.BytesIO(data))
+    if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+        return None  # CMYK and other JPEGs, and all other formats, decode on the CPU
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageError("too_large", f"{width}x{height} pixels exceeds the limit of {max_pixels}")
+    if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
+        width, height = height, width
+    return width, height
 
 
 @dataclass(frozen=True)
@@ -127,7 +145,7 @@ class Source:
     inline: bytes | None = None
 
 
-def load_one(src: Source, prep: Preprocessing, max_pixels: int) -> DecodedImage:
+def load_one(src: Source, prep: Preprocessing, max_pixels: int, defer_jpeg: bool = False) -> DecodedImage:
     width = height = None
     try:
         if src.inline is not None:
@@ -136,6 +154,9 @@ def load_one(src: Source, prep: Preprocessing, max_pixels: int) -> DecodedImage:
                 raise ImageError("empty_file", "file has 0 bytes")
         else:
             data = read_image_bytes(src.path, src.offset, src.size)
+        size = device_decodable_size(data, max_pixels) if defer_jpeg else None
+        if size is not None:
+            return DecodedImage(None, size[0], size[1], None, jpeg=data)
         img = decode_rgb(data, max_pixels)
         width, height = img.size
         return DecodedImage(preprocess(img, prep), width, height, None)
@@ -154,19 +175,21 @@ class DecodeStage:
     Pillow's decoders release the GIL, so a few threads keep one task's core busy.
     """
 
-    def __init__(self, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS, io_threads: int = 4):
+    def __init__(self, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS, io_threads: int = 4,
+                 defer_jpeg: bool = False):
         self.prep = prep
         self.max_pixels = max_pixels
         self.io_threads = io_threads
+        self.defer_jpeg = defer_jpeg  # pass JPEG bytes on for nvJPEG in the model actor
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sources = _sources(batch)
         paths = [s.path for s in sources]
         if self.io_threads > 1 and len(paths) > 1:
             with ThreadPoolExecutor(min(self.io_threads, len(paths))) as pool:
-                decoded = list(pool.map(lambda s: load_one(s, self.prep, self.max_pixels), sources))
+                decoded = list(pool.map(self._load, sources))
         else:
-            decoded = [load_one(s, self.prep, self.max_pixels) for s in sources]
+            decoded = [self._load(s) for s in sources]
         size = self.prep.crop_size
         images = np.zeros((len(paths), 3, size, size), dtype=np.uint8)
         for i, d in enumerate(decoded):
@@ -178,7 +201,12 @@ class DecodeStage:
         out["height"] = np.array([d.height if d.height is not None else -1 for d in decoded], dtype=np.int32)
         # "" = no error: an all-None object column would not survive Arrow conversion as strings.
         out["error"] = np.array([d.error or "" for d in decoded], dtype=object)
+        if self.defer_jpeg:
+            out[JPEG_COLUMN] = np.array([d.jpeg or b"" for d in decoded], dtype=object)
         return out
+
+    def _load(self, src: Source) -> DecodedImage:
+        return load_one(src, self.prep, self.max_pixels, self.defer_jpeg)
 
 
 def _sources(batch: dict[str, np.ndarray]) -> list[Source]:

@@ -15,6 +15,7 @@ import pyarrow as pa
 import torch
 
 from .models import ResolvedWeights, build_model, forward_features
+from .decode import JPEG_COLUMN
 from .schema import build_table
 
 log = logging.getLogger(__name__)
@@ -97,12 +98,50 @@ class Predictor:
             pooled, logits = forward_features(self.model, x)
         return pooled.float(), logits.float()
 
-    @torch.inference_mode()
-    def run_model(self, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pooled, logits) on the CPU for a uint8 (N, 3, H, W) array, splitting on OOM."""
-        tensor = torch.from_numpy(images)
+    def to_device(self, images: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(images))
         if self.device.type == "cuda":
             tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+    @torch.inference_mode()
+    def decode_on_device(self, images: torch.Tensor, jpegs, errors: np.ndarray) -> None:
+        """nvJPEG (torchvision.io) for rows the decode stage left as JPEG bytes, in place.
+
+        Resizing runs on tensors (antialiased), so pixels differ slightly from the PIL
+        reference path; the deviation is measured in tests/test_device_decode.py.
+        """
+        from torchvision.io import ImageReadMode, decode_jpeg
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as F
+
+        rows = [i for i, data in enumerate(jpegs) if data]
+        if not rows:
+            return
+        datas = [torch.frombuffer(bytearray(jpegs[i]), dtype=torch.uint8) for i in rows]
+        try:
+            decoded = decode_jpeg(datas, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True)
+        except RuntimeError:  # one bad file fails the batch call: retry one by one
+            decoded = []
+            for data in datas:
+                try:
+                    decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device,
+                                               apply_exif_orientation=True))
+                except RuntimeError as exc:
+                    decoded.append(" ".join(str(exc).split())[:200] or "nvJPEG failed")
+        prep = self.settings.weights.preprocessing
+        for row, img in zip(rows, decoded):
+            if isinstance(img, str):
+                errors[row] = f"decode_error: {img}"
+                continue
+            img = F.resize(img, [prep.resize_size], interpolation=InterpolationMode(prep.interpolation),
+                           antialias=True)
+            images[row] = F.center_crop(img, [prep.crop_size])
+
+    @torch.inference_mode()
+    def run_model(self, images: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled, logits) on the CPU for a uint8 (N, 3, H, W) batch, splitting on OOM."""
+        tensor = images if isinstance(images, torch.Tensor) else self.to_device(images)
         try:
             pooled, logits = self.forward(tensor)
             return pooled.cpu(), logits.cpu()
@@ -117,7 +156,7 @@ class Predictor:
             first, second = self.run_model(images[:half]), self.run_model(images[half:])
             return torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]])
 
-    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def predict(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(topk_ids, topk_probs, embeddings) as numpy arrays."""
         pooled, logits = self.run_model(images)
         k = self.settings.top_k
@@ -126,12 +165,15 @@ class Predictor:
         return ids.numpy().astype(np.int32), probs.numpy().astype(np.float32), pooled.numpy().astype(dtype)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        images = batch["image"]
-        ok = np.array([not e for e in batch["error"]], dtype=bool)
+        images = self.to_device(batch["image"])
+        errors = np.array(batch["error"], dtype=object)
+        if JPEG_COLUMN in batch:
+            self.decode_on_device(images, batch[JPEG_COLUMN], errors)
+        ok = np.array([not e for e in errors], dtype=bool)
         n, k, dim = len(images), self.settings.top_k, self.settings.weights.embedding_dim
         ids = np.zeros((n, k), dtype=np.int32)
         probs = np.zeros((n, k), dtype=np.float32)
         emb = np.zeros((n, dim), dtype=np.float16 if self.settings.embedding_dtype == "float16" else np.float32)
         if ok.any():
-            ids[ok], probs[ok], emb[ok] = self.predict(np.ascontiguousarray(images[ok]))
-        return build_table(self.schema, batch, ids, probs, self.categories, emb)
+            ids[ok], probs[ok], emb[ok] = self.predict(images[torch.from_numpy(ok).to(images.device)])
+        return build_table(self.schema, {**batch, "error": errors}, ids, probs, self.categories, emb)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 import warnings
@@ -43,7 +44,8 @@ log = logging.getLogger(__name__)
 # replacement is up); the restart budget is what bounds a crash loop.
 ACTOR_RETRY_ARGS = {"max_restarts": 8, "max_task_retries": -1}
 TASK_RETRY_ARGS = {"max_retries": 3}
-BLOCKS_PER_BATCH = 4  # input block size, in batches: enough work per decode task
+BLOCKS_PER_BATCH = 4
+DECODE_NICENESS = 10  # input block size, in batches: enough work per decode task
 
 
 @dataclass
@@ -57,6 +59,8 @@ class LabelSummary:
     run_s: float = 0.0
     missing: int = 0
     duplicates: int = 0
+    steady_images_per_s: float = 0.0  # between the first and last model batch
+    first_batch_s: float = 0.0  # from start to the first model batch: the fixed start-up cost
 
     @property
     def images_per_s(self) -> float:
@@ -72,7 +76,8 @@ class LabelSummary:
             f"inputs {self.inputs}, already done {self.already_done}, processed {self.processed}, "
             f"rows in output {self.rows_in_output}",
             f"errors: {errors}",
-            f"setup {self.setup_s:.1f}s, run {self.run_s:.1f}s, {self.images_per_s:.1f} images/s",
+            f"setup {self.setup_s:.1f}s, run {self.run_s:.1f}s, {self.images_per_s:.1f} images/s; "
+            f"first batch after {self.first_batch_s:.1f}s, then {self.steady_images_per_s:.1f} images/s steady",
             "complete: every input has exactly one row" if self.complete else
             f"INCOMPLETE: {self.missing} inputs without a row, {self.duplicates} duplicate rows",
         ]
@@ -100,18 +105,45 @@ class _PartFileSink(Datasink[WriteStats]):
             self.stats.add(stats)
 
 
+class _LowPriorityDecode(DecodeStage):
+    """Decoding at a lower CPU priority than the model, in Ray's worker processes.
+
+    On CPU nodes the model's OpenMP threads wait for each other at every layer, so a
+    decode task that preempts one of them stalls all of them; at niceness 10 decoding
+    fills the gaps instead (measured on 2 cores: 39 -> 42 images/s steady, resnet18 fp32).
+    Where cores are spare (GPU nodes) priority changes nothing.
+    """
+
+    def __call__(self, batch):
+        current = os.nice(0)
+        if current < DECODE_NICENESS:
+            os.nice(DECODE_NICENESS - current)
+        return super().__call__(batch)
+
+
 @ray.remote(num_cpus=0)
 class _ProgressCounter:
     """Images through the model so far, reported by the actors (retries may overcount)."""
 
     def __init__(self):
         self.done = 0
+        self.first: tuple[float, int] | None = None  # (time, images) at the first report
+        self.last = 0.0
 
     def add(self, n: int) -> None:
         self.done += n
+        self.last = time.time()
+        if self.first is None:
+            self.first = (self.last, n)
 
     def get(self) -> int:
         return self.done
+
+    def steady_rate(self) -> tuple[float, float]:
+        """(images/s between the first and the last batch, wall time of the first batch)."""
+        if self.first is None or self.last <= self.first[0]:
+            return 0.0, 0.0
+        return (self.done - self.first[1]) / (self.last - self.first[0]), self.first[0]
 
 
 class _ReportingPredictor(Predictor):
@@ -149,6 +181,7 @@ class _ProgressLogger:
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join()
+        self.steady_rate, self.first_batch_at = ray.get(self.counter.steady_rate.remote())
         ray.kill(self.counter)
 
 
@@ -219,12 +252,12 @@ def run_label(cfg: LabelConfig, table: pa.Table | None = None) -> LabelSummary:
                       cfg.top_k > 0, extra_fields),
         info,
     )
-    stats = WriteStats()
+    stats, timing = WriteStats(), (0.0, 0.0)
     setup_s = time.monotonic() - start
     if todo.num_rows:
         _init_ray(cfg.address)
         setup_s = time.monotonic() - start
-        stats = _execute(cfg, resolved, schema, todo, out)
+        stats, timing = _execute(cfg, resolved, schema, todo, out, wall_start=time.time() - setup_s)
     run_s = time.monotonic() - start - setup_s
     rows, missing, duplicates = _verify(out, table.column("path").combine_chunks())
     return LabelSummary(
@@ -237,10 +270,14 @@ def run_label(cfg: LabelConfig, table: pa.Table | None = None) -> LabelSummary:
         run_s=run_s,
         missing=missing,
         duplicates=duplicates,
+        steady_images_per_s=timing[0],
+        first_batch_s=timing[1],
     )
 
 
-def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: pa.Table, out: OutputDir) -> WriteStats:
+def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: pa.Table, out: OutputDir,
+             wall_start: float) -> tuple[WriteStats, tuple[float, float]]:
+    """Run the pipeline; returns write stats and (steady images/s, seconds to the first batch)."""
     actors, gpus_per_actor, threads = _pool_layout(cfg)
     on_gpu = gpus_per_actor > 0
     batch_size = cfg.batch_size or (256 if on_gpu else 32)
@@ -268,10 +305,13 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: pa.Table, out:
             ds = _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, actors,
                              gpus_per_actor, progress.counter)
         if out.driver_only:
-            return _write_from_driver(ds, out, schema, cfg.rows_per_file)
-        sink = _PartFileSink(out, schema, cfg.rows_per_file)
-        ds.write_datasink(sink)
-        return sink.stats
+            stats = _write_from_driver(ds, out, schema, cfg.rows_per_file)
+        else:
+            sink = _PartFileSink(out, schema, cfg.rows_per_file)
+            ds.write_datasink(sink)
+            stats = sink.stats
+    first = progress.first_batch_at - wall_start if progress.first_batch_at else 0.0
+    return stats, (progress.steady_rate, first)
 
 
 def _write_from_driver(ds, out: OutputDir, schema: pa.Schema, rows_per_file: int) -> WriteStats:
@@ -283,7 +323,7 @@ def _write_from_driver(ds, out: OutputDir, schema: pa.Schema, rows_per_file: int
 
 def _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, actors, gpus_per_actor, counter):
     ds = ds.map_batches(
-        DecodeStage(resolved.preprocessing, cfg.max_pixels, io_threads),
+        _LowPriorityDecode(resolved.preprocessing, cfg.max_pixels, io_threads, defer_jpeg=cfg.decode == "gpu"),
         batch_size=None,
         batch_format="numpy",
         num_cpus=1,
