@@ -23,7 +23,7 @@ def _add_label_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="DEFAULT|IMAGENET1K_V1|IMAGENET1K_V2|none|PATH-or-URI (default DEFAULT)")
     p.add_argument("--preprocess", help="torchvision weights whose transforms() a checkpoint or "
                    "'none' uses (default IMAGENET1K_V1)")
-    p.add_argument("--batch-size", type=int, help="images per model batch (default 256 GPU, 32 CPU)")
+    p.add_argument("--batch-size", type=int, help="images per model batch (default 256 GPU; CPU 32 fp32, 64 bf16)")
     p.add_argument("--top-k", type=int, help="labels per image, 0 = no labels (default 5)")
     p.add_argument("--no-embeddings", dest="embeddings", action="store_const", const=False,
                    help="do not write the pooled embedding")

@@ -37,7 +37,7 @@ class LabelConfig:
     model: str = "resnet50"
     weights: str = "DEFAULT"
     preprocess: str | None = None  # torchvision weights whose transforms() a checkpoint uses
-    batch_size: int = 0  # 0 = per device: 256 on GPU, 32 on CPU
+    batch_size: int = 0  # 0 = per device: 256 on GPU; on CPU 32 (fp32) or 64 (bf16)
     top_k: int = 5
     embeddings: bool = True
     embedding_dtype: str = "float32"

@@ -29,7 +29,7 @@ from .config import LabelConfig
 from .decode import DecodeStage
 from .errors import UsageError
 from .evaluate import EvalReport, attach_labels, score
-from .inference import InferenceSettings, Predictor
+from .inference import InferenceSettings, Predictor, resolve_precision
 from .models import check_weights, resolve_weights
 from .schema import output_schema, with_run_metadata
 from .sources import list_inputs
@@ -188,7 +188,19 @@ class _ProgressLogger:
 def _init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+    try:
+        # A Ray we start ourselves runs without the dashboard: on a small machine its
+        # processes cost ~2 s of start-up and a few % of throughput (bench/BENCHMARKS.md).
+        ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False)
+    except ValueError:  # joining a running cluster, whose dashboard settings are its own
+        ray.init(address=address, logging_level=logging.WARNING)
+
+
+def _default_batch_size(on_gpu: bool, precision: str) -> int:
+    """256 fills a GPU; on CPUs fp32 peaks at 32 and bf16 at 64 (bench/BENCHMARKS.md)."""
+    if on_gpu:
+        return 256
+    return 64 if resolve_precision(precision, "cpu") == "bf16" else 32
 
 
 def _pool_layout(cfg: LabelConfig) -> tuple[int, float, int]:
@@ -280,7 +292,7 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: pa.Table, out:
     """Run the pipeline; returns write stats and (steady images/s, seconds to the first batch)."""
     actors, gpus_per_actor, threads = _pool_layout(cfg)
     on_gpu = gpus_per_actor > 0
-    batch_size = cfg.batch_size or (256 if on_gpu else 32)
+    batch_size = cfg.batch_size or _default_batch_size(on_gpu, cfg.precision)
     block_rows = batch_size * BLOCKS_PER_BATCH
     blocks = [todo.slice(i, block_rows) for i in range(0, todo.num_rows, block_rows)]
     all_local = all(is_local(p) for p in todo.column("path").slice(0, 1).to_pylist())
