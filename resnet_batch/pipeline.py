@@ -23,6 +23,7 @@ import ray.data
 from ray.data import ActorPoolStrategy
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink, WriteResult
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from . import __version__
 from .config import LabelConfig
@@ -162,14 +163,21 @@ class _ProgressLogger:
 
     def __init__(self, total: int, interval_s: float = 15.0):
         self.total, self.interval_s = total, interval_s
-        self.counter = _ProgressCounter.remote()
+        # On the driver's node, so losing a worker node does not take progress with it;
+        # progress is best-effort everywhere: it must never fail the job.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        self.counter = _ProgressCounter.options(scheduling_strategy=here, max_restarts=-1).remote()
+        self.steady_rate, self.first_batch_at = 0.0, 0.0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         start = time.monotonic()
         while not self.stop.wait(self.interval_s):
-            done = min(self.total, ray.get(self.counter.get.remote()))
+            try:
+                done = min(self.total, ray.get(self.counter.get.remote(), timeout=10))
+            except (ray.exceptions.RayError, TimeoutError):
+                continue
             elapsed = time.monotonic() - start
             log.info("progress: %d/%d images (%.1f%%), %.1f images/s", done, self.total,
                      100 * done / self.total, done / elapsed)
@@ -181,8 +189,11 @@ class _ProgressLogger:
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join()
-        self.steady_rate, self.first_batch_at = ray.get(self.counter.steady_rate.remote())
-        ray.kill(self.counter)
+        try:
+            self.steady_rate, self.first_batch_at = ray.get(self.counter.steady_rate.remote(), timeout=10)
+            ray.kill(self.counter)
+        except (ray.exceptions.RayError, TimeoutError):
+            log.warning("progress counter lost; steady-rate figure unavailable")
 
 
 def _init_ray(address: str | None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,16 +62,26 @@ class Submission:
         return env
 
 
+AGENT_WAIT_S = 60  # a head that has just started may not have its job agent up yet
+
+
 def submit(sub: Submission) -> str:
     client = _client(sub.address)
-    return client.submit_job(
-        entrypoint=sub.entrypoint(),
-        submission_id=sub.submission_id,
-        runtime_env=sub.runtime_env(),
-        entrypoint_num_cpus=sub.entrypoint_num_cpus,
-        entrypoint_num_gpus=sub.entrypoint_num_gpus,
-        metadata={"tool": "resnet-batch", "version": __version__, **sub.metadata},
-    )
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return client.submit_job(
+                entrypoint=sub.entrypoint(),
+                submission_id=sub.submission_id,
+                runtime_env=sub.runtime_env(),
+                entrypoint_num_cpus=sub.entrypoint_num_cpus,
+                entrypoint_num_gpus=sub.entrypoint_num_gpus,
+                metadata={"tool": "resnet-batch", "version": __version__, **sub.metadata},
+            )
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise UsageError(f"job submission to {sub.address} failed: {' '.join(str(exc).split())[:300]}") from None
+            time.sleep(2)
 
 
 async def _follow(client, job_id: str, out) -> None:

@@ -37,7 +37,15 @@ def main(src: str, out: str) -> None:
     cfg = LabelConfig(inputs=(src,), output=out, model="resnet50", weights="none", precision="fp32",
                       batch_size=2, rows_per_file=4, top_k=1)
     result: list = []
-    job = threading.Thread(target=lambda: result.append(run_label(cfg)))
+    failure: list = []
+
+    def run():
+        try:
+            result.append(run_label(cfg))
+        except Exception as exc:  # reported, so the test shows why
+            failure.append(f"{type(exc).__name__}: {exc}"[-2000:])
+
+    job = threading.Thread(target=run)
     job.start()
     deadline = time.monotonic() + 240
     while len(list(Path(out).glob("part-*.parquet"))) < 2 and time.monotonic() < deadline:
@@ -55,6 +63,7 @@ def main(src: str, out: str) -> None:
         "complete": bool(summary and summary.complete),
         "inputs": summary.inputs if summary else None,
         "rows": summary.rows_in_output if summary else None,
+        "failure": failure[0] if failure else None,
     }))
     ray.shutdown()
     cluster.shutdown()
