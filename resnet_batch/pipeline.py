@@ -77,8 +77,9 @@ class LabelSummary:
             f"inputs {self.inputs}, already done {self.already_done}, processed {self.processed}, "
             f"rows in output {self.rows_in_output}",
             f"errors: {errors}",
-            f"setup {self.setup_s:.1f}s, run {self.run_s:.1f}s, {self.images_per_s:.1f} images/s; "
-            f"first batch after {self.first_batch_s:.1f}s, then {self.steady_images_per_s:.1f} images/s steady",
+            f"setup {self.setup_s:.1f}s, run {self.run_s:.1f}s, {self.images_per_s:.1f} images/s"
+            + (f"; first batch after {self.first_batch_s:.1f}s, then {self.steady_images_per_s:.1f} images/s steady"
+               if self.steady_images_per_s else ""),
             "complete: every input has exactly one row" if self.complete else
             f"INCOMPLETE: {self.missing} inputs without a row, {self.duplicates} duplicate rows",
         ]
@@ -142,8 +143,10 @@ class _ProgressCounter:
 
     def steady_rate(self) -> tuple[float, float]:
         """(images/s between the first and the last batch, wall time of the first batch)."""
-        if self.first is None or self.last <= self.first[0]:
+        if self.first is None:
             return 0.0, 0.0
+        if self.last <= self.first[0]:  # a single batch: no steady phase to measure
+            return 0.0, self.first[0]
         return (self.done - self.first[1]) / (self.last - self.first[0]), self.first[0]
 
 
