@@ -71,34 +71,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_label(args: argparse.Namespace) -> int:
+NOT_JOB_OPTIONS = ("command", "config", "verbose", "label_args", "label_column")
+
+
+def _job_config(args: argparse.Namespace, eval_defaults: bool = False):
+    """LabelConfig from --config and flags (flags win)."""
     from .config import LabelConfig, load_config_file
+
+    flags = {k: v for k, v in vars(args).items() if k not in NOT_JOB_OPTIONS}
+    flags["inputs"] = flags["inputs"] or None
+    file_values = load_config_file(args.config) if args.config else {}
+    if eval_defaults and not (flags["output"] or file_values.get("output")):
+        # eval's predictions go next to the user unless told otherwise, replaced on re-runs
+        model = flags["model"] or file_values.get("model", "resnet50")
+        weights = str(flags["weights"] or file_values.get("weights", "DEFAULT")).replace("/", "_")
+        flags["output"] = f"eval-{model}-{weights}"
+        flags["mode"] = flags["mode"] or file_values.get("mode", "overwrite")
+    return LabelConfig.from_sources(file_values, flags)
+
+
+def cmd_label(args: argparse.Namespace) -> int:
     from .pipeline import run_label
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "verbose", "label_args")}
-    if not flags["inputs"]:
-        flags["inputs"] = None
-    file_values = load_config_file(args.config) if args.config else {}
-    cfg = LabelConfig.from_sources(file_values, flags)
-    summary = run_label(cfg)
+    summary = run_label(_job_config(args))
     for line in summary.lines():
         print(line)
     return EXIT_OK if summary.complete else EXIT_INCOMPLETE
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .config import LabelConfig, load_config_file
     from .pipeline import run_eval
 
-    flags = {k: v for k, v in vars(args).items()
-             if k not in ("command", "config", "verbose", "label_args", "label_column")}
-    if not flags["inputs"]:
-        flags["inputs"] = None
-    if not flags["output"]:  # predictions go next to the user unless told otherwise
-        flags["output"] = f"eval-{flags['model'] or 'resnet50'}-{(flags['weights'] or 'DEFAULT').replace('/', '_')}"
-        flags["mode"] = flags["mode"] or "overwrite"
-    file_values = load_config_file(args.config) if args.config else {}
-    cfg = LabelConfig.from_sources(file_values, flags)
+    cfg = _job_config(args, eval_defaults=True)
     summary, report = run_eval(cfg, args.label_column)
     for line in [*summary.lines(), *report.lines(), f"predictions: {cfg.output}"]:
         print(line)
