@@ -86,6 +86,7 @@ class Predictor:
         self.mean = torch.tensor(prep.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(prep.std, device=self.device).view(1, 3, 1, 1)
         self.categories = settings.weights.categories
+        self.embedding_dtype = np.dtype(settings.embedding_dtype)  # "float32" | "float16"
         log.info("model %s on %s, precision %s", settings.weights.model, self.device, self.precision)
 
     def _forward_raw(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,8 +162,7 @@ class Predictor:
         pooled, logits = self.run_model(images)
         k = self.settings.top_k
         probs, ids = torch.softmax(logits, dim=1).topk(k, dim=1) if k else (logits[:, :0], logits[:, :0])
-        dtype = np.float16 if self.settings.embedding_dtype == "float16" else np.float32
-        return ids.numpy().astype(np.int32), probs.numpy().astype(np.float32), pooled.numpy().astype(dtype)
+        return ids.numpy().astype(np.int32), probs.numpy().astype(np.float32), pooled.numpy().astype(self.embedding_dtype)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         images = self.to_device(batch["image"])
@@ -173,7 +173,7 @@ class Predictor:
         n, k, dim = len(images), self.settings.top_k, self.settings.weights.embedding_dim
         ids = np.zeros((n, k), dtype=np.int32)
         probs = np.zeros((n, k), dtype=np.float32)
-        emb = np.zeros((n, dim), dtype=np.float16 if self.settings.embedding_dtype == "float16" else np.float32)
+        emb = np.zeros((n, dim), dtype=self.embedding_dtype)
         if ok.any():
             ids[ok], probs[ok], emb[ok] = self.predict(images[torch.from_numpy(ok).to(images.device)])
         return build_table(self.schema, {**batch, "error": errors}, ids, probs, self.categories, emb)

@@ -51,6 +51,7 @@ DECODE_NICENESS = 10  # input block size, in batches: enough work per decode tas
 
 @dataclass
 class LabelSummary:
+    weights: str  # as resolved: the torchvision enum name for DEFAULT, else what was given
     inputs: int
     already_done: int
     processed: int
@@ -287,6 +288,7 @@ def run_label(cfg: LabelConfig, table: pa.Table | None = None) -> LabelSummary:
     run_s = time.monotonic() - start - setup_s
     rows, missing, duplicates = _verify(out, table.column("path").combine_chunks())
     return LabelSummary(
+        weights=resolved.weights,
         inputs=table.num_rows,
         already_done=len(done),
         processed=stats.rows,
@@ -374,5 +376,4 @@ def run_eval(cfg: LabelConfig, label_column: str | None = None) -> tuple[LabelSu
     table = attach_labels(list_inputs(list(cfg.inputs), cfg.path_column), label_column)
     summary = run_label(cfg, table)
     out = OutputDir(cfg.output)
-    weights = resolve_weights(cfg.model, cfg.weights, cfg.preprocess).weights
-    return summary, score(out.part_files(), out.fs, cfg.model, weights)
+    return summary, score(out.part_files(), out.fs, cfg.model, summary.weights)
