@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,7 +101,10 @@ class Predictor:
         return pooled.float(), logits.float()
 
     def to_device(self, images: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(np.ascontiguousarray(images))
+        with warnings.catch_warnings():
+            # Batches arrive read-only (zero-copy from Arrow); they are only read, never written.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            tensor = torch.from_numpy(np.ascontiguousarray(images))
         if self.device.type == "cuda":
             tensor = tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor

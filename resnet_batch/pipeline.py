@@ -1,7 +1,8 @@
 """Wires the stages into a Ray Data pipeline. The only module that imports `ray.data`.
 
-    list inputs (driver) -> from_arrow blocks -> DecodeStage (tasks, CPU)
-        -> Predictor (actor pool, GPU when present) -> part files (OutputDir)
+    inputs: listed files/manifests (driver) + directories walked by Ray tasks (listing.py)
+        -> DecodeStage (tasks, CPU) -> Predictor (actor pool, GPU when present)
+        -> part files (OutputDir) -> read back and checked against the inputs
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Iterable
+
+import numpy as np
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 import ray.data
 from ray.data import ActorPoolStrategy
-from ray.data.block import Block, BlockAccessor
-from ray.data.datasource import Datasink, WriteResult
+from ray.data.block import Block, BlockAccessor, BlockMetadata
+from ray.data.datasource import Datasink, Datasource, ReadTask, WriteResult
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from . import __version__
@@ -31,9 +35,11 @@ from .decode import DecodeStage
 from .errors import UsageError
 from .evaluate import EvalReport, attach_labels, score
 from .inference import InferenceSettings, Predictor, resolve_precision
+from .listing import count_against, read_directory, read_slice
 from .models import check_weights, resolve_weights
+from .pathset import EMPTY, drop_listed, isin_sorted, path_hashes
 from .schema import output_schema, with_run_metadata
-from .sources import list_inputs
+from .sources import InputPlan, list_inputs, plan_inputs
 from .storage import is_local
 from .writer import OutputDir, WriteStats
 
@@ -45,8 +51,10 @@ log = logging.getLogger(__name__)
 # replacement is up); the restart budget is what bounds a crash loop.
 ACTOR_RETRY_ARGS = {"max_restarts": 8, "max_task_retries": -1}
 TASK_RETRY_ARGS = {"max_retries": 3}
-BLOCKS_PER_BATCH = 4
-DECODE_NICENESS = 10  # input block size, in batches: enough work per decode task
+BLOCKS_PER_BATCH = 4  # input block size, in batches: enough work per decode task
+DECODE_NICENESS = 10
+# Read tasks ask for no CPU, so without a cap Ray would start a worker process per read task at once.
+READ_CONCURRENCY = 4
 
 
 @dataclass
@@ -108,6 +116,35 @@ class _PartFileSink(Datasink[WriteStats]):
             self.stats.add(stats)
 
 
+class _InputsDatasource(Datasource):
+    """The inputs: slices of the driver's table (`block_rows` each), and the directories,
+    each walked by a read task (minus what is already done or listed by the driver)."""
+
+    def __init__(self, plan: InputPlan, skip: np.ndarray, block_rows: int, progress):
+        self.schema = plan.table.schema
+        self.slices = [(ray.put(plan.table.slice(i, block_rows)), min(block_rows, plan.table.num_rows - i))
+                       for i in range(0, plan.table.num_rows, block_rows)]
+        self.directories = plan.directories
+        self.skip = ray.put(skip)
+        self.progress = progress
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    @property
+    def num_read_tasks(self) -> int:
+        return max(1, len(self.slices) + len(self.directories))
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
+        tasks = [ReadTask(partial(read_slice, ref), BlockMetadata(n, None, None)) for ref, n in self.slices]
+        tasks += [
+            ReadTask(partial(read_directory, d, self.skip, self.schema, self.progress),
+                     BlockMetadata(None, None, None))
+            for d in self.directories
+        ]
+        return tasks
+
+
 class _LowPriorityDecode(DecodeStage):
     """Decoding at a lower CPU priority than the model, in Ray's worker processes.
 
@@ -126,9 +163,11 @@ class _LowPriorityDecode(DecodeStage):
 
 @ray.remote(num_cpus=0)
 class _ProgressCounter:
-    """Images through the model so far, reported by the actors (retries may overcount)."""
+    """Images listed for the model and through it so far, reported by the read tasks and the
+    actors (retries may overcount)."""
 
-    def __init__(self):
+    def __init__(self, listed: int):
+        self.listed = listed
         self.done = 0
         self.first: tuple[float, int] | None = None  # (time, images) at the first report
         self.last = 0.0
@@ -139,8 +178,11 @@ class _ProgressCounter:
         if self.first is None:
             self.first = (self.last, n)
 
-    def get(self) -> int:
-        return self.done
+    def add_listed(self, n: int) -> None:
+        self.listed += n
+
+    def get(self) -> tuple[int, int]:
+        return self.done, self.listed
 
     def steady_rate(self) -> tuple[float, float]:
         """(images/s between the first and the last batch, wall time of the first batch)."""
@@ -163,14 +205,14 @@ class _ReportingPredictor(Predictor):
 
 
 class _ProgressLogger:
-    """Logs images done / total and the rate every `interval_s` while the job runs."""
+    """Logs images done / listed and the rate every `interval_s` while the job runs."""
 
-    def __init__(self, total: int, interval_s: float = 15.0):
-        self.total, self.interval_s = total, interval_s
+    def __init__(self, listed: int, walking: bool, interval_s: float = 15.0):
+        self.walking, self.interval_s = walking, interval_s
         # On the driver's node, so losing a worker node does not take progress with it;
         # progress is best-effort everywhere: it must never fail the job.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        self.counter = _ProgressCounter.options(scheduling_strategy=here, max_restarts=-1).remote()
+        self.counter = _ProgressCounter.options(scheduling_strategy=here, max_restarts=-1).remote(listed)
         self.steady_rate, self.first_batch_at = 0.0, 0.0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -179,12 +221,13 @@ class _ProgressLogger:
         start = time.monotonic()
         while not self.stop.wait(self.interval_s):
             try:
-                done = min(self.total, ray.get(self.counter.get.remote(), timeout=10))
+                done, listed = ray.get(self.counter.get.remote(), timeout=10)
             except (ray.exceptions.RayError, TimeoutError):
                 continue
+            done = min(done, listed)
             elapsed = time.monotonic() - start
-            log.info("progress: %d/%d images (%.1f%%), %.1f images/s", done, self.total,
-                     100 * done / self.total, done / elapsed)
+            log.info("progress: %d/%d images%s (%.1f%%), %.1f images/s", done, listed,
+                     " listed so far" if self.walking else "", 100 * done / max(listed, 1), done / elapsed)
 
     def __enter__(self):
         self.thread.start()
@@ -248,13 +291,35 @@ def run_info(cfg: LabelConfig, resolved, extra_columns: list[str]) -> dict:
     }
 
 
-def _verify(out: OutputDir, inputs: pa.Array) -> tuple[int, int, int]:
-    """(rows, inputs without a row, duplicate rows), read back from the part files."""
-    written = out.completed_path_column()
-    rows = len(written)
-    distinct = pc.count_distinct(written).as_py() if rows else 0
-    missing = int(pc.sum(pc.invert(pc.is_in(inputs, value_set=written.combine_chunks()))).as_py() or 0)
-    return rows, missing, rows - distinct
+@dataclass
+class _Check:
+    inputs: int = 0
+    already_done: int = 0
+    rows: int = 0
+    missing: int = 0
+    duplicates: int = 0
+
+
+_count_directory = ray.remote(num_cpus=0)(count_against)
+
+
+def _check_output(out: OutputDir, plan: InputPlan, listed: np.ndarray, done_before: np.ndarray) -> _Check:
+    """Reads the output back: how many inputs were done before, lack a row, or have two.
+
+    Walked directories are walked again (in Ray tasks) to count them against the output.
+    """
+    written = out.completed_hashes()
+    check = _Check(rows=len(written), duplicates=len(written) - len(np.unique(written)))
+    check.inputs = plan.table.num_rows
+    check.already_done = int(isin_sorted(listed, done_before).sum())
+    check.missing = int((~isin_sorted(listed, written)).sum())
+    if plan.directories:
+        refs = [ray.put(a) for a in (listed, done_before, written)]
+        for inputs, done, missing in ray.get([_count_directory.remote(d, *refs) for d in plan.directories]):
+            check.inputs += inputs
+            check.already_done += done
+            check.missing += missing
+    return check
 
 
 def run_label(cfg: LabelConfig, table: pa.Table | None = None) -> LabelSummary:
@@ -262,17 +327,18 @@ def run_label(cfg: LabelConfig, table: pa.Table | None = None) -> LabelSummary:
     start = time.monotonic()
     resolved = resolve_weights(cfg.model, cfg.weights, cfg.preprocess)
     out = OutputDir(cfg.output)
-    if table is None:
-        table = list_inputs(list(cfg.inputs), cfg.path_column)
-    extra_fields = tuple(f for f in table.schema if f.name != "path" and not f.name.startswith("_"))
+    plan = InputPlan(table, ()) if table is not None else plan_inputs(list(cfg.inputs), cfg.path_column)
+    extra_fields = tuple(f for f in plan.table.schema if f.name != "path" and not f.name.startswith("_"))
     resolved = dataclasses.replace(resolved, categories=tuple(check_weights(resolved)))
     if cfg.top_k > len(resolved.categories):
         raise UsageError(f"--top-k {cfg.top_k} exceeds the model's {len(resolved.categories)} classes")
     info = run_info(cfg, resolved, [f.name for f in extra_fields])
     out.prepare(cfg.mode, info)
-    done = out.completed_paths() if cfg.mode == "resume" else set()
-    todo = table.filter(pc.invert(pc.is_in(table.column("path"), value_set=pa.array(list(done), pa.string()))))
-    log.info("%d inputs, %d already done, %d to process", table.num_rows, len(done), todo.num_rows)
+    done_before = out.completed_hashes() if cfg.mode == "resume" else EMPTY
+    listed = path_hashes(plan.table.column("path").to_pylist())
+    todo = drop_listed(plan.table, done_before)
+    log.info("%d inputs listed, %d of them already done%s", plan.table.num_rows, plan.table.num_rows - todo.num_rows,
+             f"; {len(plan.directories)} directories to walk" if plan.directories else "")
 
     schema = with_run_metadata(
         output_schema(resolved.embedding_dim if cfg.embeddings else None, cfg.embedding_dtype,
@@ -281,38 +347,39 @@ def run_label(cfg: LabelConfig, table: pa.Table | None = None) -> LabelSummary:
     )
     stats, timing = WriteStats(), (0.0, 0.0)
     setup_s = time.monotonic() - start
-    if todo.num_rows:
+    if todo.num_rows or plan.directories:
         _init_ray(cfg.address)
         setup_s = time.monotonic() - start
-        stats, timing = _execute(cfg, resolved, schema, todo, out, wall_start=time.time() - setup_s)
+        # Walks skip what is done and what the driver listed (it is labeled from the table).
+        skip = np.union1d(done_before, listed)
+        todo_plan = InputPlan(todo, plan.directories)
+        stats, timing = _execute(cfg, resolved, schema, todo_plan, skip, out, wall_start=time.time() - setup_s)
     run_s = time.monotonic() - start - setup_s
-    rows, missing, duplicates = _verify(out, table.column("path").combine_chunks())
+    check = _check_output(out, plan, np.sort(listed), done_before)
     return LabelSummary(
         weights=resolved.weights,
-        inputs=table.num_rows,
-        already_done=len(done),
+        inputs=check.inputs,
+        already_done=check.already_done,
         processed=stats.rows,
-        rows_in_output=rows,
+        rows_in_output=check.rows,
         errors=stats.errors,
         setup_s=setup_s,
         run_s=run_s,
-        missing=missing,
-        duplicates=duplicates,
+        missing=check.missing,
+        duplicates=check.duplicates,
         steady_images_per_s=timing[0],
         first_batch_s=timing[1],
     )
 
 
-def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: pa.Table, out: OutputDir,
+def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: InputPlan, skip: np.ndarray, out: OutputDir,
              wall_start: float) -> tuple[WriteStats, tuple[float, float]]:
     """Run the pipeline; returns write stats and (steady images/s, seconds to the first batch)."""
     actors, gpus_per_actor, threads = _pool_layout(cfg)
     on_gpu = gpus_per_actor > 0
     batch_size = cfg.batch_size or _default_batch_size(on_gpu, cfg.precision)
-    block_rows = batch_size * BLOCKS_PER_BATCH
-    blocks = [todo.slice(i, block_rows) for i in range(0, todo.num_rows, block_rows)]
-    all_local = all(is_local(p) for p in todo.column("path").slice(0, 1).to_pylist())
-    io_threads = cfg.io_threads or (1 if all_local else 16)
+    first_paths = todo.table.column("path").slice(0, 1).to_pylist() + list(todo.directories[:1])
+    io_threads = cfg.io_threads or (1 if all(is_local(p) for p in first_paths) else 16)
     settings = InferenceSettings(
         weights=resolved,
         top_k=cfg.top_k,
@@ -325,8 +392,16 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: pa.Table, out:
     )
     log.info("%d model actor(s), %s, batch %d, %d thread(s) each",
              actors, "GPU" if on_gpu else "CPU", batch_size, threads)
-    ds = ray.data.from_arrow(blocks)
-    with _ProgressLogger(todo.num_rows) as progress:
+    with _ProgressLogger(todo.table.num_rows, walking=bool(todo.directories)) as progress:
+        block_rows = batch_size * BLOCKS_PER_BATCH
+        source = _InputsDatasource(todo, skip, block_rows, progress.counter)
+        # Reading is listing (I/O) or handing over a slice: it must not hold a CPU that
+        # decoding needs, and it must not be fused into the decode tasks.
+        # Ray merges what a read task yields into blocks of up to 128 MiB (about a million
+        # paths): re-cut them, streaming, into blocks of a few batches, one per decode task.
+        ds = ray.data.read_datasource(source, num_cpus=0, override_num_blocks=source.num_read_tasks,
+                                      concurrency=min(READ_CONCURRENCY, source.num_read_tasks))
+        ds = ds.repartition(target_num_rows_per_block=block_rows)
         with warnings.catch_warnings():
             # Ray 2.60 names no parameter for retry bounds yet; **ray_remote_args is the way.
             warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
@@ -336,7 +411,7 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: pa.Table, out:
             stats = _write_from_driver(ds, out, schema, cfg.rows_per_file)
         else:
             sink = _PartFileSink(out, schema, cfg.rows_per_file)
-            ds.write_datasink(sink)
+            ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
             stats = sink.stats
     first = progress.first_batch_at - wall_start if progress.first_batch_at else 0.0
     return stats, (progress.steady_rate, first)
@@ -352,7 +427,7 @@ def _write_from_driver(ds, out: OutputDir, schema: pa.Schema, rows_per_file: int
 def _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, actors, gpus_per_actor, counter):
     ds = ds.map_batches(
         _LowPriorityDecode(resolved.preprocessing, cfg.max_pixels, io_threads, defer_jpeg=cfg.decode == "gpu"),
-        batch_size=None,
+        batch_size=None,  # one block (BLOCKS_PER_BATCH batches) per decode task
         batch_format="numpy",
         num_cpus=1,
         **TASK_RETRY_ARGS,

@@ -11,6 +11,7 @@ import logging
 import os
 import posixpath
 import tarfile
+from dataclasses import dataclass
 
 import fsspec
 
@@ -157,6 +158,39 @@ def list_tar_members(uri: str) -> pa.Table:
                      TAR_SIZE: pa.array(sizes, pa.int64())})
 
 
+def list_directory_level(uri: str) -> tuple[pa.Table, list[str]]:
+    """One directory's images (tar shards expanded to members) and its sub-directories."""
+    fs, path = filesystem(uri)
+    try:
+        entries = fs.ls(path, detail=True)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot list {uri}: {type(exc).__name__}: {_one_line(exc)}") from None
+    images, shards, subdirs = [], [], []
+    for entry in sorted(entries, key=lambda e: e["name"]):
+        name = entry["name"].rstrip("/")
+        if posixpath.basename(name).startswith(".") or name == path.rstrip("/"):
+            continue
+        if entry["type"] == "directory":
+            subdirs.append(_to_uri(fs, name, uri))
+        elif _ext(name) in IMAGE_EXTENSIONS:
+            images.append(_to_uri(fs, name, uri))
+        elif is_tar(name):
+            shards.append(list_tar_members(_to_uri(fs, name, uri)))
+    table = pa.concat_tables([pa.table({"path": pa.array(images, pa.string())}), *shards],
+                             promote_options="default")
+    return with_tar_columns(table), subdirs
+
+
+def with_tar_columns(table: pa.Table) -> pa.Table:
+    """Tar offset/size columns present and -1 where a row is not a tar member
+    (numpy batches have no integer nulls)."""
+    for name in (TAR_OFFSET, TAR_SIZE):
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, pa.int64()))
+        table = table.set_column(table.column_names.index(name), name, pc.fill_null(table[name], -1))
+    return table
+
+
 def _location_table(uri: str) -> pa.Table:
     found = list_location(uri)
     tables = [list_tar_members(u) for u in found if is_tar(u)]
@@ -192,10 +226,66 @@ def list_inputs(inputs: list[str], path_column: str = "path") -> pa.Table:
     empty = pc.equal(table.column("path"), "")
     if pc.any(empty).as_py():
         raise UsageError("a manifest lists an empty path")
-    for name in (TAR_OFFSET, TAR_SIZE):
-        if name in table.column_names:  # -1 = not a tar member (numpy batches have no int nulls)
-            table = table.set_column(table.column_names.index(name), name, pc.fill_null(table[name], -1))
-    return _inline_memory_bytes(drop_duplicate_paths(table))
+    return _inline_memory_bytes(drop_duplicate_paths(with_tar_columns(table)))
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """What the driver lists itself (`table`) and the directories Ray tasks walk (`directories`)."""
+
+    table: pa.Table
+    directories: tuple[str, ...]
+
+
+def plan_inputs(inputs: list[str], path_column: str = "path") -> InputPlan:
+    """Directories and bucket prefixes are left to be walked lazily; everything else is listed.
+
+    memory:// exists only in the driver's process, so it is always listed here.
+    """
+    directories, listed = [], []
+    for uri in inputs:
+        if not is_manifest(uri) and scheme_of(uri) != "memory" and not any(c in uri for c in GLOB_CHARS) \
+                and _is_directory(uri):
+            directories.append(_normalised(uri))
+        else:
+            listed.append(uri)
+    table = list_inputs(listed, path_column) if listed else with_tar_columns(pa.table({"path": pa.array([], pa.string())}))
+    return InputPlan(table, _outermost(directories))
+
+
+def _is_directory(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    try:
+        if fs.isdir(path):
+            return True
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot list input {uri}: {type(exc).__name__}: {_one_line(exc)}") from None
+    list_location(uri)  # a file, or the one-line error for what does not exist
+    return False
+
+
+def _normalised(uri: str) -> str:
+    fs, path = filesystem(uri)
+    return _to_uri(fs, path.rstrip("/"), uri)
+
+
+def _outermost(directories: list[str]) -> tuple[str, ...]:
+    """Each directory once, and none inside another given one (it would be walked twice)."""
+    kept: list[str] = []
+    for d in sorted(set(directories), key=len):
+        outer = next((k for k in kept if d.startswith(k + "/")), None)
+        if outer:
+            log.warning("input %s lies inside input %s; it is walked once", d, outer)
+        else:
+            kept.append(d)
+    return tuple(sorted(kept))
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with exactly `schema`'s columns, nulls for those it lacks."""
+    columns = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+               for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def drop_duplicate_paths(table: pa.Table) -> pa.Table:

@@ -16,10 +16,12 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import UsageError
+from .pathset import path_hashes
 from .storage import check_scheme, filesystem, is_local, join, scheme_of
 
 log = logging.getLogger(__name__)
@@ -121,16 +123,16 @@ class OutputDir:
                 "use the same settings, or --mode overwrite"
             )
 
-    def completed_path_column(self) -> pa.ChunkedArray:
-        """The `path` column of every complete part file, duplicates included."""
-        chunks = []
+    def completed_hashes(self) -> np.ndarray:
+        """Sorted hashes of the `path` of every row in a complete part file, duplicates included.
+
+        Read one file at a time: 8 bytes per row are kept, never the paths themselves.
+        """
+        chunks = [np.zeros(0, np.uint64)]
         for part in self.part_files():
             with self.fs.open(part, "rb") as f:
-                chunks.extend(pq.read_table(f, columns=["path"]).column("path").chunks)
-        return pa.chunked_array(chunks, type=pa.string())
-
-    def completed_paths(self) -> set[str]:
-        return set(self.completed_path_column().to_pylist())
+                chunks.append(path_hashes(pq.read_table(f, columns=["path"]).column("path").to_pylist()))
+        return np.sort(np.concatenate(chunks))
 
     def write_part(self, table: pa.Table) -> str:
         """Write one part file so that readers never see it half-written.

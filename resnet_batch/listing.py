@@ -1,0 +1,78 @@
+"""Listing directories in Ray tasks, lazily, and counting what a walk finds in an output.
+
+A directory (or bucket prefix) is never listed into the driver: a walk fans out one small
+Ray task per sub-directory and yields each directory's images as it is listed, so images
+flow into decoding while the rest of the tree is still being listed, and the only
+per-image state anywhere is the block in flight. Checking the output against a walked
+directory walks it again, in a Ray task, comparing path hashes (pathset.py).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from .pathset import drop_listed, isin_sorted, path_hashes
+from .sources import conform, list_directory_level
+
+MAX_LISTINGS_IN_FLIGHT = 32  # concurrent directory listings per walked root
+
+
+# Listing is I/O bound and must never queue behind the decode tasks that consume what it
+# yields, so it asks for no CPU; in-flight listings are bounded per walk instead.
+@ray.remote(num_cpus=0, max_retries=3)
+def _list_level(uri: str) -> tuple[pa.Table, list[str]]:
+    return list_directory_level(uri)
+
+
+def walk(root: str) -> Iterator[pa.Table]:
+    """The images under `root` (tar shards expanded), one table per listed directory.
+
+    Breadth-first, with up to MAX_LISTINGS_IN_FLIGHT directories listed at once by Ray tasks
+    on any node: wide trees list in parallel, and what waits is only directory names.
+    """
+    queue, pending = deque([root]), deque()
+    while queue or pending:
+        while queue and len(pending) < MAX_LISTINGS_IN_FLIGHT:
+            pending.append(_list_level.remote(queue.popleft()))
+        # In submission order, not completion order: a retried read task must yield the
+        # same blocks in the same order, or Ray's generator replay would skip the wrong ones.
+        table, subdirs = ray.get(pending.popleft())
+        queue.extend(subdirs)
+        if table.num_rows:
+            yield table
+
+
+# Read tasks of the pipeline's datasource: here, so that their workers import this light
+# module and not the model code.
+def read_slice(ref) -> Iterator[pa.Table]:
+    yield ray.get(ref)
+
+
+def read_directory(root: str, skip_ref, schema: pa.Schema, progress) -> Iterator[pa.Table]:
+    skip = ray.get(skip_ref)
+    for table in walk(root):
+        table = drop_listed(table, skip)
+        if table.num_rows:
+            progress.add_listed.remote(table.num_rows)
+            yield conform(table, schema)
+
+
+def count_against(root: str, excluded: np.ndarray, done_before: np.ndarray,
+                  written: np.ndarray) -> tuple[int, int, int]:
+    """(inputs under root, of which done before this run, of which without an output row).
+
+    `excluded` holds the hashes of paths listed elsewhere (counted there, not here).
+    """
+    inputs = done = missing = 0
+    for table in walk(root):
+        hashes = path_hashes(table.column("path").to_pylist())
+        hashes = hashes[~isin_sorted(hashes, excluded)]
+        inputs += len(hashes)
+        done += int(isin_sorted(hashes, done_before).sum())
+        missing += int((~isin_sorted(hashes, written)).sum())
+    return inputs, done, missing

@@ -1,0 +1,106 @@
+"""Directories are walked by Ray tasks, not listed in the driver; the output check re-walks them."""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from resnet_batch.config import LabelConfig
+from resnet_batch.listing import walk
+from resnet_batch.pathset import EMPTY, drop_listed, isin_sorted, path_hashes
+from resnet_batch.pipeline import _check_output, run_label
+from resnet_batch.sources import list_inputs, plan_inputs
+from resnet_batch.writer import OutputDir
+
+from .conftest import write_jpegs
+
+
+def config(inputs, out, **kw) -> LabelConfig:
+    base = dict(model="resnet18", weights="none", precision="fp32", batch_size=4, top_k=2)
+    return LabelConfig(inputs=tuple(str(i) for i in inputs), output=str(out), **{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """A nested collection: images at several depths, a tar shard, hidden and non-image files."""
+    root = tmp_path_factory.mktemp("tree") / "collection"
+    expected = []
+    for i, sub in enumerate(["", "a", "a/b", "a/b/c", "d", "e/f/g/h"]):
+        expected += [str(p) for p in write_jpegs(root / sub, 2, seed=i, height=48, width=64)]
+    write_jpegs(root / ".cache", 2, seed=9)  # hidden: not an input
+    write_jpegs(root / "a" / ".hidden", 1, seed=10)
+    (root / "d" / "notes.txt").write_text("not an image")
+    members = write_jpegs(root / "staging", 3, seed=11, height=48, width=64)
+    with tarfile.open(root / "d" / "shard-0.tar", "w") as tar:
+        for m in members:
+            tar.add(m, arcname=f"key{m.stem}.jpg")
+    expected += [f"{root}/d/shard-0.tar/key{m.stem}.jpg" for m in members]
+    expected += [str(m) for m in members]
+    return root, sorted(expected)
+
+
+def test_directories_are_left_to_ray_tasks(tree):
+    root, _ = tree
+    plan = plan_inputs([str(root), str(root / "a" / "b"), str(root) + "/"])
+    assert plan.table.num_rows == 0  # the driver listed nothing
+    assert plan.directories == (str(root),)  # a/b is inside root: walked once
+
+
+def test_walk_finds_what_a_full_listing_finds(ray_local, tree):
+    root, expected = tree
+    tables = list(walk(str(root)))
+    assert len(tables) > 1  # one table per directory, yielded as each is listed
+    walked = sorted(p for t in tables for p in t.column("path").to_pylist())
+    assert walked == expected
+    assert walked == sorted(list_inputs([str(root)]).column("path").to_pylist())
+
+
+def test_walked_tree_gets_one_row_per_image(ray_local, tree, tmp_path):
+    root, expected = tree
+    files = [p for p in expected if ".tar/" not in p]
+    manifest = tmp_path / "extra.txt"  # lists an image that the walk also finds
+    manifest.write_text(files[3] + "\n")
+    out = tmp_path / "out"
+    summary = run_label(config([root, manifest, files[5]], out))
+    assert summary.complete and summary.inputs == len(expected) and summary.duplicates == 0
+    paths = pq.read_table(out, columns=["path", "error"])
+    assert sorted(paths.column("path").to_pylist()) == expected
+    assert paths.column("error").to_pylist() == [None] * len(expected)
+
+
+def test_output_check_counts_missing_and_duplicate_rows(ray_local, tree, tmp_path):
+    root, expected = tree
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    out = tmp_path / "out"
+    assert run_label(config([copy], out, rows_per_file=4)).complete
+    output = OutputDir(str(out))
+    plan = plan_inputs([str(copy)])
+
+    write_jpegs(copy / "a" / "new", 2, seed=20)  # two inputs the output lacks
+    check = _check_output(output, plan, EMPTY, EMPTY)
+    assert (check.inputs, check.missing, check.duplicates) == (len(expected) + 2, 2, 0)
+
+    part = output.part_files()[0]
+    shutil.copy(part, out / "part-copy.parquet")  # rows written twice
+    check = _check_output(output, plan, EMPTY, EMPTY)
+    assert check.duplicates == pq.read_metadata(part).num_rows and check.missing == 2
+
+    resumed = run_label(config([copy], out, mode="resume"))
+    assert resumed.processed == 2 and resumed.already_done == len(expected)
+    assert not resumed.complete and resumed.duplicates == pq.read_metadata(part).num_rows
+
+
+def test_path_sets():
+    paths = [f"s3://bucket/img/{i}.jpg" for i in range(100)]
+    done = np.sort(path_hashes(paths[::3]))
+    mask = isin_sorted(path_hashes(paths), done)
+    assert mask.tolist() == [i % 3 == 0 for i in range(100)]
+    table = pa.table({"path": paths, "id": range(100)})
+    assert drop_listed(table, done).column("id").to_pylist() == [i for i in range(100) if i % 3]
+    assert drop_listed(table, EMPTY).num_rows == 100
