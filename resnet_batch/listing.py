@@ -1,10 +1,10 @@
 """Listing directories in Ray tasks, lazily, and counting what a walk finds in an output.
 
 A directory (or bucket prefix) is never listed into the driver: a walk fans out one small
-Ray task per sub-directory and yields each directory's images as it is listed, so images
-flow into decoding while the rest of the tree is still being listed, and the only
-per-image state anywhere is the block in flight. Checking the output against a walked
-directory walks it again, in a Ray task, comparing path hashes (pathset.py).
+Ray task per sub-directory and yields each directory's images as it is listed (Ray Data
+passes them on in blocks of up to 128 MiB), so the only per-image state is in the
+workers, never in the driver. Checking the output against a walked directory walks it
+again, in a Ray task, comparing path hashes (pathset.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import ray
 from .pathset import drop_listed, isin_sorted, path_hashes
 from .sources import conform, list_directory_level
 
-MAX_LISTINGS_IN_FLIGHT = 32  # concurrent directory listings per walked root
+MAX_LISTINGS_IN_FLIGHT = 32  # concurrent directory listings per walk, at most one per CPU
 
 
 # Listing is I/O bound and must never queue behind the decode tasks that consume what it
@@ -32,12 +32,14 @@ def _list_level(uri: str) -> tuple[pa.Table, list[str]]:
 def walk(root: str) -> Iterator[pa.Table]:
     """The images under `root` (tar shards expanded), one table per listed directory.
 
-    Breadth-first, with up to MAX_LISTINGS_IN_FLIGHT directories listed at once by Ray tasks
-    on any node: wide trees list in parallel, and what waits is only directory names.
+    Breadth-first, with several directories listed at once by Ray tasks on any node: wide
+    trees list in parallel, and what waits is only directory names. Each listing in flight
+    is a worker process, hence the bound by the cluster's CPUs.
     """
+    in_flight = int(min(MAX_LISTINGS_IN_FLIGHT, max(2, ray.cluster_resources().get("CPU", 2))))
     queue, pending = deque([root]), deque()
     while queue or pending:
-        while queue and len(pending) < MAX_LISTINGS_IN_FLIGHT:
+        while queue and len(pending) < in_flight:
             pending.append(_list_level.remote(queue.popleft()))
         # In submission order, not completion order: a retried read task must yield the
         # same blocks in the same order, or Ray's generator replay would skip the wrong ones.

@@ -17,6 +17,7 @@ import pytest
 from resnet_batch.config import LabelConfig
 from resnet_batch.errors import UsageError
 from resnet_batch.pipeline import run_label
+from resnet_batch.sources import InputPlan, plan_inputs
 
 from .conftest import S3_SECRET, write_reference_set
 
@@ -64,6 +65,7 @@ def test_s3_in_and_out_match_local(s3, local_run, tmp_path):
     for p in images:
         s3.put(str(p), f"rb-in/photos/{'nested/' if p.suffix == '.png' else ''}{p.name}")
     s3.mkdir("rb-out")
+    assert plan_inputs(["s3://rb-in/photos/"]) == InputPlan(plan_inputs([]).table, ("s3://rb-in/photos",))  # walked by tasks
     summary = run_label(config(["s3://rb-in/photos"], "s3://rb-out/labels", rows_per_file=4))
     assert summary.complete and summary.inputs == len(images)
     s3.invalidate_cache()
