@@ -19,7 +19,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
 from .models import Preprocessing
-from .sources import INLINE_BYTES, TAR_OFFSET, TAR_SIZE
+from .sources import INLINE_BYTES, LIST_ERROR, TAR_OFFSET, TAR_SIZE
 from .storage import read_bytes_or_raise
 
 DEFAULT_MAX_PIXELS = 100_000_000  # ~10k x 10k; larger inputs are refused before decoding
@@ -137,16 +137,20 @@ def device_decodable_size(data: bytes, max_pixels: int) -> tuple[int, int] | Non
 
 @dataclass(frozen=True)
 class Source:
-    """Where an image's bytes are: a file, a tar member, or bytes carried in the row."""
+    """Where an image's bytes are: a file, a tar member, or bytes carried in the row
+    (or, for a directory or shard a walk could not list, why there are none)."""
 
     path: str
     offset: int = -1
     size: int = -1
     inline: bytes | None = None
+    list_error: str | None = None
 
 
 def load_one(src: Source, prep: Preprocessing, max_pixels: int, defer_jpeg: bool = False) -> DecodedImage:
     width = height = None
+    if src.list_error:
+        return DecodedImage(None, None, None, src.list_error)
     try:
         if src.inline is not None:
             data = src.inline
@@ -195,7 +199,7 @@ class DecodeStage:
         for i, d in enumerate(decoded):
             if d.pixels is not None:
                 images[i] = d.pixels
-        out = {k: v for k, v in batch.items() if k != INLINE_BYTES}
+        out = {k: v for k, v in batch.items() if k not in (INLINE_BYTES, LIST_ERROR)}
         out["image"] = images
         out["width"] = np.array([d.width if d.width is not None else -1 for d in decoded], dtype=np.int32)
         out["height"] = np.array([d.height if d.height is not None else -1 for d in decoded], dtype=np.int32)
@@ -214,7 +218,8 @@ def _sources(batch: dict[str, np.ndarray]) -> list[Source]:
     offsets = batch.get(TAR_OFFSET, np.full(n, -1))
     sizes = batch.get(TAR_SIZE, np.full(n, -1))
     inline = batch.get(INLINE_BYTES, [None] * n)
+    list_errors = batch.get(LIST_ERROR, [None] * n)
     return [
-        Source(str(p), int(o), int(s), None if b is None else bytes(b))
-        for p, o, s, b in zip(batch["path"], offsets, sizes, inline)
+        Source(str(p), int(o), int(s), None if b is None else bytes(b), e or None)
+        for p, o, s, b, e in zip(batch["path"], offsets, sizes, inline, list_errors)
     ]

@@ -32,8 +32,9 @@ MANIFEST_EXTENSIONS = (".txt", ".csv", ".parquet")
 TAR_EXTENSIONS = (".tar",)
 GLOB_CHARS = "*?["
 # Internal columns (dropped before writing): where a tar member's bytes lie in its shard,
-# and the bytes themselves for memory:// inputs, which live only in the driver's process.
-TAR_OFFSET, TAR_SIZE, INLINE_BYTES = "_tar_offset", "_tar_size", "_bytes"
+# the bytes themselves for memory:// inputs, which live only in the driver's process, and
+# why a walked directory or shard could not be listed (its row carries that error).
+TAR_OFFSET, TAR_SIZE, INLINE_BYTES, LIST_ERROR = "_tar_offset", "_tar_size", "_bytes", "_list_error"
 
 
 def _ext(path: str) -> str:
@@ -159,12 +160,16 @@ def list_tar_members(uri: str) -> pa.Table:
 
 
 def list_directory_level(uri: str) -> tuple[pa.Table, list[str]]:
-    """One directory's images (tar shards expanded to members) and its sub-directories."""
+    """One directory's images (tar shards expanded to members) and its sub-directories.
+
+    A directory or shard that cannot be listed becomes one row carrying the error
+    (`list_failed`), so the job goes on and the summary names it.
+    """
     fs, path = filesystem(uri)
     try:
         entries = fs.ls(path, detail=True)
     except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot list {uri}: {type(exc).__name__}: {_one_line(exc)}") from None
+        return _unlisted(uri, f"cannot list {uri}: {type(exc).__name__}: {_one_line(exc)}"), []
     images, shards, subdirs = [], [], []
     for entry in sorted(entries, key=lambda e: e["name"]):
         name = entry["name"].rstrip("/")
@@ -175,25 +180,40 @@ def list_directory_level(uri: str) -> tuple[pa.Table, list[str]]:
         elif _ext(name) in IMAGE_EXTENSIONS:
             images.append(_to_uri(fs, name, uri))
         elif is_tar(name):
-            shards.append(list_tar_members(_to_uri(fs, name, uri)))
+            shards.append(_shard_table(_to_uri(fs, name, uri)))
     table = pa.concat_tables([pa.table({"path": pa.array(images, pa.string())}), *shards],
                              promote_options="default")
-    return with_tar_columns(table), subdirs
+    return with_internal_columns(table), subdirs
 
 
-def with_tar_columns(table: pa.Table) -> pa.Table:
-    """Tar offset/size columns present and -1 where a row is not a tar member
-    (numpy batches have no integer nulls)."""
+def _shard_table(uri: str) -> pa.Table:
+    """A shard's members, or one row saying why it cannot be read: one bad shard among
+    thousands costs its own row, not the job."""
+    try:
+        return list_tar_members(uri)
+    except UsageError as exc:
+        return _unlisted(uri, str(exc))
+
+
+def _unlisted(uri: str, message: str) -> pa.Table:
+    return with_internal_columns(pa.table({"path": [uri], LIST_ERROR: [f"list_failed: {message}"]}))
+
+
+def with_internal_columns(table: pa.Table) -> pa.Table:
+    """Tar offset/size (-1 where a row is not a tar member: numpy batches have no integer
+    nulls) and the listing error (null where there is none) present."""
     for name in (TAR_OFFSET, TAR_SIZE):
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(table.num_rows, pa.int64()))
         table = table.set_column(table.column_names.index(name), name, pc.fill_null(table[name], -1))
+    if LIST_ERROR not in table.column_names:
+        table = table.append_column(LIST_ERROR, pa.nulls(table.num_rows, pa.string()))
     return table
 
 
 def _location_table(uri: str) -> pa.Table:
     found = list_location(uri)
-    tables = [list_tar_members(u) for u in found if is_tar(u)]
+    tables = [_shard_table(u) for u in found if is_tar(u)]
     images = [u for u in found if not is_tar(u)]
     return pa.concat_tables([pa.table({"path": pa.array(images, pa.string())}), *tables],
                             promote_options="default")
@@ -226,7 +246,7 @@ def list_inputs(inputs: list[str], path_column: str = "path") -> pa.Table:
     empty = pc.equal(table.column("path"), "")
     if pc.any(empty).as_py():
         raise UsageError("a manifest lists an empty path")
-    return _inline_memory_bytes(drop_duplicate_paths(with_tar_columns(table)))
+    return _inline_memory_bytes(drop_duplicate_paths(with_internal_columns(table)))
 
 
 @dataclass(frozen=True)
@@ -249,7 +269,7 @@ def plan_inputs(inputs: list[str], path_column: str = "path") -> InputPlan:
             directories.append(_normalised(uri))
         else:
             listed.append(uri)
-    table = list_inputs(listed, path_column) if listed else with_tar_columns(pa.table({"path": pa.array([], pa.string())}))
+    table = list_inputs(listed, path_column) if listed else with_internal_columns(pa.table({"path": pa.array([], pa.string())}))
     return InputPlan(table, _outermost(directories))
 
 

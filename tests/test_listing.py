@@ -41,6 +41,8 @@ def tree(tmp_path_factory):
             tar.add(m, arcname=f"key{m.stem}.jpg")
     expected += [f"{root}/d/shard-0.tar/key{m.stem}.jpg" for m in members]
     expected += [str(m) for m in members]
+    (root / "e" / "broken.tar").write_bytes(b"not a tar archive" * 100)  # one list_failed row
+    expected.append(f"{root}/e/broken.tar")
     return root, sorted(expected)
 
 
@@ -62,15 +64,17 @@ def test_walk_finds_what_a_full_listing_finds(ray_local, tree):
 
 def test_walked_tree_gets_one_row_per_image(ray_local, tree, tmp_path):
     root, expected = tree
-    files = [p for p in expected if ".tar/" not in p]
+    files = [p for p in expected if ".tar" not in p]
     manifest = tmp_path / "extra.txt"  # lists an image that the walk also finds
     manifest.write_text(files[3] + "\n")
     out = tmp_path / "out"
     summary = run_label(config([root, manifest, files[5]], out))
     assert summary.complete and summary.inputs == len(expected) and summary.duplicates == 0
-    paths = pq.read_table(out, columns=["path", "error"])
-    assert sorted(paths.column("path").to_pylist()) == expected
-    assert paths.column("error").to_pylist() == [None] * len(expected)
+    rows = {r["path"]: r["error"] for r in pq.read_table(out, columns=["path", "error"]).to_pylist()}
+    assert sorted(rows) == expected
+    assert rows.pop(f"{root}/e/broken.tar").startswith(f"list_failed: cannot read tar shard {root}/e/broken.tar")
+    assert set(rows.values()) == {None}
+    assert summary.errors == {"list_failed": 1}
 
 
 def test_output_check_counts_missing_and_duplicate_rows(ray_local, tree, tmp_path):
