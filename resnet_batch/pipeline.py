@@ -337,8 +337,12 @@ def run_label(cfg: LabelConfig, table: pa.Table | None = None) -> LabelSummary:
     done_before = out.completed_hashes() if cfg.mode == "resume" else EMPTY
     listed = path_hashes(plan.table.column("path").to_pylist())
     todo = drop_listed(plan.table, done_before)
-    log.info("%d inputs listed, %d of them already done%s", plan.table.num_rows, plan.table.num_rows - todo.num_rows,
-             f"; {len(plan.directories)} directories to walk" if plan.directories else "")
+    if plan.table.num_rows:
+        log.info("%d inputs listed by the driver, %d of them already done",
+                 plan.table.num_rows, plan.table.num_rows - todo.num_rows)
+    if plan.directories:
+        log.info("%d %s to walk in Ray tasks: %s", len(plan.directories),
+                 "directory" if len(plan.directories) == 1 else "directories", ", ".join(plan.directories[:3]))
 
     schema = with_run_metadata(
         output_schema(resolved.embedding_dim if cfg.embeddings else None, cfg.embedding_dtype,
