@@ -18,6 +18,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
+from .errors import one_line
 from .models import Preprocessing
 from .sources import INLINE_BYTES, LIST_ERROR, TAR_OFFSET, TAR_SIZE
 from .storage import read_bytes_or_raise
@@ -57,8 +58,7 @@ def read_image_bytes(uri: str, offset: int = -1, size: int = -1) -> bytes:
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:limit]
+    return one_line(exc, limit) or type(exc).__name__
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

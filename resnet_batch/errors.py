@@ -7,3 +7,8 @@ class UsageError(ValueError):
 
 class WeightsUnavailableError(RuntimeError):
     """Weights could not be fetched or loaded; the message says how to fix it."""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, cut to `limit` characters, for errors and rows."""
+    return " ".join(str(exc).split())[:limit]

@@ -17,6 +17,7 @@ import torch
 
 from .models import ResolvedWeights, build_model, forward_features
 from .decode import JPEG_COLUMN
+from .errors import one_line
 from .schema import build_table
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class Predictor:
                     decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device,
                                                apply_exif_orientation=True))
                 except RuntimeError as exc:
-                    decoded.append(" ".join(str(exc).split())[:200] or "nvJPEG failed")
+                    decoded.append(one_line(exc, 200) or "nvJPEG failed")
         prep = self.settings.weights.preprocessing
         for row, img in zip(rows, decoded):
             if isinstance(img, str):

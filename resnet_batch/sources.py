@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from .errors import UsageError
+from .errors import UsageError, one_line
 from .storage import filesystem, is_local, scheme_of
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,7 @@ def list_location(uri: str) -> list[str]:
     except UsageError:
         raise
     except (OSError, ValueError) as exc:  # missing bucket, denied listing, bad endpoint
-        raise UsageError(f"cannot list input {uri}: {type(exc).__name__}: {_one_line(exc)}") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
+        raise UsageError(f"cannot list input {uri}: {type(exc).__name__}: {one_line(exc)}") from None
 
 
 def _list_location(uri: str) -> list[str]:
@@ -113,7 +109,7 @@ def read_manifest(uri: str, path_column: str = "path") -> pa.Table:
     except FileNotFoundError:
         raise UsageError(f"manifest {uri} does not exist") from None
     except OSError as exc:
-        raise UsageError(f"cannot read manifest {uri}: {type(exc).__name__}: {_one_line(exc)}") from None
+        raise UsageError(f"cannot read manifest {uri}: {type(exc).__name__}: {one_line(exc)}") from None
     lower = uri.lower()
     if lower.endswith(".txt"):
         lines = [line.strip() for line in data.decode("utf-8-sig").splitlines()]
@@ -154,7 +150,7 @@ def list_tar_members(uri: str) -> pa.Table:
                     offsets.append(member.offset_data)
                     sizes.append(member.size)
     except (OSError, tarfile.TarError) as exc:
-        raise UsageError(f"cannot read tar shard {uri}: {type(exc).__name__}: {_one_line(exc)}") from None
+        raise UsageError(f"cannot read tar shard {uri}: {type(exc).__name__}: {one_line(exc)}") from None
     return pa.table({"path": pa.array(paths, pa.string()), TAR_OFFSET: pa.array(offsets, pa.int64()),
                      TAR_SIZE: pa.array(sizes, pa.int64())})
 
@@ -169,7 +165,7 @@ def list_directory_level(uri: str) -> tuple[pa.Table, list[str]]:
     try:
         entries = fs.ls(path, detail=True)
     except (OSError, ValueError) as exc:
-        return _unlisted(uri, f"cannot list {uri}: {type(exc).__name__}: {_one_line(exc)}"), []
+        return _unlisted(uri, f"cannot list {uri}: {type(exc).__name__}: {one_line(exc)}"), []
     images, shards, subdirs = [], [], []
     for entry in sorted(entries, key=lambda e: e["name"]):
         name = entry["name"].rstrip("/")
@@ -279,7 +275,7 @@ def _is_directory(uri: str) -> bool:
         if fs.isdir(path):
             return True
     except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot list input {uri}: {type(exc).__name__}: {_one_line(exc)}") from None
+        raise UsageError(f"cannot list input {uri}: {type(exc).__name__}: {one_line(exc)}") from None
     list_location(uri)  # a file, or the one-line error for what does not exist
     return False
 

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .errors import UsageError
+from .errors import UsageError, one_line
 
 TERMINAL_OK = "SUCCEEDED"
-EXIT_JOB_FAILED = 1
 
 
 def _client(address: str):
@@ -29,7 +28,7 @@ def _client(address: str):
     try:
         return JobSubmissionClient(address)
     except Exception as exc:  # connection refused, bad address, auth failure
-        raise UsageError(f"cannot reach the Ray job server at {address}: {' '.join(str(exc).split())[:300]}") from None
+        raise UsageError(f"cannot reach the Ray job server at {address}: {one_line(exc)}") from None
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ def submit(sub: Submission) -> str:
             )
         except RuntimeError as exc:
             if "No available agent" not in str(exc) or time.monotonic() > deadline:
-                raise UsageError(f"job submission to {sub.address} failed: {' '.join(str(exc).split())[:300]}") from None
+                raise UsageError(f"job submission to {sub.address} failed: {one_line(exc)}") from None
             time.sleep(2)
 
 

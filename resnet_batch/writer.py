@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import UsageError
+from .errors import UsageError, one_line
 from .pathset import path_hashes
 from .storage import check_scheme, filesystem, is_local, join, scheme_of
 
@@ -87,8 +87,7 @@ class OutputDir:
         except (UsageError, FileExistsError):
             raise
         except OSError as exc:  # missing bucket, no write permission, unreachable endpoint
-            detail = " ".join(str(exc).split())[:300]
-            raise UsageError(f"cannot write to --output {self.uri}: {type(exc).__name__}: {detail}") from None
+            raise UsageError(f"cannot write to --output {self.uri}: {type(exc).__name__}: {one_line(exc)}") from None
 
     def _prepare(self, mode: str, run_info: dict) -> None:
         names = self._names()
