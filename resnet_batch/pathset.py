@@ -23,10 +23,6 @@ def path_hashes(paths) -> np.ndarray:
     )
 
 
-def sorted_hashes(paths) -> np.ndarray:
-    return np.sort(path_hashes(paths))
-
-
 def isin_sorted(hashes: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
     if not len(sorted_set) or not len(hashes):
         return np.zeros(len(hashes), dtype=bool)

@@ -37,7 +37,7 @@ from .evaluate import EvalReport, attach_labels, score
 from .inference import InferenceSettings, Predictor, resolve_precision
 from .listing import count_against, read_directory, read_slice
 from .models import check_weights, resolve_weights
-from .pathset import EMPTY, drop_listed, isin_sorted, path_hashes
+from .pathset import EMPTY, isin_sorted, path_hashes
 from .schema import output_schema, with_run_metadata
 from .sources import InputPlan, list_inputs, plan_inputs
 from .storage import is_local
@@ -336,7 +336,7 @@ def run_label(cfg: LabelConfig, table: pa.Table | None = None) -> LabelSummary:
     out.prepare(cfg.mode, info)
     done_before = out.completed_hashes() if cfg.mode == "resume" else EMPTY
     listed = path_hashes(plan.table.column("path").to_pylist())
-    todo = drop_listed(plan.table, done_before)
+    todo = plan.table.filter(pa.array(~isin_sorted(listed, done_before)))
     if plan.table.num_rows:
         log.info("%d inputs listed by the driver, %d of them already done",
                  plan.table.num_rows, plan.table.num_rows - todo.num_rows)

@@ -238,7 +238,7 @@ def list_inputs(inputs: list[str], path_column: str = "path") -> pa.Table:
             tables.append(read_manifest(uri, path_column))
         else:
             tables.append(_location_table(uri))
-    table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({"path": []})
+    table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({"path": pa.array([], pa.string())})
     empty = pc.equal(table.column("path"), "")
     if pc.any(empty).as_py():
         raise UsageError("a manifest lists an empty path")
@@ -265,19 +265,16 @@ def plan_inputs(inputs: list[str], path_column: str = "path") -> InputPlan:
             directories.append(_normalised(uri))
         else:
             listed.append(uri)
-    table = list_inputs(listed, path_column) if listed else with_internal_columns(pa.table({"path": pa.array([], pa.string())}))
-    return InputPlan(table, _outermost(directories))
+    return InputPlan(list_inputs(listed, path_column), _outermost(directories))
 
 
 def _is_directory(uri: str) -> bool:
+    """Whatever is not a directory is listed (or refused, if missing) by list_inputs."""
     fs, path = filesystem(uri)
     try:
-        if fs.isdir(path):
-            return True
+        return fs.isdir(path)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot list input {uri}: {type(exc).__name__}: {one_line(exc)}") from None
-    list_location(uri)  # a file, or the one-line error for what does not exist
-    return False
 
 
 def _normalised(uri: str) -> str:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import UsageError, one_line
-from .pathset import path_hashes
+from .pathset import EMPTY, path_hashes
 from .storage import check_scheme, filesystem, is_local, join, scheme_of
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class OutputDir:
 
         Read one file at a time: 8 bytes per row are kept, never the paths themselves.
         """
-        chunks = [np.zeros(0, np.uint64)]
+        chunks = [EMPTY]
         for part in self.part_files():
             with self.fs.open(part, "rb") as f:
                 chunks.append(path_hashes(pq.read_table(f, columns=["path"]).column("path").to_pylist()))
