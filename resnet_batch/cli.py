@@ -43,6 +43,10 @@ def _add_label_args(p: argparse.ArgumentParser) -> None:
                    "resized on tensors, close to but not bit-equal with the PIL reference) (default cpu)")
 
 
+def _job_server_default() -> str | None:
+    return os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnet-batch", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -54,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--label-column", help="manifest column with the class index or WordNet id")
 
     submit = sub.add_parser("submit", help="submit a label job to a Ray cluster: submit --address URL -- label ...")
-    submit.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS"),
+    submit.add_argument("--address", default=_job_server_default(),
                         help="the cluster's job server, e.g. http://HEAD:8265 (default $RAY_ADDRESS)")
     submit.add_argument("--wait", action="store_true", help="follow the logs and exit with the job's status")
     submit.add_argument("--working-dir", help="local directory uploaded as the job's working directory")
@@ -67,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = sub.add_parser("jobs", help="status, logs or stop of a submitted job")
     jobs.add_argument("action", choices=["status", "logs", "stop"])
     jobs.add_argument("job_id", metavar="ID")
-    jobs.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS"))
+    jobs.add_argument("--address", default=_job_server_default())
     return parser
 
 

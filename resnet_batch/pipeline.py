@@ -19,9 +19,7 @@ from functools import partial
 from typing import Iterable
 
 import numpy as np
-
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 import ray.data
 from ray.data import ActorPoolStrategy
@@ -415,6 +413,8 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: InputPlan, ski
             stats = _write_from_driver(ds, out, schema, cfg.rows_per_file)
         else:
             sink = _PartFileSink(out, schema, cfg.rows_per_file)
+            # Writing is Parquet encoding of small rows and I/O: like reading, it must not
+            # wait behind decode tasks for a CPU while finished rows pile up.
             ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
             stats = sink.stats
     first = progress.first_batch_at - wall_start if progress.first_batch_at else 0.0
