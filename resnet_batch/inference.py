@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .models import ResolvedWeights, build_model, forward_features
+from .models import ResolvedWeights, build_model, fold_batch_norms, forward_features
 from .decode import JPEG_COLUMN
 from .errors import one_line
 from .schema import build_table
@@ -25,6 +25,14 @@ log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+# glibc maps each large block afresh and unmaps it on free, so every forward pass would
+# page-fault its activations in again: resnet18 on 2 CPU cores runs ~40% faster without
+# that (bench/forward.py), at about the same RSS. The model actor reallocates the same sizes
+# every batch: one arena (Ray runs the model on a thread of its own, whose arena would map
+# large blocks anyway), never mmap, never trim. Environment, not mallopt(): it must hold
+# before any thread of the process has an arena.
+ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
 
 
 def cpu_has_native_bf16() -> bool:
@@ -79,7 +87,7 @@ class Predictor:
             torch.set_num_threads(max(1, threads))
         else:
             torch.backends.cudnn.benchmark = True
-        model = build_model(settings.weights).to(self.device)
+        model = fold_batch_norms(build_model(settings.weights)).to(self.device)
         if settings.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 
@@ -11,7 +12,7 @@ import torchvision.models as tvm
 
 from resnet_batch.errors import UsageError, WeightsUnavailableError
 from resnet_batch.models import (
-    MODELS, build_model, check_weights, describe_models, forward_features, resolve_weights,
+    MODELS, build_model, check_weights, describe_models, fold_batch_norms, forward_features, resolve_weights,
 )
 
 
@@ -124,3 +125,23 @@ def test_forward_features_equals_model_forward():
     x = torch.rand(1, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(forward_features(model, x)[1], model(x))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])  # BasicBlock and Bottleneck
+def test_folded_batch_norms_give_the_unfolded_outputs(name):
+    torch.manual_seed(0)
+    model = MODELS[name].builder().eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # statistics and affine far from identity
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.8, 1.2)
+            module.bias.data.uniform_(-0.1, 0.1)
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = forward_features(model, x)
+        folded = fold_batch_norms(copy.deepcopy(model))
+        pooled, logits = forward_features(folded, x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    for ours, ref in zip((pooled, logits), expected):  # fp32 rounding, relative to the output's scale
+        assert (ours - ref).abs().max() <= 1e-5 * max(1.0, ref.abs().max()), (ours - ref).abs().max()
