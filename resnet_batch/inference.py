@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,6 +94,12 @@ class Predictor:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.forward = torch.compile(self._forward_raw) if settings.compile else self._forward_raw
+        # GPU actors run two calls at once (pipeline.CONCURRENT_CALLS_PER_GPU_ACTOR), each on a
+        # CUDA stream of its thread: one batch's copy in and results out overlap the other's
+        # compute. Launching GPU work is serialised (torch.compile and the nvJPEG decoder are
+        # not thread-safe); a launch returns before the GPU work ends, so the lock is brief.
+        self._thread = threading.local()
+        self._launch_lock = threading.Lock()
         prep = settings.weights.preprocessing
         self.mean = torch.tensor(prep.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(prep.std, device=self.device).view(1, 3, 1, 1)
@@ -157,7 +165,8 @@ class Predictor:
         """(pooled, logits) on the CPU for a uint8 (N, 3, H, W) batch, splitting on OOM."""
         tensor = images if isinstance(images, torch.Tensor) else self.to_device(images)
         try:
-            pooled, logits = self.forward(tensor)
+            with self._launch_lock:
+                pooled, logits = self.forward(tensor)
             return pooled.cpu(), logits.cpu()
         except torch.OutOfMemoryError:
             if len(images) <= 1:
@@ -177,11 +186,24 @@ class Predictor:
         probs, ids = torch.softmax(logits, dim=1).topk(k, dim=1) if k else (logits[:, :0], logits[:, :0])
         return ids.numpy().astype(np.int32), probs.numpy().astype(np.float32), pooled.numpy().astype(self.embedding_dtype)
 
+    def _stream(self):
+        """This thread's CUDA stream as the current one (nothing to do on CPU)."""
+        if self.device.type != "cuda":
+            return nullcontext()
+        if not hasattr(self._thread, "stream"):
+            self._thread.stream = torch.cuda.Stream(self.device)
+        return torch.cuda.stream(self._thread.stream)
+
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        with self._stream():
+            return self._label(batch)
+
+    def _label(self, batch: dict[str, np.ndarray]) -> pa.Table:
         images = self.to_device(batch["image"])
         errors = np.array(batch["error"], dtype=object)
         if JPEG_COLUMN in batch:
-            self.decode_on_device(images, batch[JPEG_COLUMN], errors)
+            with self._launch_lock:  # nvJPEG's decoder state is shared by the actor's threads
+                self.decode_on_device(images, batch[JPEG_COLUMN], errors)
         ok = np.array([not e for e in errors], dtype=bool)
         n, k, dim = len(images), self.settings.top_k, self.settings.weights.embedding_dim
         ids = np.zeros((n, k), dtype=np.int32)

@@ -52,6 +52,9 @@ TASK_RETRY_ARGS = {"max_retries": 3}
 BLOCKS_PER_BATCH = 4  # input block size, in batches: enough work per decode task
 # Read tasks ask for no CPU, so without a cap Ray would start a worker process per read task at once.
 READ_CONCURRENCY = 4
+# Two calls at once per GPU actor, so one batch's host work and copies overlap another's
+# compute; on CPU one forward already uses every core the actor has.
+CONCURRENT_CALLS_PER_GPU_ACTOR = 2
 
 
 @dataclass
@@ -441,13 +444,20 @@ def _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, act
         fn_constructor_kwargs={"settings": settings, "schema": schema, "progress": counter},
         batch_size=batch_size,
         batch_format="numpy",
-        compute=ActorPoolStrategy(min_size=1, max_size=actors),
+        compute=model_pool(actors, on_gpu=bool(gpus_per_actor)),
         num_gpus=gpus_per_actor or None,
         num_cpus=1,
         runtime_env={"env_vars": ALLOCATOR_ENV},  # merged with a submitted job's own env_vars
         **ACTOR_RETRY_ARGS,
     )
     return ds
+
+
+def model_pool(actors: int, on_gpu: bool) -> ActorPoolStrategy:
+    if not on_gpu:
+        return ActorPoolStrategy(min_size=1, max_size=actors)
+    return ActorPoolStrategy(min_size=1, max_size=actors, enable_true_multi_threading=True,
+                             max_concurrent_calls_per_actor=CONCURRENT_CALLS_PER_GPU_ACTOR)
 
 
 def run_eval(cfg: LabelConfig, label_column: str | None = None) -> tuple[LabelSummary, EvalReport]:
