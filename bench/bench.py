@@ -29,7 +29,6 @@ import numpy as np
 from resnet_batch.inference import ALLOCATOR_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
-
 DEFAULT_DATA = ROOT / "bench" / "data"
 
 

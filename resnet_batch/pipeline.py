@@ -153,7 +153,8 @@ class _LowPriorityDecode(DecodeStage):
     (and the I/O threads it starts, which inherit the policy) runs only when a core would
     otherwise idle. Measured on 2 cores, resnet18 fp32: normal priority 39, niceness 10 42
     images/s (first landing); niceness 10 76.5, SCHED_IDLE 80.1 (three pairs, this one).
-    Where cores are spare (GPU nodes) it changes nothing.
+    On GPU nodes the actor leaves most cores idle, so decoding should lose nothing to it
+    (not yet measured on a GPU).
     """
 
     def __call__(self, batch):
