@@ -8,7 +8,9 @@ Each contender runs in its own process tree on the same images; peak memory is t
 largest sampled sum of RSS over that tree (driver, raylet, Ray workers). "steady" is the
 rate between the first and the last model batch; "start-up" is the time from launch to
 the first batch (Ray, workers, model load); "end-to-end" is images / process wall time.
-The bare forward is timed after one warm-up batch, on crops decoded beforehand.
+The bare forward is timed after one warm-up batch, on crops decoded beforehand, laid out
+as the job's model actor is (on CPU one single-threaded call per core, side by side);
+`--only bare --calls 1 --threads 2` times one call on both cores instead.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_batch.inference import ALLOCATOR_ENV
+from resnet_batch.inference import ALLOCATOR_ENV, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / "bench" / "data"
@@ -110,7 +112,10 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[str, float, i
 
 # --------------------------------------------------------------------------- contenders
 def bare_forward(args) -> dict:
-    """Model forward only, on pre-decoded uint8 crops, with the job's own precision and threads."""
+    """Model forward only, on pre-decoded uint8 crops, laid out as the job's model actor is:
+    `calls` threads at once, each running its share of the batches with `threads` torch threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
     from resnet_batch.decode import load_one, Source
@@ -121,16 +126,24 @@ def bare_forward(args) -> dict:
     paths = sorted(Path(args.data).glob("*.jpg"))[: args.images]
     crops = np.stack([load_one(Source(str(p)), resolved.preprocessing, 10**8).pixels for p in paths])
     settings = InferenceSettings(weights=resolved, top_k=5, precision=args.precision,
-                                 device=args.device, threads=args.threads or os.cpu_count())
+                                 device=args.device, threads=args.threads)
     predictor = Predictor(settings, schema=None)
-    predictor.run_model(crops[: args.batch_size])  # warm-up (allocations, autotuning)
-    start = time.monotonic()
-    for i in range(0, len(crops), args.batch_size):
-        predictor.run_model(crops[i: i + args.batch_size])
+    batches = [crops[i: i + args.batch_size] for i in range(0, len(crops), args.batch_size)]
+
+    def run(share):
+        with predictor._stream():
+            for batch in share:
+                predictor.run_model(batch)
+
+    with ThreadPoolExecutor(args.calls) as pool:
+        list(pool.map(run, [batches[:1]] * args.calls))  # warm-up on every thread (allocations, autotuning)
+        start = time.monotonic()
+        list(pool.map(run, [batches[i:: args.calls] for i in range(args.calls)]))
     if predictor.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.monotonic() - start
-    return {"images": len(crops), "steady_s": seconds, "run_s": seconds, "precision": predictor.precision}
+    return {"images": len(crops), "steady_s": seconds, "run_s": seconds, "precision": predictor.precision,
+            "layout": f"{args.calls} call(s) x {args.threads} thread(s)"}
 
 
 def ray_documented(args) -> dict:
@@ -207,7 +220,8 @@ TITLES = {"bare": "bare model forward", "ray_doc": "Ray documented pipeline", "l
 def measure(name: str, args) -> dict:
     cmd = [sys.executable, __file__, "--_child", name, "--data", str(args.data), "--images", str(args.images),
            "--model", args.model, "--precision", args.precision, "--device", args.device,
-           "--batch-size", str(args.batch_size), "--workdir", str(args.workdir), "--threads", str(args.threads)]
+           "--batch-size", str(args.batch_size), "--workdir", str(args.workdir), "--calls", str(args.calls),
+           "--threads", str(args.threads)]
     # The bare forward runs under the model actor's allocator settings, as the job's actor does.
     out, wall, peak = run_measured(cmd, env=ALLOCATOR_ENV if name == "bare" else None)
     result = json.loads(out.strip().splitlines()[-1])
@@ -221,7 +235,8 @@ def print_table(results: dict, args) -> None:
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     print(f"\n{args.model}, {args.images} JPEGs, batch {args.batch_size}, precision {args.precision}, "
-          f"device {args.device}; {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}")
+          f"device {args.device}; {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}; "
+          f"bare forward: {args.calls} call(s) at once x {args.threads} torch thread(s), as the job's actor")
     print("| contender | steady images/s | x bare | x Ray doc | end-to-end images/s | wall s | start-up s "
           "| peak RSS GiB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -241,12 +256,18 @@ def main() -> None:
     p.add_argument("--precision", default="fp32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--threads", type=int, default=0, help="torch threads for the bare forward (0 = all cores)")
+    p.add_argument("--calls", type=int, help="bare forward: calls at once (default as the job's actor: "
+                   "one per core on CPU, 2 on a GPU)")
+    p.add_argument("--threads", type=int, help="bare forward: torch threads per call (default as the job: "
+                   "1 on CPU, 4 on a GPU)")
     p.add_argument("--only", nargs="*", choices=list(CONTENDERS), default=list(CONTENDERS))
     p.add_argument("--workdir", type=Path, default=Path("/tmp/resnet-batch-bench"))
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--_child", help=argparse.SUPPRESS)
     args = p.parse_args()
+    on_cpu = resolve_device(args.device) == "cpu"
+    args.calls = args.calls or (os.cpu_count() if on_cpu else 2)
+    args.threads = args.threads or (1 if on_cpu else 4)
     if args._child:
         print(json.dumps(CONTENDERS[args._child](args)))
         return

@@ -35,7 +35,9 @@ def _add_label_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--path-column", help="manifest column holding image URIs (default path)")
     p.add_argument("--rows-per-file", type=int, help="rows per Parquet part file (default 10000)")
     p.add_argument("--num-workers", type=int, help="model actors (default one per GPU / CPU node)")
-    p.add_argument("--threads-per-worker", type=int, help="torch threads per CPU actor")
+    p.add_argument("--threads-per-worker", type=int,
+                   help="cores per CPU model actor, one single-threaded forward each (default: the node's); "
+                        "torch threads per GPU actor (default 4)")
     p.add_argument("--io-threads", type=int, help="file-fetch threads per decode task")
     p.add_argument("--max-pixels", type=int, help="refuse images with more pixels (default 100000000)")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")

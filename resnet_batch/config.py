@@ -48,7 +48,7 @@ class LabelConfig:
     path_column: str = "path"
     rows_per_file: int = 10_000
     num_workers: int = 0  # model actors; 0 = one per GPU, or one per CPU node
-    threads_per_worker: int = 0  # torch threads per CPU actor; 0 = the node's CPUs
+    threads_per_worker: int = 0  # CPU actor: cores, one single-threaded forward each (0 = the node's); GPU: torch threads
     io_threads: int = 0  # file-fetch threads per decode task; 0 = 1 local, 16 remote
     max_pixels: int = DEFAULT_MAX_PIXELS
     compile: bool = False

@@ -53,7 +53,7 @@ BLOCKS_PER_BATCH = 4  # input block size, in batches: enough work per decode tas
 # Read tasks ask for no CPU, so without a cap Ray would start a worker process per read task at once.
 READ_CONCURRENCY = 4
 # Two calls at once per GPU actor, so one batch's host work and copies overlap another's
-# compute; on CPU one forward already uses every core the actor has.
+# compute. CPU actors run one single-threaded call per core instead (inference.InferenceSettings).
 CONCURRENT_CALLS_PER_GPU_ACTOR = 2
 
 
@@ -148,13 +148,13 @@ class _InputsDatasource(Datasource):
 class _LowPriorityDecode(DecodeStage):
     """Decoding on the CPU time the model leaves idle, in Ray's worker processes.
 
-    On CPU nodes the model's OpenMP threads wait for each other at every layer, so a
-    decode task that preempts one of them stalls all of them. Under SCHED_IDLE, decoding
-    (and the I/O threads it starts, which inherit the policy) runs only when a core would
-    otherwise idle. Measured on 2 cores, resnet18 fp32: normal priority 39, niceness 10 42
-    images/s (first landing); niceness 10 76.5, SCHED_IDLE 80.1 (three pairs, this one).
-    On GPU nodes the actor leaves most cores idle, so decoding should lose nothing to it
-    (not yet measured on a GPU).
+    Under SCHED_IDLE, decoding (and the I/O threads it starts, which inherit the policy)
+    runs only when a core would otherwise idle, e.g. while a model call waits for its next
+    batch, instead of preempting a forward. Measured on 2 cores, resnet18 fp32, when the
+    model ran on OpenMP threads that stall together: niceness 10 76.5, SCHED_IDLE 80.1
+    images/s; with one single-threaded call per core the gain is smaller (83.6-85.1 at
+    normal priority, 85.3-85.9 under SCHED_IDLE). On GPU nodes the actor leaves most cores
+    idle, so decoding should lose nothing to it (not yet measured on a GPU).
     """
 
     def __call__(self, batch):
@@ -263,17 +263,30 @@ def _default_batch_size(on_gpu: bool, precision: str) -> int:
     return 64 if resolve_precision(precision, "cpu") == "bf16" else 32
 
 
-def _pool_layout(cfg: LabelConfig) -> tuple[int, float, int]:
-    """(actors, GPUs per actor, torch threads per actor) from what the cluster has."""
+@dataclass(frozen=True)
+class PoolLayout:
+    actors: int
+    gpus_per_actor: int
+    calls_per_actor: int  # calls one actor runs at once, each on a thread of its own
+    threads_per_call: int  # torch intra-op threads of each call
+
+
+def _pool_layout(cfg: LabelConfig) -> PoolLayout:
+    """The model actors from what the cluster has: one per GPU, or one per CPU node running
+    one single-threaded call per core (`--threads-per-worker` cores)."""
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     if cfg.device == "cuda" and gpus == 0:
         raise UsageError("--device cuda was requested but the Ray cluster has no GPUs")
     if gpus and cfg.device != "cpu":
-        return cfg.num_workers or gpus, 1, cfg.threads_per_worker or 4
+        return PoolLayout(cfg.num_workers or gpus, 1, CONCURRENT_CALLS_PER_GPU_ACTOR, cfg.threads_per_worker or 4)
     cpu_nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1]
     cpus_per_node = int(min(n["Resources"]["CPU"] for n in cpu_nodes)) if cpu_nodes else 1
-    return cfg.num_workers or max(1, len(cpu_nodes)), 0, cfg.threads_per_worker or cpus_per_node
+    cores = cfg.threads_per_worker or cpus_per_node
+    actors = cfg.num_workers or max(1, len(cpu_nodes))
+    if cfg.compile:  # a compiled forward is not thread-safe: one call on all the cores
+        return PoolLayout(actors, 0, 1, cores)
+    return PoolLayout(actors, 0, cores, 1)
 
 
 def run_info(cfg: LabelConfig, resolved, extra_columns: list[str]) -> dict:
@@ -381,8 +394,8 @@ def run_label(cfg: LabelConfig, table: pa.Table | None = None) -> LabelSummary:
 def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: InputPlan, skip: np.ndarray, out: OutputDir,
              wall_start: float) -> tuple[WriteStats, tuple[float, float]]:
     """Run the pipeline; returns write stats and (steady images/s, seconds to the first batch)."""
-    actors, gpus_per_actor, threads = _pool_layout(cfg)
-    on_gpu = gpus_per_actor > 0
+    layout = _pool_layout(cfg)
+    on_gpu = layout.gpus_per_actor > 0
     batch_size = cfg.batch_size or _default_batch_size(on_gpu, cfg.precision)
     first_paths = todo.table.column("path").slice(0, 1).to_pylist() + list(todo.directories[:1])
     io_threads = cfg.io_threads or (1 if all(is_local(p) for p in first_paths) else 16)
@@ -393,11 +406,11 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: InputPlan, ski
         embedding_dtype=cfg.embedding_dtype,
         device="cuda" if on_gpu else "cpu",
         precision=cfg.precision,
-        threads=threads,
+        threads=layout.threads_per_call,
         compile=cfg.compile,
     )
-    log.info("%d model actor(s), %s, batch %d, %d thread(s) each",
-             actors, "GPU" if on_gpu else "CPU", batch_size, threads)
+    log.info("%d model actor(s), %s, batch %d, %d call(s) at once each, %d thread(s) per call", layout.actors,
+             "GPU" if on_gpu else "CPU", batch_size, layout.calls_per_actor, layout.threads_per_call)
     with _ProgressLogger(todo.table.num_rows, walking=bool(todo.directories)) as progress:
         block_rows = batch_size * BLOCKS_PER_BATCH
         source = _InputsDatasource(todo, skip, block_rows, progress.counter)
@@ -411,8 +424,7 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: InputPlan, ski
         with warnings.catch_warnings():
             # Ray 2.60 names no parameter for retry bounds yet; **ray_remote_args is the way.
             warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
-            ds = _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, actors,
-                             gpus_per_actor, progress.counter)
+            ds = _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, layout, progress.counter)
         if out.driver_only:
             stats = _write_from_driver(ds, out, schema, cfg.rows_per_file)
         else:
@@ -432,7 +444,7 @@ def _write_from_driver(ds, out: OutputDir, schema: pa.Schema, rows_per_file: int
     return stats
 
 
-def _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, actors, gpus_per_actor, counter):
+def _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, layout: PoolLayout, counter):
     ds = ds.map_batches(
         _LowPriorityDecode(resolved.preprocessing, cfg.max_pixels, io_threads, defer_jpeg=cfg.decode == "gpu"),
         batch_size=None,  # one block (BLOCKS_PER_BATCH batches) per decode task
@@ -445,8 +457,10 @@ def _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, act
         fn_constructor_kwargs={"settings": settings, "schema": schema, "progress": counter},
         batch_size=batch_size,
         batch_format="numpy",
-        compute=model_pool(actors, on_gpu=bool(gpus_per_actor)),
-        num_gpus=gpus_per_actor or None,
+        compute=model_pool(layout.actors, layout.calls_per_actor),
+        num_gpus=layout.gpus_per_actor or None,
+        # One CPU whatever the cores it runs on: the rest is what lets decode tasks be scheduled
+        # beside it (decode yields to the model anyway, under SCHED_IDLE).
         num_cpus=1,
         runtime_env={"env_vars": ALLOCATOR_ENV},  # merged with a submitted job's own env_vars
         **ACTOR_RETRY_ARGS,
@@ -454,11 +468,10 @@ def _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, act
     return ds
 
 
-def model_pool(actors: int, on_gpu: bool) -> ActorPoolStrategy:
-    if not on_gpu:
-        return ActorPoolStrategy(min_size=1, max_size=actors)
+def model_pool(actors: int, calls_per_actor: int) -> ActorPoolStrategy:
+    """Up to `actors` actors, each running `calls_per_actor` calls at once on threads of its own."""
     return ActorPoolStrategy(min_size=1, max_size=actors, enable_true_multi_threading=True,
-                             max_concurrent_calls_per_actor=CONCURRENT_CALLS_PER_GPU_ACTOR)
+                             max_concurrent_calls_per_actor=calls_per_actor)
 
 
 def run_eval(cfg: LabelConfig, label_column: str | None = None) -> tuple[LabelSummary, EvalReport]:

@@ -1,7 +1,9 @@
-"""Concurrent calls on one Predictor, as GPU actors make them, give the sequential results."""
+"""Concurrent calls on one Predictor, as model actors make them (single-threaded forwards side
+by side on CPU, CUDA streams on a GPU), give the sequential results."""
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -41,9 +43,9 @@ def test_concurrent_calls_gpu_streams(reference_images, resnet18_ckpt):
     check_concurrent_equals_sequential("cuda", reference_images, resnet18_ckpt, tolerance=1e-3)
 
 
-def test_gpu_pool_settings_through_ray_data(ray_local, reference_images, resnet18_ckpt):
-    """The GPU actor pool (two concurrent calls, true multi-threading), run on CPU: every row once,
-    equal to a direct call."""
+def test_concurrent_calls_through_ray_data(ray_local, reference_images, resnet18_ckpt):
+    """The job's actor pool (two calls at once on threads of the actor): every row once, equal
+    to a direct call."""
     import ray.data
 
     from resnet_batch.pipeline import model_pool
@@ -55,9 +57,22 @@ def test_gpu_pool_settings_through_ray_data(ray_local, reference_images, resnet1
     rows = [{k: v[i] for k, v in decoded.items()} for i in range(len(reference_images))] * 4
     out = ray.data.from_items(rows, override_num_blocks=8).map_batches(
         Predictor, fn_constructor_kwargs={"settings": settings, "schema": schema}, batch_size=3,
-        batch_format="numpy", compute=model_pool(1, on_gpu=True), num_cpus=1,
+        batch_format="numpy", compute=model_pool(1, calls_per_actor=2), num_cpus=1,
     ).to_pandas()
     want = Predictor(settings, schema)(decoded).to_pandas().set_index("path")
     assert len(out) == len(rows) and sorted(out["path"]) == sorted(r["path"] for r in rows)
     for _, row in out.iterrows():
         np.testing.assert_allclose(row["embedding"], want.loc[row["path"], "embedding"], rtol=1e-5, atol=1e-6)
+
+
+def test_pool_layout_cpu(ray_local):
+    """CPU nodes: one actor per node, one single-threaded call per core; a compiled forward
+    (not thread-safe) gets one call on all the cores instead."""
+    from resnet_batch.config import LabelConfig
+    from resnet_batch.pipeline import PoolLayout, _pool_layout
+
+    cores = int(ray_local.cluster_resources()["CPU"])
+    cfg = LabelConfig(inputs=("x",), output="y", device="cpu")
+    assert _pool_layout(cfg) == PoolLayout(actors=1, gpus_per_actor=0, calls_per_actor=cores, threads_per_call=1)
+    assert _pool_layout(dataclasses.replace(cfg, threads_per_worker=3)).calls_per_actor == 3
+    assert _pool_layout(dataclasses.replace(cfg, compile=True)) == PoolLayout(1, 0, 1, cores)
