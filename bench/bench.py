@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from resnet_batch.inference import ALLOCATOR_ENV, resolve_device
+from resnet_batch.pipeline import CONCURRENT_CALLS_PER_GPU_ACTOR, GPU_ACTOR_THREADS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / "bench" / "data"
@@ -142,8 +143,7 @@ def bare_forward(args) -> dict:
     if predictor.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.monotonic() - start
-    return {"images": len(crops), "steady_s": seconds, "run_s": seconds, "precision": predictor.precision,
-            "layout": f"{args.calls} call(s) x {args.threads} thread(s)"}
+    return {"images": len(crops), "steady_s": seconds, "run_s": seconds, "precision": predictor.precision}
 
 
 def ray_documented(args) -> dict:
@@ -266,8 +266,8 @@ def main() -> None:
     p.add_argument("--_child", help=argparse.SUPPRESS)
     args = p.parse_args()
     on_cpu = resolve_device(args.device) == "cpu"
-    args.calls = args.calls or (os.cpu_count() if on_cpu else 2)
-    args.threads = args.threads or (1 if on_cpu else 4)
+    args.calls = args.calls or (os.cpu_count() if on_cpu else CONCURRENT_CALLS_PER_GPU_ACTOR)
+    args.threads = args.threads or (1 if on_cpu else GPU_ACTOR_THREADS)
     if args._child:
         print(json.dumps(CONTENDERS[args._child](args)))
         return

@@ -55,6 +55,7 @@ READ_CONCURRENCY = 4
 # Two calls at once per GPU actor, so one batch's host work and copies overlap another's
 # compute. CPU actors run one single-threaded call per core instead (inference.InferenceSettings).
 CONCURRENT_CALLS_PER_GPU_ACTOR = 2
+GPU_ACTOR_THREADS = 4  # torch threads of each GPU actor call: host-side work only
 
 
 @dataclass
@@ -279,7 +280,8 @@ def _pool_layout(cfg: LabelConfig) -> PoolLayout:
     if cfg.device == "cuda" and gpus == 0:
         raise UsageError("--device cuda was requested but the Ray cluster has no GPUs")
     if gpus and cfg.device != "cpu":
-        return PoolLayout(cfg.num_workers or gpus, 1, CONCURRENT_CALLS_PER_GPU_ACTOR, cfg.threads_per_worker or 4)
+        return PoolLayout(cfg.num_workers or gpus, 1, CONCURRENT_CALLS_PER_GPU_ACTOR,
+                          cfg.threads_per_worker or GPU_ACTOR_THREADS)
     cpu_nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1]
     cpus_per_node = int(min(n["Resources"]["CPU"] for n in cpu_nodes)) if cpu_nodes else 1
     cores = cfg.threads_per_worker or cpus_per_node
