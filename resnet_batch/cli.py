@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
+import shlex
+import signal
 import sys
+import traceback
 
-from .errors import UsageError, WeightsUnavailableError
+from .console import Console, raise_on_signals
+from .errors import Interrupted, UsageError, WeightsUnavailableError
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
+EXIT_SIGNAL_BASE = 128  # a job stopped by signal N exits 128 + N, as shells report it
 
 
 def _add_label_args(p: argparse.ArgumentParser) -> None:
@@ -23,7 +27,8 @@ def _add_label_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="DEFAULT|IMAGENET1K_V1|IMAGENET1K_V2|none|PATH-or-URI (default DEFAULT)")
     p.add_argument("--preprocess", help="torchvision weights whose transforms() a checkpoint or "
                    "'none' uses (default IMAGENET1K_V1)")
-    p.add_argument("--batch-size", type=int, help="images per model batch (default 256 GPU; CPU 32 fp32, 64 bf16)")
+    p.add_argument("--batch-size", type=int, help="images per model batch; 0 = automatic, the default: "
+                   "256 on a GPU, on a CPU 32 (fp32) or 64 (bf16)")
     p.add_argument("--top-k", type=int, help="labels per image, 0 = no labels (default 5)")
     p.add_argument("--no-embeddings", dest="embeddings", action="store_const", const=False,
                    help="do not write the pooled embedding")
@@ -33,7 +38,11 @@ def _add_label_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", help="error|overwrite|resume: when OUTPUT holds results (default error)")
     p.add_argument("--address", help="Ray address to join (default: start or join a local Ray)")
     p.add_argument("--path-column", help="manifest column holding image URIs (default path)")
-    p.add_argument("--rows-per-file", type=int, help="rows per Parquet part file (default 10000)")
+    p.add_argument("--rows-per-file", type=int, help="rows per Parquet part file, at most (default 10000)")
+    p.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
+                   help="save finished rows at least this often, whatever --rows-per-file (default 60)")
+    p.add_argument("--progress-every", type=float, metavar="SECONDS",
+                   help="seconds between progress lines when not in a terminal (default 30)")
     p.add_argument("--num-workers", type=int, help="model actors (default one per GPU / CPU node)")
     p.add_argument("--threads-per-worker", type=int,
                    help="cores per CPU model actor, one single-threaded forward each (default: the node's); "
@@ -51,10 +60,12 @@ def _job_server_default() -> str | None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnet-batch", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, with Ray's own logs in the terminal (by default they go to a log file)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_label_args(sub.add_parser("label", help="label images: top-k classes and embeddings to Parquet"))
-    sub.add_parser("models", help="list models, weights and embedding widths")
+    models = sub.add_parser("models", help="list models, weights and embedding widths")
+    models.add_argument("--json", action="store_true", help="one JSON object per model instead of a table")
     evaluate = sub.add_parser("eval", help="top-1/top-5 error on a labeled collection (ImageNet layouts)")
     _add_label_args(evaluate)
     evaluate.add_argument("--label-column", help="manifest column with the class index or WordNet id")
@@ -77,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-NOT_JOB_OPTIONS = ("command", "config", "verbose", "label_args", "label_column")
+NOT_JOB_OPTIONS = ("command", "config", "verbose", "label_args", "label_column", "json")
 
 
 def _job_config(args: argparse.Namespace, eval_defaults: bool = False):
@@ -96,30 +107,51 @@ def _job_config(args: argparse.Namespace, eval_defaults: bool = False):
     return LabelConfig.from_sources(file_values, flags)
 
 
-def cmd_label(args: argparse.Namespace) -> int:
+def _run_with_progress(run, cfg, console: Console):
+    from .summary import process_started_at
+
+    with console.progress(cfg.progress_every) as report:
+        return run(cfg, launched_at=process_started_at(), report=report)
+
+
+def cmd_label(args: argparse.Namespace, console: Console) -> int:
     from .pipeline import run_label
 
-    summary = run_label(_job_config(args))
+    summary = _run_with_progress(run_label, _job_config(args), console)
     for line in summary.lines():
-        print(line)
+        console.print(line)
     return EXIT_OK if summary.complete else EXIT_INCOMPLETE
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def cmd_eval(args: argparse.Namespace, console: Console) -> int:
+    from functools import partial
+
     from .pipeline import run_eval
 
     cfg = _job_config(args, eval_defaults=True)
-    summary, report = run_eval(cfg, args.label_column)
-    for line in [*summary.lines(), *report.lines(), f"predictions: {cfg.output}"]:
-        print(line)
+    summary, report = _run_with_progress(partial(run_eval, label_column=args.label_column), cfg, console)
+    for line in [*summary.lines(), *report.lines(), f"predictions written to {_shown_path(cfg.output)}"]:
+        console.print(line)
     return EXIT_OK if summary.complete else EXIT_INCOMPLETE
 
 
-def cmd_models(args: argparse.Namespace) -> int:
+def _shown_path(uri: str) -> str:
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
+def cmd_models(args: argparse.Namespace, console: Console) -> int:
     from .models import describe_models
 
-    for row in describe_models():
-        print(json.dumps(row))
+    rows = describe_models()
+    if args.json:
+        for row in rows:
+            console.print(json.dumps(row))
+        return EXIT_OK
+    table = [("model", "default weights", "embedding", "--weights")]
+    table += [(r["model"], r["default"], str(r["embedding_dim"]), ", ".join(r["weights"])) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for row in table:
+        console.print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[3]]).rstrip())
     return EXIT_OK
 
 
@@ -129,7 +161,7 @@ def _require_address(args) -> str:
     return args.address
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
+def cmd_submit(args: argparse.Namespace, console: Console) -> int:
     from . import submit
 
     metadata = {}
@@ -144,29 +176,42 @@ def cmd_submit(args: argparse.Namespace) -> int:
         entrypoint_num_gpus=args.entrypoint_num_gpus, metadata=metadata,
     )
     job_id = submit.submit(sub)
-    print(f"submitted {job_id}", flush=True)
+    console.print(f"submitted {job_id}")
     if not args.wait:
         return EXIT_OK
     final = submit.follow(sub.address, job_id)
-    print(f"job {job_id} {final}")
+    console.print(f"job {job_id} {final}")
     return EXIT_OK if final == submit.TERMINAL_OK else EXIT_INCOMPLETE
 
 
-def cmd_jobs(args: argparse.Namespace) -> int:
+def cmd_jobs(args: argparse.Namespace, console: Console) -> int:
     from . import submit
 
     address = _require_address(args)
     if args.action == "status":
         info = submit.status(address, args.job_id)
-        print(json.dumps(info))
+        console.print(json.dumps(info))
         return EXIT_OK
     if args.action == "logs":
-        print(submit.logs(address, args.job_id), end="")
+        console.out.write(submit.logs(address, args.job_id))
         return EXIT_OK
     return EXIT_OK if submit.stop(address, args.job_id) else EXIT_INCOMPLETE
 
 
 COMMANDS = {"label": cmd_label, "eval": cmd_eval, "models": cmd_models, "submit": cmd_submit, "jobs": cmd_jobs}
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that finishes an interrupted run: the same one, with --mode resume."""
+    args, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--mode":
+            i += 2
+            continue
+        if not argv[i].startswith("--mode="):
+            args.append(argv[i])
+        i += 1
+    return shlex.join(["resnet-batch", *args, "--mode", "resume"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,15 +222,29 @@ def main(argv: list[str] | None = None) -> int:
         argv, label_args = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
     args.label_args = label_args
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    raise_on_signals()
+    console = Console(args.command, args.verbose)
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command](args, console)
     except (UsageError, WeightsUnavailableError) as exc:
-        print(f"resnet-batch: error: {exc}", file=sys.stderr)
+        console.failed(str(exc))
         return EXIT_USAGE
+    except Interrupted as stop:
+        done = f"{stop.saved} images labeled and saved" + (
+            f", {stop.processed - stop.saved} labeled but not saved" if stop.processed > stop.saved else "")
+        console.print(f"stopped by {signal_name(stop.signum)}: {done}; to finish: {resume_command(argv)}",
+                      error=True)
+        return EXIT_SIGNAL_BASE + stop.signum
+    except Exception as exc:  # a bug or an environment failure: one line here, the traceback in the log
+        traceback.print_exc()  # to the log file (or the terminal with -v)
+        console.failed(f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+        return EXIT_INCOMPLETE
+    finally:
+        console.close()
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
 
 
 if __name__ == "__main__":

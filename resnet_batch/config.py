@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 from .decode import DEFAULT_MAX_PIXELS
 from .errors import UsageError
-from .inference import DEVICES, PRECISIONS
-from .models import model_spec
+from .registry import check_model
 from .schema import EMBEDDING_DTYPES
 from .writer import MODES
 
 
 DECODERS = ("cpu", "gpu")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 def _one_of(name: str, value: str, valid) -> None:
@@ -30,6 +31,11 @@ def _positive(name: str, value: int, allow_zero: bool = False) -> None:
         raise UsageError(f"{name} must be an integer >= {0 if allow_zero else 1}, got {value!r}")
 
 
+def _positive_seconds(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise UsageError(f"{name} must be a number of seconds > 0, got {value!r}")
+
+
 @dataclass(frozen=True)
 class LabelConfig:
     inputs: tuple[str, ...]
@@ -37,7 +43,7 @@ class LabelConfig:
     model: str = "resnet50"
     weights: str = "DEFAULT"
     preprocess: str | None = None  # torchvision weights whose transforms() a checkpoint uses
-    batch_size: int = 0  # 0 = per device: 256 on GPU; on CPU 32 (fp32) or 64 (bf16)
+    batch_size: int = 0  # 0 = automatic, per device: 256 on GPU; on CPU 32 (fp32) or 64 (bf16)
     top_k: int = 5
     embeddings: bool = True
     embedding_dtype: str = "float32"
@@ -53,13 +59,15 @@ class LabelConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     compile: bool = False
     decode: str = "cpu"  # "gpu": JPEGs decoded by nvJPEG in the model actor
+    checkpoint_every: float = 60.0  # seconds: finished rows wait at most this long to be saved
+    progress_every: float = 30.0  # seconds between progress lines when not in a terminal
 
     def __post_init__(self):
         if not self.inputs:
             raise UsageError("give at least one INPUT (directory, file, glob, URI or manifest)")
         if not self.output:
             raise UsageError("--output is required")
-        model_spec(self.model)
+        check_model(self.model)
         _one_of("--embedding-dtype", self.embedding_dtype, EMBEDDING_DTYPES)
         _one_of("--device", self.device, DEVICES)
         _one_of("--precision", self.precision, PRECISIONS)
@@ -74,6 +82,8 @@ class LabelConfig:
         _positive("--threads-per-worker", self.threads_per_worker, allow_zero=True)
         _positive("--io-threads", self.io_threads, allow_zero=True)
         _positive("--max-pixels", self.max_pixels)
+        _positive_seconds("--checkpoint-every", self.checkpoint_every)
+        _positive_seconds("--progress-every", self.progress_every)
         if not self.embeddings and self.top_k == 0:
             raise UsageError("--top-k 0 with --no-embeddings leaves nothing to compute")
 

@@ -12,3 +12,15 @@ class WeightsUnavailableError(RuntimeError):
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """An exception's message on one line, cut to `limit` characters, for errors and rows."""
     return " ".join(str(exc).split())[:limit]
+
+
+class Interrupted(BaseException):
+    """The job was stopped by a signal (SIGINT/SIGTERM) after saving what it had done.
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` swallows it.
+    `processed` and `saved` are filled in by the pipeline once the finished work is on disk.
+    """
+
+    def __init__(self, signum: int, processed: int = 0, saved: int = 0):
+        super().__init__(signum)
+        self.signum, self.processed, self.saved = signum, processed, saved

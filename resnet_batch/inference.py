@@ -23,8 +23,6 @@ from .schema import build_table
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 # glibc maps each large block afresh and unmaps it on free, so every forward pass would
@@ -81,9 +79,10 @@ class InferenceSettings:
 class Predictor:
     """Actor-pool callable holding one model replica."""
 
-    def __init__(self, settings: InferenceSettings, schema: pa.Schema):
+    def __init__(self, settings: InferenceSettings, schema: pa.Schema, progress=None):
         self.settings = settings
         self.schema = schema
+        self.progress = progress  # a progress.ProgressCounter actor told of error rows, if any
         self.device = torch.device(resolve_device(settings.device))
         self.precision = resolve_precision(settings.precision, self.device.type)
         torch.set_num_threads(max(1, settings.threads))  # also what threads started later get
@@ -198,7 +197,11 @@ class Predictor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         with self._stream():
-            return self._label(batch)
+            table = self._label(batch)
+        errors = table.num_rows - table.column("error").null_count
+        if errors and self.progress is not None:
+            self.progress.add_errors.remote(errors)
+        return table
 
     def _label(self, batch: dict[str, np.ndarray]) -> pa.Table:
         images = self.to_device(batch["image"])

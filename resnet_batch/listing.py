@@ -62,6 +62,7 @@ def read_directory(root: str, skip_ref, schema: pa.Schema, progress) -> Iterator
         if table.num_rows:
             progress.add_listed.remote(table.num_rows)
             yield conform(table, schema)
+    progress.walk_finished.remote(root)
 
 
 def count_against(root: str, excluded: np.ndarray, done_before: np.ndarray,

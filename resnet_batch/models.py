@@ -19,6 +19,8 @@ from torchvision.models import WeightsEnum
 
 from . import hf
 from .errors import UsageError, WeightsUnavailableError
+from .preprocessing import Preprocessing
+from .registry import EMBEDDING_DIMS, check_model
 
 log = logging.getLogger(__name__)
 
@@ -32,51 +34,11 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec("resnet18", tvm.resnet18, tvm.ResNet18_Weights, 512),
-        ModelSpec("resnet34", tvm.resnet34, tvm.ResNet34_Weights, 512),
-        ModelSpec("resnet50", tvm.resnet50, tvm.ResNet50_Weights, 2048),
-        ModelSpec("resnet101", tvm.resnet101, tvm.ResNet101_Weights, 2048),
-        ModelSpec("resnet152", tvm.resnet152, tvm.ResNet152_Weights, 2048),
-    )
+    name: ModelSpec(name, getattr(tvm, name), tvm.get_model_weights(name), dim) for name, dim in EMBEDDING_DIMS.items()
 }
 
 NO_WEIGHTS = "none"
 RANDOM_INIT_SEED = 0
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """The parameters of torchvision's `ImageClassification` preset."""
-
-    resize_size: int
-    crop_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str
-
-    @classmethod
-    def from_weights(cls, weights: WeightsEnum) -> "Preprocessing":
-        preset = weights.transforms()
-        return cls(
-            resize_size=int(preset.resize_size[0]),
-            crop_size=int(preset.crop_size[0]),
-            mean=tuple(float(m) for m in preset.mean),
-            std=tuple(float(s) for s in preset.std),
-            interpolation=preset.interpolation.value,
-        )
-
-    def describe(self) -> dict:
-        return {
-            "resize_size": self.resize_size,
-            "crop_size": self.crop_size,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "interpolation": self.interpolation,
-            "antialias": True,
-            "color": "RGB, EXIF orientation applied",
-        }
 
 
 @dataclass(frozen=True)
@@ -96,9 +58,7 @@ class ResolvedWeights:
 
 
 def model_spec(name: str) -> ModelSpec:
-    if name not in MODELS:
-        raise UsageError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
-    return MODELS[name]
+    return MODELS[check_model(name)]
 
 
 def weights_names(name: str) -> list[str]:

@@ -9,37 +9,37 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
+import queue
+import signal
 import threading
 import time
 import warnings
-from collections import Counter
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
-from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
 import ray
 import ray.data
 from ray.data import ActorPoolStrategy
-from ray.data.block import Block, BlockAccessor, BlockMetadata
-from ray.data.datasource import Datasink, Datasource, ReadTask, WriteResult
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
 
 from . import __version__
 from .config import LabelConfig
-from .decode import DecodeStage
-from .errors import UsageError
+from .decode import LowPriorityDecode
+from .errors import Interrupted, UsageError
 from .evaluate import EvalReport, attach_labels, score
-from .inference import ALLOCATOR_ENV, InferenceSettings, Predictor, resolve_precision
 from .listing import count_against, read_directory, read_slice
-from .models import check_weights, resolve_weights
 from .pathset import EMPTY, isin_sorted, path_hashes
+from .progress import CounterClient, LogReporter, Snapshot
+from .saving import BlockPart, Saver
 from .schema import output_schema, with_run_metadata
 from .sources import InputPlan, list_inputs, plan_inputs
 from .storage import is_local
-from .writer import OutputDir, WriteStats
+from .summary import LabelSummary, Timeline
+from .writer import OutputDir
 
 log = logging.getLogger(__name__)
 
@@ -55,66 +55,8 @@ READ_CONCURRENCY = 4
 # Two calls at once per GPU actor, so one batch's host work and copies overlap another's
 # compute. CPU actors run one single-threaded call per core instead (inference.InferenceSettings).
 CONCURRENT_CALLS_PER_GPU_ACTOR = 2
+SAVE_ON_INTERRUPT_S = 30.0  # after a Ctrl-C, how long finished rows may take to be saved
 GPU_ACTOR_THREADS = 4  # torch threads of each GPU actor call: host-side work only
-
-
-@dataclass
-class LabelSummary:
-    weights: str  # as resolved: the torchvision enum name for DEFAULT, else what was given
-    inputs: int
-    already_done: int
-    processed: int
-    rows_in_output: int
-    errors: Counter = field(default_factory=Counter)
-    setup_s: float = 0.0
-    run_s: float = 0.0
-    missing: int = 0
-    duplicates: int = 0
-    steady_images_per_s: float = 0.0  # between the first and last model batch
-    first_batch_s: float = 0.0  # from start to the first model batch: the fixed start-up cost
-
-    @property
-    def images_per_s(self) -> float:
-        return self.processed / self.run_s if self.run_s > 0 else 0.0
-
-    @property
-    def complete(self) -> bool:
-        return self.missing == 0 and self.duplicates == 0 and self.rows_in_output >= self.inputs
-
-    def lines(self) -> list[str]:
-        errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())) or "none"
-        return [
-            f"inputs {self.inputs}, already done {self.already_done}, processed {self.processed}, "
-            f"rows in output {self.rows_in_output}",
-            f"errors: {errors}",
-            f"setup {self.setup_s:.1f}s, run {self.run_s:.1f}s, {self.images_per_s:.1f} images/s"
-            + (f"; first batch after {self.first_batch_s:.1f}s, then {self.steady_images_per_s:.1f} images/s steady"
-               if self.steady_images_per_s else ""),
-            "complete: every input has exactly one row" if self.complete else
-            f"INCOMPLETE: {self.missing} inputs without a row, {self.duplicates} duplicate rows",
-        ]
-
-
-class _PartFileSink(Datasink[WriteStats]):
-    """Adapts OutputDir to Ray's Datasink; per-file work happens in OutputDir."""
-
-    def __init__(self, out: OutputDir, schema: pa.Schema, rows_per_file: int):
-        self.out = out
-        self.schema = schema
-        self.rows_per_file = rows_per_file
-        self.stats = WriteStats()
-
-    @property
-    def min_rows_per_write(self) -> int:
-        return self.rows_per_file
-
-    def write(self, blocks: Iterable[Block], ctx) -> WriteStats:
-        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
-        return self.out.write_tables([t for t in tables if t.num_rows], self.schema, self.rows_per_file)
-
-    def on_write_complete(self, write_result: WriteResult[WriteStats]) -> None:
-        for stats in write_result.write_returns:
-            self.stats.add(stats)
 
 
 class _InputsDatasource(Datasource):
@@ -146,119 +88,34 @@ class _InputsDatasource(Datasource):
         return tasks
 
 
-class _LowPriorityDecode(DecodeStage):
-    """Decoding on the CPU time the model leaves idle, in Ray's worker processes.
-
-    Under SCHED_IDLE, decoding (and the I/O threads it starts, which inherit the policy)
-    runs only when a core would otherwise idle, e.g. while a model call waits for its next
-    batch, instead of preempting a forward. Measured on 2 cores, resnet18 fp32, when the
-    model ran on OpenMP threads that stall together: niceness 10 76.5, SCHED_IDLE 80.1
-    images/s; with one single-threaded call per core the gain is smaller (83.6-85.1 at
-    normal priority, 85.3-85.9 under SCHED_IDLE). On GPU nodes the actor leaves most cores
-    idle, so decoding should lose nothing to it (not yet measured on a GPU).
-    """
-
-    def __call__(self, batch):
-        if hasattr(os, "SCHED_IDLE") and os.sched_getscheduler(0) != os.SCHED_IDLE:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        return super().__call__(batch)
-
-
-@ray.remote(num_cpus=0)
-class _ProgressCounter:
-    """Images listed for the model and through it so far, reported by the read tasks and the
-    actors (retries may overcount)."""
-
-    def __init__(self, listed: int):
-        self.listed = listed
-        self.done = 0
-        self.first: tuple[float, int] | None = None  # (time, images) at the first report
-        self.last = 0.0
-
-    def add(self, n: int) -> None:
-        self.done += n
-        self.last = time.time()
-        if self.first is None:
-            self.first = (self.last, n)
-
-    def add_listed(self, n: int) -> None:
-        self.listed += n
-
-    def get(self) -> tuple[int, int]:
-        return self.done, self.listed
-
-    def steady_rate(self) -> tuple[float, float]:
-        """(images/s between the first and the last batch, wall time of the first batch)."""
-        if self.first is None:
-            return 0.0, 0.0
-        if self.last <= self.first[0]:  # a single batch: no steady phase to measure
-            return 0.0, self.first[0]
-        return (self.done - self.first[1]) / (self.last - self.first[0]), self.first[0]
-
-
-class _ReportingPredictor(Predictor):
-    def __init__(self, settings: InferenceSettings, schema: pa.Schema, progress):
-        super().__init__(settings, schema)
-        self.progress = progress
-
-    def __call__(self, batch):
-        table = super().__call__(batch)
-        self.progress.add.remote(table.num_rows)
-        return table
-
-
-class _ProgressLogger:
-    """Logs images done / listed and the rate every `interval_s` while the job runs."""
-
-    def __init__(self, listed: int, walking: bool, interval_s: float = 15.0):
-        self.walking, self.interval_s = walking, interval_s
-        # On the driver's node, so losing a worker node does not take progress with it;
-        # progress is best-effort everywhere: it must never fail the job.
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        self.counter = _ProgressCounter.options(scheduling_strategy=here, max_restarts=-1).remote(listed)
-        self.steady_rate, self.first_batch_at = 0.0, 0.0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        start = time.monotonic()
-        while not self.stop.wait(self.interval_s):
-            try:
-                done, listed = ray.get(self.counter.get.remote(), timeout=10)
-            except (ray.exceptions.RayError, TimeoutError):
-                continue
-            done = min(done, listed)
-            elapsed = time.monotonic() - start
-            log.info("progress: %d/%d images%s (%.1f%%), %.1f images/s", done, listed,
-                     " listed so far" if self.walking else "", 100 * done / max(listed, 1), done / elapsed)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
-        try:
-            self.steady_rate, self.first_batch_at = ray.get(self.counter.steady_rate.remote(), timeout=10)
-            ray.kill(self.counter)
-        except (ray.exceptions.RayError, TimeoutError):
-            log.warning("progress counter lost; steady-rate figure unavailable")
-
-
-def _init_ray(address: str | None) -> None:
+def _init_ray(address: str | None) -> bool:
+    """Join or start Ray; True when this call started it (and so must stop it)."""
     if ray.is_initialized():
-        return
+        return False
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM)
+    # The Ray processes a local start spawns inherit an ignored SIGINT: a Ctrl-C in the
+    # terminal (sent to the whole foreground process group) must reach this driver only, so
+    # that it can save what is done before it stops them.
+    sigint = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
     try:
         # A Ray we start ourselves runs without the dashboard: on a small machine its
         # processes cost ~2 s of start-up and a few % of throughput (bench/BENCHMARKS.md).
         ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False)
     except ValueError:  # joining a running cluster, whose dashboard settings are its own
         ray.init(address=address, logging_level=logging.WARNING)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, sigint)
+            signal.signal(signal.SIGTERM, sigterm)  # ray.init replaces it with a bare sys.exit
+    ray.data.DataContext.get_current().enable_progress_bars = False  # ours is in progress.py
+    return True
 
 
 def _default_batch_size(on_gpu: bool, precision: str) -> int:
     """256 fills a GPU; on CPUs fp32 peaks at 32 and bf16 at 64 (bench/BENCHMARKS.md)."""
+    from .inference import resolve_precision
+
     if on_gpu:
         return 256
     return 64 if resolve_precision(precision, "cpu") == "bf16" else 32
@@ -339,68 +196,108 @@ def _check_output(out: OutputDir, plan: InputPlan, listed: np.ndarray, done_befo
     return check
 
 
-def run_label(cfg: LabelConfig, table: pa.Table | None = None) -> LabelSummary:
-    """Label every input; `table` (path + extra columns) replaces listing cfg.inputs."""
-    start = time.monotonic()
+def _resolve_weights(cfg: LabelConfig):
+    """The weights, checked as workers will load them; imports torch and torchvision (seconds)."""
+    from .models import check_weights, resolve_weights
+
     resolved = resolve_weights(cfg.model, cfg.weights, cfg.preprocess)
-    out = OutputDir(cfg.output)
-    plan = InputPlan(table, ()) if table is not None else plan_inputs(list(cfg.inputs), cfg.path_column)
-    extra_fields = tuple(f for f in plan.table.schema if f.name != "path" and not f.name.startswith("_"))
     resolved = dataclasses.replace(resolved, categories=tuple(check_weights(resolved)))
     if cfg.top_k > len(resolved.categories):
         raise UsageError(f"--top-k {cfg.top_k} exceeds the model's {len(resolved.categories)} classes")
-    info = run_info(cfg, resolved, [f.name for f in extra_fields])
-    out.prepare(cfg.mode, info)
-    done_before = out.completed_hashes() if cfg.mode == "resume" else EMPTY
-    listed = path_hashes(plan.table.column("path").to_pylist())
-    todo = plan.table.filter(pa.array(~isin_sorted(listed, done_before)))
-    if plan.table.num_rows:
-        log.info("%d inputs listed by the driver, %d of them already done",
-                 plan.table.num_rows, plan.table.num_rows - todo.num_rows)
-    if plan.directories:
-        log.info("%d %s to walk in Ray tasks: %s", len(plan.directories),
-                 "directory" if len(plan.directories) == 1 else "directories", ", ".join(plan.directories[:3]))
+    return resolved
 
-    schema = with_run_metadata(
-        output_schema(resolved.embedding_dim if cfg.embeddings else None, cfg.embedding_dtype,
-                      cfg.top_k > 0, extra_fields),
-        info,
-    )
-    stats, timing = WriteStats(), (0.0, 0.0)
-    setup_s = time.monotonic() - start
-    if todo.num_rows or plan.directories:
-        _init_ray(cfg.address)
-        setup_s = time.monotonic() - start
-        # Walks skip what is done and what the driver listed (it is labeled from the table).
-        skip = np.union1d(done_before, listed)
-        todo_plan = InputPlan(todo, plan.directories)
-        stats, timing = _execute(cfg, resolved, schema, todo_plan, skip, out, wall_start=time.time() - setup_s)
-    run_s = time.monotonic() - start - setup_s
-    check = _check_output(out, plan, np.sort(listed), done_before)
+
+def run_label(cfg: LabelConfig, table: pa.Table | None = None, *, launched_at: float | None = None,
+              report=None) -> LabelSummary:
+    """Label every input; `table` (path + extra columns) replaces listing cfg.inputs.
+
+    `report` is called with a progress.Snapshot a few times a second (default: a log line
+    every cfg.progress_every seconds). On SIGINT/SIGTERM (KeyboardInterrupt or Interrupted)
+    the finished work is saved first, then errors.Interrupted says how much.
+    """
+    timeline = Timeline(launched=launched_at or time.time())
+    started_ray = False
+    # torch and torchvision take seconds to import: the weights are resolved on a thread
+    # while the driver lists its inputs and Ray starts.
+    pool = ThreadPoolExecutor(1, thread_name_prefix="resnet-batch-weights")
+    weights = pool.submit(_resolve_weights, cfg)
+    try:
+        out = OutputDir(cfg.output)
+        out.check(cfg.mode)
+        plan = InputPlan(table, ()) if table is not None else plan_inputs(list(cfg.inputs), cfg.path_column)
+        extra_fields = tuple(f for f in plan.table.schema if f.name != "path" and not f.name.startswith("_"))
+        done_before = out.completed_hashes() if cfg.mode == "resume" else EMPTY
+        listed = path_hashes(plan.table.column("path").to_pylist())
+        todo = plan.table.filter(pa.array(~isin_sorted(listed, done_before)))
+        if plan.table.num_rows:
+            log.info("%d inputs listed by the driver, %d of them already done",
+                     plan.table.num_rows, plan.table.num_rows - todo.num_rows)
+        if plan.directories:
+            log.info("%d %s to walk in Ray tasks: %s", len(plan.directories),
+                     "directory" if len(plan.directories) == 1 else "directories", ", ".join(plan.directories[:3]))
+        if todo.num_rows or plan.directories:
+            started_ray = _init_ray(cfg.address)
+        resolved = weights.result()
+        info = run_info(cfg, resolved, [f.name for f in extra_fields])
+        if cfg.mode == "resume":
+            out.check_resumable(info)
+        schema = with_run_metadata(
+            output_schema(resolved.embedding_dim if cfg.embeddings else None, cfg.embedding_dtype,
+                          cfg.top_k > 0, extra_fields),
+            info,
+        )
+        saver = Saver(out, schema, cfg.rows_per_file, cfg.checkpoint_every, begin=partial(out.begin, cfg.mode, info))
+        if todo.num_rows or plan.directories:
+            # Walks skip what is done and what the driver listed (it is labeled from the table).
+            skip = np.union1d(done_before, listed)
+            _execute(cfg, resolved, schema, InputPlan(todo, plan.directories), skip, saver, timeline,
+                     report or LogReporter(cfg.progress_every))
+        elif cfg.mode != "resume":
+            saver.ensure_begun()  # nothing to label: an overwrite still replaces the old output
+        check = _check_output(out, plan, np.sort(listed), done_before)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        if started_ray:
+            ray.shutdown()
+    timeline.ended = time.time()
     return LabelSummary(
         weights=resolved.weights,
         inputs=check.inputs,
         already_done=check.already_done,
-        processed=stats.rows,
+        processed=saver.stats.rows,
         rows_in_output=check.rows,
-        errors=stats.errors,
-        setup_s=setup_s,
-        run_s=run_s,
+        errors=saver.stats.errors,
+        timeline=timeline,
         missing=check.missing,
         duplicates=check.duplicates,
-        steady_images_per_s=timing[0],
-        first_batch_s=timing[1],
     )
 
 
-def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: InputPlan, skip: np.ndarray, out: OutputDir,
-             wall_start: float) -> tuple[WriteStats, tuple[float, float]]:
-    """Run the pipeline; returns write stats and (steady images/s, seconds to the first batch)."""
+_END = object()
+
+
+def _feed(ds, into: queue.Queue) -> None:
+    """Runs the dataset, passing each finished block's reference (never its rows) to the driver."""
+    try:
+        for bundle in ds.iter_internal_ref_bundles():
+            parts = [BlockPart(entry.ref, s.num_rows if s else entry.metadata.num_rows, s and s.start_offset)
+                     for entry, s in zip(bundle.blocks, bundle.slices)]
+            into.put([p for p in parts if p.rows])  # a walk with nothing left to do yields empty blocks
+        into.put(_END)
+    except BaseException as exc:  # handed to the driver's loop, which raises it
+        into.put(exc)
+
+
+def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: InputPlan, skip: np.ndarray, saver: Saver,
+             timeline: Timeline, report) -> None:
+    """Run the pipeline, saving as it goes; on an interrupt, save what is done, then raise Interrupted."""
     layout = _pool_layout(cfg)
     on_gpu = layout.gpus_per_actor > 0
     batch_size = cfg.batch_size or _default_batch_size(on_gpu, cfg.precision)
     first_paths = todo.table.column("path").slice(0, 1).to_pylist() + list(todo.directories[:1])
     io_threads = cfg.io_threads or (1 if all(is_local(p) for p in first_paths) else 16)
+    from .inference import InferenceSettings  # torch: imported by now, on the weights thread
+
     settings = InferenceSettings(
         weights=resolved,
         top_k=cfg.top_k,
@@ -413,49 +310,75 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: InputPlan, ski
     )
     log.info("%d model actor(s), %s, batch %d, %d call(s) at once each, %d thread(s) per call", layout.actors,
              "GPU" if on_gpu else "CPU", batch_size, layout.calls_per_actor, layout.threads_per_call)
-    with _ProgressLogger(todo.table.num_rows, walking=bool(todo.directories)) as progress:
-        block_rows = batch_size * BLOCKS_PER_BATCH
-        source = _InputsDatasource(todo, skip, block_rows, progress.counter)
-        # Reading is listing (I/O) or handing over a slice: it must not hold a CPU that
-        # decoding needs, and it must not be fused into the decode tasks.
-        # Ray merges what a read task yields into blocks of up to 128 MiB (about a million
-        # paths): re-cut them, streaming, into blocks of a few batches, one per decode task.
-        ds = ray.data.read_datasource(source, num_cpus=0, override_num_blocks=source.num_read_tasks,
-                                      concurrency=min(READ_CONCURRENCY, source.num_read_tasks))
-        ds = ds.repartition(target_num_rows_per_block=block_rows)
-        with warnings.catch_warnings():
-            # Ray 2.60 names no parameter for retry bounds yet; **ray_remote_args is the way.
-            warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
-            ds = _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, layout, progress.counter)
-        if out.driver_only:
-            stats = _write_from_driver(ds, out, schema, cfg.rows_per_file)
-        else:
-            sink = _PartFileSink(out, schema, cfg.rows_per_file)
-            # Writing is Parquet encoding of small rows and I/O: like reading, it must not
-            # wait behind decode tasks for a CPU while finished rows pile up.
-            ds.write_datasink(sink, ray_remote_args={"num_cpus": 0})
-            stats = sink.stats
-    first = progress.first_batch_at - wall_start if progress.first_batch_at else 0.0
-    return stats, (progress.steady_rate, first)
+    counter = CounterClient()
+    block_rows = batch_size * BLOCKS_PER_BATCH
+    source = _InputsDatasource(todo, skip, block_rows, counter.actor)
+    # Reading is listing (I/O) or handing over a slice: it must not hold a CPU that
+    # decoding needs, and it must not be fused into the decode tasks.
+    # Ray merges what a read task yields into blocks of up to 128 MiB (about a million
+    # paths): re-cut them, streaming, into blocks of a few batches, one per decode task.
+    ds = ray.data.read_datasource(source, num_cpus=0, override_num_blocks=source.num_read_tasks,
+                                  concurrency=min(READ_CONCURRENCY, source.num_read_tasks))
+    ds = ds.repartition(target_num_rows_per_block=block_rows)
+    with warnings.catch_warnings():
+        # Ray 2.60 names no parameter for retry bounds yet; **ray_remote_args is the way.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
+        ds = _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, layout, counter.actor)
+
+    blocks: queue.Queue = queue.Queue()
+    timeline.executing = time.time()
+    threading.Thread(target=_feed, args=(ds, blocks), daemon=True, name="resnet-batch-feed").start()
+    done = 0
+    try:
+        while True:
+            try:
+                item = blocks.get(timeout=0.2)  # short: the loop also saves on time and reports
+            except queue.Empty:
+                item = None
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            for part in item or ():
+                saver.add(part)
+                done += part.rows
+            if item:
+                timeline.last_batch = time.time()
+                if not timeline.first_batch:
+                    timeline.first_batch, timeline.first_batch_rows = timeline.last_batch, done
+            saver.tick()
+            report(_snapshot(counter, todo, done, saver.saved, timeline))
+        saver.finish()
+        report(_snapshot(counter, todo, done, saver.saved, timeline, walking=False))
+    except (KeyboardInterrupt, Interrupted) as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        log.debug("interrupted by signal %d: saving %d finished rows", signum, done - saver.saved)
+        saver.finish(timeout_s=SAVE_ON_INTERRUPT_S)
+        raise Interrupted(signum, done, saver.saved) from None
+    finally:
+        counter.close()
 
 
-def _write_from_driver(ds, out: OutputDir, schema: pa.Schema, rows_per_file: int) -> WriteStats:
-    stats = WriteStats()
-    for batch in ds.iter_batches(batch_size=rows_per_file, batch_format="pyarrow"):
-        stats.add(out.write_tables([batch], schema, rows_per_file))
-    return stats
+def _snapshot(counter: CounterClient, todo: InputPlan, done: int, saved: int, timeline: Timeline,
+              walking: bool | None = None) -> Snapshot:
+    found, errors, walks_done = counter.poll()
+    walking = walks_done < len(todo.directories) if walking is None else walking
+    return Snapshot(done=done, saved=saved, total=todo.table.num_rows + found, walking=walking,
+                    errors=errors, elapsed_s=time.time() - timeline.executing)
 
 
 def _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, layout: PoolLayout, counter):
+    from .inference import ALLOCATOR_ENV, Predictor
+
     ds = ds.map_batches(
-        _LowPriorityDecode(resolved.preprocessing, cfg.max_pixels, io_threads, defer_jpeg=cfg.decode == "gpu"),
+        LowPriorityDecode(resolved.preprocessing, cfg.max_pixels, io_threads, defer_jpeg=cfg.decode == "gpu"),
         batch_size=None,  # one block (BLOCKS_PER_BATCH batches) per decode task
         batch_format="numpy",
         num_cpus=1,
         **TASK_RETRY_ARGS,
     )
     ds = ds.map_batches(
-        _ReportingPredictor,
+        Predictor,
         fn_constructor_kwargs={"settings": settings, "schema": schema, "progress": counter},
         batch_size=batch_size,
         batch_format="numpy",
@@ -476,10 +399,12 @@ def model_pool(actors: int, calls_per_actor: int) -> ActorPoolStrategy:
                              max_concurrent_calls_per_actor=calls_per_actor)
 
 
-def run_eval(cfg: LabelConfig, label_column: str | None = None) -> tuple[LabelSummary, EvalReport]:
-    """Top-1/top-5 error through the label pipeline; predictions land in cfg.output."""
+def run_eval(cfg: LabelConfig, label_column: str | None = None, **run_options) -> tuple[LabelSummary, EvalReport]:
+    """Top-1/top-5 error through the label pipeline; predictions land in cfg.output.
+
+    `run_options` are run_label's (launched_at, report)."""
     cfg = dataclasses.replace(cfg, top_k=max(5, cfg.top_k))
     table = attach_labels(list_inputs(list(cfg.inputs), cfg.path_column), label_column)
-    summary = run_label(cfg, table)
+    summary = run_label(cfg, table, **run_options)
     out = OutputDir(cfg.output)
     return summary, score(out.part_files(), out.fs, cfg.model, summary.weights)

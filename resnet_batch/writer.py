@@ -14,6 +14,7 @@ import json
 import logging
 import uuid
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,43 +79,48 @@ class OutputDir:
             name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)
         )
 
-    def prepare(self, mode: str, run_info: dict) -> None:
-        """Apply --mode to whatever is already at the output location."""
+    def check(self, mode: str) -> None:
+        """Refuse, before any work, what --mode does not allow; changes nothing."""
         if mode not in MODES:
             raise UsageError(f"unknown --mode {mode!r}; valid: {', '.join(MODES)}")
+        with self._as_usage_error():
+            names = self._names()
+            ours = [n for n in names if self._is_ours(n)]
+            if mode == "error" and names:
+                what = f"{len(ours)} resnet-batch files" if ours else f"{len(names)} other files"
+                raise UsageError(
+                    f"--output {self.uri} already holds {what}; use --mode resume to finish that run, "
+                    "--mode overwrite to replace it, or choose another output"
+                )
+
+    def begin(self, mode: str, run_info: dict) -> None:
+        """Apply --mode and record the run: called when the first rows are about to be saved,
+        so that a job that fails before then leaves the output as it found it."""
+        with self._as_usage_error():
+            for name in self._names():
+                if self._is_ours(name) and (mode == "overwrite" or name.startswith(TMP_PREFIX)):
+                    self.fs.rm(join(self.path, name))  # resume: only the temporary files of the run that died
+            if self.atomic_rename:  # local disk; object stores have no directories (and s3fs would create a bucket)
+                self.fs.makedirs(self.path, exist_ok=True)
+            with self.fs.open(join(self.path, RUN_FILE), "w") as f:
+                json.dump(run_info, f, indent=1, sort_keys=True)
+
+    @contextmanager
+    def _as_usage_error(self):
         try:
-            self._prepare(mode, run_info)
+            yield
         except (UsageError, FileExistsError):
             raise
         except OSError as exc:  # missing bucket, no write permission, unreachable endpoint
             raise UsageError(f"cannot write to --output {self.uri}: {type(exc).__name__}: {one_line(exc)}") from None
 
-    def _prepare(self, mode: str, run_info: dict) -> None:
-        names = self._names()
-        ours = [n for n in names if self._is_ours(n)]
-        if mode == "error" and names:
-            what = f"{len(ours)} resnet-batch files" if ours else f"{len(names)} other files"
-            raise UsageError(
-                f"--output {self.uri} already holds {what}; use --mode resume to finish that run, "
-                "--mode overwrite to replace it, or choose another output"
-            )
-        if mode == "resume" and RUN_FILE in names:
-            self._check_same_run(run_info)
-        if mode == "overwrite":
-            for name in ours:
-                self.fs.rm(join(self.path, name))
-        else:  # resume: drop the temporary files of the run that died
-            for name in ours:
-                if name.startswith(TMP_PREFIX):
-                    self.fs.rm(join(self.path, name))
-        if self.atomic_rename:  # local disk; object stores have no directories (and s3fs would create a bucket)
-            self.fs.makedirs(self.path, exist_ok=True)
-        with self.fs.open(join(self.path, RUN_FILE), "w") as f:
-            json.dump(run_info, f, indent=1, sort_keys=True)
-
-    def _check_same_run(self, run_info: dict) -> None:
-        with self.fs.open(join(self.path, RUN_FILE), "r") as f:
-            previous = json.load(f)
+    def check_resumable(self, run_info: dict) -> None:
+        """Refuse to resume a run whose results were computed with other settings."""
+        with self._as_usage_error():
+            if RUN_FILE not in self._names():
+                return
+            with self.fs.open(join(self.path, RUN_FILE), "r") as f:
+                previous = json.load(f)
         changed = [k for k in RESUME_KEYS if previous.get(k) != run_info.get(k)]
         if changed:
             raise UsageError(

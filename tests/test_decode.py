@@ -8,7 +8,7 @@ import torch
 from torchvision.models import ResNet50_Weights, ResNet18_Weights
 
 from resnet_batch.decode import DecodeStage, ImageError, decode_rgb
-from resnet_batch.models import Preprocessing
+from resnet_batch.preprocessing import Preprocessing, resize_center_crop
 
 from .inputs_catalogue import bomb_png, reference_rgb, write_catalogue
 
@@ -81,3 +81,32 @@ def test_sixteen_bit_scaled_not_clipped(catalogue):
     assert rgb.shape[2] == 3 and (rgb[..., 0] == rgb[..., 2]).all()
     np.testing.assert_array_equal(rgb[..., 0], np.round(raw / 257).astype(np.uint8))
     assert rgb.min() < 100  # clipping 16-bit values would make nearly everything 255
+
+
+@pytest.mark.parametrize("resize, crop, interpolation", [(256, 224, "bilinear"), (232, 224, "bilinear"),
+                                                        (200, 224, "bicubic")])
+def test_geometry_equals_torchvision_on_odd_sizes(resize, crop, interpolation):
+    """PIL-only resize + crop equals torchvision's F.resize + F.center_crop, padding included."""
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    rng = np.random.default_rng(resize)
+    prep = Preprocessing(resize, crop, (0.0,) * 3, (1.0,) * 3, interpolation)
+    for width, height in [(1, 1), (1, 700), (223, 224), (201, 999), *rng.integers(1, 800, (40, 2)).tolist()]:
+        img = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        ref = F.center_crop(F.resize(img, [resize], interpolation=InterpolationMode(interpolation)), [crop])
+        np.testing.assert_array_equal(resize_center_crop(img, prep), np.asarray(ref).transpose(2, 0, 1),
+                                      err_msg=f"{width}x{height}")
+
+
+def test_decode_stage_does_not_import_torch():
+    """Decode workers unpickle DecodeStage; torch's import would cost each of them seconds."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pickle, resnet_batch.decode as d; "
+            "pickle.loads(pickle.dumps(d.LowPriorityDecode)); print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

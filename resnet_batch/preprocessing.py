@@ -1,0 +1,83 @@
+"""The weights' preprocessing recipe, and its geometry on PIL images, without importing torch.
+
+Decode tasks only resize and crop; importing torch there cost each decode worker ~3 s of
+a core at start-up (torchvision's import) for two PIL calls. The geometry below is what
+torchvision's `ImageClassification` preset does to a PIL image (`F.resize` with one size,
+then `F.center_crop`), step for step; tests/test_decode.py checks it pixel for pixel
+against torchvision itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+# torchvision's InterpolationMode values -> Pillow's resampling filters (its pil_modes_mapping)
+PIL_RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "nearest-exact": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The parameters of torchvision's `ImageClassification` preset."""
+
+    resize_size: int
+    crop_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str
+
+    @classmethod
+    def from_weights(cls, weights) -> "Preprocessing":
+        """From a torchvision `WeightsEnum` member's `transforms()`."""
+        preset = weights.transforms()
+        return cls(
+            resize_size=int(preset.resize_size[0]),
+            crop_size=int(preset.crop_size[0]),
+            mean=tuple(float(m) for m in preset.mean),
+            std=tuple(float(s) for s in preset.std),
+            interpolation=preset.interpolation.value,
+        )
+
+    def describe(self) -> dict:
+        return {
+            "resize_size": self.resize_size,
+            "crop_size": self.crop_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "antialias": True,
+            "color": "RGB, EXIF orientation applied",
+        }
+
+
+def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
+    """(width, height) with the shorter side at `shorter`; the longer side truncated, as torchvision does."""
+    if width <= height:
+        return shorter, int(shorter * height / width)
+    return int(shorter * width / height), shorter
+
+
+def _crop_offset(size: int, crop: int) -> int:
+    # Larger crops pad first (left/top gets the smaller half), then crop the padded image at 0.
+    return -((crop - size) // 2) if crop > size else int(round((size - crop) / 2.0))
+
+
+def resize_center_crop(img: Image.Image, prep: Preprocessing) -> np.ndarray:
+    """Resize the shorter side, center-crop, as uint8 (3, crop, crop)."""
+    size = resized_size(img.width, img.height, prep.resize_size)
+    if size != img.size:
+        img = img.resize(size, PIL_RESAMPLING[prep.interpolation])
+    crop = prep.crop_size
+    left, top = _crop_offset(img.width, crop), _crop_offset(img.height, crop)
+    img = img.crop((left, top, left + crop, top + crop))  # outside the image: zeros, as torchvision pads
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)

@@ -1,0 +1,91 @@
+"""What a label run did, and where its wall time went, as the lines the CLI prints."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+def process_started_at() -> float:
+    """Wall-clock time this process was launched (from /proc), so imports count as start-up."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
+@dataclass
+class Timeline:
+    """Wall-clock marks of one run (time.time()); 0 = did not happen."""
+
+    launched: float
+    executing: float = 0.0  # the pipeline starts: imports, weights, Ray and listing are behind
+    first_batch: float = 0.0  # the first block out of the model
+    last_batch: float = 0.0
+    first_batch_rows: int = 0
+    ended: float = 0.0  # everything saved and checked, Ray stopped
+
+    def phases(self) -> dict[str, float]:
+        """Seconds of start-up, first batch, steady and shutdown; they add up to the wall time."""
+        executing = self.executing or self.ended
+        first = self.first_batch or executing
+        last = self.last_batch or first
+        return {
+            "start-up": executing - self.launched,
+            "first batch": first - executing,
+            "steady": last - first,
+            "shutdown": self.ended - last,
+        }
+
+    @property
+    def wall_s(self) -> float:
+        return self.ended - self.launched
+
+
+@dataclass
+class LabelSummary:
+    weights: str  # as resolved: the torchvision enum name for DEFAULT, else what was given
+    inputs: int
+    already_done: int
+    processed: int
+    rows_in_output: int
+    timeline: Timeline
+    errors: Counter = field(default_factory=Counter)
+    missing: int = 0
+    duplicates: int = 0
+
+    @property
+    def steady_images_per_s(self) -> float:
+        """Between the first and the last model batch; 0 when there was no steady phase."""
+        t = self.timeline
+        steady = t.last_batch - t.first_batch
+        return (self.processed - t.first_batch_rows) / steady if t.first_batch and steady > 0 else 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.processed / self.timeline.wall_s if self.timeline.wall_s > 0 else 0.0
+
+    @property
+    def complete(self) -> bool:
+        return self.missing == 0 and self.duplicates == 0 and self.rows_in_output >= self.inputs
+
+    def lines(self) -> list[str]:
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())) or "none"
+        phases = self.timeline.phases()
+        steady = f" ({self.steady_images_per_s:.1f} images/s)" if self.steady_images_per_s else ""
+        return [
+            f"inputs {self.inputs}, already done {self.already_done}, processed {self.processed}, "
+            f"rows in output {self.rows_in_output}",
+            f"errors: {errors}",
+            f"wall {self.timeline.wall_s:.1f}s = start-up {phases['start-up']:.1f}s + first batch "
+            f"{phases['first batch']:.1f}s + steady {phases['steady']:.1f}s{steady} + shutdown "
+            f"{phases['shutdown']:.1f}s; {self.images_per_s:.1f} images/s overall",
+            "complete: every input has exactly one row" if self.complete else
+            f"INCOMPLETE: {self.missing} inputs without a row, {self.duplicates} duplicate rows",
+        ]
