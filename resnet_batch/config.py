@@ -7,6 +7,7 @@ underscores); flags win.
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 from dataclasses import dataclass
 
 from .decode import DEFAULT_MAX_PIXELS
@@ -122,5 +123,28 @@ def load_config_file(path: str) -> dict:
         raise UsageError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(values, dict):
         raise UsageError(f"config file {path} must hold a mapping of option names to values")
+    return _paths_relative_to(posixpath.dirname(path) or ".", values)
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+def _paths_relative_to(base: str, values: dict) -> dict:
+    """A config file's relative paths name files beside it, wherever the job is started from."""
+
+    def resolve(value):
+        if not isinstance(value, str) or "://" in value or value.startswith(("/", "~", "hf:")):
+            return value
+        return posixpath.normpath(posixpath.join(base, value))
+
+    values = dict(values)
+    for key in ("inputs", "output"):
+        if isinstance(values.get(key), list):
+            values[key] = [resolve(v) for v in values[key]]
+        elif key in values:
+            values[key] = resolve(values[key])
+    weights = values.get("weights")
+    if isinstance(weights, str) and ("/" in weights or weights.endswith(CHECKPOINT_SUFFIXES)):
+        values["weights"] = resolve(weights)
     return values
 

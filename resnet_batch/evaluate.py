@@ -113,9 +113,9 @@ class EvalReport:
         pub = self.published
         out = [
             f"{self.model} {self.weights}: {self.scored} images scored, {self.unreadable} unreadable (not scored)",
-            f"{'':7}{'this run':>9}  {'95% CI':>15}  {'published':>9}",
-            f"top-1  {self.top1():8.2f}%  [{lo1:5.2f}, {hi1:5.2f}]  " + (f"{pub[0]:8.2f}%" if pub else "       -"),
-            f"top-5  {self.top5():8.2f}%  [{lo5:5.2f}, {hi5:5.2f}]  " + (f"{pub[1]:8.2f}%" if pub else "       -"),
+            f"{'error rate':13}{'this run':>9}  {'95% CI':>15}  {'published':>9}",
+            f"top-1 error  {self.top1():8.2f}%  [{lo1:5.2f}, {hi1:5.2f}]  " + (f"{pub[0]:8.2f}%" if pub else "       -"),
+            f"top-5 error  {self.top5():8.2f}%  [{lo5:5.2f}, {hi5:5.2f}]  " + (f"{pub[1]:8.2f}%" if pub else "       -"),
             "torchvision V1 reference (top-1/top-5 error %): "
             + ", ".join(f"{m} {a:.2f}/{b:.2f}" for m, (a, b) in V1_REFERENCE.items()),
         ]

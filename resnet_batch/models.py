@@ -18,7 +18,7 @@ from torchvision import models as tvm
 from torchvision.models import WeightsEnum
 
 from . import hf
-from .errors import UsageError, WeightsUnavailableError
+from .errors import UsageError, WeightsUnavailableError, one_line
 from .preprocessing import Preprocessing
 from .registry import EMBEDDING_DIMS, check_model
 
@@ -65,14 +65,21 @@ def weights_names(name: str) -> list[str]:
     return ["DEFAULT", *(w.name for w in model_spec(name).weights_enum)]
 
 
+CHECKPOINT_FORMS = "a .pt/.pth/.safetensors file, a save_pretrained folder or hf:ORG/NAME, local or s3://, gs://, ..."
+
+
+def valid_weights(model: str) -> str:
+    """What --weights takes for `model`, for error messages."""
+    return f"valid: {', '.join([*weights_names(model), NO_WEIGHTS, 'PATH-or-URI'])} ({CHECKPOINT_FORMS})"
+
+
 def _torchvision_weights(spec: ModelSpec, name: str) -> WeightsEnum:
     if name == "DEFAULT":
         return spec.weights_enum.DEFAULT
     try:
         return spec.weights_enum[name]
     except KeyError:
-        valid = ", ".join([*weights_names(spec.name), NO_WEIGHTS, "PATH-or-URI"])
-        raise UsageError(f"unknown weights {name!r} for {spec.name}; valid: {valid}") from None
+        raise UsageError(f"unknown weights {name!r} for {spec.name}; {valid_weights(spec.name)}") from None
 
 
 def _looks_like_enum_name(value: str) -> bool:
@@ -143,9 +150,14 @@ def _download_torchvision(resolved: ResolvedWeights) -> dict[str, torch.Tensor]:
     except Exception as exc:  # URLError, HTTPError, socket errors, hash mismatch
         raise WeightsUnavailableError(
             f"cannot download {resolved.model} {tv.name} weights from {tv.url} "
-            f"({type(exc).__name__}: {exc}); put the file in torch's hub cache "
-            f"($TORCH_HOME/hub/checkpoints/) or pass --weights PATH-or-URI to a checkpoint"
+            f"({type(exc).__name__}: {one_line(exc, 120)}); offline, use --weights none for a trial run "
+            f"(random weights), pass --weights PATH-or-URI to a checkpoint, or put {tv.url.rsplit('/', 1)[-1]} "
+            "in torch's hub cache ($TORCH_HOME/hub/checkpoints/, default ~/.cache/torch/hub/checkpoints/)"
         ) from None
+
+
+class CheckpointNotFound(WeightsUnavailableError):
+    pass
 
 
 def read_checkpoint(uri: str) -> dict[str, torch.Tensor]:
@@ -155,7 +167,7 @@ def read_checkpoint(uri: str) -> dict[str, torch.Tensor]:
     try:
         data = read_bytes_or_raise(uri)
     except FileNotFoundError:
-        raise WeightsUnavailableError(f"checkpoint not found: {uri}") from None
+        raise CheckpointNotFound(f"checkpoint not found: {uri}") from None
     except OSError as exc:
         raise WeightsUnavailableError(f"cannot read checkpoint {uri}: {exc}") from None
     try:
@@ -193,7 +205,10 @@ def load_state_dict(resolved: ResolvedWeights) -> dict[str, torch.Tensor] | None
     if resolved.source == "torchvision":
         return _download_torchvision(resolved)
     if resolved.source == "checkpoint":
-        return read_checkpoint(resolved.weights)
+        try:
+            return read_checkpoint(resolved.weights)
+        except CheckpointNotFound as exc:  # often a misspelt name rather than a path
+            raise WeightsUnavailableError(f"{exc}; --weights {valid_weights(resolved.model)}") from None
     if resolved.source == "hf":
         return hf.load_hf_weights(resolved.weights)
     return None

@@ -59,6 +59,9 @@ def test_label_starts_its_own_ray_and_writes_every_row(tmp_path):
     (["--device", "tpu"], "valid: auto, cpu, cuda"),
     (["--embedding-dtype", "float64"], "valid: float32, float16"),
     (["--weights", "IMAGENET1K_V9"], "valid: DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2, none, PATH-or-URI"),
+    (["--weights", "imagenet"], "checkpoint not found: imagenet; --weights valid: DEFAULT, IMAGENET1K_V1, "
+                                "IMAGENET1K_V2, none, PATH-or-URI (a .pt/.pth/.safetensors file"),
+    (["--checkpoint-every", "0"], "--checkpoint-every must be a number of seconds > 0"),
     (["--batch-size", "-4"], "--batch-size must be an integer >= 0"),
     (["s3x://bucket/x"], "unsupported URI scheme 's3x'"),
     (["/definitely/not/here"], "does not exist"),
@@ -80,10 +83,31 @@ def test_missing_weights_download_is_one_clear_line(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot download resnet34 IMAGENET1K_V1" in lines[0]
-    assert "--weights PATH-or-URI" in lines[0]
+    assert "--weights none" in lines[0] and "--weights PATH-or-URI" in lines[0] and "hub/checkpoints" in lines[0]
+    assert not (tmp_path / "o").exists(), "a job that failed before any row leaves no output behind"
 
 
-def test_models_lists_widths():
-    result = cli("models")
-    assert result.returncode == 0
-    assert "resnet152" in result.stdout and "2048" in result.stdout and "IMAGENET1K_V2" in result.stdout
+def test_models_table_and_json():
+    import json
+
+    table = cli("models").stdout.splitlines()
+    assert table[0].split()[:2] == ["model", "default"] and len(table) == 6
+    widths = {line.split()[0]: line.split()[2] for line in table[1:]}
+    assert widths == {"resnet18": "512", "resnet34": "512", "resnet50": "2048", "resnet101": "2048", "resnet152": "2048"}
+    assert table[1].index("512") == table[3].index("2048"), "columns are aligned"
+    rows = [json.loads(line) for line in cli("models", "--json").stdout.splitlines()]
+    assert [r["model"] for r in rows] == list(widths) and rows[2]["default"] == "IMAGENET1K_V2"
+
+
+def test_shipped_cpu_job_runs_offline_from_anywhere(tmp_path):
+    """jobs/cpu-small.yaml: paths relative to the file, random weights, no download."""
+    import yaml
+
+    job = yaml.safe_load((ROOT / "jobs" / "cpu-small.yaml").read_text())
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "resnet_batch.cli", "label", "--config",
+                             str(ROOT / "jobs" / "cpu-small.yaml"), "--output", str(out)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env={**os.environ, "TORCH_HOME": str(tmp_path / "no-cache")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert job["weights"] == "none" and pq.read_table(out).num_rows == len(list(EXAMPLES.iterdir()))

@@ -12,7 +12,23 @@ def test_flags_win_over_file(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text("inputs: [a, b]\noutput: out\nmodel: resnet18\ntop-k: 3\nbatch_size: 8\n")
     cfg = LabelConfig.from_sources(load_config_file(str(path)), {"model": "resnet34", "top_k": None, "inputs": None})
-    assert (cfg.inputs, cfg.output, cfg.model, cfg.top_k, cfg.batch_size) == (("a", "b"), "out", "resnet34", 3, 8)
+    assert cfg.inputs == (str(tmp_path / "a"), str(tmp_path / "b")) and cfg.output == str(tmp_path / "out")
+    assert (cfg.model, cfg.top_k, cfg.batch_size) == ("resnet34", 3, 8)
+
+
+def test_config_paths_are_relative_to_the_file(tmp_path):
+    """Wherever the job starts from; absolute paths, URIs, hub names and weight names stay as they are."""
+    (tmp_path / "jobs").mkdir()
+    path = tmp_path / "jobs" / "job.yaml"
+    path.write_text("inputs: [../images, /abs/x.jpg, 's3://b/p/*.jpg']\noutput: out\n"
+                    "weights: ../ckpt/r18.pth\n")
+    values = load_config_file(str(path))
+    assert values["inputs"] == [str(tmp_path / "images"), "/abs/x.jpg", "s3://b/p/*.jpg"]
+    assert values["output"] == str(tmp_path / "jobs" / "out")
+    assert values["weights"] == str(tmp_path / "ckpt" / "r18.pth")
+    for weights in ("IMAGENET1K_V2", "none", "hf:org/name", "s3://b/r18.pth"):
+        path.write_text(f"inputs: [x]\noutput: o\nweights: {weights}\n")
+        assert load_config_file(str(path))["weights"] == weights
 
 
 @pytest.mark.parametrize("values, needle", [

@@ -1,0 +1,115 @@
+"""Stopping a job: SIGTERM and Ctrl-C save the finished work, say so in one line, exit 128+N,
+leave no Ray process behind; --mode resume then does only the rest, and every input ends up
+with exactly one row. Saves happen every --checkpoint-every seconds, whatever --rows-per-file."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from .conftest import write_jpegs
+
+pytestmark = pytest.mark.slow
+
+STOPPED = re.compile(r"^stopped by (SIG\w+): (\d+) images labeled and saved; to finish: (.+ --mode resume)$")
+
+
+def label_cmd(src, out, mode):
+    # resnet50 fp32 in batches of 4 is slow enough on 2 cores to be stopped mid-job;
+    # the default --rows-per-file (10000) would hold every row until the end.
+    return [sys.executable, "-m", "resnet_batch.cli", "label", str(src), "--output", str(out),
+            "--model", "resnet50", "--weights", "none", "--precision", "fp32", "--batch-size", "4",
+            "--top-k", "1", "--checkpoint-every", "1", "--progress-every", "600", "--mode", mode]
+
+
+def saved_rows(out) -> int:
+    return sum(pq.read_metadata(p).num_rows for p in out.glob("part-*.parquet"))
+
+
+def session_processes(sid: int) -> list[str]:
+    """Live processes of the session the job started (its Ray processes included)."""
+    ps = subprocess.run(["ps", "-eo", "sid=,stat=,args="], capture_output=True, text=True).stdout
+    return [line for line in ps.splitlines() if line.split()[0] == str(sid) and not line.split()[1].startswith("Z")]
+
+
+def stop_after_first_saves(cmd, out, signum, whole_group: bool, at_least: int):
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while saved_rows(out) < at_least:
+        assert job.poll() is None, job.communicate()
+        assert time.monotonic() < deadline, "nothing was saved"
+        time.sleep(0.2)
+    # A terminal's Ctrl-C reaches the whole foreground process group; `kill PID` the driver only.
+    (os.killpg if whole_group else os.kill)(job.pid, signum)
+    stdout, stderr = job.communicate(timeout=120)
+    deadline = time.monotonic() + 20
+    while session_processes(job.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = session_processes(job.pid)
+    for line in left:  # clean up before failing
+        os.killpg(job.pid, signal.SIGKILL)
+        break
+    assert not left, left
+    return job.returncode, stdout, stderr
+
+
+def test_signals_save_work_and_resume_finishes_it(tmp_path):
+    src, n = tmp_path / "in", 120
+    write_jpegs(src, n, seed=7)
+    out = tmp_path / "out"
+
+    # 1. SIGTERM to the driver alone (a scheduler, `kill PID`).
+    code, stdout, stderr = stop_after_first_saves(label_cmd(src, out, "error"), out, signal.SIGTERM,
+                                                  whole_group=False, at_least=4)
+    assert code == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stdout + stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and STOPPED.match(lines[0]), stderr
+    said = STOPPED.match(lines[0])
+    assert said.group(1) == "SIGTERM"
+    first = saved_rows(out)
+    assert int(said.group(2)) == first and 0 < first < n
+    assert not list(out.glob("_tmp-*"))
+
+    # 2. Resume, and press Ctrl-C in the middle of it.
+    resume = shlex.split(said.group(3))
+    assert resume[:2] == ["resnet-batch", "label"] and resume[-2:] == ["--mode", "resume"]
+    resume_cmd = [sys.executable, "-m", "resnet_batch.cli", *resume[1:]]
+    code, stdout, stderr = stop_after_first_saves(resume_cmd, out, signal.SIGINT, whole_group=True,
+                                                  at_least=first + 4)
+    assert code == 128 + signal.SIGINT, stderr
+    assert "Traceback" not in stdout + stderr and STOPPED.match(stderr.strip()), stderr
+    second = saved_rows(out)
+    assert int(STOPPED.match(stderr.strip()).group(2)) == second - first and first < second < n
+
+    # 3. Resume to the end: only what is not on disk is labeled.
+    done = subprocess.run(resume_cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"inputs {n}, already done {second}, processed {n - second}, rows in output {n}" in done.stdout
+    paths = pq.read_table(out, columns=["path"]).column("path").to_pylist()
+    assert len(paths) == n and set(paths) == {str(p) for p in src.iterdir()}
+
+
+def test_a_run_that_fails_before_any_row_leaves_the_output_untouched(tmp_path):
+    """--device cuda on a machine without one fails cleanly; the corrected command then just works."""
+    from .conftest import write_jpegs as make
+
+    src = tmp_path / "in"
+    make(src, 3, seed=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "part-kept.parquet").write_bytes(b"an older run's file, for --mode overwrite")
+    base = [sys.executable, "-m", "resnet_batch.cli", "label", str(src), "--output", str(out), "--model",
+            "resnet18", "--weights", "none", "--mode", "overwrite"]
+    failed = subprocess.run([*base, "--device", "cuda"], capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 2 and "no GPUs" in failed.stderr, failed.stderr
+    assert [p.name for p in out.iterdir()] == ["part-kept.parquet"]
+    assert (out / "part-kept.parquet").read_bytes().startswith(b"an older run")
