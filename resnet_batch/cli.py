@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shlex
 import signal
@@ -247,5 +248,20 @@ def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 
 
+def run() -> None:
+    """The `resnet-batch` command: main(), then exit at once.
+
+    Everything is saved, checked and stopped when main() returns; what the interpreter
+    would still do is tear down torch's and Ray's modules, ~1.1 s on 2 cores for nothing.
+    """
+    code = main()
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()  # a cluster this process joined: disconnect cleanly
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

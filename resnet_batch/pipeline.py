@@ -247,14 +247,21 @@ def run_label(cfg: LabelConfig, table: pa.Table | None = None, *, launched_at: f
             info,
         )
         saver = Saver(out, schema, cfg.rows_per_file, cfg.checkpoint_every, begin=partial(out.begin, cfg.mode, info))
-        if todo.num_rows or plan.directories:
+        check = None
+        if cfg.mode == "resume" and plan.directories and not todo.num_rows:
+            # Count what the walks would find first: a finished run then ends without
+            # starting the model actors, and this count is the final check.
+            check = _check_output(out, plan, np.sort(listed), done_before)
+            log.info("resume: %d of %d inputs still to label", check.missing, check.inputs)
+        if todo.num_rows or (plan.directories and (check is None or check.missing)):
             # Walks skip what is done and what the driver listed (it is labeled from the table).
             skip = np.union1d(done_before, listed)
             _execute(cfg, resolved, schema, InputPlan(todo, plan.directories), skip, saver, timeline,
                      report or LogReporter(cfg.progress_every))
+            check = None
         elif cfg.mode != "resume":
             saver.ensure_begun()  # nothing to label: an overwrite still replaces the old output
-        check = _check_output(out, plan, np.sort(listed), done_before)
+        check = check or _check_output(out, plan, np.sort(listed), done_before)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         if started_ray:

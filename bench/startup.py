@@ -1,0 +1,106 @@
+"""Where the seconds of a small job go, from launch to exit.
+
+    python bench/startup.py                  # 20 and 1,000 generated JPEGs, resnet18, then a no-op resume
+    python bench/startup.py --images 20 --runs 3
+
+Two views:
+- components, each timed alone in a fresh process: the driver's imports, torch +
+  torchvision (what the weights thread and every model actor import), Ray's start and
+  stop, a first remote task, building the model;
+- whole runs of `resnet-batch label` (launch to exit, measured outside the process) with
+  the summary's own split: start-up (imports, weights, Ray, listing), first batch (worker and
+  actor start, model build, first decode and forward), steady, shutdown (last saves, the
+  exactly-once check, stopping Ray).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import DEFAULT_DATA, ensure_images  # noqa: E402
+
+COMPONENTS = {
+    "python + driver imports (cli, config, pipeline, ray.data)":
+        "import resnet_batch.cli, resnet_batch.config, resnet_batch.pipeline",
+    "torch + torchvision (weights thread, model actors)": "import torch, torchvision",
+    "decode stage imports (decode workers)": "import resnet_batch.decode",
+    "ray.init (local, no dashboard)":
+        "import ray, time; t = time.time(); ray.init(include_dashboard=False, logging_level='ERROR'); "
+        "print(time.time() - t)",
+    "first remote task after ray.init":
+        "import ray, time; ray.init(include_dashboard=False, logging_level='ERROR'); t = time.time(); "
+        "ray.get(ray.remote(lambda: 1).remote()); print(time.time() - t)",
+    "ray.shutdown":
+        "import ray, time; ray.init(include_dashboard=False, logging_level='ERROR'); "
+        "ray.get(ray.remote(lambda: 1).remote()); t = time.time(); ray.shutdown(); print(time.time() - t)",
+    "build resnet18 + fold BN (after imports)":
+        "import time; from resnet_batch.models import resolve_weights, build_model, fold_batch_norms; "
+        "t = time.time(); fold_batch_norms(build_model(resolve_weights('resnet18', 'none'))); print(time.time() - t)",
+}
+PHASES = re.compile(r"wall ([\d.]+)s = start-up ([\d.]+)s \+ first batch ([\d.]+)s \+ steady ([\d.]+)s"
+                    r"(?: \(([\d.]+) images/s\))? \+ shutdown ([\d.]+)s")
+
+
+def time_component(code: str) -> float:
+    """Seconds: what the snippet prints, or the whole process's wall time when it prints nothing."""
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    wall = time.monotonic() - start
+    printed = result.stdout.strip().splitlines()
+    return float(printed[-1]) if printed else wall
+
+
+def run_label(folder: Path, out: Path, mode: str, extra: list[str]) -> dict:
+    cmd = ["resnet-batch", "label", str(folder), "--output", str(out), "--model", "resnet18", "--weights", "none",
+           "--mode", mode, *extra]
+    start = time.monotonic()
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.monotonic() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
+    phases = PHASES.search(result.stdout)
+    return {"process wall": wall, "summary": phases.group(0) if phases else result.stdout}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, nargs="+", default=[20, 1000])
+    p.add_argument("--runs", type=int, default=2, help="runs of each job size")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/resnet-batch-startup"))
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--skip-components", action="store_true")
+    args = p.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+    if not args.skip_components:
+        print("components, each in a fresh process (seconds):")
+        for name, code in COMPONENTS.items():
+            print(f"  {name:60s} {time_component(code):6.2f}")
+
+    paths = ensure_images(args.data, max(args.images))
+    for n in args.images:
+        folder = args.workdir / f"images-{n}"
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            for path in paths[:n]:
+                os.link(path, folder / path.name)
+        out = args.workdir / f"out-{n}"
+        for i in range(args.runs):
+            shutil.rmtree(out, ignore_errors=True)
+            r = run_label(folder, out, "error", ["--precision", args.precision])
+            print(f"{n} images, run {i + 1}: {r['process wall']:.1f}s launch to exit; {r['summary']}")
+        r = run_label(folder, out, "resume", ["--precision", args.precision])
+        print(f"{n} images, resume with nothing left: {r['process wall']:.1f}s launch to exit")
+
+
+if __name__ == "__main__":
+    main()
