@@ -180,7 +180,7 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
     console.print(f"submitted {job_id}")
     if not args.wait:
         return EXIT_OK
-    final = submit.follow(sub.address, job_id)
+    final = submit.follow(sub.address, job_id, out=console.out)
     console.print(f"job {job_id} {final}")
     return EXIT_OK if final == submit.TERMINAL_OK else EXIT_INCOMPLETE
 

@@ -1,8 +1,9 @@
 """Read and decode stage: path -> RGB -> resized, center-cropped uint8 CHW tensor.
 
 The geometry is exactly torchvision's `ImageClassification` preset on a PIL image (PIL
-resize, then center crop; preprocessing.py), with no torch in these processes; only the float conversion and normalisation are left to the
-model stage, so batches travel between processes as uint8 (4x smaller than float32).
+resize, then center crop; preprocessing.py), without importing torch; only the float
+conversion and normalisation are left to the model stage, so batches travel between
+processes as uint8 (4x smaller than float32).
 Every input yields one output row; failures become an `error` string "category: detail".
 """
 
