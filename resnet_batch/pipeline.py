@@ -2,7 +2,8 @@
 
     inputs: listed files/manifests (driver) + directories walked by Ray tasks (listing.py)
         -> DecodeStage (tasks, CPU) -> Predictor (actor pool, GPU when present)
-        -> part files (OutputDir) -> read back and checked against the inputs
+        -> the driver's loop: block references to saving.Saver (part files), progress
+        -> read back and checked against the inputs
 """
 
 from __future__ import annotations
@@ -259,8 +260,7 @@ def run_label(cfg: LabelConfig, table: pa.Table | None = None, *, launched_at: f
             _execute(cfg, resolved, schema, InputPlan(todo, plan.directories), skip, saver, timeline,
                      report or LogReporter(cfg.progress_every))
             check = None
-        elif cfg.mode != "resume":
-            saver.ensure_begun()  # nothing to label: an overwrite still replaces the old output
+        saver.ensure_begun()  # a run that labeled nothing still applies --mode (overwrite replaces)
         check = check or _check_output(out, plan, np.sort(listed), done_before)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
@@ -362,6 +362,12 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: InputPlan, ski
         log.debug("interrupted by signal %d: saving %d finished rows", signum, done - saver.saved)
         saver.finish(timeout_s=SAVE_ON_INTERRUPT_S)
         raise Interrupted(signum, done, saver.saved) from None
+    except Exception:
+        try:  # a failed pipeline still keeps what it finished, for --mode resume
+            saver.finish(timeout_s=SAVE_ON_INTERRUPT_S)
+        except Exception:
+            log.warning("the rows finished before the failure could not be saved", exc_info=True)
+        raise
     finally:
         counter.close()
 

@@ -97,7 +97,7 @@ class LogReporter:
         if time.monotonic() - self.last < self.every_s:
             return
         self.last = time.monotonic()
-        total = f"{s.total}{' found so far' if s.walking else ''}"
+        total = f"{s.total}+" if s.walking else str(s.total)  # + : directories are still being listed
         self.emit(f"progress: {s.done}/{total} images ({100 * s.done / max(s.total, 1):.1f}%), {s.saved} saved, "
                   f"{s.errors} errors, {s.rate:.1f} images/s{_eta(s)}")
 

@@ -101,7 +101,6 @@ class Saver:
     def finish(self, timeout_s: float | None = None) -> WriteStats:
         """Save everything held and wait for the writes (at most `timeout_s`)."""
         self.flush()
-        self.ensure_begun()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while self.in_flight:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())

@@ -106,8 +106,14 @@ def test_shipped_cpu_job_runs_offline_from_anywhere(tmp_path):
     job = yaml.safe_load((ROOT / "jobs" / "cpu-small.yaml").read_text())
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, "-m", "resnet_batch.cli", "label", "--config",
-                             str(ROOT / "jobs" / "cpu-small.yaml"), "--output", str(out)],
+                             str(ROOT / "jobs" / "cpu-small.yaml"), "--output", str(out), "--progress-every", "0.2"],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path,
                             env={**os.environ, "TORCH_HOME": str(tmp_path / "no-cache")})
     assert result.returncode == 0, result.stderr[-2000:]
-    assert job["weights"] == "none" and pq.read_table(out).num_rows == len(list(EXAMPLES.iterdir()))
+    n = len(list(EXAMPLES.iterdir()))
+    assert job["weights"] == "none" and pq.read_table(out).num_rows == n
+    # Not a terminal: progress comes as lines on stderr, Ray's own output goes to the log file.
+    progress = [line for line in result.stderr.splitlines() if " progress: " in line]
+    assert progress and all(f"/{n} images" in line or "+ images" in line for line in progress), result.stderr
+    assert len(progress) == len(result.stderr.strip().splitlines()), result.stderr
+    assert result.stdout.splitlines()[0] == f"inputs {n}, already done 0, processed {n}, rows in output {n}"
