@@ -207,10 +207,21 @@ def resnet_batch_label(args) -> dict:
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-3000:])
-    setup, run = map(float, re.search(r"setup ([\d.]+)s, run ([\d.]+)s", result.stdout).groups())
-    first, steady = map(float, re.search(r"first batch after ([\d.]+)s, then ([\d.]+) images/s", result.stdout).groups())
+    summary = parse_summary(result.stdout)
     processed = int(re.search(r"processed (\d+)", result.stdout).group(1))
-    return {"images": processed, "steady_s": processed / steady, "run_s": setup + run, "startup_s": first}
+    return {"images": processed, "steady_s": processed / summary["steady_rate"], "run_s": summary["wall"],
+            "startup_s": summary["start-up"] + summary["first batch"]}
+
+
+SUMMARY = re.compile(r"wall ([\d.]+)s = start-up ([\d.]+)s \+ first batch ([\d.]+)s \+ steady ([\d.]+)s"
+                     r"(?: \(([\d.]+) images/s\))? \+ shutdown ([\d.]+)s")
+
+
+def parse_summary(stdout: str) -> dict:
+    """The wall-time split of `resnet-batch label`'s summary line, in seconds (steady_rate: images/s)."""
+    wall, startup, first, steady, rate, shutdown = SUMMARY.search(stdout).groups()
+    return {"wall": float(wall), "start-up": float(startup), "first batch": float(first), "steady": float(steady),
+            "steady_rate": float(rate or 0), "shutdown": float(shutdown)}
 
 
 CONTENDERS = {"bare": bare_forward, "ray_doc": ray_documented, "label": resnet_batch_label}

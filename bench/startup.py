@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import DEFAULT_DATA, ensure_images  # noqa: E402
+from bench import DEFAULT_DATA, SUMMARY, ensure_images  # noqa: E402
 
 COMPONENTS = {
     "python + driver imports (cli, config, pipeline, ray.data)":
@@ -45,8 +44,6 @@ COMPONENTS = {
         "import time; from resnet_batch.models import resolve_weights, build_model, fold_batch_norms; "
         "t = time.time(); fold_batch_norms(build_model(resolve_weights('resnet18', 'none'))); print(time.time() - t)",
 }
-PHASES = re.compile(r"wall ([\d.]+)s = start-up ([\d.]+)s \+ first batch ([\d.]+)s \+ steady ([\d.]+)s"
-                    r"(?: \(([\d.]+) images/s\))? \+ shutdown ([\d.]+)s")
 
 
 def time_component(code: str) -> float:
@@ -66,7 +63,7 @@ def run_label(folder: Path, out: Path, mode: str, extra: list[str]) -> dict:
     wall = time.monotonic() - start
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
-    phases = PHASES.search(result.stdout)
+    phases = SUMMARY.search(result.stdout)
     return {"process wall": wall, "summary": phases.group(0) if phases else result.stdout}
 
 
