@@ -12,7 +12,7 @@ import sys
 import traceback
 
 from .console import Console, raise_on_signals
-from .errors import Interrupted, UsageError, WeightsUnavailableError
+from .errors import Interrupted, UsageError, WeightsUnavailableError, one_line
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
 EXIT_SIGNAL_BASE = 128  # a job stopped by signal N exits 128 + N, as shells report it
@@ -233,19 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as stop:
         done = f"{stop.saved} images labeled and saved" + (
             f", {stop.processed - stop.saved} labeled but not saved" if stop.processed > stop.saved else "")
-        console.print(f"stopped by {signal_name(stop.signum)}: {done}; to finish: {resume_command(argv)}",
+        console.print(f"stopped by {signal.Signals(stop.signum).name}: {done}; to finish: {resume_command(argv)}",
                       error=True)
         return EXIT_SIGNAL_BASE + stop.signum
     except Exception as exc:  # a bug or an environment failure: one line here, the traceback in the log
         traceback.print_exc()  # to the log file (or the terminal with -v)
-        console.failed(f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+        console.failed(f"{type(exc).__name__}: {one_line(exc)}")
         return EXIT_INCOMPLETE
     finally:
         console.close()
-
-
-def signal_name(signum: int) -> str:
-    return signal.Signals(signum).name
 
 
 def run() -> None:

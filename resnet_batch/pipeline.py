@@ -230,6 +230,7 @@ def run_label(cfg: LabelConfig, table: pa.Table | None = None, *, launched_at: f
         done_before = out.completed_hashes() if cfg.mode == "resume" else EMPTY
         listed = path_hashes(plan.table.column("path").to_pylist())
         todo = plan.table.filter(pa.array(~isin_sorted(listed, done_before)))
+        listed.sort()  # the table above is filtered in listing order; the checks want sorted hashes
         if plan.table.num_rows:
             log.info("%d inputs listed by the driver, %d of them already done",
                      plan.table.num_rows, plan.table.num_rows - todo.num_rows)
@@ -248,20 +249,20 @@ def run_label(cfg: LabelConfig, table: pa.Table | None = None, *, launched_at: f
             info,
         )
         saver = Saver(out, schema, cfg.rows_per_file, cfg.checkpoint_every, begin=partial(out.begin, cfg.mode, info))
-        check = None
+        finished = None  # the final check, when it can be made before any work
         if cfg.mode == "resume" and plan.directories and not todo.num_rows:
             # Count what the walks would find first: a finished run then ends without
-            # starting the model actors, and this count is the final check.
-            check = _check_output(out, plan, np.sort(listed), done_before)
-            log.info("resume: %d of %d inputs still to label", check.missing, check.inputs)
-        if todo.num_rows or (plan.directories and (check is None or check.missing)):
+            # starting the model actors.
+            count = _check_output(out, plan, listed, done_before)
+            log.info("resume: %d of %d inputs still to label", count.missing, count.inputs)
+            finished = None if count.missing else count
+        if finished is None and (todo.num_rows or plan.directories):
             # Walks skip what is done and what the driver listed (it is labeled from the table).
             skip = np.union1d(done_before, listed)
             _execute(cfg, resolved, schema, InputPlan(todo, plan.directories), skip, saver, timeline,
                      report or LogReporter(cfg.progress_every))
-            check = None
         saver.ensure_begun()  # a run that labeled nothing still applies --mode (overwrite replaces)
-        check = check or _check_output(out, plan, np.sort(listed), done_before)
+        check = finished or _check_output(out, plan, listed, done_before)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         if started_ray:
@@ -357,16 +358,15 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: InputPlan, ski
             report(_snapshot(counter, todo, done, saver.saved, timeline))
         saver.finish()
         report(_snapshot(counter, todo, done, saver.saved, timeline, walking=False))
-    except (KeyboardInterrupt, Interrupted) as exc:
-        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        log.debug("interrupted by signal %d: saving %d finished rows", signum, done - saver.saved)
-        saver.finish(timeout_s=SAVE_ON_INTERRUPT_S)
-        raise Interrupted(signum, done, saver.saved) from None
-    except Exception:
-        try:  # a failed pipeline still keeps what it finished, for --mode resume
+    except BaseException as exc:  # a signal or a failure: keep what is finished, for --mode resume
+        log.debug("stopping (%s): saving %d finished rows", type(exc).__name__, done - saver.saved)
+        try:
             saver.finish(timeout_s=SAVE_ON_INTERRUPT_S)
         except Exception:
-            log.warning("the rows finished before the failure could not be saved", exc_info=True)
+            log.warning("the rows finished before the stop could not be saved", exc_info=True)
+        if isinstance(exc, (KeyboardInterrupt, Interrupted)):
+            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+            raise Interrupted(signum, done, saver.saved) from None
         raise
     finally:
         counter.close()
