@@ -121,7 +121,7 @@ def bare_forward(args) -> dict:
 
     from resnet_batch.decode import load_one, Source
     from resnet_batch.inference import InferenceSettings, Predictor
-    from resnet_batch.models import resolve_weights
+    from resnet_batch.weights import resolve_weights
 
     resolved = resolve_weights(args.model, "none")
     paths = sorted(Path(args.data).glob("*.jpg"))[: args.images]

@@ -30,7 +30,8 @@ VARIANTS = {
 
 CHILD = """
 import json, resource, sys, threading, time, torch
-from resnet_batch.models import build_model, fold_batch_norms, forward_features, resolve_weights
+from resnet_batch.models import build_model, fold_batch_norms, forward_features
+from resnet_batch.weights import resolve_weights
 model_name, precision, batch, threads, fold, passes = sys.argv[1:7]
 torch.set_num_threads(int(threads))
 model = build_model(resolve_weights(model_name, "none"))

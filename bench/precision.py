@@ -18,7 +18,7 @@ import torch
 
 from resnet_batch.decode import DecodeStage
 from resnet_batch.inference import InferenceSettings, Predictor
-from resnet_batch.models import resolve_weights
+from resnet_batch.weights import resolve_weights
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -51,8 +51,8 @@ def main() -> None:
 
     outs = {"fp32": [], args.precision: []}
     for i in range(0, len(crops), 32):
-        outs["fp32"].append(ref.run_model(crops[i: i + 32]))
-        outs[args.precision].append(low.run_model(crops[i: i + 32]))
+        outs["fp32"].append(tuple(ref.run_model(crops[i: i + 32]).values()))  # (embedding, logits)
+        outs[args.precision].append(tuple(low.run_model(crops[i: i + 32]).values()))
     (e32, l32), (elo, llo) = [tuple(torch.cat(t) for t in zip(*outs[k])) for k in outs]
     rel = ((llo - l32).abs().amax(1) / l32.abs().amax(1)).numpy()
     cos = torch.nn.functional.cosine_similarity(elo, e32, dim=1).numpy()

@@ -41,7 +41,7 @@ COMPONENTS = {
         "import ray, time; ray.init(include_dashboard=False, logging_level='ERROR'); "
         "ray.get(ray.remote(lambda: 1).remote()); t = time.time(); ray.shutdown(); print(time.time() - t)",
     "build resnet18 + fold BN (after imports)":
-        "import time; from resnet_batch.models import resolve_weights, build_model, fold_batch_norms; "
+        "import time; from resnet_batch.models import build_model, fold_batch_norms; from resnet_batch.weights import resolve_weights; "
         "t = time.time(); fold_batch_norms(build_model(resolve_weights('resnet18', 'none'))); print(time.time() - t)",
 }
 

@@ -24,7 +24,8 @@ def _add_label_args(p: argparse.ArgumentParser) -> None:
                    help="directory, image file, glob, fsspec URI, or manifest (.txt/.csv/.parquet)")
     p.add_argument("--output", "-o", help="output Parquet dataset directory (local path or URI)")
     p.add_argument("--config", help="YAML job config with the same option names; flags win")
-    p.add_argument("--model", help="resnet18|resnet34|resnet50|resnet101|resnet152 (default resnet50)")
+    p.add_argument("--model", help="resnet18|34|50|101|152, resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, "
+                   "wide_resnet50_2, wide_resnet101_2 (default resnet50)")
     p.add_argument("--weights", help="DEFAULT|IMAGENET1K_V1|IMAGENET1K_V2|none|PATH-or-URI (default DEFAULT)")
     p.add_argument("--preprocess", help="torchvision weights whose transforms() a checkpoint or "
                    "'none' uses (default IMAGENET1K_V1)")
@@ -33,7 +34,17 @@ def _add_label_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, help="labels per image, 0 = no labels (default 5)")
     p.add_argument("--no-embeddings", dest="embeddings", action="store_const", const=False,
                    help="do not write the pooled embedding")
-    p.add_argument("--embedding-dtype", help="float32|float16 (default float32)")
+    p.add_argument("--embedding-dtype", help="float32|float16, of the pooled vectors (default float32)")
+    p.add_argument("--features", help="comma-separated: pooled (the `embedding` column), c2, c3, c4, c5 "
+                   "(each stage average-pooled, a column each) (default pooled)")
+    p.add_argument("--spatial", help="c4|c5: also write that stage's whole feature map, float16, "
+                   "as spatial_c4/spatial_c5 (stride 16/32)")
+    p.add_argument("--crop", help="center|none: none keeps the whole image (shorter side resized, padded "
+                   "to a few batch shapes; rows record scale and valid cells) (default center)")
+    p.add_argument("--resize", type=int, help="with --crop none: shorter side in pixels (default: the weights' "
+                   "own, e.g. 256)")
+    p.add_argument("--labels", help="class names for a checkpoint's outputs: a file with one name a line, "
+                   "or JSON (a list or {id: name})")
     p.add_argument("--device", help="auto|cpu|cuda (default auto)")
     p.add_argument("--precision", help="auto|fp32|fp16|bf16 (default auto: bf16/fp16 where fast)")
     p.add_argument("--mode", help="error|overwrite|resume: when OUTPUT holds results (default error)")

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 from .decode import DEFAULT_MAX_PIXELS
 from .errors import UsageError
-from .registry import check_model
+from .registry import FEATURES, POOLED, SPATIAL_STAGES, check_model
 from .schema import EMBEDDING_DTYPES
 from .writer import MODES
 
 
 DECODERS = ("cpu", "gpu")
+CROPS = ("center", "none")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
@@ -46,7 +47,12 @@ class LabelConfig:
     preprocess: str | None = None  # torchvision weights whose transforms() a checkpoint uses
     batch_size: int = 0  # 0 = automatic, per device: 256 on GPU; on CPU 32 (fp32) or 64 (bf16)
     top_k: int = 5
-    embeddings: bool = True
+    embeddings: bool = True  # False drops "pooled" from features (--no-embeddings)
+    features: tuple[str, ...] = (POOLED,)  # pooled (the `embedding` column) and/or c2..c5; "a,b" in files
+    spatial: str | None = None  # c4|c5: that stage's whole map per row
+    crop: str = "center"  # "none": the whole image, shorter side resized, padded to a few shapes
+    resize: int = 0  # --crop none: shorter side in pixels; 0 = the weights' own resize
+    labels: str | None = None  # class names for the weights' outputs: one a line, or JSON
     embedding_dtype: str = "float32"
     device: str = "auto"
     precision: str = "auto"
@@ -69,6 +75,7 @@ class LabelConfig:
         if not self.output:
             raise UsageError("--output is required")
         check_model(self.model)
+        self._check_features()
         _one_of("--embedding-dtype", self.embedding_dtype, EMBEDDING_DTYPES)
         _one_of("--device", self.device, DEVICES)
         _one_of("--precision", self.precision, PRECISIONS)
@@ -85,8 +92,25 @@ class LabelConfig:
         _positive("--max-pixels", self.max_pixels)
         _positive_seconds("--checkpoint-every", self.checkpoint_every)
         _positive_seconds("--progress-every", self.progress_every)
-        if not self.embeddings and self.top_k == 0:
-            raise UsageError("--top-k 0 with --no-embeddings leaves nothing to compute")
+        if self.top_k == 0 and not self.features and not self.spatial:
+            raise UsageError("--top-k 0 without --features or --spatial leaves nothing to compute")
+
+    def _check_features(self) -> None:
+        features = self.features.split(",") if isinstance(self.features, str) else list(self.features)
+        features = [f.strip() for f in features if f.strip() and f.strip() != "none"]
+        for feature in features:
+            _one_of("--features value", feature, FEATURES)
+        if not self.embeddings:
+            features = [f for f in features if f != POOLED]
+        object.__setattr__(self, "features", tuple(dict.fromkeys(features)))  # normalised, in given order
+        if self.spatial is not None:
+            _one_of("--spatial", self.spatial, SPATIAL_STAGES)
+        _one_of("--crop", self.crop, CROPS)
+        _positive("--resize", self.resize, allow_zero=True)
+        if self.resize and self.crop != "none":
+            raise UsageError("--resize applies to --crop none; --crop center uses the weights' own resize and crop")
+        if self.crop == "none" and self.decode == "gpu":
+            raise UsageError("--decode gpu supports --crop center only; use --decode cpu with --crop none")
 
     @classmethod
     def field_names(cls) -> set[str]:
@@ -143,6 +167,8 @@ def _paths_relative_to(base: str, values: dict) -> dict:
             values[key] = [resolve(v) for v in values[key]]
         elif key in values:
             values[key] = resolve(values[key])
+    if isinstance(values.get("labels"), str):
+        values["labels"] = resolve(values["labels"])
     weights = values.get("weights")
     if isinstance(weights, str) and ("/" in weights or weights.endswith(CHECKPOINT_SUFFIXES)):
         values["weights"] = resolve(weights)

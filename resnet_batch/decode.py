@@ -19,12 +19,14 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import one_line
-from .preprocessing import Preprocessing, resize_center_crop
+from .preprocessing import Preprocessing, WholeImage, resize_center_crop, resize_pad
 from .sources import INLINE_BYTES, LIST_ERROR, TAR_OFFSET, TAR_SIZE
 from .storage import read_bytes_or_raise
 
 DEFAULT_MAX_PIXELS = 100_000_000  # ~10k x 10k; larger inputs are refused before decoding
 JPEG_COLUMN = "_jpeg"  # undecoded JPEG bytes for the device decoder (b"" = decoded here)
+RESIZED_COLUMNS = ("_resized_w", "_resized_h")  # --crop none: the image's part of its padded tensor
+SCALE_COLUMN = "scale"  # --crop none: resized pixels per original pixel
 
 # A truncated file must fail loudly, never decode into grey padding.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -109,6 +111,7 @@ class DecodedImage:
     height: int | None
     error: str | None
     jpeg: bytes | None = None  # left for the model's device to decode (--decode gpu)
+    resized: tuple[int, int] = (0, 0)  # --crop none: (width, height) after resizing, before padding
 
 
 def device_decodable_size(data: bytes, max_pixels: int) -> tuple[int, int] | None:
@@ -139,7 +142,8 @@ class Source:
     list_error: str | None = None
 
 
-def load_one(src: Source, prep: Preprocessing, max_pixels: int, defer_jpeg: bool = False) -> DecodedImage:
+def load_one(src: Source, prep: Preprocessing, max_pixels: int, defer_jpeg: bool = False,
+             whole: WholeImage | None = None) -> DecodedImage:
     width = height = None
     if src.list_error:
         return DecodedImage(None, None, None, src.list_error)
@@ -155,6 +159,9 @@ def load_one(src: Source, prep: Preprocessing, max_pixels: int, defer_jpeg: bool
             return DecodedImage(None, size[0], size[1], None, jpeg=data)
         img = decode_rgb(data, max_pixels)
         width, height = img.size
+        if whole is not None:
+            pixels, resized_w, resized_h = resize_pad(img, prep, whole)
+            return DecodedImage(pixels, width, height, None, resized=(resized_w, resized_h))
         return DecodedImage(resize_center_crop(img, prep), width, height, None)
     except ImageError as exc:
         return DecodedImage(None, width, height, str(exc))
@@ -172,11 +179,12 @@ class DecodeStage:
     """
 
     def __init__(self, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS, io_threads: int = 4,
-                 defer_jpeg: bool = False):
+                 defer_jpeg: bool = False, whole: WholeImage | None = None):
         self.prep = prep
         self.max_pixels = max_pixels
         self.io_threads = io_threads
         self.defer_jpeg = defer_jpeg  # pass JPEG bytes on for nvJPEG in the model actor
+        self.whole = whole  # --crop none: variable shapes, rows ordered by shape
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sources = _sources(batch)
@@ -186,23 +194,45 @@ class DecodeStage:
                 decoded = list(pool.map(self._load, sources))
         else:
             decoded = [self._load(s) for s in sources]
-        size = self.prep.crop_size
-        images = np.zeros((len(paths), 3, size, size), dtype=np.uint8)
-        for i, d in enumerate(decoded):
-            if d.pixels is not None:
-                images[i] = d.pixels
         out = {k: v for k, v in batch.items() if k not in (INLINE_BYTES, LIST_ERROR)}
-        out["image"] = images
+        out["image"] = self._images(decoded)
         out["width"] = np.array([d.width if d.width is not None else -1 for d in decoded], dtype=np.int32)
         out["height"] = np.array([d.height if d.height is not None else -1 for d in decoded], dtype=np.int32)
         # "" = no error: an all-None object column would not survive Arrow conversion as strings.
         out["error"] = np.array([d.error or "" for d in decoded], dtype=object)
         if self.defer_jpeg:
             out[JPEG_COLUMN] = np.array([d.jpeg or b"" for d in decoded], dtype=object)
+        if self.whole is not None:
+            return self._whole_image_columns(out, decoded)
         return out
 
+    def _images(self, decoded: list[DecodedImage]) -> np.ndarray:
+        if self.whole is not None:  # one array per row, of its batch shape (an error row: the smallest)
+            empty = np.zeros((3, self.whole.PAD, self.whole.PAD), dtype=np.uint8)
+            images = np.empty(len(decoded), dtype=object)
+            images[:] = [d.pixels if d.pixels is not None else empty for d in decoded]
+            return images
+        size = self.prep.crop_size
+        images = np.zeros((len(decoded), 3, size, size), dtype=np.uint8)
+        for i, d in enumerate(decoded):
+            if d.pixels is not None:
+                images[i] = d.pixels
+        return images
+
+    @staticmethod
+    def _whole_image_columns(out: dict[str, np.ndarray], decoded: list[DecodedImage]) -> dict[str, np.ndarray]:
+        """Adds the resized sizes and scale, and orders the rows by batch shape, so that the
+        model's batches (slices of this block) hold few shapes."""
+        out[RESIZED_COLUMNS[0]] = np.array([d.resized[0] for d in decoded], dtype=np.int32)
+        out[RESIZED_COLUMNS[1]] = np.array([d.resized[1] for d in decoded], dtype=np.int32)
+        # The shorter sides' ratio; the longer side's differs by under a resized pixel (truncation).
+        out[SCALE_COLUMN] = np.array([min(d.resized) / min(d.width, d.height) if d.pixels is not None else np.nan
+                                      for d in decoded], dtype=np.float32)
+        order = sorted(range(len(decoded)), key=lambda i: out["image"][i].shape)
+        return {k: v[order] if isinstance(v, np.ndarray) else [v[i] for i in order] for k, v in out.items()}
+
     def _load(self, src: Source) -> DecodedImage:
-        return load_one(src, self.prep, self.max_pixels, self.defer_jpeg)
+        return load_one(src, self.prep, self.max_pixels, self.defer_jpeg, self.whole)
 
 
 def _sources(batch: dict[str, np.ndarray]) -> list[Source]:

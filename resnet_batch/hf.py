@@ -1,17 +1,20 @@
-"""Hugging Face ResNet checkpoints (`ResNetForImageClassification`) in torchvision's layout.
+"""Pretrained folders on the Hugging Face hub's formats, read into torchvision's layout.
 
-Reads `config.json`, `preprocessor_config.json` and the weights directly; `transformers`
-is never imported. Sources: `hf:org/name` (hub cache, or a download through
-huggingface_hub when installed), a `save_pretrained` directory, or a `.safetensors` file
-whose keys are in the Hugging Face layout.
+Two writers of such folders: transformers (`ResNetForImageClassification`: config.json with
+`model_type: resnet`, preprocessor_config.json, its own key names, converted here) and timm
+(config.json with `architecture` and `pretrained_cfg`; its ResNets use torchvision's key
+names). Neither library is imported. Sources: `hf:org/name` (hub cache, or a download
+through huggingface_hub when installed), a `save_pretrained` directory, or a
+`.safetensors` file beside its config.json.
 """
 
 from __future__ import annotations
 
-import io
 import json
+import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +31,8 @@ ARCHITECTURES = {
     ("bottleneck", (3, 4, 23, 3)): "resnet101",
     ("bottleneck", (3, 8, 36, 3)): "resnet152",
 }
+# timm's ResNets with torchvision's block layout (its "d" stems and others differ).
+TIMM_ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL resample codes in image-processor files
 
 
@@ -66,8 +71,8 @@ def _hub_snapshot(repo: str) -> Path:
         ) from None
 
 
-def checkpoint_dir(weights: str) -> Path | None:
-    """The directory holding config.json for an HF source, or None when it is not one."""
+def pretrained_dir(weights: str) -> Path | None:
+    """The directory holding config.json for a pretrained-folder source, or None when it is not one."""
     if weights.startswith(HF_PREFIX):
         return _hub_snapshot(weights[len(HF_PREFIX):])
     path = Path(weights)
@@ -80,17 +85,37 @@ def checkpoint_dir(weights: str) -> Path | None:
     return None
 
 
-def read_config(folder: Path) -> dict:
+@dataclass(frozen=True)
+class FolderInfo:
+    architecture: str  # the torchvision model name
+    names: tuple[str, ...] | None  # class names, by class index
+    preprocessing: dict | None  # Preprocessing's fields, when the folder says
+    weight_file: Path
+    config_file: str  # where the preprocessing came from, for the run's metadata
+
+
+def describe_folder(folder: Path) -> FolderInfo:
+    """What a transformers or timm save_pretrained folder holds."""
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise WeightsUnavailableError(f"cannot read {folder / 'config.json'}: {exc}") from None
+    weight_file = next((folder / f for f in WEIGHT_FILES if (folder / f).exists()), None)
+    if weight_file is None:
+        raise WeightsUnavailableError(f"{folder} has none of {', '.join(WEIGHT_FILES)}")
+    if "architecture" in config:  # timm: its ResNets keep torchvision's layout and names
+        arch = config["architecture"]
+        if arch not in TIMM_ARCHITECTURES:
+            raise UsageError(f"{folder} holds a timm {arch!r}; supported: {', '.join(TIMM_ARCHITECTURES)}")
+        return FolderInfo(arch, _timm_names(config), _timm_preprocessing(config.get("pretrained_cfg") or {}),
+                          weight_file, "config.json pretrained_cfg")
     if config.get("model_type") != "resnet":
         raise UsageError(f"{folder} holds a {config.get('model_type')!r} model, not a ResNet")
-    return config
+    values = _processor_preprocessing(folder)
+    return FolderInfo(_hf_architecture(config), _hf_names(config), values, weight_file, "preprocessor_config.json")
 
 
-def architecture(config: dict) -> str:
+def _hf_architecture(config: dict) -> str:
     key = (config.get("layer_type"), tuple(config.get("depths", ())))
     if key not in ARCHITECTURES or config.get("downsample_in_bottleneck") or config.get("embedding_size", 64) != 64:
         raise UsageError(
@@ -100,12 +125,34 @@ def architecture(config: dict) -> str:
     return ARCHITECTURES[key]
 
 
-def categories(config: dict) -> tuple[str, ...]:
+def _hf_names(config: dict) -> tuple[str, ...] | None:
     id2label = config.get("id2label") or {}
-    return tuple(str(id2label.get(str(i), id2label.get(i, i))) for i in range(len(id2label)))
+    names = tuple(str(id2label.get(str(i), id2label.get(i, i))) for i in range(len(id2label)))
+    return names or None
 
 
-def preprocessing_values(folder: Path) -> dict | None:
+def _timm_names(config: dict) -> tuple[str, ...] | None:
+    names = config.get("label_names")
+    if isinstance(names, dict):
+        return tuple(str(names.get(str(i), names.get(i, i))) for i in range(len(names)))
+    return tuple(str(n) for n in names) if names else None
+
+
+def _timm_preprocessing(cfg: dict) -> dict | None:
+    """timm's eval transform: resize the shorter side to floor(crop / crop_pct), center-crop."""
+    if not cfg.get("input_size"):
+        return None
+    crop = int(cfg["input_size"][-1])
+    return {
+        "resize_size": math.floor(crop / float(cfg.get("crop_pct", 0.875))),
+        "crop_size": crop,
+        "mean": tuple(float(m) for m in cfg.get("mean", (0.485, 0.456, 0.406))),
+        "std": tuple(float(s) for s in cfg.get("std", (0.229, 0.224, 0.225))),
+        "interpolation": cfg.get("interpolation", "bilinear"),
+    }
+
+
+def _processor_preprocessing(folder: Path) -> dict | None:
     """Resize/crop/mean/std/interpolation from preprocessor_config.json (ConvNext/ViT processors)."""
     path = folder / "preprocessor_config.json"
     if not path.exists():
@@ -130,23 +177,6 @@ def preprocessing_values(folder: Path) -> dict | None:
         "std": tuple(float(s) for s in cfg.get("image_std", (0.229, 0.224, 0.225))),
         "interpolation": RESAMPLE.get(cfg.get("resample", 2), "bilinear"),
     }
-
-
-def load_hf_weights(weights: str) -> dict[str, torch.Tensor]:
-    folder = checkpoint_dir(weights)
-    path = Path(weights) if weights.endswith(".safetensors") else None
-    if path is None:
-        path = next((folder / f for f in WEIGHT_FILES if (folder / f).exists()), None)
-        if path is None:
-            raise WeightsUnavailableError(f"{folder} has none of {', '.join(WEIGHT_FILES)}")
-    data = path.read_bytes()
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load
-
-        state = load(data)
-    else:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    return convert_state_dict(state)
 
 
 _RULES = [

@@ -1,7 +1,9 @@
-"""Model stage: uint8 image batches -> top-k labels and pooled embeddings, one forward pass.
+"""Model stage: uint8 image batches -> top-k labels, pooled embeddings and stage features, one pass.
 
 Normalisation happens here, on the model's device, so only uint8 crosses process and
 PCIe boundaries. A batch that runs out of GPU memory is split in halves and retried.
+With --crop none, images arrive padded to a few shapes: each shape is one forward, the
+padding is zeroed after normalisation and left out of every average.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .models import ResolvedWeights, build_model, fold_batch_norms, forward_features
-from .decode import JPEG_COLUMN
+from .decode import JPEG_COLUMN, RESIZED_COLUMNS, SCALE_COLUMN
 from .errors import one_line
-from .schema import build_table
+from .models import build_model, fold_batch_norms, forward_stages, masked_mean
+from .registry import POOLED, STAGE_STRIDES, STAGES, stage_width
+from .schema import SPATIAL_SHAPE, VALID, build_table
+from .weights import ResolvedWeights
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +68,9 @@ def resolve_precision(precision: str, device: str) -> str:
 class InferenceSettings:
     weights: ResolvedWeights
     top_k: int = 5
-    embeddings: bool = True
+    features: tuple[str, ...] = (POOLED,)  # pooled (the `embedding` column) and/or c2..c5, pooled
+    spatial: str | None = None  # c4 or c5: that stage's whole map, float16
+    whole_image: bool = False  # --crop none: images padded to a few shapes, resized sizes given
     embedding_dtype: str = "float32"
     device: str = "auto"
     precision: str = "auto"
@@ -92,6 +98,9 @@ class Predictor:
         if settings.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
+        needed = [len(STAGES) if f == POOLED else STAGES.index(f) + 1 for f in settings.features]
+        needed += [STAGES.index(settings.spatial) + 1] if settings.spatial else []
+        self.deepest = max(needed, default=len(STAGES))  # the forward stops after this layer
         self.forward = torch.compile(self._forward_raw) if settings.compile else self._forward_raw
         # Actors run several calls at once (pipeline.model_pool). On a GPU each call has a CUDA
         # stream of its thread, so one batch's copy in and results out overlap another's
@@ -108,15 +117,33 @@ class Predictor:
         self.embedding_dtype = np.dtype(settings.embedding_dtype)  # "float32" | "float16"
         log.info("model %s on %s, precision %s", settings.weights.model, self.device, self.precision)
 
-    def _forward_raw(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_raw(self, images: torch.Tensor, resized: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Output columns (and `logits`) for a uint8 batch; `resized` (N, 2): each image's
+        (width, height) inside its padded tensor, for --crop none."""
         # Same ops as torchvision's preset: convert_image_dtype (x/255), then normalize.
         x = images.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
+        mask = None
+        if resized is not None:
+            height, width = x.shape[-2:]
+            inside_x = torch.arange(width, device=x.device)[None, :] < resized[:, :1]
+            inside_y = torch.arange(height, device=x.device)[None, :] < resized[:, 1:]
+            mask = (inside_y[:, None, :, None] & inside_x[:, None, None, :]).to(x.dtype)
+            x.mul_(mask)  # padding is 0 after normalisation, as a convolution's own padding
         if self.settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         dtype = AUTOCAST_DTYPES.get(self.precision)
         with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            pooled, logits = forward_features(self.model, x)
-        return pooled.float(), logits.float()
+            stages, logits = forward_stages(self.model, x, self.deepest, self.settings.top_k > 0, mask)
+            out = {}
+            for feature in self.settings.features:
+                stage = stages[-1 if feature == POOLED else STAGES.index(feature)]
+                pooled = masked_mean(stage, mask) if mask is not None else torch.flatten(self.model.avgpool(stage), 1)
+                out["embedding" if feature == POOLED else feature] = pooled.float()
+        if self.settings.spatial:
+            out["spatial"] = stages[STAGES.index(self.settings.spatial)].to(torch.float16)
+        if logits is not None:
+            out["logits"] = logits.float()
+        return out
 
     def to_device(self, images: np.ndarray) -> torch.Tensor:
         with warnings.catch_warnings():
@@ -162,13 +189,14 @@ class Predictor:
             images[row] = F.center_crop(img, [prep.crop_size])
 
     @torch.inference_mode()
-    def run_model(self, images: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pooled, logits) on the CPU for a uint8 (N, 3, H, W) batch, splitting on OOM."""
+    def run_model(self, images: np.ndarray | torch.Tensor, resized: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """Outputs on the CPU for a uint8 (N, 3, H, W) batch, splitting on OOM."""
         tensor = images if isinstance(images, torch.Tensor) else self.to_device(images)
+        sizes = None if resized is None else torch.from_numpy(np.asarray(resized, dtype=np.int64)).to(self.device)
         try:
             with self._launch_lock:
-                pooled, logits = self.forward(tensor)
-            return pooled.cpu(), logits.cpu()
+                out = self.forward(tensor, sizes)
+            return {name: value.cpu() for name, value in out.items()}
         except torch.OutOfMemoryError:
             if len(images) <= 1:
                 raise
@@ -177,15 +205,21 @@ class Predictor:
                 torch.cuda.empty_cache()
             half = len(images) // 2
             log.warning("out of memory on a batch of %d; retrying as two halves", len(images))
-            first, second = self.run_model(images[:half]), self.run_model(images[half:])
-            return torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]])
+            halves = [self.run_model(images[s], None if resized is None else resized[s])
+                      for s in (slice(0, half), slice(half, None))]
+            return {name: torch.cat([halves[0][name], halves[1][name]]) for name in halves[0]}
 
-    def predict(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(topk_ids, topk_probs, embeddings) as numpy arrays."""
-        pooled, logits = self.run_model(images)
-        k = self.settings.top_k
-        probs, ids = torch.softmax(logits, dim=1).topk(k, dim=1) if k else (logits[:, :0], logits[:, :0])
-        return ids.numpy().astype(np.int32), probs.numpy().astype(np.float32), pooled.numpy().astype(self.embedding_dtype)
+    def predict(self, images, resized: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Output columns as numpy arrays: topk_ids, topk_probs, embedding, c2..c5, spatial."""
+        out = self.run_model(images, resized)
+        result = {name: value.numpy().astype(self.embedding_dtype) for name, value in out.items()
+                  if name not in ("logits", "spatial")}
+        if "spatial" in out:
+            result["spatial"] = out["spatial"].numpy()
+        if "logits" in out:
+            probs, ids = torch.softmax(out["logits"], dim=1).topk(self.settings.top_k, dim=1)
+            result["topk_ids"], result["topk_probs"] = ids.numpy().astype(np.int32), probs.numpy()
+        return result
 
     def _stream(self):
         """This thread's CUDA stream as the current one (nothing to do on CPU)."""
@@ -204,16 +238,59 @@ class Predictor:
         return table
 
     def _label(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        images = self.to_device(batch["image"])
         errors = np.array(batch["error"], dtype=object)
-        if JPEG_COLUMN in batch:
-            with self._launch_lock:  # nvJPEG's decoder state is shared by the actor's threads
-                self.decode_on_device(images, batch[JPEG_COLUMN], errors)
-        ok = np.array([not e for e in errors], dtype=bool)
-        n, k, dim = len(images), self.settings.top_k, self.settings.weights.embedding_dim
-        ids = np.zeros((n, k), dtype=np.int32)
-        probs = np.zeros((n, k), dtype=np.float32)
-        emb = np.zeros((n, dim), dtype=self.embedding_dtype)
-        if ok.any():
-            ids[ok], probs[ok], emb[ok] = self.predict(images[torch.from_numpy(ok).to(images.device)])
-        return build_table(self.schema, {**batch, "error": errors}, ids, probs, self.categories, emb)
+        outputs = self._empty_outputs(len(errors))
+        if self.settings.whole_image:
+            self._label_shapes(batch, errors, outputs)
+        else:
+            images = self.to_device(batch["image"])
+            if JPEG_COLUMN in batch:
+                with self._launch_lock:  # nvJPEG's decoder state is shared by the actor's threads
+                    self.decode_on_device(images, batch[JPEG_COLUMN], errors)
+            ok = np.flatnonzero([not e for e in errors])
+            if len(ok):
+                self._scatter(outputs, ok, self.predict(images[torch.from_numpy(ok).to(images.device)]))
+        return build_table(self.schema, {**batch, "error": errors}, outputs, self.categories)
+
+    def _label_shapes(self, batch: dict[str, np.ndarray], errors: np.ndarray, outputs: dict) -> None:
+        """--crop none: one forward per padded shape in the batch (rows arrive ordered by shape)."""
+        images = batch["image"]
+        resized = np.stack([batch[RESIZED_COLUMNS[0]], batch[RESIZED_COLUMNS[1]]], axis=1)
+        by_shape: dict[tuple, list[int]] = {}
+        for i in np.flatnonzero([not e for e in errors]):
+            by_shape.setdefault(images[i].shape, []).append(i)
+        for rows in by_shape.values():
+            rows = np.array(rows)
+            stacked = np.stack([images[i] for i in rows])
+            self._scatter(outputs, rows, self.predict(stacked, resized[rows]), resized[rows])
+        outputs[SCALE_COLUMN] = batch[SCALE_COLUMN]
+
+    def _empty_outputs(self, n: int) -> dict:
+        s, k = self.settings, self.settings.top_k
+        model = s.weights.model
+        out: dict = {"topk_ids": np.zeros((n, k), np.int32), "topk_probs": np.zeros((n, k), np.float32)}
+        for feature in s.features:
+            width = s.weights.embedding_dim if feature == POOLED else stage_width(model, feature)
+            out["embedding" if feature == POOLED else feature] = np.zeros((n, width), self.embedding_dtype)
+        if s.spatial:
+            out[f"spatial_{s.spatial}"] = [None] * n
+            out[SPATIAL_SHAPE] = np.zeros((n, 3), np.int32)
+            out[VALID] = np.zeros((n, 4), np.int32)
+        return out
+
+    def _scatter(self, outputs: dict, rows: np.ndarray, result: dict[str, np.ndarray],
+                 resized: np.ndarray | None = None) -> None:
+        """Put a forward's results for `rows` into the batch's output arrays."""
+        for name, values in result.items():
+            if name != "spatial":
+                outputs[name][rows] = values
+        if "spatial" not in result:
+            return
+        maps, stride = result["spatial"], STAGE_STRIDES[self.settings.spatial]
+        column = outputs[f"spatial_{self.settings.spatial}"]
+        for j, row in enumerate(rows):
+            column[row] = maps[j].reshape(-1)  # C-major: (C, H, W) flattened
+        outputs[SPATIAL_SHAPE][rows] = maps.shape[1:]
+        # Cell (i, j) is centred on pixel (stride * j, stride * i): it is on the image when that is.
+        cells = (maps.shape[3], maps.shape[2]) if resized is None else -(-resized // stride)
+        outputs[VALID][rows, 2:] = cells

@@ -27,7 +27,7 @@ from ray.data import ActorPoolStrategy
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from . import __version__
+from .columns import rows_per_file, run_info, run_schema, whole_image
 from .config import LabelConfig
 from .decode import LowPriorityDecode
 from .errors import Interrupted, UsageError
@@ -36,7 +36,6 @@ from .listing import count_against, read_directory, read_slice
 from .pathset import EMPTY, isin_sorted, path_hashes
 from .progress import CounterClient, LogReporter, Snapshot
 from .saving import BlockPart, Saver
-from .schema import output_schema, with_run_metadata
 from .sources import InputPlan, list_inputs, plan_inputs
 from .storage import is_local
 from .summary import LabelSummary, Timeline
@@ -149,23 +148,6 @@ def _pool_layout(cfg: LabelConfig) -> PoolLayout:
     return PoolLayout(actors, 0, cores, 1)
 
 
-def run_info(cfg: LabelConfig, resolved, extra_columns: list[str]) -> dict:
-    return {
-        "model": cfg.model,
-        "weights": resolved.weights,
-        "weights_source": resolved.source,
-        "preprocessing": {"from_weights": resolved.preprocess_from, **resolved.preprocessing.describe()},
-        "top_k": cfg.top_k,
-        "embeddings": cfg.embeddings,
-        "embedding_dtype": cfg.embedding_dtype,
-        "embedding_dim": resolved.embedding_dim if cfg.embeddings else 0,
-        "precision": cfg.precision,
-        "extra_columns": extra_columns,
-        "package": "resnet-batch",
-        "package_version": __version__,
-    }
-
-
 @dataclass
 class _Check:
     inputs: int = 0
@@ -199,10 +181,9 @@ def _check_output(out: OutputDir, plan: InputPlan, listed: np.ndarray, done_befo
 
 def _resolve_weights(cfg: LabelConfig):
     """The weights, checked as workers will load them; imports torch and torchvision (seconds)."""
-    from .models import check_weights, resolve_weights
+    from .weights import resolve_weights
 
-    resolved = resolve_weights(cfg.model, cfg.weights, cfg.preprocess)
-    resolved = dataclasses.replace(resolved, categories=tuple(check_weights(resolved)))
+    resolved = resolve_weights(cfg.model, cfg.weights, cfg.preprocess, cfg.labels)
     if cfg.top_k > len(resolved.categories):
         raise UsageError(f"--top-k {cfg.top_k} exceeds the model's {len(resolved.categories)} classes")
     return resolved
@@ -243,12 +224,9 @@ def run_label(cfg: LabelConfig, table: pa.Table | None = None, *, launched_at: f
         info = run_info(cfg, resolved, [f.name for f in extra_fields])
         if cfg.mode == "resume":
             out.check_resumable(info)
-        schema = with_run_metadata(
-            output_schema(resolved.embedding_dim if cfg.embeddings else None, cfg.embedding_dtype,
-                          cfg.top_k > 0, extra_fields),
-            info,
-        )
-        saver = Saver(out, schema, cfg.rows_per_file, cfg.checkpoint_every, begin=partial(out.begin, cfg.mode, info))
+        schema = run_schema(cfg, resolved, extra_fields, info)
+        saver = Saver(out, schema, rows_per_file(cfg, resolved), cfg.checkpoint_every,
+                      begin=partial(out.begin, cfg.mode, info))
         finished = None  # the final check, when it can be made before any work
         if cfg.mode == "resume" and plan.directories and not todo.num_rows:
             # Count what the walks would find first: a finished run then ends without
@@ -309,7 +287,9 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: InputPlan, ski
     settings = InferenceSettings(
         weights=resolved,
         top_k=cfg.top_k,
-        embeddings=cfg.embeddings,
+        features=cfg.features,
+        spatial=cfg.spatial,
+        whole_image=cfg.crop == "none",
         embedding_dtype=cfg.embedding_dtype,
         device="cuda" if on_gpu else "cpu",
         precision=cfg.precision,
@@ -384,7 +364,8 @@ def _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, lay
     from .inference import ALLOCATOR_ENV, Predictor
 
     ds = ds.map_batches(
-        LowPriorityDecode(resolved.preprocessing, cfg.max_pixels, io_threads, defer_jpeg=cfg.decode == "gpu"),
+        LowPriorityDecode(resolved.preprocessing, cfg.max_pixels, io_threads, defer_jpeg=cfg.decode == "gpu",
+                          whole=whole_image(cfg, resolved)),
         batch_size=None,  # one block (BLOCKS_PER_BATCH batches) per decode task
         batch_format="numpy",
         num_cpus=1,

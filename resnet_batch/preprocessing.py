@@ -81,3 +81,55 @@ def resize_center_crop(img: Image.Image, prep: Preprocessing) -> np.ndarray:
     left, top = _crop_offset(img.width, crop), _crop_offset(img.height, crop)
     img = img.crop((left, top, left + crop, top + crop))  # outside the image: zeros, as torchvision pads
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+
+@dataclass(frozen=True)
+class WholeImage:
+    """`--crop none`: the whole image, shorter side resized, padded at the right and bottom.
+
+    Resizing is torchvision's `Resize(resize, max_size=2 * resize)` on a PIL image. Padding
+    rounds each side up to a multiple of PAD (the coarsest stride, so cells of every stage
+    line up with pixels) and the longer side to a multiple of BUCKET, so that images of like
+    aspect ratio share one of a few batch shapes.
+    """
+
+    resize: int
+    PAD = 32
+    BUCKET = 64
+
+    @property
+    def max_size(self) -> int:
+        return 2 * self.resize
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) as torchvision computes them for one size and a max_size."""
+        short, long = sorted((width, height))
+        new_short, new_long = self.resize, int(self.resize * long / short)
+        if new_long > self.max_size:
+            new_short, new_long = int(self.max_size * new_short / new_long), self.max_size
+        return (new_short, new_long) if width <= height else (new_long, new_short)
+
+    def padded_size(self, width: int, height: int) -> tuple[int, int]:
+        """The batch shape (width, height) a resized image is padded to."""
+        def up(n: int, multiple: int) -> int:
+            return -(-n // multiple) * multiple
+
+        if width >= height:
+            return up(width, self.BUCKET), up(height, self.PAD)
+        return up(width, self.PAD), up(height, self.BUCKET)
+
+    def describe(self) -> dict:
+        return {"crop": "none", "resize_shorter_side": self.resize, "max_longer_side": self.max_size,
+                "padding": f"zeros (after normalisation) at the right and bottom, sides rounded up to multiples "
+                           f"of {self.PAD}, the longer one to a multiple of {self.BUCKET}"}
+
+
+def resize_pad(img: Image.Image, prep: Preprocessing, whole: WholeImage) -> tuple[np.ndarray, int, int]:
+    """Resize the whole image, pad to its batch shape: (uint8 (3, H, W), resized width, height)."""
+    width, height = whole.resized_size(img.width, img.height)
+    if (width, height) != img.size:
+        img = img.resize((width, height), PIL_RESAMPLING[prep.interpolation])
+    pad_w, pad_h = whole.padded_size(width, height)
+    out = np.zeros((3, pad_h, pad_w), dtype=np.uint8)
+    out[:, :height, :width] = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+    return out, width, height

@@ -12,7 +12,7 @@ import torch
 from resnet_batch.config import LabelConfig
 from resnet_batch.decode import JPEG_COLUMN, DecodeStage
 from resnet_batch.inference import InferenceSettings, Predictor
-from resnet_batch.models import resolve_weights
+from resnet_batch.weights import resolve_weights
 from resnet_batch.pipeline import run_label
 from resnet_batch.schema import output_schema
 

@@ -13,7 +13,7 @@ from resnet_batch.config import LabelConfig
 from resnet_batch.decode import DecodeStage
 from resnet_batch.errors import UsageError
 from resnet_batch.inference import InferenceSettings, Predictor
-from resnet_batch.models import check_weights, resolve_weights
+from resnet_batch.weights import resolve_weights
 from resnet_batch.pipeline import run_label
 
 transformers = pytest.importorskip("transformers")
@@ -53,12 +53,12 @@ def hf_outputs(model, normalised: torch.Tensor):
 def test_converted_weights_match_transformers(tmp_path, reference_images, name):
     model = save_hf_model(name, tmp_path / "ckpt")
     resolved = resolve_weights(name, str(tmp_path / "ckpt"))
-    assert resolved.source == "hf" and resolved.categories[5] == "hf-class-5"
+    assert resolved.source.kind == "hf" and resolved.categories[5] == "hf-class-5"
     prep = resolved.preprocessing
     assert (prep.resize_size, prep.crop_size, prep.interpolation) == (256, 224, "bicubic")
     batch = DecodeStage(prep)({"path": np.array([str(p) for p in reference_images[:4]], dtype=object)})
     predictor = Predictor(InferenceSettings(weights=resolved, precision="fp32"), schema=None)
-    pooled, logits = predictor.run_model(batch["image"])
+    pooled, logits = predictor.run_model(batch["image"]).values()
     x = torch.from_numpy(batch["image"]).float().div(255)
     x = (x - torch.tensor(prep.mean).view(1, 3, 1, 1)) / torch.tensor(prep.std).view(1, 3, 1, 1)
     ref_pooled, ref_logits = hf_outputs(model, x)
@@ -104,4 +104,4 @@ def test_hub_id_resolves_from_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     resolved = resolve_weights("resnet18", "hf:acme/resnet-18")
-    assert check_weights(resolved)[0] == "hf-class-0"
+    assert resolved.categories[0] == "hf-class-0"

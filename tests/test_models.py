@@ -11,31 +11,38 @@ import torch
 import torchvision.models as tvm
 
 from resnet_batch.errors import UsageError, WeightsUnavailableError
-from resnet_batch.models import (
-    MODELS, build_model, check_weights, describe_models, fold_batch_norms, forward_features, resolve_weights,
-)
+from resnet_batch.models import MODELS, build_model, describe_models, fold_batch_norms, forward_features
+from resnet_batch.registry import EMBEDDING_DIMS
+from resnet_batch.weights import resolve_weights
 
 
 def test_registry_widths_and_weights():
     rows = {r["model"]: r for r in describe_models()}
-    assert list(rows) == ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
-    assert {m: r["embedding_dim"] for m, r in rows.items()} == {
-        "resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048}
+    assert list(rows) == ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+                          "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]
+    for name, row in rows.items():  # the torch-free registry agrees with torchvision's builders
+        with torch.device("meta"):
+            assert row["embedding_dim"] == EMBEDDING_DIMS[name] == MODELS[name].builder().fc.in_features
     assert "IMAGENET1K_V2" in rows["resnet101"]["weights"] and "IMAGENET1K_V2" not in rows["resnet34"]["weights"]
 
 
 @pytest.mark.parametrize("model, weights, resize", [
     ("resnet18", "DEFAULT", 256), ("resnet50", "IMAGENET1K_V1", 256), ("resnet50", "DEFAULT", 232),
-    ("resnet152", "IMAGENET1K_V2", 232), ("resnet101", "none", 256),
+    ("resnet152", "IMAGENET1K_V2", 232), ("resnet101", "none", 256), ("resnext50_32x4d", "DEFAULT", 232),
+    ("resnext101_64x4d", "DEFAULT", 232), ("wide_resnet101_2", "IMAGENET1K_V1", 256),
 ])
 def test_preprocessing_comes_from_weights(model, weights, resize):
-    resolved = resolve_weights(model, weights)
+    resolved = resolve_weights(model, weights, verify=False)
+    expected = tvm.get_model_weights(model).DEFAULT if weights == "DEFAULT" else None
     assert resolved.preprocessing.resize_size == resize and resolved.preprocessing.crop_size == 224
+    if expected is not None:
+        assert resolved.weights == expected.name and resolved.preprocessing.interpolation == "bilinear"
     assert len(resolved.categories) == 1000 and resolved.categories[0] == "tench"
 
 
 @pytest.mark.parametrize("model, weights, needle", [
-    ("resnet99", "DEFAULT", "valid: resnet18, resnet34, resnet50, resnet101, resnet152"),
+    ("resnet99", "DEFAULT", "valid: resnet18, resnet34, resnet50, resnet101, resnet152, resnext50_32x4d, "
+                            "resnext101_32x8d, resnext101_64x4d, wide_resnet50_2, wide_resnet101_2"),
     ("resnet18", "IMAGENET1K_V2", "valid: DEFAULT, IMAGENET1K_V1, none, PATH-or-URI"),
 ])
 def test_bad_choices_name_valid_values(model, weights, needle):
@@ -46,7 +53,7 @@ def test_bad_choices_name_valid_values(model, weights, needle):
 def test_missing_download_says_how_to_pass_a_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(WeightsUnavailableError) as info:
-        check_weights(resolve_weights("resnet18", "DEFAULT"))
+        resolve_weights("resnet18", "DEFAULT")
     message = str(info.value)
     assert "resnet18-f37072fd.pth" in message and "--weights PATH-or-URI" in message
     assert "\n" not in message
@@ -88,15 +95,24 @@ def test_checkpoint_formats_load_identically(tmp_path):
         assert pooled.shape == (2, 512)
 
 
-def test_checkpoint_for_other_architecture_is_refused(tmp_path, resnet18_ckpt):
-    with pytest.raises(WeightsUnavailableError, match="does not fit resnet50"):
-        check_weights(resolve_weights("resnet50", str(resnet18_ckpt)))
+def test_checkpoint_for_other_architecture_names_it(tmp_path, resnet18_ckpt):
+    with pytest.raises(UsageError, match="holds a resnet18 state dict; use --model resnet18"):
+        resolve_weights("resnet50", str(resnet18_ckpt))
+
+
+def test_checkpoint_that_fits_no_resnet_is_refused(tmp_path):
+    path = tmp_path / "odd.pth"
+    state = tvm.resnet18().state_dict()
+    del state["layer4.1.conv2.weight"]
+    torch.save(state, path)
+    with pytest.raises(WeightsUnavailableError, match="does not fit resnet18"):
+        resolve_weights("resnet18", str(path))
 
 
 def test_finetuned_head_gets_index_labels(tmp_path):
     path = tmp_path / "ten.pth"
     torch.save(tvm.resnet34(num_classes=10).state_dict(), path)
-    assert check_weights(resolve_weights("resnet34", str(path))) == [str(i) for i in range(10)]
+    assert resolve_weights("resnet34", str(path)).categories == tuple(str(i) for i in range(10))
 
 
 class _Exploit:
@@ -111,13 +127,13 @@ def test_pickled_code_is_never_executed(tmp_path, monkeypatch):
     with open(path, "wb") as f:
         pickle.dump({"fc.weight": _Exploit()}, f)
     with pytest.raises(WeightsUnavailableError, match="cannot load checkpoint"):
-        check_weights(resolve_weights("resnet18", str(path)))
+        resolve_weights("resnet18", str(path))
     assert not marker.exists()
 
 
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(WeightsUnavailableError, match="checkpoint not found"):
-        check_weights(resolve_weights("resnet18", str(tmp_path / "nope.pth")))
+        resolve_weights("resnet18", str(tmp_path / "nope.pth"))
 
 
 def test_forward_features_equals_model_forward():

@@ -10,7 +10,7 @@ import torch
 
 from resnet_batch.decode import DecodeStage
 from resnet_batch.inference import InferenceSettings, Predictor, resolve_precision
-from resnet_batch.models import resolve_weights
+from resnet_batch.weights import resolve_weights
 
 
 def test_auto_precision_choice():
@@ -25,8 +25,8 @@ def test_bf16_close_to_fp32(reference_images, resnet18_ckpt, precision):
     resolved = resolve_weights("resnet18", str(resnet18_ckpt))
     crops = DecodeStage(resolved.preprocessing)({"path": np.array([str(p) for p in reference_images], dtype=object)})
     base = InferenceSettings(weights=resolved, precision="fp32", top_k=5)
-    e32, l32 = Predictor(base, schema=None).run_model(crops["image"])
-    elo, llo = Predictor(dataclasses.replace(base, precision=precision), schema=None).run_model(crops["image"])
+    e32, l32 = Predictor(base, schema=None).run_model(crops["image"]).values()
+    elo, llo = Predictor(dataclasses.replace(base, precision=precision), schema=None).run_model(crops["image"]).values()
     assert elo.dtype == torch.float32 and llo.dtype == torch.float32
     cosine = torch.nn.functional.cosine_similarity(elo, e32, dim=1)
     assert cosine.min() > 0.99

@@ -12,7 +12,7 @@ import torch
 
 from resnet_batch.decode import DecodeStage
 from resnet_batch.inference import InferenceSettings, Predictor
-from resnet_batch.models import resolve_weights
+from resnet_batch.weights import resolve_weights
 from resnet_batch.schema import output_schema
 
 

@@ -1,0 +1,308 @@
+"""Where a model's weights come from, and what comes with them: preprocessing and class names.
+
+One object per kind of source, each answering the same two questions: which preprocessing
+goes with these weights (`recipe`), and what the weights are (`load`: the state dict and
+the class names shipped with it):
+- `RandomInit`: `--weights none`, seeded, for trials and tests;
+- `TorchvisionWeights`: DEFAULT, IMAGENET1K_V1, ... through torchvision's weights API;
+- `CheckpointFile`: a .pt/.pth/.bin/.safetensors state dict, local or fsspec URI, in
+  torchvision's (= timm's) or Hugging Face's key layout, maybe with its class names beside it;
+- `PretrainedFolder`: a Hugging Face `save_pretrained` folder or `hf:ORG/NAME`, written by
+  transformers or by timm (formats in hf.py).
+`resolve_weights` picks the source and resolves it in one step, in the driver; workers load
+the same state dict again from the picklable `ResolvedWeights` it returns.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import hf
+from .errors import UsageError, WeightsUnavailableError, one_line
+from .models import MODELS, check_fits, weights_names
+from .preprocessing import Preprocessing
+from .registry import check_model
+
+log = logging.getLogger(__name__)
+
+NO_WEIGHTS = "none"
+CLASSIC_RECIPE = "IMAGENET1K_V1"  # the 256/224 recipe most ResNet checkpoints were trained with
+CHECKPOINT_FORMS = "a .pt/.pth/.safetensors file, a save_pretrained folder or hf:ORG/NAME, local or s3://, gs://, ..."
+
+
+def valid_weights(model: str) -> str:
+    """What --weights takes for `model`, for error messages."""
+    return f"valid: {', '.join([*weights_names(model), NO_WEIGHTS, 'PATH-or-URI'])} ({CHECKPOINT_FORMS})"
+
+
+class CheckpointNotFound(WeightsUnavailableError):
+    pass
+
+
+@dataclass(frozen=True)
+class Loaded:
+    state: dict[str, torch.Tensor] | None  # None: random init, or not fetched
+    names: tuple[str, ...] | None = None  # class names that ship with the weights
+
+
+def _torchvision_enum(model: str, name: str):
+    enum = MODELS[model].weights_enum
+    if name == "DEFAULT":
+        return enum.DEFAULT
+    try:
+        return enum[name]
+    except KeyError:
+        raise UsageError(f"unknown weights {name!r} for {model}; {valid_weights(model)}") from None
+
+
+def _reference_recipe(model: str, preprocess: str | None) -> tuple[Preprocessing, str]:
+    reference = _torchvision_enum(model, preprocess or CLASSIC_RECIPE)
+    return Preprocessing.from_weights(reference), reference.name
+
+
+@dataclass(frozen=True)
+class RandomInit:
+    kind = "none"
+    label = NO_WEIGHTS
+
+    def recipe(self, model: str, preprocess: str | None) -> tuple[Preprocessing, str]:
+        return _reference_recipe(model, preprocess)
+
+    def load(self, model: str, fetch: bool = True) -> Loaded:
+        return Loaded(None)
+
+
+@dataclass(frozen=True)
+class TorchvisionWeights:
+    name: str  # the enum member's own name (DEFAULT resolved)
+    kind = "torchvision"
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+    def recipe(self, model: str, preprocess: str | None) -> tuple[Preprocessing, str]:
+        if preprocess is not None and preprocess != self.name:
+            raise UsageError("--preprocess applies only to --weights none or a checkpoint")
+        return Preprocessing.from_weights(_torchvision_enum(model, self.name)), self.name
+
+    def load(self, model: str, fetch: bool = True) -> Loaded:
+        tv = _torchvision_enum(model, self.name)
+        names = tuple(tv.meta["categories"])
+        if not fetch:
+            return Loaded(None, names)
+        try:
+            return Loaded(tv.get_state_dict(progress=False, check_hash=True), names)
+        except Exception as exc:  # URLError, HTTPError, socket errors, hash mismatch
+            raise WeightsUnavailableError(
+                f"cannot download {model} {tv.name} weights from {tv.url} "
+                f"({type(exc).__name__}: {one_line(exc, 120)}); offline, use --weights none for a trial run "
+                f"(random weights), pass --weights PATH-or-URI to a checkpoint, or put {tv.url.rsplit('/', 1)[-1]} "
+                "in torch's hub cache ($TORCH_HOME/hub/checkpoints/, default ~/.cache/torch/hub/checkpoints/)"
+            ) from None
+
+
+@dataclass(frozen=True)
+class CheckpointFile:
+    uri: str
+    kind = "checkpoint"
+
+    @property
+    def label(self) -> str:
+        return self.uri
+
+    def recipe(self, model: str, preprocess: str | None) -> tuple[Preprocessing, str]:
+        return _reference_recipe(model, preprocess)
+
+    def load(self, model: str, fetch: bool = True) -> Loaded:
+        try:
+            return read_checkpoint(self.uri)
+        except CheckpointNotFound as exc:  # often a misspelt name rather than a path
+            raise WeightsUnavailableError(f"{exc}; --weights {valid_weights(model)}") from None
+
+
+@dataclass(frozen=True)
+class PretrainedFolder:
+    uri: str  # as given: a folder, a .safetensors file inside one, or hf:ORG/NAME
+    folder: str
+    kind = "hf"
+
+    @property
+    def label(self) -> str:
+        return self.uri
+
+    def info(self) -> hf.FolderInfo:
+        return hf.describe_folder(Path(self.folder))
+
+    def recipe(self, model: str, preprocess: str | None) -> tuple[Preprocessing, str]:
+        info = self.info()
+        if info.architecture != model:
+            raise UsageError(f"--weights {self.uri} holds a {info.architecture} checkpoint; "
+                             f"use --model {info.architecture}")
+        if info.preprocessing and not preprocess:
+            return Preprocessing(**info.preprocessing), info.config_file
+        return _reference_recipe(model, preprocess)
+
+    def load(self, model: str, fetch: bool = True) -> Loaded:
+        info = self.info()
+        weight_file = Path(self.uri) if self.uri.endswith(".safetensors") else info.weight_file
+        loaded = read_checkpoint(str(weight_file))
+        return Loaded(loaded.state, info.names or loaded.names)
+
+
+WeightsSource = RandomInit | TorchvisionWeights | CheckpointFile | PretrainedFolder
+
+
+def _looks_like_enum_name(value: str) -> bool:
+    return value.replace("_", "").isalnum() and value.upper() == value
+
+
+def weights_source(model: str, weights: str) -> WeightsSource:
+    """What --weights names, decided from its form alone (nothing is read yet)."""
+    if weights.lower() == NO_WEIGHTS:
+        return RandomInit()
+    if weights == "DEFAULT" or _looks_like_enum_name(weights):
+        return TorchvisionWeights(_torchvision_enum(model, weights).name)
+    folder = hf.pretrained_dir(weights)
+    if folder is not None:
+        return PretrainedFolder(weights, str(folder))
+    return CheckpointFile(weights)
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Everything a worker needs to rebuild the model, cheap to pickle."""
+
+    model: str
+    source: WeightsSource
+    preprocessing: Preprocessing
+    preprocess_from: str  # the torchvision weights (or the config file) whose recipe we follow
+    categories: tuple[str, ...]  # one name per output of the classifier
+
+    @property
+    def weights(self) -> str:
+        """What the user asked for, normalised: enum name, "none" or the URI."""
+        return self.source.label
+
+    @property
+    def embedding_dim(self) -> int:
+        return MODELS[self.model].embedding_dim
+
+    def state_dict(self) -> dict[str, torch.Tensor] | None:
+        return self.source.load(self.model).state
+
+
+def resolve_weights(model: str, weights: str, preprocess: str | None = None, labels: str | None = None,
+                    verify: bool = True) -> ResolvedWeights:
+    """The weights, their preprocessing and class names, checked as workers will load them.
+
+    `verify=False` skips fetching torchvision's weights (their metadata needs no download);
+    checkpoints are always read, since their class count and names are inside them.
+    """
+    check_model(model)
+    source = weights_source(model, weights)
+    preprocessing, preprocess_from = source.recipe(model, preprocess)
+    loaded = source.load(model, fetch=verify)
+    if loaded.state is not None:
+        num_classes = check_fits(model, loaded.state, source.label)
+    elif labels:
+        num_classes = None  # random init: as many outputs as the labels file names
+    else:
+        num_classes = len(loaded.names or ()) or 1000
+    names = read_labels(labels) if labels else loaded.names
+    if labels and num_classes is not None and len(names) != num_classes:
+        raise UsageError(f"--labels {labels} names {len(names)} classes but the weights have {num_classes}")
+    if names is None:  # random init without labels: the reference recipe's ImageNet names
+        names = tuple(_torchvision_enum(model, preprocess or CLASSIC_RECIPE).meta["categories"])
+    if num_classes is not None and len(names) != num_classes:  # a fine-tuned head without its names
+        names = tuple(str(i) for i in range(num_classes))
+    return ResolvedWeights(model, source, preprocessing, preprocess_from, tuple(names))
+
+
+def read_state_bytes(data: bytes, name: str) -> object:
+    """A checkpoint's bytes -> its object, without executing pickled code."""
+    if name.endswith(".safetensors"):
+        from safetensors.torch import load as load_safetensors
+
+        return load_safetensors(data)
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def read_checkpoint(uri: str) -> Loaded:
+    """A state dict (and any class names beside it) from a local path or fsspec URI."""
+    from .storage import read_bytes_or_raise
+
+    try:
+        data = read_bytes_or_raise(uri)
+    except FileNotFoundError:
+        raise CheckpointNotFound(f"checkpoint not found: {uri}") from None
+    except OSError as exc:
+        raise WeightsUnavailableError(f"cannot read checkpoint {uri}: {exc}") from None
+    try:
+        obj = read_state_bytes(data, uri)
+    except Exception as exc:
+        raise WeightsUnavailableError(
+            f"cannot load checkpoint {uri} as a state_dict ({type(exc).__name__}: {one_line(exc, 200)}); "
+            "expected a .pt/.pth state_dict saved with torch.save or a .safetensors file"
+        ) from None
+    return _unwrap(obj, uri)
+
+
+CLASS_NAME_KEYS = ("classes", "class_names", "id2label", "label_names")
+
+
+def _unwrap(obj: object, uri: str) -> Loaded:
+    # Training scripts often save {"state_dict": ..., "classes": [...]} or {"model": ...};
+    # DDP adds "module."; Hugging Face's layout has keys of its own.
+    names = None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            names = next((_names(obj[k], f"{uri} {k}") for k in CLASS_NAME_KEYS if obj.get(k)), None)
+            obj = obj[key]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsUnavailableError(f"checkpoint {uri} does not hold a state_dict of tensors")
+    state = {k.removeprefix("module."): v for k, v in obj.items()}
+    return Loaded(hf.convert_state_dict(state) if hf.is_hf_state_dict(state) else state, names)
+
+
+def _names(value: object, where: str) -> tuple[str, ...]:
+    """Class names from a list, or a dict of class index -> name whose keys are 0..N-1."""
+    if isinstance(value, (list, tuple)):
+        return tuple(str(v) for v in value)
+    if isinstance(value, dict):
+        try:
+            by_index = {int(k): str(v) for k, v in value.items()}
+        except (TypeError, ValueError):
+            raise UsageError(f"{where}: class ids must be integers, got {list(value)[:3]}") from None
+        if sorted(by_index) != list(range(len(by_index))):
+            raise UsageError(f"{where}: class ids must be 0..{len(by_index) - 1} without gaps")
+        return tuple(by_index[i] for i in range(len(by_index)))
+    raise UsageError(f"{where}: expected a list of names or a mapping of class id to name")
+
+
+def read_labels(uri: str) -> tuple[str, ...]:
+    """--labels FILE: one name a line, or JSON (a list, or {id: name})."""
+    from .storage import read_bytes_or_raise
+
+    try:
+        text = read_bytes_or_raise(uri).decode("utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"--labels file {uri} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read --labels file {uri}: {one_line(exc)}") from None
+    if text.lstrip().startswith(("[", "{")):
+        try:
+            names = _names(json.loads(text), f"--labels {uri}")
+        except ValueError as exc:
+            raise UsageError(f"--labels file {uri} is not valid JSON: {one_line(exc)}") from None
+    else:
+        names = tuple(line.strip() for line in text.strip("\n").splitlines())
+    if not names or not all(names):
+        raise UsageError(f"--labels file {uri} must name every class, one per line (no empty lines)")
+    return names
