@@ -79,8 +79,8 @@ def run_schema(cfg: LabelConfig, resolved, extra_fields: tuple[pa.Field, ...], i
     return with_run_metadata(schema, info)
 
 
-def rows_per_file(cfg: LabelConfig, resolved) -> int:
-    """--rows-per-file, lowered so that a part file stays within MAX_FILE_BYTES."""
+def row_bytes(cfg: LabelConfig, resolved) -> int:
+    """An upper bound on one row's size in memory (and so uncompressed in Parquet)."""
     row = ROW_OVERHEAD_BYTES
     width = EMBEDDING_DTYPES[cfg.embedding_dtype].bit_width // 8
     row += sum(width * (resolved.embedding_dim if f == POOLED else stage_width(cfg.model, f)) for f in cfg.features)
@@ -88,9 +88,14 @@ def rows_per_file(cfg: LabelConfig, resolved) -> int:
         stride = STAGE_STRIDES[cfg.spatial]
         whole = whole_image(cfg, resolved)
         if whole:  # the largest padded shape
-            side, long = whole.padded_size(whole.max_size, whole.resize)
-            cells = math.ceil(side / stride) * math.ceil(long / stride)
+            width_px, height_px = whole.padded_size(whole.max_size, whole.resize)
+            cells = math.ceil(width_px / stride) * math.ceil(height_px / stride)
         else:
             cells = math.ceil(resolved.preprocessing.crop_size / stride) ** 2
         row += 2 * stage_width(cfg.model, cfg.spatial) * cells
-    return max(1, min(cfg.rows_per_file, MAX_FILE_BYTES // row))
+    return row
+
+
+def rows_per_file(cfg: LabelConfig, resolved) -> int:
+    """--rows-per-file, lowered so that a part file (one row group) stays within MAX_FILE_BYTES."""
+    return max(1, min(cfg.rows_per_file, MAX_FILE_BYTES // row_bytes(cfg, resolved)))
