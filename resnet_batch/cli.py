@@ -43,6 +43,8 @@ def _add_label_args(p: argparse.ArgumentParser) -> None:
                    "to a few batch shapes; rows record scale and valid cells) (default center)")
     p.add_argument("--resize", type=int, help="with --crop none: shorter side in pixels (default: the weights' "
                    "own, e.g. 256)")
+    p.add_argument("--review-below", type=float, metavar="P",
+                   help="add needs_review: true where the top-1 probability is under P (0-1)")
     p.add_argument("--labels", help="class names for a checkpoint's outputs: a file with one name a line, "
                    "or JSON (a list or {id: name})")
     p.add_argument("--device", help="auto|cpu|cuda (default auto)")
@@ -92,6 +94,29 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--entrypoint-num-cpus", type=float, default=0, help="CPUs reserved for the driver (default 0: it mostly waits)")
     submit.add_argument("--entrypoint-num-gpus", type=float, default=0, help="GPUs reserved for the driver")
     submit.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE", help="job metadata")
+
+    report = sub.add_parser("report", help="a self-contained HTML page to review a labeling output")
+    report.add_argument("output", metavar="OUTPUT", help="a label job's --output")
+    report.add_argument("--html", required=True, metavar="FILE", help="the page to write")
+    report.add_argument("--per-class", type=int, default=6, help="thumbnails per class, least confident first")
+    report.add_argument("--queue", type=int, default=200, help="review-queue rows shown")
+    report.add_argument("--neighbors", metavar="DIR", help="a `neighbors --output` folder: show duplicate groups")
+
+    export = sub.add_parser("export", help="export an output to a labeling tool, a class-per-folder tree, or CSV")
+    export.add_argument("output", metavar="OUTPUT", help="a label job's --output")
+    export.add_argument("--format", required=True, help="label-studio|imagefolder|csv")
+    export.add_argument("--output", dest="target", required=True, metavar="PATH", help="file (folder for imagefolder)")
+    export.add_argument("--rows", default="all", help="all|review: every labeled row, or those with needs_review")
+    export.add_argument("--copy", action="store_true", help="imagefolder: copy files instead of linking them")
+    export.add_argument("--local-files-root", default="/",
+                        help="label-studio: its LOCAL_FILES_DOCUMENT_ROOT; local paths are made relative to it")
+
+    neighbors = sub.add_parser("neighbors", help="nearest neighbours of every row, and near-duplicate groups")
+    neighbors.add_argument("output", metavar="OUTPUT", help="a label job's --output (with embeddings)")
+    neighbors.add_argument("--k", type=int, default=10, help="neighbours per row (default 10)")
+    neighbors.add_argument("--output", dest="target", required=True, metavar="DIR", help="folder for the results")
+    neighbors.add_argument("--threshold", type=float, default=0.95,
+                           help="cosine similarity from which two rows are near-duplicates (default 0.95)")
 
     jobs = sub.add_parser("jobs", help="status, logs or stop of a submitted job")
     jobs.add_argument("action", choices=["status", "logs", "stop"])
@@ -210,7 +235,44 @@ def cmd_jobs(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK if submit.stop(address, args.job_id) else EXIT_INCOMPLETE
 
 
-COMMANDS = {"label": cmd_label, "eval": cmd_eval, "models": cmd_models, "submit": cmd_submit, "jobs": cmd_jobs}
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from .report import build_report
+
+    if args.per_class < 1 or args.queue < 0:
+        raise UsageError("--per-class must be >= 1 and --queue >= 0")
+    with console.row_progress("report") as progress:
+        review = build_report(args.output, args.html, args.per_class, args.queue, args.neighbors, progress)
+    console.print(f"{review.rows} rows, {len(review.classes)} classes, {sum(review.errors.values())} errors, "
+                  f"{review.flagged} to review; report written to {os.path.abspath(args.html)}")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from .export import export
+
+    with console.row_progress("export") as progress:
+        count = export(args.output, args.format, args.target, args.rows, args.copy, args.local_files_root, progress)
+    console.print(f"{count} rows exported as {args.format} to {os.path.abspath(args.target)}")
+    return EXIT_OK
+
+
+def cmd_neighbors(args: argparse.Namespace, console: Console) -> int:
+    from . import neighbors
+
+    if args.k < 1 or not 0 < args.threshold <= 1:
+        raise UsageError("--k must be >= 1 and --threshold a cosine similarity in (0, 1]")
+    with console.row_progress("neighbors: reading embeddings") as progress:
+        table, info = neighbors.find_neighbors(args.output, args.k, args.threshold, progress)
+    neighbors.write(table, info, args.target)
+    grouped = table.column("group").drop_null()
+    console.print(f"{info.rows} rows, index {info.index}, recall@{info.k} {info.recall_at_k:.3f}; "
+                  f"{len(set(grouped.to_pylist()))} near-duplicate groups ({len(grouped)} rows) at >= "
+                  f"{info.threshold}; written to {os.path.abspath(args.target)}")
+    return EXIT_OK
+
+
+COMMANDS = {"label": cmd_label, "eval": cmd_eval, "models": cmd_models, "submit": cmd_submit, "jobs": cmd_jobs,
+            "report": cmd_report, "export": cmd_export, "neighbors": cmd_neighbors}
 
 
 def resume_command(argv: list[str]) -> str:

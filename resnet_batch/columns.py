@@ -18,6 +18,11 @@ from .schema import EMBEDDING_DTYPES, SPATIAL_SHAPE, VALID, output_schema, with_
 # A part file is one Parquet row group, written by one task that holds it in memory: bound
 # both. Readers then stream a row group at a time, whatever the features' size.
 MAX_FILE_BYTES = 256 * 2**20
+REVIEW_COLUMNS = {
+    "margin": "top-1 minus top-2 probability (small: the model hesitates between two classes)",
+    "entropy": "entropy of the whole softmax, in nats (0: certain; ln(classes): uniform)",
+    "needs_review": "top-1 probability under review_below (present when --review-below was given)",
+}
 ROW_OVERHEAD_BYTES = 1024  # path, labels, probabilities, error and manifest columns, generously
 
 
@@ -64,6 +69,7 @@ def run_info(cfg: LabelConfig, resolved, extra_columns: list[str]) -> dict:
         "features": list(cfg.features),
         "stage_dims": {s: stage_width(cfg.model, s) for s in cfg.features if s in STAGES},
         "spatial": spatial_info(cfg, resolved),
+        "review": REVIEW_COLUMNS | {"review_below": cfg.review_below} if cfg.top_k else None,
         "precision": cfg.precision,
         "extra_columns": extra_columns,
         "package": "resnet-batch",
@@ -75,6 +81,7 @@ def run_schema(cfg: LabelConfig, resolved, extra_fields: tuple[pa.Field, ...], i
     schema = output_schema(
         resolved.embedding_dim if POOLED in cfg.features else None, cfg.embedding_dtype, cfg.top_k > 0,
         extra_fields, stages=info["stage_dims"], spatial=cfg.spatial, whole_image=cfg.crop == "none",
+        needs_review=cfg.review_below is not None,
     )
     return with_run_metadata(schema, info)
 

@@ -53,6 +53,7 @@ class LabelConfig:
     crop: str = "center"  # "none": the whole image, shorter side resized, padded to a few shapes
     resize: int = 0  # --crop none: shorter side in pixels; 0 = the weights' own resize
     labels: str | None = None  # class names for the weights' outputs: one a line, or JSON
+    review_below: float | None = None  # needs_review = top-1 probability under this
     embedding_dtype: str = "float32"
     device: str = "auto"
     precision: str = "auto"
@@ -92,6 +93,12 @@ class LabelConfig:
         _positive("--max-pixels", self.max_pixels)
         _positive_seconds("--checkpoint-every", self.checkpoint_every)
         _positive_seconds("--progress-every", self.progress_every)
+        if self.review_below is not None:
+            if isinstance(self.review_below, bool) or not isinstance(self.review_below, (int, float)) \
+                    or not 0 < self.review_below <= 1:
+                raise UsageError(f"--review-below must be a probability in (0, 1], got {self.review_below!r}")
+            if self.top_k == 0:
+                raise UsageError("--review-below needs labels: use --top-k 1 or more")
         if self.top_k == 0 and not self.features and not self.spatial:
             raise UsageError("--top-k 0 without --features or --spatial leaves nothing to compute")
 

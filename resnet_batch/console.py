@@ -81,6 +81,33 @@ class Console:
         finally:
             reporter.close()
 
+    @contextmanager
+    def row_progress(self, what: str, every_s: float = 5.0):
+        """A callback(done, total) for a pass over an output's rows: a bar in a terminal,
+        else a line every `every_s` seconds."""
+        if self.err.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(desc=what, unit=" rows", file=self.err, dynamic_ncols=True)
+
+            def report(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            try:
+                yield report
+            finally:
+                bar.close()
+            return
+        last = [0.0]
+
+        def report(done: int, total: int) -> None:
+            if time.monotonic() - last[0] >= every_s or done == total:
+                last[0] = time.monotonic()
+                self.print(f"{time.strftime('%H:%M:%S')} {what}: {done}/{total} rows read", error=True)
+
+        yield report
+
     def has_logs(self) -> bool:
         return bool(self.log_path) and os.path.getsize(self.log_path) > 0
 

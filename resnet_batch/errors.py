@@ -24,3 +24,13 @@ class Interrupted(BaseException):
     def __init__(self, signum: int, processed: int = 0, saved: int = 0):
         super().__init__(signum)
         self.signum, self.processed, self.saved = signum, processed, saved
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency, or fail with one line saying how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UsageError(f"this needs the {module} package: pip install 'resnet-batch[{extra}]'") from None

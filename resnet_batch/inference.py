@@ -71,6 +71,7 @@ class InferenceSettings:
     features: tuple[str, ...] = (POOLED,)  # pooled (the `embedding` column) and/or c2..c5, pooled
     spatial: str | None = None  # c4 or c5: that stage's whole map, float16
     whole_image: bool = False  # --crop none: images padded to a few shapes, resized sizes given
+    review_below: float | None = None  # needs_review: top-1 probability under this
     embedding_dtype: str = "float32"
     device: str = "auto"
     precision: str = "auto"
@@ -217,8 +218,22 @@ class Predictor:
         if "spatial" in out:
             result["spatial"] = out["spatial"].numpy()
         if "logits" in out:
-            probs, ids = torch.softmax(out["logits"], dim=1).topk(self.settings.top_k, dim=1)
-            result["topk_ids"], result["topk_probs"] = ids.numpy().astype(np.int32), probs.numpy()
+            result.update(self._labels(torch.softmax(out["logits"], dim=1)))
+        return result
+
+    def _labels(self, probs: torch.Tensor) -> dict[str, np.ndarray]:
+        """Top-k and the review columns from the full softmax."""
+        top, ids = probs.topk(self.settings.top_k, dim=1)
+        best_two = probs.topk(min(2, probs.shape[1]), dim=1).values
+        second = best_two[:, 1] if best_two.shape[1] > 1 else torch.zeros_like(best_two[:, 0])
+        result = {
+            "topk_ids": ids.numpy().astype(np.int32),
+            "topk_probs": top.numpy(),
+            "margin": (best_two[:, 0] - second).numpy(),
+            "entropy": torch.special.entr(probs).sum(1).numpy(),  # nats; 0 = certain
+        }
+        if self.settings.review_below is not None:
+            result["needs_review"] = (best_two[:, 0] < self.settings.review_below).numpy()
         return result
 
     def _stream(self):
@@ -268,7 +283,9 @@ class Predictor:
     def _empty_outputs(self, n: int) -> dict:
         s, k = self.settings, self.settings.top_k
         model = s.weights.model
-        out: dict = {"topk_ids": np.zeros((n, k), np.int32), "topk_probs": np.zeros((n, k), np.float32)}
+        out: dict = {"topk_ids": np.zeros((n, k), np.int32), "topk_probs": np.zeros((n, k), np.float32),
+                     "margin": np.zeros(n, np.float32), "entropy": np.zeros(n, np.float32),
+                     "needs_review": np.zeros(n, bool)}
         for feature in s.features:
             width = s.weights.embedding_dim if feature == POOLED else stage_width(model, feature)
             out["embedding" if feature == POOLED else feature] = np.zeros((n, width), self.embedding_dtype)

@@ -290,6 +290,7 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: InputPlan, ski
         features=cfg.features,
         spatial=cfg.spatial,
         whole_image=cfg.crop == "none",
+        review_below=cfg.review_below,
         embedding_dtype=cfg.embedding_dtype,
         device="cuda" if on_gpu else "cpu",
         precision=cfg.precision,

@@ -24,13 +24,15 @@ def output_schema(
     stages: dict[str, int] | None = None,
     spatial: str | None = None,
     whole_image: bool = False,
+    needs_review: bool = False,
 ) -> pa.Schema:
     """Columns in contract order; top-k and feature columns are left out when not asked for.
 
     `stages` maps c2..c5 to their widths (pooled per-stage vectors); `spatial` names the
     stage whose map is written, flattened C-major, as float16. With `whole_image`
     (--crop none) shapes vary per row: `spatial_shape` and `valid` say each row's, and
-    `scale` how its pixels relate to the original's. `extra_fields` are manifest columns
+    `scale` how its pixels relate to the original's. With top-k come the review columns
+    `margin` and `entropy`, and `needs_review` when --review-below is given. `extra_fields` are manifest columns
     carried through to the output, appended last.
     """
     value_type = EMBEDDING_DTYPES[embedding_dtype]
@@ -44,7 +46,11 @@ def output_schema(
             pa.field("topk_ids", pa.list_(pa.int32())),
             pa.field("topk_labels", pa.list_(pa.string())),
             pa.field("topk_probs", pa.list_(pa.float32())),
+            pa.field("margin", pa.float32()),
+            pa.field("entropy", pa.float32()),
         ]
+        if needs_review:
+            fields.append(pa.field("needs_review", pa.bool_()))
     if embedding_dim:
         fields.append(pa.field("embedding", pa.list_(value_type, embedding_dim)))
     fields += [pa.field(stage, pa.list_(value_type, width)) for stage, width in (stages or {}).items()]

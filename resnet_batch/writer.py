@@ -34,7 +34,7 @@ TMP_PREFIX = "_tmp-"
 RUN_FILE = "_resnet_batch.json"
 # Settings that change the numbers in the output; resuming with other values would mix runs.
 RESUME_KEYS = ("model", "weights", "preprocessing", "labels", "top_k", "embeddings", "embedding_dtype", "features",
-               "spatial", "extra_columns")
+               "spatial", "review", "extra_columns")
 
 
 @dataclass

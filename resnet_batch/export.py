@@ -1,0 +1,213 @@
+"""`resnet-batch export OUT --format label-studio|imagefolder|csv --output PATH`.
+
+Every format streams the output once (one row group in memory) and is written under a
+temporary name, then renamed: a failed export leaves nothing behind. Rows with an error
+are left out (`report` lists them).
+- label-studio: Label Studio's import JSON, a list of tasks, each with the image and the
+  model's top-1 class as a pre-annotation (a `choices` prediction with its probability);
+  `--rows review` keeps the rows flagged `needs_review`. The labeling config the tasks go
+  with (one choice per class seen) is written beside it, as FILE.label-config.xml.
+- imagefolder: CLASS/FILE links (or copies, `--copy`; remote inputs are always copied)
+  for training with torchvision's ImageFolder and the like.
+- csv: one line per row: path, top-1 label and probability, all top-k labels, review columns.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import posixpath
+import re
+import shutil
+import tempfile
+from typing import Callable, Iterator
+
+import pyarrow.compute as pc
+
+from .errors import UsageError
+from .review import batches, open_output
+from .storage import filesystem, is_local
+
+FORMATS = ("label-studio", "imagefolder", "csv")
+ROWS = ("all", "review")
+COLUMNS = ["path", "topk_labels", "topk_probs", "margin", "entropy", "needs_review", "error"]
+
+
+def _rows(output: str, rows: str, progress) -> Iterator[dict]:
+    dataset, run = open_output(output)
+    if "topk_labels" not in dataset.schema.names:
+        raise UsageError(f"{output} has no labels (written with --top-k 0): nothing to export")
+    if rows == "review" and "needs_review" not in dataset.schema.names:
+        raise UsageError(f"--rows review needs a needs_review column: label with --review-below P")
+    for batch in batches(dataset, COLUMNS, progress):
+        keep = pc.is_null(batch.column("error"))
+        if rows == "review":
+            keep = pc.and_(keep, batch.column("needs_review"))
+        yield from batch.filter(keep).to_pylist()
+
+
+def _temporary_beside(path: str, directory: bool = False) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"--output {path}: folder {folder} does not exist")
+    if directory:
+        return tempfile.mkdtemp(dir=folder, prefix=".resnet-batch-export-")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".resnet-batch-export-")
+    os.close(fd)
+    os.chmod(tmp, 0o644)  # what a plain open() would give, not mkstemp's 0600
+    return tmp
+
+
+def _discard(tmp: str) -> None:
+    if os.path.isdir(tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+    elif os.path.exists(tmp):
+        os.unlink(tmp)
+
+
+def label_studio_image(path: str, local_root: str) -> str:
+    """The image reference Label Studio resolves: cloud URIs as they are; local files through
+    its local-files serving, relative to its LOCAL_FILES_DOCUMENT_ROOT (`local_root`)."""
+    if not is_local(path):
+        return path
+    relative = os.path.relpath(path.removeprefix("file://"), local_root)
+    if relative.startswith(".."):
+        raise UsageError(f"{path} is outside --local-files-root {local_root}")
+    return f"/data/local-files/?d={relative}"
+
+
+def label_studio_task(row: dict, model_version: str, local_root: str) -> dict:
+    label, prob = row["topk_labels"][0], float(row["topk_probs"][0])
+    data = {"image": label_studio_image(row["path"], local_root), "path": row["path"],
+            "topk": ", ".join(f"{lab} {p:.3f}" for lab, p in zip(row["topk_labels"], row["topk_probs"]))}
+    if row.get("margin") is not None:
+        data["margin"] = round(float(row["margin"]), 6)
+    return {
+        "data": data,
+        "predictions": [{
+            "model_version": model_version,
+            "score": prob,
+            "result": [{"from_name": "label", "to_name": "image", "type": "choices",
+                        "value": {"choices": [label]}}],
+        }],
+    }
+
+
+def label_studio_config(classes) -> str:
+    """The labeling config the tasks go with: the image, the model's top-k as text, one choice per class."""
+    from xml.sax.saxutils import quoteattr
+
+    choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in sorted(classes))
+    return (f'<View>\n  <Image name="image" value="$image"/>\n  <Text name="topk" value="$topk"/>\n'
+            f'  <Choices name="label" toName="image" choice="single" showInline="true">\n{choices}\n'
+            "  </Choices>\n</View>\n")
+
+
+def config_path(target: str) -> str:
+    return os.path.splitext(target)[0] + ".label-config.xml"
+
+
+def export_label_studio(output: str, target: str, rows: str = "all", local_root: str = "/",
+                        progress: Callable | None = None) -> int:
+    _, run = open_output(output)
+    model_version = f"{run.get('model', '?')} {run.get('weights', '?')}"
+    tmp, tmp_config = _temporary_beside(target), _temporary_beside(target)
+    count, classes = 0, set()
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("[")
+            for row in _rows(output, rows, progress):
+                f.write(",\n" if count else "\n")
+                json.dump(label_studio_task(row, model_version, local_root), f, ensure_ascii=False)
+                classes.update(row["topk_labels"])
+                count += 1
+            f.write("\n]\n")
+        with open(tmp_config, "w", encoding="utf-8") as f:
+            f.write(label_studio_config(classes))
+        os.replace(tmp, target)
+        os.replace(tmp_config, config_path(target))
+    except BaseException:
+        _discard(tmp)
+        _discard(tmp_config)
+        raise
+    return count
+
+
+def safe_name(name: str) -> str:
+    """A class name as one folder name: nothing in it can climb out of the export folder."""
+    cleaned = re.sub(r"[\x00-\x1f/\\:]+", "_", name).strip().lstrip(".")
+    return cleaned or "_"
+
+
+def _file_name(path: str) -> str:
+    # A short hash of the whole path keeps same-named files from different folders apart.
+    base = safe_name(posixpath.basename(path.rstrip("/")))
+    return f"{hashlib.sha1(path.encode()).hexdigest()[:8]}_{base}"
+
+
+def export_imagefolder(output: str, target: str, rows: str = "all", copy: bool = False,
+                       progress: Callable | None = None) -> int:
+    if os.path.exists(target):
+        raise UsageError(f"--output {target} already exists; choose a new folder")
+    tmp = _temporary_beside(target, directory=True)
+    count = 0
+    try:
+        for row in _rows(output, rows, progress):
+            folder = os.path.join(tmp, safe_name(row["topk_labels"][0]))
+            os.makedirs(folder, exist_ok=True)
+            dest = os.path.join(folder, _file_name(row["path"]))
+            if is_local(row["path"]) and not copy:
+                os.symlink(os.path.abspath(row["path"].removeprefix("file://")), dest)
+            else:
+                fs, source = filesystem(row["path"])
+                fs.get_file(source, dest)
+            count += 1
+        os.rename(tmp, target)
+    except BaseException:
+        _discard(tmp)
+        raise
+    return count
+
+
+CSV_HEADER = ["path", "label", "prob", "topk_labels", "topk_probs", "margin", "entropy", "needs_review"]
+
+
+def export_csv(output: str, target: str, rows: str = "all", progress: Callable | None = None) -> int:
+    tmp = _temporary_beside(target)
+    count = 0
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(CSV_HEADER)
+            for row in _rows(output, rows, progress):
+                writer.writerow([
+                    row["path"], row["topk_labels"][0], f"{row['topk_probs'][0]:.6f}", "|".join(row["topk_labels"]),
+                    "|".join(f"{p:.6f}" for p in row["topk_probs"]),
+                    "" if row.get("margin") is None else f"{row['margin']:.6f}",
+                    "" if row.get("entropy") is None else f"{row['entropy']:.6f}",
+                    "" if row.get("needs_review") is None else str(row["needs_review"]).lower(),
+                ])
+                count += 1
+        os.replace(tmp, target)
+    except BaseException:
+        _discard(tmp)
+        raise
+    return count
+
+
+def export(output: str, fmt: str, target: str, rows: str = "all", copy: bool = False, local_root: str = "/",
+           progress: Callable | None = None) -> int:
+    """Export `output` as `fmt` to `target`; returns the rows exported."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown --format {fmt!r}; valid: {', '.join(FORMATS)}")
+    if rows not in ROWS:
+        raise UsageError(f"unknown --rows {rows!r}; valid: {', '.join(ROWS)}")
+    open_output(output)  # refuses a directory that is not a job output before anything is created
+    if fmt == "label-studio":
+        return export_label_studio(output, target, rows, local_root, progress)
+    if fmt == "imagefolder":
+        return export_imagefolder(output, target, rows, copy, progress)
+    return export_csv(output, target, rows, progress)
+
