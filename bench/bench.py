@@ -213,6 +213,16 @@ def resnet_batch_label(args) -> dict:
             "startup_s": summary["start-up"] + summary["first batch"]}
 
 
+def linked_folder(paths: list[Path], workdir: Path) -> Path:
+    """A folder of hard links to `paths` (the first N generated images), made once."""
+    folder = workdir / f"images-{len(paths)}"
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        for path in paths:
+            os.link(path, folder / path.name)
+    return folder
+
+
 SUMMARY = re.compile(r"wall ([\d.]+)s = start-up ([\d.]+)s \+ first batch ([\d.]+)s \+ steady ([\d.]+)s"
                      r"(?: \(([\d.]+) images/s\))? \+ shutdown ([\d.]+)s")
 

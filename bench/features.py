@@ -23,7 +23,7 @@ from pathlib import Path
 import sys
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import DEFAULT_DATA, ensure_images, parse_summary  # noqa: E402
+from bench import DEFAULT_DATA, ensure_images, linked_folder, parse_summary  # noqa: E402
 
 CONFIGS = {
     "pooled": [],
@@ -84,11 +84,7 @@ def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     paths = ensure_images(args.data, max(args.images))
     for n in args.images:
-        folder = args.workdir / f"images-{n}"
-        if not folder.exists():
-            folder.mkdir(parents=True)
-            for path in paths[:n]:
-                os.link(path, folder / path.name)
+        folder = linked_folder(paths[:n], args.workdir)
         print(f"{args.model}, {args.precision}, {n} images:")
         base = None
         for name in args.only or CONFIGS:

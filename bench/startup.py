@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import DEFAULT_DATA, SUMMARY, ensure_images  # noqa: E402
+from bench import DEFAULT_DATA, SUMMARY, ensure_images, linked_folder  # noqa: E402
 
 COMPONENTS = {
     "python + driver imports (cli, config, pipeline, ray.data)":
@@ -85,11 +85,7 @@ def main() -> None:
 
     paths = ensure_images(args.data, max(args.images))
     for n in args.images:
-        folder = args.workdir / f"images-{n}"
-        if not folder.exists():
-            folder.mkdir(parents=True)
-            for path in paths[:n]:
-                os.link(path, folder / path.name)
+        folder = linked_folder(paths[:n], args.workdir)
         out = args.workdir / f"out-{n}"
         for i in range(args.runs):
             shutil.rmtree(out, ignore_errors=True)

@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="a self-contained HTML page to review a labeling output")
     report.add_argument("output", metavar="OUTPUT", help="a label job's --output")
     report.add_argument("--html", required=True, metavar="FILE", help="the page to write")
-    report.add_argument("--per-class", type=int, default=6, help="thumbnails per class, least confident first")
+    report.add_argument("--per-class", type=int, default=4,
+                        help="thumbnails per class, least confident first (default 4; ~2 KB each)")
     report.add_argument("--queue", type=int, default=200, help="review-queue rows shown")
     report.add_argument("--neighbors", metavar="DIR", help="a `neighbors --output` folder: show duplicate groups")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -19,9 +19,6 @@ from torchvision.models import WeightsEnum
 
 from .errors import UsageError, WeightsUnavailableError
 from .registry import EMBEDDING_DIMS, check_model
-
-if TYPE_CHECKING:
-    from .weights import ResolvedWeights
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +51,9 @@ def num_classes(state: dict[str, torch.Tensor]) -> int:
     return int(weight.shape[0]) if weight is not None else 1000
 
 
-def build_model(resolved: ResolvedWeights, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
-    """Build the model with its weights loaded, in eval mode, on the CPU."""
+def build_model(resolved, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """Build the model for `resolved` (weights.ResolvedWeights) with its weights loaded, in
+    eval mode, on the CPU."""
     if state is None:
         state = resolved.state_dict()
     with torch.random.fork_rng(devices=[]):

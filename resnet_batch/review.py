@@ -111,7 +111,7 @@ class Review:
 REVIEW_COLUMNS = ["path", "topk_labels", "topk_probs", "margin", "needs_review", "error"]
 
 
-def collect(output: str, per_class: int = 6, queue: int = 200, max_errors: int = 500,
+def collect(output: str, per_class: int = 4, queue: int = 200, max_errors: int = 500,
             progress: Callable[[int, int], None] | None = None) -> Review:
     dataset, run = open_output(output)
     if "topk_labels" not in dataset.schema.names:

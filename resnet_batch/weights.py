@@ -130,7 +130,6 @@ class CheckpointFile:
 @dataclass(frozen=True)
 class PretrainedFolder:
     uri: str  # as given: a folder, a .safetensors file inside one, or hf:ORG/NAME
-    folder: str
     kind = "hf"
 
     @property
@@ -138,7 +137,8 @@ class PretrainedFolder:
         return self.uri
 
     def info(self) -> hf.FolderInfo:
-        return hf.describe_folder(Path(self.folder))
+        # Looked up where it runs: a worker on another node finds hf:ORG/NAME in its own cache.
+        return hf.describe_folder(hf.pretrained_dir(self.uri))
 
     def recipe(self, model: str, preprocess: str | None) -> tuple[Preprocessing, str]:
         info = self.info()
@@ -169,9 +169,8 @@ def weights_source(model: str, weights: str) -> WeightsSource:
         return RandomInit()
     if weights == "DEFAULT" or _looks_like_enum_name(weights):
         return TorchvisionWeights(_torchvision_enum(model, weights).name)
-    folder = hf.pretrained_dir(weights)
-    if folder is not None:
-        return PretrainedFolder(weights, str(folder))
+    if hf.pretrained_dir(weights) is not None:
+        return PretrainedFolder(weights)
     return CheckpointFile(weights)
 
 
