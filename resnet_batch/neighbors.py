@@ -121,8 +121,12 @@ def build_index(vectors: np.ndarray, k: int, threshold: float, seed: int = 0):
         reached = recall(_others(index.search(vectors[rows], k + 1)[1], rows, k), _others(truth, rows, k))
         if reached >= TARGET_RECALL + RECALL_MARGIN or nprobe >= nlist:
             break
+    if reached < TARGET_RECALL:
+        log.warning("recall@%d is only %.3f with nprobe %d of %d lists: the embeddings have no neighbourhood "
+                    "structure an inverted file can use; near-duplicates (very close pairs) are still found, "
+                    "other neighbours are approximate", k, reached, index.nprobe, nlist)
     info = IndexInfo(f"IVF{nlist},SQfp16", n, dim, k, threshold, nlist=nlist, nprobe=index.nprobe,
-                     recall_at_k=reached, sample=len(sample), build_s=time.monotonic() - start)
+                     recall_at_k=reached, sample=len(rows), build_s=time.monotonic() - start)
     return index, info
 
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
@@ -140,10 +138,12 @@ def test_bad_input_is_one_line_and_leaves_nothing(job, tmp_path, call, needle):
     assert not [p for p in tmp_path.iterdir()], list(tmp_path.iterdir())
 
 
-def test_neighbors_without_embeddings_is_refused(ray_local, tmp_path, reference_images):
-    cfg = LabelConfig(inputs=(str(reference_images[0]),), output=str(tmp_path / "out"), model="resnet18",
-                      weights="none", embeddings=False, top_k=1, precision="fp32")
-    assert run_label(cfg).complete
+def test_neighbors_without_embeddings_is_refused(job, tmp_path):
+    """On the job's output as --no-embeddings writes it: the same part files without the column."""
+    root, _ = job
+    (tmp_path / "out").mkdir()
+    for part in (root / "out").glob("part-*.parquet"):
+        pq.write_table(pq.read_table(part).drop_columns(["embedding"]), tmp_path / "out" / part.name)
     result = subprocess.run([sys.executable, "-m", "resnet_batch.cli", "neighbors", str(tmp_path / "out"),
                              "--output", str(tmp_path / "nn")], capture_output=True, text=True)
     assert result.returncode == 2 and "has no embeddings" in result.stderr
