@@ -185,11 +185,12 @@ def cmd_models(args: argparse.Namespace, console: Console) -> int:
         for row in rows:
             console.print(json.dumps(row))
         return EXIT_OK
-    table = [("model", "default weights", "embedding", "--weights")]
-    table += [(r["model"], r["default"], str(r["embedding_dim"]), ", ".join(r["weights"])) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    table = [("model", "default weights", "embedding", "c2/c3/c4/c5", "--weights")]
+    table += [(r["model"], r["default"], str(r["embedding_dim"]), "/".join(map(str, r["stage_widths"].values())),
+               ", ".join(r["weights"])) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
     for row in table:
-        console.print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[3]]).rstrip())
+        console.print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[4]]).rstrip())
     return EXIT_OK
 
 

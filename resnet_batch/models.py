@@ -18,7 +18,7 @@ from torchvision import models as tvm
 from torchvision.models import WeightsEnum
 
 from .errors import UsageError, WeightsUnavailableError
-from .registry import EMBEDDING_DIMS, check_model
+from .registry import EMBEDDING_DIMS, STAGE_WIDTHS, STAGES, check_model
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,7 @@ def describe_models() -> list[dict]:
             "weights": [*weights_names(spec.name), "none", "PATH-or-URI"],
             "default": spec.weights_enum.DEFAULT.name,
             "embedding_dim": spec.embedding_dim,
+            "stage_widths": dict(zip(STAGES, STAGE_WIDTHS[spec.name])),
         }
         for spec in MODELS.values()
     ]

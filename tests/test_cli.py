@@ -91,9 +91,12 @@ def test_models_table_and_json():
     import json
 
     table = cli("models").stdout.splitlines()
-    assert table[0].split()[:2] == ["model", "default"] and len(table) == 6
+    assert table[0].split()[:2] == ["model", "default"] and len(table) == 11
     widths = {line.split()[0]: line.split()[2] for line in table[1:]}
-    assert widths == {"resnet18": "512", "resnet34": "512", "resnet50": "2048", "resnet101": "2048", "resnet152": "2048"}
+    assert widths == {"resnet18": "512", "resnet34": "512", "resnet50": "2048", "resnet101": "2048", "resnet152": "2048",
+                      "resnext50_32x4d": "2048", "resnext101_32x8d": "2048", "resnext101_64x4d": "2048",
+                      "wide_resnet50_2": "2048", "wide_resnet101_2": "2048"}
+    assert table[1].split()[3] == "64/128/256/512" and table[3].split()[3] == "256/512/1024/2048"
     assert table[1].index("512") == table[3].index("2048"), "columns are aligned"
     rows = [json.loads(line) for line in cli("models", "--json").stdout.splitlines()]
     assert [r["model"] for r in rows] == list(widths) and rows[2]["default"] == "IMAGENET1K_V2"
