@@ -40,7 +40,7 @@ def _rows(output: str, rows: str, progress) -> Iterator[dict]:
     if "topk_labels" not in dataset.schema.names:
         raise UsageError(f"{output} has no labels (written with --top-k 0): nothing to export")
     if rows == "review" and "needs_review" not in dataset.schema.names:
-        raise UsageError(f"--rows review needs a needs_review column: label with --review-below P")
+        raise UsageError("--rows review needs a needs_review column: label with --review-below P")
     for batch in batches(dataset, COLUMNS, progress):
         keep = pc.is_null(batch.column("error"))
         if rows == "review":

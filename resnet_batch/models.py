@@ -6,7 +6,6 @@ weights.py; this module builds a model for resolved weights and runs it.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
@@ -20,7 +19,6 @@ from torchvision.models import WeightsEnum
 from .errors import UsageError, WeightsUnavailableError
 from .registry import EMBEDDING_DIMS, STAGE_WIDTHS, STAGES, check_model
 
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -131,7 +131,7 @@ def render(review: Review, thumbs: dict[str, str | None], duplicates: list[list[
             parts.append(f"<p>{len(group)} images</p><div class='grid'>")
             parts += [_cell(path, f"{sim:.3f}", thumbs) for path, sim in group[:DUPLICATE_THUMBNAILS]]
             parts.append("</div>")
-    parts.append(f"<h2>Error rows</h2><table id='error-rows'><tr><th>path</th><th>error</th></tr>")
+    parts.append("<h2>Error rows</h2><table id='error-rows'><tr><th>path</th><th>error</th></tr>")
     parts += [f"<tr><td>{_e(p)}</td><td>{_e(e)}</td></tr>" for p, e in review.error_rows]
     parts.append("</table>")
     if len(review.error_rows) < sum(review.errors.values()):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from .models import MODELS, check_fits, weights_names
 from .preprocessing import Preprocessing
 from .registry import check_model
 
-log = logging.getLogger(__name__)
 
 NO_WEIGHTS = "none"
 CLASSIC_RECIPE = "IMAGENET1K_V1"  # the 256/224 recipe most ResNet checkpoints were trained with
