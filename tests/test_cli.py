@@ -21,37 +21,6 @@ def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.C
     )
 
 
-def test_label_starts_its_own_ray_and_writes_every_row(tmp_path):
-    out = tmp_path / "out"
-    result = cli("label", str(EXAMPLES), "--output", str(out), "--model", "resnet18",
-                 "--weights", "none", "--top-k", "3", "--embedding-dtype", "float16")
-    assert result.returncode == 0, result.stderr[-3000:]
-    n_inputs = len(list(EXAMPLES.iterdir()))
-    assert f"inputs {n_inputs}, already done 0, processed {n_inputs}, rows in output {n_inputs}" in result.stdout
-    assert "errors: decode_error 1" in result.stdout
-    assert "images/s" in result.stdout and "complete: every input has exactly one row" in result.stdout
-
-    # Plain pandas and pyarrow read it, without Ray anywhere in the reading process.
-    reader = (
-        "import sys, pandas as pd, pyarrow.parquet as pq\n"
-        f"df = pd.read_parquet({str(out)!r})\n"
-        f"t = pq.read_table({str(out)!r})\n"
-        "assert 'ray' not in sys.modules\n"
-        "print(len(df), t.schema.field('embedding').type, sorted(df.error.dropna().str.split(':').str[0]))\n"
-    )
-    read = subprocess.run([sys.executable, "-c", reader], capture_output=True, text=True, timeout=120)
-    assert read.returncode == 0, read.stderr
-    assert read.stdout.split("\n")[0] == f"{n_inputs} fixed_size_list<element: halffloat>[512] ['decode_error']"
-    table = pq.read_table(out)
-    assert all(len(ids) == 3 for ids, e in zip(table["topk_ids"].to_pylist(), table["error"].to_pylist()) if e is None)
-
-    # The default --mode error refuses to touch the result, before doing any work.
-    again = cli("label", str(EXAMPLES), "--output", str(out), "--model", "resnet18", "--weights", "none")
-    assert again.returncode == 2
-    assert "already holds" in again.stderr and "--mode resume" in again.stderr
-    assert len(again.stderr.strip().splitlines()) == 1
-
-
 @pytest.mark.parametrize("args, needle", [
     (["--model", "resnet99"], "valid: resnet18, resnet34, resnet50, resnet101, resnet152"),
     (["--mode", "append"], "valid: error, overwrite, resume"),
@@ -102,21 +71,45 @@ def test_models_table_and_json():
     assert [r["model"] for r in rows] == list(widths) and rows[2]["default"] == "IMAGENET1K_V2"
 
 
-def test_shipped_cpu_job_runs_offline_from_anywhere(tmp_path):
-    """jobs/cpu-small.yaml: paths relative to the file, random weights, no download."""
+def test_shipped_job_starts_its_own_ray_and_writes_every_row(tmp_path):
+    """jobs/cpu-small.yaml from another directory (paths relative to the file, random weights,
+    no download), with flags that override it; then read without Ray, and refused again."""
     import yaml
 
     job = yaml.safe_load((ROOT / "jobs" / "cpu-small.yaml").read_text())
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, "-m", "resnet_batch.cli", "label", "--config",
-                             str(ROOT / "jobs" / "cpu-small.yaml"), "--output", str(out), "--progress-every", "0.2"],
+                             str(ROOT / "jobs" / "cpu-small.yaml"), "--output", str(out), "--progress-every", "0.2",
+                             "--top-k", "3", "--embedding-dtype", "float16"],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path,
                             env={**os.environ, "TORCH_HOME": str(tmp_path / "no-cache")})
     assert result.returncode == 0, result.stderr[-2000:]
     n = len(list(EXAMPLES.iterdir()))
-    assert job["weights"] == "none" and pq.read_table(out).num_rows == n
+    assert job["weights"] == "none" and job.get("top_k") != 3
+    assert f"inputs {n}, already done 0, processed {n}, rows in output {n}" == result.stdout.splitlines()[0]
+    assert "errors: decode_error 1" in result.stdout
+    assert "images/s" in result.stdout and "complete: every input has exactly one row" in result.stdout
     # Not a terminal: progress comes as lines on stderr, Ray's own output goes to the log file.
     progress = [line for line in result.stderr.splitlines() if " progress: " in line]
     assert progress and all(f"/{n} images" in line or "+ images" in line for line in progress), result.stderr
     assert len(progress) == len(result.stderr.strip().splitlines()), result.stderr
-    assert result.stdout.splitlines()[0] == f"inputs {n}, already done 0, processed {n}, rows in output {n}"
+
+    # Plain pandas and pyarrow read it, without Ray anywhere in the reading process.
+    reader = (
+        "import sys, pandas as pd, pyarrow.parquet as pq\n"
+        f"df = pd.read_parquet({str(out)!r})\n"
+        f"t = pq.read_table({str(out)!r})\n"
+        "assert 'ray' not in sys.modules\n"
+        "print(len(df), t.schema.field('embedding').type, sorted(df.error.dropna().str.split(':').str[0]))\n"
+    )
+    read = subprocess.run([sys.executable, "-c", reader], capture_output=True, text=True, timeout=120)
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.split("\n")[0] == f"{n} fixed_size_list<element: halffloat>[512] ['decode_error']"
+    table = pq.read_table(out)
+    assert all(len(ids) == 3 for ids, e in zip(table["topk_ids"].to_pylist(), table["error"].to_pylist()) if e is None)
+
+    # The default --mode error refuses to touch the result, before doing any work.
+    again = cli("label", str(EXAMPLES), "--output", str(out), "--model", "resnet18", "--weights", "none")
+    assert again.returncode == 2
+    assert "already holds" in again.stderr and "--mode resume" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
