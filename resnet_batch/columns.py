@@ -12,7 +12,7 @@ import pyarrow as pa
 from . import __version__
 from .config import LabelConfig
 from .preprocessing import WholeImage
-from .registry import POOLED, STAGE_STRIDES, STAGES, stage_width
+from .registry import POOLED, STAGE_STRIDES, STAGES, feature_width, stage_width
 from .schema import EMBEDDING_DTYPES, SPATIAL_SHAPE, VALID, output_schema, with_run_metadata
 
 # A part file is one Parquet row group, written by one task that holds it in memory: bound
@@ -90,7 +90,7 @@ def row_bytes(cfg: LabelConfig, resolved) -> int:
     """An upper bound on one row's size in memory (and so uncompressed in Parquet)."""
     row = ROW_OVERHEAD_BYTES
     width = EMBEDDING_DTYPES[cfg.embedding_dtype].bit_width // 8
-    row += sum(width * (resolved.embedding_dim if f == POOLED else stage_width(cfg.model, f)) for f in cfg.features)
+    row += sum(width * feature_width(cfg.model, f) for f in cfg.features)
     if cfg.spatial:
         stride = STAGE_STRIDES[cfg.spatial]
         whole = whole_image(cfg, resolved)

@@ -20,15 +20,13 @@ import json
 import os
 import posixpath
 import re
-import shutil
-import tempfile
 from typing import Callable, Iterator
 
 import pyarrow.compute as pc
 
 from .errors import UsageError
-from .review import batches, open_output
-from .storage import filesystem, is_local
+from .features import batches, open_output
+from .storage import filesystem, is_local, replaced_atomically
 
 FORMATS = ("label-studio", "imagefolder", "csv")
 ROWS = ("all", "review")
@@ -46,25 +44,6 @@ def _rows(output: str, rows: str, progress) -> Iterator[dict]:
         if rows == "review":
             keep = pc.and_(keep, batch.column("needs_review"))
         yield from batch.filter(keep).to_pylist()
-
-
-def _temporary_beside(path: str, directory: bool = False) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UsageError(f"--output {path}: folder {folder} does not exist")
-    if directory:
-        return tempfile.mkdtemp(dir=folder, prefix=".resnet-batch-export-")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".resnet-batch-export-")
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # what a plain open() would give, not mkstemp's 0600
-    return tmp
-
-
-def _discard(tmp: str) -> None:
-    if os.path.isdir(tmp):
-        shutil.rmtree(tmp, ignore_errors=True)
-    elif os.path.exists(tmp):
-        os.unlink(tmp)
 
 
 def label_studio_image(path: str, local_root: str) -> str:
@@ -113,9 +92,8 @@ def export_label_studio(output: str, target: str, rows: str = "all", local_root:
                         progress: Callable | None = None) -> int:
     _, run = open_output(output)
     model_version = f"{run.get('model', '?')} {run.get('weights', '?')}"
-    tmp, tmp_config = _temporary_beside(target), _temporary_beside(target)
     count, classes = 0, set()
-    try:
+    with replaced_atomically(target, config_path(target)) as (tmp, tmp_config):
         with open(tmp, "w", encoding="utf-8") as f:
             f.write("[")
             for row in _rows(output, rows, progress):
@@ -126,12 +104,6 @@ def export_label_studio(output: str, target: str, rows: str = "all", local_root:
             f.write("\n]\n")
         with open(tmp_config, "w", encoding="utf-8") as f:
             f.write(label_studio_config(classes))
-        os.replace(tmp, target)
-        os.replace(tmp_config, config_path(target))
-    except BaseException:
-        _discard(tmp)
-        _discard(tmp_config)
-        raise
     return count
 
 
@@ -151,9 +123,8 @@ def export_imagefolder(output: str, target: str, rows: str = "all", copy: bool =
                        progress: Callable | None = None) -> int:
     if os.path.exists(target):
         raise UsageError(f"--output {target} already exists; choose a new folder")
-    tmp = _temporary_beside(target, directory=True)
     count = 0
-    try:
+    with replaced_atomically(target, directory=True) as (tmp,):
         for row in _rows(output, rows, progress):
             folder = os.path.join(tmp, safe_name(row["topk_labels"][0]))
             os.makedirs(folder, exist_ok=True)
@@ -164,10 +135,6 @@ def export_imagefolder(output: str, target: str, rows: str = "all", copy: bool =
                 fs, source = filesystem(row["path"])
                 fs.get_file(source, dest)
             count += 1
-        os.rename(tmp, target)
-    except BaseException:
-        _discard(tmp)
-        raise
     return count
 
 
@@ -175,9 +142,8 @@ CSV_HEADER = ["path", "label", "prob", "topk_labels", "topk_probs", "margin", "e
 
 
 def export_csv(output: str, target: str, rows: str = "all", progress: Callable | None = None) -> int:
-    tmp = _temporary_beside(target)
     count = 0
-    try:
+    with replaced_atomically(target) as (tmp,):
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(CSV_HEADER)
@@ -190,10 +156,6 @@ def export_csv(output: str, target: str, rows: str = "all", progress: Callable |
                     "" if row.get("needs_review") is None else str(row["needs_review"]).lower(),
                 ])
                 count += 1
-        os.replace(tmp, target)
-    except BaseException:
-        _discard(tmp)
-        raise
     return count
 
 
@@ -204,7 +166,6 @@ def export(output: str, fmt: str, target: str, rows: str = "all", copy: bool = F
         raise UsageError(f"unknown --format {fmt!r}; valid: {', '.join(FORMATS)}")
     if rows not in ROWS:
         raise UsageError(f"unknown --rows {rows!r}; valid: {', '.join(ROWS)}")
-    open_output(output)  # refuses a directory that is not a job output before anything is created
     if fmt == "label-studio":
         return export_label_studio(output, target, rows, local_root, progress)
     if fmt == "imagefolder":

@@ -6,7 +6,8 @@
         batch["embedding"]     # (n, 2048) float32
         batch["spatial_c5"]    # (n, 2048, 7, 7) float16, or a list of (C, H, W) with --crop none
 
-Part files are read one row group at a time (a part file is at most 256 MB), from local
+`open_output` and `batches` are the one way the report, exports and neighbours read an
+output too. Part files are read one row group at a time (a part file is at most 256 MB), from local
 disk or any fsspec URI the job can write to, so memory stays bounded whatever the output's
 size. Only pyarrow and numpy are needed; torch only for `as_torch=True`.
 """
@@ -14,7 +15,7 @@ size. Only pyarrow and numpy are needed; torch only for `as_torch=True`.
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -29,47 +30,58 @@ from .writer import RUN_FILE, OutputDir
 ALWAYS = ("path",)
 
 
-def _dataset(output: str) -> tuple[OutputDir, pads.Dataset]:
+def open_output(output: str) -> tuple[pads.Dataset, dict]:
+    """A job output's part files as one dataset, and its run description; one-line errors."""
     out = OutputDir(output)
     files = out.part_files()
     if not files:
-        raise UsageError(f"{output} holds no resnet-batch part files (part-*.parquet); is it a job's --output?")
-    return out, pads.dataset(files, filesystem=out.fs, format="parquet")
-
-
-def info(output: str) -> dict:
-    """The run's description: model, weights, preprocessing, features, spatial map layout."""
-    out, dataset = _dataset(output)
+        raise UsageError(f"{output} is not a resnet-batch output: it holds no resnet-batch part files "
+                         "(part-*.parquet)")
+    dataset = pads.dataset(files, filesystem=out.fs, format="parquet")
     meta = read_run_metadata(dataset.schema)
     if meta is None and out.fs.exists(join(out.path, RUN_FILE)):
         with out.fs.open(join(out.path, RUN_FILE)) as f:
             meta = json.load(f)
-    return meta or {}
+    return dataset, meta or {}
+
+
+def batches(dataset: pads.Dataset, columns: list[str], progress: Callable[[int, int], None] | None = None,
+            batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
+    """Row batches of the wanted columns (those the output has), one row group in flight;
+    `progress(rows done, rows in all)` after each."""
+    total = dataset.count_rows() if progress else 0
+    present = [c for c in columns if c in dataset.schema.names]
+    done = 0
+    for batch in dataset.to_batches(columns=present, batch_size=batch_rows, batch_readahead=1, fragment_readahead=1):
+        done += batch.num_rows
+        if progress:
+            progress(done, total)
+        yield batch
+
+
+def info(output: str) -> dict:
+    """The run's description: model, weights, preprocessing, features, spatial map layout."""
+    return open_output(output)[1]
 
 
 def read(output: str, columns: list[str] | None = None, *, batch_rows: int = 1024, skip_errors: bool = True,
-         as_torch: bool = False) -> Iterator[dict]:
+         as_torch: bool = False, progress: Callable[[int, int], None] | None = None) -> Iterator[dict]:
     """Batches of at most `batch_rows` rows as {column: array}; `path` always comes along.
 
     `columns` default to every feature column the output has. Rows with an error are left
     out unless `skip_errors=False` (their features are then NaN, their spatial maps None).
     """
-    _, dataset = _dataset(output)
+    dataset, run = open_output(output)
     names = dataset.schema.names
     wanted = list(columns) if columns is not None else [n for n in names if _is_feature(dataset.schema.field(n))]
     unknown = [c for c in wanted if c not in names]
     if unknown:
         raise UsageError(f"{output} has no column {', '.join(unknown)}; it has: {', '.join(names)}")
-    spatial_shape = None
     spatial = [c for c in wanted if c.startswith("spatial_c")]
-    if spatial:
-        layout = (read_run_metadata(dataset.schema) or {}).get("spatial") or {}
-        spatial_shape = layout.get("shape")
+    spatial_shape = (run.get("spatial") or {}).get("shape") if spatial else None
     read_columns = list(dict.fromkeys([*ALWAYS, *wanted, "error"]
                                       + ([SPATIAL_SHAPE] if spatial and spatial_shape is None else [])))
-    # One file and one row group in flight: memory stays at about a row group.
-    for batch in dataset.to_batches(columns=read_columns, batch_size=batch_rows, batch_readahead=1,
-                                    fragment_readahead=1):
+    for batch in batches(dataset, read_columns, progress, batch_rows):
         if skip_errors:
             batch = batch.filter(pc.is_null(batch.column("error")))
         if batch.num_rows:

@@ -20,8 +20,8 @@ import torch
 
 from .decode import JPEG_COLUMN, RESIZED_COLUMNS, SCALE_COLUMN
 from .errors import one_line
-from .models import build_model, fold_batch_norms, forward_stages, masked_mean
-from .registry import POOLED, STAGE_STRIDES, STAGES, stage_width
+from .models import build_model, fold_batch_norms, forward_stages, pool
+from .registry import POOLED, STAGE_STRIDES, STAGES, column_of, feature_width
 from .schema import SPATIAL_SHAPE, VALID, build_table
 from .weights import ResolvedWeights
 
@@ -134,12 +134,14 @@ class Predictor:
             x = x.contiguous(memory_format=torch.channels_last)
         dtype = AUTOCAST_DTYPES.get(self.precision)
         with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            stages, logits = forward_stages(self.model, x, self.deepest, self.settings.top_k > 0, mask)
+            stages, pooled, logits = forward_stages(self.model, x, self.deepest, self.settings.top_k > 0, mask)
             out = {}
             for feature in self.settings.features:
-                stage = stages[-1 if feature == POOLED else STAGES.index(feature)]
-                pooled = masked_mean(stage, mask) if mask is not None else torch.flatten(self.model.avgpool(stage), 1)
-                out["embedding" if feature == POOLED else feature] = pooled.float()
+                if feature == POOLED and pooled is not None:  # the classifier's input, already averaged
+                    out[column_of(feature)] = pooled.float()
+                else:
+                    stage = stages[-1 if feature == POOLED else STAGES.index(feature)]
+                    out[column_of(feature)] = pool(self.model, stage, mask).float()
         if self.settings.spatial:
             out["spatial"] = stages[STAGES.index(self.settings.spatial)].to(torch.float16)
         if logits is not None:
@@ -282,13 +284,11 @@ class Predictor:
 
     def _empty_outputs(self, n: int) -> dict:
         s, k = self.settings, self.settings.top_k
-        model = s.weights.model
         out: dict = {"topk_ids": np.zeros((n, k), np.int32), "topk_probs": np.zeros((n, k), np.float32),
                      "margin": np.zeros(n, np.float32), "entropy": np.zeros(n, np.float32),
                      "needs_review": np.zeros(n, bool)}
         for feature in s.features:
-            width = s.weights.embedding_dim if feature == POOLED else stage_width(model, feature)
-            out["embedding" if feature == POOLED else feature] = np.zeros((n, width), self.embedding_dtype)
+            out[column_of(feature)] = np.zeros((n, feature_width(s.weights.model, feature)), self.embedding_dtype)
         if s.spatial:
             out[f"spatial_{s.spatial}"] = [None] * n
             out[SPATIAL_SHAPE] = np.zeros((n, 3), np.int32)

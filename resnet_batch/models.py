@@ -20,7 +20,6 @@ from .errors import UsageError, WeightsUnavailableError
 from .registry import EMBEDDING_DIMS, STAGE_WIDTHS, STAGES, check_model
 
 
-
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -122,13 +121,13 @@ def fold_batch_norms(model: tvm.ResNet) -> tvm.ResNet:
 
 def forward_features(model: tvm.ResNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass through the network: (pooled embedding, logits)."""
-    stages, logits = forward_stages(model, x, deepest=4, logits=True)
-    return torch.flatten(model.avgpool(stages[-1]), 1), logits
+    _, pooled, logits = forward_stages(model, x, deepest=4, logits=True)
+    return pooled, logits
 
 
-def forward_stages(model: tvm.ResNet, x: torch.Tensor, deepest: int, logits: bool,
-                   mask: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-    """Stage outputs [c2, ..., c<deepest+1>] and, when asked, the logits, in one pass.
+def forward_stages(model: tvm.ResNet, x: torch.Tensor, deepest: int, logits: bool, mask: torch.Tensor | None = None
+                   ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+    """Stage outputs [c2, ..., c<deepest+1>] and, when asked, the pooled c5 and the logits, in one pass.
 
     Stops after the deepest stage needed. `mask` (N, 1, H, W), 1 on image and 0 on padding,
     makes the classifier pool over the image's cells only (masked_mean).
@@ -139,9 +138,14 @@ def forward_stages(model: tvm.ResNet, x: torch.Tensor, deepest: int, logits: boo
         x = layer(x)
         stages.append(x)
     if not logits:
-        return stages, None
-    pooled = masked_mean(x, mask) if mask is not None else torch.flatten(model.avgpool(x), 1)
-    return stages, model.fc(pooled)
+        return stages, None, None
+    pooled = pool(model, x, mask)
+    return stages, pooled, model.fc(pooled)
+
+
+def pool(model: tvm.ResNet, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Global average of a stage's map, over the image's cells only when `mask` says which."""
+    return masked_mean(features, mask) if mask is not None else torch.flatten(model.avgpool(features), 1)
 
 
 def masked_mean(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

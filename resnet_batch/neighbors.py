@@ -26,8 +26,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import features
 from .errors import UsageError, require
-from .review import batches, open_output
+from .storage import replaced_atomically
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +64,14 @@ class IndexInfo:
 def load_embeddings(output: str, progress: Callable[[int, int], None] | None = None
                     ) -> tuple[list[str], np.ndarray]:
     """Paths and L2-normalised float32 embeddings of the rows without an error."""
-    dataset, _ = open_output(output)
+    dataset, _ = features.open_output(output)
     if "embedding" not in dataset.schema.names:
         raise UsageError(f"{output} has no embeddings (written with --no-embeddings or without 'pooled' in "
                          "--features): nothing to compare")
     paths, chunks = [], []
-    for batch in batches(dataset, ["path", "embedding", "error"], progress):
-        ok = batch.filter(pc.is_null(batch.column("error")))
-        column = ok.column("embedding")
-        paths += ok.column("path").to_pylist()
-        chunks.append(column.flatten().to_numpy(zero_copy_only=False).reshape(len(ok), column.type.list_size))
+    for batch in features.read(output, ["embedding"], batch_rows=65536, progress=progress):
+        paths += batch["path"]
+        chunks.append(batch["embedding"])
     vectors = np.ascontiguousarray(np.concatenate(chunks).astype(np.float32, copy=False)) if chunks else np.zeros((0, 1), np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     vectors /= np.maximum(norms, 1e-12)
@@ -192,13 +191,11 @@ def find_neighbors(output: str, k: int, threshold: float,
 def write(table: pa.Table, info: IndexInfo, folder: str) -> None:
     """Both files whole or not at all (temporary names, then renamed)."""
     os.makedirs(folder, exist_ok=True)
-    tmp_table, tmp_info = os.path.join(folder, f".{RESULT_FILE}.tmp"), os.path.join(folder, f".{INFO_FILE}.tmp")
-    pq.write_table(table.replace_schema_metadata({"resnet_batch.neighbors": json.dumps(asdict(info))}),
-                   tmp_table, compression="zstd")
-    with open(tmp_info, "w") as f:
-        json.dump(asdict(info), f, indent=1)
-    os.replace(tmp_table, os.path.join(folder, RESULT_FILE))
-    os.replace(tmp_info, os.path.join(folder, INFO_FILE))
+    with replaced_atomically(os.path.join(folder, RESULT_FILE), os.path.join(folder, INFO_FILE)) as (table_tmp, info_tmp):
+        pq.write_table(table.replace_schema_metadata({"resnet_batch.neighbors": json.dumps(asdict(info))}),
+                       table_tmp, compression="zstd")
+        with open(info_tmp, "w") as f:
+            json.dump(asdict(info), f, indent=1)
 
 
 def largest_groups(folder: str, limit: int) -> list[list[tuple[str, float]]]:

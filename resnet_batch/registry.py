@@ -39,5 +39,15 @@ def check_model(name: str) -> str:
     return name
 
 
+def column_of(feature: str) -> str:
+    """The output column of a --features value: `pooled` is written as `embedding`."""
+    return "embedding" if feature == POOLED else feature
+
+
 def stage_width(model: str, stage: str) -> int:
     return STAGE_WIDTHS[model][STAGES.index(stage)]
+
+
+def feature_width(model: str, feature: str) -> int:
+    """Values in a --features value's vector (`pooled` is c5's average)."""
+    return EMBEDDING_DIMS[model] if feature == POOLED else stage_width(model, feature)

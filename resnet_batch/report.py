@@ -14,11 +14,11 @@ import base64
 import html
 import io
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from .review import Review, collect
+from .storage import replaced_atomically
 
 THUMBNAIL_PX = 72
 THUMBNAIL_QUALITY = 70
@@ -140,26 +140,6 @@ def render(review: Review, thumbs: dict[str, str | None], duplicates: list[list[
     return "\n".join(parts)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomically(path: str, text: str) -> None:
-    """Write `path` whole or not at all: a failed build leaves no partial file behind."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".resnet-batch-", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make the page private
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def build_report(output: str, html_path: str, per_class: int = 4, queue: int = 200, neighbors: str | None = None,
                  progress: Callable[[int, int], None] | None = None, io_threads: int = 8) -> Review:
     review = collect(output, per_class=per_class, queue=queue, progress=progress)
@@ -173,5 +153,7 @@ def build_report(output: str, html_path: str, per_class: int = 4, queue: int = 2
     wanted |= {path for group in duplicates for path, _ in group[:DUPLICATE_THUMBNAILS]}
     with ThreadPoolExecutor(io_threads) as pool:
         thumbs = dict(zip(wanted, pool.map(thumbnail, wanted)))
-    write_atomically(html_path, render(review, thumbs, duplicates))
+    page = render(review, thumbs, duplicates)
+    with replaced_atomically(html_path) as (tmp,), open(tmp, "w", encoding="utf-8") as f:
+        f.write(page)
     return review

@@ -14,41 +14,16 @@ import heapq
 import itertools
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
 from .errors import UsageError
-from .schema import read_run_metadata
-from .writer import OutputDir, error_category
+from .features import batches, open_output
+from .writer import error_category
 
 HISTOGRAM_BINS = 20
-
-
-def open_output(output: str) -> tuple[pads.Dataset, dict]:
-    """The output's part files as one dataset, and its run description; one-line errors."""
-    out = OutputDir(output)
-    files = out.part_files()
-    if not files:
-        raise UsageError(f"{output} is not a resnet-batch output: it holds no part-*.parquet files")
-    dataset = pads.dataset(files, filesystem=out.fs, format="parquet")
-    return dataset, read_run_metadata(dataset.schema) or {}
-
-
-def batches(dataset: pads.Dataset, columns: list[str], progress: Callable[[int, int], None] | None = None,
-            batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
-    """Row batches of the wanted columns (those the output has), one row group in flight."""
-    total = dataset.count_rows()
-    present = [c for c in columns if c in dataset.schema.names]
-    done = 0
-    for batch in dataset.to_batches(columns=present, batch_size=batch_rows, batch_readahead=1, fragment_readahead=1):
-        done += batch.num_rows
-        if progress:
-            progress(done, total)
-        yield batch
 
 
 @dataclass(order=True)

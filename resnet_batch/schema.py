@@ -94,22 +94,24 @@ def _fixed_lists(rows: np.ndarray, valid: np.ndarray, value_type: pa.DataType) -
     return pa.FixedSizeListArray.from_arrays(flat, d, mask=pa.array(~valid))
 
 
+def _list_array(lengths: np.ndarray, values: np.ndarray, valid: np.ndarray, value_type: pa.DataType) -> pa.Array:
+    """list<...> from the valid rows' values laid end to end, null where `valid` is False."""
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=value_type), type=pa.list_(value_type),
+                                    mask=pa.array(~valid))
+
+
 def _ragged_lists(rows: np.ndarray, valid: np.ndarray, value_type: pa.DataType) -> pa.Array:
     """(N, K) array -> list<...> with K items per valid row and nulls elsewhere."""
-    n, k = rows.shape
-    lengths = np.where(valid, k, 0)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    values = pa.array(np.asarray(rows)[valid].reshape(-1), type=value_type)
-    return pa.ListArray.from_arrays(pa.array(offsets), values, type=pa.list_(value_type), mask=pa.array(~valid))
+    lengths = np.where(valid, rows.shape[1], 0)
+    return _list_array(lengths, np.asarray(rows)[valid].reshape(-1), valid, value_type)
 
 
 def _ragged_rows(rows: list, valid: np.ndarray, value_type: pa.DataType) -> pa.Array:
     """Per-row 1-D arrays of any lengths -> list<...>, null where `valid` is False."""
     lengths = np.array([len(r) if ok else 0 for r, ok in zip(rows, valid)], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     kept = [np.asarray(r) for r, ok in zip(rows, valid) if ok]
-    values = pa.array(np.concatenate(kept) if kept else np.zeros(0, np.float16), type=value_type)
-    return pa.ListArray.from_arrays(pa.array(offsets), values, type=pa.list_(value_type), mask=pa.array(~valid))
+    return _list_array(lengths, np.concatenate(kept) if kept else np.zeros(0, np.float16), valid, value_type)
 
 
 def build_table(

@@ -8,6 +8,9 @@ takes or logs them.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import fsspec
@@ -89,3 +92,43 @@ def read_bytes_or_raise(uri: str, offset: int = -1, size: int = -1) -> bytes:
     if offset >= 0:
         return fs.cat_file(path, start=offset, end=offset + size)
     return fs.cat_file(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def replaced_atomically(*paths: str, directory: bool = False):
+    """Temporary local paths beside `paths`, to write; each becomes its path when the block
+    ends without an error, and all are removed when it fails: never a partial file behind.
+
+    They get the modes a plain open() or mkdir() would give (not mkstemp's private ones).
+    `directory=True` makes them folders (whose path must not exist yet).
+    """
+    temporaries = []
+    try:
+        for path in paths:
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(folder):
+                raise UsageError(f"--output {path}: folder {folder} does not exist")
+            if directory:
+                tmp = tempfile.mkdtemp(dir=folder, prefix=".resnet-batch-")
+                os.chmod(tmp, 0o777 & ~_umask())
+            else:
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=".resnet-batch-")
+                os.close(fd)
+                os.chmod(tmp, 0o666 & ~_umask())
+            temporaries.append(tmp)
+        yield temporaries
+        for tmp, path in zip(temporaries, paths):
+            os.replace(tmp, path)  # a folder: onto a path that does not exist
+    except BaseException:
+        for tmp in temporaries:
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif os.path.exists(tmp):
+                os.unlink(tmp)
+        raise
