@@ -3,6 +3,10 @@
     python bench/bench.py                       # 2000 generated JPEGs, resnet18, fp32
     python bench/bench.py --precision auto      # bf16 autocast where the CPU/GPU has it
     python bench/bench.py --images 500 --only label   # e.g. the 1x of a memory-scaling pair
+    python bench/bench.py --device cuda --model resnet50 --precision auto --data DIR --images 30000
+
+On a GPU (`--device cuda`) `nvidia-smi dmon` samples SM use (and the JPEG engines') every
+second next to each contender; the table gives its mean over the contender's steady phase.
 
 Each contender runs in its own process tree on the same images; peak memory is the
 largest sampled sum of RSS over that tree (driver, raylet, Ray workers). "steady" is the
@@ -16,7 +20,6 @@ as the job's model actor is (on CPU one single-threaded call per core, side by s
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import re
@@ -33,6 +36,7 @@ from resnet_batch.pipeline import CONCURRENT_CALLS_PER_GPU_ACTOR, GPU_ACTOR_THRE
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / "bench" / "data"
+BARE_DISTINCT = 2048  # images the bare forward decodes beforehand; larger runs cycle through them
 
 
 # --------------------------------------------------------------------------- images
@@ -111,6 +115,34 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[str, float, i
     return out, wall, peak[0]
 
 
+class GpuMonitor:
+    """`nvidia-smi dmon -s u`: per-second SM and NVJPG use, timestamped here as lines arrive."""
+
+    def __init__(self):
+        self.samples: list[tuple[float, float, float]] = []  # (time, sm %, jpg %), one per GPU per second
+        self.proc = subprocess.Popen(["nvidia-smi", "dmon", "-s", "u", "-d", "1"], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        columns: list[str] = []
+        for line in self.proc.stdout:
+            fields = line.split()
+            if line.startswith("#"):
+                columns = columns or [f for f in fields if f != "#"]
+                continue
+            value = lambda name: (float(fields[columns.index(name)]) if name in columns  # noqa: E731
+                                  and fields[columns.index(name)].replace(".", "").isdigit() else float("nan"))
+            self.samples.append((time.time(), value("sm"), value("jpg")))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+
+    def mean(self, start: float, end: float, column: int) -> float:
+        values = [s[column] for s in self.samples if start <= s[0] <= end and s[column] == s[column]]
+        return sum(values) / len(values) if values else float("nan")
+
+
 # --------------------------------------------------------------------------- contenders
 def bare_forward(args) -> dict:
     """Model forward only, on pre-decoded uint8 crops, laid out as the job's model actor is:
@@ -124,11 +156,15 @@ def bare_forward(args) -> dict:
     from resnet_batch.weights import resolve_weights
 
     resolved = resolve_weights(args.model, "none")
-    paths = sorted(Path(args.data).glob("*.jpg"))[: args.images]
-    crops = np.stack([load_one(Source(str(p)), resolved.preprocessing, 10**8).pixels for p in paths])
+    paths = sorted(Path(args.data).glob("*.jpg"))[: min(args.images, BARE_DISTINCT)]
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        crops = np.stack(list(pool.map(lambda p: load_one(Source(str(p)), resolved.preprocessing, 10**8).pixels,
+                                       paths)))
     settings = InferenceSettings(weights=resolved, top_k=5, precision=args.precision,
                                  device=args.device, threads=args.threads)
     predictor = Predictor(settings, schema=None)
+    # `images` crops in all, cycling through the distinct ones decoded above
+    crops = crops[np.arange(args.images) % len(crops)]
     batches = [crops[i: i + args.batch_size] for i in range(0, len(crops), args.batch_size)]
 
     def run(share):
@@ -138,12 +174,15 @@ def bare_forward(args) -> dict:
 
     with ThreadPoolExecutor(args.calls) as pool:
         list(pool.map(run, [batches[:1]] * args.calls))  # warm-up on every thread (allocations, autotuning)
-        start = time.monotonic()
+        if predictor.device.type == "cuda":
+            torch.cuda.synchronize()
+        start, wall_start = time.monotonic(), time.time()
         list(pool.map(run, [batches[i:: args.calls] for i in range(args.calls)]))
     if predictor.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.monotonic() - start
-    return {"images": len(crops), "steady_s": seconds, "run_s": seconds, "precision": predictor.precision}
+    return {"images": len(crops), "steady_s": seconds, "run_s": seconds, "precision": predictor.precision,
+            "steady_window": [wall_start, wall_start + seconds]}
 
 
 def ray_documented(args) -> dict:
@@ -166,14 +205,16 @@ def ray_documented(args) -> dict:
         del row["image"]
         return row
 
+    device = resolve_device(args.device)
+
     class ResnetModel:
         def __init__(self):
             torch.manual_seed(0)
-            self.model = get_model(args.model, weights=None).eval()
+            self.model = get_model(args.model, weights=None).eval().to(device)
 
         def __call__(self, batch):
             with torch.inference_mode():
-                prediction = self.model(torch.as_tensor(batch["transformed_image"]))
+                prediction = self.model(torch.as_tensor(batch["transformed_image"], device=device)).cpu()
             done = np.full(len(prediction), time.time())  # only for the steady-rate figure
             return {"path": batch["path"], "predicted_label": prediction.argmax(dim=1).numpy(), "done_at": done}
 
@@ -184,6 +225,7 @@ def ray_documented(args) -> dict:
     wall_start = time.time()
     ds.map(preprocess).map_batches(
         ResnetModel, compute=ray.data.ActorPoolStrategy(size=1), batch_size=args.batch_size,
+        num_gpus=1 if device == "cuda" else None,
     ).write_parquet(str(out))
     total = time.monotonic() - start
     import pyarrow.parquet as pq
@@ -192,7 +234,7 @@ def ray_documented(args) -> dict:
     first_n = int((done == done[0]).sum())
     steady = (len(done) - first_n) / (done[-1] - done[0])
     return {"images": len(done), "steady_s": len(done) / steady, "run_s": total,
-            "startup_s": done[0] - wall_start}
+            "startup_s": done[0] - wall_start, "steady_window": [done[0], done[-1]]}
 
 
 def resnet_batch_label(args) -> dict:
@@ -204,13 +246,16 @@ def resnet_batch_label(args) -> dict:
         manifest = Path(args.workdir) / "manifest.txt"
         manifest.write_text("\n".join(str(p) for p in sorted(Path(args.data).glob("*.jpg"))[: args.images]))
         cmd[4] = str(manifest)
+    launched = time.time()
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-3000:])
     summary = parse_summary(result.stdout)
     processed = int(re.search(r"processed (\d+)", result.stdout).group(1))
+    steady_from = launched + summary["start-up"] + summary["first batch"]
     return {"images": processed, "steady_s": processed / summary["steady_rate"], "run_s": summary["wall"],
-            "startup_s": summary["start-up"] + summary["first batch"]}
+            "startup_s": summary["start-up"] + summary["first batch"],
+            "steady_window": [steady_from, steady_from + summary["steady"]]}
 
 
 def linked_folder(paths: list[Path], workdir: Path) -> Path:
@@ -243,11 +288,19 @@ def measure(name: str, args) -> dict:
            "--model", args.model, "--precision", args.precision, "--device", args.device,
            "--batch-size", str(args.batch_size), "--workdir", str(args.workdir), "--calls", str(args.calls),
            "--threads", str(args.threads)]
-    # The bare forward runs under the model actor's allocator settings, as the job's actor does.
-    out, wall, peak = run_measured(cmd, env=ALLOCATOR_ENV if name == "bare" else None)
+    gpu = GpuMonitor() if resolve_device(args.device) == "cuda" else None
+    try:
+        # The bare forward runs under the model actor's allocator settings, as the job's actor does.
+        out, wall, peak = run_measured(cmd, env=ALLOCATOR_ENV if name == "bare" else None)
+    finally:
+        if gpu:
+            gpu.stop()
     result = json.loads(out.strip().splitlines()[-1])
     result.update(wall_s=wall, peak_rss_gib=peak / 2**30, rate=result["images"] / result["steady_s"],
                   end_to_end=result["images"] / wall)
+    if gpu:
+        result.update(sm_steady=gpu.mean(*result["steady_window"], 1), jpg_steady=gpu.mean(*result["steady_window"], 2),
+                      sm_samples=gpu.samples)
     return result
 
 
@@ -258,15 +311,17 @@ def print_table(results: dict, args) -> None:
     print(f"\n{args.model}, {args.images} JPEGs, batch {args.batch_size}, precision {args.precision}, "
           f"device {args.device}; {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}; "
           f"bare forward: {args.calls} call(s) at once x {args.threads} torch thread(s), as the job's actor")
+    gpu = any("sm_steady" in r for r in results.values())
     print("| contender | steady images/s | x bare | x Ray doc | end-to-end images/s | wall s | start-up s "
-          "| peak RSS GiB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| peak RSS GiB |" + (" SM % steady | NVJPG % steady |" if gpu else ""))
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if gpu else ""))
     bare, doc = results.get("bare", {}).get("rate"), results.get("ray_doc", {}).get("rate")
     for name, r in results.items():
         ratio = lambda ref: f"{r['rate'] / ref:.2f}" if ref else "-"  # noqa: E731
         startup = f"{r['startup_s']:.1f}" if "startup_s" in r else "-"
+        use = f" {r['sm_steady']:.0f} | {r['jpg_steady']:.0f} |" if gpu else ""
         print(f"| {TITLES[name]} | {r['rate']:.1f} | {ratio(bare)} | {ratio(doc)} | {r['end_to_end']:.1f} "
-              f"| {r['wall_s']:.1f} | {startup} | {r['peak_rss_gib']:.2f} |")
+              f"| {r['wall_s']:.1f} | {startup} | {r['peak_rss_gib']:.2f} |" + use)
 
 
 def main() -> None:
@@ -276,7 +331,7 @@ def main() -> None:
     p.add_argument("--model", default="resnet18")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, help="default 32 on CPU, 256 on a GPU (the job's defaults)")
     p.add_argument("--calls", type=int, help="bare forward: calls at once (default as the job's actor: "
                    "one per core on CPU, 2 on a GPU)")
     p.add_argument("--threads", type=int, help="bare forward: torch threads per call (default as the job: "
@@ -289,11 +344,13 @@ def main() -> None:
     on_cpu = resolve_device(args.device) == "cpu"
     args.calls = args.calls or (os.cpu_count() if on_cpu else CONCURRENT_CALLS_PER_GPU_ACTOR)
     args.threads = args.threads or (1 if on_cpu else GPU_ACTOR_THREADS)
+    args.batch_size = args.batch_size or (32 if on_cpu else 256)
     if args._child:
         print(json.dumps(CONTENDERS[args._child](args)))
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
-    ensure_images(args.data, args.images)
+    if len(list(args.data.glob("*.jpg"))) < args.images:  # a folder of real photos is used as it is
+        ensure_images(args.data, args.images)
     results = {}
     for name in args.only:
         print(f"running {TITLES[name]} ...", file=sys.stderr, flush=True)

@@ -27,7 +27,9 @@ def class_of(path: str) -> str:
 
 
 def is_held_out(path: str, fraction: float) -> bool:
-    return zlib.crc32(path.encode()) % 1000 < fraction * 1000
+    """By class folder and file name, so the split holds wherever the images are stored."""
+    key = posixpath.join(class_of(path), posixpath.basename(path))
+    return zlib.crc32(key.encode()) % 1000 < fraction * 1000
 
 
 class FeatureRows(IterableDataset):

@@ -64,8 +64,12 @@ def _add_label_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--io-threads", type=int, help="file-fetch threads per decode task")
     p.add_argument("--max-pixels", type=int, help="refuse images with more pixels (default 100000000)")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
-    p.add_argument("--decode", help="cpu|gpu: where JPEGs are decoded (gpu = nvJPEG in the model actor; "
-                   "resized on tensors, close to but not bit-equal with the PIL reference) (default cpu)")
+    p.add_argument("--decode", help="auto|cpu|gpu: where JPEGs are decoded (gpu: batched nvJPEG, resize and crop "
+                   "in the model actor, within a grey level of the PIL reference; auto: gpu when the model runs "
+                   "on GPUs and --crop center, else cpu) (default auto)")
+    p.add_argument("--cpu-decode-share", type=float,
+                   help="with GPU decoding: the fraction of JPEGs CPU tasks decode anyway, so a node's cores "
+                        "and its GPU share the decoding (default 0)")
 
 
 def _job_server_default() -> str | None:

@@ -17,7 +17,7 @@ from .schema import EMBEDDING_DTYPES
 from .writer import MODES
 
 
-DECODERS = ("cpu", "gpu")
+DECODERS = ("auto", "cpu", "gpu")
 CROPS = ("center", "none")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -66,7 +66,8 @@ class LabelConfig:
     io_threads: int = 0  # file-fetch threads per decode task; 0 = 1 local, 16 remote
     max_pixels: int = DEFAULT_MAX_PIXELS
     compile: bool = False
-    decode: str = "cpu"  # "gpu": JPEGs decoded by nvJPEG in the model actor
+    decode: str = "auto"  # "gpu": JPEGs decoded in the model actor (nvJPEG); auto: gpu on GPU actors
+    cpu_decode_share: float = 0.0  # with gpu decoding: the share of JPEGs CPU tasks decode all the same
     checkpoint_every: float = 60.0  # seconds: finished rows wait at most this long to be saved
     progress_every: float = 30.0  # seconds between progress lines when not in a terminal
 
@@ -93,6 +94,9 @@ class LabelConfig:
         _positive("--max-pixels", self.max_pixels)
         _positive_seconds("--checkpoint-every", self.checkpoint_every)
         _positive_seconds("--progress-every", self.progress_every)
+        if isinstance(self.cpu_decode_share, bool) or not isinstance(self.cpu_decode_share, (int, float)) \
+                or not 0 <= self.cpu_decode_share <= 1:
+            raise UsageError(f"--cpu-decode-share must be a fraction in [0, 1], got {self.cpu_decode_share!r}")
         if self.review_below is not None:
             if isinstance(self.review_below, bool) or not isinstance(self.review_below, (int, float)) \
                     or not 0 < self.review_below <= 1:

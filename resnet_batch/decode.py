@@ -3,7 +3,8 @@
 The geometry is exactly torchvision's `ImageClassification` preset on a PIL image (PIL
 resize, then center crop; preprocessing.py), without importing torch; only the float
 conversion and normalisation are left to the model stage, so batches travel between
-processes as uint8 (4x smaller than float32).
+processes as uint8 (4x smaller than float32). With --decode gpu, JPEGs the device decodes
+exactly as this path would travel as their bytes, and only the others are decoded here.
 Every input yields one output row; failures become an `error` string "category: detail".
 """
 
@@ -24,7 +25,8 @@ from .sources import INLINE_BYTES, LIST_ERROR, TAR_OFFSET, TAR_SIZE
 from .storage import read_bytes_or_raise
 
 DEFAULT_MAX_PIXELS = 100_000_000  # ~10k x 10k; larger inputs are refused before decoding
-JPEG_COLUMN = "_jpeg"  # undecoded JPEG bytes for the device decoder (b"" = decoded here)
+JPEG_COLUMN = "_jpeg"  # --decode gpu: undecoded JPEG bytes for the device decoder (b"" = decoded here)
+PIXELS_COLUMN = "_pixels"  # --decode gpu: the crop's uint8 bytes where decoded here (b"" = a JPEG, or an error)
 RESIZED_COLUMNS = ("_resized_w", "_resized_h")  # --crop none: the image's part of its padded tensor
 SCALE_COLUMN = "scale"  # --crop none: resized pixels per original pixel
 
@@ -115,18 +117,24 @@ class DecodedImage:
 
 
 def device_decodable_size(data: bytes, max_pixels: int) -> tuple[int, int] | None:
-    """(width, height) after EXIF orientation for a JPEG that nvJPEG can take, else None.
+    """(width, height) of a JPEG the device decoder gives exactly as the CPU path would, else None.
 
-    Reads only the header, so the size limit holds without decoding anything.
+    Reads only the header, so the size limit holds without decoding anything. The rest
+    take the CPU path: other formats, CMYK/YCCK JPEGs, EXIF orientations (nvJPEG ignores
+    them), and files that do not end in an end-of-image marker (libjpeg rejects a
+    truncated file; nvJPEG might decode it into grey).
     """
-    img = Image.open(io.BytesIO(data))
-    if img.format != "JPEG" or img.mode not in ("RGB", "L"):
-        return None  # CMYK and other JPEGs, and all other formats, decode on the CPU
+    if not data[-16:].rstrip(b"\0").endswith(b"\xff\xd9"):
+        return None
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Exception:
+        return None  # the CPU path names the error
+    if img.format != "JPEG" or img.mode not in ("RGB", "L") or img.getexif().get(0x0112, 1) != 1:
+        return None
     width, height = img.size
     if width * height > max_pixels:
         raise ImageError("too_large", f"{width}x{height} pixels exceeds the limit of {max_pixels}")
-    if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
-        width, height = height, width
     return width, height
 
 
@@ -179,29 +187,35 @@ class DecodeStage:
     """
 
     def __init__(self, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS, io_threads: int = 4,
-                 defer_jpeg: bool = False, whole: WholeImage | None = None):
+                 defer_jpeg: bool = False, whole: WholeImage | None = None, cpu_share: float = 0.0):
         self.prep = prep
         self.max_pixels = max_pixels
         self.io_threads = io_threads
-        self.defer_jpeg = defer_jpeg  # pass JPEG bytes on for nvJPEG in the model actor
+        self.defer_jpeg = defer_jpeg  # pass JPEG bytes on for the model actor's device decoder
+        # With defer_jpeg: the share of device-decodable JPEGs decoded here all the same, so
+        # that a node's cores take part of the decoding off its GPU.
+        self.cpu_share = cpu_share
         self.whole = whole  # --crop none: variable shapes, rows ordered by shape
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sources = _sources(batch)
-        paths = [s.path for s in sources]
-        if self.io_threads > 1 and len(paths) > 1:
-            with ThreadPoolExecutor(min(self.io_threads, len(paths))) as pool:
-                decoded = list(pool.map(self._load, sources))
+        deferred = self._deferred(len(sources))
+        if self.io_threads > 1 and len(sources) > 1:
+            with ThreadPoolExecutor(min(self.io_threads, len(sources))) as pool:
+                decoded = list(pool.map(self._load, sources, deferred))
         else:
-            decoded = [self._load(s) for s in sources]
+            decoded = [self._load(s, d) for s, d in zip(sources, deferred)]
         out = {k: v for k, v in batch.items() if k not in (INLINE_BYTES, LIST_ERROR)}
-        out["image"] = self._images(decoded)
+        if self.defer_jpeg:  # bytes only: a block of JPEGs carries no pixels, not even zeros
+            out[JPEG_COLUMN] = np.array([d.jpeg or b"" for d in decoded], dtype=object)
+            out[PIXELS_COLUMN] = np.array([b"" if d.pixels is None else d.pixels.tobytes() for d in decoded],
+                                          dtype=object)
+        else:
+            out["image"] = self._images(decoded)
         out["width"] = np.array([d.width if d.width is not None else -1 for d in decoded], dtype=np.int32)
         out["height"] = np.array([d.height if d.height is not None else -1 for d in decoded], dtype=np.int32)
         # "" = no error: an all-None object column would not survive Arrow conversion as strings.
         out["error"] = np.array([d.error or "" for d in decoded], dtype=object)
-        if self.defer_jpeg:
-            out[JPEG_COLUMN] = np.array([d.jpeg or b"" for d in decoded], dtype=object)
         if self.whole is not None:
             return self._whole_image_columns(out, decoded)
         return out
@@ -231,8 +245,15 @@ class DecodeStage:
         order = sorted(range(len(decoded)), key=lambda i: out["image"][i].shape)
         return {k: v[order] if isinstance(v, np.ndarray) else [v[i] for i in order] for k, v in out.items()}
 
-    def _load(self, src: Source) -> DecodedImage:
-        return load_one(src, self.prep, self.max_pixels, self.defer_jpeg, self.whole)
+    def _deferred(self, n: int) -> list[bool]:
+        """Which rows may go to the device: all but `cpu_share` of them, spread evenly
+        (a golden-ratio sequence), so every block and every batch gets its share."""
+        if not self.defer_jpeg:
+            return [False] * n
+        return [(i * 0.6180339887) % 1.0 >= self.cpu_share for i in range(n)]
+
+    def _load(self, src: Source, defer_jpeg: bool) -> DecodedImage:
+        return load_one(src, self.prep, self.max_pixels, defer_jpeg, self.whole)
 
 
 def _sources(batch: dict[str, np.ndarray]) -> list[Source]:

@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .decode import JPEG_COLUMN, RESIZED_COLUMNS, SCALE_COLUMN
-from .errors import one_line
+from .decode import JPEG_COLUMN, PIXELS_COLUMN, RESIZED_COLUMNS, SCALE_COLUMN
+from .device_decode import DeviceDecoder
 from .models import build_model, fold_batch_norms, forward_stages, pool
 from .registry import POOLED, STAGE_STRIDES, STAGES, column_of, feature_width
 from .schema import SPATIAL_SHAPE, VALID, build_table
@@ -104,14 +104,13 @@ class Predictor:
         self.deepest = max(needed, default=len(STAGES))  # the forward stops after this layer
         self.forward = torch.compile(self._forward_raw) if settings.compile else self._forward_raw
         # Actors run several calls at once (pipeline.model_pool). On a GPU each call has a CUDA
-        # stream of its thread, so one batch's copy in and results out overlap another's
-        # compute; launching GPU work is serialised (torch.compile and the nvJPEG decoder are
-        # not thread-safe), and a launch returns before the GPU work ends, so the lock is
-        # brief. Uncompiled CPU calls are independent single-threaded forwards, run unlocked.
+        # stream of its thread, so one batch's decode, copy in and results out overlap
+        # another's forward. Eager forwards run unlocked; a compiled one is not thread-safe.
+        # (torchvision's nvJPEG decoder serialises its own calls.)
         self._thread = threading.local()
-        serialise = self.device.type == "cuda" or settings.compile
-        self._launch_lock = threading.Lock() if serialise else nullcontext()
+        self._launch_lock = threading.Lock() if settings.compile else nullcontext()
         prep = settings.weights.preprocessing
+        self.device_decoder = DeviceDecoder(prep, self.device) if DeviceDecoder.supports(prep) else None
         self.mean = torch.tensor(prep.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(prep.std, device=self.device).view(1, 3, 1, 1)
         self.categories = settings.weights.categories
@@ -158,38 +157,26 @@ class Predictor:
         return tensor
 
     @torch.inference_mode()
-    def decode_on_device(self, images: torch.Tensor, jpegs, errors: np.ndarray) -> None:
-        """nvJPEG (torchvision.io) for rows the decode stage left as JPEG bytes, in place.
+    def device_images(self, batch: dict[str, np.ndarray], errors: np.ndarray) -> torch.Tensor:
+        """--decode gpu: the batch's uint8 crops on the device, from the JPEG bytes the decode
+        stage passed on (decoded here) and the crops it made itself (copied in)."""
+        crop = self.settings.weights.preprocessing.crop_size
+        images = torch.zeros((len(errors), 3, crop, crop), dtype=torch.uint8, device=self.device)
+        local = [i for i, pixels in enumerate(batch[PIXELS_COLUMN]) if pixels]
+        if local:
+            pixels = np.stack([np.frombuffer(batch[PIXELS_COLUMN][i], np.uint8) for i in local])
+            images[self._index(local)] = self.to_device(pixels.reshape(-1, 3, crop, crop))
+        jpeg_rows = [i for i, data in enumerate(batch[JPEG_COLUMN]) if data]
+        if jpeg_rows:
+            decoded = self.device_decoder([batch[JPEG_COLUMN][i] for i in jpeg_rows])
+            for k, error in decoded.errors.items():
+                errors[jpeg_rows[k]] = error
+            if decoded.ok:
+                images[self._index([jpeg_rows[k] for k in decoded.ok])] = decoded.crops
+        return images
 
-        Resizing runs on tensors (antialiased), so pixels differ slightly from the PIL
-        reference path; the deviation is measured in tests/test_device_decode.py.
-        """
-        from torchvision.io import ImageReadMode, decode_jpeg
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms import functional as F
-
-        rows = [i for i, data in enumerate(jpegs) if data]
-        if not rows:
-            return
-        datas = [torch.frombuffer(bytearray(jpegs[i]), dtype=torch.uint8) for i in rows]
-        try:
-            decoded = decode_jpeg(datas, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True)
-        except RuntimeError:  # one bad file fails the batch call: retry one by one
-            decoded = []
-            for data in datas:
-                try:
-                    decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device,
-                                               apply_exif_orientation=True))
-                except RuntimeError as exc:
-                    decoded.append(one_line(exc, 200) or "nvJPEG failed")
-        prep = self.settings.weights.preprocessing
-        for row, img in zip(rows, decoded):
-            if isinstance(img, str):
-                errors[row] = f"decode_error: {img}"
-                continue
-            img = F.resize(img, [prep.resize_size], interpolation=InterpolationMode(prep.interpolation),
-                           antialias=True)
-            images[row] = F.center_crop(img, [prep.crop_size])
+    def _index(self, rows: list[int]) -> torch.Tensor:
+        return torch.tensor(rows, device=self.device)
 
     @torch.inference_mode()
     def run_model(self, images: np.ndarray | torch.Tensor, resized: np.ndarray | None = None) -> dict[str, torch.Tensor]:
@@ -260,10 +247,7 @@ class Predictor:
         if self.settings.whole_image:
             self._label_shapes(batch, errors, outputs)
         else:
-            images = self.to_device(batch["image"])
-            if JPEG_COLUMN in batch:
-                with self._launch_lock:  # nvJPEG's decoder state is shared by the actor's threads
-                    self.decode_on_device(images, batch[JPEG_COLUMN], errors)
+            images = self.device_images(batch, errors) if JPEG_COLUMN in batch else self.to_device(batch["image"])
             ok = np.flatnonzero([not e for e in errors])
             if len(ok):
                 self._scatter(outputs, ok, self.predict(images[torch.from_numpy(ok).to(images.device)]))

@@ -297,8 +297,10 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: InputPlan, ski
         threads=layout.threads_per_call,
         compile=cfg.compile,
     )
-    log.info("%d model actor(s), %s, batch %d, %d call(s) at once each, %d thread(s) per call", layout.actors,
-             "GPU" if on_gpu else "CPU", batch_size, layout.calls_per_actor, layout.threads_per_call)
+    defer_jpeg = _decodes_on_device(cfg, resolved, on_gpu)
+    log.info("%d model actor(s), %s, batch %d, %d call(s) at once each, %d thread(s) per call; JPEGs decoded %s",
+             layout.actors, "GPU" if on_gpu else "CPU", batch_size, layout.calls_per_actor, layout.threads_per_call,
+             "in the model actors" if defer_jpeg else "by CPU tasks")
     counter = CounterClient()
     block_rows = batch_size * BLOCKS_PER_BATCH
     source = _InputsDatasource(todo, skip, block_rows, counter.actor)
@@ -312,7 +314,8 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: InputPlan, ski
     with warnings.catch_warnings():
         # Ray 2.60 names no parameter for retry bounds yet; **ray_remote_args is the way.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
-        ds = _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, layout, counter.actor)
+        ds = _add_stages(ds, cfg, resolved, settings, schema, io_threads, defer_jpeg, batch_size, layout,
+                         counter.actor)
 
     blocks: queue.Queue = queue.Queue()
     timeline.executing = time.time()
@@ -361,12 +364,27 @@ def _snapshot(counter: CounterClient, todo: InputPlan, done: int, saved: int, ti
                     errors=errors, elapsed_s=time.time() - timeline.executing)
 
 
-def _add_stages(ds, cfg, resolved, settings, schema, io_threads, batch_size, layout: PoolLayout, counter):
+def _decodes_on_device(cfg: LabelConfig, resolved, on_gpu: bool) -> bool:
+    """--decode: gpu, or auto on GPU actors, passes JPEGs to the model actors to decode."""
+    from .device_decode import FILTERS, DeviceDecoder
+
+    if cfg.decode == "cpu" or cfg.crop == "none":  # (--decode gpu with --crop none is refused earlier)
+        return False
+    if not DeviceDecoder.supports(resolved.preprocessing):
+        if cfg.decode == "gpu":
+            raise UsageError(f"--decode gpu resizes with {' or '.join(FILTERS)}, and these weights use "
+                             f"{resolved.preprocessing.interpolation}: use --decode cpu")
+        return False
+    return cfg.decode == "gpu" or on_gpu
+
+
+def _add_stages(ds, cfg, resolved, settings, schema, io_threads, defer_jpeg, batch_size, layout: PoolLayout,
+                counter):
     from .inference import ALLOCATOR_ENV, Predictor
 
     ds = ds.map_batches(
-        LowPriorityDecode(resolved.preprocessing, cfg.max_pixels, io_threads, defer_jpeg=cfg.decode == "gpu",
-                          whole=whole_image(cfg, resolved)),
+        LowPriorityDecode(resolved.preprocessing, cfg.max_pixels, io_threads, defer_jpeg=defer_jpeg,
+                          whole=whole_image(cfg, resolved), cpu_share=cfg.cpu_decode_share),
         batch_size=None,  # one block (BLOCKS_PER_BATCH batches) per decode task
         batch_format="numpy",
         num_cpus=1,

@@ -67,7 +67,7 @@ def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
     return int(shorter * width / height), shorter
 
 
-def _crop_offset(size: int, crop: int) -> int:
+def crop_offset(size: int, crop: int) -> int:
     # Larger crops pad first (left/top gets the smaller half), then crop the padded image at 0.
     return -((crop - size) // 2) if crop > size else int(round((size - crop) / 2.0))
 
@@ -78,7 +78,7 @@ def resize_center_crop(img: Image.Image, prep: Preprocessing) -> np.ndarray:
     if size != img.size:
         img = img.resize(size, PIL_RESAMPLING[prep.interpolation])
     crop = prep.crop_size
-    left, top = _crop_offset(img.width, crop), _crop_offset(img.height, crop)
+    left, top = crop_offset(img.width, crop), crop_offset(img.height, crop)
     img = img.crop((left, top, left + crop, top + crop))  # outside the image: zeros, as torchvision pads
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 

@@ -42,7 +42,8 @@ def exif_rotated_jpeg(pixels: np.ndarray, orientation: int = 6) -> bytes:
 
 
 def write_reference_set(folder: Path, seed: int = 0) -> list[Path]:
-    """Images in the modes and shapes the issue names: JPEG/PNG, gray, RGBA, palette, EXIF."""
+    """Images in the modes and shapes the issues name: JPEG (baseline, progressive, CMYK)/PNG,
+    gray, RGBA, palette, EXIF."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     files = []
@@ -62,6 +63,8 @@ def write_reference_set(folder: Path, seed: int = 0) -> list[Path]:
     rgba = np.concatenate([smooth_image(rng, 240, 320), rng.integers(0, 256, (240, 320, 1), dtype=np.uint8)], -1)
     save("rgba.png", Image.fromarray(rgba, mode="RGBA"))
     save("palette.png", Image.fromarray(smooth_image(rng, 210, 330)).quantize(64))
+    save("progressive.jpg", Image.fromarray(smooth_image(rng, 333, 500)), quality=88, progressive=True)
+    save("cmyk.jpg", Image.fromarray(smooth_image(rng, 260, 300)).convert("CMYK"), quality=90)
     rotated = folder / "exif_rotated.jpg"
     rotated.write_bytes(exif_rotated_jpeg(smooth_image(rng, 300, 400)))
     files.append(rotated)

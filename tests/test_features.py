@@ -225,6 +225,7 @@ def test_linear_probe_example_learns_the_classes(feature_job, tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     held_out = float(result.stdout.split("held-out accuracy:")[1].split()[0])
-    assert held_out >= 0.9, result.stdout
+    # 9 held-out rows on random-init features: at least 8 right (chance: 2% of the time)
+    assert held_out >= 0.85, result.stdout
     saved = torch.load(tmp_path / "probe.pt", weights_only=True)
     assert saved["classes"] == ["cold", "warm"]
