@@ -60,7 +60,9 @@ def _jpeg(pixels: np.ndarray, **options) -> bytes:
     return buf.getvalue()
 
 
-def test_routing_and_errors(tmp_path, reference_images):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+def test_routing_and_errors(device, tmp_path, reference_images):
     """JPEGs the device decodes as the CPU path would travel as bytes; everything else is
     decoded by the CPU stage, and only its crop travels. A corrupt JPEG that reaches the
     device decoder costs its row only."""
@@ -79,7 +81,7 @@ def test_routing_and_errors(tmp_path, reference_images):
     for pixels, jpeg, error in zip(out[PIXELS_COLUMN], out[JPEG_COLUMN], out["error"]):
         assert (len(pixels) == 3 * 224 * 224) == (not jpeg and not error)
 
-    predictor = Predictor(InferenceSettings(weights=resolve_weights("resnet18", "none"), top_k=1),
+    predictor = Predictor(InferenceSettings(weights=resolve_weights("resnet18", "none"), top_k=1, device=device),
                           schema=output_schema(512, with_topk=True))
     table = predictor(out).to_pydict()
     errors = dict(zip([p.rsplit("/", 1)[1] for p in table["path"]], table["error"]))
