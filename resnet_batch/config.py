@@ -38,6 +38,12 @@ def _positive_seconds(name: str, value: float) -> None:
         raise UsageError(f"{name} must be a number of seconds > 0, got {value!r}")
 
 
+def _fraction(name: str, value: float, what: str, allow_zero: bool) -> None:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not (0 <= value <= 1) or (value == 0 and not allow_zero):
+        raise UsageError(f"{name} must be a {what} in {'[' if allow_zero else '('}0, 1], got {value!r}")
+
+
 @dataclass(frozen=True)
 class LabelConfig:
     inputs: tuple[str, ...]
@@ -94,13 +100,9 @@ class LabelConfig:
         _positive("--max-pixels", self.max_pixels)
         _positive_seconds("--checkpoint-every", self.checkpoint_every)
         _positive_seconds("--progress-every", self.progress_every)
-        if isinstance(self.cpu_decode_share, bool) or not isinstance(self.cpu_decode_share, (int, float)) \
-                or not 0 <= self.cpu_decode_share <= 1:
-            raise UsageError(f"--cpu-decode-share must be a fraction in [0, 1], got {self.cpu_decode_share!r}")
+        _fraction("--cpu-decode-share", self.cpu_decode_share, "fraction", allow_zero=True)
         if self.review_below is not None:
-            if isinstance(self.review_below, bool) or not isinstance(self.review_below, (int, float)) \
-                    or not 0 < self.review_below <= 1:
-                raise UsageError(f"--review-below must be a probability in (0, 1], got {self.review_below!r}")
+            _fraction("--review-below", self.review_below, "probability", allow_zero=False)
             if self.top_k == 0:
                 raise UsageError("--review-below needs labels: use --top-k 1 or more")
         if self.top_k == 0 and not self.features and not self.spatial:

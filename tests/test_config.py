@@ -38,6 +38,9 @@ def test_config_paths_are_relative_to_the_file(tmp_path):
     ({"inputs": []}, "give at least one INPUT"),
     ({"output": ""}, "--output is required"),
     ({"top_k": 0, "embeddings": False}, "nothing to compute"),
+    ({"cpu_decode_share": 1.5}, r"--cpu-decode-share must be a fraction in \[0, 1\], got 1.5"),
+    ({"review_below": 0}, r"--review-below must be a probability in \(0, 1\], got 0"),
+    ({"decode": "nvjpeg"}, "invalid --decode .nvjpeg.; valid: auto, cpu, gpu"),
 ])
 def test_bad_values(values, needle):
     base = {"inputs": ["x"], "output": "o"}
