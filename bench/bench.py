@@ -4,6 +4,7 @@
     python bench/bench.py --precision auto      # bf16 autocast where the CPU/GPU has it
     python bench/bench.py --images 500 --only label   # e.g. the 1x of a memory-scaling pair
     python bench/bench.py --device cuda --model resnet50 --precision auto --data DIR --images 30000
+    python bench/bench.py --only label --label-args "--cpu-decode-share 0.3" ...   # one setting of a sweep
 
 On a GPU (`--device cuda`) `nvidia-smi dmon` samples SM use (and the JPEG engines') every
 second next to each contender; the table gives its mean over the contender's steady phase.
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -241,7 +243,8 @@ def resnet_batch_label(args) -> dict:
     out = Path(args.workdir) / "label_out"
     cmd = [sys.executable, "-m", "resnet_batch.cli", "label", str(args.data), "--output", str(out),
            "--mode", "overwrite", "--model", args.model, "--weights", "none", "--precision", args.precision,
-           "--device", args.device, "--batch-size", str(args.batch_size), "--top-k", "5"]
+           "--device", args.device, "--batch-size", str(args.batch_size), "--top-k", "5",
+           *shlex.split(args.label_args)]
     if args.images:
         manifest = Path(args.workdir) / "manifest.txt"
         manifest.write_text("\n".join(str(p) for p in sorted(Path(args.data).glob("*.jpg"))[: args.images]))
@@ -253,7 +256,9 @@ def resnet_batch_label(args) -> dict:
     summary = parse_summary(result.stdout)
     processed = int(re.search(r"processed (\d+)", result.stdout).group(1))
     steady_from = launched + summary["start-up"] + summary["first batch"]
-    return {"images": processed, "steady_s": processed / summary["steady_rate"], "run_s": summary["wall"],
+    # A run of one block has no steady phase: its rate is then the end-to-end one.
+    steady_s = processed / summary["steady_rate"] if summary["steady_rate"] else summary["wall"]
+    return {"images": processed, "steady_s": steady_s, "run_s": summary["wall"],
             "startup_s": summary["start-up"] + summary["first batch"],
             "steady_window": [steady_from, steady_from + summary["steady"]]}
 
@@ -287,7 +292,7 @@ def measure(name: str, args) -> dict:
     cmd = [sys.executable, __file__, "--_child", name, "--data", str(args.data), "--images", str(args.images),
            "--model", args.model, "--precision", args.precision, "--device", args.device,
            "--batch-size", str(args.batch_size), "--workdir", str(args.workdir), "--calls", str(args.calls),
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), f"--label-args={args.label_args}"]
     gpu = GpuMonitor() if resolve_device(args.device) == "cuda" else None
     try:
         # The bare forward runs under the model actor's allocator settings, as the job's actor does.
@@ -336,6 +341,7 @@ def main() -> None:
                    "one per core on CPU, 2 on a GPU)")
     p.add_argument("--threads", type=int, help="bare forward: torch threads per call (default as the job: "
                    "1 on CPU, 4 on a GPU)")
+    p.add_argument("--label-args", default="", help='more `label` options, e.g. "--cpu-decode-share 0.3"')
     p.add_argument("--only", nargs="*", choices=list(CONTENDERS), default=list(CONTENDERS))
     p.add_argument("--workdir", type=Path, default=Path("/tmp/resnet-batch-bench"))
     p.add_argument("--json", type=Path, help="also write the results here")
