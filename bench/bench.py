@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from resnet_batch.inference import ALLOCATOR_ENV, resolve_device
-from resnet_batch.pipeline import CONCURRENT_CALLS_PER_GPU_ACTOR, GPU_ACTOR_THREADS
+from resnet_batch.pipeline import CONCURRENT_CALLS_PER_GPU_ACTOR, GPU_ACTOR_THREADS, _default_batch_size
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / "bench" / "data"
@@ -336,7 +336,7 @@ def main() -> None:
     p.add_argument("--model", default="resnet18")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, help="default 32 on CPU, 256 on a GPU (the job's defaults)")
+    p.add_argument("--batch-size", type=int, help="default: the job's (256 on a GPU; on CPU 32, 64 for bf16)")
     p.add_argument("--calls", type=int, help="bare forward: calls at once (default as the job's actor: "
                    "one per core on CPU, 2 on a GPU)")
     p.add_argument("--threads", type=int, help="bare forward: torch threads per call (default as the job: "
@@ -350,7 +350,7 @@ def main() -> None:
     on_cpu = resolve_device(args.device) == "cpu"
     args.calls = args.calls or (os.cpu_count() if on_cpu else CONCURRENT_CALLS_PER_GPU_ACTOR)
     args.threads = args.threads or (1 if on_cpu else GPU_ACTOR_THREADS)
-    args.batch_size = args.batch_size or (32 if on_cpu else 256)
+    args.batch_size = args.batch_size or _default_batch_size(not on_cpu, args.precision)
     if args._child:
         print(json.dumps(CONTENDERS[args._child](args)))
         return

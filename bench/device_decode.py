@@ -70,11 +70,12 @@ def main() -> None:
     decoded = list(images.values())
     crops = decoder(jpegs).crops
     n = len(jpegs)
+    forward_name = f"forward ({predictor.precision})"
     stages = {
         "decode (batched)": timed(lambda: decoder.decode(jpegs), device, args.repeats),
         "resize + crop (batched)": timed(lambda: decoder.resize_crop(decoded), device, args.repeats),
         "DeviceDecoder, whole": timed(lambda: decoder(jpegs), device, args.repeats),
-        f"forward ({predictor.precision})": timed(lambda: predictor.run_model(crops), device, args.repeats),
+        forward_name: timed(lambda: predictor.run_model(crops), device, args.repeats),
     }
     pil = timed(lambda: [load_one(Source(str(path)), resolved.preprocessing, 10**8) for path in paths[:32]],
                 torch.device("cpu"), 1) * n / 32
@@ -82,7 +83,7 @@ def main() -> None:
     mean_size = sum(len(j) for j in jpegs) / n / 1024
     print(f"{args.model}, {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
           f"batch {n} JPEGs of {mean_size:.0f} KB on average, median of {args.repeats}")
-    forward = stages[f"forward ({predictor.precision})"]
+    forward = stages[forward_name]
     print("| stage | ms per batch | images/s | x forward time |")
     print("| --- | --- | --- | --- |")
     for name, seconds in stages.items():

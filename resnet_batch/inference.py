@@ -175,7 +175,7 @@ class Predictor:
                 images[self._index([jpeg_rows[k] for k in decoded.ok])] = decoded.crops
         return images
 
-    def _index(self, rows: list[int]) -> torch.Tensor:
+    def _index(self, rows) -> torch.Tensor:
         return torch.tensor(rows, device=self.device)
 
     @torch.inference_mode()
@@ -250,7 +250,7 @@ class Predictor:
             images = self.device_images(batch, errors) if JPEG_COLUMN in batch else self.to_device(batch["image"])
             ok = np.flatnonzero([not e for e in errors])
             if len(ok):
-                self._scatter(outputs, ok, self.predict(images[torch.from_numpy(ok).to(images.device)]))
+                self._scatter(outputs, ok, self.predict(images[self._index(ok)]))
         return build_table(self.schema, {**batch, "error": errors}, outputs, self.categories)
 
     def _label_shapes(self, batch: dict[str, np.ndarray], errors: np.ndarray, outputs: dict) -> None:
