@@ -2,6 +2,7 @@
 
     python bench/startup.py                  # 20 and 1,000 generated JPEGs, resnet18, then a no-op resume
     python bench/startup.py --images 20 --runs 3
+    python bench/startup.py --images 20 --runs 5 --trees /tmp/oldtree .   # old and new code, run by run
 
 Two views:
 - components, each timed alone in a fresh process: the driver's imports, torch +
@@ -55,11 +56,12 @@ def time_component(code: str) -> float:
     return float(printed[-1]) if printed else wall
 
 
-def run_label(folder: Path, out: Path, mode: str, extra: list[str]) -> dict:
-    cmd = ["resnet-batch", "label", str(folder), "--output", str(out), "--model", "resnet18", "--weights", "none",
-           "--mode", mode, *extra]
+def run_label(folder: Path, out: Path, mode: str, extra: list[str], tree: Path) -> dict:
+    """One `label` run of the code in `tree` (a checkout, e.g. `git worktree add /tmp/oldtree REV`)."""
+    cmd = [sys.executable, "-m", "resnet_batch.cli", "label", str(folder), "--output", str(out), "--model", "resnet18",
+           "--weights", "none", "--mode", mode, *extra]
     start = time.monotonic()
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tree)})
     wall = time.monotonic() - start
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
@@ -75,6 +77,8 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=Path("/tmp/resnet-batch-startup"))
     p.add_argument("--precision", default="fp32")
     p.add_argument("--skip-components", action="store_true")
+    p.add_argument("--trees", type=Path, nargs="+", default=[Path(__file__).resolve().parents[1]],
+                   help="checkouts to compare, alternated run by run (default: this one)")
     args = p.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -88,11 +92,14 @@ def main() -> None:
         folder = linked_folder(paths[:n], args.workdir)
         out = args.workdir / f"out-{n}"
         for i in range(args.runs):
-            shutil.rmtree(out, ignore_errors=True)
-            r = run_label(folder, out, "error", ["--precision", args.precision])
-            print(f"{n} images, run {i + 1}: {r['process wall']:.1f}s launch to exit; {r['summary']}")
-        r = run_label(folder, out, "resume", ["--precision", args.precision])
-        print(f"{n} images, resume with nothing left: {r['process wall']:.1f}s launch to exit")
+            for tree in args.trees:
+                shutil.rmtree(out, ignore_errors=True)
+                r = run_label(folder, out, "error", ["--precision", args.precision], tree)
+                print(f"{tree}: {n} images, run {i + 1}: {r['process wall']:.1f}s launch to exit; {r['summary']}")
+        for i in range(args.runs):
+            for tree in args.trees:
+                r = run_label(folder, out, "resume", ["--precision", args.precision], tree)
+                print(f"{tree}: {n} images, resume with nothing left: {r['process wall']:.1f}s launch to exit")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from .errors import UsageError, WeightsUnavailableError
+from .registry import HF_PREFIX
 
-HF_PREFIX = "hf:"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # (layer_type, depths) -> torchvision model
 ARCHITECTURES = {

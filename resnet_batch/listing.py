@@ -4,7 +4,8 @@ A directory (or bucket prefix) is never listed into the driver: a walk fans out 
 Ray task per sub-directory and yields each directory's images as it is listed (Ray Data
 passes them on in blocks of up to 128 MiB), so the only per-image state is in the
 workers, never in the driver. Checking the output against a walked directory walks it
-again, in a Ray task, comparing path hashes (pathset.py).
+again and compares path hashes (pathset.py), counting as it goes: a local directory in
+the calling process, an object-store prefix in Ray tasks.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import ray
 
 from .pathset import drop_listed, isin_sorted, path_hashes
 from .sources import conform, list_directory_level
+from .storage import is_local
 
 MAX_LISTINGS_IN_FLIGHT = 32  # concurrent directory listings per walk, at most one per CPU
 
@@ -49,6 +51,16 @@ def walk(root: str) -> Iterator[pa.Table]:
             yield table
 
 
+def walk_here(root: str) -> Iterator[pa.Table]:
+    """The same walk in this process, one directory after another (local disks)."""
+    queue = deque([root])
+    while queue:
+        table, subdirs = list_directory_level(queue.popleft())
+        queue.extend(subdirs)
+        if table.num_rows:
+            yield table
+
+
 # Read tasks of the pipeline's datasource: here, so that their workers import this light
 # module and not the model code.
 def read_slice(ref) -> Iterator[pa.Table]:
@@ -72,7 +84,7 @@ def count_against(root: str, excluded: np.ndarray, done_before: np.ndarray,
     `excluded` holds the hashes of paths listed elsewhere (counted there, not here).
     """
     inputs = done = missing = 0
-    for table in walk(root):
+    for table in walk_here(root) if is_local(root) else walk(root):
         hashes = path_hashes(table.column("path").to_pylist())
         hashes = hashes[~isin_sorted(hashes, excluded)]
         inputs += len(hashes)

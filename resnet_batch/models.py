@@ -17,7 +17,7 @@ from torchvision import models as tvm
 from torchvision.models import WeightsEnum
 
 from .errors import UsageError, WeightsUnavailableError
-from .registry import EMBEDDING_DIMS, STAGE_WIDTHS, STAGES, check_model
+from .registry import EMBEDDING_DIMS, STAGE_WIDTHS, STAGES, check_model, weights_names
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,6 @@ RANDOM_INIT_SEED = 0
 
 def model_spec(name: str) -> ModelSpec:
     return MODELS[check_model(name)]
-
-
-def weights_names(name: str) -> list[str]:
-    return ["DEFAULT", *(w.name for w in model_spec(name).weights_enum)]
 
 
 def num_classes(state: dict[str, torch.Tensor]) -> int:

@@ -27,14 +27,17 @@ from ray.data import ActorPoolStrategy
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from . import ray_session
+from .check import OutputCheck, check_output, needs_ray
 from .columns import rows_per_file, run_info, run_schema, whole_image
 from .config import LabelConfig
 from .decode import LowPriorityDecode
 from .errors import Interrupted, UsageError
 from .evaluate import EvalReport, attach_labels, score
-from .listing import count_against, read_directory, read_slice
+from .listing import read_directory, read_slice
 from .pathset import EMPTY, isin_sorted, path_hashes
 from .progress import CounterClient, LogReporter, Snapshot
+from .registry import check_weights_argument
 from .saving import BlockPart, Saver
 from .sources import InputPlan, list_inputs, plan_inputs
 from .storage import is_local
@@ -88,30 +91,6 @@ class _InputsDatasource(Datasource):
         return tasks
 
 
-def _init_ray(address: str | None) -> bool:
-    """Join or start Ray; True when this call started it (and so must stop it)."""
-    if ray.is_initialized():
-        return False
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    sigterm = signal.getsignal(signal.SIGTERM)
-    # The Ray processes a local start spawns inherit an ignored SIGINT: a Ctrl-C in the
-    # terminal (sent to the whole foreground process group) must reach this driver only, so
-    # that it can save what is done before it stops them.
-    sigint = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
-    try:
-        # A Ray we start ourselves runs without the dashboard: on a small machine its
-        # processes cost ~2 s of start-up and a few % of throughput (bench/BENCHMARKS.md).
-        ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False)
-    except ValueError:  # joining a running cluster, whose dashboard settings are its own
-        ray.init(address=address, logging_level=logging.WARNING)
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGINT, sigint)
-            signal.signal(signal.SIGTERM, sigterm)  # ray.init replaces it with a bare sys.exit
-    ray.data.DataContext.get_current().enable_progress_bars = False  # ours is in progress.py
-    return True
-
-
 def _default_batch_size(on_gpu: bool, precision: str) -> int:
     """256 fills a GPU; on CPUs fp32 peaks at 32 and bf16 at 64 (bench/BENCHMARKS.md)."""
     from .inference import resolve_precision
@@ -148,35 +127,17 @@ def _pool_layout(cfg: LabelConfig) -> PoolLayout:
     return PoolLayout(actors, 0, cores, 1)
 
 
-@dataclass
-class _Check:
-    inputs: int = 0
-    already_done: int = 0
-    rows: int = 0
-    missing: int = 0
-    duplicates: int = 0
+def _start_ray(address: str | None) -> bool:
+    started = ray_session.join_or_start(address)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # ours is in progress.py
+    return started
 
 
-_count_directory = ray.remote(num_cpus=0)(count_against)
-
-
-def _check_output(out: OutputDir, plan: InputPlan, listed: np.ndarray, done_before: np.ndarray) -> _Check:
-    """Reads the output back: how many inputs were done before, lack a row, or have two.
-
-    Walked directories are walked again (in Ray tasks) to count them against the output.
-    """
-    written = out.completed_hashes()
-    check = _Check(rows=len(written), duplicates=len(written) - len(np.unique(written)))
-    check.inputs = plan.table.num_rows
-    check.already_done = int(isin_sorted(listed, done_before).sum())
-    check.missing = int((~isin_sorted(listed, written)).sum())
-    if plan.directories:
-        refs = [ray.put(a) for a in (listed, done_before, written)]
-        for inputs, done, missing in ray.get([_count_directory.remote(d, *refs) for d in plan.directories]):
-            check.inputs += inputs
-            check.already_done += done
-            check.missing += missing
-    return check
+def _already_finished(out: OutputDir, plan: InputPlan, listed: np.ndarray, done_before: np.ndarray) -> OutputCheck | None:
+    """A resume's count of what its walks would find: the final check when nothing is left."""
+    count = check_output(out, plan, listed, done_before)
+    log.info("resume: %d of %d inputs still to label", count.missing, count.inputs)
+    return None if count.missing else count
 
 
 def _resolve_weights(cfg: LabelConfig):
@@ -198,6 +159,7 @@ def run_label(cfg: LabelConfig, table: pa.Table | None = None, *, launched_at: f
     the finished work is saved first, then errors.Interrupted says how much.
     """
     timeline = Timeline(launched=launched_at or time.time())
+    check_weights_argument(cfg.model, cfg.weights)  # a mistyped name fails now, not after Ray's start
     started_ray = False
     # torch and torchvision take seconds to import: the weights are resolved on a thread
     # while the driver lists its inputs and Ray starts.
@@ -218,8 +180,16 @@ def run_label(cfg: LabelConfig, table: pa.Table | None = None, *, launched_at: f
         if plan.directories:
             log.info("%d %s to walk in Ray tasks: %s", len(plan.directories),
                      "directory" if len(plan.directories) == 1 else "directories", ", ".join(plan.directories[:3]))
-        if todo.num_rows or plan.directories:
-            started_ray = _init_ray(cfg.address)
+        # A resume left with walked directories only counts them first: a finished run then
+        # ends without model actors, and without Ray at all when the directories are local.
+        precount = cfg.mode == "resume" and bool(plan.directories) and not todo.num_rows
+        finished = None  # the final check, when it can be made before any work
+        if precount and not needs_ray(plan):
+            finished = _already_finished(out, plan, listed, done_before)
+        if finished is None and (todo.num_rows or plan.directories):
+            started_ray = _start_ray(cfg.address)
+            if precount and needs_ray(plan):
+                finished = _already_finished(out, plan, listed, done_before)
         resolved = weights.result()
         info = run_info(cfg, resolved, [f.name for f in extra_fields])
         if cfg.mode == "resume":
@@ -227,24 +197,17 @@ def run_label(cfg: LabelConfig, table: pa.Table | None = None, *, launched_at: f
         schema = run_schema(cfg, resolved, extra_fields, info)
         saver = Saver(out, schema, rows_per_file(cfg, resolved), cfg.checkpoint_every,
                       begin=partial(out.begin, cfg.mode, info))
-        finished = None  # the final check, when it can be made before any work
-        if cfg.mode == "resume" and plan.directories and not todo.num_rows:
-            # Count what the walks would find first: a finished run then ends without
-            # starting the model actors.
-            count = _check_output(out, plan, listed, done_before)
-            log.info("resume: %d of %d inputs still to label", count.missing, count.inputs)
-            finished = None if count.missing else count
         if finished is None and (todo.num_rows or plan.directories):
             # Walks skip what is done and what the driver listed (it is labeled from the table).
             skip = np.union1d(done_before, listed)
             _execute(cfg, resolved, schema, InputPlan(todo, plan.directories), skip, saver, timeline,
                      report or LogReporter(cfg.progress_every))
         saver.ensure_begun()  # a run that labeled nothing still applies --mode (overwrite replaces)
-        check = finished or _check_output(out, plan, listed, done_before)
+        check = finished or check_output(out, plan, listed, done_before)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         if started_ray:
-            ray.shutdown()
+            ray_session.stop()
     timeline.ended = time.time()
     return LabelSummary(
         weights=resolved.weights,

@@ -24,19 +24,12 @@ import torch
 
 from . import hf
 from .errors import UsageError, WeightsUnavailableError, one_line
-from .models import MODELS, check_fits, weights_names
+from .models import MODELS, check_fits
 from .preprocessing import Preprocessing
-from .registry import check_model
+from .registry import NO_WEIGHTS, check_model, looks_like_weights_name, valid_weights
 
 
-NO_WEIGHTS = "none"
 CLASSIC_RECIPE = "IMAGENET1K_V1"  # the 256/224 recipe most ResNet checkpoints were trained with
-CHECKPOINT_FORMS = "a .pt/.pth/.safetensors file, a save_pretrained folder or hf:ORG/NAME, local or s3://, gs://, ..."
-
-
-def valid_weights(model: str) -> str:
-    """What --weights takes for `model`, for error messages."""
-    return f"valid: {', '.join([*weights_names(model), NO_WEIGHTS, 'PATH-or-URI'])} ({CHECKPOINT_FORMS})"
 
 
 class CheckpointNotFound(WeightsUnavailableError):
@@ -157,15 +150,11 @@ class PretrainedFolder:
 WeightsSource = RandomInit | TorchvisionWeights | CheckpointFile | PretrainedFolder
 
 
-def _looks_like_enum_name(value: str) -> bool:
-    return value.replace("_", "").isalnum() and value.upper() == value
-
-
 def weights_source(model: str, weights: str) -> WeightsSource:
     """What --weights names, decided from its form alone (nothing is read yet)."""
     if weights.lower() == NO_WEIGHTS:
         return RandomInit()
-    if weights == "DEFAULT" or _looks_like_enum_name(weights):
+    if weights == "DEFAULT" or looks_like_weights_name(weights):
         return TorchvisionWeights(_torchvision_enum(model, weights).name)
     if hf.pretrained_dir(weights) is not None:
         return PretrainedFolder(weights)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -113,3 +114,30 @@ def test_shipped_job_starts_its_own_ray_and_writes_every_row(tmp_path):
     assert again.returncode == 2
     assert "already holds" in again.stderr and "--mode resume" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
+
+
+def test_stopping_the_jobs_own_ray_ends_all_its_processes(tmp_path):
+    # In a fresh process (the suite's own Ray is joined, never started, by the jobs it runs),
+    # recording which processes are still alive when Ray's shutdown comes to kill each.
+    code = """
+import json, ray, ray._private.node as node
+from resnet_batch import ray_session
+alive = {}
+kill = node.Node._kill_process_type
+def recording(self, kind, *args, **kwargs):
+    alive[kind] = any(i.process.poll() is None for i in self.all_processes.get(kind, []))
+    return kill(self, kind, *args, **kwargs)
+node.Node._kill_process_type = recording
+assert ray_session.join_or_start(None)
+processes = [i.process for infos in ray._private.worker._global_node.all_processes.values() for i in infos]
+ray_session.stop()
+print(json.dumps({"alive": alive, "ended": sum(p.wait(5) is not None for p in processes), "started": len(processes)}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.splitlines()[-1])
+    # The monitor is gone before Ray's own shutdown reaches it (it would wait a second on
+    # its SIGTERM); the raylet is stopped by Ray as before.
+    assert result["alive"]["monitor"] is False and result["alive"]["raylet"] is True
+    assert result["ended"] == result["started"] >= 4

@@ -10,10 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from resnet_batch.check import check_output
 from resnet_batch.config import LabelConfig
-from resnet_batch.listing import walk
+from resnet_batch.listing import walk, walk_here
 from resnet_batch.pathset import EMPTY, drop_listed, isin_sorted, path_hashes
-from resnet_batch.pipeline import _check_output, run_label
+from resnet_batch.pipeline import run_label
 from resnet_batch.sources import list_inputs, plan_inputs
 from resnet_batch.writer import OutputDir
 
@@ -60,6 +61,8 @@ def test_walk_finds_what_a_full_listing_finds(ray_local, tree):
     walked = sorted(p for t in tables for p in t.column("path").to_pylist())
     assert walked == expected
     assert walked == sorted(list_inputs([str(root)]).column("path").to_pylist())
+    # The driver's own walk (local output checks) yields the same tables in the same order.
+    assert [t.to_pylist() for t in walk_here(str(root))] == [t.to_pylist() for t in tables]
 
 
 def test_walked_tree_gets_one_row_per_image(ray_local, tree, tmp_path):
@@ -87,12 +90,12 @@ def test_output_check_counts_missing_and_duplicate_rows(ray_local, tree, tmp_pat
     plan = plan_inputs([str(copy)])
 
     write_jpegs(copy / "a" / "new", 2, seed=20)  # two inputs the output lacks
-    check = _check_output(output, plan, EMPTY, EMPTY)
+    check = check_output(output, plan, EMPTY, EMPTY)
     assert (check.inputs, check.missing, check.duplicates) == (len(expected) + 2, 2, 0)
 
     part = output.part_files()[0]
     shutil.copy(part, out / "part-copy.parquet")  # rows written twice
-    check = _check_output(output, plan, EMPTY, EMPTY)
+    check = check_output(output, plan, EMPTY, EMPTY)
     assert check.duplicates == pq.read_metadata(part).num_rows and check.missing == 2
 
     resumed = run_label(config([copy], out, mode="resume"))

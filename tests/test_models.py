@@ -12,7 +12,7 @@ import torchvision.models as tvm
 
 from resnet_batch.errors import UsageError, WeightsUnavailableError
 from resnet_batch.models import MODELS, build_model, describe_models, fold_batch_norms, forward_features
-from resnet_batch.registry import EMBEDDING_DIMS
+from resnet_batch.registry import EMBEDDING_DIMS, TORCHVISION_WEIGHTS
 from resnet_batch.weights import resolve_weights
 
 
@@ -23,6 +23,7 @@ def test_registry_widths_and_weights():
     for name, row in rows.items():  # the torch-free registry agrees with torchvision's builders
         with torch.device("meta"):
             assert row["embedding_dim"] == EMBEDDING_DIMS[name] == MODELS[name].builder().fc.in_features
+        assert TORCHVISION_WEIGHTS[name] == tuple(w.name for w in tvm.get_model_weights(name))
     assert "IMAGENET1K_V2" in rows["resnet101"]["weights"] and "IMAGENET1K_V2" not in rows["resnet34"]["weights"]
 
 

@@ -7,6 +7,7 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
+from resnet_batch import ray_session
 from resnet_batch.config import LabelConfig
 from resnet_batch.errors import UsageError
 from resnet_batch.pipeline import run_label
@@ -45,7 +46,7 @@ def test_catalogue_end_to_end(ray_local, tmp_path):
             assert row["embedding"] is None and row["topk_ids"] is None
 
 
-def test_overwrite_replaces_only_our_files_and_resume_skips_done(ray_local, tmp_path):
+def test_overwrite_replaces_only_our_files_and_resume_skips_done(ray_local, tmp_path, monkeypatch):
     from .conftest import write_reference_set
 
     images = write_reference_set(tmp_path / "in")
@@ -59,8 +60,11 @@ def test_overwrite_replaces_only_our_files_and_resume_skips_done(ray_local, tmp_
     with pytest.raises(UsageError, match="already holds"):
         run_label(config([tmp_path / "in"], out))
 
-    # Resume with nothing left: no work, same files.
-    resumed = run_label(config([tmp_path / "in"], out, mode="resume"))
+    # Resume with nothing left: no work, same files, and a local directory is counted
+    # without Ray.
+    with monkeypatch.context() as m:
+        m.setattr(ray_session, "join_or_start", lambda address: pytest.fail("Ray started for a finished resume"))
+        resumed = run_label(config([tmp_path / "in"], out, mode="resume"))
     assert resumed.complete and resumed.processed == 0 and resumed.already_done == len(images)
     assert sorted(out.glob("part-*.parquet")) == parts
 
