@@ -160,6 +160,20 @@ def run_label(cfg: LabelConfig, table: pa.Table | None = None, *, launched_at: f
     """
     timeline = Timeline(launched=launched_at or time.time())
     check_weights_argument(cfg.model, cfg.weights)  # a mistyped name fails now, not after Ray's start
+    savers: list[Saver] = []  # the run's, once made
+    try:
+        return _label(cfg, table, timeline, report, savers)
+    except Interrupted as stop:
+        # A second signal while stopping (delivered once Ray has stopped) carries no counts:
+        # the first one's, if it had any, are what the stop says.
+        first = stop.__context__ if not stop.processed and isinstance(stop.__context__, Interrupted) else stop
+        saved = savers[0].saved if savers else 0
+        if saved and not first.processed:  # stopped after the pipeline's end: all of it is saved
+            first = Interrupted(first.signum, saved, saved)
+        raise first from None
+
+
+def _label(cfg: LabelConfig, table: pa.Table | None, timeline: Timeline, report, savers: list) -> LabelSummary:
     started_ray = False
     # torch and torchvision take seconds to import: the weights are resolved on a thread
     # while the driver lists its inputs and Ray starts.
@@ -197,6 +211,7 @@ def run_label(cfg: LabelConfig, table: pa.Table | None = None, *, launched_at: f
         schema = run_schema(cfg, resolved, extra_fields, info)
         saver = Saver(out, schema, rows_per_file(cfg, resolved), cfg.checkpoint_every,
                       begin=partial(out.begin, cfg.mode, info))
+        savers.append(saver)
         if finished is None and (todo.num_rows or plan.directories):
             # Walks skip what is done and what the driver listed (it is labeled from the table).
             skip = np.union1d(done_before, listed)

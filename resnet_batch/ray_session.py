@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from contextlib import contextmanager
 
 import ray
 
@@ -44,7 +45,29 @@ def stop() -> None:
     down, so the monitor is killed first (1.3 -> 0.5 s, BENCHMARKS.md). Joined clusters
     are only disconnected from, as before.
     """
-    node = getattr(ray._private.worker, "_global_node", None)  # None when Ray was joined
-    for info in getattr(node, "all_processes", {}).get(MONITOR_PROCESS, []):
-        info.process.kill()
-    ray.shutdown()
+    with _signals_deferred():
+        node = getattr(ray._private.worker, "_global_node", None)  # None when Ray was joined
+        for info in getattr(node, "all_processes", {}).get(MONITOR_PROCESS, []):
+            info.process.kill()
+        ray.shutdown()
+
+
+@contextmanager
+def _signals_deferred():
+    """SIGINT and SIGTERM wait until the block ends, then reach the handlers they would have.
+
+    A job's handlers raise; raised inside ray.shutdown(), that would leave the processes
+    after the interrupted one running, orphaned, once the driver exits.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if caught:
+            signal.raise_signal(caught[0])

@@ -118,9 +118,10 @@ def test_shipped_job_starts_its_own_ray_and_writes_every_row(tmp_path):
 
 def test_stopping_the_jobs_own_ray_ends_all_its_processes(tmp_path):
     # In a fresh process (the suite's own Ray is joined, never started, by the jobs it runs),
-    # recording which processes are still alive when Ray's shutdown comes to kill each.
+    # recording which processes are still alive when Ray's shutdown comes to kill each, and
+    # when a SIGTERM sent in the middle of the stop reaches its handler.
     code = """
-import json, ray, ray._private.node as node
+import json, os, signal, ray, ray._private.node as node
 from resnet_batch import ray_session
 alive = {}
 kill = node.Node._kill_process_type
@@ -130,8 +131,16 @@ def recording(self, kind, *args, **kwargs):
 node.Node._kill_process_type = recording
 assert ray_session.join_or_start(None)
 processes = [i.process for infos in ray._private.worker._global_node.all_processes.values() for i in infos]
+running_at_signal = []
+signal.signal(signal.SIGTERM, lambda *_: running_at_signal.append(sum(p.poll() is None for p in processes)))
+shutdown = ray.shutdown
+def signalled_shutdown(**kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    shutdown(**kwargs)
+ray.shutdown = signalled_shutdown
 ray_session.stop()
-print(json.dumps({"alive": alive, "ended": sum(p.wait(5) is not None for p in processes), "started": len(processes)}))
+print(json.dumps({"alive": alive, "ended": sum(p.wait(5) is not None for p in processes), "started": len(processes),
+                  "running_at_signal": running_at_signal}))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
                          env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
@@ -141,3 +150,5 @@ print(json.dumps({"alive": alive, "ended": sum(p.wait(5) is not None for p in pr
     # its SIGTERM); the raylet is stopped by Ray as before.
     assert result["alive"]["monitor"] is False and result["alive"]["raylet"] is True
     assert result["ended"] == result["started"] >= 4
+    # The signal waited for the stop to end: a handler that raises cannot cut it short.
+    assert result["running_at_signal"] == [0]
