@@ -23,7 +23,7 @@ def label_cmd(src, out, mode):
 
 
 def test_sigkill_driver_then_resume(tmp_path):
-    src, n = tmp_path / "in", 80
+    src, n = tmp_path / "in", 48
     write_jpegs(src, n, seed=5)
     out = tmp_path / "out"
 
