@@ -64,14 +64,19 @@ def looks_like_weights_name(value: str) -> bool:
     return value.replace("_", "").isalnum() and value.upper() == value
 
 
+def check_weights_name(model: str, name: str) -> str:
+    if name not in weights_names(model):
+        raise UsageError(f"unknown weights {name!r} for {model}; {valid_weights(model)}")
+    return name
+
+
 def check_weights_argument(model: str, weights: str) -> None:
     """Refuses, in a moment, what resolving the weights would refuse only once torch is imported:
     an unknown torchvision weights name, a local checkpoint path that does not exist."""
     if weights.lower() == NO_WEIGHTS or weights.startswith(HF_PREFIX):
         return
     if looks_like_weights_name(weights):
-        if weights not in weights_names(model):
-            raise UsageError(f"unknown weights {weights!r} for {model}; {valid_weights(model)}")
+        check_weights_name(model, weights)
     elif is_local(weights) and not _exists(weights):
         raise UsageError(f"checkpoint not found: {weights}; --weights {valid_weights(model)}")
 

@@ -26,7 +26,7 @@ from . import hf
 from .errors import UsageError, WeightsUnavailableError, one_line
 from .models import MODELS, check_fits
 from .preprocessing import Preprocessing
-from .registry import NO_WEIGHTS, check_model, looks_like_weights_name, valid_weights
+from .registry import NO_WEIGHTS, check_model, check_weights_name, looks_like_weights_name, valid_weights
 
 
 CLASSIC_RECIPE = "IMAGENET1K_V1"  # the 256/224 recipe most ResNet checkpoints were trained with
@@ -44,12 +44,7 @@ class Loaded:
 
 def _torchvision_enum(model: str, name: str):
     enum = MODELS[model].weights_enum
-    if name == "DEFAULT":
-        return enum.DEFAULT
-    try:
-        return enum[name]
-    except KeyError:
-        raise UsageError(f"unknown weights {name!r} for {model}; {valid_weights(model)}") from None
+    return enum.DEFAULT if check_weights_name(model, name) == "DEFAULT" else enum[name]
 
 
 def _reference_recipe(model: str, preprocess: str | None) -> tuple[Preprocessing, str]:
