@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_batch.inference import ALLOCATOR_ENV, resolve_device
+from resnet_batch.inference import resolve_device
+from resnet_batch.model_stage import ALLOCATOR_ENV
 from resnet_batch.pipeline import CONCURRENT_CALLS_PER_GPU_ACTOR, GPU_ACTOR_THREADS, _default_batch_size
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,7 +155,8 @@ def bare_forward(args) -> dict:
     import torch
 
     from resnet_batch.decode import load_one, Source
-    from resnet_batch.inference import InferenceSettings, Predictor
+    from resnet_batch.inference import Predictor
+    from resnet_batch.model_stage import InferenceSettings
     from resnet_batch.weights import resolve_weights
 
     resolved = resolve_weights(args.model, "none")

@@ -26,7 +26,8 @@ from bench import DEFAULT_DATA, ensure_images  # noqa: E402
 
 from resnet_batch.decode import Source, load_one  # noqa: E402
 from resnet_batch.device_decode import DeviceDecoder  # noqa: E402
-from resnet_batch.inference import InferenceSettings, Predictor, resolve_device  # noqa: E402
+from resnet_batch.inference import Predictor, resolve_device  # noqa: E402
+from resnet_batch.model_stage import InferenceSettings  # noqa: E402
 from resnet_batch.weights import resolve_weights  # noqa: E402
 
 

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from resnet_batch.decode import DecodeStage
-from resnet_batch.inference import InferenceSettings, Predictor
+from resnet_batch.inference import Predictor
+from resnet_batch.model_stage import InferenceSettings
 from resnet_batch.weights import resolve_weights
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -34,7 +34,7 @@ def _cubic(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
 
 
-FILTERS = {"bilinear": (1.0, _triangle), "bicubic": (2.0, _cubic)}
+FILTERS = {"bilinear": (1.0, _triangle), "bicubic": (2.0, _cubic)}  # preprocessing.DEVICE_FILTERS
 
 # Decoded pixels per chunk (images x padded height x padded width): bounds the padded
 # buffer (x 3 channels x 2 bytes in float16) at ~400 MB whatever the batch holds.

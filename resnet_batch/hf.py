@@ -16,11 +16,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import UsageError, WeightsUnavailableError
 from .registry import HF_PREFIX
+
+if TYPE_CHECKING:
+    import torch
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # (layer_type, depths) -> torchvision model

@@ -12,7 +12,6 @@ import logging
 import threading
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -20,32 +19,14 @@ import torch
 
 from .decode import JPEG_COLUMN, PIXELS_COLUMN, RESIZED_COLUMNS, SCALE_COLUMN
 from .device_decode import DeviceDecoder
+from .model_stage import InferenceSettings, resolve_precision
 from .models import build_model, fold_batch_norms, forward_stages, pool
 from .registry import POOLED, STAGE_STRIDES, STAGES, column_of, feature_width
 from .schema import SPATIAL_SHAPE, VALID, build_table
-from .weights import ResolvedWeights
 
 log = logging.getLogger(__name__)
 
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-# glibc maps each large block afresh and unmaps it on free, so every forward pass would
-# page-fault its activations in again: resnet18 on 2 CPU cores runs ~40% faster without
-# that (bench/forward.py), at about the same RSS. The model actor reallocates the same sizes
-# every batch: one arena (Ray runs the model on a thread of its own, whose arena would map
-# large blocks anyway), never mmap, never trim. Environment, not mallopt(): it must hold
-# before any thread of the process has an arena.
-ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU has bf16 instructions (AVX512-BF16 or AMX), where bf16 is fast."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_device(device: str) -> str:
@@ -56,35 +37,8 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    if precision != "auto":
-        return precision
-    if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
-
-
-@dataclass(frozen=True)
-class InferenceSettings:
-    weights: ResolvedWeights
-    top_k: int = 5
-    features: tuple[str, ...] = (POOLED,)  # pooled (the `embedding` column) and/or c2..c5, pooled
-    spatial: str | None = None  # c4 or c5: that stage's whole map, float16
-    whole_image: bool = False  # --crop none: images padded to a few shapes, resized sizes given
-    review_below: float | None = None  # needs_review: top-1 probability under this
-    embedding_dtype: str = "float32"
-    device: str = "auto"
-    precision: str = "auto"
-    # torch intra-op threads per call. CPU actors run one single-threaded call per core at
-    # once: ~12% more images/s than one call on all cores, whose OpenMP threads wait for
-    # each other at every layer (bench/bench.py --calls 1 --threads 2).
-    threads: int = 1
-    channels_last: bool = True
-    compile: bool = False
-
-
 class Predictor:
-    """Actor-pool callable holding one model replica."""
+    """One model replica: what each model actor runs (model_stage.PredictorActor)."""
 
     def __init__(self, settings: InferenceSettings, schema: pa.Schema, progress=None):
         self.settings = settings

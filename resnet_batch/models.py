@@ -13,11 +13,13 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+import torchvision
 from torchvision import models as tvm
 from torchvision.models import WeightsEnum
 
 from .errors import UsageError, WeightsUnavailableError
-from .registry import EMBEDDING_DIMS, STAGE_WIDTHS, STAGES, check_model, weights_names
+from .registry import (CROP_SIZE, EMBEDDING_DIMS, IMAGENET_MEAN, IMAGENET_STD, RECIPE_INTERPOLATION, STAGE_WIDTHS,
+                       STAGES, TORCHVISION_WEIGHTS, check_model, imagenet_categories, weights_names)
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ def num_classes(state: dict[str, torch.Tensor]) -> int:
 def build_model(resolved, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Build the model for `resolved` (weights.ResolvedWeights) with its weights loaded, in
     eval mode, on the CPU."""
+    check_release_tables(resolved)
     if state is None:
         state = resolved.state_dict()
     with torch.random.fork_rng(devices=[]):
@@ -56,6 +59,27 @@ def build_model(resolved, state: dict[str, torch.Tensor] | None = None) -> nn.Mo
     if state is not None:
         model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def check_release_tables(resolved) -> None:
+    """The driver took the recipe and class names of torchvision's releases from registry.py,
+    without importing torchvision; here, where it is imported anyway, they must be what this
+    torchvision says (a cluster's image may hold another version than the tests ran with)."""
+    member = MODELS[resolved.model].weights_enum.__members__.get(resolved.preprocess_from)
+    if member is None:  # a pretrained folder's own recipe
+        return
+    preset = member.transforms()
+    theirs = (preset.resize_size[0], preset.crop_size[0], tuple(preset.mean), tuple(preset.std),
+              preset.interpolation.value)
+    ours = (TORCHVISION_WEIGHTS[resolved.model][member.name].resize_size, CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD,
+            RECIPE_INTERPOLATION)
+    shipped_names = imagenet_categories()
+    names_differ = resolved.categories == shipped_names and shipped_names != tuple(member.meta["categories"])
+    if theirs != ours or names_differ:
+        raise WeightsUnavailableError(
+            f"torchvision {torchvision.__version__} describes {resolved.model} {member.name} otherwise than resnet-batch's "
+            f"tables ({'its class names' if names_differ else f'its recipe {theirs}, ours {ours}'}): install the "
+            "torchvision version resnet-batch pins on every node")
 
 
 @lru_cache(maxsize=None)

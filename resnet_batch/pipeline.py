@@ -2,6 +2,7 @@
 
     inputs: listed files/manifests (driver) + directories walked by Ray tasks (listing.py)
         -> DecodeStage (tasks, CPU) -> Predictor (actor pool, GPU when present)
+    The driver runs no model and never imports torch (model_stage.py).
         -> the driver's loop: block references to saving.Saver (part files), progress
         -> read back and checked against the inputs
 """
@@ -35,7 +36,9 @@ from .decode import LowPriorityDecode
 from .errors import Interrupted, UsageError
 from .evaluate import EvalReport, attach_labels, score
 from .listing import read_directory, read_slice
+from .model_stage import ALLOCATOR_ENV, InferenceSettings, PredictorActor, resolve_precision
 from .pathset import EMPTY, isin_sorted, path_hashes
+from .preprocessing import DEVICE_FILTERS
 from .progress import CounterClient, LogReporter, Snapshot
 from .registry import check_weights_argument
 from .saving import BlockPart, Saver
@@ -93,8 +96,6 @@ class _InputsDatasource(Datasource):
 
 def _default_batch_size(on_gpu: bool, precision: str) -> int:
     """256 fills a GPU; on CPUs fp32 peaks at 32 and bf16 at 64 (bench/BENCHMARKS.md)."""
-    from .inference import resolve_precision
-
     if on_gpu:
         return 256
     return 64 if resolve_precision(precision, "cpu") == "bf16" else 32
@@ -141,7 +142,7 @@ def _already_finished(out: OutputDir, plan: InputPlan, listed: np.ndarray, done_
 
 
 def _resolve_weights(cfg: LabelConfig):
-    """The weights, checked as workers will load them; imports torch and torchvision (seconds)."""
+    """The weights, checked as workers will load them; a checkpoint is read (torch: seconds)."""
     from .weights import resolve_weights
 
     resolved = resolve_weights(cfg.model, cfg.weights, cfg.preprocess, cfg.labels)
@@ -175,8 +176,8 @@ def run_label(cfg: LabelConfig, table: pa.Table | None = None, *, launched_at: f
 
 def _label(cfg: LabelConfig, table: pa.Table | None, timeline: Timeline, report, savers: list) -> LabelSummary:
     started_ray = False
-    # torch and torchvision take seconds to import: the weights are resolved on a thread
-    # while the driver lists its inputs and Ray starts.
+    # A checkpoint takes seconds to read (and torch to import): the weights are resolved on
+    # a thread while the driver lists its inputs and Ray starts.
     pool = ThreadPoolExecutor(1, thread_name_prefix="resnet-batch-weights")
     weights = pool.submit(_resolve_weights, cfg)
     try:
@@ -260,8 +261,6 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: InputPlan, ski
     batch_size = cfg.batch_size or _default_batch_size(on_gpu, cfg.precision)
     first_paths = todo.table.column("path").slice(0, 1).to_pylist() + list(todo.directories[:1])
     io_threads = cfg.io_threads or (1 if all(is_local(p) for p in first_paths) else 16)
-    from .inference import InferenceSettings  # torch: imported by now, on the weights thread
-
     settings = InferenceSettings(
         weights=resolved,
         top_k=cfg.top_k,
@@ -344,13 +343,11 @@ def _snapshot(counter: CounterClient, todo: InputPlan, done: int, saved: int, ti
 
 def _decodes_on_device(cfg: LabelConfig, resolved, on_gpu: bool) -> bool:
     """--decode: gpu, or auto on GPU actors, passes JPEGs to the model actors to decode."""
-    from .device_decode import FILTERS, DeviceDecoder
-
     if cfg.decode == "cpu" or cfg.crop == "none":  # (--decode gpu with --crop none is refused earlier)
         return False
-    if not DeviceDecoder.supports(resolved.preprocessing):
+    if resolved.preprocessing.interpolation not in DEVICE_FILTERS:
         if cfg.decode == "gpu":
-            raise UsageError(f"--decode gpu resizes with {' or '.join(FILTERS)}, and these weights use "
+            raise UsageError(f"--decode gpu resizes with {' or '.join(DEVICE_FILTERS)}, and these weights use "
                              f"{resolved.preprocessing.interpolation}: use --decode cpu")
         return False
     return cfg.decode == "gpu" or on_gpu
@@ -358,8 +355,6 @@ def _decodes_on_device(cfg: LabelConfig, resolved, on_gpu: bool) -> bool:
 
 def _add_stages(ds, cfg, resolved, settings, schema, io_threads, defer_jpeg, batch_size, layout: PoolLayout,
                 counter):
-    from .inference import ALLOCATOR_ENV, Predictor
-
     ds = ds.map_batches(
         LowPriorityDecode(resolved.preprocessing, cfg.max_pixels, io_threads, defer_jpeg=defer_jpeg,
                           whole=whole_image(cfg, resolved), cpu_share=cfg.cpu_decode_share),
@@ -369,7 +364,7 @@ def _add_stages(ds, cfg, resolved, settings, schema, io_threads, defer_jpeg, bat
         **TASK_RETRY_ARGS,
     )
     ds = ds.map_batches(
-        Predictor,
+        PredictorActor,
         fn_constructor_kwargs={"settings": settings, "schema": schema, "progress": counter},
         batch_size=batch_size,
         batch_format="numpy",

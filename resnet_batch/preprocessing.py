@@ -25,6 +25,9 @@ PIL_RESAMPLING = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 
+# The resize filters device_decode.py implements on the GPU (named here for the driver).
+DEVICE_FILTERS = ("bilinear", "bicubic")
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -35,18 +38,6 @@ class Preprocessing:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     interpolation: str
-
-    @classmethod
-    def from_weights(cls, weights) -> "Preprocessing":
-        """From a torchvision `WeightsEnum` member's `transforms()`."""
-        preset = weights.transforms()
-        return cls(
-            resize_size=int(preset.resize_size[0]),
-            crop_size=int(preset.crop_size[0]),
-            mean=tuple(float(m) for m in preset.mean),
-            std=tuple(float(s) for s in preset.std),
-            interpolation=preset.interpolation.value,
-        )
 
     def describe(self) -> dict:
         return {

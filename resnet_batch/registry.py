@@ -1,11 +1,15 @@
 """The models, weights names and feature stages the job accepts, known without importing torch.
 
-Builders, weights, preprocessing and class names come from torchvision (models.py,
-weights.py); the driver validates its arguments here while torch is still importing on
-another thread.
+Builders and weights come from torchvision (models.py, weights.py), in the model actors;
+the driver, which runs no model, checks its arguments, picks the preprocessing and names
+the classes from the tables here, never importing torch (seconds of a core at start-up).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 
 from .errors import UsageError
 from .storage import filesystem, is_local
@@ -25,13 +29,45 @@ STAGE_WIDTHS = {
     "wide_resnet101_2": BOTTLENECK_WIDTHS,
 }
 EMBEDDING_DIMS = {name: widths[-1] for name, widths in STAGE_WIDTHS.items()}
-# torchvision's pretrained weights per model (its enums, which tests check this against).
+# torchvision's pretrained weights per model (its enums, which tests check this against):
+# each release's file and the resize of its evaluation recipe, so that the driver, which
+# runs no model, never imports torch. DEFAULT is the last one listed.
 V1, V2 = "IMAGENET1K_V1", "IMAGENET1K_V2"
+_DOWNLOADS = "https://download.pytorch.org/models/"
+
+
+@dataclass(frozen=True)
+class Published:
+    """A torchvision weights release: its download and the resize before the 224 centre crop."""
+
+    url: str
+    resize_size: int
+
+
+def _releases(model: str, v1: str, v2: str | None = None, v1_resize: int = 256) -> dict[str, Published]:
+    releases = {V1: Published(f"{_DOWNLOADS}{model}-{v1}.pth", v1_resize)}
+    if v2:
+        releases[V2] = Published(f"{_DOWNLOADS}{model}-{v2}.pth", 232)
+    return releases
+
+
 TORCHVISION_WEIGHTS = {
-    "resnet18": (V1,), "resnet34": (V1,), "resnet50": (V1, V2), "resnet101": (V1, V2), "resnet152": (V1, V2),
-    "resnext50_32x4d": (V1, V2), "resnext101_32x8d": (V1, V2), "resnext101_64x4d": (V1,),
-    "wide_resnet50_2": (V1, V2), "wide_resnet101_2": (V1, V2),
+    "resnet18": _releases("resnet18", "f37072fd"),
+    "resnet34": _releases("resnet34", "b627a593"),
+    "resnet50": _releases("resnet50", "0676ba61", "11ad3fa6"),
+    "resnet101": _releases("resnet101", "63fe2227", "cd907fc2"),
+    "resnet152": _releases("resnet152", "394f9c45", "f82ba261"),
+    "resnext50_32x4d": _releases("resnext50_32x4d", "7cdf4587", "1a0047aa"),
+    "resnext101_32x8d": _releases("resnext101_32x8d", "8ba56ff5", "110c445d"),
+    "resnext101_64x4d": _releases("resnext101_64x4d", "173b62eb", v1_resize=232),
+    "wide_resnet50_2": _releases("wide_resnet50_2", "95faca4d", "9ba9bcbe"),
+    "wide_resnet101_2": _releases("wide_resnet101_2", "32ee1156", "d733dc28"),
 }
+# The evaluation recipe all of them share (torchvision's ImageClassification preset).
+CROP_SIZE = 224
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RECIPE_INTERPOLATION = "bilinear"
 NO_WEIGHTS = "none"
 HF_PREFIX = "hf:"
 CHECKPOINT_FORMS = "a .pt/.pth/.safetensors file, a save_pretrained folder or hf:ORG/NAME, local or s3://, gs://, ..."
@@ -68,6 +104,17 @@ def check_weights_name(model: str, name: str) -> str:
     if name not in weights_names(model):
         raise UsageError(f"unknown weights {name!r} for {model}; {valid_weights(model)}")
     return name
+
+
+def release_name(model: str, name: str) -> str:
+    """A torchvision weights name as the release it means: DEFAULT is the newest."""
+    return list(TORCHVISION_WEIGHTS[model])[-1] if check_weights_name(model, name) == "DEFAULT" else name
+
+
+@cache
+def imagenet_categories() -> tuple[str, ...]:
+    """The 1,000 class names every torchvision ImageNet release ships (its meta["categories"])."""
+    return tuple(resources.files("resnet_batch").joinpath("imagenet_classes.txt").read_text().splitlines())
 
 
 def check_weights_argument(model: str, weights: str) -> None:

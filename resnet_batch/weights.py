@@ -10,23 +10,29 @@ the class names shipped with it):
 - `PretrainedFolder`: a Hugging Face `save_pretrained` folder or `hf:ORG/NAME`, written by
   transformers or by timm (formats in hf.py).
 `resolve_weights` picks the source and resolves it in one step, in the driver; workers load
-the same state dict again from the picklable `ResolvedWeights` it returns.
+the state dict (`load`) from the picklable `ResolvedWeights` it returns. The driver imports
+torch only to read a checkpoint: torchvision's releases and random init are described by
+registry.py's tables, and a release already in torch's hub cache needs no check there.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from . import hf
 from .errors import UsageError, WeightsUnavailableError, one_line
-from .models import MODELS, check_fits
 from .preprocessing import Preprocessing
-from .registry import NO_WEIGHTS, check_model, check_weights_name, looks_like_weights_name, valid_weights
+from .registry import (CROP_SIZE, EMBEDDING_DIMS, IMAGENET_MEAN, IMAGENET_STD, NO_WEIGHTS, RECIPE_INTERPOLATION,
+                       TORCHVISION_WEIGHTS, check_model, imagenet_categories, looks_like_weights_name, release_name,
+                       valid_weights)
+
+if TYPE_CHECKING:
+    import torch
 
 
 CLASSIC_RECIPE = "IMAGENET1K_V1"  # the 256/224 recipe most ResNet checkpoints were trained with
@@ -42,14 +48,21 @@ class Loaded:
     names: tuple[str, ...] | None = None  # class names that ship with the weights
 
 
-def _torchvision_enum(model: str, name: str):
-    enum = MODELS[model].weights_enum
-    return enum.DEFAULT if check_weights_name(model, name) == "DEFAULT" else enum[name]
+def _release_recipe(model: str, name: str) -> Preprocessing:
+    """The preprocessing of torchvision's release `name` (its weights' transforms())."""
+    resize = TORCHVISION_WEIGHTS[model][name].resize_size
+    return Preprocessing(resize, CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, RECIPE_INTERPOLATION)
 
 
 def _reference_recipe(model: str, preprocess: str | None) -> tuple[Preprocessing, str]:
-    reference = _torchvision_enum(model, preprocess or CLASSIC_RECIPE)
-    return Preprocessing.from_weights(reference), reference.name
+    name = release_name(model, preprocess or CLASSIC_RECIPE)
+    return _release_recipe(model, name), name
+
+
+def hub_checkpoint(url: str) -> Path:
+    """Where torch.hub keeps a download (hub.get_dir()/checkpoints), found without importing torch."""
+    home = os.getenv("TORCH_HOME") or os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch")
+    return Path(os.path.expanduser(home)) / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True)
@@ -60,7 +73,10 @@ class RandomInit:
     def recipe(self, model: str, preprocess: str | None) -> tuple[Preprocessing, str]:
         return _reference_recipe(model, preprocess)
 
-    def load(self, model: str, fetch: bool = True) -> Loaded:
+    def load(self, model: str) -> Loaded:
+        return Loaded(None)
+
+    def inspect(self, model: str, verify: bool) -> Loaded:
         return Loaded(None)
 
 
@@ -76,22 +92,28 @@ class TorchvisionWeights:
     def recipe(self, model: str, preprocess: str | None) -> tuple[Preprocessing, str]:
         if preprocess is not None and preprocess != self.name:
             raise UsageError("--preprocess applies only to --weights none or a checkpoint")
-        return Preprocessing.from_weights(_torchvision_enum(model, self.name)), self.name
+        return _release_recipe(model, self.name), self.name
 
-    def load(self, model: str, fetch: bool = True) -> Loaded:
-        tv = _torchvision_enum(model, self.name)
-        names = tuple(tv.meta["categories"])
-        if not fetch:
-            return Loaded(None, names)
+    def load(self, model: str) -> Loaded:
+        from .models import MODELS
+
+        url = TORCHVISION_WEIGHTS[model][self.name].url
         try:
-            return Loaded(tv.get_state_dict(progress=False, check_hash=True), names)
+            state = MODELS[model].weights_enum[self.name].get_state_dict(progress=False, check_hash=True)
         except Exception as exc:  # URLError, HTTPError, socket errors, hash mismatch
             raise WeightsUnavailableError(
-                f"cannot download {model} {tv.name} weights from {tv.url} "
+                f"cannot download {model} {self.name} weights from {url} "
                 f"({type(exc).__name__}: {one_line(exc, 120)}); offline, use --weights none for a trial run "
-                f"(random weights), pass --weights PATH-or-URI to a checkpoint, or put {tv.url.rsplit('/', 1)[-1]} "
+                f"(random weights), pass --weights PATH-or-URI to a checkpoint, or put {url.rsplit('/', 1)[-1]} "
                 "in torch's hub cache ($TORCH_HOME/hub/checkpoints/, default ~/.cache/torch/hub/checkpoints/)"
             ) from None
+        return Loaded(state, imagenet_categories())
+
+    def inspect(self, model: str, verify: bool) -> Loaded:
+        """The class names; with `verify`, the release downloaded now unless torch's cache has it."""
+        if verify and not hub_checkpoint(TORCHVISION_WEIGHTS[model][self.name].url).is_file():
+            self.load(model)
+        return Loaded(None, imagenet_categories())
 
 
 @dataclass(frozen=True)
@@ -106,11 +128,14 @@ class CheckpointFile:
     def recipe(self, model: str, preprocess: str | None) -> tuple[Preprocessing, str]:
         return _reference_recipe(model, preprocess)
 
-    def load(self, model: str, fetch: bool = True) -> Loaded:
+    def load(self, model: str) -> Loaded:
         try:
             return read_checkpoint(self.uri)
         except CheckpointNotFound as exc:  # often a misspelt name rather than a path
             raise WeightsUnavailableError(f"{exc}; --weights {valid_weights(model)}") from None
+
+    def inspect(self, model: str, verify: bool) -> Loaded:
+        return self.load(model)  # read in any case: the class count and names are inside
 
 
 @dataclass(frozen=True)
@@ -135,11 +160,14 @@ class PretrainedFolder:
             return Preprocessing(**info.preprocessing), info.config_file
         return _reference_recipe(model, preprocess)
 
-    def load(self, model: str, fetch: bool = True) -> Loaded:
+    def load(self, model: str) -> Loaded:
         info = self.info()
         weight_file = Path(self.uri) if self.uri.endswith(".safetensors") else info.weight_file
         loaded = read_checkpoint(str(weight_file))
         return Loaded(loaded.state, info.names or loaded.names)
+
+    def inspect(self, model: str, verify: bool) -> Loaded:
+        return self.load(model)
 
 
 WeightsSource = RandomInit | TorchvisionWeights | CheckpointFile | PretrainedFolder
@@ -150,7 +178,7 @@ def weights_source(model: str, weights: str) -> WeightsSource:
     if weights.lower() == NO_WEIGHTS:
         return RandomInit()
     if weights == "DEFAULT" or looks_like_weights_name(weights):
-        return TorchvisionWeights(_torchvision_enum(model, weights).name)
+        return TorchvisionWeights(release_name(model, weights))
     if hf.pretrained_dir(weights) is not None:
         return PretrainedFolder(weights)
     return CheckpointFile(weights)
@@ -173,7 +201,7 @@ class ResolvedWeights:
 
     @property
     def embedding_dim(self) -> int:
-        return MODELS[self.model].embedding_dim
+        return EMBEDDING_DIMS[self.model]
 
     def state_dict(self) -> dict[str, torch.Tensor] | None:
         return self.source.load(self.model).state
@@ -189,8 +217,10 @@ def resolve_weights(model: str, weights: str, preprocess: str | None = None, lab
     check_model(model)
     source = weights_source(model, weights)
     preprocessing, preprocess_from = source.recipe(model, preprocess)
-    loaded = source.load(model, fetch=verify)
+    loaded = source.inspect(model, verify)
     if loaded.state is not None:
+        from .models import check_fits  # torch is imported by now: it read the state dict
+
         num_classes = check_fits(model, loaded.state, source.label)
     elif labels:
         num_classes = None  # random init: as many outputs as the labels file names
@@ -200,7 +230,7 @@ def resolve_weights(model: str, weights: str, preprocess: str | None = None, lab
     if labels and num_classes is not None and len(names) != num_classes:
         raise UsageError(f"--labels {labels} names {len(names)} classes but the weights have {num_classes}")
     if names is None:  # random init without labels: the reference recipe's ImageNet names
-        names = tuple(_torchvision_enum(model, preprocess or CLASSIC_RECIPE).meta["categories"])
+        names = imagenet_categories()
     if num_classes is not None and len(names) != num_classes:  # a fine-tuned head without its names
         names = tuple(str(i) for i in range(num_classes))
     return ResolvedWeights(model, source, preprocessing, preprocess_from, tuple(names))
@@ -212,6 +242,8 @@ def read_state_bytes(data: bytes, name: str) -> object:
         from safetensors.torch import load as load_safetensors
 
         return load_safetensors(data)
+    import torch
+
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
@@ -246,6 +278,8 @@ def _unwrap(obj: object, uri: str) -> Loaded:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             names = next((_names(obj[k], f"{uri} {k}") for k in CLASS_NAME_KEYS if obj.get(k)), None)
             obj = obj[key]
+    import torch
+
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsUnavailableError(f"checkpoint {uri} does not hold a state_dict of tensors")
     state = {k.removeprefix("module."): v for k, v in obj.items()}

@@ -79,12 +79,19 @@ def test_shipped_job_starts_its_own_ray_and_writes_every_row(tmp_path):
 
     job = yaml.safe_load((ROOT / "jobs" / "cpu-small.yaml").read_text())
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "resnet_batch.cli", "label", "--config",
+    # As `python -m resnet_batch.cli`, noting at exit whether the driver imported torch.
+    modules = tmp_path / "driver-modules"
+    launcher = ("import atexit, sys; from resnet_batch.cli import main; "
+                f"atexit.register(lambda: open({str(modules)!r}, 'w').write(' '.join(sorted(sys.modules)))); "
+                "sys.exit(main())")
+    result = subprocess.run([sys.executable, "-c", launcher, "label", "--config",
                              str(ROOT / "jobs" / "cpu-small.yaml"), "--output", str(out), "--progress-every", "0.2",
                              "--top-k", "3", "--embedding-dtype", "float16"],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                            env={**os.environ, "TORCH_HOME": str(tmp_path / "no-cache")})
+                            env={**os.environ, "TORCH_HOME": str(tmp_path / "no-cache"), "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr[-2000:]
+    driver_modules = modules.read_text().split()
+    assert "ray.data" in driver_modules and "torch" not in driver_modules, "the driver runs no model"
     n = len(list(EXAMPLES.iterdir()))
     assert job["weights"] == "none" and job.get("top_k") != 3
     assert f"inputs {n}, already done 0, processed {n}, rows in output {n}" == result.stdout.splitlines()[0]

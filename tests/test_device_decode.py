@@ -20,9 +20,10 @@ from resnet_batch import device_decode
 from resnet_batch.config import LabelConfig
 from resnet_batch.decode import JPEG_COLUMN, PIXELS_COLUMN, DecodeStage
 from resnet_batch.device_decode import DeviceDecoder
-from resnet_batch.inference import InferenceSettings, Predictor
+from resnet_batch.inference import Predictor
+from resnet_batch.model_stage import InferenceSettings
 from resnet_batch.pipeline import _decodes_on_device, run_label
-from resnet_batch.preprocessing import Preprocessing, resize_center_crop
+from resnet_batch.preprocessing import DEVICE_FILTERS, Preprocessing, resize_center_crop
 from resnet_batch.schema import output_schema
 from resnet_batch.weights import resolve_weights
 from tests.conftest import smooth_image
@@ -32,10 +33,11 @@ from tests.conftest import smooth_image
 SHAPES = [(375, 500), (500, 375), (900, 120), (40, 60), (224, 224), (256, 256), (300, 301), (1200, 1600)]
 
 
-@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("interpolation", DEVICE_FILTERS)
 def test_batched_resize_crop_matches_pil(interpolation, monkeypatch):
     """Within a grey level of Pillow, whatever the shapes in a batch, and the same whether
     the batch is one chunk or several."""
+    assert tuple(device_decode.FILTERS) == DEVICE_FILTERS  # what the driver routes by is what is here
     prep = Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), interpolation)
     rng = np.random.default_rng(3)
     images = [smooth_image(rng, h, w) for h, w in SHAPES]

@@ -25,7 +25,8 @@ from resnet_batch.columns import MAX_FILE_BYTES, row_bytes, rows_per_file
 from resnet_batch.config import LabelConfig
 from resnet_batch.decode import RESIZED_COLUMNS, SCALE_COLUMN, DecodeStage
 from resnet_batch.errors import UsageError
-from resnet_batch.inference import InferenceSettings, Predictor
+from resnet_batch.inference import Predictor
+from resnet_batch.model_stage import InferenceSettings
 from resnet_batch.models import build_model
 from resnet_batch.pipeline import run_label
 from resnet_batch.preprocessing import WholeImage

@@ -12,7 +12,8 @@ import torch
 from resnet_batch.config import LabelConfig
 from resnet_batch.decode import DecodeStage
 from resnet_batch.errors import UsageError
-from resnet_batch.inference import InferenceSettings, Predictor
+from resnet_batch.inference import Predictor
+from resnet_batch.model_stage import InferenceSettings
 from resnet_batch.weights import resolve_weights
 from resnet_batch.pipeline import run_label
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +16,9 @@ import torchvision.models as tvm
 
 from resnet_batch.errors import UsageError, WeightsUnavailableError
 from resnet_batch.models import MODELS, build_model, describe_models, fold_batch_norms, forward_features
-from resnet_batch.registry import EMBEDDING_DIMS, TORCHVISION_WEIGHTS
-from resnet_batch.weights import resolve_weights
+from resnet_batch.preprocessing import Preprocessing
+from resnet_batch.registry import EMBEDDING_DIMS, TORCHVISION_WEIGHTS, release_name
+from resnet_batch.weights import hub_checkpoint, resolve_weights
 
 
 def test_registry_widths_and_weights():
@@ -23,8 +28,53 @@ def test_registry_widths_and_weights():
     for name, row in rows.items():  # the torch-free registry agrees with torchvision's builders
         with torch.device("meta"):
             assert row["embedding_dim"] == EMBEDDING_DIMS[name] == MODELS[name].builder().fc.in_features
-        assert TORCHVISION_WEIGHTS[name] == tuple(w.name for w in tvm.get_model_weights(name))
     assert "IMAGENET1K_V2" in rows["resnet101"]["weights"] and "IMAGENET1K_V2" not in rows["resnet34"]["weights"]
+
+
+@pytest.mark.parametrize("model", list(TORCHVISION_WEIGHTS))
+def test_release_table_is_torchvisions(model):
+    """What the driver knows without torch (registry.py) is what torchvision's enums say."""
+    enum = tvm.get_model_weights(model)
+    assert list(TORCHVISION_WEIGHTS[model]) == [w.name for w in enum]
+    assert release_name(model, "DEFAULT") == enum.DEFAULT.name
+    for w in enum:
+        resolved = resolve_weights(model, w.name, verify=False)
+        preset = w.transforms()
+        expected = Preprocessing(preset.resize_size[0], preset.crop_size[0], tuple(preset.mean), tuple(preset.std),
+                                 preset.interpolation.value)
+        assert resolved.preprocessing == expected and resolved.preprocess_from == w.name
+        assert resolved.categories == tuple(w.meta["categories"])
+        assert TORCHVISION_WEIGHTS[model][w.name].url == w.url
+        assert hub_checkpoint(w.url).name == os.path.basename(w.url)
+
+
+def test_actors_refuse_tables_their_torchvision_disagrees_with(monkeypatch):
+    """A node whose torchvision describes a release otherwise than the driver's tables stops the
+    job instead of labeling with another recipe or other class names."""
+    import resnet_batch.models as models
+    from resnet_batch.registry import Published
+
+    resolved = resolve_weights("resnet18", "none")
+    build_model(resolved)  # the tables agree with the torchvision installed here
+    release = TORCHVISION_WEIGHTS["resnet18"]["IMAGENET1K_V1"]
+    monkeypatch.setitem(TORCHVISION_WEIGHTS["resnet18"], "IMAGENET1K_V1", Published(release.url, 232))
+    with pytest.raises(WeightsUnavailableError, match=r"resnet18 IMAGENET1K_V1 otherwise .* recipe \(256, 224"):
+        build_model(resolved)
+    monkeypatch.undo()
+    renamed = dataclasses.replace(resolved, categories=("kitten", *resolved.categories[1:]))
+    monkeypatch.setattr(models, "imagenet_categories", lambda: renamed.categories)  # a shipped list gone stale
+    with pytest.raises(WeightsUnavailableError, match="its class names"):
+        build_model(renamed)
+
+
+def test_hub_checkpoint_is_where_torch_hub_looks(tmp_path, monkeypatch):
+    url = TORCHVISION_WEIGHTS["resnet18"]["IMAGENET1K_V1"].url
+    for env in ({"TORCH_HOME": str(tmp_path / "th")}, {"XDG_CACHE_HOME": str(tmp_path / "xdg")}, {"HOME": str(tmp_path)}):
+        for var in ("TORCH_HOME", "XDG_CACHE_HOME"):
+            monkeypatch.delenv(var, raising=False)
+        for var, value in env.items():
+            monkeypatch.setenv(var, value)
+        assert hub_checkpoint(url) == Path(torch.hub.get_dir()) / "checkpoints" / "resnet18-f37072fd.pth"
 
 
 @pytest.mark.parametrize("model, weights, resize", [
@@ -69,6 +119,18 @@ def test_hub_cache_is_used(tmp_path, monkeypatch):
     torch.save(reference.state_dict(), cache / "resnet18-f37072fd.pth")
     model = build_model(resolve_weights("resnet18", "IMAGENET1K_V1"))
     assert torch.equal(model.fc.weight, reference.fc.weight)
+
+
+def test_cached_release_resolves_without_torch(tmp_path):
+    """The driver's check of a torchvision release in the hub cache reads nothing, imports no torch."""
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / "resnet50-11ad3fa6.pth").write_bytes(b"only workers read it")
+    code = ("import sys; from resnet_batch.weights import resolve_weights; "
+            "r = resolve_weights('resnet50', 'DEFAULT'); print(r.weights, len(r.categories), 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "TORCH_HOME": str(tmp_path)})
+    assert result.stdout.split() == ["IMAGENET1K_V2", "1000", "False"], result.stderr
 
 
 def _variants(tmp_path, state):

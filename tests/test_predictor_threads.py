@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from resnet_batch.decode import DecodeStage
-from resnet_batch.inference import InferenceSettings, Predictor
+from resnet_batch.inference import Predictor
+from resnet_batch.model_stage import InferenceSettings
 from resnet_batch.weights import resolve_weights
 from resnet_batch.schema import output_schema
 

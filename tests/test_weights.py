@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 
 from resnet_batch.decode import DecodeStage
 from resnet_batch.errors import UsageError
-from resnet_batch.inference import InferenceSettings, Predictor
+from resnet_batch.inference import Predictor
+from resnet_batch.model_stage import InferenceSettings
 from resnet_batch.models import MODELS, identify_architecture
 from resnet_batch.weights import resolve_weights
 

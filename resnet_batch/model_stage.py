@@ -1,0 +1,72 @@
+"""The model stage as the driver declares it: its settings, and the actor class Ray Data starts.
+
+The driver runs no model, so it never imports torch (seconds of a core while Ray and the
+actors start, bench/BENCHMARKS.md): `PredictorActor` imports inference.py, and with it torch
+and torchvision, once it is constructed in a model actor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .registry import POOLED
+from .weights import ResolvedWeights
+
+# glibc maps each large block afresh and unmaps it on free, so every forward pass would
+# page-fault its activations in again: resnet18 on 2 CPU cores runs ~40% faster without
+# that (bench/forward.py), at about the same RSS. The model actor reallocates the same sizes
+# every batch: one arena (Ray runs the model on a thread of its own, whose arena would map
+# large blocks anyway), never mmap, never trim. Environment, not mallopt(): it must hold
+# before any thread of the process has an arena.
+ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    weights: ResolvedWeights
+    top_k: int = 5
+    features: tuple[str, ...] = (POOLED,)  # pooled (the `embedding` column) and/or c2..c5, pooled
+    spatial: str | None = None  # c4 or c5: that stage's whole map, float16
+    whole_image: bool = False  # --crop none: images padded to a few shapes, resized sizes given
+    review_below: float | None = None  # needs_review: top-1 probability under this
+    embedding_dtype: str = "float32"
+    device: str = "auto"
+    precision: str = "auto"
+    # torch intra-op threads per call. CPU actors run one single-threaded call per core at
+    # once: ~12% more images/s than one call on all cores, whose OpenMP threads wait for
+    # each other at every layer (bench/bench.py --calls 1 --threads 2).
+    threads: int = 1
+    channels_last: bool = True
+    compile: bool = False
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 instructions (AVX512-BF16 or AMX), where bf16 is fast."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    if precision != "auto":
+        return precision
+    if device == "cuda":
+        import torch  # only asked on a GPU actor, which has it imported
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+class PredictorActor:
+    """What map_batches names: an inference.Predictor, built where the actor runs."""
+
+    def __init__(self, settings: InferenceSettings, schema, progress=None):
+        from .inference import Predictor
+
+        self.predictor = Predictor(settings, schema, progress)
+
+    def __call__(self, batch):
+        return self.predictor(batch)
