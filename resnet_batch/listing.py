@@ -34,12 +34,16 @@ def _list_level(uri: str) -> tuple[pa.Table, list[str]]:
 def walk(root: str) -> Iterator[pa.Table]:
     """The images under `root` (tar shards expanded), one table per listed directory.
 
-    Breadth-first, with several directories listed at once by Ray tasks on any node: wide
-    trees list in parallel, and what waits is only directory names. Each listing in flight
-    is a worker process, hence the bound by the cluster's CPUs.
+    Breadth-first: the root in this process (a flat folder starts no other worker process,
+    which a small job would wait for), its sub-directories several at once by Ray tasks on
+    any node: wide trees list in parallel, and what waits is only directory names. Each
+    listing in flight is a worker process, hence the bound by the cluster's CPUs.
     """
+    table, subdirs = list_directory_level(root)
+    if table.num_rows:
+        yield table
     in_flight = int(min(MAX_LISTINGS_IN_FLIGHT, max(2, ray.cluster_resources().get("CPU", 2))))
-    queue, pending = deque([root]), deque()
+    queue, pending = deque(subdirs), deque()
     while queue or pending:
         while queue and len(pending) < in_flight:
             pending.append(_list_level.remote(queue.popleft()))
