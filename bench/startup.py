@@ -61,7 +61,9 @@ def run_label(folder: Path, out: Path, mode: str, extra: list[str], tree: Path) 
     cmd = [sys.executable, "-m", "resnet_batch.cli", "label", str(folder), "--output", str(out), "--model", "resnet18",
            "--weights", "none", "--mode", mode, *extra]
     start = time.monotonic()
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tree)})
+    # In the tree: `python -m` puts the working directory first on sys.path, before PYTHONPATH
+    # (and Ray's workers take the driver's sys.path).
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)})
     wall = time.monotonic() - start
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
