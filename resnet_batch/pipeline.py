@@ -2,9 +2,10 @@
 
     inputs: listed files/manifests (driver) + directories walked by Ray tasks (listing.py)
         -> DecodeStage (tasks, CPU) -> Predictor (actor pool, GPU when present)
-    The driver runs no model and never imports torch (model_stage.py).
         -> the driver's loop: block references to saving.Saver (part files), progress
         -> read back and checked against the inputs
+
+The driver runs no model and never imports torch (model_stage.py).
 """
 
 from __future__ import annotations
