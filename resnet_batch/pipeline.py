@@ -34,7 +34,7 @@ from .check import OutputCheck, check_output, needs_ray
 from .columns import rows_per_file, run_info, run_schema, whole_image
 from .config import LabelConfig
 from .decode import LowPriorityDecode
-from .errors import Interrupted, UsageError
+from .errors import Interrupted, UsageError, WeightsUnavailableError
 from .evaluate import EvalReport, attach_labels, score
 from .listing import read_directory, read_slice
 from .model_stage import ALLOCATOR_ENV, InferenceSettings, PredictorActor, resolve_precision
@@ -308,7 +308,7 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: InputPlan, ski
             if item is _END:
                 break
             if isinstance(item, BaseException):
-                raise item
+                raise _why_actors_failed(item) or item
             for part in item or ():
                 saver.add(part)
                 done += part.rows
@@ -340,6 +340,21 @@ def _snapshot(counter: CounterClient, todo: InputPlan, done: int, saved: int, ti
     walking = walks_done < len(todo.directories) if walking is None else walking
     return Snapshot(done=done, saved=saved, total=todo.table.num_rows + found, walking=walking,
                     errors=errors, elapsed_s=time.time() - timeline.executing)
+
+
+def _why_actors_failed(exc: BaseException) -> Exception | None:
+    """A model actor whose constructor raised, as the one-line error it raised.
+
+    Ray keeps only the constructor's traceback as text: its last line is "module.Type: message".
+    Weights that the driver did not read (a torchvision release in the hub cache) fail here.
+    """
+    if not (isinstance(exc, ray.exceptions.RayActorError) and exc.actor_init_failed):
+        return None
+    last = exc.error_msg.strip().splitlines()[-1]
+    kind, _, message = last.partition(": ")
+    if kind.rsplit(".", 1)[-1] == WeightsUnavailableError.__name__:
+        return WeightsUnavailableError(message)
+    return RuntimeError(f"the model actors could not start: {last}")
 
 
 def _decodes_on_device(cfg: LabelConfig, resolved, on_gpu: bool) -> bool:

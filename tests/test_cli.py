@@ -56,6 +56,18 @@ def test_missing_weights_download_is_one_clear_line(tmp_path):
     assert "--weights none" in lines[0] and "--weights PATH-or-URI" in lines[0] and "hub/checkpoints" in lines[0]
     assert not (tmp_path / "o").exists(), "a job that failed before any row leaves no output behind"
 
+    # A release in the hub cache is left to the model actors (the driver imports no torch):
+    # a corrupt one fails there, and says so as clearly.
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True, exist_ok=True)  # the failed download above made it
+    (cache / "resnet18-f37072fd.pth").write_bytes(b"half a download")
+    result = cli("label", str(EXAMPLES), "--output", str(tmp_path / "o"), "--model", "resnet18",
+                 env={"TORCH_HOME": str(tmp_path / "torch")})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot download resnet18 IMAGENET1K_V1" in lines[0], result.stderr
+    assert "UnpicklingError" in lines[0] and "hub/checkpoints" in lines[0]
+
 
 def test_models_table_and_json():
     import json
