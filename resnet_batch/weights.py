@@ -222,10 +222,10 @@ def resolve_weights(model: str, weights: str, preprocess: str | None = None, lab
         from .models import check_fits  # torch is imported by now: it read the state dict
 
         num_classes = check_fits(model, loaded.state, source.label)
-    elif labels:
-        num_classes = None  # random init: as many outputs as the labels file names
-    else:
-        num_classes = len(loaded.names or ()) or 1000
+    elif isinstance(source, RandomInit):
+        num_classes = None if labels else 1000  # random init: as many outputs as the labels file names
+    else:  # a torchvision release, not read here: one output per class it ships
+        num_classes = len(loaded.names)
     names = read_labels(labels) if labels else loaded.names
     if labels and num_classes is not None and len(names) != num_classes:
         raise UsageError(f"--labels {labels} names {len(names)} classes but the weights have {num_classes}")

@@ -53,6 +53,16 @@ def test_labels_file_names_the_classes(tmp_path, content):
     assert resolved.categories == ("ant", "bee", "wasp")
 
 
+def test_labels_file_must_fit_a_torchvision_release(tmp_path):
+    """Checked in the driver, which reads no torchvision release: their heads have 1,000 outputs."""
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    with pytest.raises(UsageError, match="names 2 classes but the weights have 1000"):
+        resolve_weights("resnet18", "IMAGENET1K_V1", labels=str(tmp_path / "labels.txt"), verify=False)
+    (tmp_path / "labels.txt").write_text("".join(f"class {i}\n" for i in range(1000)))
+    resolved = resolve_weights("resnet18", "IMAGENET1K_V1", labels=str(tmp_path / "labels.txt"), verify=False)
+    assert resolved.categories[999] == "class 999"
+
+
 def test_labels_file_gives_random_init_its_class_count(tmp_path):
     (tmp_path / "labels.txt").write_text("a\nb\n")
     resolved = resolve_weights("resnet18", "none", labels=str(tmp_path / "labels.txt"))
