@@ -84,10 +84,6 @@ class DeviceDecoder:
         # float16 holds 0..255 exactly and GEMMs accumulate in float32; CPUs lack fast float16.
         self.dtype = torch.float16 if device.type == "cuda" else torch.float32
 
-    @staticmethod
-    def supports(prep: Preprocessing) -> bool:
-        return prep.interpolation in FILTERS
-
     def __call__(self, jpegs: list[bytes]) -> DeviceCrops:
         images, errors = self.decode(jpegs)
         ok = [i for i in range(len(jpegs)) if i not in errors]

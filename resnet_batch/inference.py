@@ -64,7 +64,7 @@ class Predictor:
         self._thread = threading.local()
         self._launch_lock = threading.Lock() if settings.compile else nullcontext()
         prep = settings.weights.preprocessing
-        self.device_decoder = DeviceDecoder(prep, self.device) if DeviceDecoder.supports(prep) else None
+        self.device_decoder = DeviceDecoder(prep, self.device) if prep.resizes_on_device else None
         self.mean = torch.tensor(prep.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(prep.std, device=self.device).view(1, 3, 1, 1)
         self.categories = settings.weights.categories

@@ -361,7 +361,7 @@ def _decodes_on_device(cfg: LabelConfig, resolved, on_gpu: bool) -> bool:
     """--decode: gpu, or auto on GPU actors, passes JPEGs to the model actors to decode."""
     if cfg.decode == "cpu" or cfg.crop == "none":  # (--decode gpu with --crop none is refused earlier)
         return False
-    if resolved.preprocessing.interpolation not in DEVICE_FILTERS:
+    if not resolved.preprocessing.resizes_on_device:
         if cfg.decode == "gpu":
             raise UsageError(f"--decode gpu resizes with {' or '.join(DEVICE_FILTERS)}, and these weights use "
                              f"{resolved.preprocessing.interpolation}: use --decode cpu")

@@ -39,6 +39,11 @@ class Preprocessing:
     std: tuple[float, ...]
     interpolation: str
 
+    @property
+    def resizes_on_device(self) -> bool:
+        """Whether device_decode.py can resize for this recipe (its filters: DEVICE_FILTERS)."""
+        return self.interpolation in DEVICE_FILTERS
+
     def describe(self) -> dict:
         return {
             "resize_size": self.resize_size,

@@ -118,8 +118,8 @@ def imagenet_categories() -> tuple[str, ...]:
 
 
 def check_weights_argument(model: str, weights: str) -> None:
-    """Refuses, in a moment, what resolving the weights would refuse only once torch is imported:
-    an unknown torchvision weights name, a local checkpoint path that does not exist."""
+    """Refuses, before Ray starts, what resolving the weights (on a thread, awaited only once Ray
+    has started) would refuse: an unknown torchvision weights name, a missing local checkpoint."""
     if weights.lower() == NO_WEIGHTS or weights.startswith(HF_PREFIX):
         return
     if looks_like_weights_name(weights):
