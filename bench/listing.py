@@ -50,7 +50,7 @@ def main() -> None:
     ray.init(include_dashboard=False, logging_level="WARNING")
     base = rss_mib()
     start = time.monotonic()
-    count = sum(t.num_rows for t in walk(str(args.root)))
+    count = sum(level.table.num_rows for level in walk(str(args.root)))
     walk_s, walk_rss = time.monotonic() - start, rss_mib() - base
 
     base = rss_mib()

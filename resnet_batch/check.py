@@ -26,6 +26,7 @@ class OutputCheck:
     rows: int = 0
     missing: int = 0
     duplicates: int = 0
+    hidden: int = 0  # entries of walked directories left out for starting with "."
 
 
 _count_directory = ray.remote(num_cpus=0)(count_against)
@@ -51,8 +52,9 @@ def check_output(out: OutputDir, plan: InputPlan, listed: np.ndarray, done_befor
     if remote:
         refs = [ray.put(a) for a in (listed, done_before, written)]
         counts += ray.get([_count_directory.remote(d, *refs) for d in remote])
-    for inputs, done, missing in counts:
+    for inputs, done, missing, hidden in counts:
         check.inputs += inputs
         check.already_done += done
         check.missing += missing
+        check.hidden += hidden
     return check

@@ -12,7 +12,7 @@ import sys
 import traceback
 
 from .console import Console, raise_on_signals
-from .errors import Interrupted, UsageError, WeightsUnavailableError, one_line
+from .errors import Interrupted, UsageError, WeightsUnavailableError, one_line, root_cause
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
 EXIT_SIGNAL_BASE = 128  # a job stopped by signal N exits 128 + N, as shells report it
@@ -156,10 +156,18 @@ def _run_with_progress(run, cfg, console: Console):
         return run(cfg, launched_at=process_started_at(), report=report)
 
 
+def _refuse_memory_output(cfg) -> None:
+    if cfg.output.startswith("memory://"):
+        raise UsageError(f"--output {cfg.output}: memory:// lives only in this process and is gone when the command "
+                         "exits; write to a local path or a bucket (memory:// is for the Python API)")
+
+
 def cmd_label(args: argparse.Namespace, console: Console) -> int:
     from .pipeline import run_label
 
-    summary = _run_with_progress(run_label, _job_config(args), console)
+    cfg = _job_config(args)
+    _refuse_memory_output(cfg)
+    summary = _run_with_progress(run_label, cfg, console)
     for line in summary.lines():
         console.print(line)
     return EXIT_OK if summary.complete else EXIT_INCOMPLETE
@@ -171,6 +179,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
     from .pipeline import run_eval
 
     cfg = _job_config(args, eval_defaults=True)
+    _refuse_memory_output(cfg)
     summary, report = _run_with_progress(partial(run_eval, label_column=args.label_column), cfg, console)
     for line in [*summary.lines(), *report.lines(), f"predictions written to {_shown_path(cfg.output)}"]:
         console.print(line)
@@ -267,6 +276,9 @@ def cmd_neighbors(args: argparse.Namespace, console: Console) -> int:
 
     if args.k < 1 or not 0 < args.threshold <= 1:
         raise UsageError("--k must be >= 1 and --threshold a cosine similarity in (0, 1]")
+    from .output.ownership import check_tool_target
+
+    check_tool_target(args.target, "--output", folder=True)  # before the search, not after it
     with console.row_progress("neighbors: reading embeddings") as progress:
         table, info = neighbors.find_neighbors(args.output, args.k, args.threshold, progress)
     neighbors.write(table, info, args.target)
@@ -294,15 +306,23 @@ def resume_command(argv: list[str]) -> str:
     return shlex.join(["resnet-batch", *args, "--mode", "resume"])
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    label_args: list[str] = []
-    if "--" in argv:  # submit ... -- label ...: everything after -- is the job's command line
+def _split_job_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """submit ... -- label ...: what follows `--` is the submitted job's command line. For
+    every other command `--` keeps its usual meaning (the rest are INPUTs, even if they
+    start with a dash), which argparse gives it."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command == "submit" and "--" in argv:
         cut = argv.index("--")
-        argv, label_args = argv[:cut], argv[cut + 1:]
+        return argv[:cut], argv[cut + 1:]
+    return argv, []
+
+
+def main(argv: list[str] | None = None) -> int:
+    raise_on_signals()  # first: a signal at any later moment stops the job the same way
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, label_args = _split_job_command(argv)
     args = build_parser().parse_args(argv)
     args.label_args = label_args
-    raise_on_signals()
     console = Console(args.command, args.verbose)
     try:
         return COMMANDS[args.command](args, console)
@@ -317,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_SIGNAL_BASE + stop.signum
     except Exception as exc:  # a bug or an environment failure: one line here, the traceback in the log
         traceback.print_exc()  # to the log file (or the terminal with -v)
-        console.failed(f"{type(exc).__name__}: {one_line(exc)}")
+        cause = root_cause(exc)
+        console.failed(f"{type(cause).__name__}: {one_line(cause)}")
         return EXIT_INCOMPLETE
     finally:
         console.close()

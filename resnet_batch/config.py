@@ -7,11 +7,13 @@ underscores); flags win.
 from __future__ import annotations
 
 import dataclasses
+import os
 import posixpath
+import typing
 from dataclasses import dataclass
 
 from .decode import DEFAULT_MAX_PIXELS
-from .errors import UsageError
+from .errors import UsageError, one_line
 from .registry import FEATURES, POOLED, SPATIAL_STAGES, check_model
 from .schema import EMBEDDING_DTYPES
 from .writer import MODES
@@ -133,18 +135,49 @@ class LabelConfig:
     def from_sources(cls, file_values: dict, flag_values: dict) -> "LabelConfig":
         """Merge a config file's values with flags (flags win; None means 'not given')."""
         merged: dict = {}
+        hints = typing.get_type_hints(cls)
         for source, values in (("config file", file_values), ("flags", flag_values)):
             for key, value in values.items():
                 name = key.replace("-", "_")
                 if name not in cls.field_names():
                     raise UsageError(f"unknown {source} key {key!r}; valid: {', '.join(sorted(cls.field_names()))}")
                 if value is not None:
-                    merged[name] = value
+                    merged[name] = _typed(key, value, hints[name]) if source == "config file" else value
         if isinstance(merged.get("inputs"), str):
             merged["inputs"] = [merged["inputs"]]
         merged["inputs"] = tuple(merged.get("inputs") or ())
         merged.setdefault("output", "")
         return cls(**merged)
+
+
+TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _typed(key: str, value, hint):
+    """A config file's value as the field's type, or a one-line refusal (YAML gives any type)."""
+    kinds = set(typing.get_args(hint)) or {hint}
+    kinds.discard(type(None))
+    if bool in kinds:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in TRUE + FALSE:
+            return value.strip().lower() in TRUE  # a quoted "false" is false
+        raise UsageError(f"config key {key!r} must be true or false, got {value!r}")
+    if int in kinds and float not in kinds:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UsageError(f"config key {key!r} must be an integer, got {value!r}")
+    if float in kinds:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        raise UsageError(f"config key {key!r} must be a number, got {value!r}")
+    if typing.get_origin(hint) is tuple:  # inputs, features: one string or a list of strings
+        if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            return value
+        raise UsageError(f"config key {key!r} must be a string or a list of strings, got {value!r}")
+    if isinstance(value, str):
+        return value
+    raise UsageError(f"config key {key!r} must be a string, got {value!r}")
 
 
 def load_config_file(path: str) -> dict:
@@ -156,6 +189,8 @@ def load_config_file(path: str) -> dict:
         values = yaml.safe_load(read_bytes_or_raise(path)) or {}
     except FileNotFoundError:
         raise UsageError(f"config file {path} not found") from None
+    except OSError as exc:  # a folder, no permission, a FIFO
+        raise UsageError(f"cannot read config file {path}: {one_line(exc)}") from None
     except yaml.YAMLError as exc:
         raise UsageError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(values, dict):
@@ -170,7 +205,9 @@ def _paths_relative_to(base: str, values: dict) -> dict:
     """A config file's relative paths name files beside it, wherever the job is started from."""
 
     def resolve(value):
-        if not isinstance(value, str) or "://" in value or value.startswith(("/", "~", "hf:")):
+        if isinstance(value, str) and value.startswith("~"):
+            return os.path.expanduser(value)
+        if not isinstance(value, str) or "://" in value or value.startswith(("/", "hf:")):
             return value
         return posixpath.normpath(posixpath.join(base, value))
 

@@ -1,5 +1,7 @@
 """Exceptions that carry a one-line message meant for the user."""
 
+import re
+
 
 class UsageError(ValueError):
     """A bad argument or configuration; the CLI prints it as one line and exits 2."""
@@ -9,9 +11,28 @@ class WeightsUnavailableError(RuntimeError):
     """Weights could not be fetched or loaded; the message says how to fix it."""
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def one_line(exc: BaseException, limit: int = 300) -> str:
-    """An exception's message on one line, cut to `limit` characters, for errors and rows."""
-    return " ".join(str(exc).split())[:limit]
+    """An exception's message on one line (terminal colour codes removed), cut to `limit`
+    characters, for errors and rows."""
+    return " ".join(_ANSI.sub("", str(exc)).split())[:limit]
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The error a remote task or actor raised, out of Ray's wrappers (whose own message is
+    a traceback), e.g. the OSError "No space left on device" of a write task."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None)  # RayTaskError / RayActorError keep the original here
+        if not isinstance(inner, BaseException):
+            inner = exc.__cause__ if type(exc).__module__.startswith("ray.") else None
+        if not isinstance(inner, BaseException):
+            return exc
+        exc = inner
+    return exc
 
 
 class Interrupted(BaseException):

@@ -24,8 +24,13 @@ from typing import Callable, Iterator
 
 import pyarrow.compute as pc
 
+from urllib.parse import quote
+
+from .data.identity import member_escapes, split_member
 from .errors import UsageError
 from .features import batches, open_output
+from .output.ownership import check_tool_target
+from .sources import TAR_OFFSET, TAR_SIZE, list_tar_members
 from .storage import filesystem, is_local, replaced_atomically
 
 FORMATS = ("label-studio", "imagefolder", "csv")
@@ -48,13 +53,33 @@ def _rows(output: str, rows: str, progress) -> Iterator[dict]:
 
 def label_studio_image(path: str, local_root: str) -> str:
     """The image reference Label Studio resolves: cloud URIs as they are; local files through
-    its local-files serving, relative to its LOCAL_FILES_DOCUMENT_ROOT (`local_root`)."""
+    its local-files serving, relative to its LOCAL_FILES_DOCUMENT_ROOT (`local_root`), the
+    name URL-encoded (a `&`, `#`, `%` or `+` in it would otherwise name another file)."""
+    if tar_member(path):
+        raise UsageError(f"{path} is a member of a tar shard, which Label Studio cannot serve; "
+                         "export --format imagefolder (which extracts members) and label that folder")
     if not is_local(path):
         return path
     relative = os.path.relpath(path.removeprefix("file://"), local_root)
     if relative.startswith(".."):
         raise UsageError(f"{path} is outside --local-files-root {local_root}")
-    return f"/data/local-files/?d={relative}"
+    return f"/data/local-files/?d={quote(relative, safe='/')}"
+
+
+def tar_member(path: str) -> tuple[str, str] | None:
+    """(shard, member) when a row's path is a member of a tar shard (identity.split_member)."""
+    if ".tar/" not in path.lower():
+        return None
+    fs, _ = filesystem(path)
+    local = is_local(path)
+
+    def is_shard(candidate: str) -> bool:
+        try:
+            return os.path.isfile(candidate.removeprefix("file://")) if local else fs.isfile(candidate)
+        except OSError:
+            return False
+
+    return split_member(path, is_shard)
 
 
 def label_studio_task(row: dict, model_version: str, local_root: str) -> dict:
@@ -107,16 +132,32 @@ def export_label_studio(output: str, target: str, rows: str = "all", local_root:
     return count
 
 
-def safe_name(name: str) -> str:
-    """A class name as one folder name: nothing in it can climb out of the export folder."""
-    cleaned = re.sub(r"[\x00-\x1f/\\:]+", "_", name).strip().lstrip(".")
-    return cleaned or "_"
+NAME_MAX_BYTES = 255  # a file or folder name, on every common Linux file system
+
+
+def safe_name(name: str, max_bytes: int = NAME_MAX_BYTES) -> str:
+    """A class name as one folder name: nothing in it can climb out of the export folder,
+    and it fits a file system's name limit (shortened, with a hash of the whole to keep
+    two long names apart)."""
+    cleaned = re.sub(r"[\x00-\x1f/\\:]+", "_", name).strip().lstrip(".") or "_"
+    return _fit(cleaned, max_bytes, name)
+
+
+def _fit(name: str, max_bytes: int, whole: str) -> str:
+    if len(name.encode()) <= max_bytes:
+        return name
+    stem, ext = os.path.splitext(name)
+    ext = ext if len(ext.encode()) <= 16 else ""
+    tag = "~" + hashlib.sha1(whole.encode()).hexdigest()[:8]
+    room = max_bytes - len(tag.encode()) - len(ext.encode())
+    return stem.encode()[:room].decode("utf-8", "ignore") + tag + ext
 
 
 def _file_name(path: str) -> str:
     # A short hash of the whole path keeps same-named files from different folders apart.
-    base = safe_name(posixpath.basename(path.rstrip("/")))
-    return f"{hashlib.sha1(path.encode()).hexdigest()[:8]}_{base}"
+    prefix = f"{hashlib.sha1(path.encode()).hexdigest()[:8]}_"
+    base = safe_name(posixpath.basename(path.rstrip("/")), NAME_MAX_BYTES - len(prefix))
+    return prefix + base
 
 
 def export_imagefolder(output: str, target: str, rows: str = "all", copy: bool = False,
@@ -124,18 +165,53 @@ def export_imagefolder(output: str, target: str, rows: str = "all", copy: bool =
     if os.path.exists(target):
         raise UsageError(f"--output {target} already exists; choose a new folder")
     count = 0
+    shards = _ShardIndex()
     with replaced_atomically(target, directory=True) as (tmp,):
         for row in _rows(output, rows, progress):
             folder = os.path.join(tmp, safe_name(row["topk_labels"][0]))
             os.makedirs(folder, exist_ok=True)
             dest = os.path.join(folder, _file_name(row["path"]))
-            if is_local(row["path"]) and not copy:
+            member = tar_member(row["path"])
+            if member:  # never a link: the member exists only inside its shard
+                with open(dest, "wb") as f:
+                    f.write(shards.read(*member))
+            elif is_local(row["path"]) and not copy:
                 os.symlink(os.path.abspath(row["path"].removeprefix("file://")), dest)
             else:
                 fs, source = filesystem(row["path"])
                 fs.get_file(source, dest)
             count += 1
     return count
+
+
+class _ShardIndex:
+    """Members' bytes read from their shards by name, each shard's headers read once.
+
+    A member whose name leaves its shard is refused: only what the job labeled from the
+    shard itself is exported (such members have error rows and are never exported)."""
+
+    def __init__(self):
+        self.members: dict[str, dict[str, tuple[int, int]]] = {}
+
+    def read(self, shard: str, member: str) -> bytes:
+        from .storage import read_bytes_or_raise
+
+        if member_escapes(member):
+            raise UsageError(f"tar member {member!r} of {shard} leaves its shard; not exported")
+        if shard not in self.members:
+            table = list_tar_members(shard)
+            self.members[shard] = {p[len(shard) + 1:]: (o, n) for p, o, n in zip(
+                table.column("path").to_pylist(), table.column(TAR_OFFSET).to_pylist(),
+                table.column(TAR_SIZE).to_pylist()) if o is not None and o >= 0}
+        if member not in self.members[shard]:
+            raise UsageError(f"{shard} no longer holds {member!r}; the output is older than the shard")
+        offset, size = self.members[shard][member]
+        return read_bytes_or_raise(shard, offset, size)
+
+
+def _cell(text: str) -> str:
+    """Text a spreadsheet would run as a formula (=, +, -, @, tab, CR first) is quoted with '."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 CSV_HEADER = ["path", "label", "prob", "topk_labels", "topk_probs", "margin", "entropy", "needs_review"]
@@ -149,7 +225,8 @@ def export_csv(output: str, target: str, rows: str = "all", progress: Callable |
             writer.writerow(CSV_HEADER)
             for row in _rows(output, rows, progress):
                 writer.writerow([
-                    row["path"], row["topk_labels"][0], f"{row['topk_probs'][0]:.6f}", "|".join(row["topk_labels"]),
+                    _cell(row["path"]), _cell(row["topk_labels"][0]), f"{row['topk_probs'][0]:.6f}",
+                    _cell("|".join(row["topk_labels"])),
                     "|".join(f"{p:.6f}" for p in row["topk_probs"]),
                     "" if row.get("margin") is None else f"{row['margin']:.6f}",
                     "" if row.get("entropy") is None else f"{row['entropy']:.6f}",
@@ -166,6 +243,9 @@ def export(output: str, fmt: str, target: str, rows: str = "all", copy: bool = F
         raise UsageError(f"unknown --format {fmt!r}; valid: {', '.join(FORMATS)}")
     if rows not in ROWS:
         raise UsageError(f"unknown --rows {rows!r}; valid: {', '.join(ROWS)}")
+    check_tool_target(target, "--output", folder=fmt == "imagefolder")
+    if fmt == "label-studio":
+        check_tool_target(config_path(target), "--output", folder=False)
     if fmt == "label-studio":
         return export_label_studio(output, target, rows, local_root, progress)
     if fmt == "imagefolder":

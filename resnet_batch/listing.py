@@ -18,7 +18,7 @@ import pyarrow as pa
 import ray
 
 from .pathset import drop_listed, isin_sorted, path_hashes
-from .sources import conform, list_directory_level
+from .sources import Level, conform, list_directory_level
 from .storage import is_local
 
 MAX_LISTINGS_IN_FLIGHT = 32  # concurrent directory listings per walk, at most one per CPU
@@ -27,11 +27,11 @@ MAX_LISTINGS_IN_FLIGHT = 32  # concurrent directory listings per walk, at most o
 # Listing is I/O bound and must never queue behind the decode tasks that consume what it
 # yields, so it asks for no CPU; in-flight listings are bounded per walk instead.
 @ray.remote(num_cpus=0, max_retries=3)
-def _list_level(uri: str) -> tuple[pa.Table, list[str]]:
+def _list_level(uri: str) -> Level:
     return list_directory_level(uri)
 
 
-def walk(root: str) -> Iterator[pa.Table]:
+def walk(root: str) -> Iterator[Level]:
     """The images under `root` (tar shards expanded), one table per listed directory.
 
     Breadth-first: the root in this process (a flat folder starts no other worker process,
@@ -39,30 +39,27 @@ def walk(root: str) -> Iterator[pa.Table]:
     any node: wide trees list in parallel, and what waits is only directory names. Each
     listing in flight is a worker process, hence the bound by the cluster's CPUs.
     """
-    table, subdirs = list_directory_level(root)
-    if table.num_rows:
-        yield table
+    level = list_directory_level(root)
+    yield level
     in_flight = int(min(MAX_LISTINGS_IN_FLIGHT, max(2, ray.cluster_resources().get("CPU", 2))))
-    queue, pending = deque(subdirs), deque()
+    queue, pending = deque(level.subdirs), deque()
     while queue or pending:
         while queue and len(pending) < in_flight:
             pending.append(_list_level.remote(queue.popleft()))
         # In submission order, not completion order: a retried read task must yield the
         # same blocks in the same order, or Ray's generator replay would skip the wrong ones.
-        table, subdirs = ray.get(pending.popleft())
-        queue.extend(subdirs)
-        if table.num_rows:
-            yield table
+        level = ray.get(pending.popleft())
+        queue.extend(level.subdirs)
+        yield level
 
 
-def walk_here(root: str) -> Iterator[pa.Table]:
+def walk_here(root: str) -> Iterator[Level]:
     """The same walk in this process, one directory after another (local disks)."""
     queue = deque([root])
     while queue:
-        table, subdirs = list_directory_level(queue.popleft())
-        queue.extend(subdirs)
-        if table.num_rows:
-            yield table
+        level = list_directory_level(queue.popleft())
+        queue.extend(level.subdirs)
+        yield level
 
 
 # Read tasks of the pipeline's datasource: here, so that their workers import this light
@@ -73,8 +70,8 @@ def read_slice(ref) -> Iterator[pa.Table]:
 
 def read_directory(root: str, skip_ref, schema: pa.Schema, progress) -> Iterator[pa.Table]:
     skip = ray.get(skip_ref)
-    for table in walk(root):
-        table = drop_listed(table, skip)
+    for level in walk(root):
+        table = drop_listed(level.table, skip)
         if table.num_rows:
             progress.add_listed.remote(table.num_rows)
             yield conform(table, schema)
@@ -82,16 +79,18 @@ def read_directory(root: str, skip_ref, schema: pa.Schema, progress) -> Iterator
 
 
 def count_against(root: str, excluded: np.ndarray, done_before: np.ndarray,
-                  written: np.ndarray) -> tuple[int, int, int]:
-    """(inputs under root, of which done before this run, of which without an output row).
+                  written: np.ndarray) -> tuple[int, int, int, int]:
+    """(inputs under root, of which done before this run, of which without an output row,
+    hidden entries left out).
 
     `excluded` holds the hashes of paths listed elsewhere (counted there, not here).
     """
-    inputs = done = missing = 0
-    for table in walk_here(root) if is_local(root) else walk(root):
-        hashes = path_hashes(table.column("path").to_pylist())
+    inputs = done = missing = hidden = 0
+    for level in walk_here(root) if is_local(root) else walk(root):
+        hidden += level.hidden
+        hashes = path_hashes(level.table.column("path").to_pylist())
         hashes = hashes[~isin_sorted(hashes, excluded)]
         inputs += len(hashes)
         done += int(isin_sorted(hashes, done_before).sum())
         missing += int((~isin_sorted(hashes, written)).sum())
-    return inputs, done, missing
+    return inputs, done, missing, hidden

@@ -190,6 +190,9 @@ def find_neighbors(output: str, k: int, threshold: float,
 
 def write(table: pa.Table, info: IndexInfo, folder: str) -> None:
     """Both files whole or not at all (temporary names, then renamed)."""
+    from .output.ownership import check_tool_target
+
+    check_tool_target(folder, "--output", folder=True)
     os.makedirs(folder, exist_ok=True)
     with replaced_atomically(os.path.join(folder, RESULT_FILE), os.path.join(folder, INFO_FILE)) as (table_tmp, info_tmp):
         pq.write_table(table.replace_schema_metadata({"resnet_batch.neighbors": json.dumps(asdict(info))}),

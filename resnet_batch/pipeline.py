@@ -18,6 +18,7 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 
@@ -181,9 +182,12 @@ def _label(cfg: LabelConfig, table: pa.Table | None, timeline: Timeline, report,
     # a thread while the driver lists its inputs and Ray starts.
     pool = ThreadPoolExecutor(1, thread_name_prefix="resnet-batch-weights")
     weights = pool.submit(_resolve_weights, cfg)
+    held = ExitStack()
     try:
         out = OutputDir(cfg.output)
         out.check(cfg.mode)
+        held.enter_context(out.lease())  # one writer at a time, until the run has ended
+        out.check(cfg.mode)  # again: another job may have written there before it let go
         plan = InputPlan(table, ()) if table is not None else plan_inputs(list(cfg.inputs), cfg.path_column)
         extra_fields = tuple(f for f in plan.table.schema if f.name != "path" and not f.name.startswith("_"))
         done_before = out.completed_hashes() if cfg.mode == "resume" else EMPTY
@@ -202,6 +206,8 @@ def _label(cfg: LabelConfig, table: pa.Table | None, timeline: Timeline, report,
         finished = None  # the final check, when it can be made before any work
         if precount and not needs_ray(plan):
             finished = _already_finished(out, plan, listed, done_before)
+        if cfg.labels:
+            weights.result()  # a --labels file that does not fit is refused before Ray starts
         if finished is None and (todo.num_rows or plan.directories):
             started_ray = _start_ray(cfg.address)
             if precount and needs_ray(plan):
@@ -225,6 +231,7 @@ def _label(cfg: LabelConfig, table: pa.Table | None, timeline: Timeline, report,
         pool.shutdown(wait=False, cancel_futures=True)
         if started_ray:
             ray_session.stop()
+        held.close()
     timeline.ended = time.time()
     return LabelSummary(
         weights=resolved.weights,
@@ -236,6 +243,7 @@ def _label(cfg: LabelConfig, table: pa.Table | None, timeline: Timeline, report,
         timeline=timeline,
         missing=check.missing,
         duplicates=check.duplicates,
+        hidden=check.hidden,
     )
 
 

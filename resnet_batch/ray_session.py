@@ -3,37 +3,92 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
+import time
 from contextlib import contextmanager
 
 import ray
+
+from .errors import UsageError, one_line
 
 # Ray's name for the autoscaler monitor among a local node's processes (ray_constants).
 MONITOR_PROCESS = "monitor"
 
 
+JOIN_TIMEOUT_S = 15.0  # a cluster that does not answer within this is reported, not waited on
+
+
 def join_or_start(address: str | None) -> bool:
-    """Join or start Ray; True when this call started it (and so must stop it)."""
+    """Join the cluster named by `address` (or by RAY_ADDRESS, as Ray Jobs set it), else
+    start a Ray of the job's own, whatever was left running on the machine; True when this
+    call started it (and so must stop it).
+
+    SIGINT and SIGTERM that arrive while Ray starts are held until it has started, then
+    Ray is stopped and the signal delivered: raised half-way through ray.init, they would
+    leave its processes orphaned. (Ray's own processes block SIGINT themselves, so a
+    terminal's Ctrl-C reaches only this driver.)
+    """
     if ray.is_initialized():
         return False
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    sigterm = signal.getsignal(signal.SIGTERM)
-    # The Ray processes a local start spawns inherit an ignored SIGINT: a Ctrl-C in the
-    # terminal (sent to the whole foreground process group) must reach this driver only, so
-    # that it can save what is done before it stops them.
-    sigint = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+    target = address or os.environ.get("RAY_ADDRESS") or None
+    if target:
+        _check_reachable(target)
+    started = False
+    with _signals_deferred() as caught:
+        try:
+            if target:
+                ray.init(address=target, logging_level=logging.WARNING)
+            else:
+                # "local" always starts a new Ray: a bare ray.init() would join the last one
+                # started on this machine (another project's, or a dead one).
+                # Without the dashboard: on a small machine its processes cost ~2 s of start-up.
+                ray.init(address="local", logging_level=logging.WARNING, include_dashboard=False)
+                started = True
+        except (ConnectionError, RuntimeError, TimeoutError) as exc:
+            if ray.is_initialized():
+                ray.shutdown()
+            raise UsageError(f"cannot join the Ray cluster at {target or 'a new local Ray'}: "
+                             f"{type(exc).__name__}: {one_line(exc)}") from None
+        finally:
+            if caught and ray.is_initialized():
+                _stop_now(started)
+    return started
+
+
+def _check_reachable(address: str) -> None:
+    """A host:port that does not accept connections within JOIN_TIMEOUT_S fails with one
+    line (ray.init would retry for minutes, without a word)."""
+    if address == "auto":
+        address = _current_cluster()
+    if "://" in address or ":" not in address:
+        return  # ray:// clients and named addresses: ray.init's own checks
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=2):
+                return
+        except ValueError:
+            raise UsageError(f"invalid Ray address {address!r}; expected HOST:PORT, auto, or ray://HOST:PORT") from None
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise UsageError(f"no Ray cluster answers at {address} ({one_line(exc)}) after {JOIN_TIMEOUT_S:.0f} s; "
+                                 "check --address (or RAY_ADDRESS), or give neither to start a local Ray") from None
+            time.sleep(0.5)
+
+
+def _current_cluster() -> str:
+    """The address `auto` stands for: the last cluster `ray start` recorded on this machine."""
+    import tempfile
+
     try:
-        # A Ray we start ourselves runs without the dashboard: on a small machine its
-        # processes cost ~2 s of start-up and a few % of throughput (bench/BENCHMARKS.md).
-        ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False)
-    except ValueError:  # joining a running cluster, whose dashboard settings are its own
-        ray.init(address=address, logging_level=logging.WARNING)
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGINT, sigint)
-            signal.signal(signal.SIGTERM, sigterm)  # ray.init replaces it with a bare sys.exit
-    return True
+        with open(os.path.join(tempfile.gettempdir(), "ray", "ray_current_cluster")) as f:
+            return f.read().strip()
+    except OSError:
+        raise UsageError("--address auto: no Ray cluster was started on this machine (ray start --head)") from None
 
 
 def stop() -> None:
@@ -46,10 +101,14 @@ def stop() -> None:
     are only disconnected from, as before.
     """
     with _signals_deferred():
-        node = getattr(ray._private.worker, "_global_node", None)  # None when Ray was joined
-        for info in getattr(node, "all_processes", {}).get(MONITOR_PROCESS, []):
-            info.process.kill()
-        ray.shutdown()
+        _stop_now(True)
+
+
+def _stop_now(started: bool) -> None:
+    node = getattr(ray._private.worker, "_global_node", None) if started else None  # None when Ray was joined
+    for info in getattr(node, "all_processes", {}).get(MONITOR_PROCESS, []):
+        info.process.kill()
+    ray.shutdown()
 
 
 @contextmanager
@@ -59,13 +118,13 @@ def _signals_deferred():
     A job's handlers raise; raised inside ray.shutdown(), that would leave the processes
     after the interrupted one running, orphaned, once the driver exits.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
     previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield caught
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

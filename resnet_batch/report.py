@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from .review import Review, collect
+from .output.ownership import check_tool_target
 from .storage import replaced_atomically
 
 THUMBNAIL_PX = 72
@@ -142,6 +143,7 @@ def render(review: Review, thumbs: dict[str, str | None], duplicates: list[list[
 
 def build_report(output: str, html_path: str, per_class: int = 4, queue: int = 200, neighbors: str | None = None,
                  progress: Callable[[int, int], None] | None = None, io_threads: int = 8) -> Review:
+    check_tool_target(html_path, "--html", folder=False)
     review = collect(output, per_class=per_class, queue=queue, progress=progress)
     duplicates = []
     if neighbors:

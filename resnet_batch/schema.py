@@ -64,6 +64,17 @@ def output_schema(
     return pa.schema([*fields, *extra_fields])
 
 
+def _all_output_columns() -> frozenset[str]:
+    widest = output_schema(1, stages={"c2": 1, "c3": 1, "c4": 1, "c5": 1}, spatial="c5", whole_image=True,
+                           needs_review=True)
+    return frozenset([*widest.names, "spatial_c4", "image"])
+
+
+# Names a manifest's own columns may not take: every column a run can write (and the
+# decoded image that travels between stages).
+RESERVED_COLUMNS = _all_output_columns()
+
+
 def with_run_metadata(schema: pa.Schema, run_info: dict) -> pa.Schema:
     """Attach the run description as one JSON value plus flat keys for quick lookups."""
     info = {"version": __version__, **run_info}

@@ -10,6 +10,7 @@ import io
 import logging
 import os
 import posixpath
+import stat
 import tarfile
 from dataclasses import dataclass
 
@@ -20,8 +21,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from .data.identity import as_text, member_escapes, normalise_local
 from .errors import UsageError, one_line
-from .storage import filesystem, is_local, scheme_of
+from .schema import RESERVED_COLUMNS
+from .storage import NotRegularFile, filesystem, is_local, open_regular, scheme_of
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +49,10 @@ def is_manifest(uri: str) -> bool:
 
 
 def _to_uri(fs, path: str, original: str) -> str:
+    """An input's identity (data/identity.py): a normalised local path, or the full URI."""
     if scheme_of(original) == "":
-        return os.path.abspath(path)
-    return fs.unstrip_protocol(path)
+        return as_text(normalise_local(path))
+    return as_text(fs.unstrip_protocol(path))
 
 
 def _is_hidden(path: str, root: str) -> bool:
@@ -73,7 +77,8 @@ def list_location(uri: str) -> list[str]:
 def _list_location(uri: str) -> list[str]:
     fs, path = filesystem(uri)
     if any(c in uri for c in GLOB_CHARS):
-        found = [p for p in fs.glob(path) if fs.isfile(p)]
+        # Anything but a folder: a FIFO or a broken link gets its row (and its error).
+        found = [p for p in fs.glob(path) if not fs.isdir(p)]
         if not found:
             raise UsageError(f"input glob {uri} matches no files")
         return sorted(_to_uri(fs, p, uri) for p in found)
@@ -85,7 +90,8 @@ def _list_location(uri: str) -> list[str]:
         if not found:
             log.warning("input directory %s holds no image files", uri)
         return sorted(_to_uri(fs, p, uri) for p in found)
-    if fs.isfile(path) or _ext(path) in IMAGE_EXTENSIONS:
+    exists = os.path.lexists(path) if scheme_of(uri) == "" else fs.exists(path)
+    if exists or _ext(path) in IMAGE_EXTENSIONS:
         # A named image that is missing still gets its row (error not_found).
         return [_to_uri(fs, path, uri)]
     if not is_local(uri) and scheme_of(uri) != "memory":
@@ -94,41 +100,55 @@ def _list_location(uri: str) -> list[str]:
 
 
 def _resolve_entry(entry: str, base_uri: str) -> str:
-    if scheme_of(entry) != "" or entry.startswith("/"):
-        return entry
-    # Relative entries are relative to the manifest's own location.
+    """An entry as an input's identity; relative entries are relative to the manifest's own location."""
+    if scheme_of(entry) != "":
+        return as_text(entry)
+    if entry.startswith("/"):
+        return as_text(normalise_local(entry))
     if scheme_of(base_uri) == "":
-        return os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(base_uri)), entry))
-    return posixpath.join(base_uri.rsplit("/", 1)[0], entry)
+        return as_text(normalise_local(os.path.join(os.path.dirname(os.path.abspath(base_uri)), entry)))
+    return as_text(posixpath.join(base_uri.rsplit("/", 1)[0], entry))
 
 
 def read_manifest(uri: str, path_column: str = "path") -> pa.Table:
-    fs, path = filesystem(uri)
+    from .storage import read_bytes_or_raise
+
     try:
-        data = fs.cat_file(path)
+        data = read_bytes_or_raise(uri)
     except FileNotFoundError:
         raise UsageError(f"manifest {uri} does not exist") from None
     except OSError as exc:
         raise UsageError(f"cannot read manifest {uri}: {type(exc).__name__}: {one_line(exc)}") from None
     lower = uri.lower()
     if lower.endswith(".txt"):
-        lines = [line.strip() for line in data.decode("utf-8-sig").splitlines()]
-        table = pa.table({"path": [line for line in lines if line and not line.startswith("#")]})
+        # Undecodable bytes (a Latin-1 manifest) are kept as the bytes of the name they stand for.
+        lines = [line.strip() for line in data.decode("utf-8-sig", "surrogateescape").splitlines()]
+        entries = [line for line in lines if line and not line.startswith("#")]
+        table = pa.table({"path": pa.array([""] * len(entries), pa.string())})
         path_column = "path"
     elif lower.endswith(".csv"):
-        table = pacsv.read_csv(io.BytesIO(data))
+        entries = None
+        table = _read_csv(uri, data, path_column)
     else:
-        table = pq.read_table(io.BytesIO(data))
+        entries = None
+        try:
+            table = pq.read_table(io.BytesIO(data))
+        except pa.ArrowException as exc:
+            raise UsageError(f"manifest {uri} is not a readable Parquet file: {one_line(exc)}") from None
     if path_column not in table.column_names:
         raise UsageError(
             f"manifest {uri} has no column {path_column!r}; columns: {', '.join(table.column_names)} "
             "(choose one with --path-column)"
         )
-    entries = table.column(path_column).cast(pa.string()).to_pylist()
+    if entries is None:
+        column = table.column(path_column)
+        if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+            entries = [None if e is None else e.decode("utf-8", "surrogateescape") for e in column.to_pylist()]
+        else:
+            entries = column.cast(pa.string()).to_pylist()
     paths = pa.array([_resolve_entry(e, uri) if e else "" for e in entries], type=pa.string())
     extras = table.drop_columns([path_column])
-    reserved = {"path", "width", "height", "topk_ids", "topk_labels", "topk_probs", "embedding", "error", "image"}
-    clash = reserved.intersection(extras.column_names)
+    clash = RESERVED_COLUMNS.intersection(extras.column_names)
     if clash:
         raise UsageError(f"manifest {uri} has columns that clash with output columns: {', '.join(sorted(clash))}")
     return extras.add_column(0, "path", paths)
@@ -138,48 +158,114 @@ def list_tar_members(uri: str) -> pa.Table:
     """One row per image member of a WebDataset-style shard: path `shard.tar/key.jpg`.
 
     Only the headers are read (seeking over member data), so remote shards are not
-    downloaded here; workers later fetch each member by byte range.
+    downloaded here; workers later fetch each member by byte range. A member named like an
+    image that cannot be read as one (a name that leaves the shard, a link, a device) gets
+    a row with its reason: it is an input all the same.
     """
     fs, path = filesystem(uri)
-    paths, offsets, sizes = [], [], []
+    paths, offsets, sizes, errors = [], [], [], []
     try:
-        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+        with _open_shard(fs, path, uri) as f, tarfile.open(fileobj=f, mode="r:") as tar:
             for member in tar:
-                if member.isfile() and _ext(member.name) in IMAGE_EXTENSIONS:
-                    paths.append(f"{uri}/{member.name}")
-                    offsets.append(member.offset_data)
-                    sizes.append(member.size)
+                if _ext(member.name) not in IMAGE_EXTENSIONS or member.isdir():
+                    continue
+                error = None
+                if member_escapes(member.name):
+                    error = "unsafe_member: its name leaves the shard (absolute, or with ..); not read"
+                elif not member.isfile():
+                    error = "not_a_file: a tar member that is a link or a device, not a regular file"
+                paths.append(f"{uri}/{as_text(member.name)}")
+                offsets.append(member.offset_data if error is None else -1)
+                sizes.append(member.size if error is None else -1)
+                errors.append(error)
+    except NotRegularFile:
+        raise
     except (OSError, tarfile.TarError) as exc:
         raise UsageError(f"cannot read tar shard {uri}: {type(exc).__name__}: {one_line(exc)}") from None
     return pa.table({"path": pa.array(paths, pa.string()), TAR_OFFSET: pa.array(offsets, pa.int64()),
-                     TAR_SIZE: pa.array(sizes, pa.int64())})
+                     TAR_SIZE: pa.array(sizes, pa.int64()), LIST_ERROR: pa.array(errors, pa.string())})
 
 
-def list_directory_level(uri: str) -> tuple[pa.Table, list[str]]:
+def _open_shard(fs, path: str, uri: str):
+    """Local shards only as regular files (a FIFO named x.tar would block the listing)."""
+    return open_regular(path) if scheme_of(uri) == "" else fs.open(path, "rb")
+
+
+def _read_csv(uri: str, data: bytes, path_column: str) -> pa.Table:
+    """A CSV manifest; its path column read as bytes, so that names in another encoding survive."""
+    try:
+        return pacsv.read_csv(io.BytesIO(data),
+                              convert_options=pacsv.ConvertOptions(column_types={path_column: pa.binary()}))
+    except pa.ArrowException as exc:
+        raise UsageError(f"manifest {uri} is not a readable CSV file: {one_line(exc)}") from None
+
+
+@dataclass(frozen=True)
+class Level:
+    """One directory's listing: its inputs, its sub-directories to walk, and how many
+    hidden entries (names starting with ".") it left out."""
+
+    table: pa.Table
+    subdirs: list[str]
+    hidden: int = 0
+
+
+def list_directory_level(uri: str) -> Level:
     """One directory's images (tar shards expanded to members) and its sub-directories.
 
-    A directory or shard that cannot be listed becomes one row carrying the error
-    (`list_failed`), so the job goes on and the summary names it.
+    Symbolic links are followed: a linked folder is walked (unless it leads back to one of
+    its own ancestors), a linked file is an input. FIFOs, sockets and devices named like
+    images are inputs too, whose rows say they are not regular files. Hidden entries are
+    left out and counted. A directory or shard that cannot be listed becomes one row
+    carrying the error (`list_failed`), so the job goes on and the summary names it.
     """
     fs, path = filesystem(uri)
     try:
         entries = fs.ls(path, detail=True)
     except (OSError, ValueError) as exc:
-        return _unlisted(uri, f"cannot list {uri}: {type(exc).__name__}: {one_line(exc)}"), []
-    images, shards, subdirs = [], [], []
+        return Level(_unlisted(uri, f"cannot list {uri}: {type(exc).__name__}: {one_line(exc)}"), [])
+    images, shards, subdirs, hidden = [], [], [], 0
     for entry in sorted(entries, key=lambda e: e["name"]):
         name = entry["name"].rstrip("/")
-        if posixpath.basename(name).startswith(".") or name == path.rstrip("/"):
+        if name == path.rstrip("/"):
             continue
-        if entry["type"] == "directory":
+        if posixpath.basename(name).startswith("."):
+            hidden += 1
+            continue
+        kind = _followed_kind(name, entry) if entry.get("islink") else entry["type"]
+        if kind == "directory":
             subdirs.append(_to_uri(fs, name, uri))
         elif _ext(name) in IMAGE_EXTENSIONS:
             images.append(_to_uri(fs, name, uri))
-        elif is_tar(name):
+        elif is_tar(name) and kind == "file":
             shards.append(_shard_table(_to_uri(fs, name, uri)))
     table = pa.concat_tables([pa.table({"path": pa.array(images, pa.string())}), *shards],
                              promote_options="default")
-    return with_internal_columns(table), subdirs
+    return Level(with_internal_columns(table), subdirs, hidden)
+
+
+def _followed_kind(link: str, entry: dict) -> str:
+    """What a local symbolic link leads to: "directory" (one that is not an ancestor of the
+    link, which would make the walk endless), "file", or "other" (broken, a cycle, a FIFO)."""
+    try:
+        target = os.path.realpath(link)
+        st = os.stat(link)
+    except OSError:
+        return "other"  # a broken link named like an image still gets its row (not_found)
+    if stat.S_ISDIR(st.st_mode):
+        ancestors = {os.path.realpath(a) for a in _ancestors(link)}
+        if target in ancestors:
+            log.warning("not following %s: it leads back to %s, which holds it", link, target)
+            return "cycle"
+        return "directory"
+    return "file" if stat.S_ISREG(st.st_mode) else "other"
+
+
+def _ancestors(path: str):
+    parent = os.path.dirname(path)
+    while parent and parent != path:
+        yield parent
+        path, parent = parent, os.path.dirname(parent)
 
 
 def _shard_table(uri: str) -> pa.Table:
@@ -187,6 +273,8 @@ def _shard_table(uri: str) -> pa.Table:
     thousands costs its own row, not the job."""
     try:
         return list_tar_members(uri)
+    except NotRegularFile as exc:
+        return with_internal_columns(pa.table({"path": [uri], LIST_ERROR: [f"not_a_file: {one_line(exc)}"]}))
     except UsageError as exc:
         return _unlisted(uri, str(exc))
 
@@ -302,10 +390,11 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def drop_duplicate_paths(table: pa.Table) -> pa.Table:
+    """Each path once, at its first occurrence, in listing order."""
     n = table.num_rows
     indexed = table.select(["path"]).append_column("_i", pa.array(range(n), type=pa.int64()))
     first = indexed.group_by("path", use_threads=False).aggregate([("_i", "min")]).column("_i_min")
     if len(first) == n:
         return table
     log.warning("%d duplicate inputs listed; each path is labeled once", n - len(first))
-    return table.take(pc.sort_indices(first))
+    return table.take(pc.sort(first))

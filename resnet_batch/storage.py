@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from urllib.parse import urlsplit
@@ -80,10 +81,50 @@ def join(base: str, *names: str) -> str:
     return "/".join([base.rstrip("/"), *names])
 
 
+class NotRegularFile(OSError):
+    """A FIFO, socket or device: reading it could block forever or never end."""
+
+
+FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+              stat.S_IFBLK: "a block device", stat.S_IFDIR: "a directory"}
+
+
+@contextmanager
+def open_regular(path: str):
+    """A local regular file opened for reading; anything else raises NotRegularFile
+    (IsADirectoryError for a folder) without blocking: a FIFO is opened non-blocking and
+    refused before any read. A name carried with `\\xNN` escapes (identity.as_text) is
+    tried as its original bytes when the text itself does not exist."""
+    from .data.identity import local_bytes
+
+    names = local_bytes(path)
+    for i, name in enumerate(names):
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            break
+        except FileNotFoundError:
+            if i == len(names) - 1:
+                raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(f"{path} is a directory")
+            raise NotRegularFile(f"{path} is {FILE_KINDS.get(stat.S_IFMT(mode), 'not a regular file')}")
+        os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        yield f
+
+
 def read_bytes_or_raise(uri: str, offset: int = -1, size: int = -1) -> bytes:
-    """Read a whole file, or `size` bytes at `offset`; raises FileNotFoundError / OSError."""
+    """Read a whole file, or `size` bytes at `offset`; raises FileNotFoundError / OSError
+    (NotRegularFile for a local FIFO, socket or device)."""
     if scheme_of(uri) == "":
-        with open(uri, "rb") as f:
+        with open_regular(uri) as f:
             if offset >= 0:
                 f.seek(offset)
                 return f.read(size)

@@ -59,6 +59,7 @@ class LabelSummary:
     errors: Counter = field(default_factory=Counter)
     missing: int = 0
     duplicates: int = 0
+    hidden: int = 0  # hidden entries the directory walks left out (not inputs)
 
     @property
     def steady_images_per_s(self) -> float:
@@ -79,10 +80,13 @@ class LabelSummary:
         errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())) or "none"
         phases = self.timeline.phases()
         steady = f" ({self.steady_images_per_s:.1f} images/s)" if self.steady_images_per_s else ""
+        skipped = [f"not inputs: {self.hidden} hidden entries (names starting with '.') in the walked folders; "
+                   "name them as INPUTs or in a manifest to label them"] if self.hidden else []
         return [
             f"inputs {self.inputs}, already done {self.already_done}, processed {self.processed}, "
             f"rows in output {self.rows_in_output}",
             f"errors: {errors}",
+            *skipped,
             f"wall {self.timeline.wall_s:.1f}s = start-up {phases['start-up']:.1f}s + first batch "
             f"{phases['first batch']:.1f}s + steady {phases['steady']:.1f}s{steady} + shutdown "
             f"{phases['shutdown']:.1f}s; {self.images_per_s:.1f} images/s overall",

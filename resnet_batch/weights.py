@@ -286,13 +286,19 @@ def _unwrap(obj: object, uri: str) -> Loaded:
     return Loaded(hf.convert_state_dict(state) if hf.is_hf_state_dict(state) else state, names)
 
 
+def _name(value: object, at, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise UsageError(f"{where}: class {at} has no name (got {json.dumps(value)}); every class needs a non-empty string")
+    return value
+
+
 def _names(value: object, where: str) -> tuple[str, ...]:
     """Class names from a list, or a dict of class index -> name whose keys are 0..N-1."""
     if isinstance(value, (list, tuple)):
-        return tuple(str(v) for v in value)
+        return tuple(_name(v, i, where) for i, v in enumerate(value))
     if isinstance(value, dict):
         try:
-            by_index = {int(k): str(v) for k, v in value.items()}
+            by_index = {int(k): _name(v, k, where) for k, v in value.items()}
         except (TypeError, ValueError):
             raise UsageError(f"{where}: class ids must be integers, got {list(value)[:3]}") from None
         if sorted(by_index) != list(range(len(by_index))):

@@ -22,7 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import UsageError, one_line
+from .output.ownership import LEASE_FILE, RUN_FILE, OutputLease, refuse_inside_job_output
 from .pathset import EMPTY, path_hashes
+from .schema import read_run_metadata
 from .storage import check_scheme, filesystem, is_local, join, scheme_of
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,6 @@ MODES = ("error", "overwrite", "resume")
 PART_PREFIX = "part-"
 PART_SUFFIX = ".parquet"
 TMP_PREFIX = "_tmp-"
-RUN_FILE = "_resnet_batch.json"
 # Settings that change the numbers in the output; resuming with other values would mix runs.
 RESUME_KEYS = ("model", "weights", "preprocessing", "labels", "top_k", "embeddings", "embedding_dtype", "features",
                "spatial", "review", "extra_columns")
@@ -75,31 +76,59 @@ class OutputDir:
             join(self.path, n) for n in self._names() if n.startswith(PART_PREFIX) and n.endswith(PART_SUFFIX)
         )
 
-    def _is_ours(self, name: str) -> bool:
-        return name == RUN_FILE or name.startswith(TMP_PREFIX) or (
+    def _named_like_ours(self, name: str) -> bool:
+        return name in (RUN_FILE, LEASE_FILE) or name.startswith(TMP_PREFIX) or (
             name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)
         )
+
+    def lease(self) -> OutputLease:
+        """The output as this job's alone while the lease is held (output/ownership.py)."""
+        return OutputLease(self.fs, self.path, self.uri, self.atomic_rename)
 
     def check(self, mode: str) -> None:
         """Refuse, before any work, what --mode does not allow; changes nothing."""
         if mode not in MODES:
             raise UsageError(f"unknown --mode {mode!r}; valid: {', '.join(MODES)}")
+        refuse_inside_job_output(self.uri, "--output", strictly_inside=True)
         with self._as_usage_error():
-            names = self._names()
-            ours = [n for n in names if self._is_ours(n)]
+            names = [n for n in self._names() if n != LEASE_FILE]
+            ours = [n for n in names if self._named_like_ours(n)]
             if mode == "error" and names:
                 what = f"{len(ours)} resnet-batch files" if ours else f"{len(names)} other files"
                 raise UsageError(
                     f"--output {self.uri} already holds {what}; use --mode resume to finish that run, "
                     "--mode overwrite to replace it, or choose another output"
                 )
+            if mode != "error":
+                self._refuse_foreign_data(names)
+
+    def _refuse_foreign_data(self, names: list[str]) -> None:
+        """Parquet files a reader of this output would read, that this tool did not write:
+        overwrite must not delete them, and resume must not count them as its rows."""
+        foreign = [n for n in names if n.endswith(PART_SUFFIX) and not n.startswith(("_", "."))
+                   and not (n.startswith(PART_PREFIX) and self._run_of(join(self.path, n)) is not None)]
+        if foreign:
+            raise UsageError(
+                f"--output {self.uri} holds {len(foreign)} Parquet files resnet-batch did not write "
+                f"(e.g. {foreign[0]}); it replaces or resumes only its own output: move them or choose another output"
+            )
+
+    def _run_of(self, part: str) -> dict | None:
+        """The run description in a part file's footer; None for a file this tool did not write."""
+        try:
+            with self.fs.open(part, "rb") as f:
+                return read_run_metadata(pq.read_schema(f))
+        except (OSError, pa.ArrowException, ValueError):
+            return None
 
     def begin(self, mode: str, run_info: dict) -> None:
         """Apply --mode and record the run: called when the first rows are about to be saved,
         so that a job that fails before then leaves the output as it found it."""
         with self._as_usage_error():
             for name in self._names():
-                if self._is_ours(name) and (mode == "overwrite" or name.startswith(TMP_PREFIX)):
+                if name == LEASE_FILE or not self._named_like_ours(name):
+                    continue  # our lease, and files that are not ours (check() refused foreign Parquet)
+                if mode == "overwrite" or name.startswith(TMP_PREFIX):
                     self.fs.rm(join(self.path, name))  # resume: only the temporary files of the run that died
             if self.atomic_rename:  # local disk; object stores have no directories (and s3fs would create a bucket)
                 self.fs.makedirs(self.path, exist_ok=True)
@@ -116,18 +145,26 @@ class OutputDir:
             raise UsageError(f"cannot write to --output {self.uri}: {type(exc).__name__}: {one_line(exc)}") from None
 
     def check_resumable(self, run_info: dict) -> None:
-        """Refuse to resume a run whose results were computed with other settings."""
+        """Refuse to resume a run whose results were computed with other settings: the run
+        record says what the first run was, and every part file's footer what made its rows
+        (a run record can be lost; the rows cannot lie)."""
         with self._as_usage_error():
-            if RUN_FILE not in self._names():
-                return
-            with self.fs.open(join(self.path, RUN_FILE), "r") as f:
-                previous = json.load(f)
-        changed = [k for k in RESUME_KEYS if previous.get(k) != run_info.get(k)]
-        if changed:
-            raise UsageError(
-                f"cannot resume {self.uri}: it was written with different {', '.join(changed)}; "
-                "use the same settings, or --mode overwrite"
-            )
+            records = []
+            if RUN_FILE in self._names():
+                with self.fs.open(join(self.path, RUN_FILE), "r") as f:
+                    records.append((RUN_FILE, json.load(f)))
+            records += [(part.rsplit("/", 1)[-1], self._run_of(part)) for part in self.part_files()]
+        for name, previous in records:
+            if previous is None:
+                raise UsageError(f"cannot resume {self.uri}: {name} was not written by resnet-batch; "
+                                 "move it, or use --mode overwrite")
+            changed = [k for k in RESUME_KEYS if previous.get(k) != run_info.get(k)]
+            if changed:
+                was = ", ".join(f"{k} {previous.get(k)!r}" for k in changed)
+                raise UsageError(
+                    f"cannot resume {self.uri}: it was written with different {', '.join(changed)} ({was}, in {name}); "
+                    "use the same settings, or --mode overwrite"
+                )
 
     def completed_hashes(self) -> np.ndarray:
         """Sorted hashes of the `path` of every row in a complete part file, duplicates included.

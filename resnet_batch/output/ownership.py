@@ -1,0 +1,203 @@
+"""One writer per job output, and tool outputs kept out of job outputs.
+
+A job holds a lease on its output for as long as it may write there: the file
+`_resnet_batch.lock`, made by a conditional create (O_EXCL on local disks, S3's
+If-None-Match, the same "x" open mode elsewhere) and read back to confirm the job's own
+token is the one there. The holder renews it while it runs; a lease is stale, and
+taken over, when its process is gone (same host) or it has not been renewed for
+STALE_AFTER_S seconds (another host). Readers skip it, as they skip every `_` file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+
+from ..errors import UsageError, one_line
+
+__all__ = ["LEASE_FILE", "OutputLease", "RUN_FILE", "check_tool_target", "refuse_inside_job_output"]
+
+log = logging.getLogger(__name__)
+
+LEASE_FILE = "_resnet_batch.lock"
+RUN_FILE = "_resnet_batch.json"
+RENEW_EVERY_S = 60.0
+STALE_AFTER_S = 600.0
+
+
+class OutputLease:
+    """`with OutputLease(fs, path, uri):` the output is this job's until the block ends."""
+
+    def __init__(self, fs, path: str, uri: str, local: bool):
+        self.fs, self.path, self.uri, self.local = fs, path, uri, local
+        self.lease = f"{path.rstrip('/')}/{LEASE_FILE}"
+        self.token = uuid.uuid4().hex
+        self.started = time.time()
+        self.created_dir = False
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def _record(self) -> bytes:
+        return json.dumps({"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
+                           "started": self.started, "renewed": time.time()}).encode()
+
+    def __enter__(self) -> "OutputLease":
+        try:
+            if self.local and not os.path.isdir(self.path):
+                os.makedirs(self.path)
+                self.created_dir = True
+            for _ in range(2):  # a second try after removing a stale lease
+                if self._create():
+                    break
+                holder = self._read()
+                if holder and not _is_stale(holder):
+                    raise UsageError(_held_message(self.uri, holder, self.lease))
+                log.warning("taking over the stale lease of %s (%s)", self.uri, _describe(holder))
+                self._remove()
+            else:
+                raise UsageError(f"--output {self.uri} is being claimed by another job at the same moment; retry")
+            holder = self._read()
+            if not holder or holder.get("token") != self.token:  # a store without conditional creates
+                raise UsageError(_held_message(self.uri, holder or {}, self.lease))
+        except OSError as exc:
+            self._cleanup_dir()
+            raise UsageError(f"cannot write to --output {self.uri}: {type(exc).__name__}: {one_line(exc)}") from None
+        except BaseException:
+            self._cleanup_dir()
+            raise
+        self._renewer = threading.Thread(target=self._renew, daemon=True, name="resnet-batch-lease")
+        self._renewer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._renewer:
+            self._renewer.join(timeout=5)
+        try:
+            holder = self._read()
+            if holder and holder.get("token") == self.token:
+                self._remove()
+        except OSError as error:
+            log.warning("could not release the lease %s: %s", self.lease, one_line(error))
+        self._cleanup_dir()
+
+    def _create(self) -> bool:
+        try:
+            if self.local:
+                fd = os.open(self.lease, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(self._record())
+            else:
+                with self.fs.open(self.lease, "xb") as f:
+                    f.write(self._record())
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if "PreconditionFailed" in str(exc) or "412" in str(exc):  # S3's answer to If-None-Match
+                return False
+            raise
+
+    def _read(self) -> dict | None:
+        try:
+            if hasattr(self.fs, "invalidate_cache"):
+                self.fs.invalidate_cache(self.lease)
+            with self.fs.open(self.lease, "rb") as f:
+                return json.loads(f.read() or b"{}")
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {}  # a half-written or foreign file: stale unless renewed (never, here)
+
+    def _remove(self) -> None:
+        try:
+            self.fs.rm(self.lease)
+        except FileNotFoundError:
+            pass
+
+    def _renew(self) -> None:
+        while not self._stop.wait(RENEW_EVERY_S):
+            try:
+                with self.fs.open(self.lease, "wb") as f:
+                    f.write(self._record())
+            except OSError as exc:
+                log.warning("could not renew the lease %s: %s", self.lease, one_line(exc))
+
+    def _cleanup_dir(self) -> None:
+        """A folder this job made for its lease, and left empty, is removed again."""
+        if self.created_dir:
+            try:
+                os.rmdir(self.path)
+            except OSError:
+                pass
+
+
+def _is_stale(holder: dict) -> bool:
+    """Its process is gone (same host), or it has not been renewed for STALE_AFTER_S."""
+    renewed = holder.get("renewed")
+    if not isinstance(renewed, (int, float)) or time.time() - renewed > STALE_AFTER_S:
+        return True
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+    return False
+
+
+def _describe(holder: dict | None) -> str:
+    if not holder:
+        return "unreadable"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
+    return f"pid {holder.get('pid')} on {holder.get('host')} since {since}"
+
+
+def _held_message(uri: str, holder: dict, lease: str) -> str:
+    return (f"--output {uri} is being written by another job ({_describe(holder)}); wait for it to end, "
+            f"or, if that job is gone, remove {lease}")
+
+
+def refuse_inside_job_output(target: str, what: str, *, strictly_inside: bool = False) -> None:
+    """A tool's output (or a job's) never lands inside a job output: readers of that
+    output would take its files for rows. Checks `target` and the folders above it for a
+    job's run record or lease."""
+    from ..storage import filesystem, scheme_of
+
+    fs, path = filesystem(target)
+    path = path.rstrip("/")
+    folders = []
+    folder = path if not strictly_inside else _parent(path)
+    while folder and folder not in folders:
+        folders.append(folder)
+        folder = _parent(folder)
+    if scheme_of(target) not in ("", "file", "local"):
+        folders = folders[:8]  # object stores: the nearest prefixes are enough, each costs a request
+    for folder in folders:
+        for marker in (RUN_FILE, LEASE_FILE):
+            try:
+                found = fs.exists(f"{folder}/{marker}")
+            except OSError:
+                found = False
+            if found:
+                raise UsageError(f"{what} {target} lies inside the job output {folder}, whose readers would take "
+                                 "it for rows; choose a path outside it")
+
+
+def check_tool_target(target: str, what: str, *, folder: bool) -> None:
+    """Where a tool (report, export, neighbors) may write: outside every job output, and a
+    file where a file is meant (not an existing folder)."""
+    refuse_inside_job_output(target, what)
+    if not folder and os.path.isdir(target):
+        raise UsageError(f"{what} {target} is a folder; name the file to write, e.g. {os.path.join(target, 'out')}")
+
+
+def _parent(path: str) -> str:
+    parent = path.rsplit("/", 1)[0] if "/" in path.strip("/") else ("/" if path.startswith("/") else "")
+    return "" if parent == path else parent
