@@ -20,13 +20,14 @@ import json
 import os
 import posixpath
 import re
+import shutil
 from typing import Callable, Iterator
 
 import pyarrow.compute as pc
 
 from urllib.parse import quote
 
-from .data.identity import member_escapes, split_member
+from .data.identity import local_bytes, member_escapes, split_member
 from .errors import UsageError
 from .features import batches, open_output
 from .output.ownership import check_tool_target
@@ -175,13 +176,24 @@ def export_imagefolder(output: str, target: str, rows: str = "all", copy: bool =
             if member:  # never a link: the member exists only inside its shard
                 with open(dest, "wb") as f:
                     f.write(shards.read(*member))
-            elif is_local(row["path"]) and not copy:
-                os.symlink(os.path.abspath(row["path"].removeprefix("file://")), dest)
+            elif is_local(row["path"]):
+                source = _on_disk(row["path"])
+                if copy:
+                    shutil.copyfile(source, dest)
+                else:
+                    os.symlink(source, dest)
             else:
                 fs, source = filesystem(row["path"])
                 fs.get_file(source, dest)
             count += 1
     return count
+
+
+def _on_disk(path: str) -> str:
+    """The file a local row's path names: a name carried with `\\xNN` escapes (not UTF-8)
+    is its original bytes."""
+    names = local_bytes(os.path.abspath(path.removeprefix("file://")))
+    return next((n for n in names if os.path.lexists(n)), names[0])
 
 
 class _ShardIndex:

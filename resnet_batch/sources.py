@@ -397,4 +397,4 @@ def drop_duplicate_paths(table: pa.Table) -> pa.Table:
     if len(first) == n:
         return table
     log.warning("%d duplicate inputs listed; each path is labeled once", n - len(first))
-    return table.take(pc.sort(first))
+    return table.take(first.take(pc.sort_indices(first)))

@@ -160,11 +160,9 @@ class OutputDir:
                                  "move it, or use --mode overwrite")
             changed = [k for k in RESUME_KEYS if previous.get(k) != run_info.get(k)]
             if changed:
-                was = ", ".join(f"{k} {previous.get(k)!r}" for k in changed)
-                raise UsageError(
-                    f"cannot resume {self.uri}: it was written with different {', '.join(changed)} ({was}, in {name}); "
-                    "use the same settings, or --mode overwrite"
-                )
+                was = ", ".join(f"{k} {previous.get(k)!r} in {name}, {run_info.get(k)!r} now" for k in changed)
+                raise UsageError(f"cannot resume {self.uri}: it was written with different {', '.join(changed)} "
+                                 f"({was}); use the same settings, or --mode overwrite")
 
     def completed_hashes(self) -> np.ndarray:
         """Sorted hashes of the `path` of every row in a complete part file, duplicates included.

@@ -1,0 +1,295 @@
+"""Hostile and careless input, through the command line, as a user meets it (issue #24).
+
+One job over a folder and a manifest that hold every kind of input the rules in
+ARCHITECTURE.md ("Input identity", "File kinds") name; then the tools over its output;
+then the refusals that need no Ray (config files, `--`, memory:// outputs, labels).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from .conftest import write_jpegs
+from .inputs_catalogue import bomb_png
+from .test_cli import cli
+
+JOB = ["--model", "resnet18", "--weights", "none", "--precision", "fp32", "--batch-size", "8"]
+LATIN1_NAME = b"caf\xe9.jpg"  # a file name that is not UTF-8
+
+
+def one_line_error(result: subprocess.CompletedProcess, needle: str) -> str:
+    """Exit 2 and one error line (after any progress lines), never a traceback."""
+    lines = [line for line in result.stderr.strip().splitlines() if not line[:2].isdigit()]  # not "12:00:01 export: .."
+    assert result.returncode == 2 and len(lines) == 1 and needle in lines[0], (result.returncode, result.stderr)
+    return lines[0]
+
+
+def rows(out: Path) -> pa.Table:
+    return pq.read_table(out)
+
+
+def _tar(path: Path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """The inputs, the paths each must produce exactly once, and the labeled output."""
+    root = tmp_path_factory.mktemp("hostile")
+    folder, elsewhere, loose = root / "in", root / "elsewhere", root / "loose"
+    photos = write_jpegs(folder, 3, seed=11)
+    linked = write_jpegs(elsewhere, 2, seed=12)
+    extra = write_jpegs(loose, 2, seed=13)
+    os.symlink(elsewhere, folder / "linked")  # a symlinked sub-folder is walked
+    os.symlink(folder, folder / "loop")  # a link back to its own folder is not (endless)
+    (folder / ".hidden.jpg").write_bytes(photos[0].read_bytes())  # left out, and counted
+    os.mkfifo(folder / "pipe.jpg")  # would block a reader forever
+    raw = os.path.join(os.fsencode(folder), LATIN1_NAME)
+    with open(raw, "wb") as f:
+        f.write(photos[1].read_bytes())
+    (folder / "huge.png").write_bytes(bomb_png(10_000, 9_500))  # 95M pixels: under the default 100M limit
+    jpeg = photos[2].read_bytes()
+    (root / "escape.jpg").write_bytes(b"never labeled: outside the shard")
+    _tar(folder / "shard.tar", {"a.jpg": jpeg, "sub/b.jpg": jpeg, "../escape.jpg": jpeg})
+
+    # A Latin-1 manifest: a path twice, one file spelled three ways, and the non-UTF-8 name.
+    manifest = root / "list.txt"
+    lines = [str(extra[0]).encode(), str(extra[0]).encode(), str(extra[1]).encode(),
+             str(loose).encode() + b"/./" + extra[1].name.encode(), str(loose).encode() + b"//" + extra[1].name.encode(),
+             raw]
+    manifest.write_bytes(b"\n".join(lines) + b"\n")
+
+    escaped = str(folder) + "/caf\\xe9.jpg"
+    shard = str(folder / "shard.tar")
+    expected = {str(p) for p in photos} | {str(folder / "linked" / p.name) for p in linked} | {
+        str(folder / "pipe.jpg"), escaped, str(folder / "huge.png"), f"{shard}/a.jpg", f"{shard}/sub/b.jpg",
+        f"{shard}/../escape.jpg", str(extra[0]), str(extra[1])}
+    out = root / "out"
+    result = cli("label", str(folder), str(manifest), "--output", str(out), *JOB, timeout=240)
+    return folder, expected, out, result
+
+
+def test_every_input_exactly_once(hostile):
+    folder, expected, out, result = hostile
+    assert result.returncode == 0, result.stderr
+    assert "complete: every input has exactly one row" in result.stdout
+    table = rows(out)
+    paths = table.column("path").to_pylist()
+    assert sorted(paths) == sorted(expected), "each distinct input once, none lost, none twice"
+    errors = dict(zip(paths, table.column("error").to_pylist()))
+    assert errors[str(folder / "pipe.jpg")].startswith("not_a_file: a FIFO")
+    assert errors[str(folder) + "/caf\\xe9.jpg"] is None, "a non-UTF-8 name is labeled, not just listed"
+    assert errors[f"{folder / 'shard.tar'}/../escape.jpg"].startswith("unsafe_member")
+    assert errors[f"{folder / 'shard.tar'}/a.jpg"] is None
+    assert not (errors[str(folder / "huge.png")] or "").startswith("too_large"), "95M pixels is under --max-pixels"
+    assert "not inputs: 1 hidden entries" in result.stdout
+
+
+def test_pixel_limit_is_max_pixels_alone():
+    """Pillow's own limit (an error from 179M pixels) does not decide: --max-pixels does, in
+    both directions (the job above labels a 95M-pixel image, which Pillow would warn about)."""
+    from resnet_batch.decode import ImageError, decode_rgb
+
+    with pytest.raises(ImageError, match="too_large: 15000x13000 pixels exceeds the limit of 150000000"):
+        decode_rgb(bomb_png(15_000, 13_000), max_pixels=150_000_000)
+    with pytest.raises(ImageError, match="too_large: 15000x13000 pixels exceeds the limit of 190000000"):
+        decode_rgb(bomb_png(15_000, 13_000), max_pixels=190_000_000)
+
+
+def test_imagefolder_exports_stay_in_their_shard(hostile, tmp_path):
+    folder, _, out, _ = hostile
+    member = (folder / "shard.tar")
+    with tarfile.open(member) as tar:
+        a_bytes = tar.extractfile("a.jpg").read()
+    for copy in (False, True):
+        target = tmp_path / f"export-{copy}"
+        result = cli("export", str(out), "--format", "imagefolder", "--output", str(target), *(["--copy"] if copy else []))
+        assert result.returncode == 0, result.stderr
+        files = [p for p in target.rglob("*") if not p.is_dir()]
+        assert files and all(p.exists() for p in files), "no dangling link"
+        exported = {p.name.split("_", 1)[1]: p for p in files}
+        assert exported["a.jpg"].read_bytes() == a_bytes and not exported["a.jpg"].is_symlink()
+        assert "escape.jpg" not in exported, "a member that leaves its shard is never exported"
+        assert all(b"never labeled" not in p.read_bytes() for p in files)
+
+    result = cli("export", str(out), "--format", "label-studio", "--output", str(tmp_path / "ls.json"))
+    one_line_error(result, "member of a tar shard, which Label Studio cannot serve")
+
+
+def test_tool_outputs_never_land_inside_a_job_output(hostile, tmp_path):
+    _, _, out, _ = hostile
+    before = sorted(os.listdir(out))
+    one_line_error(cli("neighbors", str(out), "--output", str(out)), "lies inside the job output")
+    one_line_error(cli("export", str(out), "--format", "csv", "--output", str(out / "x.csv")), "lies inside the job output")
+    one_line_error(cli("report", str(out), "--html", str(out / "r.html")), "lies inside the job output")
+    one_line_error(cli("report", str(out), "--html", str(tmp_path)), "is a folder")
+    one_line_error(cli("label", str(tmp_path), "--output", str(out / "nested"), *JOB), "lies inside the job output")
+    assert sorted(os.listdir(out)) == before
+
+
+def test_resume_refuses_other_settings_without_the_run_record(hostile, tmp_path):
+    _, _, out, _ = hostile
+    copy = tmp_path / "out"
+    copy.mkdir()
+    for part in out.glob("part-*.parquet"):
+        (copy / part.name).write_bytes(part.read_bytes())  # the run record is lost
+    folder = hostile[0]
+    result = cli("label", str(folder / "shard.tar"), "--output", str(copy), "--model", "resnet34", "--weights", "none",
+                 "--mode", "resume")
+    one_line_error(result, "written with different model (model 'resnet18' in part-")
+
+
+def test_foreign_parquet_is_neither_deleted_nor_resumed_over(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    spark = out / "part-00000-1b2c3d.snappy.parquet"
+    pq.write_table(pa.table({"id": [1, 2]}), spark)
+    for mode in ("overwrite", "resume"):
+        result = cli("label", str(tmp_path / "none.jpg"), "--output", str(out), *JOB, "--mode", mode)
+        one_line_error(result, "Parquet files resnet-batch did not write (e.g. part-00000-1b2c3d.snappy.parquet)")
+    assert spark.exists()
+
+
+def test_names_that_mean_something_elsewhere(tmp_path):
+    """&, #, %, + in file names; names near the length limit; class names that are
+    spreadsheet formulas or too long for a folder name."""
+    folder = tmp_path / "in"
+    photos = write_jpegs(folder, 3, seed=21)
+    names = ["a&b #1 100%+.jpg", "=cmd.jpg", "n" * 240 + ".jpg"]
+    for photo, name in zip(photos, names):
+        photo.rename(folder / name)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"={'x' * 300}{i}" for i in range(1000)) + "\n")
+    out = tmp_path / "out"
+    result = cli("label", str(folder), "--output", str(out), *JOB, "--labels", str(labels), "--top-k", "2")
+    assert result.returncode == 0, result.stderr
+
+    ls = tmp_path / "ls.json"
+    assert cli("export", str(out), "--format", "label-studio", "--output", str(ls)).returncode == 0
+    from urllib.parse import parse_qs, urlsplit
+
+    refs = {parse_qs(urlsplit(t["data"]["image"]).query)["d"][0] for t in json.loads(ls.read_text())}
+    assert refs == {str(folder / n).lstrip("/") for n in names}, "each ?d= names its own file"
+
+    target = tmp_path / "folders"
+    result = cli("export", str(out), "--format", "imagefolder", "--output", str(target))
+    assert result.returncode == 0, result.stderr
+    links = [p for p in target.rglob("*") if p.is_symlink()]
+    assert len(links) == 3 and all(len(p.name.encode()) <= 255 and p.exists() for p in links)
+    assert all(len(p.parent.name.encode()) <= 255 for p in links)
+
+    csv_path = tmp_path / "x.csv"
+    assert cli("export", str(out), "--format", "csv", "--output", str(csv_path)).returncode == 0
+    import csv
+
+    cells = [c for row in list(csv.reader(csv_path.open()))[1:] for c in row]
+    assert cells and not any(c[:1] in "=+-@" for c in cells if c), "no cell a spreadsheet runs as a formula"
+
+
+def test_one_writer_at_a_time(tmp_path):
+    folder = tmp_path / "in"
+    write_jpegs(folder, 24, seed=31)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "resnet_batch.cli", "label", str(folder), "--output", str(out), *JOB]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lease = out / "_resnet_batch.lock"
+    deadline = time.time() + 60
+    while not lease.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert lease.exists(), "the first job holds a lease while it runs"
+    second = cli("label", str(folder), "--output", str(out), *JOB)
+    one_line_error(second, "is being written by another job (pid")
+    assert first.wait(timeout=240) == 0, first.stderr.read()
+    assert not lease.exists(), "the lease is released at the end"
+    assert sorted(rows(out).column("path").to_pylist()) == sorted(str(p) for p in folder.iterdir())
+
+    # A lease left by a job that died (SIGKILL) is taken over.
+    dead = subprocess.Popen(["sleep", "0"])
+    dead.wait()
+    lease.write_text(json.dumps({"token": "x", "host": os.uname().nodename, "pid": dead.pid,
+                                 "started": time.time(), "renewed": time.time()}))
+    result = cli("label", str(folder), "--output", str(out), *JOB, "--mode", "resume")
+    assert result.returncode == 0 and "already done 24" in result.stdout, result.stderr
+
+
+def test_a_job_starts_its_own_ray_and_fails_fast_on_a_dead_address(tmp_path):
+    """A cluster left on the machine (here one with no CPU, where a job would wait forever)
+    is not joined unless asked; an address that does not answer fails in seconds."""
+    folder = tmp_path / "in"
+    write_jpegs(folder, 2, seed=41)
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(["ray", "start", "--head", "--num-cpus", "0", "--port", "0", "--block",
+                             "--include-dashboard", "false", "--temp-dir", str(tmp_path / "ray")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        time.sleep(8)  # the head records itself as the machine's current cluster
+        result = cli("label", str(folder), "--output", str(tmp_path / "out"), *JOB, timeout=180)
+        assert result.returncode == 0, result.stderr
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+    started = time.time()
+    result = cli("label", str(folder), "--output", str(tmp_path / "out2"), *JOB, "--address", "127.0.0.1:9")
+    one_line_error(result, "no Ray cluster answers at 127.0.0.1:9")
+    assert time.time() - started < 60
+
+
+def test_a_signal_while_ray_starts(tmp_path):
+    folder = tmp_path / "in"
+    write_jpegs(folder, 2, seed=51)
+    job = subprocess.Popen([sys.executable, "-m", "resnet_batch.cli", "label", str(folder), "--output",
+                            str(tmp_path / "out"), *JOB], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "RAY_ADDRESS": ""})
+    log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "resnet-batch" / "logs"
+    time.sleep(2.5)  # imports done, Ray starting
+    job.send_signal(signal.SIGINT)
+    _, err = job.communicate(timeout=60)
+    assert job.returncode == 130, err
+    assert "stopped by SIGINT" in err
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-f", f"session_.*_{job.pid}"], capture_output=True, text=True).stdout.split()
+    assert not left, f"Ray processes of the job left behind: {left}"
+    assert log_dir.exists()
+
+
+def test_refusals_before_any_work(tmp_path):
+    # Inputs after `--` are inputs (not dropped): a missing one is named.
+    one_line_error(cli("label", "--output", str(tmp_path / "o"), *JOB, "--", str(tmp_path / "nope.jpg") + "x"),
+                   "does not exist")
+    # memory:// is gone when the command exits.
+    one_line_error(cli("label", str(tmp_path), "--output", "memory://out", *JOB), "memory:// lives only in this process")
+    # Config files: ~ expanded, a quoted "false" is false, wrong types and folders are one line.
+    home = tmp_path / "home"
+    (home / "taken").mkdir(parents=True)
+    (home / "taken" / "x.txt").write_text("x")
+    config = tmp_path / "job.yaml"
+    config.write_text(f"inputs: [{tmp_path}]\noutput: ~/taken\nmodel: resnet18\nweights: none\ncompile: 'false'\n")
+    one_line_error(cli("label", "--config", str(config), env={"HOME": str(home)}), f"--output {home}/taken already holds")
+    for text, needle in [("inputs: 5\noutput: o\n", "config key 'inputs' must be a string or a list of strings"),
+                         ("inputs: [x]\noutput: o\nmodel: [resnet18]\n", "config key 'model' must be a string"),
+                         ("inputs: [x]\noutput: o\ncompile: maybe\n", "config key 'compile' must be true or false")]:
+        config.write_text(text)
+        one_line_error(cli("label", "--config", str(config)), needle)
+    one_line_error(cli("label", "--config", str(tmp_path)), "cannot read config file")
+    # A class name that is null is not the label "None".
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps(["cat", None] + [f"c{i}" for i in range(998)]))
+    one_line_error(cli("label", str(tmp_path), "--output", str(tmp_path / "o"), *JOB, "--labels", str(labels)),
+                   "class 1 has no name (got null)")
