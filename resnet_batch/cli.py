@@ -1,4 +1,6 @@
-"""Command line: a thin layer over the library. Errors in arguments exit 2 with one line."""
+"""Label image collections with torchvision ResNets on Ray: top-k classes and pooled embeddings, one Parquet row per image.
+
+Bad arguments exit 2 with one line; a run with an input lacking its row exits 1."""
 
 from __future__ import annotations
 
@@ -113,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", dest="target", required=True, metavar="PATH", help="file (folder for imagefolder)")
     export.add_argument("--rows", default="all", help="all|review: every labeled row, or those with needs_review")
     export.add_argument("--copy", action="store_true", help="imagefolder: copy files instead of linking them")
-    export.add_argument("--local-files-root", default="/",
-                        help="label-studio: its LOCAL_FILES_DOCUMENT_ROOT; local paths are made relative to it")
+    export.add_argument("--local-files-root",
+                        help="label-studio: its LOCAL_FILES_DOCUMENT_ROOT; local paths are made relative to it "
+                             "(default /, with a warning)")
 
     neighbors = sub.add_parser("neighbors", help="nearest neighbours of every row, and near-duplicate groups")
     neighbors.add_argument("output", metavar="OUTPUT", help="a label job's --output (with embeddings)")
@@ -247,7 +250,9 @@ def cmd_jobs(args: argparse.Namespace, console: Console) -> int:
     if args.action == "logs":
         console.out.write(submit.logs(address, args.job_id))
         return EXIT_OK
-    return EXIT_OK if submit.stop(address, args.job_id) else EXIT_INCOMPLETE
+    stopped = submit.stop(address, args.job_id)
+    console.print(f"job {args.job_id}: stop requested" if stopped else f"job {args.job_id} was not running")
+    return EXIT_OK if stopped else EXIT_INCOMPLETE
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
@@ -268,6 +273,10 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
     with console.row_progress("export") as progress:
         count = export(args.output, args.format, args.target, args.rows, args.copy, args.local_files_root, progress)
     console.print(f"{count} rows exported as {args.format} to {os.path.abspath(args.target)}")
+    if args.format == "label-studio":
+        from .export import config_path
+
+        console.print(f"its labeling config (create the project with it): {os.path.abspath(config_path(args.target))}")
     return EXIT_OK
 
 

@@ -25,14 +25,17 @@ from typing import Callable, Iterator
 
 import pyarrow.compute as pc
 
+import logging
 from urllib.parse import quote
 
-from .data.identity import local_bytes, member_escapes, split_member
+from .data.identity import member_escapes, on_disk, split_member
 from .errors import UsageError
 from .features import batches, open_output
 from .output.ownership import check_tool_target
 from .sources import TAR_OFFSET, TAR_SIZE, list_tar_members
 from .storage import filesystem, is_local, replaced_atomically
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("label-studio", "imagefolder", "csv")
 ROWS = ("all", "review")
@@ -177,7 +180,7 @@ def export_imagefolder(output: str, target: str, rows: str = "all", copy: bool =
                 with open(dest, "wb") as f:
                     f.write(shards.read(*member))
             elif is_local(row["path"]):
-                source = _on_disk(row["path"])
+                source = on_disk(os.path.abspath(row["path"].removeprefix("file://")))
                 if copy:
                     shutil.copyfile(source, dest)
                 else:
@@ -187,13 +190,6 @@ def export_imagefolder(output: str, target: str, rows: str = "all", copy: bool =
                 fs.get_file(source, dest)
             count += 1
     return count
-
-
-def _on_disk(path: str) -> str:
-    """The file a local row's path names: a name carried with `\\xNN` escapes (not UTF-8)
-    is its original bytes."""
-    names = local_bytes(os.path.abspath(path.removeprefix("file://")))
-    return next((n for n in names if os.path.lexists(n)), names[0])
 
 
 class _ShardIndex:
@@ -248,7 +244,7 @@ def export_csv(output: str, target: str, rows: str = "all", progress: Callable |
     return count
 
 
-def export(output: str, fmt: str, target: str, rows: str = "all", copy: bool = False, local_root: str = "/",
+def export(output: str, fmt: str, target: str, rows: str = "all", copy: bool = False, local_root: str | None = None,
            progress: Callable | None = None) -> int:
     """Export `output` as `fmt` to `target`; returns the rows exported."""
     if fmt not in FORMATS:
@@ -258,6 +254,10 @@ def export(output: str, fmt: str, target: str, rows: str = "all", copy: bool = F
     check_tool_target(target, "--output", folder=fmt == "imagefolder")
     if fmt == "label-studio":
         check_tool_target(config_path(target), "--output", folder=False)
+        if local_root is None:
+            local_root = "/"
+            log.warning("local images are referenced relative to / (?d=home/...): pass --local-files-root "
+                        "with Label Studio's LOCAL_FILES_DOCUMENT_ROOT if it is another folder")
     if fmt == "label-studio":
         return export_label_studio(output, target, rows, local_root, progress)
     if fmt == "imagefolder":

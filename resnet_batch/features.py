@@ -131,8 +131,9 @@ def _maps(column: pa.ListArray, shapes: list, fixed: bool):
 def _torch(value):
     import torch
 
+    # Arrow's zero-copy arrays are read-only, which torch warns about: those are copied.
     if isinstance(value, np.ndarray) and value.dtype != object:
-        return torch.from_numpy(value)
+        return torch.from_numpy(np.require(value, requirements="W"))
     if isinstance(value, list) and value and all(isinstance(v, np.ndarray) for v in value):
-        return [torch.from_numpy(v) for v in value]
+        return [torch.from_numpy(np.require(v, requirements="W")) for v in value]
     return value

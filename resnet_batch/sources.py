@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from .data.identity import as_text, member_escapes, normalise_local
+from .data.identity import as_text, member_escapes, normalise_local, on_disk
 from .errors import UsageError, one_line
 from .schema import RESERVED_COLUMNS
 from .storage import NotRegularFile, filesystem, is_local, open_regular, scheme_of
@@ -220,6 +220,8 @@ def list_directory_level(uri: str) -> Level:
     carrying the error (`list_failed`), so the job goes on and the summary names it.
     """
     fs, path = filesystem(uri)
+    if scheme_of(uri) == "":
+        path = on_disk(path)  # a folder whose name is not UTF-8 is walked by its original bytes
     try:
         entries = fs.ls(path, detail=True)
     except (OSError, ValueError) as exc:

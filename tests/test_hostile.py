@@ -63,6 +63,10 @@ def hostile(tmp_path_factory):
     raw = os.path.join(os.fsencode(folder), LATIN1_NAME)
     with open(raw, "wb") as f:
         f.write(photos[1].read_bytes())
+    latin_folder = os.path.join(os.fsencode(folder), b"fa\xe7ade")  # a folder name that is not UTF-8
+    os.mkdir(latin_folder)
+    with open(os.path.join(latin_folder, b"x.jpg"), "wb") as f:
+        f.write(photos[0].read_bytes())
     (folder / "huge.png").write_bytes(bomb_png(10_000, 9_500))  # 95M pixels: under the default 100M limit
     jpeg = photos[2].read_bytes()
     (root / "escape.jpg").write_bytes(b"never labeled: outside the shard")
@@ -79,7 +83,7 @@ def hostile(tmp_path_factory):
     shard = str(folder / "shard.tar")
     expected = {str(p) for p in photos} | {str(folder / "linked" / p.name) for p in linked} | {
         str(folder / "pipe.jpg"), escaped, str(folder / "huge.png"), f"{shard}/a.jpg", f"{shard}/sub/b.jpg",
-        f"{shard}/../escape.jpg", str(extra[0]), str(extra[1])}
+        f"{shard}/../escape.jpg", str(extra[0]), str(extra[1]), str(folder) + "/fa\\xe7ade/x.jpg"}
     out = root / "out"
     result = cli("label", str(folder), str(manifest), "--output", str(out), *JOB, timeout=240)
     return folder, expected, out, result
@@ -95,6 +99,7 @@ def test_every_input_exactly_once(hostile):
     errors = dict(zip(paths, table.column("error").to_pylist()))
     assert errors[str(folder / "pipe.jpg")].startswith("not_a_file: a FIFO")
     assert errors[str(folder) + "/caf\\xe9.jpg"] is None, "a non-UTF-8 name is labeled, not just listed"
+    assert errors[str(folder) + "/fa\\xe7ade/x.jpg"] is None, "and so is what a non-UTF-8 folder holds"
     assert errors[f"{folder / 'shard.tar'}/../escape.jpg"].startswith("unsafe_member")
     assert errors[f"{folder / 'shard.tar'}/a.jpg"] is None
     assert not (errors[str(folder / "huge.png")] or "").startswith("too_large"), "95M pixels is under --max-pixels"
@@ -128,7 +133,8 @@ def test_imagefolder_exports_stay_in_their_shard(hostile, tmp_path):
         assert "escape.jpg" not in exported, "a member that leaves its shard is never exported"
         assert all(b"never labeled" not in p.read_bytes() for p in files)
 
-    result = cli("export", str(out), "--format", "label-studio", "--output", str(tmp_path / "ls.json"))
+    result = cli("export", str(out), "--format", "label-studio", "--output", str(tmp_path / "ls.json"),
+                 "--local-files-root", "/")
     one_line_error(result, "member of a tar shard, which Label Studio cannot serve")
 
 
@@ -293,3 +299,22 @@ def test_refusals_before_any_work(tmp_path):
     labels.write_text(json.dumps(["cat", None] + [f"c{i}" for i in range(998)]))
     one_line_error(cli("label", str(tmp_path), "--output", str(tmp_path / "o"), *JOB, "--labels", str(labels)),
                    "class 1 has no name (got null)")
+
+
+def test_disk_full_is_one_line_naming_it(tmp_path):
+    """The write task's own OSError, not Ray's traceback around it (a tmpfs of 12 KB: the
+    run record fits, the first part file does not)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12k", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        folder = tmp_path / "in"
+        write_jpegs(folder, 6, seed=61)
+        result = cli("label", str(folder), "--output", str(disk / "out"), *JOB)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert "No space left on device" in lines[0] and "(logs: " in lines[0] and "Traceback" not in lines[0]

@@ -106,10 +106,19 @@ def test_a_run_that_fails_before_any_row_leaves_the_output_untouched(tmp_path):
     make(src, 3, seed=1)
     out = tmp_path / "out"
     out.mkdir()
-    (out / "part-kept.parquet").write_bytes(b"an older run's file, for --mode overwrite")
+    # An older run's part file (its footer says so), for --mode overwrite to replace.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from resnet_batch.schema import with_run_metadata
+
+    older = pa.table({"path": ["/older.jpg"]})
+    pq.write_table(older.replace_schema_metadata(with_run_metadata(older.schema, {"model": "resnet18"}).metadata),
+                   out / "part-kept.parquet")
+    kept = (out / "part-kept.parquet").read_bytes()
     base = [sys.executable, "-m", "resnet_batch.cli", "label", str(src), "--output", str(out), "--model",
             "resnet18", "--weights", "none", "--mode", "overwrite"]
     failed = subprocess.run([*base, "--device", "cuda"], capture_output=True, text=True, timeout=300)
     assert failed.returncode == 2 and "no GPUs" in failed.stderr, failed.stderr
     assert [p.name for p in out.iterdir()] == ["part-kept.parquet"]
-    assert (out / "part-kept.parquet").read_bytes().startswith(b"an older run")
+    assert (out / "part-kept.parquet").read_bytes() == kept

@@ -17,7 +17,7 @@ import os
 import posixpath
 import re
 
-__all__ = ["as_text", "local_bytes", "normalise_local", "member_escapes", "split_member", "TAR_SEPARATOR"]
+__all__ = ["as_text", "local_bytes", "normalise_local", "on_disk", "member_escapes", "split_member", "TAR_SEPARATOR"]
 
 TAR_SEPARATOR = ".tar/"
 _ESCAPED_BYTE = re.compile(r"\\x([0-9a-fA-F]{2})")
@@ -41,6 +41,12 @@ def local_bytes(path: str) -> list[str]:
     original = _ESCAPED_BYTE.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)) if int(m.group(1), 16) >= 0x80
                                  else chr(int(m.group(1), 16)), path)
     return [path, original] if original != path else [path]
+
+
+def on_disk(path: str) -> str:
+    """The local name `path` stands for: the first of local_bytes(path) that exists."""
+    names = local_bytes(path)
+    return next((n for n in names if os.path.lexists(n)), names[0])
 
 
 def normalise_local(path: str) -> str:
