@@ -59,6 +59,9 @@ def _add_label_args(p: argparse.ArgumentParser) -> None:
                    help="save finished rows at least this often, whatever --rows-per-file (default 60)")
     p.add_argument("--progress-every", type=float, metavar="SECONDS",
                    help="seconds between progress lines when not in a terminal (default 30)")
+    p.add_argument("--wait-for-resources", type=float, metavar="SECONDS",
+                   help="how long the job may wait for CPUs or GPUs the cluster lacks (the progress line says "
+                        "which), then fail with exit 2 (default 600)")
     p.add_argument("--num-workers", type=int, help="model actors (default one per GPU / CPU node)")
     p.add_argument("--threads-per-worker", type=int,
                    help="cores per CPU model actor, one single-threaded forward each (default: the node's); "
@@ -347,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug or an environment failure: one line here, the traceback in the log
         traceback.print_exc()  # to the log file (or the terminal with -v)
         cause = root_cause(exc)
-        console.failed(f"{type(cause).__name__}: {one_line(cause)}")
+        console.failed(f"{type(cause).__name__}: {one_line(cause, limit=2000)}")  # whole: never cut mid-sentence
         return EXIT_INCOMPLETE
     finally:
         console.close()

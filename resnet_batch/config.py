@@ -78,6 +78,7 @@ class LabelConfig:
     cpu_decode_share: float = 0.0  # with gpu decoding: the share of JPEGs CPU tasks decode all the same
     checkpoint_every: float = 60.0  # seconds: finished rows wait at most this long to be saved
     progress_every: float = 30.0  # seconds between progress lines when not in a terminal
+    wait_for_resources: float = 600.0  # seconds a job may wait for CPUs/GPUs it lacks, then fails (exit 2)
 
     def __post_init__(self):
         if not self.inputs:
@@ -102,6 +103,7 @@ class LabelConfig:
         _positive("--max-pixels", self.max_pixels)
         _positive_seconds("--checkpoint-every", self.checkpoint_every)
         _positive_seconds("--progress-every", self.progress_every)
+        _positive_seconds("--wait-for-resources", self.wait_for_resources)
         _fraction("--cpu-decode-share", self.cpu_decode_share, "fraction", allow_zero=True)
         if self.review_below is not None:
             _fraction("--review-below", self.review_below, "probability", allow_zero=False)

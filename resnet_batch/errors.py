@@ -7,6 +7,10 @@ class UsageError(ValueError):
     """A bad argument or configuration; the CLI prints it as one line and exits 2."""
 
 
+class ResourcesUnavailable(UsageError):
+    """The cluster lacked what the job needs for longer than --wait-for-resources."""
+
+
 class WeightsUnavailableError(RuntimeError):
     """Weights could not be fetched or loaded; the message says how to fix it."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 import warnings
 from contextlib import nullcontext
 
@@ -43,7 +44,7 @@ class Predictor:
     def __init__(self, settings: InferenceSettings, schema: pa.Schema, progress=None):
         self.settings = settings
         self.schema = schema
-        self.progress = progress  # a progress.ProgressCounter actor told of error rows, if any
+        self.progress = progress  # a progress.ProgressCounter actor, told of each batch, if any
         self.device = torch.device(resolve_device(settings.device))
         self.precision = resolve_precision(settings.precision, self.device.type)
         torch.set_num_threads(max(1, settings.threads))  # also what threads started later get
@@ -70,6 +71,16 @@ class Predictor:
         self.categories = settings.weights.categories
         self.embedding_dtype = np.dtype(settings.embedding_dtype)  # "float32" | "float16"
         log.info("model %s on %s, precision %s", settings.weights.model, self.device, self.precision)
+        if progress is not None:
+            progress.actor_ready.remote(uuid.uuid4().hex, self.resolved())
+
+    def resolved(self) -> dict:
+        """What this replica runs with, for the run's metadata: "auto" as it came out here."""
+        import torchvision
+
+        return {"device": self.device.type, "precision": self.precision, "torch": torch.__version__,
+                "torchvision": torchvision.__version__,
+                "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None}
 
     def _forward_raw(self, images: torch.Tensor, resized: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Output columns (and `logits`) for a uint8 batch; `resized` (N, 2): each image's
@@ -190,9 +201,8 @@ class Predictor:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         with self._stream():
             table = self._label(batch)
-        errors = table.num_rows - table.column("error").null_count
-        if errors and self.progress is not None:
-            self.progress.add_errors.remote(errors)
+        if self.progress is not None:  # per batch, so that progress moves by batches, not blocks
+            self.progress.add_labeled.remote(table.num_rows, table.num_rows - table.column("error").null_count)
         return table
 
     def _label(self, batch: dict[str, np.ndarray]) -> pa.Table:

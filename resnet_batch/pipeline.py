@@ -11,6 +11,7 @@ The driver runs no model and never imports torch (model_stage.py).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import queue
 import signal
@@ -33,6 +34,7 @@ from ray.data.datasource import Datasource, ReadTask
 from . import ray_session
 from .check import OutputCheck, check_output, needs_ray
 from .columns import rows_per_file, run_info, run_schema, whole_image
+from .schema import with_run_metadata
 from .config import LabelConfig
 from .decode import LowPriorityDecode
 from .errors import Interrupted, UsageError, WeightsUnavailableError
@@ -41,7 +43,7 @@ from .listing import read_directory, read_slice
 from .model_stage import ALLOCATOR_ENV, InferenceSettings, PredictorActor, resolve_precision
 from .pathset import EMPTY, isin_sorted, path_hashes
 from .preprocessing import DEVICE_FILTERS
-from .progress import CounterClient, LogReporter, Snapshot
+from .progress import CounterClient, LogReporter, RunWatch, Snapshot
 from .registry import check_weights_argument
 from .saving import BlockPart, Saver
 from .sources import InputPlan, list_inputs, plan_inputs
@@ -208,7 +210,9 @@ def _label(cfg: LabelConfig, table: pa.Table | None, timeline: Timeline, report,
             finished = _already_finished(out, plan, listed, done_before)
         if cfg.labels:
             weights.result()  # a --labels file that does not fit is refused before Ray starts
+        report = report or LogReporter(cfg.progress_every)
         if finished is None and (todo.num_rows or plan.directories):
+            report(Snapshot(0, 0, todo.num_rows, bool(plan.directories), 0, 0.0, phase="starting Ray"))
             started_ray = _start_ray(cfg.address)
             if precount and needs_ray(plan):
                 finished = _already_finished(out, plan, listed, done_before)
@@ -218,13 +222,12 @@ def _label(cfg: LabelConfig, table: pa.Table | None, timeline: Timeline, report,
             out.check_resumable(info)
         schema = run_schema(cfg, resolved, extra_fields, info)
         saver = Saver(out, schema, rows_per_file(cfg, resolved), cfg.checkpoint_every,
-                      begin=partial(out.begin, cfg.mode, info))
+                      begin=partial(out.begin, cfg.mode, info), run_info=info)
         savers.append(saver)
         if finished is None and (todo.num_rows or plan.directories):
             # Walks skip what is done and what the driver listed (it is labeled from the table).
             skip = np.union1d(done_before, listed)
-            _execute(cfg, resolved, schema, InputPlan(todo, plan.directories), skip, saver, timeline,
-                     report or LogReporter(cfg.progress_every))
+            _execute(cfg, resolved, schema, InputPlan(todo, plan.directories), skip, saver, timeline, report)
         saver.ensure_begun()  # a run that labeled nothing still applies --mode (overwrite replaces)
         check = finished or check_output(out, plan, listed, done_before)
     finally:
@@ -305,6 +308,8 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: InputPlan, ski
 
     blocks: queue.Queue = queue.Queue()
     timeline.executing = time.time()
+    watch = RunWatch(counter, todo.table.num_rows, len(todo.directories), layout.actors, layout.gpus_per_actor,
+                     cfg.wait_for_resources)
     threading.Thread(target=_feed, args=(ds, blocks), daemon=True, name="resnet-batch-feed").start()
     done = 0
     try:
@@ -317,6 +322,8 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: InputPlan, ski
                 break
             if isinstance(item, BaseException):
                 raise _why_actors_failed(item) or item
+            if item and not saver.begun:  # before the first save: the footers say what ran
+                record_what_ran(saver, counter.actors())
             for part in item or ():
                 saver.add(part)
                 done += part.rows
@@ -325,9 +332,11 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: InputPlan, ski
                 if not timeline.first_batch:
                     timeline.first_batch, timeline.first_batch_rows = timeline.last_batch, done
             saver.tick()
-            report(_snapshot(counter, todo, done, saver.saved, timeline))
+            report(watch.snapshot(done, saver.saved))
+            watch.check()
+        record_what_ran(saver, counter.actors())
         saver.finish()
-        report(_snapshot(counter, todo, done, saver.saved, timeline, walking=False))
+        report(watch.snapshot(done, saver.saved, walking=False))
     except BaseException as exc:  # a signal or a failure: keep what is finished, for --mode resume
         log.debug("stopping (%s): saving %d finished rows", type(exc).__name__, done - saver.saved)
         try:
@@ -342,12 +351,22 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: InputPlan, ski
         counter.close()
 
 
-def _snapshot(counter: CounterClient, todo: InputPlan, done: int, saved: int, timeline: Timeline,
-              walking: bool | None = None) -> Snapshot:
-    found, errors, walks_done = counter.poll()
-    walking = walks_done < len(todo.directories) if walking is None else walking
-    return Snapshot(done=done, saved=saved, total=todo.table.num_rows + found, walking=walking,
-                    errors=errors, elapsed_s=time.time() - timeline.executing)
+def record_what_ran(saver: Saver, actors: tuple) -> None:
+    """The run's metadata with what the model actors resolved ("auto" precision and device
+    as they came out on their nodes) and the library versions, in the footers of the part
+    files still to be written and in the run record."""
+    if not actors:
+        return
+    info = saver.run_info
+    ran = sorted({json.dumps(a, sort_keys=True) for a in actors})
+    info["ran"] = [json.loads(r) for r in ran]
+    info["precision"] = ",".join(sorted({a["precision"] for a in actors}))
+    info["device"] = ",".join(sorted({a["device"] for a in actors}))
+    info["versions"] = {"ray": ray.__version__, "torch": ",".join(sorted({a["torch"] for a in actors})),
+                        "torchvision": ",".join(sorted({a["torchvision"] for a in actors}))}
+    saver.schema = with_run_metadata(saver.schema, info)
+    if saver.begun:
+        saver.out.record_run(info)
 
 
 def _why_actors_failed(exc: BaseException) -> Exception | None:

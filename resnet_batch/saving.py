@@ -50,8 +50,9 @@ def _write_task(out: OutputDir, schema: pa.Schema, rows_per_file: int, parts: li
 
 class Saver:
     def __init__(self, out: OutputDir, schema: pa.Schema, rows_per_file: int, checkpoint_every_s: float,
-                 begin):
+                 begin, run_info: dict | None = None):
         self.out, self.schema, self.rows_per_file = out, schema, rows_per_file
+        self.run_info = run_info if run_info is not None else {}  # what begin() records; completed as the run learns
         self.checkpoint_every_s = checkpoint_every_s
         self._begin = begin  # applies --mode to the output; called once, before the first write
         self.begun = False

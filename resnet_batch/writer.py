@@ -132,6 +132,11 @@ class OutputDir:
                     self.fs.rm(join(self.path, name))  # resume: only the temporary files of the run that died
             if self.atomic_rename:  # local disk; object stores have no directories (and s3fs would create a bucket)
                 self.fs.makedirs(self.path, exist_ok=True)
+        self.record_run(run_info)
+
+    def record_run(self, run_info: dict) -> None:
+        """The run record `_resnet_batch.json` (what made the rows, for readers and resume)."""
+        with self._as_usage_error():
             with self.fs.open(join(self.path, RUN_FILE), "w") as f:
                 json.dump(run_info, f, indent=1, sort_keys=True)
 

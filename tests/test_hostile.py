@@ -236,18 +236,39 @@ def test_one_writer_at_a_time(tmp_path):
 
 def test_a_job_starts_its_own_ray_and_fails_fast_on_a_dead_address(tmp_path):
     """A cluster left on the machine (here one with no CPU, where a job would wait forever)
-    is not joined unless asked; an address that does not answer fails in seconds."""
+    is not joined unless asked; joined, the job says what it waits for and gives up after
+    --wait-for-resources; an address that does not answer fails in seconds."""
+    import socket
+
     folder = tmp_path / "in"
     write_jpegs(folder, 2, seed=41)
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    env.pop("RAY_ADDRESS", None)
-    head = subprocess.Popen(["ray", "start", "--head", "--num-cpus", "0", "--port", "0", "--block",
-                             "--include-dashboard", "false", "--temp-dir", str(tmp_path / "ray")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"RAY_AUTH_MODE": "token", "RAY_ADDRESS": ""}
+    # (a short --temp-dir: Ray's socket paths must fit in 107 bytes)
+    head = subprocess.Popen(["ray", "start", "--head", "--num-cpus", "0", "--port", str(port), "--block",
+                             "--include-dashboard", "false", "--temp-dir", f"/tmp/rb-head-{os.getpid()}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **env},
+                            start_new_session=True)
     try:
-        time.sleep(8)  # the head records itself as the machine's current cluster
-        result = cli("label", str(folder), "--output", str(tmp_path / "out"), *JOB, timeout=180)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        time.sleep(3)  # the head's raylet registers after its GCS listens
+        result = cli("label", str(folder), "--output", str(tmp_path / "out"), *JOB, env=env, timeout=180)
         assert result.returncode == 0, result.stderr
+        result = cli("label", str(folder), "--output", str(tmp_path / "starved"), *JOB, "--address",
+                     f"127.0.0.1:{port}", "--wait-for-resources", "5", "--progress-every", "1", env=env, timeout=180)
+        waiting = "waiting for 1 CPU for a model actor; the cluster has CPU 0 free of 0"
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and waiting in lines[-1] and "gave up after 5 s (--wait-for-resources)" in lines[-1]
+        assert any(line.split(" ", 1)[-1].startswith(waiting) for line in lines[:-1]), "the progress line says it"
+        assert "Traceback" not in result.stderr
     finally:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait()
