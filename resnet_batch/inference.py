@@ -78,8 +78,9 @@ class Predictor:
         """What this replica runs with, for the run's metadata: "auto" as it came out here."""
         import torchvision
 
-        return {"device": self.device.type, "precision": self.precision, "torch": torch.__version__,
-                "torchvision": torchvision.__version__,
+        # Plain str: torch.__version__ is a TorchVersion, whose unpickling would import torch in the driver.
+        return {"device": self.device.type, "precision": self.precision, "torch": str(torch.__version__),
+                "torchvision": str(torchvision.__version__),
                 "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None}
 
     def _forward_raw(self, images: torch.Tensor, resized: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ or ~/.ray/auth_token; this module never reads or prints the token itself.
 from __future__ import annotations
 
 import asyncio
+import os
 import shlex
 import sys
 import time
@@ -21,14 +22,21 @@ TERMINAL_OK = "SUCCEEDED"
 
 
 def _client(address: str):
+    hint = "submitting jobs needs Ray's job client: pip install 'resnet-batch[submit]'"
     try:
         from ray.job_submission import JobSubmissionClient
     except ImportError:
-        raise UsageError("submitting jobs needs Ray's job client: pip install 'ray[default]'") from None
+        raise UsageError(hint) from None
     try:
         return JobSubmissionClient(address)
-    except Exception as exc:  # connection refused, bad address, auth failure
-        raise UsageError(f"cannot reach the Ray job server at {address}: {one_line(exc)}") from None
+    except Exception as exc:  # connection refused, bad address, auth failure: the whole reason, never cut
+        reason = one_line(exc, limit=2000)
+        if "ray[default]" in reason:
+            raise UsageError(hint) from None
+        if "token" in reason.lower() and os.environ.get("RAY_AUTH_MODE") != "token":
+            reason += " (Ray 2.60 heads require token authentication: export RAY_AUTH_MODE=token, with the " \
+                      "cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN)"
+        raise UsageError(f"cannot reach the Ray job server at {address}: {reason}") from None
 
 
 @dataclass(frozen=True)

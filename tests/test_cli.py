@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -110,7 +111,7 @@ def test_shipped_job_starts_its_own_ray_and_writes_every_row(tmp_path):
     assert "errors: decode_error 1" in result.stdout
     assert "images/s" in result.stdout and "complete: every input has exactly one row" in result.stdout
     # Not a terminal: progress comes as lines on stderr, Ray's own output goes to the log file.
-    progress = [line for line in result.stderr.splitlines() if " progress: " in line]
+    progress = [line for line in result.stderr.splitlines() if re.match(r"\d\d:\d\d:\d\d [a-z].*: \d+/\d+\+? images", line)]
     assert progress and all(f"/{n} images" in line or "+ images" in line for line in progress), result.stderr
     assert len(progress) == len(result.stderr.strip().splitlines()), result.stderr
 
