@@ -27,6 +27,29 @@ fail() {
   exit 1
 }
 
+agent_ports() {  # each node's agents need ports of their own on one machine
+  python -c '
+import socket
+sockets = [socket.socket() for _ in range(4)]
+for s in sockets:
+    s.bind(("127.0.0.1", 0))
+a, b, c, d = (s.getsockname()[1] for s in sockets)
+print(f"--dashboard-agent-listen-port={a} --dashboard-agent-grpc-port={b} --metrics-export-port={c} --runtime-env-agent-port={d}")'
+}
+
+job_server_answers() {  # any HTTP answer (401 without a token included) means it listens
+  for _ in $(seq 20); do
+    python -c '
+import sys, urllib.error, urllib.request
+try:
+    urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/api/version", timeout=2)
+except urllib.error.HTTPError:
+    pass' "$DASHBOARD_PORT" 2>/dev/null && return 0
+    sleep 0.5
+  done
+  return 1
+}
+
 alive_nodes() {
   python - "$HEAD_PORT" <<'EOF'
 import sys
@@ -47,7 +70,7 @@ start() {
   mkdir -p "$STATE_DIR"
   ray get-auth-token --generate >/dev/null 2>&1 || true
   setsid ray start --head --port="$HEAD_PORT" --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" \
-    --num-cpus=0 --block >"$STATE_DIR/head.log" 2>&1 &
+    --num-cpus=0 $(agent_ports) --block >"$STATE_DIR/head.log" 2>&1 &
   echo $! >"$STATE_DIR/head.pid"
   local joined=""
   for _ in $(seq "$JOIN_TIMEOUT_S"); do
@@ -56,26 +79,25 @@ start() {
     sleep 1
   done
   [ -n "$joined" ] || fail "the head did not start within ${JOIN_TIMEOUT_S}s" "$STATE_DIR/head.log"
+  # One worker at a time: nodes started together on one machine race for the same free ports.
+  local want=$((workers + 1)) nodes=1
   for i in $(seq "$workers"); do
-    setsid ray start --address="127.0.0.1:$HEAD_PORT" --num-cpus="$cpus" --block >"$STATE_DIR/worker-$i.log" 2>&1 &
+    setsid ray start --address="127.0.0.1:$HEAD_PORT" --num-cpus="$cpus" $(agent_ports) --block \
+      >"$STATE_DIR/worker-$i.log" 2>&1 &
     echo $! >"$STATE_DIR/worker-$i.pid"
-  done
-  local want=$((workers + 1)) nodes=0
-  for _ in $(seq "$JOIN_TIMEOUT_S"); do
-    for i in $(seq "$workers"); do
+    local joined_at=""
+    for _ in $(seq "$JOIN_TIMEOUT_S"); do
       kill -0 "$(cat "$STATE_DIR/worker-$i.pid")" 2>/dev/null \
         || fail "worker $i stopped before joining" "$STATE_DIR/worker-$i.log"
+      read -r nodes _ <<<"$(alive_nodes 2>/dev/null || echo "0 0")"
+      if [ "$nodes" -ge $((i + 1)) ]; then joined_at=$i; break; fi
+      sleep 1
     done
-    read -r nodes _ <<<"$(alive_nodes 2>/dev/null || echo "0 0")"
-    [ "$nodes" -ge "$want" ] && break
-    sleep 1
+    [ -n "$joined_at" ] || fail "worker $i did not join within ${JOIN_TIMEOUT_S}s ($nodes of $want nodes up)" \
+      "$STATE_DIR/worker-$i.log"
   done
-  if [ "$nodes" -lt "$want" ]; then
-    late=$(ls -t "$STATE_DIR"/worker-*.log | head -n 1)
-    fail "only $nodes of $want nodes joined within ${JOIN_TIMEOUT_S}s" "$late"
-  fi
   echo "up: $want nodes (head + $workers workers, $((workers * cpus)) CPUs); Ray address 127.0.0.1:$HEAD_PORT"
-  if curl -sf "http://127.0.0.1:$DASHBOARD_PORT/api/version" >/dev/null 2>&1; then
+  if job_server_answers; then
     echo "job server: http://127.0.0.1:$DASHBOARD_PORT (export RAY_AUTH_MODE=token before resnet-batch submit)"
   else
     echo "job server: not answering at http://127.0.0.1:$DASHBOARD_PORT (install ray[default]: pip install -e '.[submit]')"
