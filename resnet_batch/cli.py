@@ -248,6 +248,9 @@ def cmd_jobs(args: argparse.Namespace, console: Console) -> int:
     address = _require_address(args)
     if args.action == "status":
         info = submit.status(address, args.job_id)
+        progress = submit.last_progress_line(submit.logs(address, args.job_id))
+        if progress:  # what the job is doing (or waiting for) now, from its own log
+            info["progress"] = progress
         console.print(json.dumps(info))
         return EXIT_OK
     if args.action == "logs":

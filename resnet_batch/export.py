@@ -6,7 +6,7 @@ are left out (`report` lists them).
 - label-studio: Label Studio's import JSON, a list of tasks, each with the image and the
   model's top-1 class as a pre-annotation (a `choices` prediction with its probability);
   `--rows review` keeps the rows flagged `needs_review`. The labeling config the tasks go
-  with (one choice per class seen) is written beside it, as FILE.label-config.xml.
+  with (one choice per class seen) is written beside it: NAME.label-config.xml for NAME.json.
 - imagefolder: CLASS/FILE links (or copies, `--copy`; remote inputs are always copied)
   for training with torchvision's ImageFolder and the like.
 - csv: one line per row: path, top-1 label and probability, all top-k labels, review columns.

@@ -126,11 +126,15 @@ class LogReporter:
         self.every_s = every_s
         self.emit = emit or log.info
         self.last = time.monotonic()
+        self.said_final = False
 
     def __call__(self, s: Snapshot) -> None:
-        if time.monotonic() - self.last < self.every_s:
+        final = not s.walking and s.total > 0 and s.done >= s.total  # always said, once
+        if final and self.said_final:
             return
-        self.last = time.monotonic()
+        if time.monotonic() - self.last < self.every_s and not final:
+            return
+        self.last, self.said_final = time.monotonic(), final
         total = f"{s.total}+" if s.walking else str(s.total)  # + : directories are still being listed
         self.emit(f"{s.phase}: {s.done}/{total} images ({100 * s.done / max(s.total, 1):.1f}%), {s.saved} saved, "
                   f"{s.errors} errors, {s.rate:.1f} images/s{_eta(s)}")
@@ -221,10 +225,17 @@ class RunWatch:
         if now - self._resources_at < RESOURCE_POLL_S:
             return
         self._resources_at = now
-        waiting = _short_of(ray.cluster_resources(), ray.available_resources(), bool(counts.actors),
+        waiting = _short_of(ray.cluster_resources(), ray.available_resources(), len(counts.actors),
                             self.gpus_per_actor)
-        if waiting and not self.waiting:
+        growing = _nodes_being_added() if waiting else 0
+        if waiting and growing:  # an autoscaler is adding nodes: worth the wait, not counted against the limit
+            waiting += f"; the autoscaler is adding {growing} node{'s' if growing > 1 else ''}"
             self.waiting_since = now
+        elif waiting:
+            waiting += "; no node is being added"
+            if not self.waiting or "autoscaler" in self.waiting:
+                self.waiting_since = now
+        if waiting and waiting != self.waiting:
             log.warning("%s", waiting)
         self.waiting = waiting
 
@@ -236,12 +247,23 @@ class RunWatch:
             raise ResourcesUnavailable(f"{self.waiting}; gave up after {self.wait_limit_s:.0f} s (--wait-for-resources)")
 
 
-def _short_of(total: dict, free: dict, actor_up: bool, gpus: int) -> str | None:
+def _nodes_being_added() -> int:
+    """Nodes an autoscaler is launching now (0 without one, or when it cannot be asked)."""
+    try:
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        status = get_cluster_status(ray.get_runtime_context().gcs_address)
+        return len(status.pending_launches) + len(status.pending_nodes)
+    except Exception:  # an older or unreachable autoscaler: say nothing about it
+        return 0
+
+
+def _short_of(total: dict, free: dict, actors_up: int, gpus: int) -> str | None:
     """What the job waits for, in words, or None when the cluster has room for it."""
     def have(kind: str) -> str:
         return f"{free.get(kind, 0):g} free of {total.get(kind, 0):g}"
 
-    if not actor_up:
+    if not actors_up:
         need = [("CPU", 1)] + ([("GPU", gpus)] if gpus else [])
         short = [(k, n) for k, n in need if free.get(k, 0) < n]
         if short:
@@ -249,7 +271,6 @@ def _short_of(total: dict, free: dict, actor_up: bool, gpus: int) -> str | None:
             return f"waiting for {what} for a model actor; the cluster has {', '.join(f'{k} {have(k)}' for k, _ in short)}"
         return None
     if free.get("CPU", 0) < 1:
-        held = "the model actors hold them" if total.get("CPU", 0) <= 1 + gpus else "all are busy"
-        return (f"waiting for 1 CPU for the decode tasks; the cluster has CPU {have('CPU')} ({held}); "
-                "add a node or CPUs, unless the cluster autoscales")
+        return (f"waiting for 1 CPU for the decode tasks; the cluster has CPU {have('CPU')}, "
+                f"{actors_up} held by model actors")
     return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shlex
 import sys
 import time
@@ -116,3 +117,15 @@ def logs(address: str, job_id: str) -> str:
 
 def stop(address: str, job_id: str) -> bool:
     return _client(address).stop_job(job_id)
+
+
+PROGRESS_LINE = re.compile(r"^\d\d:\d\d:\d\d (.+: \d+/\d+\+? images.*)$")
+
+
+def last_progress_line(log_text: str) -> str | None:
+    """The job's latest progress line (phase, counts, what it waits for), without its time."""
+    for line in reversed(log_text.splitlines()):
+        match = PROGRESS_LINE.match(line.strip())
+        if match:
+            return match.group(1)
+    return None

@@ -21,7 +21,7 @@ def test_the_bar_moves_by_batches(tmp_path):
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a terminal's size
     job = subprocess.Popen([sys.executable, "-m", "resnet_batch.cli", "label", str(folder), "--output",
-                            str(tmp_path / "out"), "--model", "resnet18", "--weights", "none", "--precision", "fp32",
+                            str(tmp_path / "out"), "--model", "resnet18", "--weights", "none", "--precision", "auto",
                             "--batch-size", "16"], stdin=slave, stdout=slave, stderr=slave, close_fds=True)
     os.close(slave)
     screen = b""
@@ -47,3 +47,31 @@ def test_the_bar_moves_by_batches(tmp_path):
     assert "labeling" in phases and any(p.startswith("starting") for p in phases), phases
     assert "ETA" not in text or re.search(r"\d+img/s", text)
     assert "complete: every input has exactly one row" in text
+
+    # The metadata says what ran: "auto" as the model actor resolved it, and the versions.
+    import json
+
+    import pyarrow.parquet as pq
+    import ray
+    import torch
+
+    from resnet_batch.model_stage import resolve_precision
+
+    ran = resolve_precision("auto", "cpu")
+    record = json.loads((tmp_path / "out" / "_resnet_batch.json").read_text())
+    assert record["precision"] == ran and record["device"] == "cpu"
+    assert record["ran"] == [{"device": "cpu", "gpu": None, "precision": ran, "torch": torch.__version__,
+                              "torchvision": record["versions"]["torchvision"]}]
+    assert record["versions"]["ray"] == ray.__version__
+    footers = {pq.read_schema(p).metadata[b"resnet_batch.precision"] for p in (tmp_path / "out").glob("part-*")}
+    assert footers == {ran.encode()}
+
+
+def test_what_a_starved_job_waits_for():
+    from resnet_batch.progress import _short_of
+
+    assert _short_of({"CPU": 1}, {"CPU": 0}, 1, 0) == (
+        "waiting for 1 CPU for the decode tasks; the cluster has CPU 0 free of 1, 1 held by model actors")
+    assert _short_of({"CPU": 8, "GPU": 1}, {"CPU": 8, "GPU": 0}, 0, 1) == (
+        "waiting for 1 GPU for a model actor; the cluster has GPU 0 free of 1")
+    assert _short_of({"CPU": 8}, {"CPU": 3}, 1, 0) is None

@@ -65,7 +65,8 @@ def test_submit_wait_succeeds_and_writes_output(ray_head, tmp_path):
     out = tmp_path / "out"
     result = cli(env, "submit", "--address", address, "--wait", "--submission-id", "rb-ok-1",
                  "--metadata", "owner=tests", "--",
-                 "label", str(EXAMPLES), "--output", str(out), "--model", "resnet18", "--weights", "none")
+                 "label", str(EXAMPLES), "--output", str(out), "--model", "resnet18", "--weights", "none",
+                 "--progress-every", "1")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "submitted rb-ok-1" in result.stdout and "job rb-ok-1 SUCCEEDED" in result.stdout
     assert "complete: every input has exactly one row" in result.stdout  # the job's own summary, streamed
@@ -74,6 +75,8 @@ def test_submit_wait_succeeds_and_writes_output(ray_head, tmp_path):
 
     status = cli(env, "jobs", "status", "rb-ok-1", "--address", address)
     assert status.returncode == 0 and '"status": "SUCCEEDED"' in status.stdout and '"owner": "tests"' in status.stdout
+    n = len(list(EXAMPLES.iterdir()))
+    assert f'"progress": "labeling: {n}/{n} images' in status.stdout, status.stdout  # what it did last, from its log
     logs = cli(env, "jobs", "logs", "rb-ok-1", "--address", address)
     assert "errors: decode_error 1" in logs.stdout and token not in logs.stdout
 
