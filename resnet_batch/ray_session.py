@@ -47,13 +47,20 @@ def join_or_start(address: str | None) -> bool:
                 # Without the dashboard: on a small machine its processes cost ~2 s of start-up.
                 ray.init(address="local", logging_level=logging.WARNING, include_dashboard=False)
                 started = True
+        except SystemExit as exc:
+            # Ray installs its own SIGTERM handler part-way through ray.init (sys.exit(15)):
+            # a SIGTERM after that point is this job's SIGTERM all the same.
+            if exc.code != signal.SIGTERM:
+                raise
+            caught.append(signal.SIGTERM)
+            started = not target
         except (ConnectionError, RuntimeError, TimeoutError) as exc:
             if ray.is_initialized():
                 ray.shutdown()
             raise UsageError(f"cannot join the Ray cluster at {target or 'a new local Ray'}: "
                              f"{type(exc).__name__}: {one_line(exc)}") from None
         finally:
-            if caught and ray.is_initialized():
+            if caught:  # stopped before Ray has finished starting: stop what it started
                 _stop_now(started)
     return started
 

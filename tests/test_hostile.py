@@ -278,7 +278,8 @@ def test_a_job_starts_its_own_ray_and_fails_fast_on_a_dead_address(tmp_path):
     assert time.time() - started < 60
 
 
-def test_a_signal_while_ray_starts(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_ray_starts(tmp_path, signum):
     folder = tmp_path / "in"
     write_jpegs(folder, 2, seed=51)
     job = subprocess.Popen([sys.executable, "-m", "resnet_batch.cli", "label", str(folder), "--output",
@@ -286,10 +287,10 @@ def test_a_signal_while_ray_starts(tmp_path):
                            env={**os.environ, "RAY_ADDRESS": ""})
     log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "resnet-batch" / "logs"
     time.sleep(2.5)  # imports done, Ray starting
-    job.send_signal(signal.SIGINT)
+    job.send_signal(signum)
     _, err = job.communicate(timeout=60)
-    assert job.returncode == 130, err
-    assert "stopped by SIGINT" in err
+    assert job.returncode == 128 + signum, err
+    assert f"stopped by {signal.Signals(signum).name}" in err
     time.sleep(1)
     left = subprocess.run(["pgrep", "-f", f"session_.*_{job.pid}"], capture_output=True, text=True).stdout.split()
     assert not left, f"Ray processes of the job left behind: {left}"
