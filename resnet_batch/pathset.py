@@ -1,8 +1,10 @@
-"""Sets of paths as sorted 64-bit hashes: 8 bytes per path wherever a set must be held
+"""Sets of paths as sorted 128-bit hashes: 16 bytes per path wherever a set must be held
 (the rows already written, the inputs the driver listed), searched with numpy.
 
-A collision (~1e-19 per pair) could only make two paths look alike; the final check
-compares counts as well, so even that cannot hide a missing row.
+128 bits make the identity of an input collision-free in practice: the chance that any two
+of a billion paths share a hash is ~1e-21 (64 bits: ~3e-2), and a collision could mark an
+input as done on resume. The hashes are fixed 16-byte strings (numpy "S16"), which sort,
+search and compare bytewise, as one 128-bit number would.
 """
 
 from __future__ import annotations
@@ -12,15 +14,14 @@ import hashlib
 import numpy as np
 import pyarrow as pa
 
-EMPTY = np.zeros(0, dtype=np.uint64)
+HASH_DTYPE = np.dtype("S16")
+EMPTY = np.zeros(0, dtype=HASH_DTYPE)
 
 
 def path_hashes(paths) -> np.ndarray:
-    """64-bit BLAKE2b of each path: collisions are ~1e-19 per pair, cheap to store and search."""
-    return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(str(p).encode(), digest_size=8).digest(), "little") for p in paths),
-        dtype=np.uint64,
-    )
+    """128-bit BLAKE2b of each path."""
+    digests = b"".join(hashlib.blake2b(str(p).encode(), digest_size=16).digest() for p in paths)
+    return np.frombuffer(digests, dtype=HASH_DTYPE).copy()
 
 
 def isin_sorted(hashes: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:

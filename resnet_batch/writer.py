@@ -172,7 +172,7 @@ class OutputDir:
     def completed_hashes(self) -> np.ndarray:
         """Sorted hashes of the `path` of every row in a complete part file, duplicates included.
 
-        Read one file at a time: 8 bytes per row are kept, never the paths themselves.
+        Read one file at a time: 16 bytes per row are kept, never the paths themselves.
         """
         chunks = [EMPTY]
         for part in self.part_files():
