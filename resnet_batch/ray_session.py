@@ -62,7 +62,44 @@ def join_or_start(address: str | None) -> bool:
         finally:
             if caught:  # stopped before Ray has finished starting: stop what it started
                 _stop_now(started)
+    if target:
+        _check_workers_match(target)
     return started
+
+
+@ray.remote(num_cpus=0)
+def _worker_versions() -> tuple[str, str]:
+    import sys
+
+    from . import __version__
+
+    return __version__, sys.version.split()[0]
+
+
+def _check_workers_match(target: str) -> None:
+    """A joined cluster's workers run this driver's resnet-batch and Python, or the job is
+    refused (Ray itself refuses another Ray version). A cluster too busy to answer within a
+    minute is let through, with a warning."""
+    import sys
+
+    from . import __version__
+
+    try:
+        theirs = ray.get(_worker_versions.remote(), timeout=60)
+    except ray.exceptions.GetTimeoutError:
+        logging.getLogger(__name__).warning("the cluster at %s did not say its resnet-batch version within 60 s", target)
+        return
+    except ray.exceptions.RayError as exc:
+        ray.shutdown()
+        raise UsageError(f"the workers of the cluster at {target} cannot run resnet-batch: "
+                         f"{one_line(exc).splitlines()[-1] if one_line(exc) else type(exc).__name__}; install it there, "
+                         "or use resnet-batch submit, which ships it with the job") from None
+    ours = (__version__, sys.version.split()[0])
+    if tuple(theirs) != ours:
+        ray.shutdown()
+        raise UsageError(f"the workers of the cluster at {target} run resnet-batch {theirs[0]} on Python {theirs[1]}, "
+                         f"this driver {ours[0]} on Python {ours[1]}; install the same there, or use "
+                         "resnet-batch submit, which ships this one with the job")
 
 
 def _check_reachable(address: str) -> None:
