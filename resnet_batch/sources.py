@@ -49,8 +49,9 @@ def is_manifest(uri: str) -> bool:
 
 
 def _to_uri(fs, path: str, original: str) -> str:
-    """An input's identity (data/identity.py): a normalised local path, or the full URI."""
-    if scheme_of(original) == "":
+    """An input's identity (data/identity.py): a normalised local path (file:// URIs too),
+    or the full URI."""
+    if is_local(original):
         return as_text(normalise_local(path))
     return as_text(fs.unstrip_protocol(path))
 
@@ -101,6 +102,8 @@ def _list_location(uri: str) -> list[str]:
 
 def _resolve_entry(entry: str, base_uri: str) -> str:
     """An entry as an input's identity; relative entries are relative to the manifest's own location."""
+    if is_local(entry) and scheme_of(entry):  # file:///x is the local file /x
+        return as_text(normalise_local(filesystem(entry)[1]))
     if scheme_of(entry) != "":
         return as_text(entry)
     if entry.startswith("/"):

@@ -72,10 +72,11 @@ def hostile(tmp_path_factory):
     (root / "escape.jpg").write_bytes(b"never labeled: outside the shard")
     _tar(folder / "shard.tar", {"a.jpg": jpeg, "sub/b.jpg": jpeg, "../escape.jpg": jpeg})
 
-    # A Latin-1 manifest: a path twice, one file spelled three ways, and the non-UTF-8 name.
+    # A Latin-1 manifest: a path twice, one file spelled four ways, and the non-UTF-8 name.
     manifest = root / "list.txt"
     lines = [str(extra[0]).encode(), str(extra[0]).encode(), str(extra[1]).encode(),
              str(loose).encode() + b"/./" + extra[1].name.encode(), str(loose).encode() + b"//" + extra[1].name.encode(),
+             b"file://" + str(extra[1]).encode(),
              raw]
     manifest.write_bytes(b"\n".join(lines) + b"\n")
 

@@ -1,7 +1,8 @@
 """What one input is: the rule every listing, de-duplication and check goes through.
 
-- A local input is its absolute, normalised path (`/a/./b//c.jpg` is `/a/b/c.jpg`); a
-  remote input is its full URI, as given (object keys are opaque: `a//b` is its own key).
+- A local input is its absolute, normalised path (`/a/./b//c.jpg` and `file:///a/b/c.jpg`
+  are `/a/b/c.jpg`); a remote input is its full URI, as given (object keys are opaque:
+  `a//b` is its own key).
 - A file name that is not UTF-8 is carried bytes-safe: its undecodable bytes are written
   `\\xNN` in the `path` column (Parquet strings are UTF-8), and the reader opens the
   original bytes.
