@@ -174,3 +174,19 @@ def test_unwritable_output_bucket(s3, local_run):
     images, _ = local_run
     with pytest.raises(UsageError, match="cannot write to --output s3://no-such-out-bucket"):
         run_label(config([images[0]], "s3://no-such-out-bucket/out"))
+
+
+def test_one_writer_on_an_object_store(s3):
+    """The lease is a conditional create on S3 too (If-None-Match), released at the end."""
+    from resnet_batch.writer import OutputDir
+
+    s3.mkdir("rb-leased")
+    with OutputDir("s3://rb-leased/out").lease():
+        assert s3.exists("rb-leased/out/_resnet_batch.lock")
+        with pytest.raises(UsageError, match=r"s3://rb-leased/out is being written by another job \(pid"):
+            with OutputDir("s3://rb-leased/out").lease():
+                pass
+    s3.invalidate_cache()
+    assert not s3.exists("rb-leased/out/_resnet_batch.lock")
+    with OutputDir("s3://rb-leased/out").lease():  # free again
+        pass
