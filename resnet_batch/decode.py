@@ -55,7 +55,7 @@ def read_image_bytes(uri: str, offset: int = -1, size: int = -1) -> bytes:
     except IsADirectoryError:
         raise ImageError("read_error", "is a directory") from None
     except NotRegularFile as exc:
-        raise ImageError("not_a_file", str(exc).rsplit(" is ", 1)[-1] + ", not a regular file") from None
+        raise ImageError("not_a_file", f"{exc.kind}, not a regular file") from None
     except PermissionError:
         raise ImageError("read_error", "permission denied") from None
     except OSError as exc:

@@ -17,16 +17,15 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import re
 import shutil
 from typing import Callable, Iterator
+from urllib.parse import quote
 
 import pyarrow.compute as pc
-
-import logging
-from urllib.parse import quote
 
 from .data.identity import member_escapes, on_disk, split_member
 from .errors import UsageError
@@ -258,7 +257,6 @@ def export(output: str, fmt: str, target: str, rows: str = "all", copy: bool = F
             local_root = "/"
             log.warning("local images are referenced relative to / (?d=home/...): pass --local-files-root "
                         "with Label Studio's LOCAL_FILES_DOCUMENT_ROOT if it is another folder")
-    if fmt == "label-studio":
         return export_label_studio(output, target, rows, local_root, progress)
     if fmt == "imagefolder":
         return export_imagefolder(output, target, rows, copy, progress)

@@ -34,7 +34,6 @@ from ray.data.datasource import Datasource, ReadTask
 from . import ray_session
 from .check import OutputCheck, check_output, needs_ray
 from .columns import rows_per_file, run_info, run_schema, whole_image
-from .schema import with_run_metadata
 from .config import LabelConfig
 from .decode import LowPriorityDecode
 from .errors import Interrupted, UsageError, WeightsUnavailableError
@@ -46,6 +45,7 @@ from .preprocessing import DEVICE_FILTERS
 from .progress import CounterClient, LogReporter, RunWatch, Snapshot
 from .registry import check_weights_argument
 from .saving import BlockPart, Saver
+from .schema import with_run_metadata
 from .sources import InputPlan, list_inputs, plan_inputs
 from .storage import is_local
 from .summary import LabelSummary, Timeline
@@ -322,7 +322,7 @@ def _execute(cfg: LabelConfig, resolved, schema: pa.Schema, todo: InputPlan, ski
                 break
             if isinstance(item, BaseException):
                 raise _why_actors_failed(item) or item
-            if item and not saver.begun:  # before the first save: the footers say what ran
+            if item and "ran" not in saver.run_info:  # before the first save: the footers say what ran
                 record_what_ran(saver, counter.actors())
             for part in item or ():
                 saver.add(part)

@@ -106,12 +106,9 @@ class CounterClient:
             self._pending = self.actor.get.remote()
         return self.counts
 
-    def actors(self, timeout_s: float = 5.0) -> tuple:
+    def actors(self) -> tuple:
         """What the model actors resolved, asked now (for the run's metadata)."""
-        try:
-            return ray.get(self.actor.get.remote(), timeout=timeout_s).actors
-        except (ray.exceptions.RayError, TimeoutError):
-            return self.counts.actors
+        return self.poll(wait=True).actors
 
     def close(self) -> None:
         ray.kill(self.actor)

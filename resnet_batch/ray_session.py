@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import ray
 
-from .errors import UsageError, one_line
+from .errors import UsageError, one_line, root_cause
 
 # Ray's name for the autoscaler monitor among a local node's processes (ray_constants).
 MONITOR_PROCESS = "monitor"
@@ -91,8 +91,9 @@ def _check_workers_match(target: str) -> None:
         return
     except ray.exceptions.RayError as exc:
         ray.shutdown()
+        cause = root_cause(exc)
         raise UsageError(f"the workers of the cluster at {target} cannot run resnet-batch: "
-                         f"{one_line(exc).splitlines()[-1] if one_line(exc) else type(exc).__name__}; install it there, "
+                         f"{type(cause).__name__}: {one_line(cause)}; install it there, "
                          "or use resnet-batch submit, which ships it with the job") from None
     ours = (__version__, sys.version.split()[0])
     if tuple(theirs) != ours:

@@ -84,6 +84,13 @@ def join(base: str, *names: str) -> str:
 class NotRegularFile(OSError):
     """A FIFO, socket or device: reading it could block forever or never end."""
 
+    def __init__(self, path: str, kind: str):
+        super().__init__(f"{path} is {kind}")
+        self.path, self.kind = path, kind
+
+    def __reduce__(self):  # raised in Ray workers: pickled with its own arguments
+        return type(self), (self.path, self.kind)
+
 
 FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
               stat.S_IFBLK: "a block device", stat.S_IFDIR: "a directory"}
@@ -110,7 +117,7 @@ def open_regular(path: str):
         if not stat.S_ISREG(mode):
             if stat.S_ISDIR(mode):
                 raise IsADirectoryError(f"{path} is a directory")
-            raise NotRegularFile(f"{path} is {FILE_KINDS.get(stat.S_IFMT(mode), 'not a regular file')}")
+            raise NotRegularFile(path, FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file"))
         os.set_blocking(fd, True)
         f = os.fdopen(fd, "rb")
     except BaseException:

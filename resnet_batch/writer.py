@@ -62,6 +62,8 @@ class OutputDir:
         self.atomic_rename = is_local(uri)
         # memory:// lives in one process: only the driver can write there.
         self.driver_only = scheme_of(uri) == "memory"
+        # Part files never change once visible (named by what they hold): each footer is read once.
+        self._runs: dict[str, dict | None] = {}
 
     def _names(self) -> list[str]:
         self.fs.invalidate_cache()  # object-store listings are cached per process
@@ -115,11 +117,13 @@ class OutputDir:
 
     def _run_of(self, part: str) -> dict | None:
         """The run description in a part file's footer; None for a file this tool did not write."""
-        try:
-            with self.fs.open(part, "rb") as f:
-                return read_run_metadata(pq.read_schema(f))
-        except (OSError, pa.ArrowException, ValueError):
-            return None
+        if part not in self._runs:
+            try:
+                with self.fs.open(part, "rb") as f:
+                    self._runs[part] = read_run_metadata(pq.read_schema(f))
+            except (OSError, pa.ArrowException, ValueError):
+                self._runs[part] = None
+        return self._runs[part]
 
     def begin(self, mode: str, run_info: dict) -> None:
         """Apply --mode and record the run: called when the first rows are about to be saved,
