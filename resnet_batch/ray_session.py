@@ -37,7 +37,7 @@ def join_or_start(address: str | None) -> bool:
     if target:
         _check_reachable(target)
     started = False
-    with _signals_deferred() as caught:
+    with _signals_deferred() as caught, _without_rays_sigterm_handler():
         try:
             if target:
                 ray.init(address=target, logging_level=logging.WARNING)
@@ -47,13 +47,6 @@ def join_or_start(address: str | None) -> bool:
                 # Without the dashboard: on a small machine its processes cost ~2 s of start-up.
                 ray.init(address="local", logging_level=logging.WARNING, include_dashboard=False)
                 started = True
-        except SystemExit as exc:
-            # Ray installs its own SIGTERM handler part-way through ray.init (sys.exit(15)):
-            # a SIGTERM after that point is this job's SIGTERM all the same.
-            if exc.code != signal.SIGTERM:
-                raise
-            caught.append(signal.SIGTERM)
-            started = not target
         except (ConnectionError, RuntimeError, TimeoutError) as exc:
             if ray.is_initialized():
                 ray.shutdown()
@@ -154,6 +147,24 @@ def _stop_now(started: bool) -> None:
     for info in getattr(node, "all_processes", {}).get(MONITOR_PROCESS, []):
         info.process.kill()
     ray.shutdown()
+
+
+@contextmanager
+def _without_rays_sigterm_handler():
+    """ray.init, in the main thread, replaces the SIGTERM handler with one that raises
+    SystemExit wherever the signal lands. Inside Ray's start-up that exception can be
+    swallowed (the job then runs on as if never signalled), leave the logging lock held
+    (every other thread then hangs on its next log call), or end the start of the node
+    before Ray has recorded the processes it must stop. Kept out, the deferring handler
+    stays in place for the whole start.
+    """
+    utils = ray._private.utils
+    install = utils.set_sigterm_handler
+    utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        utils.set_sigterm_handler = install
 
 
 @contextmanager

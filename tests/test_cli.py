@@ -172,3 +172,44 @@ print(json.dumps({"alive": alive, "ended": sum(p.wait(5) is not None for p in pr
     assert result["ended"] == result["started"] >= 4
     # The signal waited for the stop to end: a handler that raises cannot cut it short.
     assert result["running_at_signal"] == [0]
+
+
+def test_a_sigterm_during_rays_start_is_the_jobs_own(tmp_path):
+    # ray.init installs a handler that raises SystemExit wherever a SIGTERM lands; inside
+    # Ray's start-up that was swallowed (the job ran on) or left the logging lock held (the
+    # job hung). Watched from another thread: the handler in place all through the start,
+    # and a SIGTERM sent in the middle of it, held until Ray has started and then stopped.
+    code = """
+import json, os, signal, threading, time, ray
+from resnet_batch import ray_session
+ours = lambda *_: None
+signal.signal(signal.SIGTERM, ours)
+seen, handled, starting = set(), [], threading.Event()
+def watch():
+    while not starting.is_set():
+        time.sleep(0.001)
+    while starting.is_set():
+        handler = signal.getsignal(signal.SIGTERM)
+        seen.add("ours" if handler is ours else getattr(handler, "__qualname__", repr(handler)))
+        time.sleep(0.001)
+def signal_soon():
+    time.sleep(1.5)
+    os.kill(os.getpid(), signal.SIGTERM)
+threading.Thread(target=watch, daemon=True).start()
+threading.Thread(target=signal_soon, daemon=True).start()
+signal.signal(signal.SIGTERM, lambda *_: handled.append(ray.is_initialized()))
+ours = signal.getsignal(signal.SIGTERM)
+starting.set()
+try:
+    ray_session.join_or_start(None)
+finally:
+    starting.clear()
+print(json.dumps({"seen": sorted(seen), "handled": handled, "initialized_after": ray.is_initialized()}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert "sigterm_handler" not in " ".join(result["seen"]), result  # Ray's never replaced the job's
+    # Delivered once, after the start and the stop that followed it.
+    assert result == {"seen": result["seen"], "handled": [False], "initialized_after": False}
