@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_batch.inference import resolve_device
-from resnet_batch.model_stage import ALLOCATOR_ENV
-from resnet_batch.pipeline import CONCURRENT_CALLS_PER_GPU_ACTOR, GPU_ACTOR_THREADS, _default_batch_size
+from resnet_batch.model.inference import resolve_device
+from resnet_batch.model.model_stage import ALLOCATOR_ENV
+from resnet_batch.run.pipeline import CONCURRENT_CALLS_PER_GPU_ACTOR, GPU_ACTOR_THREADS, _default_batch_size
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / "bench" / "data"
@@ -154,10 +154,10 @@ def bare_forward(args) -> dict:
 
     import torch
 
-    from resnet_batch.decode import load_one, Source
-    from resnet_batch.inference import Predictor
-    from resnet_batch.model_stage import InferenceSettings
-    from resnet_batch.weights import resolve_weights
+    from resnet_batch.data.decode import load_one, Source
+    from resnet_batch.model.inference import Predictor
+    from resnet_batch.model.model_stage import InferenceSettings
+    from resnet_batch.model.weights import resolve_weights
 
     resolved = resolve_weights(args.model, "none")
     paths = sorted(Path(args.data).glob("*.jpg"))[: min(args.images, BARE_DISTINCT)]
@@ -243,7 +243,7 @@ def ray_documented(args) -> dict:
 
 def resnet_batch_label(args) -> dict:
     out = Path(args.workdir) / "label_out"
-    cmd = [sys.executable, "-m", "resnet_batch.cli", "label", str(args.data), "--output", str(out),
+    cmd = [sys.executable, "-m", "resnet_batch", "label", str(args.data), "--output", str(out),
            "--mode", "overwrite", "--model", args.model, "--weights", "none", "--precision", args.precision,
            "--device", args.device, "--batch-size", str(args.batch_size), "--top-k", "5",
            *shlex.split(args.label_args)]

@@ -1,6 +1,6 @@
 """CPU seconds of every process a command starts, sampled until it exits.
 
-    python bench/cpu_by_process.py python -m resnet_batch.cli label /tmp/resnet-batch-startup/images-20 \
+    python bench/cpu_by_process.py python -m resnet_batch label /tmp/resnet-batch-startup/images-20 \
         --output /tmp/o --model resnet18 --weights none --precision auto
 
 On 2 cores a small job is CPU-bound from launch to first batch: every Ray process and

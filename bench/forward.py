@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 
-from resnet_batch.model_stage import ALLOCATOR_ENV
+from resnet_batch.model.model_stage import ALLOCATOR_ENV
 
 VARIANTS = {
     "torchvision model, glibc defaults": (False, False),
@@ -30,8 +30,8 @@ VARIANTS = {
 
 CHILD = """
 import json, resource, sys, threading, time, torch
-from resnet_batch.models import build_model, fold_batch_norms, forward_features
-from resnet_batch.weights import resolve_weights
+from resnet_batch.model.models import build_model, fold_batch_norms, forward_features
+from resnet_batch.model.weights import resolve_weights
 model_name, precision, batch, threads, fold, passes = sys.argv[1:7]
 torch.set_num_threads(int(threads))
 model = build_model(resolve_weights(model_name, "none"))

@@ -1,4 +1,4 @@
-"""Listing a large tree: in the driver (fsspec find) vs walked by Ray tasks (resnet_batch.listing).
+"""Listing a large tree: in the driver (fsspec find) vs walked by Ray tasks (resnet_batch.run.listing).
 
     python bench/listing.py --files 200000 --dirs 400
 
@@ -44,8 +44,8 @@ def main() -> None:
 
     import ray
 
-    from resnet_batch.listing import walk
-    from resnet_batch.sources import list_inputs
+    from resnet_batch.run.listing import walk
+    from resnet_batch.data.sources import list_inputs
 
     ray.init(include_dashboard=False, logging_level="WARNING")
     base = rss_mib()
@@ -63,7 +63,7 @@ def main() -> None:
     print("| way | wall s | driver RSS growth MiB |")
     print("| --- | --- | --- |")
     print(f"| driver listing (fsspec find, Arrow table) | {find_s:.1f} | {find_rss:.0f} |")
-    print(f"| walk in Ray tasks (resnet_batch.listing.walk) | {walk_s:.1f} | {walk_rss:.0f} |")
+    print(f"| walk in Ray tasks (resnet_batch.run.listing.walk) | {walk_s:.1f} | {walk_rss:.0f} |")
     ray.shutdown()
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnet_batch.decode import DecodeStage
-from resnet_batch.inference import Predictor
-from resnet_batch.model_stage import InferenceSettings
-from resnet_batch.weights import resolve_weights
+from resnet_batch.data.decode import DecodeStage
+from resnet_batch.model.inference import Predictor
+from resnet_batch.model.model_stage import InferenceSettings
+from resnet_batch.model.weights import resolve_weights
 
 DATA = Path(__file__).resolve().parent / "data"
 

@@ -29,9 +29,9 @@ from bench import DEFAULT_DATA, SUMMARY, ensure_images, linked_folder  # noqa: E
 
 COMPONENTS = {
     "python + driver imports (cli, config, pipeline, ray.data)":
-        "import resnet_batch.cli, resnet_batch.config, resnet_batch.pipeline",
+        "import resnet_batch.run.cli, resnet_batch.run.config, resnet_batch.run.pipeline",
     "torch + torchvision (weights thread, model actors)": "import torch, torchvision",
-    "decode stage imports (decode workers)": "import resnet_batch.decode",
+    "decode stage imports (decode workers)": "import resnet_batch.data.decode",
     "ray.init (local, no dashboard)":
         "import ray, time; t = time.time(); ray.init(include_dashboard=False, logging_level='ERROR'); "
         "print(time.time() - t)",
@@ -42,7 +42,7 @@ COMPONENTS = {
         "import ray, time; ray.init(include_dashboard=False, logging_level='ERROR'); "
         "ray.get(ray.remote(lambda: 1).remote()); t = time.time(); ray.shutdown(); print(time.time() - t)",
     "build resnet18 + fold BN (after imports)":
-        "import time; from resnet_batch.models import build_model, fold_batch_norms; from resnet_batch.weights import resolve_weights; "
+        "import time; from resnet_batch.model.models import build_model, fold_batch_norms; from resnet_batch.model.weights import resolve_weights; "
         "t = time.time(); fold_batch_norms(build_model(resolve_weights('resnet18', 'none'))); print(time.time() - t)",
 }
 
@@ -58,7 +58,7 @@ def time_component(code: str) -> float:
 
 def run_label(folder: Path, out: Path, mode: str, extra: list[str], tree: Path) -> dict:
     """One `label` run of the code in `tree` (a checkout, e.g. `git worktree add /tmp/oldtree REV`)."""
-    cmd = [sys.executable, "-m", "resnet_batch.cli", "label", str(folder), "--output", str(out), "--model", "resnet18",
+    cmd = [sys.executable, "-m", "resnet_batch", "label", str(folder), "--output", str(out), "--model", "resnet18",
            "--weights", "none", "--mode", mode, *extra]
     start = time.monotonic()
     # In the tree: `python -m` puts the working directory first on sys.path, before PYTHONPATH

@@ -6,7 +6,7 @@
 Each row's class is the name of its image's folder (photos/cat/1.jpg is a "cat"), as in
 torchvision's ImageFolder. Rows are split into train and held-out sets by a hash of their
 path, so the split is the same on every run. Features stream from the output through a
-torch DataLoader (resnet_batch.features.read), a row group at a time, whatever its size;
+torch DataLoader (resnet_batch.output.features.read), a row group at a time, whatever its size;
 only the probe's weights are kept in memory.
 """
 
@@ -19,7 +19,7 @@ import zlib
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from resnet_batch import features
+from resnet_batch.output import features
 
 
 def class_of(path: str) -> str:

@@ -1,3 +1,12 @@
-"""resnet-batch: batch image labeling and embedding extraction with Ray Data."""
+"""resnet-batch: batch image labeling and embedding extraction with Ray Data.
+
+The package is in layers, each importing only those below it: core/ (shared vocabulary),
+data/ (inputs to pixels), model/ (backbones), output/ (Parquet), review/ (tools on a
+finished output) and run/ (the job, and the only layer that knows Ray).
+"""
 
 __version__ = "0.1.0"
+
+from . import _moved  # noqa: E402  (after __version__, which the layers import)
+
+_moved.install(__name__)

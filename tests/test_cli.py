@@ -18,7 +18,7 @@ EXAMPLES = ROOT / "examples" / "images"
 
 def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "resnet_batch.cli", *args],
+        [sys.executable, "-m", "resnet_batch", *args],
         capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
     )
 
@@ -92,9 +92,9 @@ def test_shipped_job_starts_its_own_ray_and_writes_every_row(tmp_path):
 
     job = yaml.safe_load((ROOT / "jobs" / "cpu-small.yaml").read_text())
     out = tmp_path / "out"
-    # As `python -m resnet_batch.cli`, noting at exit whether the driver imported torch.
+    # As `python -m resnet_batch`, noting at exit whether the driver imported torch.
     modules = tmp_path / "driver-modules"
-    launcher = ("import atexit, sys; from resnet_batch.cli import main; "
+    launcher = ("import atexit, sys; from resnet_batch.run.cli import main; "
                 f"atexit.register(lambda: open({str(modules)!r}, 'w').write(' '.join(sorted(sys.modules)))); "
                 "sys.exit(main())")
     result = subprocess.run([sys.executable, "-c", launcher, "label", "--config",
@@ -142,7 +142,7 @@ def test_stopping_the_jobs_own_ray_ends_all_its_processes(tmp_path):
     # when a SIGTERM sent in the middle of the stop reaches its handler.
     code = """
 import json, os, signal, ray, ray._private.node as node
-from resnet_batch import ray_session
+from resnet_batch.run import ray_session
 alive = {}
 kill = node.Node._kill_process_type
 def recording(self, kind, *args, **kwargs):
@@ -181,7 +181,7 @@ def test_a_sigterm_during_rays_start_is_the_jobs_own(tmp_path):
     # and a SIGTERM sent in the middle of it, held until Ray has started and then stopped.
     code = """
 import json, os, signal, threading, time, ray
-from resnet_batch import ray_session
+from resnet_batch.run import ray_session
 ours = lambda *_: None
 signal.signal(signal.SIGTERM, ours)
 seen, handled, starting = set(), [], threading.Event()

@@ -10,7 +10,7 @@ import pytest
 import ray
 import yaml
 
-from resnet_batch.config import LabelConfig, load_config_file
+from resnet_batch.run.config import LabelConfig, load_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torchvision.models import ResNet50_Weights, ResNet18_Weights
 
-from resnet_batch.decode import DecodeStage, ImageError, decode_rgb
-from resnet_batch.preprocessing import Preprocessing, resize_center_crop
-from resnet_batch.weights import resolve_weights
+from resnet_batch.data.decode import DecodeStage, ImageError, decode_rgb
+from resnet_batch.data.preprocessing import Preprocessing, resize_center_crop
+from resnet_batch.model.weights import resolve_weights
 
 from .inputs_catalogue import bomb_png, reference_rgb, write_catalogue
 
@@ -109,7 +109,7 @@ def test_decode_stage_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, pickle, resnet_batch.decode as d; "
+    code = ("import sys, pickle, resnet_batch.data.decode as d; "
             "pickle.loads(pickle.dumps(d.LowPriorityDecode)); print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -16,16 +16,16 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet_batch import device_decode
-from resnet_batch.config import LabelConfig
-from resnet_batch.decode import JPEG_COLUMN, PIXELS_COLUMN, DecodeStage
-from resnet_batch.device_decode import DeviceDecoder
-from resnet_batch.inference import Predictor
-from resnet_batch.model_stage import InferenceSettings
-from resnet_batch.pipeline import _decodes_on_device, run_label
-from resnet_batch.preprocessing import DEVICE_FILTERS, Preprocessing, resize_center_crop
-from resnet_batch.schema import output_schema
-from resnet_batch.weights import resolve_weights
+from resnet_batch.data import device_decode
+from resnet_batch.run.config import LabelConfig
+from resnet_batch.data.decode import JPEG_COLUMN, PIXELS_COLUMN, DecodeStage
+from resnet_batch.data.device_decode import DeviceDecoder
+from resnet_batch.model.inference import Predictor
+from resnet_batch.model.model_stage import InferenceSettings
+from resnet_batch.run.pipeline import _decodes_on_device, run_label
+from resnet_batch.data.preprocessing import DEVICE_FILTERS, Preprocessing, resize_center_crop
+from resnet_batch.core.columns import output_schema
+from resnet_batch.model.weights import resolve_weights
 from tests.conftest import smooth_image
 
 # (height, width): landscape, portrait, a strip, smaller than the crop (padded), exactly the

@@ -20,18 +20,18 @@ from torchvision import transforms as T
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from .conftest import reference_image, save_random_checkpoint, smooth_image
-from resnet_batch import features
-from resnet_batch.columns import MAX_FILE_BYTES, row_bytes, rows_per_file
-from resnet_batch.config import LabelConfig
-from resnet_batch.decode import RESIZED_COLUMNS, SCALE_COLUMN, DecodeStage
-from resnet_batch.errors import UsageError
-from resnet_batch.inference import Predictor
-from resnet_batch.model_stage import InferenceSettings
-from resnet_batch.models import build_model
-from resnet_batch.pipeline import run_label
-from resnet_batch.preprocessing import WholeImage
-from resnet_batch.registry import STAGE_STRIDES
-from resnet_batch.weights import resolve_weights
+from resnet_batch.output import features
+from resnet_batch.run.description import MAX_FILE_BYTES, row_bytes, rows_per_file
+from resnet_batch.run.config import LabelConfig
+from resnet_batch.data.decode import RESIZED_COLUMNS, SCALE_COLUMN, DecodeStage
+from resnet_batch.core.errors import UsageError
+from resnet_batch.model.inference import Predictor
+from resnet_batch.model.model_stage import InferenceSettings
+from resnet_batch.model.models import build_model
+from resnet_batch.run.pipeline import run_label
+from resnet_batch.data.preprocessing import WholeImage
+from resnet_batch.model.registry import STAGE_STRIDES
+from resnet_batch.model.weights import resolve_weights
 
 STAGES = {"layer1": "c2", "layer2": "c3", "layer3": "c4", "layer4": "c5"}
 ALL = ("pooled", "c2", "c3", "c4", "c5")

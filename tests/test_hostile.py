@@ -110,7 +110,7 @@ def test_every_input_exactly_once(hostile):
 def test_pixel_limit_is_max_pixels_alone():
     """Pillow's own limit (an error from 179M pixels) does not decide: --max-pixels does, in
     both directions (the job above labels a 95M-pixel image, which Pillow would warn about)."""
-    from resnet_batch.decode import ImageError, decode_rgb
+    from resnet_batch.data.decode import ImageError, decode_rgb
 
     with pytest.raises(ImageError, match="too_large: 15000x13000 pixels exceeds the limit of 150000000"):
         decode_rgb(bomb_png(15_000, 13_000), max_pixels=150_000_000)
@@ -213,7 +213,7 @@ def test_one_writer_at_a_time(tmp_path):
     folder = tmp_path / "in"
     write_jpegs(folder, 24, seed=31)
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "resnet_batch.cli", "label", str(folder), "--output", str(out), *JOB]
+    args = [sys.executable, "-m", "resnet_batch", "label", str(folder), "--output", str(out), *JOB]
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lease = out / "_resnet_batch.lock"
     deadline = time.time() + 60
@@ -283,7 +283,7 @@ def test_a_job_starts_its_own_ray_and_fails_fast_on_a_dead_address(tmp_path):
 def test_a_signal_while_ray_starts(tmp_path, signum):
     folder = tmp_path / "in"
     write_jpegs(folder, 2, seed=51)
-    job = subprocess.Popen([sys.executable, "-m", "resnet_batch.cli", "label", str(folder), "--output",
+    job = subprocess.Popen([sys.executable, "-m", "resnet_batch", "label", str(folder), "--output",
                             str(tmp_path / "out"), *JOB], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env={**os.environ, "RAY_ADDRESS": ""})
     log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "resnet-batch" / "logs"

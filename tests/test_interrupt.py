@@ -25,7 +25,7 @@ STOPPED = re.compile(r"^stopped by (SIG\w+): (\d+) images labeled and saved; to 
 def label_cmd(src, out, mode):
     # resnet50 fp32 in batches of 4 is slow enough on 2 cores to be stopped mid-job;
     # the default --rows-per-file (10000) would hold every row until the end.
-    return [sys.executable, "-m", "resnet_batch.cli", "label", str(src), "--output", str(out),
+    return [sys.executable, "-m", "resnet_batch", "label", str(src), "--output", str(out),
             "--model", "resnet50", "--weights", "none", "--precision", "fp32", "--batch-size", "4",
             "--top-k", "1", "--checkpoint-every", "1", "--progress-every", "600", "--mode", mode]
 
@@ -82,7 +82,7 @@ def test_signals_save_work_and_resume_finishes_it(tmp_path):
     # 2. Resume, and press Ctrl-C in the middle of it.
     resume = shlex.split(said.group(3))
     assert resume[:2] == ["resnet-batch", "label"] and resume[-2:] == ["--mode", "resume"]
-    resume_cmd = [sys.executable, "-m", "resnet_batch.cli", *resume[1:]]
+    resume_cmd = [sys.executable, "-m", "resnet_batch", *resume[1:]]
     code, stdout, stderr = stop_after_first_saves(resume_cmd, out, signal.SIGINT, whole_group=True,
                                                   at_least=first + 4)
     assert code == 128 + signal.SIGINT, stderr
@@ -110,13 +110,13 @@ def test_a_run_that_fails_before_any_row_leaves_the_output_untouched(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from resnet_batch.schema import with_run_metadata
+    from resnet_batch.core.columns import with_run_metadata
 
     older = pa.table({"path": ["/older.jpg"]})
     pq.write_table(older.replace_schema_metadata(with_run_metadata(older.schema, {"model": "resnet18"}).metadata),
                    out / "part-kept.parquet")
     kept = (out / "part-kept.parquet").read_bytes()
-    base = [sys.executable, "-m", "resnet_batch.cli", "label", str(src), "--output", str(out), "--model",
+    base = [sys.executable, "-m", "resnet_batch", "label", str(src), "--output", str(out), "--model",
             "resnet18", "--weights", "none", "--mode", "overwrite"]
     failed = subprocess.run([*base, "--device", "cuda"], capture_output=True, text=True, timeout=300)
     assert failed.returncode == 2 and "no GPUs" in failed.stderr, failed.stderr

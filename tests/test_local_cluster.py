@@ -37,7 +37,7 @@ def test_start_submit_stop_then_a_local_job(tmp_path):
         assert status.returncode == 0 and "up: 3 nodes alive, 2 CPUs" in status.stdout, status.stdout
         out = tmp_path / "out"
         submitted = subprocess.run(
-            [sys.executable, "-m", "resnet_batch.cli", "submit", "--address", f"http://127.0.0.1:{env['DASHBOARD_PORT']}",
+            [sys.executable, "-m", "resnet_batch", "submit", "--address", f"http://127.0.0.1:{env['DASHBOARD_PORT']}",
              "--wait", "--", "label", str(EXAMPLES), "--output", str(out), *JOB],
             env=env, capture_output=True, text=True, timeout=300)
         assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-2000:]
@@ -49,6 +49,6 @@ def test_start_submit_stop_then_a_local_job(tmp_path):
     left = [pid for pid in pids if subprocess.run(["pgrep", "-g", str(pid)], capture_output=True).returncode == 0]
     assert not left, f"process groups left running: {left}"
     assert script("status").stdout.strip() == "not started"
-    local = subprocess.run([sys.executable, "-m", "resnet_batch.cli", "label", str(EXAMPLES), "--output",
+    local = subprocess.run([sys.executable, "-m", "resnet_batch", "label", str(EXAMPLES), "--output",
                             str(tmp_path / "local"), *JOB], env=env, capture_output=True, text=True, timeout=300)
     assert local.returncode == 0, local.stderr

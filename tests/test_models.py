@@ -14,11 +14,11 @@ import pytest
 import torch
 import torchvision.models as tvm
 
-from resnet_batch.errors import UsageError, WeightsUnavailableError
-from resnet_batch.models import MODELS, build_model, describe_models, fold_batch_norms, forward_features
-from resnet_batch.preprocessing import Preprocessing
-from resnet_batch.registry import EMBEDDING_DIMS, TORCHVISION_WEIGHTS, release_name
-from resnet_batch.weights import hub_checkpoint, resolve_weights
+from resnet_batch.core.errors import UsageError, WeightsUnavailableError
+from resnet_batch.model.models import MODELS, build_model, describe_models, fold_batch_norms, forward_features
+from resnet_batch.data.preprocessing import Preprocessing
+from resnet_batch.model.registry import EMBEDDING_DIMS, TORCHVISION_WEIGHTS, release_name
+from resnet_batch.model.weights import hub_checkpoint, resolve_weights
 
 
 def test_registry_widths_and_weights():
@@ -51,8 +51,8 @@ def test_release_table_is_torchvisions(model):
 def test_actors_refuse_tables_their_torchvision_disagrees_with(monkeypatch):
     """A node whose torchvision describes a release otherwise than the driver's tables stops the
     job instead of labeling with another recipe or other class names."""
-    import resnet_batch.models as models
-    from resnet_batch.registry import Published
+    import resnet_batch.model.models as models
+    from resnet_batch.model.registry import Published
 
     resolved = resolve_weights("resnet18", "none")
     build_model(resolved)  # the tables agree with the torchvision installed here
@@ -126,7 +126,7 @@ def test_cached_release_resolves_without_torch(tmp_path):
     cache = tmp_path / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     (cache / "resnet50-11ad3fa6.pth").write_bytes(b"only workers read it")
-    code = ("import sys; from resnet_batch.weights import resolve_weights; "
+    code = ("import sys; from resnet_batch.model.weights import resolve_weights; "
             "r = resolve_weights('resnet50', 'DEFAULT'); print(r.weights, len(r.categories), 'torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "TORCH_HOME": str(tmp_path)})

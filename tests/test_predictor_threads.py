@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_batch.decode import DecodeStage
-from resnet_batch.inference import Predictor
-from resnet_batch.model_stage import InferenceSettings
-from resnet_batch.weights import resolve_weights
-from resnet_batch.schema import output_schema
+from resnet_batch.data.decode import DecodeStage
+from resnet_batch.model.inference import Predictor
+from resnet_batch.model.model_stage import InferenceSettings
+from resnet_batch.model.weights import resolve_weights
+from resnet_batch.core.columns import output_schema
 
 
 def check_concurrent_equals_sequential(device: str, reference_images, ckpt, tolerance: float) -> None:
@@ -49,7 +49,7 @@ def test_concurrent_calls_through_ray_data(ray_local, reference_images, resnet18
     to a direct call."""
     import ray.data
 
-    from resnet_batch.pipeline import model_pool
+    from resnet_batch.run.pipeline import model_pool
 
     resolved = resolve_weights("resnet18", str(resnet18_ckpt))
     decoded = DecodeStage(resolved.preprocessing)({"path": np.array([str(p) for p in reference_images], dtype=object)})
@@ -69,8 +69,8 @@ def test_concurrent_calls_through_ray_data(ray_local, reference_images, resnet18
 def test_pool_layout_cpu(ray_local):
     """CPU nodes: one actor per node, one single-threaded call per core; a compiled forward
     (not thread-safe) gets one call on all the cores instead."""
-    from resnet_batch.config import LabelConfig
-    from resnet_batch.pipeline import PoolLayout, _pool_layout
+    from resnet_batch.run.config import LabelConfig
+    from resnet_batch.run.pipeline import PoolLayout, _pool_layout
 
     cores = int(ray_local.cluster_resources()["CPU"])
     cfg = LabelConfig(inputs=("x",), output="y", device="cpu")

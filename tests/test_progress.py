@@ -20,7 +20,7 @@ def test_the_bar_moves_by_batches(tmp_path):
     write_jpegs(folder, 200, seed=71, height=80, width=100)
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a terminal's size
-    job = subprocess.Popen([sys.executable, "-m", "resnet_batch.cli", "label", str(folder), "--output",
+    job = subprocess.Popen([sys.executable, "-m", "resnet_batch", "label", str(folder), "--output",
                             str(tmp_path / "out"), "--model", "resnet18", "--weights", "none", "--precision", "auto",
                             "--batch-size", "16"], stdin=slave, stdout=slave, stderr=slave, close_fds=True)
     os.close(slave)
@@ -55,7 +55,7 @@ def test_the_bar_moves_by_batches(tmp_path):
     import ray
     import torch
 
-    from resnet_batch.model_stage import resolve_precision
+    from resnet_batch.model.model_stage import resolve_precision
 
     ran = resolve_precision("auto", "cpu")
     record = json.loads((tmp_path / "out" / "_resnet_batch.json").read_text())
@@ -68,7 +68,7 @@ def test_the_bar_moves_by_batches(tmp_path):
 
 
 def test_what_a_starved_job_waits_for():
-    from resnet_batch.progress import _short_of
+    from resnet_batch.run.progress import _short_of
 
     assert _short_of({"CPU": 1}, {"CPU": 0}, 1, 0) == (
         "waiting for 1 CPU for the decode tasks; the cluster has CPU 0 free of 1, 1 held by model actors")

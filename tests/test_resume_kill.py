@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def label_cmd(src, out, mode):
-    return [sys.executable, "-m", "resnet_batch.cli", "label", str(src), "--output", str(out),
+    return [sys.executable, "-m", "resnet_batch", "label", str(src), "--output", str(out),
             "--model", "resnet50", "--weights", "none", "--precision", "fp32", "--batch-size", "2",
             "--rows-per-file", "4", "--mode", mode, "--top-k", "1"]
 

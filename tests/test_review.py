@@ -16,12 +16,12 @@ import pytest
 import torch
 import torchvision.models as tvm
 
-from resnet_batch import neighbors
-from resnet_batch.config import LabelConfig
-from resnet_batch.errors import UsageError
-from resnet_batch.export import export
-from resnet_batch.pipeline import run_label
-from resnet_batch.report import build_report
+from resnet_batch.review import neighbors
+from resnet_batch.run.config import LabelConfig
+from resnet_batch.core.errors import UsageError
+from resnet_batch.review.export import export
+from resnet_batch.run.pipeline import run_label
+from resnet_batch.review.report import build_report
 
 from .conftest import write_jpegs
 
@@ -144,7 +144,7 @@ def test_neighbors_without_embeddings_is_refused(job, tmp_path):
     (tmp_path / "out").mkdir()
     for part in (root / "out").glob("part-*.parquet"):
         pq.write_table(pq.read_table(part).drop_columns(["embedding"]), tmp_path / "out" / part.name)
-    result = subprocess.run([sys.executable, "-m", "resnet_batch.cli", "neighbors", str(tmp_path / "out"),
+    result = subprocess.run([sys.executable, "-m", "resnet_batch", "neighbors", str(tmp_path / "out"),
                              "--output", str(tmp_path / "nn")], capture_output=True, text=True)
     assert result.returncode == 2 and "has no embeddings" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "nn").exists()

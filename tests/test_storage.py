@@ -13,10 +13,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from resnet_batch.config import LabelConfig
-from resnet_batch.errors import UsageError
-from resnet_batch.pipeline import run_label
-from resnet_batch.sources import InputPlan, plan_inputs
+from resnet_batch.run.config import LabelConfig
+from resnet_batch.core.errors import UsageError
+from resnet_batch.run.pipeline import run_label
+from resnet_batch.data.sources import InputPlan, plan_inputs
 
 from .conftest import S3_SECRET, write_reference_set
 
@@ -178,7 +178,7 @@ def test_unwritable_output_bucket(s3, local_run):
 
 def test_one_writer_on_an_object_store(s3):
     """The lease is a conditional create on S3 too (If-None-Match), released at the end."""
-    from resnet_batch.writer import OutputDir
+    from resnet_batch.output.writer import OutputDir
 
     s3.mkdir("rb-leased")
     with OutputDir("s3://rb-leased/out").lease():

@@ -56,7 +56,7 @@ def ray_head(tmp_path_factory):
 
 
 def cli(env, *args, timeout=400):
-    return subprocess.run([sys.executable, "-m", "resnet_batch.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "resnet_batch", *args], capture_output=True, text=True,
                           env=env, timeout=timeout)
 
 

@@ -10,12 +10,12 @@ import torch
 import torchvision.models as tvm
 from safetensors.torch import save_file
 
-from resnet_batch.decode import DecodeStage
-from resnet_batch.errors import UsageError
-from resnet_batch.inference import Predictor
-from resnet_batch.model_stage import InferenceSettings
-from resnet_batch.models import MODELS, identify_architecture
-from resnet_batch.weights import resolve_weights
+from resnet_batch.data.decode import DecodeStage
+from resnet_batch.core.errors import UsageError
+from resnet_batch.model.inference import Predictor
+from resnet_batch.model.model_stage import InferenceSettings
+from resnet_batch.model.models import MODELS, identify_architecture
+from resnet_batch.model.weights import resolve_weights
 
 timm = pytest.importorskip("timm")
 

@@ -1,6 +1,8 @@
-"""The data layer: what one input is, and how its bytes are found.
+"""The data layer: from an INPUT argument to model-ready pixels.
 
-An input is a normalised local path or a full URI; a tar member is its shard plus the
-member's name, never a file system path of its own (identity.py). Modules here know
-nothing of models, outputs or Ray.
+Inputs are listed (sources.py: folders, globs, object-store prefixes, manifests, tar
+shards), read and decoded with a pixel limit (decode.py, or on the GPU in
+device_decode.py), then resized and normalised as the weights' own transforms do
+(preprocessing.py). Each stage is a plain callable on `dict[str, np.ndarray]` batches.
+Imports only core/.
 """

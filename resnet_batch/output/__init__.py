@@ -1,5 +1,7 @@
-"""The output layer: who may write a job's output and which files in it are the job's own.
+"""The output layer: Parquet part files and who may write them.
 
-A job output has one writer at a time (a lease file taken by a conditional create), and
-a job deletes or reads back only files it can prove it wrote (ownership.py).
+A job output has one writer at a time (ownership.py: a lease taken by a conditional
+create), holds only files the job can prove it wrote, and is written part by part so a
+resume can trust every file it finds (writer.py). features.py reads an output back a row
+group at a time. Imports core/ only.
 """

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 
-from ..errors import UsageError, one_line
+from ..core.errors import UsageError, one_line
 
 __all__ = ["LEASE_FILE", "OutputLease", "RUN_FILE", "check_tool_target", "refuse_inside_job_output"]
 
@@ -168,7 +168,7 @@ def refuse_inside_job_output(target: str, what: str, *, strictly_inside: bool = 
     """A tool's output (or a job's) never lands inside a job output: readers of that
     output would take its files for rows. Checks `target` and the folders above it for a
     job's run record or lease."""
-    from ..storage import filesystem, scheme_of
+    from ..core.storage import filesystem, scheme_of
 
     fs, path = filesystem(target)
     path = path.rstrip("/")

@@ -1,0 +1,182 @@
+"""Filesystem access for local paths and fsspec URIs.
+
+Credentials and endpoints come from each ecosystem's standard places (for S3 the AWS
+environment variables, AWS_ENDPOINT_URL, profiles and instance roles); nothing here
+takes or logs them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from contextlib import contextmanager
+from urllib.parse import urlsplit
+
+import fsspec
+from fsspec import AbstractFileSystem
+
+from .errors import UsageError
+
+# scheme -> (python module the fsspec implementation needs, extra that installs it)
+SCHEMES: dict[str, tuple[str | None, str | None]] = {
+    "file": (None, None),
+    "local": (None, None),
+    "memory": (None, None),
+    "s3": ("s3fs", "s3"),
+    "s3a": ("s3fs", "s3"),
+    "gs": ("gcsfs", "gcs"),
+    "gcs": ("gcsfs", "gcs"),
+    "az": ("adlfs", "azure"),
+    "abfs": ("adlfs", "azure"),
+    "abfss": ("adlfs", "azure"),
+    "http": ("aiohttp", "http"),
+    "https": ("aiohttp", "http"),
+}
+READ_ONLY_SCHEMES = {"http", "https"}
+
+
+def scheme_of(uri: str) -> str:
+    """The URI scheme, or "" for a plain local path (Windows drive letters included)."""
+    if "://" not in uri:
+        return ""
+    return urlsplit(uri).scheme.lower()
+
+
+def is_local(uri: str) -> bool:
+    return scheme_of(uri) in ("", "file", "local")
+
+
+def check_scheme(uri: str, *, for_output: bool = False) -> str:
+    scheme = scheme_of(uri)
+    if scheme == "":
+        return scheme
+    if scheme not in SCHEMES:
+        valid = ", ".join(f"{s}://" for s in SCHEMES)
+        raise UsageError(f"unsupported URI scheme {scheme!r} in {uri}; valid: local paths, {valid}")
+    if for_output and scheme in READ_ONLY_SCHEMES:
+        raise UsageError(f"{scheme}:// is read-only; write the output to a local path or a bucket")
+    module, extra = SCHEMES[scheme]
+    if module is not None:
+        try:
+            __import__(module)
+        except ImportError:
+            raise UsageError(
+                f"{scheme}:// needs the {module} package: pip install 'resnet-batch[{extra}]'"
+            ) from None
+    return scheme
+
+
+def filesystem(uri: str) -> tuple[AbstractFileSystem, str]:
+    """(filesystem, path inside it) for a local path or URI."""
+    if scheme_of(uri) == "":
+        return fsspec.filesystem("file"), os.path.abspath(uri)
+    check_scheme(uri)
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs, path
+
+
+def join(base: str, *names: str) -> str:
+    return "/".join([base.rstrip("/"), *names])
+
+
+class NotRegularFile(OSError):
+    """A FIFO, socket or device: reading it could block forever or never end."""
+
+    def __init__(self, path: str, kind: str):
+        super().__init__(f"{path} is {kind}")
+        self.path, self.kind = path, kind
+
+    def __reduce__(self):  # raised in Ray workers: pickled with its own arguments
+        return type(self), (self.path, self.kind)
+
+
+FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+              stat.S_IFBLK: "a block device", stat.S_IFDIR: "a directory"}
+
+
+@contextmanager
+def open_regular(path: str):
+    """A local regular file opened for reading; anything else raises NotRegularFile
+    (IsADirectoryError for a folder) without blocking: a FIFO is opened non-blocking and
+    refused before any read. A name carried with `\\xNN` escapes (identity.as_text) is
+    tried as its original bytes when the text itself does not exist."""
+    from .identity import local_bytes
+
+    names = local_bytes(path)
+    for i, name in enumerate(names):
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            break
+        except FileNotFoundError:
+            if i == len(names) - 1:
+                raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(f"{path} is a directory")
+            raise NotRegularFile(path, FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file"))
+        os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        yield f
+
+
+def read_bytes_or_raise(uri: str, offset: int = -1, size: int = -1) -> bytes:
+    """Read a whole file, or `size` bytes at `offset`; raises FileNotFoundError / OSError
+    (NotRegularFile for a local FIFO, socket or device)."""
+    if scheme_of(uri) == "":
+        with open_regular(uri) as f:
+            if offset >= 0:
+                f.seek(offset)
+                return f.read(size)
+            return f.read()
+    fs, path = filesystem(uri)
+    if offset >= 0:
+        return fs.cat_file(path, start=offset, end=offset + size)
+    return fs.cat_file(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def replaced_atomically(*paths: str, directory: bool = False):
+    """Temporary local paths beside `paths`, to write; each becomes its path when the block
+    ends without an error, and all are removed when it fails: never a partial file behind.
+
+    They get the modes a plain open() or mkdir() would give (not mkstemp's private ones).
+    `directory=True` makes them folders (whose path must not exist yet).
+    """
+    temporaries = []
+    try:
+        for path in paths:
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(folder):
+                raise UsageError(f"--output {path}: folder {folder} does not exist")
+            if directory:
+                tmp = tempfile.mkdtemp(dir=folder, prefix=".resnet-batch-")
+                os.chmod(tmp, 0o777 & ~_umask())
+            else:
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=".resnet-batch-")
+                os.close(fd)
+                os.chmod(tmp, 0o666 & ~_umask())
+            temporaries.append(tmp)
+        yield temporaries
+        for tmp, path in zip(temporaries, paths):
+            os.replace(tmp, path)  # a folder: onto a path that does not exist
+    except BaseException:
+        for tmp in temporaries:
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif os.path.exists(tmp):
+                os.unlink(tmp)
+        raise

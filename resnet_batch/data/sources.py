@@ -1,0 +1,405 @@
+"""Input listing: directories, files, globs, fsspec URIs and manifests -> a table of paths.
+
+The result has a `path` column (absolute local path, or the full URI with its scheme)
+plus any extra manifest columns, one row per distinct input.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import posixpath
+import stat
+import tarfile
+from dataclasses import dataclass
+
+import fsspec
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from ..core.identity import as_text, member_escapes, normalise_local, on_disk
+from ..core.errors import UsageError, one_line
+from ..core.columns import RESERVED_COLUMNS
+from ..core.storage import NotRegularFile, filesystem, is_local, open_regular, scheme_of
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset(
+    ".jpg .jpeg .jpe .jfif .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .ico".split()
+)
+MANIFEST_EXTENSIONS = (".txt", ".csv", ".parquet")
+TAR_EXTENSIONS = (".tar",)
+GLOB_CHARS = "*?["
+# Internal columns (dropped before writing): where a tar member's bytes lie in its shard,
+# the bytes themselves for memory:// inputs, which live only in the driver's process, and
+# why a walked directory or shard could not be listed (its row carries that error).
+TAR_OFFSET, TAR_SIZE, INLINE_BYTES, LIST_ERROR = "_tar_offset", "_tar_size", "_bytes", "_list_error"
+
+
+def _ext(path: str) -> str:
+    return posixpath.splitext(path.lower())[1]
+
+
+def is_manifest(uri: str) -> bool:
+    return uri.lower().endswith(MANIFEST_EXTENSIONS)
+
+
+def _to_uri(fs, path: str, original: str) -> str:
+    """An input's identity (data/identity.py): a normalised local path (file:// URIs too),
+    or the full URI."""
+    if is_local(original):
+        return as_text(normalise_local(path))
+    return as_text(fs.unstrip_protocol(path))
+
+
+def _is_hidden(path: str, root: str) -> bool:
+    rel = path[len(root):].lstrip("/")
+    return any(part.startswith(".") for part in rel.split("/"))
+
+
+def is_tar(uri: str) -> bool:
+    return uri.lower().endswith(TAR_EXTENSIONS)
+
+
+def list_location(uri: str) -> list[str]:
+    """Image files (and tar shards) under a directory, matching a glob, or the file itself."""
+    try:
+        return _list_location(uri)
+    except UsageError:
+        raise
+    except (OSError, ValueError) as exc:  # missing bucket, denied listing, bad endpoint
+        raise UsageError(f"cannot list input {uri}: {type(exc).__name__}: {one_line(exc)}") from None
+
+
+def _list_location(uri: str) -> list[str]:
+    fs, path = filesystem(uri)
+    if any(c in uri for c in GLOB_CHARS):
+        # Anything but a folder: a FIFO or a broken link gets its row (and its error).
+        found = [p for p in fs.glob(path) if not fs.isdir(p)]
+        if not found:
+            raise UsageError(f"input glob {uri} matches no files")
+        return sorted(_to_uri(fs, p, uri) for p in found)
+    if fs.isdir(path):
+        found = [
+            p for p in fs.find(path)
+            if (_ext(p) in IMAGE_EXTENSIONS or is_tar(p)) and not _is_hidden(p, path)
+        ]
+        if not found:
+            log.warning("input directory %s holds no image files", uri)
+        return sorted(_to_uri(fs, p, uri) for p in found)
+    exists = os.path.lexists(path) if scheme_of(uri) == "" else fs.exists(path)
+    if exists or _ext(path) in IMAGE_EXTENSIONS:
+        # A named image that is missing still gets its row (error not_found).
+        return [_to_uri(fs, path, uri)]
+    if not is_local(uri) and scheme_of(uri) != "memory":
+        fs.ls(path.split("/", 1)[0])  # surfaces a missing bucket or denied access as OSError
+    raise UsageError(f"input {uri} does not exist (expected a directory, image file, glob or manifest)")
+
+
+def _resolve_entry(entry: str, base_uri: str) -> str:
+    """An entry as an input's identity; relative entries are relative to the manifest's own location."""
+    if is_local(entry) and scheme_of(entry):  # file:///x is the local file /x
+        return as_text(normalise_local(filesystem(entry)[1]))
+    if scheme_of(entry) != "":
+        return as_text(entry)
+    if entry.startswith("/"):
+        return as_text(normalise_local(entry))
+    if scheme_of(base_uri) == "":
+        return as_text(normalise_local(os.path.join(os.path.dirname(os.path.abspath(base_uri)), entry)))
+    return as_text(posixpath.join(base_uri.rsplit("/", 1)[0], entry))
+
+
+def read_manifest(uri: str, path_column: str = "path") -> pa.Table:
+    from ..core.storage import read_bytes_or_raise
+
+    try:
+        data = read_bytes_or_raise(uri)
+    except FileNotFoundError:
+        raise UsageError(f"manifest {uri} does not exist") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read manifest {uri}: {type(exc).__name__}: {one_line(exc)}") from None
+    lower = uri.lower()
+    if lower.endswith(".txt"):
+        # Undecodable bytes (a Latin-1 manifest) are kept as the bytes of the name they stand for.
+        lines = [line.strip() for line in data.decode("utf-8-sig", "surrogateescape").splitlines()]
+        entries = [line for line in lines if line and not line.startswith("#")]
+        table = pa.table({"path": pa.array([""] * len(entries), pa.string())})
+        path_column = "path"
+    elif lower.endswith(".csv"):
+        entries = None
+        table = _read_csv(uri, data, path_column)
+    else:
+        entries = None
+        try:
+            table = pq.read_table(io.BytesIO(data))
+        except pa.ArrowException as exc:
+            raise UsageError(f"manifest {uri} is not a readable Parquet file: {one_line(exc)}") from None
+    if path_column not in table.column_names:
+        raise UsageError(
+            f"manifest {uri} has no column {path_column!r}; columns: {', '.join(table.column_names)} "
+            "(choose one with --path-column)"
+        )
+    if entries is None:
+        column = table.column(path_column)
+        if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+            entries = [None if e is None else e.decode("utf-8", "surrogateescape") for e in column.to_pylist()]
+        else:
+            entries = column.cast(pa.string()).to_pylist()
+    paths = pa.array([_resolve_entry(e, uri) if e else "" for e in entries], type=pa.string())
+    extras = table.drop_columns([path_column])
+    clash = RESERVED_COLUMNS.intersection(extras.column_names)
+    if clash:
+        raise UsageError(f"manifest {uri} has columns that clash with output columns: {', '.join(sorted(clash))}")
+    return extras.add_column(0, "path", paths)
+
+
+def list_tar_members(uri: str) -> pa.Table:
+    """One row per image member of a WebDataset-style shard: path `shard.tar/key.jpg`.
+
+    Only the headers are read (seeking over member data), so remote shards are not
+    downloaded here; workers later fetch each member by byte range. A member named like an
+    image that cannot be read as one (a name that leaves the shard, a link, a device) gets
+    a row with its reason: it is an input all the same.
+    """
+    fs, path = filesystem(uri)
+    paths, offsets, sizes, errors = [], [], [], []
+    try:
+        with _open_shard(fs, path, uri) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            for member in tar:
+                if _ext(member.name) not in IMAGE_EXTENSIONS or member.isdir():
+                    continue
+                error = None
+                if member_escapes(member.name):
+                    error = "unsafe_member: its name leaves the shard (absolute, or with ..); not read"
+                elif not member.isfile():
+                    error = "not_a_file: a tar member that is a link or a device, not a regular file"
+                paths.append(f"{uri}/{as_text(member.name)}")
+                offsets.append(member.offset_data if error is None else -1)
+                sizes.append(member.size if error is None else -1)
+                errors.append(error)
+    except NotRegularFile:
+        raise
+    except (OSError, tarfile.TarError) as exc:
+        raise UsageError(f"cannot read tar shard {uri}: {type(exc).__name__}: {one_line(exc)}") from None
+    return pa.table({"path": pa.array(paths, pa.string()), TAR_OFFSET: pa.array(offsets, pa.int64()),
+                     TAR_SIZE: pa.array(sizes, pa.int64()), LIST_ERROR: pa.array(errors, pa.string())})
+
+
+def _open_shard(fs, path: str, uri: str):
+    """Local shards only as regular files (a FIFO named x.tar would block the listing)."""
+    return open_regular(path) if scheme_of(uri) == "" else fs.open(path, "rb")
+
+
+def _read_csv(uri: str, data: bytes, path_column: str) -> pa.Table:
+    """A CSV manifest; its path column read as bytes, so that names in another encoding survive."""
+    try:
+        return pacsv.read_csv(io.BytesIO(data),
+                              convert_options=pacsv.ConvertOptions(column_types={path_column: pa.binary()}))
+    except pa.ArrowException as exc:
+        raise UsageError(f"manifest {uri} is not a readable CSV file: {one_line(exc)}") from None
+
+
+@dataclass(frozen=True)
+class Level:
+    """One directory's listing: its inputs, its sub-directories to walk, and how many
+    hidden entries (names starting with ".") it left out."""
+
+    table: pa.Table
+    subdirs: list[str]
+    hidden: int = 0
+
+
+def list_directory_level(uri: str) -> Level:
+    """One directory's images (tar shards expanded to members) and its sub-directories.
+
+    Symbolic links are followed: a linked folder is walked (unless it leads back to one of
+    its own ancestors), a linked file is an input. FIFOs, sockets and devices named like
+    images are inputs too, whose rows say they are not regular files. Hidden entries are
+    left out and counted. A directory or shard that cannot be listed becomes one row
+    carrying the error (`list_failed`), so the job goes on and the summary names it.
+    """
+    fs, path = filesystem(uri)
+    if scheme_of(uri) == "":
+        path = on_disk(path)  # a folder whose name is not UTF-8 is walked by its original bytes
+    try:
+        entries = fs.ls(path, detail=True)
+    except (OSError, ValueError) as exc:
+        return Level(_unlisted(uri, f"cannot list {uri}: {type(exc).__name__}: {one_line(exc)}"), [])
+    images, shards, subdirs, hidden = [], [], [], 0
+    for entry in sorted(entries, key=lambda e: e["name"]):
+        name = entry["name"].rstrip("/")
+        if name == path.rstrip("/"):
+            continue
+        if posixpath.basename(name).startswith("."):
+            hidden += 1
+            continue
+        kind = _followed_kind(name, entry) if entry.get("islink") else entry["type"]
+        if kind == "directory":
+            subdirs.append(_to_uri(fs, name, uri))
+        elif _ext(name) in IMAGE_EXTENSIONS:
+            images.append(_to_uri(fs, name, uri))
+        elif is_tar(name) and kind == "file":
+            shards.append(_shard_table(_to_uri(fs, name, uri)))
+    table = pa.concat_tables([pa.table({"path": pa.array(images, pa.string())}), *shards],
+                             promote_options="default")
+    return Level(with_internal_columns(table), subdirs, hidden)
+
+
+def _followed_kind(link: str, entry: dict) -> str:
+    """What a local symbolic link leads to: "directory" (one that is not an ancestor of the
+    link, which would make the walk endless), "file", or "other" (broken, a cycle, a FIFO)."""
+    try:
+        target = os.path.realpath(link)
+        st = os.stat(link)
+    except OSError:
+        return "other"  # a broken link named like an image still gets its row (not_found)
+    if stat.S_ISDIR(st.st_mode):
+        ancestors = {os.path.realpath(a) for a in _ancestors(link)}
+        if target in ancestors:
+            log.warning("not following %s: it leads back to %s, which holds it", link, target)
+            return "cycle"
+        return "directory"
+    return "file" if stat.S_ISREG(st.st_mode) else "other"
+
+
+def _ancestors(path: str):
+    parent = os.path.dirname(path)
+    while parent and parent != path:
+        yield parent
+        path, parent = parent, os.path.dirname(parent)
+
+
+def _shard_table(uri: str) -> pa.Table:
+    """A shard's members, or one row saying why it cannot be read: one bad shard among
+    thousands costs its own row, not the job."""
+    try:
+        return list_tar_members(uri)
+    except NotRegularFile as exc:
+        return with_internal_columns(pa.table({"path": [uri], LIST_ERROR: [f"not_a_file: {one_line(exc)}"]}))
+    except UsageError as exc:
+        return _unlisted(uri, str(exc))
+
+
+def _unlisted(uri: str, message: str) -> pa.Table:
+    return with_internal_columns(pa.table({"path": [uri], LIST_ERROR: [f"list_failed: {message}"]}))
+
+
+def with_internal_columns(table: pa.Table) -> pa.Table:
+    """Tar offset/size (-1 where a row is not a tar member: numpy batches have no integer
+    nulls) and the listing error (null where there is none) present."""
+    for name in (TAR_OFFSET, TAR_SIZE):
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, pa.int64()))
+        table = table.set_column(table.column_names.index(name), name, pc.fill_null(table[name], -1))
+    if LIST_ERROR not in table.column_names:
+        table = table.append_column(LIST_ERROR, pa.nulls(table.num_rows, pa.string()))
+    return table
+
+
+def _location_table(uri: str) -> pa.Table:
+    found = list_location(uri)
+    tables = [_shard_table(u) for u in found if is_tar(u)]
+    images = [u for u in found if not is_tar(u)]
+    return pa.concat_tables([pa.table({"path": pa.array(images, pa.string())}), *tables],
+                            promote_options="default")
+
+
+def _inline_memory_bytes(table: pa.Table) -> pa.Table:
+    """memory:// exists only in this process, so its bytes travel with the rows."""
+    paths = table.column("path").to_pylist()
+    if not any(p.startswith("memory://") for p in paths):
+        return table
+    fs = fsspec.filesystem("memory")
+    blobs = []
+    for p in paths:
+        try:
+            blobs.append(fs.cat_file(p) if p.startswith("memory://") else None)
+        except FileNotFoundError:
+            blobs.append(None)  # the decode stage reports not_found
+    return table.append_column(INLINE_BYTES, pa.array(blobs, pa.binary()))
+
+
+def list_inputs(inputs: list[str], path_column: str = "path") -> pa.Table:
+    """All inputs as one table, duplicates removed (first occurrence wins)."""
+    tables = []
+    for uri in inputs:
+        if is_manifest(uri):
+            tables.append(read_manifest(uri, path_column))
+        else:
+            tables.append(_location_table(uri))
+    table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({"path": pa.array([], pa.string())})
+    empty = pc.equal(table.column("path"), "")
+    if pc.any(empty).as_py():
+        raise UsageError("a manifest lists an empty path")
+    return _inline_memory_bytes(drop_duplicate_paths(with_internal_columns(table)))
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """What the driver lists itself (`table`) and the directories Ray tasks walk (`directories`)."""
+
+    table: pa.Table
+    directories: tuple[str, ...]
+
+
+def plan_inputs(inputs: list[str], path_column: str = "path") -> InputPlan:
+    """Directories and bucket prefixes are left to be walked lazily; everything else is listed.
+
+    memory:// exists only in the driver's process, so it is always listed here.
+    """
+    directories, listed = [], []
+    for uri in inputs:
+        if not is_manifest(uri) and scheme_of(uri) != "memory" and not any(c in uri for c in GLOB_CHARS) \
+                and _is_directory(uri):
+            directories.append(_normalised(uri))
+        else:
+            listed.append(uri)
+    return InputPlan(list_inputs(listed, path_column), _outermost(directories))
+
+
+def _is_directory(uri: str) -> bool:
+    """Whatever is not a directory is listed (or refused, if missing) by list_inputs."""
+    fs, path = filesystem(uri)
+    try:
+        return fs.isdir(path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot list input {uri}: {type(exc).__name__}: {one_line(exc)}") from None
+
+
+def _normalised(uri: str) -> str:
+    fs, path = filesystem(uri)
+    return _to_uri(fs, path.rstrip("/"), uri)
+
+
+def _outermost(directories: list[str]) -> tuple[str, ...]:
+    """Each directory once, and none inside another given one (it would be walked twice)."""
+    kept: list[str] = []
+    for d in sorted(set(directories), key=len):
+        outer = next((k for k in kept if d.startswith(k + "/")), None)
+        if outer:
+            log.warning("input %s lies inside input %s; it is walked once", d, outer)
+        else:
+            kept.append(d)
+    return tuple(sorted(kept))
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with exactly `schema`'s columns, nulls for those it lacks."""
+    columns = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+               for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def drop_duplicate_paths(table: pa.Table) -> pa.Table:
+    """Each path once, at its first occurrence, in listing order."""
+    n = table.num_rows
+    indexed = table.select(["path"]).append_column("_i", pa.array(range(n), type=pa.int64()))
+    first = indexed.group_by("path", use_threads=False).aggregate([("_i", "min")]).column("_i_min")
+    if len(first) == n:
+        return table
+    log.warning("%d duplicate inputs listed; each path is labeled once", n - len(first))
+    return table.take(first.take(pc.sort_indices(first)))

@@ -1,0 +1,187 @@
+"""The networks: torchvision's ResNet builders, their layouts, and the passes we run through them.
+
+Where weights come from, and the preprocessing and class names that go with them, is
+weights.py; this module builds a model for resolved weights and runs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+import torchvision
+from torchvision import models as tvm
+from torchvision.models import WeightsEnum
+
+from ..core.errors import UsageError, WeightsUnavailableError
+from .registry import (CROP_SIZE, EMBEDDING_DIMS, IMAGENET_MEAN, IMAGENET_STD, RECIPE_INTERPOLATION, STAGE_WIDTHS,
+                       STAGES, TORCHVISION_WEIGHTS, check_model, imagenet_categories, weights_names)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    builder: Callable[..., nn.Module]
+    weights_enum: type[WeightsEnum]
+    embedding_dim: int
+
+
+MODELS: dict[str, ModelSpec] = {
+    name: ModelSpec(name, getattr(tvm, name), tvm.get_model_weights(name), dim) for name, dim in EMBEDDING_DIMS.items()
+}
+
+RANDOM_INIT_SEED = 0
+
+
+def model_spec(name: str) -> ModelSpec:
+    return MODELS[check_model(name)]
+
+
+def num_classes(state: dict[str, torch.Tensor]) -> int:
+    weight = state.get("fc.weight")
+    return int(weight.shape[0]) if weight is not None else 1000
+
+
+def build_model(resolved, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """Build the model for `resolved` (weights.ResolvedWeights) with its weights loaded, in
+    eval mode, on the CPU."""
+    check_release_tables(resolved)
+    if state is None:
+        state = resolved.state_dict()
+    with torch.random.fork_rng(devices=[]):
+        # Random init (--weights none) must be the same in every actor of a job and across runs.
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model = MODELS[resolved.model].builder(weights=None, num_classes=len(resolved.categories))
+    if state is not None:
+        model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def check_release_tables(resolved) -> None:
+    """The driver took the recipe and class names of torchvision's releases from registry.py,
+    without importing torchvision; here, where it is imported anyway, they must be what this
+    torchvision says (a cluster's image may hold another version than the tests ran with)."""
+    member = MODELS[resolved.model].weights_enum.__members__.get(resolved.preprocess_from)
+    if member is None:  # a pretrained folder's own recipe
+        return
+    preset = member.transforms()
+    theirs = (preset.resize_size[0], preset.crop_size[0], tuple(preset.mean), tuple(preset.std),
+              preset.interpolation.value)
+    ours = (TORCHVISION_WEIGHTS[resolved.model][member.name].resize_size, CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD,
+            RECIPE_INTERPOLATION)
+    shipped_names = imagenet_categories()
+    names_differ = resolved.categories == shipped_names and shipped_names != tuple(member.meta["categories"])
+    if theirs != ours or names_differ:
+        raise WeightsUnavailableError(
+            f"torchvision {torchvision.__version__} describes {resolved.model} {member.name} otherwise than resnet-batch's "
+            f"tables ({'its class names' if names_differ else f'its recipe {theirs}, ours {ours}'}): install the "
+            "torchvision version resnet-batch pins on every node")
+
+
+@lru_cache(maxsize=None)
+def _signature_of(name: str) -> tuple:
+    with torch.device("meta"):
+        return _signature(MODELS[name].builder().state_dict())
+
+
+def _signature(state: dict[str, torch.Tensor]) -> tuple:
+    """What tells the ResNets apart: blocks per stage, block type, and the first block's
+    inner convolution (its width and groups: ResNeXt and wide ResNets differ only there)."""
+    blocks = tuple(len({k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}) for i in (1, 2, 3, 4))
+    inner = state.get("layer1.0.conv2.weight")
+    return blocks, "layer1.0.conv3.weight" in state, tuple(inner.shape[:2]) if inner is not None else None
+
+
+def identify_architecture(state: dict[str, torch.Tensor]) -> str | None:
+    """The model whose layout a torchvision- or timm-style state dict has, if any of ours."""
+    signature = _signature(state)
+    return next((name for name in MODELS if _signature_of(name) == signature), None)
+
+
+def check_fits(model: str, state: dict[str, torch.Tensor], label: str) -> int:
+    """Fail early, in the driver, on weights that workers could not load; returns the class count.
+
+    Builds the model on the meta device, so the check costs no memory for parameters.
+    """
+    n = num_classes(state)
+    try:
+        with torch.device("meta"):
+            MODELS[model].builder(weights=None, num_classes=n).load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        found = identify_architecture(state)
+        if found and found != model:
+            raise UsageError(f"--weights {label} holds a {found} state dict; use --model {found}") from None
+        first = " ".join(str(exc).strip().splitlines()[0:2])
+        raise WeightsUnavailableError(f"checkpoint {label} does not fit {model}: {first}") from None
+    return n
+
+
+def fold_batch_norms(model: tvm.ResNet) -> tvm.ResNet:
+    """Fold every eval-mode BatchNorm into the convolution before it, in place.
+
+    Inference then skips one full read and write of every activation per BatchNorm
+    (resnet18 on 2 CPU cores: ~15% more images/s); outputs equal the unfolded model's to
+    fp32 rounding (tests/test_models.py).
+    """
+    pairs = [(model, "conv1", "bn1")]
+    for block in (b for layer in (model.layer1, model.layer2, model.layer3, model.layer4) for b in layer):
+        pairs += [(block, f"conv{i}", f"bn{i}") for i in (1, 2, 3) if hasattr(block, f"bn{i}")]
+        if block.downsample is not None:
+            pairs.append((block.downsample, "0", "1"))
+    for parent, conv, bn in pairs:
+        fused = fuse_conv_bn_eval(getattr(parent, conv), getattr(parent, bn))
+        setattr(parent, conv, fused)
+        setattr(parent, bn, nn.Identity())
+    return model
+
+
+def forward_features(model: tvm.ResNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass through the network: (pooled embedding, logits)."""
+    _, pooled, logits = forward_stages(model, x, deepest=4, logits=True)
+    return pooled, logits
+
+
+def forward_stages(model: tvm.ResNet, x: torch.Tensor, deepest: int, logits: bool, mask: torch.Tensor | None = None
+                   ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+    """Stage outputs [c2, ..., c<deepest+1>] and, when asked, the pooled c5 and the logits, in one pass.
+
+    Stops after the deepest stage needed. `mask` (N, 1, H, W), 1 on image and 0 on padding,
+    makes the classifier pool over the image's cells only (masked_mean).
+    """
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    stages = []
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4)[: 4 if logits else deepest]:
+        x = layer(x)
+        stages.append(x)
+    if not logits:
+        return stages, None, None
+    pooled = pool(model, x, mask)
+    return stages, pooled, model.fc(pooled)
+
+
+def pool(model: tvm.ResNet, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Global average of a stage's map, over the image's cells only when `mask` says which."""
+    return masked_mean(features, mask) if mask is not None else torch.flatten(model.avgpool(features), 1)
+
+
+def masked_mean(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Average over the cells whose centre lies on the image: (N, C, h, w) -> (N, C)."""
+    cells = nn.functional.interpolate(mask, size=features.shape[-2:], mode="nearest")
+    return (features * cells).sum((2, 3)) / cells.sum((2, 3)).clamp_min(1)
+
+
+def describe_models() -> list[dict]:
+    return [
+        {
+            "model": spec.name,
+            "weights": [*weights_names(spec.name), "none", "PATH-or-URI"],
+            "default": spec.weights_enum.DEFAULT.name,
+            "embedding_dim": spec.embedding_dim,
+            "stage_widths": dict(zip(STAGES, STAGE_WIDTHS[spec.name])),
+        }
+        for spec in MODELS.values()
+    ]

@@ -1,0 +1,147 @@
+"""The models, weights names and feature stages the job accepts, known without importing torch.
+
+Builders and weights come from torchvision (models.py, weights.py), in the model actors;
+the driver, which runs no model, checks its arguments, picks the preprocessing and names
+the classes from the tables here, never importing torch (seconds of a core at start-up).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+from ..core.errors import UsageError
+from ..core.storage import filesystem, is_local
+
+BASIC_WIDTHS = (64, 128, 256, 512)  # output channels of layer1..layer4
+BOTTLENECK_WIDTHS = (256, 512, 1024, 2048)  # ResNeXt and wide ResNets widen inside blocks only
+STAGE_WIDTHS = {
+    "resnet18": BASIC_WIDTHS,
+    "resnet34": BASIC_WIDTHS,
+    "resnet50": BOTTLENECK_WIDTHS,
+    "resnet101": BOTTLENECK_WIDTHS,
+    "resnet152": BOTTLENECK_WIDTHS,
+    "resnext50_32x4d": BOTTLENECK_WIDTHS,
+    "resnext101_32x8d": BOTTLENECK_WIDTHS,
+    "resnext101_64x4d": BOTTLENECK_WIDTHS,
+    "wide_resnet50_2": BOTTLENECK_WIDTHS,
+    "wide_resnet101_2": BOTTLENECK_WIDTHS,
+}
+EMBEDDING_DIMS = {name: widths[-1] for name, widths in STAGE_WIDTHS.items()}
+# torchvision's pretrained weights per model (its enums, which tests check this against):
+# each release's file and the resize of its evaluation recipe, so that the driver, which
+# runs no model, never imports torch. DEFAULT is the last one listed.
+V1, V2 = "IMAGENET1K_V1", "IMAGENET1K_V2"
+_DOWNLOADS = "https://download.pytorch.org/models/"
+
+
+@dataclass(frozen=True)
+class Published:
+    """A torchvision weights release: its download and the resize before the 224 centre crop."""
+
+    url: str
+    resize_size: int
+
+
+def _releases(model: str, v1: str, v2: str | None = None, v1_resize: int = 256) -> dict[str, Published]:
+    releases = {V1: Published(f"{_DOWNLOADS}{model}-{v1}.pth", v1_resize)}
+    if v2:
+        releases[V2] = Published(f"{_DOWNLOADS}{model}-{v2}.pth", 232)
+    return releases
+
+
+TORCHVISION_WEIGHTS = {
+    "resnet18": _releases("resnet18", "f37072fd"),
+    "resnet34": _releases("resnet34", "b627a593"),
+    "resnet50": _releases("resnet50", "0676ba61", "11ad3fa6"),
+    "resnet101": _releases("resnet101", "63fe2227", "cd907fc2"),
+    "resnet152": _releases("resnet152", "394f9c45", "f82ba261"),
+    "resnext50_32x4d": _releases("resnext50_32x4d", "7cdf4587", "1a0047aa"),
+    "resnext101_32x8d": _releases("resnext101_32x8d", "8ba56ff5", "110c445d"),
+    "resnext101_64x4d": _releases("resnext101_64x4d", "173b62eb", v1_resize=232),
+    "wide_resnet50_2": _releases("wide_resnet50_2", "95faca4d", "9ba9bcbe"),
+    "wide_resnet101_2": _releases("wide_resnet101_2", "32ee1156", "d733dc28"),
+}
+# The evaluation recipe all of them share (torchvision's ImageClassification preset).
+CROP_SIZE = 224
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RECIPE_INTERPOLATION = "bilinear"
+NO_WEIGHTS = "none"
+HF_PREFIX = "hf:"
+CHECKPOINT_FORMS = "a .pt/.pth/.safetensors file, a save_pretrained folder or hf:ORG/NAME, local or s3://, gs://, ..."
+
+# Backbone stages by their detection names: cN is layer(N-1)'s output, at stride 2**N.
+STAGES = ("c2", "c3", "c4", "c5")
+STAGE_STRIDES = {stage: 2 ** int(stage[1]) for stage in STAGES}
+POOLED = "pooled"  # the classifier's input: c5 average-pooled, written as `embedding`
+FEATURES = (POOLED, *STAGES)
+SPATIAL_STAGES = ("c4", "c5")
+
+
+def check_model(name: str) -> str:
+    if name not in STAGE_WIDTHS:
+        raise UsageError(f"unknown model {name!r}; valid: {', '.join(STAGE_WIDTHS)}")
+    return name
+
+
+def weights_names(model: str) -> list[str]:
+    return ["DEFAULT", *TORCHVISION_WEIGHTS[model]]
+
+
+def valid_weights(model: str) -> str:
+    """What --weights takes for `model`, for error messages."""
+    return f"valid: {', '.join([*weights_names(model), NO_WEIGHTS, 'PATH-or-URI'])} ({CHECKPOINT_FORMS})"
+
+
+def looks_like_weights_name(value: str) -> bool:
+    """IMAGENET1K_V2, DEFAULT: what --weights means as a torchvision name rather than a path."""
+    return value.replace("_", "").isalnum() and value.upper() == value
+
+
+def check_weights_name(model: str, name: str) -> str:
+    if name not in weights_names(model):
+        raise UsageError(f"unknown weights {name!r} for {model}; {valid_weights(model)}")
+    return name
+
+
+def release_name(model: str, name: str) -> str:
+    """A torchvision weights name as the release it means: DEFAULT is the newest."""
+    return list(TORCHVISION_WEIGHTS[model])[-1] if check_weights_name(model, name) == "DEFAULT" else name
+
+
+@cache
+def imagenet_categories() -> tuple[str, ...]:
+    """The 1,000 class names every torchvision ImageNet release ships (its meta["categories"])."""
+    return tuple(resources.files("resnet_batch").joinpath("imagenet_classes.txt").read_text().splitlines())
+
+
+def check_weights_argument(model: str, weights: str) -> None:
+    """Refuses, before Ray starts, what resolving the weights (on a thread, awaited only once Ray
+    has started) would refuse: an unknown torchvision weights name, a missing local checkpoint."""
+    if weights.lower() == NO_WEIGHTS or weights.startswith(HF_PREFIX):
+        return
+    if looks_like_weights_name(weights):
+        check_weights_name(model, weights)
+    elif is_local(weights) and not _exists(weights):
+        raise UsageError(f"checkpoint not found: {weights}; --weights {valid_weights(model)}")
+
+
+def _exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def column_of(feature: str) -> str:
+    """The output column of a --features value: `pooled` is written as `embedding`."""
+    return "embedding" if feature == POOLED else feature
+
+
+def stage_width(model: str, stage: str) -> int:
+    return STAGE_WIDTHS[model][STAGES.index(stage)]
+
+
+def feature_width(model: str, feature: str) -> int:
+    """Values in a --features value's vector (`pooled` is c5's average)."""
+    return EMBEDDING_DIMS[model] if feature == POOLED else stage_width(model, feature)

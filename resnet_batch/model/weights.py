@@ -1,0 +1,329 @@
+"""Where a model's weights come from, and what comes with them: preprocessing and class names.
+
+One object per kind of source, each answering the same two questions: which preprocessing
+goes with these weights (`recipe`), and what the weights are (`load`: the state dict and
+the class names shipped with it):
+- `RandomInit`: `--weights none`, seeded, for trials and tests;
+- `TorchvisionWeights`: DEFAULT, IMAGENET1K_V1, ... through torchvision's weights API;
+- `CheckpointFile`: a .pt/.pth/.bin/.safetensors state dict, local or fsspec URI, in
+  torchvision's (= timm's) or Hugging Face's key layout, maybe with its class names beside it;
+- `PretrainedFolder`: a Hugging Face `save_pretrained` folder or `hf:ORG/NAME`, written by
+  transformers or by timm (formats in hf.py).
+`resolve_weights` picks the source and resolves it in one step, in the driver; workers load
+the state dict (`load`) from the picklable `ResolvedWeights` it returns. The driver imports
+torch only to read a checkpoint: torchvision's releases and random init are described by
+registry.py's tables, and a release already in torch's hub cache needs no check there.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import hf
+from ..core.errors import UsageError, WeightsUnavailableError, one_line
+from ..data.preprocessing import Preprocessing
+from .registry import (CROP_SIZE, EMBEDDING_DIMS, IMAGENET_MEAN, IMAGENET_STD, NO_WEIGHTS, RECIPE_INTERPOLATION,
+                       TORCHVISION_WEIGHTS, check_model, imagenet_categories, looks_like_weights_name, release_name,
+                       valid_weights)
+
+if TYPE_CHECKING:
+    import torch
+
+
+CLASSIC_RECIPE = "IMAGENET1K_V1"  # the 256/224 recipe most ResNet checkpoints were trained with
+
+
+class CheckpointNotFound(WeightsUnavailableError):
+    pass
+
+
+@dataclass(frozen=True)
+class Loaded:
+    state: dict[str, torch.Tensor] | None  # None: random init, or not fetched
+    names: tuple[str, ...] | None = None  # class names that ship with the weights
+
+
+def _release_recipe(model: str, name: str) -> Preprocessing:
+    """The preprocessing of torchvision's release `name` (its weights' transforms())."""
+    resize = TORCHVISION_WEIGHTS[model][name].resize_size
+    return Preprocessing(resize, CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, RECIPE_INTERPOLATION)
+
+
+def _reference_recipe(model: str, preprocess: str | None) -> tuple[Preprocessing, str]:
+    name = release_name(model, preprocess or CLASSIC_RECIPE)
+    return _release_recipe(model, name), name
+
+
+def hub_checkpoint(url: str) -> Path:
+    """Where torch.hub keeps a download (hub.get_dir()/checkpoints), found without importing torch."""
+    home = os.getenv("TORCH_HOME") or os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch")
+    return Path(os.path.expanduser(home)) / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class RandomInit:
+    kind = "none"
+    label = NO_WEIGHTS
+
+    def recipe(self, model: str, preprocess: str | None) -> tuple[Preprocessing, str]:
+        return _reference_recipe(model, preprocess)
+
+    def load(self, model: str) -> Loaded:
+        return Loaded(None)
+
+    def inspect(self, model: str, verify: bool) -> Loaded:
+        return Loaded(None)
+
+
+@dataclass(frozen=True)
+class TorchvisionWeights:
+    name: str  # the enum member's own name (DEFAULT resolved)
+    kind = "torchvision"
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+    def recipe(self, model: str, preprocess: str | None) -> tuple[Preprocessing, str]:
+        if preprocess is not None and preprocess != self.name:
+            raise UsageError("--preprocess applies only to --weights none or a checkpoint")
+        return _release_recipe(model, self.name), self.name
+
+    def load(self, model: str) -> Loaded:
+        from .models import MODELS
+
+        url = TORCHVISION_WEIGHTS[model][self.name].url
+        try:
+            state = MODELS[model].weights_enum[self.name].get_state_dict(progress=False, check_hash=True)
+        except Exception as exc:  # URLError, HTTPError, socket errors, hash mismatch
+            raise WeightsUnavailableError(
+                f"cannot download {model} {self.name} weights from {url} "
+                f"({type(exc).__name__}: {one_line(exc, 120)}); offline, use --weights none for a trial run "
+                f"(random weights), pass --weights PATH-or-URI to a checkpoint, or put {url.rsplit('/', 1)[-1]} "
+                "in torch's hub cache ($TORCH_HOME/hub/checkpoints/, default ~/.cache/torch/hub/checkpoints/)"
+            ) from None
+        return Loaded(state, imagenet_categories())
+
+    def inspect(self, model: str, verify: bool) -> Loaded:
+        """The class names; with `verify`, the release downloaded now unless torch's cache has it."""
+        if verify and not hub_checkpoint(TORCHVISION_WEIGHTS[model][self.name].url).is_file():
+            self.load(model)
+        return Loaded(None, imagenet_categories())
+
+
+@dataclass(frozen=True)
+class CheckpointFile:
+    uri: str
+    kind = "checkpoint"
+
+    @property
+    def label(self) -> str:
+        return self.uri
+
+    def recipe(self, model: str, preprocess: str | None) -> tuple[Preprocessing, str]:
+        return _reference_recipe(model, preprocess)
+
+    def load(self, model: str) -> Loaded:
+        try:
+            return read_checkpoint(self.uri)
+        except CheckpointNotFound as exc:  # often a misspelt name rather than a path
+            raise WeightsUnavailableError(f"{exc}; --weights {valid_weights(model)}") from None
+
+    def inspect(self, model: str, verify: bool) -> Loaded:
+        return self.load(model)  # read in any case: the class count and names are inside
+
+
+@dataclass(frozen=True)
+class PretrainedFolder:
+    uri: str  # as given: a folder, a .safetensors file inside one, or hf:ORG/NAME
+    kind = "hf"
+
+    @property
+    def label(self) -> str:
+        return self.uri
+
+    def info(self) -> hf.FolderInfo:
+        # Looked up where it runs: a worker on another node finds hf:ORG/NAME in its own cache.
+        return hf.describe_folder(hf.pretrained_dir(self.uri))
+
+    def recipe(self, model: str, preprocess: str | None) -> tuple[Preprocessing, str]:
+        info = self.info()
+        if info.architecture != model:
+            raise UsageError(f"--weights {self.uri} holds a {info.architecture} checkpoint; "
+                             f"use --model {info.architecture}")
+        if info.preprocessing and not preprocess:
+            return Preprocessing(**info.preprocessing), info.config_file
+        return _reference_recipe(model, preprocess)
+
+    def load(self, model: str) -> Loaded:
+        info = self.info()
+        weight_file = Path(self.uri) if self.uri.endswith(".safetensors") else info.weight_file
+        loaded = read_checkpoint(str(weight_file))
+        return Loaded(loaded.state, info.names or loaded.names)
+
+    def inspect(self, model: str, verify: bool) -> Loaded:
+        return self.load(model)
+
+
+WeightsSource = RandomInit | TorchvisionWeights | CheckpointFile | PretrainedFolder
+
+
+def weights_source(model: str, weights: str) -> WeightsSource:
+    """What --weights names, decided from its form alone (nothing is read yet)."""
+    if weights.lower() == NO_WEIGHTS:
+        return RandomInit()
+    if weights == "DEFAULT" or looks_like_weights_name(weights):
+        return TorchvisionWeights(release_name(model, weights))
+    if hf.pretrained_dir(weights) is not None:
+        return PretrainedFolder(weights)
+    return CheckpointFile(weights)
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Everything a worker needs to rebuild the model, cheap to pickle."""
+
+    model: str
+    source: WeightsSource
+    preprocessing: Preprocessing
+    preprocess_from: str  # the torchvision weights (or the config file) whose recipe we follow
+    categories: tuple[str, ...]  # one name per output of the classifier
+
+    @property
+    def weights(self) -> str:
+        """What the user asked for, normalised: enum name, "none" or the URI."""
+        return self.source.label
+
+    @property
+    def embedding_dim(self) -> int:
+        return EMBEDDING_DIMS[self.model]
+
+    def state_dict(self) -> dict[str, torch.Tensor] | None:
+        return self.source.load(self.model).state
+
+
+def resolve_weights(model: str, weights: str, preprocess: str | None = None, labels: str | None = None,
+                    verify: bool = True) -> ResolvedWeights:
+    """The weights, their preprocessing and class names, checked as workers will load them.
+
+    `verify=False` skips fetching torchvision's weights (their metadata needs no download);
+    checkpoints are always read, since their class count and names are inside them.
+    """
+    check_model(model)
+    source = weights_source(model, weights)
+    preprocessing, preprocess_from = source.recipe(model, preprocess)
+    loaded = source.inspect(model, verify)
+    if loaded.state is not None:
+        from .models import check_fits  # torch is imported by now: it read the state dict
+
+        num_classes = check_fits(model, loaded.state, source.label)
+    elif isinstance(source, RandomInit):
+        num_classes = None if labels else 1000  # random init: as many outputs as the labels file names
+    else:  # a torchvision release, not read here: one output per class it ships
+        num_classes = len(loaded.names)
+    names = read_labels(labels) if labels else loaded.names
+    if labels and num_classes is not None and len(names) != num_classes:
+        raise UsageError(f"--labels {labels} names {len(names)} classes but the weights have {num_classes}")
+    if names is None:  # random init without labels: the reference recipe's ImageNet names
+        names = imagenet_categories()
+    if num_classes is not None and len(names) != num_classes:  # a fine-tuned head without its names
+        names = tuple(str(i) for i in range(num_classes))
+    return ResolvedWeights(model, source, preprocessing, preprocess_from, tuple(names))
+
+
+def read_state_bytes(data: bytes, name: str) -> object:
+    """A checkpoint's bytes -> its object, without executing pickled code."""
+    if name.endswith(".safetensors"):
+        from safetensors.torch import load as load_safetensors
+
+        return load_safetensors(data)
+    import torch
+
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def read_checkpoint(uri: str) -> Loaded:
+    """A state dict (and any class names beside it) from a local path or fsspec URI."""
+    from ..core.storage import read_bytes_or_raise
+
+    try:
+        data = read_bytes_or_raise(uri)
+    except FileNotFoundError:
+        raise CheckpointNotFound(f"checkpoint not found: {uri}") from None
+    except OSError as exc:
+        raise WeightsUnavailableError(f"cannot read checkpoint {uri}: {exc}") from None
+    try:
+        obj = read_state_bytes(data, uri)
+    except Exception as exc:
+        raise WeightsUnavailableError(
+            f"cannot load checkpoint {uri} as a state_dict ({type(exc).__name__}: {one_line(exc, 200)}); "
+            "expected a .pt/.pth state_dict saved with torch.save or a .safetensors file"
+        ) from None
+    return _unwrap(obj, uri)
+
+
+CLASS_NAME_KEYS = ("classes", "class_names", "id2label", "label_names")
+
+
+def _unwrap(obj: object, uri: str) -> Loaded:
+    # Training scripts often save {"state_dict": ..., "classes": [...]} or {"model": ...};
+    # DDP adds "module."; Hugging Face's layout has keys of its own.
+    names = None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            names = next((_names(obj[k], f"{uri} {k}") for k in CLASS_NAME_KEYS if obj.get(k)), None)
+            obj = obj[key]
+    import torch
+
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsUnavailableError(f"checkpoint {uri} does not hold a state_dict of tensors")
+    state = {k.removeprefix("module."): v for k, v in obj.items()}
+    return Loaded(hf.convert_state_dict(state) if hf.is_hf_state_dict(state) else state, names)
+
+
+def _name(value: object, at, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise UsageError(f"{where}: class {at} has no name (got {json.dumps(value)}); every class needs a non-empty string")
+    return value
+
+
+def _names(value: object, where: str) -> tuple[str, ...]:
+    """Class names from a list, or a dict of class index -> name whose keys are 0..N-1."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_name(v, i, where) for i, v in enumerate(value))
+    if isinstance(value, dict):
+        try:
+            by_index = {int(k): _name(v, k, where) for k, v in value.items()}
+        except (TypeError, ValueError):
+            raise UsageError(f"{where}: class ids must be integers, got {list(value)[:3]}") from None
+        if sorted(by_index) != list(range(len(by_index))):
+            raise UsageError(f"{where}: class ids must be 0..{len(by_index) - 1} without gaps")
+        return tuple(by_index[i] for i in range(len(by_index)))
+    raise UsageError(f"{where}: expected a list of names or a mapping of class id to name")
+
+
+def read_labels(uri: str) -> tuple[str, ...]:
+    """--labels FILE: one name a line, or JSON (a list, or {id: name})."""
+    from ..core.storage import read_bytes_or_raise
+
+    try:
+        text = read_bytes_or_raise(uri).decode("utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"--labels file {uri} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read --labels file {uri}: {one_line(exc)}") from None
+    if text.lstrip().startswith(("[", "{")):
+        try:
+            names = _names(json.loads(text), f"--labels {uri}")
+        except ValueError as exc:
+            raise UsageError(f"--labels file {uri} is not valid JSON: {one_line(exc)}") from None
+    else:
+        names = tuple(line.strip() for line in text.strip("\n").splitlines())
+    if not names or not all(names):
+        raise UsageError(f"--labels file {uri} must name every class, one per line (no empty lines)")
+    return names

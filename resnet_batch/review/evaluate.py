@@ -1,0 +1,153 @@
+"""Top-1/top-5 error on a labeled collection, through the same pipeline as `label`.
+
+Labels come from ImageNet layouts: class folders named by WordNet id (`n01440764/x.jpg`),
+file names that start with one (`n01440764_tench.JPEG`), or a manifest column holding a
+class index or a WordNet id. Predictions are written as the usual Parquet output plus a
+`label` column.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..core.errors import UsageError
+
+WNID = re.compile(r"^(n\d{8})")
+LABEL_COLUMN = "label"
+# torchvision's published ImageNet-1K figures for the V1 weights (top-1 / top-5 error, %).
+V1_REFERENCE = {
+    "resnet18": (30.24, 10.92),
+    "resnet34": (26.70, 8.58),
+    "resnet50": (23.85, 7.13),
+    "resnet101": (22.63, 6.44),
+    "resnet152": (21.69, 5.94),
+}
+
+
+@lru_cache(maxsize=1)
+def wnid_to_index() -> dict[str, int]:
+    """ImageNet-1k WordNet ids in class-index order (shipped as package data)."""
+    text = resources.files("resnet_batch").joinpath("imagenet_wnids.txt").read_text()
+    return {wnid: i for i, wnid in enumerate(text.split())}
+
+
+def label_from_path(path: str) -> int | None:
+    """Class index from the parent folder or the file name, or None."""
+    parts = path.replace("\\", "/").split("/")
+    mapping = wnid_to_index()
+    for part in (parts[-2] if len(parts) > 1 else "", parts[-1]):
+        match = WNID.match(part)
+        if match and match.group(1) in mapping:
+            return mapping[match.group(1)]
+    return None
+
+
+def parse_label(value) -> int | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    if text.isdigit() and int(text) < 1000:
+        return int(text)
+    return wnid_to_index().get(text)
+
+
+def attach_labels(table: pa.Table, label_column: str | None) -> pa.Table:
+    """Add the integer `label` column; every input must have one."""
+    if label_column:
+        if label_column not in table.column_names:
+            raise UsageError(f"manifest has no label column {label_column!r}; columns: {', '.join(table.column_names)}")
+        labels = [parse_label(v) for v in table.column(label_column).to_pylist()]
+        table = table.drop_columns([label_column])
+    else:
+        labels = [label_from_path(p) for p in table.column("path").to_pylist()]
+    missing = [p for p, lab in zip(table.column("path").to_pylist(), labels) if lab is None]
+    if missing:
+        raise UsageError(
+            f"{len(missing)} inputs have no ImageNet label (e.g. {missing[0]}); use class folders named by "
+            "WordNet id, file names starting with one, or a manifest with --label-column (index or WordNet id)"
+        )
+    return table.append_column(LABEL_COLUMN, pa.array(labels, pa.int32()))
+
+
+def wilson_interval(errors: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for an error rate, in percent."""
+    if n == 0:
+        return (0.0, 100.0)
+    p = errors / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (100 * max(0.0, centre - half), 100 * min(1.0, centre + half))
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    model: str
+    weights: str
+    images: int
+    unreadable: int
+    top1_errors: int
+    top5_errors: int
+    published: tuple[float, float] | None
+
+    @property
+    def scored(self) -> int:
+        return self.images - self.unreadable
+
+    def top1(self) -> float:
+        return 100 * self.top1_errors / self.scored if self.scored else float("nan")
+
+    def top5(self) -> float:
+        return 100 * self.top5_errors / self.scored if self.scored else float("nan")
+
+    def lines(self) -> list[str]:
+        lo1, hi1 = wilson_interval(self.top1_errors, self.scored)
+        lo5, hi5 = wilson_interval(self.top5_errors, self.scored)
+        pub = self.published
+        out = [
+            f"{self.model} {self.weights}: {self.scored} images scored, {self.unreadable} unreadable (not scored)",
+            f"{'error rate':13}{'this run':>9}  {'95% CI':>15}  {'published':>9}",
+            f"top-1 error  {self.top1():8.2f}%  [{lo1:5.2f}, {hi1:5.2f}]  " + (f"{pub[0]:8.2f}%" if pub else "       -"),
+            f"top-5 error  {self.top5():8.2f}%  [{lo5:5.2f}, {hi5:5.2f}]  " + (f"{pub[1]:8.2f}%" if pub else "       -"),
+            "torchvision V1 reference (top-1/top-5 error %): "
+            + ", ".join(f"{m} {a:.2f}/{b:.2f}" for m, (a, b) in V1_REFERENCE.items()),
+        ]
+        return out
+
+
+def published_errors(model: str, weights: str) -> tuple[float, float] | None:
+    """torchvision's published top-1/top-5 error for its own weights."""
+    from torchvision.models import get_model_weights
+
+    try:
+        meta = get_model_weights(model)[weights].meta
+    except KeyError:
+        return None
+    metrics = meta.get("_metrics", {}).get("ImageNet-1K", {})
+    if "acc@1" not in metrics:
+        return None
+    return (round(100 - metrics["acc@1"], 3), round(100 - metrics["acc@5"], 3))
+
+
+def score(output_files: list, fs, model: str, weights: str) -> EvalReport:
+    """Count top-1/top-5 misses from the written predictions."""
+    images = unreadable = top1 = top5 = 0
+    for part in output_files:
+        with fs.open(part, "rb") as f:
+            table = pq.read_table(f, columns=["topk_ids", "error", LABEL_COLUMN])
+        images += table.num_rows
+        failed = pc.is_valid(table["error"])
+        unreadable += pc.sum(failed).as_py() or 0
+        for ids, error, label in zip(table["topk_ids"].to_pylist(), table["error"].to_pylist(),
+                                     table[LABEL_COLUMN].to_pylist()):
+            if error is None:
+                top1 += ids[0] != label
+                top5 += label not in ids[:5]
+    return EvalReport(model, weights, images, unreadable, top1, top5, published_errors(model, weights))

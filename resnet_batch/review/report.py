@@ -1,0 +1,161 @@
+"""`resnet-batch report OUT --html FILE`: one self-contained page to review a labeling run.
+
+Counts, errors by category, a histogram of top-1 confidence, a table of classes linking to
+a contact sheet per class (its least confident images first, probability under each), the
+review queue, the largest near-duplicate groups (when `neighbors` has run) and the error
+rows. Thumbnails are small JPEGs embedded as data URIs, at most `per_class` per class, so
+the page's size depends on the number of classes, not of rows (about 2 KB a thumbnail).
+Nothing outside the file is loaded: it opens from disk with no server.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from .review import Review, collect
+from ..output.ownership import check_tool_target
+from ..core.storage import replaced_atomically
+
+THUMBNAIL_PX = 72
+THUMBNAIL_QUALITY = 70
+MAX_DUPLICATE_GROUPS = 20
+DUPLICATE_THUMBNAILS = 6
+
+
+def thumbnail(path: str, max_pixels: int = 100_000_000) -> str | None:
+    """A small JPEG data URI of the image at `path`, or None when it cannot be read."""
+    from PIL import Image
+
+    from ..data.decode import ImageError, decode_rgb, read_image_bytes
+
+    if ".tar/" in path.lower():  # a tar member's offset is not in the output: no thumbnail
+        return None
+    try:
+        img = decode_rgb(read_image_bytes(path), max_pixels)
+    except ImageError:
+        return None
+    img.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=THUMBNAIL_QUALITY)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+CSS = """
+body{font:14px system-ui,sans-serif;margin:0 2em 4em;color:#222}
+h1{font-size:22px}h2{font-size:18px;margin-top:2em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse}td,th{padding:3px 10px;text-align:left;border-bottom:1px solid #eee}
+td.n,th.n{text-align:right}.counts td{font-size:16px}
+.grid{display:flex;flex-wrap:wrap;gap:8px}.cell{width:90px;font-size:11px;word-break:break-all}
+.cell img{display:block;max-width:72px;max-height:72px;background:#eee}
+.cell .p{font-weight:bold;font-size:12px}.missing{width:72px;height:48px;background:#eee}
+.sheet{display:none}.sheet:target{display:block}
+svg text{font-size:10px}
+"""
+
+SCRIPT = """
+// Contact sheets are hidden sections shown by their #anchor (CSS :target); keep the
+// one that is open in view after the link is followed.
+window.addEventListener('hashchange', () => {
+  const el = document.getElementById(location.hash.slice(1));
+  if (el) el.scrollIntoView();
+});
+"""
+
+
+def _histogram_svg(counts) -> str:
+    width, height, peak = 400, 120, max(int(max(counts)), 1)
+    bar = width / len(counts)
+    bars = []
+    for i, count in enumerate(counts):
+        h = (height - 20) * int(count) / peak
+        bars.append(f'<rect x="{i * bar:.1f}" y="{height - 15 - h:.1f}" width="{bar - 2:.1f}" height="{h:.1f}" '
+                    f'fill="#4a7ab8"><title>{i / len(counts):.2f}-{(i + 1) / len(counts):.2f}: {count}</title></rect>')
+    ticks = "".join(f'<text x="{f * width:.0f}" y="{height}" text-anchor="middle">{f:.1f}</text>'
+                    for f in (0.1, 0.3, 0.5, 0.7, 0.9))
+    return f'<svg id="histogram" width="{width}" height="{height}">{"".join(bars)}{ticks}</svg>'
+
+
+def _cell(path: str, caption: str, thumbs: dict[str, str | None]) -> str:
+    uri = thumbs.get(path)
+    image = f'<img src="{uri}" alt="">' if uri else '<div class="missing"></div>'
+    return f'<div class="cell" title="{_e(path)}">{image}<span class="p">{_e(caption)}</span><br>' \
+           f'{_e(os.path.basename(path))}</div>'
+
+
+def render(review: Review, thumbs: dict[str, str | None], duplicates: list[list[tuple[str, float]]]) -> str:
+    run = review.run
+    classes = sorted(review.classes.values(), key=lambda c: (-c.count, c.name))
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>resnet-batch report: {_e(run.get('model', ''))}</title><style>{CSS}</style></head><body>",
+        f"<h1>resnet-batch report</h1><p>{_e(run.get('model', '?'))}, weights {_e(run.get('weights', '?'))}, "
+        f"version {_e(run.get('package_version', '?'))}</p>",
+        "<table class='counts'>",
+        f"<tr><td>inputs</td><td class='n' id='count-inputs'>{review.rows}</td></tr>",
+        f"<tr><td>labeled</td><td class='n' id='count-labeled'>{review.labeled}</td></tr>",
+        f"<tr><td>errors</td><td class='n' id='count-errors'>{sum(review.errors.values())}</td></tr>",
+        f"<tr><td>classes</td><td class='n' id='count-classes'>{len(classes)}</td></tr>",
+        f"<tr><td>to review</td><td class='n' id='count-review'>{review.flagged}</td></tr></table>",
+        "<h2>Errors by category</h2><table id='error-categories'>",
+        *(f"<tr><td>{_e(c)}</td><td class='n'>{n}</td></tr>" for c, n in review.errors.most_common()),
+        "</table>" if review.errors else "</table><p>none</p>",
+        "<h2>Top-1 confidence</h2><p>images per top-1 probability, from 0 to 1</p>", _histogram_svg(review.histogram),
+        "<h2>Classes</h2><table id='classes'><tr><th>class</th><th class='n'>images</th>"
+        "<th class='n'>mean top-1</th></tr>",
+    ]
+    for i, stats in enumerate(classes):
+        parts.append(f"<tr><td><a href='#sheet-{i}'>{_e(stats.name)}</a></td><td class='n'>{stats.count}</td>"
+                     f"<td class='n'>{stats.mean_prob:.3f}</td></tr>")
+    parts.append("</table>")
+    for i, stats in enumerate(classes):
+        picks = stats.lowest.sorted()
+        parts.append(f"<section class='sheet' id='sheet-{i}'><h2>{_e(stats.name)}: the {len(picks)} least "
+                     f"confident of {stats.count}</h2><div class='grid'>")
+        parts += [_cell(p.path, f"{p.prob:.3f}", thumbs) for p in picks]
+        parts.append("</div></section>")
+    parts.append(f"<h2>Review queue</h2><p>{_e(review.queue_rule)}: {review.flagged} rows; "
+                 f"the {len(review.queue)} least confident shown.</p><div class='grid' id='review-queue'>")
+    parts += [_cell(p.path, f"{p.label} {p.prob:.3f}", thumbs) for p in review.queue]
+    parts.append("</div>")
+    if duplicates:
+        parts.append("<h2>Largest near-duplicate groups</h2>")
+        for group in duplicates:
+            parts.append(f"<p>{len(group)} images</p><div class='grid'>")
+            parts += [_cell(path, f"{sim:.3f}", thumbs) for path, sim in group[:DUPLICATE_THUMBNAILS]]
+            parts.append("</div>")
+    parts.append("<h2>Error rows</h2><table id='error-rows'><tr><th>path</th><th>error</th></tr>")
+    parts += [f"<tr><td>{_e(p)}</td><td>{_e(e)}</td></tr>" for p, e in review.error_rows]
+    parts.append("</table>")
+    if len(review.error_rows) < sum(review.errors.values()):
+        parts.append(f"<p>the first {len(review.error_rows)} of {sum(review.errors.values())} shown</p>")
+    parts.append(f"<script>{SCRIPT}</script></body></html>")
+    return "\n".join(parts)
+
+
+def build_report(output: str, html_path: str, per_class: int = 4, queue: int = 200, neighbors: str | None = None,
+                 progress: Callable[[int, int], None] | None = None, io_threads: int = 8) -> Review:
+    check_tool_target(html_path, "--html", folder=False)
+    review = collect(output, per_class=per_class, queue=queue, progress=progress)
+    duplicates = []
+    if neighbors:
+        from .neighbors import largest_groups
+
+        duplicates = largest_groups(neighbors, MAX_DUPLICATE_GROUPS)
+    wanted = {p.path for stats in review.classes.values() for p in stats.lowest.sorted()}
+    wanted |= {p.path for p in review.queue}
+    wanted |= {path for group in duplicates for path, _ in group[:DUPLICATE_THUMBNAILS]}
+    with ThreadPoolExecutor(io_threads) as pool:
+        thumbs = dict(zip(wanted, pool.map(thumbnail, wanted)))
+    page = render(review, thumbs, duplicates)
+    with replaced_atomically(html_path) as (tmp,), open(tmp, "w", encoding="utf-8") as f:
+        f.write(page)
+    return review

@@ -1,0 +1,129 @@
+"""Reading a labeling run for people: one streaming pass that keeps bounded summaries.
+
+`collect` reads an output's part files a row group at a time and keeps, whatever the
+number of rows: counts, errors by category, a histogram of top-1 confidence, per class its
+count, mean confidence and the `per_class` least confident rows, the `queue` least
+confident rows flagged for review, and the first `max_errors` error rows. Memory is
+O(classes x per_class + queue + max_errors), about 200 bytes each, plus one row group.
+The report (report.py) and the exports (export.py) are built from it or from the same pass.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pyarrow.compute as pc
+
+from ..core.errors import UsageError
+from ..output.features import batches, open_output
+from ..output.writer import error_category
+
+HISTOGRAM_BINS = 20
+
+
+@dataclass(order=True)
+class Pick:
+    """A row kept for people to look at; ordered so that heaps keep the least confident."""
+
+    sort_key: float
+    tie: int
+    path: str = field(compare=False)
+    label: str = field(compare=False)
+    prob: float = field(compare=False)
+
+
+class _Lowest:
+    """The `size` items with the lowest key, in a bounded max-heap."""
+
+    def __init__(self, size: int):
+        self.size, self.heap = size, []
+
+    def offer(self, pick: Pick) -> None:
+        item = (-pick.sort_key, -pick.tie, pick)
+        if len(self.heap) < self.size:
+            heapq.heappush(self.heap, item)
+        elif item > self.heap[0]:
+            heapq.heapreplace(self.heap, item)
+
+    def sorted(self) -> list[Pick]:
+        return sorted(p for _, _, p in self.heap)
+
+
+@dataclass
+class ClassStats:
+    name: str
+    count: int = 0
+    prob_sum: float = 0.0
+    lowest: _Lowest | None = None
+
+    @property
+    def mean_prob(self) -> float:
+        return self.prob_sum / self.count if self.count else 0.0
+
+
+@dataclass
+class Review:
+    rows: int = 0
+    errors: Counter = field(default_factory=Counter)
+    error_rows: list[tuple[str, str]] = field(default_factory=list)
+    histogram: np.ndarray = field(default_factory=lambda: np.zeros(HISTOGRAM_BINS, dtype=np.int64))
+    classes: dict[str, ClassStats] = field(default_factory=dict)
+    flagged: int = 0  # rows with needs_review (or, without that column, in the queue's sense)
+    queue: list[Pick] = field(default_factory=list)
+    queue_rule: str = ""
+    run: dict = field(default_factory=dict)
+
+    @property
+    def labeled(self) -> int:
+        return self.rows - sum(self.errors.values())
+
+
+REVIEW_COLUMNS = ["path", "topk_labels", "topk_probs", "margin", "needs_review", "error"]
+
+
+def collect(output: str, per_class: int = 4, queue: int = 200, max_errors: int = 500,
+            progress: Callable[[int, int], None] | None = None) -> Review:
+    dataset, run = open_output(output)
+    if "topk_labels" not in dataset.schema.names:
+        raise UsageError(f"{output} has no labels (it was written with --top-k 0): nothing to review")
+    flagged_column = "needs_review" in dataset.schema.names
+    review = Review(run=run, queue_rule="needs_review (top-1 probability under "
+                    f"{(run.get('review') or {}).get('review_below')})" if flagged_column
+                    else "the least confident rows (no --review-below was given)")
+    lowest_queue = _Lowest(queue)
+    counter = itertools.count()
+    for batch in batches(dataset, REVIEW_COLUMNS, progress):
+        review.rows += batch.num_rows
+        errors = batch.column("error")
+        failed = pc.is_valid(errors)
+        for path, error in zip(batch.column("path").filter(failed).to_pylist(), errors.filter(failed).to_pylist()):
+            review.errors[error_category(error)] += 1
+            if len(review.error_rows) < max_errors:
+                review.error_rows.append((path, error))
+        ok = batch.filter(pc.invert(failed))
+        if not ok.num_rows:
+            continue
+        labels = pc.list_element(ok.column("topk_labels"), 0).to_pylist()
+        probs = pc.list_element(ok.column("topk_probs"), 0).to_numpy(zero_copy_only=False)
+        flags = ok.column("needs_review").to_numpy(zero_copy_only=False) if flagged_column else None
+        review.histogram += np.histogram(probs, bins=HISTOGRAM_BINS, range=(0.0, 1.0))[0]
+        review.flagged += int(flags.sum()) if flags is not None else 0
+        for i, (path, label, prob) in enumerate(zip(ok.column("path").to_pylist(), labels, probs.tolist())):
+            stats = review.classes.get(label)
+            if stats is None:
+                stats = review.classes[label] = ClassStats(label, lowest=_Lowest(per_class))
+            stats.count += 1
+            stats.prob_sum += prob
+            pick = Pick(prob, next(counter), path, label, prob)
+            stats.lowest.offer(pick)
+            if flags is None or flags[i]:
+                lowest_queue.offer(pick)
+    review.queue = lowest_queue.sorted()
+    if not flagged_column:
+        review.flagged = len(review.queue)
+    return review

@@ -1,0 +1,228 @@
+"""The label job's configuration: one frozen dataclass, validated at construction.
+
+A YAML config file and command-line flags say the same things (same names, dashes or
+underscores); flags win.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import posixpath
+import typing
+from dataclasses import dataclass
+
+from ..data.decode import DEFAULT_MAX_PIXELS
+from ..core.errors import UsageError, one_line
+from ..model.registry import FEATURES, POOLED, SPATIAL_STAGES, check_model
+from ..core.columns import EMBEDDING_DTYPES
+from ..output.writer import MODES
+
+
+DECODERS = ("auto", "cpu", "gpu")
+CROPS = ("center", "none")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def _one_of(name: str, value: str, valid) -> None:
+    if value not in valid:
+        raise UsageError(f"invalid {name} {value!r}; valid: {', '.join(valid)}")
+
+
+def _positive(name: str, value: int, allow_zero: bool = False) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < (0 if allow_zero else 1):
+        raise UsageError(f"{name} must be an integer >= {0 if allow_zero else 1}, got {value!r}")
+
+
+def _positive_seconds(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise UsageError(f"{name} must be a number of seconds > 0, got {value!r}")
+
+
+def _fraction(name: str, value: float, what: str, allow_zero: bool) -> None:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not (0 <= value <= 1) or (value == 0 and not allow_zero):
+        raise UsageError(f"{name} must be a {what} in {'[' if allow_zero else '('}0, 1], got {value!r}")
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    inputs: tuple[str, ...]
+    output: str
+    model: str = "resnet50"
+    weights: str = "DEFAULT"
+    preprocess: str | None = None  # torchvision weights whose transforms() a checkpoint uses
+    batch_size: int = 0  # 0 = automatic, per device: 256 on GPU; on CPU 32 (fp32) or 64 (bf16)
+    top_k: int = 5
+    embeddings: bool = True  # False drops "pooled" from features (--no-embeddings)
+    features: tuple[str, ...] = (POOLED,)  # pooled (the `embedding` column) and/or c2..c5; "a,b" in files
+    spatial: str | None = None  # c4|c5: that stage's whole map per row
+    crop: str = "center"  # "none": the whole image, shorter side resized, padded to a few shapes
+    resize: int = 0  # --crop none: shorter side in pixels; 0 = the weights' own resize
+    labels: str | None = None  # class names for the weights' outputs: one a line, or JSON
+    review_below: float | None = None  # needs_review = top-1 probability under this
+    embedding_dtype: str = "float32"
+    device: str = "auto"
+    precision: str = "auto"
+    mode: str = "error"
+    address: str | None = None
+    path_column: str = "path"
+    rows_per_file: int = 10_000
+    num_workers: int = 0  # model actors; 0 = one per GPU, or one per CPU node
+    threads_per_worker: int = 0  # CPU actor: cores, one single-threaded forward each (0 = the node's); GPU: torch threads
+    io_threads: int = 0  # file-fetch threads per decode task; 0 = 1 local, 16 remote
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    compile: bool = False
+    decode: str = "auto"  # "gpu": JPEGs decoded in the model actor (nvJPEG); auto: gpu on GPU actors
+    cpu_decode_share: float = 0.0  # with gpu decoding: the share of JPEGs CPU tasks decode all the same
+    checkpoint_every: float = 60.0  # seconds: finished rows wait at most this long to be saved
+    progress_every: float = 30.0  # seconds between progress lines when not in a terminal
+    wait_for_resources: float = 600.0  # seconds a job may wait for CPUs/GPUs it lacks, then fails (exit 2)
+
+    def __post_init__(self):
+        if not self.inputs:
+            raise UsageError("give at least one INPUT (directory, file, glob, URI or manifest)")
+        if not self.output:
+            raise UsageError("--output is required")
+        check_model(self.model)
+        self._check_features()
+        _one_of("--embedding-dtype", self.embedding_dtype, EMBEDDING_DTYPES)
+        _one_of("--device", self.device, DEVICES)
+        _one_of("--precision", self.precision, PRECISIONS)
+        _one_of("--mode", self.mode, MODES)
+        _one_of("--decode", self.decode, DECODERS)
+        _positive("--batch-size", self.batch_size, allow_zero=True)
+        _positive("--top-k", self.top_k, allow_zero=True)
+        if self.top_k > 1000:
+            raise UsageError(f"--top-k must be at most 1000, got {self.top_k}")
+        _positive("--rows-per-file", self.rows_per_file)
+        _positive("--num-workers", self.num_workers, allow_zero=True)
+        _positive("--threads-per-worker", self.threads_per_worker, allow_zero=True)
+        _positive("--io-threads", self.io_threads, allow_zero=True)
+        _positive("--max-pixels", self.max_pixels)
+        _positive_seconds("--checkpoint-every", self.checkpoint_every)
+        _positive_seconds("--progress-every", self.progress_every)
+        _positive_seconds("--wait-for-resources", self.wait_for_resources)
+        _fraction("--cpu-decode-share", self.cpu_decode_share, "fraction", allow_zero=True)
+        if self.review_below is not None:
+            _fraction("--review-below", self.review_below, "probability", allow_zero=False)
+            if self.top_k == 0:
+                raise UsageError("--review-below needs labels: use --top-k 1 or more")
+        if self.top_k == 0 and not self.features and not self.spatial:
+            raise UsageError("--top-k 0 without --features or --spatial leaves nothing to compute")
+
+    def _check_features(self) -> None:
+        features = self.features.split(",") if isinstance(self.features, str) else list(self.features)
+        features = [f.strip() for f in features if f.strip() and f.strip() != "none"]
+        for feature in features:
+            _one_of("--features value", feature, FEATURES)
+        if not self.embeddings:
+            features = [f for f in features if f != POOLED]
+        object.__setattr__(self, "features", tuple(dict.fromkeys(features)))  # normalised, in given order
+        if self.spatial is not None:
+            _one_of("--spatial", self.spatial, SPATIAL_STAGES)
+        _one_of("--crop", self.crop, CROPS)
+        _positive("--resize", self.resize, allow_zero=True)
+        if self.resize and self.crop != "none":
+            raise UsageError("--resize applies to --crop none; --crop center uses the weights' own resize and crop")
+        if self.crop == "none" and self.decode == "gpu":
+            raise UsageError("--decode gpu supports --crop center only; use --decode cpu with --crop none")
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_sources(cls, file_values: dict, flag_values: dict) -> "LabelConfig":
+        """Merge a config file's values with flags (flags win; None means 'not given')."""
+        merged: dict = {}
+        hints = typing.get_type_hints(cls)
+        for source, values in (("config file", file_values), ("flags", flag_values)):
+            for key, value in values.items():
+                name = key.replace("-", "_")
+                if name not in cls.field_names():
+                    raise UsageError(f"unknown {source} key {key!r}; valid: {', '.join(sorted(cls.field_names()))}")
+                if value is not None:
+                    merged[name] = _typed(key, value, hints[name]) if source == "config file" else value
+        if isinstance(merged.get("inputs"), str):
+            merged["inputs"] = [merged["inputs"]]
+        merged["inputs"] = tuple(merged.get("inputs") or ())
+        merged.setdefault("output", "")
+        return cls(**merged)
+
+
+TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _typed(key: str, value, hint):
+    """A config file's value as the field's type, or a one-line refusal (YAML gives any type)."""
+    kinds = set(typing.get_args(hint)) or {hint}
+    kinds.discard(type(None))
+    if bool in kinds:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in TRUE + FALSE:
+            return value.strip().lower() in TRUE  # a quoted "false" is false
+        raise UsageError(f"config key {key!r} must be true or false, got {value!r}")
+    if int in kinds and float not in kinds:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UsageError(f"config key {key!r} must be an integer, got {value!r}")
+    if float in kinds:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        raise UsageError(f"config key {key!r} must be a number, got {value!r}")
+    if typing.get_origin(hint) is tuple:  # inputs, features: one string or a list of strings
+        if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            return value
+        raise UsageError(f"config key {key!r} must be a string or a list of strings, got {value!r}")
+    if isinstance(value, str):
+        return value
+    raise UsageError(f"config key {key!r} must be a string, got {value!r}")
+
+
+def load_config_file(path: str) -> dict:
+    import yaml
+
+    from ..core.storage import read_bytes_or_raise
+
+    try:
+        values = yaml.safe_load(read_bytes_or_raise(path)) or {}
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} not found") from None
+    except OSError as exc:  # a folder, no permission, a FIFO
+        raise UsageError(f"cannot read config file {path}: {one_line(exc)}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"config file {path} must hold a mapping of option names to values")
+    return _paths_relative_to(posixpath.dirname(path) or ".", values)
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+def _paths_relative_to(base: str, values: dict) -> dict:
+    """A config file's relative paths name files beside it, wherever the job is started from."""
+
+    def resolve(value):
+        if isinstance(value, str) and value.startswith("~"):
+            return os.path.expanduser(value)
+        if not isinstance(value, str) or "://" in value or value.startswith(("/", "hf:")):
+            return value
+        return posixpath.normpath(posixpath.join(base, value))
+
+    values = dict(values)
+    for key in ("inputs", "output"):
+        if isinstance(values.get(key), list):
+            values[key] = [resolve(v) for v in values[key]]
+        elif key in values:
+            values[key] = resolve(values[key])
+    if isinstance(values.get("labels"), str):
+        values["labels"] = resolve(values["labels"])
+    weights = values.get("weights")
+    if isinstance(weights, str) and ("/" in weights or weights.endswith(CHECKPOINT_SUFFIXES)):
+        values["weights"] = resolve(weights)
+    return values
+

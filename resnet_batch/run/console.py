@@ -1,0 +1,131 @@
+"""What a person sees in a terminal, and where everything else goes.
+
+By default the process's own stdout and stderr (file descriptors 1 and 2) go to a log file:
+Ray's Python and C++ log lines and the worker output it forwards land there, whoever
+prints them, and so do the tool's own INFO lines. The tool writes to copies of the original
+descriptors: warnings, a progress bar (a terminal) or a progress line every few seconds
+(a pipe or a file), and the summary. `-v` leaves the descriptors alone and logs at DEBUG.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+
+from ..core.errors import Interrupted
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _BarSafeHandler(logging.StreamHandler):
+    """Log lines printed above a progress bar instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # logging must never raise into the job
+            self.handleError(record)
+
+
+def default_log_path(command: str) -> str:
+    folder = os.path.join(tempfile.gettempdir(), "resnet-batch", "logs")
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+
+
+class Console:
+    def __init__(self, command: str, verbose: bool):
+        self.verbose = verbose
+        self.log_path: str | None = None
+        if verbose:
+            self.out, self.err = sys.stdout, sys.stderr
+            logging.basicConfig(level=logging.DEBUG, format=FORMAT)
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.out = os.fdopen(os.dup(1), "w", buffering=1)
+        self.err = os.fdopen(os.dup(2), "w", buffering=1)
+        self.log_path = default_log_path(command)
+        log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
+        logging.basicConfig(level=logging.INFO, format=FORMAT, stream=sys.stderr)  # -> the log file
+        handler = _BarSafeHandler(self.err)
+        handler.setLevel(logging.WARNING)  # the start-up details are in the log file
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        ours = logging.getLogger("resnet_batch")
+        ours.addHandler(handler)  # and propagates to the log file
+
+    def print(self, line: str = "", error: bool = False) -> None:
+        print(line, file=self.err if error else self.out, flush=True)
+
+    @contextmanager
+    def progress(self, every_s: float):
+        """A progress reporter for run_label: a bar in a terminal, log lines elsewhere."""
+        from .progress import BarReporter, LogReporter
+
+        if self.err.isatty():
+            reporter = BarReporter(self.err)
+        else:
+            reporter = LogReporter(every_s, emit=lambda line: self.print(f"{time.strftime('%H:%M:%S')} {line}", error=True))
+        try:
+            yield reporter
+        finally:
+            reporter.close()
+
+    @contextmanager
+    def row_progress(self, what: str, every_s: float = 5.0):
+        """A callback(done, total) for a pass over an output's rows: a bar in a terminal,
+        else a line every `every_s` seconds."""
+        if self.err.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(desc=what, unit=" rows", file=self.err, dynamic_ncols=True)
+
+            def report(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            try:
+                yield report
+            finally:
+                bar.close()
+            return
+        last = [0.0]
+
+        def report(done: int, total: int) -> None:
+            if time.monotonic() - last[0] >= every_s or done == total:
+                last[0] = time.monotonic()
+                self.print(f"{time.strftime('%H:%M:%S')} {what}: {done}/{total} rows read", error=True)
+
+        yield report
+
+    def has_logs(self) -> bool:
+        return bool(self.log_path) and os.path.getsize(self.log_path) > 0
+
+    def failed(self, message: str) -> None:
+        """One line for the person, and where the full logs are when there are any."""
+        where = f" (logs: {self.log_path})" if self.has_logs() else ""
+        self.print(f"resnet-batch: error: {message}{where}", error=True)
+
+    def close(self) -> None:
+        if self.log_path and not self.has_logs():
+            os.remove(self.log_path)
+
+
+def raise_on_signals() -> None:
+    """SIGINT and SIGTERM raise Interrupted in the main thread, so the job saves and stops cleanly."""
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)

@@ -1,0 +1,273 @@
+"""Progress of a running job: images done / total, images/s, errors so far and ETA.
+
+The pipeline counts images through the model itself (it receives every finished block);
+read tasks (images found while walking directories) and model actors (errors) report to a
+small counter actor. Reporters show a snapshot: a tqdm bar in a terminal, or one log line
+every few seconds elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    done: int  # images through the model in this run
+    saved: int  # of which in complete part files
+    total: int  # images to do: listed, plus found so far while walking
+    walking: bool  # True while directories are still being walked (total may grow)
+    errors: int
+    elapsed_s: float
+    phase: str = "labeling"  # what the job is doing now, as a person would say it
+    steady_rate: float = 0.0  # images/s since the first batch (0 until there is one)
+
+    @property
+    def rate(self) -> float:
+        return self.steady_rate or (self.done / self.elapsed_s if self.elapsed_s > 0 else 0.0)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What the counter actor has heard: images found by walks, walks finished, rows
+    through the model and error rows among them (per batch), and the model actors that
+    are up, each with what it resolved (device, precision, library versions)."""
+
+    listed: int = 0
+    walks_done: int = 0
+    labeled: int = 0
+    errors: int = 0
+    actors: tuple = ()
+
+
+@ray.remote(num_cpus=0)
+class ProgressCounter:
+    """Images found by walks, walks finished, and error rows from the model actors (best
+    effort: a retried task may count twice)."""
+
+    def __init__(self):
+        self.listed = 0
+        self.labeled = 0
+        self.errors = 0
+        self.walked: set[str] = set()
+        self.actors: dict[str, dict] = {}
+
+    def add_listed(self, n: int) -> None:
+        self.listed += n
+
+    def walk_finished(self, root: str) -> None:
+        self.walked.add(root)
+
+    def add_labeled(self, rows: int, errors: int) -> None:
+        self.labeled += rows
+        self.errors += errors
+
+    def actor_ready(self, actor_id: str, resolved: dict) -> None:
+        self.actors[actor_id] = resolved
+
+    def get(self) -> Counts:
+        return Counts(self.listed, len(self.walked), self.labeled, self.errors, tuple(self.actors.values()))
+
+
+class CounterClient:
+    """The driver's view of the counter, polled without ever blocking the driver's loop."""
+
+    def __init__(self):
+        # On the driver's node, so losing a worker node does not take progress with it.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        self.actor = ProgressCounter.options(scheduling_strategy=here, max_restarts=-1).remote()
+        self.counts = Counts()
+        self._pending = None
+
+    def poll(self, wait: bool = False) -> Counts:
+        """The counts as of the last answer (never waits for the next one, unless `wait`)."""
+        if wait:
+            try:
+                self.counts = ray.get(self.actor.get.remote(), timeout=5)
+            except (ray.exceptions.RayError, TimeoutError):
+                pass
+            return self.counts
+        if self._pending is not None:
+            ready, _ = ray.wait([self._pending], timeout=0)
+            if ready:
+                try:
+                    self.counts = ray.get(ready[0])
+                except ray.exceptions.RayError:
+                    pass  # progress is best effort: it must never fail the job
+                self._pending = None
+        if self._pending is None:
+            self._pending = self.actor.get.remote()
+        return self.counts
+
+    def actors(self) -> tuple:
+        """What the model actors resolved, asked now (for the run's metadata)."""
+        return self.poll(wait=True).actors
+
+    def close(self) -> None:
+        ray.kill(self.actor)
+
+
+class LogReporter:
+    """One line every `every_s` seconds (for logs and pipes, where a bar would be noise).
+
+    Lines go to `emit` (default: this module's logger, at INFO)."""
+
+    def __init__(self, every_s: float = 30.0, emit=None):
+        self.every_s = every_s
+        self.emit = emit or log.info
+        self.last = time.monotonic()
+        self.said_final = False
+
+    def __call__(self, s: Snapshot) -> None:
+        final = not s.walking and s.total > 0 and s.done >= s.total  # always said, once
+        if final and self.said_final:
+            return
+        if time.monotonic() - self.last < self.every_s and not final:
+            return
+        self.last, self.said_final = time.monotonic(), final
+        total = f"{s.total}+" if s.walking else str(s.total)  # + : directories are still being listed
+        self.emit(f"{s.phase}: {s.done}/{total} images ({100 * s.done / max(s.total, 1):.1f}%), {s.saved} saved, "
+                  f"{s.errors} errors, {s.rate:.1f} images/s{_eta(s)}")
+
+    def close(self) -> None:
+        pass
+
+
+class BarReporter:
+    """A tqdm bar for a person's terminal: done / total, images/s, errors so far, ETA."""
+
+    def __init__(self, stream):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=0, unit="img", file=stream, dynamic_ncols=True, smoothing=0.1,
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+
+    def __call__(self, s: Snapshot) -> None:
+        self.bar.total = max(s.total, s.done)
+        self.bar.set_description(s.phase, refresh=False)
+        self.bar.set_postfix_str(f"{s.errors} errors, {s.saved} saved", refresh=False)
+        self.bar.update(s.done - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _eta(s: Snapshot) -> str:
+    if s.walking or not s.steady_rate or s.done >= s.total:
+        return ""
+    return f", ETA {(s.total - s.done) / s.steady_rate:.0f}s"
+
+
+STALL_S = 20.0  # no row through the model for this long: say what the job waits for
+RESOURCE_POLL_S = 5.0
+
+
+class RunWatch:
+    """The driver's view of a running pipeline: a Snapshot for the reporters, the phase in
+    words, and what the job waits for when it cannot go on.
+
+    A job waits when the cluster lacks what a model actor needs (1 CPU, and a GPU on GPU
+    clusters) or, once actors hold their CPUs, what decode tasks need (1 CPU). Until
+    `wait_limit_s` it says so in the phase; then `check()` raises ResourcesUnavailable.
+    """
+
+    def __init__(self, counter: CounterClient, listed: int, walks: int, actors: int, gpus_per_actor: int,
+                 wait_limit_s: float):
+        self.counter, self.listed, self.walks = counter, listed, walks
+        self.actors, self.gpus_per_actor, self.wait_limit_s = actors, gpus_per_actor, wait_limit_s
+        self.started = self.last_change = time.monotonic()
+        self.first_at = 0.0
+        self.first_done = 0
+        self.last_done = 0
+        self.waiting: str | None = None
+        self.waiting_since = 0.0
+        self._resources_at = 0.0
+
+    def snapshot(self, received: int, saved: int, walking: bool | None = None) -> Snapshot:
+        counts = self.counter.poll(wait=walking is False)  # the last one: exact
+        now = time.monotonic()
+        walking = counts.walks_done < self.walks if walking is None else walking
+        total = self.listed + counts.listed
+        done = max(received, counts.labeled if walking else min(counts.labeled, total))
+        if done > self.last_done:
+            self.last_done, self.last_change = done, now
+            if not self.first_at:
+                self.first_at, self.first_done = now, done
+        steady = (done - self.first_done) / (now - self.first_at) if self.first_at and now - self.first_at >= 1 else 0.0
+        self._update_waiting(counts, now)
+        return Snapshot(done=done, saved=saved, total=total, walking=walking, errors=counts.errors,
+                        elapsed_s=now - self.started, phase=self._phase(counts, done, walking), steady_rate=steady)
+
+    def _phase(self, counts: Counts, done: int, walking: bool) -> str:
+        if self.waiting:
+            return self.waiting
+        if not counts.actors and not done:
+            return f"starting {self.actors} model actor{'s' if self.actors > 1 else ''} (0/{self.actors} ready)"
+        if not done:
+            return "listing" if walking else f"first batch ({min(len(counts.actors), self.actors)}/{self.actors} actors ready)"
+        return "labeling"
+
+    def _update_waiting(self, counts: Counts, now: float) -> None:
+        stalled = now - self.last_change >= STALL_S
+        if not stalled:
+            self.waiting = None
+            return
+        if now - self._resources_at < RESOURCE_POLL_S:
+            return
+        self._resources_at = now
+        waiting = _short_of(ray.cluster_resources(), ray.available_resources(), len(counts.actors),
+                            self.gpus_per_actor)
+        growing = _nodes_being_added() if waiting else 0
+        if waiting and growing:  # an autoscaler is adding nodes: worth the wait, not counted against the limit
+            waiting += f"; the autoscaler is adding {growing} node{'s' if growing > 1 else ''}"
+            self.waiting_since = now
+        elif waiting:
+            waiting += "; no node is being added"
+            if not self.waiting or "autoscaler" in self.waiting:
+                self.waiting_since = now
+        if waiting and waiting != self.waiting:
+            log.warning("%s", waiting)
+        self.waiting = waiting
+
+    def check(self) -> None:
+        """Raise ResourcesUnavailable once the job has waited `wait_limit_s` for resources."""
+        from ..core.errors import ResourcesUnavailable
+
+        if self.waiting and time.monotonic() - self.waiting_since >= self.wait_limit_s:
+            raise ResourcesUnavailable(f"{self.waiting}; gave up after {self.wait_limit_s:.0f} s (--wait-for-resources)")
+
+
+def _nodes_being_added() -> int:
+    """Nodes an autoscaler is launching now (0 without one, or when it cannot be asked)."""
+    try:
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        status = get_cluster_status(ray.get_runtime_context().gcs_address)
+        return len(status.pending_launches) + len(status.pending_nodes)
+    except Exception:  # an older or unreachable autoscaler: say nothing about it
+        return 0
+
+
+def _short_of(total: dict, free: dict, actors_up: int, gpus: int) -> str | None:
+    """What the job waits for, in words, or None when the cluster has room for it."""
+    def have(kind: str) -> str:
+        return f"{free.get(kind, 0):g} free of {total.get(kind, 0):g}"
+
+    if not actors_up:
+        need = [("CPU", 1)] + ([("GPU", gpus)] if gpus else [])
+        short = [(k, n) for k, n in need if free.get(k, 0) < n]
+        if short:
+            what = " and ".join(f"{n} {k}" for k, n in short)
+            return f"waiting for {what} for a model actor; the cluster has {', '.join(f'{k} {have(k)}' for k, _ in short)}"
+        return None
+    if free.get("CPU", 0) < 1:
+        return (f"waiting for 1 CPU for the decode tasks; the cluster has CPU {have('CPU')}, "
+                f"{actors_up} held by model actors")
+    return None

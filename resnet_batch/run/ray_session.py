@@ -1,0 +1,188 @@
+"""Joining or starting Ray for a job, and stopping the local Ray a job started itself."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from contextlib import contextmanager
+
+import ray
+
+from ..core.errors import UsageError, one_line, root_cause
+
+# Ray's name for the autoscaler monitor among a local node's processes (ray_constants).
+MONITOR_PROCESS = "monitor"
+
+
+JOIN_TIMEOUT_S = 15.0  # a cluster that does not answer within this is reported, not waited on
+
+
+def join_or_start(address: str | None) -> bool:
+    """Join the cluster named by `address` (or by RAY_ADDRESS, as Ray Jobs set it), else
+    start a Ray of the job's own, whatever was left running on the machine; True when this
+    call started it (and so must stop it).
+
+    SIGINT and SIGTERM that arrive while Ray starts are held until it has started, then
+    Ray is stopped and the signal delivered: raised half-way through ray.init, they would
+    leave its processes orphaned. (Ray's own processes block SIGINT themselves, so a
+    terminal's Ctrl-C reaches only this driver.)
+    """
+    if ray.is_initialized():
+        return False
+    target = address or os.environ.get("RAY_ADDRESS") or None
+    if target:
+        _check_reachable(target)
+    started = False
+    with _signals_deferred() as caught, _without_rays_sigterm_handler():
+        try:
+            if target:
+                ray.init(address=target, logging_level=logging.WARNING)
+            else:
+                # "local" always starts a new Ray: a bare ray.init() would join the last one
+                # started on this machine (another project's, or a dead one).
+                # Without the dashboard: on a small machine its processes cost ~2 s of start-up.
+                ray.init(address="local", logging_level=logging.WARNING, include_dashboard=False)
+                started = True
+        except (ConnectionError, RuntimeError, TimeoutError) as exc:
+            if ray.is_initialized():
+                ray.shutdown()
+            raise UsageError(f"cannot join the Ray cluster at {target or 'a new local Ray'}: "
+                             f"{type(exc).__name__}: {one_line(exc)}") from None
+        finally:
+            if caught:  # stopped before Ray has finished starting: stop what it started
+                _stop_now(started)
+    if target:
+        _check_workers_match(target)
+    return started
+
+
+@ray.remote(num_cpus=0)
+def _worker_versions() -> tuple[str, str]:
+    import sys
+
+    from .. import __version__
+
+    return __version__, sys.version.split()[0]
+
+
+def _check_workers_match(target: str) -> None:
+    """A joined cluster's workers run this driver's resnet-batch and Python, or the job is
+    refused (Ray itself refuses another Ray version). A cluster too busy to answer within a
+    minute is let through, with a warning."""
+    import sys
+
+    from .. import __version__
+
+    try:
+        theirs = ray.get(_worker_versions.remote(), timeout=60)
+    except ray.exceptions.GetTimeoutError:
+        logging.getLogger(__name__).warning("the cluster at %s did not say its resnet-batch version within 60 s", target)
+        return
+    except ray.exceptions.RayError as exc:
+        ray.shutdown()
+        cause = root_cause(exc)
+        raise UsageError(f"the workers of the cluster at {target} cannot run resnet-batch: "
+                         f"{type(cause).__name__}: {one_line(cause)}; install it there, "
+                         "or use resnet-batch submit, which ships it with the job") from None
+    ours = (__version__, sys.version.split()[0])
+    if tuple(theirs) != ours:
+        ray.shutdown()
+        raise UsageError(f"the workers of the cluster at {target} run resnet-batch {theirs[0]} on Python {theirs[1]}, "
+                         f"this driver {ours[0]} on Python {ours[1]}; install the same there, or use "
+                         "resnet-batch submit, which ships this one with the job")
+
+
+def _check_reachable(address: str) -> None:
+    """A host:port that does not accept connections within JOIN_TIMEOUT_S fails with one
+    line (ray.init would retry for minutes, without a word)."""
+    if address == "auto":
+        address = _current_cluster()
+    if "://" in address or ":" not in address:
+        return  # ray:// clients and named addresses: ray.init's own checks
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=2):
+                return
+        except ValueError:
+            raise UsageError(f"invalid Ray address {address!r}; expected HOST:PORT, auto, or ray://HOST:PORT") from None
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise UsageError(f"no Ray cluster answers at {address} ({one_line(exc)}) after {JOIN_TIMEOUT_S:.0f} s; "
+                                 "check --address (or RAY_ADDRESS), or give neither to start a local Ray") from None
+            time.sleep(0.5)
+
+
+def _current_cluster() -> str:
+    """The address `auto` stands for: the last cluster `ray start` recorded on this machine."""
+    import tempfile
+
+    try:
+        with open(os.path.join(tempfile.gettempdir(), "ray", "ray_current_cluster")) as f:
+            return f.read().strip()
+    except OSError:
+        raise UsageError("--address auto: no Ray cluster was started on this machine (ray start --head)") from None
+
+
+def stop() -> None:
+    """ray.shutdown(), without the second it spends on the autoscaler monitor.
+
+    Ray stops a local node's processes one after the other, the GCS before the monitor;
+    the monitor's SIGTERM handler then tries to report its end to the GCS that is gone and
+    is killed a second later. A job's own local Ray has nothing for the autoscaler to wind
+    down, so the monitor is killed first (1.3 -> 0.5 s, BENCHMARKS.md). Joined clusters
+    are only disconnected from, as before.
+    """
+    with _signals_deferred():
+        _stop_now(True)
+
+
+def _stop_now(started: bool) -> None:
+    node = getattr(ray._private.worker, "_global_node", None) if started else None  # None when Ray was joined
+    for info in getattr(node, "all_processes", {}).get(MONITOR_PROCESS, []):
+        info.process.kill()
+    ray.shutdown()
+
+
+@contextmanager
+def _without_rays_sigterm_handler():
+    """ray.init, in the main thread, replaces the SIGTERM handler with one that raises
+    SystemExit wherever the signal lands. Inside Ray's start-up that exception can be
+    swallowed (the job then runs on as if never signalled), leave the logging lock held
+    (every other thread then hangs on its next log call), or end the start of the node
+    before Ray has recorded the processes it must stop. Kept out, the deferring handler
+    stays in place for the whole start.
+    """
+    utils = ray._private.utils
+    install = utils.set_sigterm_handler
+    utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        utils.set_sigterm_handler = install
+
+
+@contextmanager
+def _signals_deferred():
+    """SIGINT and SIGTERM wait until the block ends, then reach the handlers they would have.
+
+    A job's handlers raise; raised inside ray.shutdown(), that would leave the processes
+    after the interrupted one running, orphaned, once the driver exits.
+    """
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if caught:
+            signal.raise_signal(caught[0])
