@@ -34,8 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from resnet_batch.model.inference import resolve_device
-from resnet_batch.model.model_stage import ALLOCATOR_ENV
-from resnet_batch.run.pipeline import CONCURRENT_CALLS_PER_GPU_ACTOR, GPU_ACTOR_THREADS, _default_batch_size
+from resnet_batch.model.settings import ALLOCATOR_ENV
+from resnet_batch.run.config import LabelConfig
+from resnet_batch.run.plan import Cluster, make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / "bench" / "data"
@@ -154,9 +155,9 @@ def bare_forward(args) -> dict:
 
     import torch
 
-    from resnet_batch.data.decode import load_one, Source
+    from resnet_batch.data.decode import Source, load_one
     from resnet_batch.model.inference import Predictor
-    from resnet_batch.model.model_stage import InferenceSettings
+    from resnet_batch.model.settings import InferenceSettings
     from resnet_batch.model.weights import resolve_weights
 
     resolved = resolve_weights(args.model, "none")
@@ -331,6 +332,15 @@ def print_table(results: dict, args) -> None:
               f"| {r['wall_s']:.1f} | {startup} | {r['peak_rss_gib']:.2f} |" + use)
 
 
+def job_plan(args, on_cpu: bool):
+    from resnet_batch.model.weights import resolve_weights
+
+    cfg = LabelConfig(inputs=("-",), output="-", model=args.model, weights="none", precision=args.precision,
+                      device="cpu" if on_cpu else "cuda")
+    cluster = Cluster.here(os.cpu_count() or 1, gpus=0 if on_cpu else 1)
+    return make_plan(cfg, resolve_weights(args.model, "none"), cluster)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of JPEGs (generated if missing)")
@@ -350,9 +360,10 @@ def main() -> None:
     p.add_argument("--_child", help=argparse.SUPPRESS)
     args = p.parse_args()
     on_cpu = resolve_device(args.device) == "cpu"
-    args.calls = args.calls or (os.cpu_count() if on_cpu else CONCURRENT_CALLS_PER_GPU_ACTOR)
-    args.threads = args.threads or (1 if on_cpu else GPU_ACTOR_THREADS)
-    args.batch_size = args.batch_size or _default_batch_size(not on_cpu, args.precision)
+    plan = job_plan(args, on_cpu)  # what the job would run with on this machine
+    args.calls = args.calls or plan.calls_per_actor
+    args.threads = args.threads or plan.threads_per_call
+    args.batch_size = args.batch_size or plan.batch_size
     if args._child:
         print(json.dumps(CONTENDERS[args._child](args)))
         return

@@ -23,11 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import DEFAULT_DATA, ensure_images  # noqa: E402
-
 from resnet_batch.data.decode import Source, load_one  # noqa: E402
 from resnet_batch.data.device_decode import DeviceDecoder  # noqa: E402
 from resnet_batch.model.inference import Predictor, resolve_device  # noqa: E402
-from resnet_batch.model.model_stage import InferenceSettings  # noqa: E402
+from resnet_batch.model.settings import InferenceSettings  # noqa: E402
 from resnet_batch.model.weights import resolve_weights  # noqa: E402
 
 

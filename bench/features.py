@@ -16,11 +16,10 @@ import argparse
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
-
-import sys
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import DEFAULT_DATA, ensure_images, linked_folder, parse_summary  # noqa: E402

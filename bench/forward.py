@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 
-from resnet_batch.model.model_stage import ALLOCATOR_ENV
+from resnet_batch.model.settings import ALLOCATOR_ENV
 
 VARIANTS = {
     "torchvision model, glibc defaults": (False, False),

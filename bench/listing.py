@@ -44,8 +44,8 @@ def main() -> None:
 
     import ray
 
-    from resnet_batch.run.listing import walk
     from resnet_batch.data.sources import list_inputs
+    from resnet_batch.run.listing import walk
 
     ray.init(include_dashboard=False, logging_level="WARNING")
     base = rss_mib()

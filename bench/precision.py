@@ -18,7 +18,7 @@ import torch
 
 from resnet_batch.data.decode import DecodeStage
 from resnet_batch.model.inference import Predictor
-from resnet_batch.model.model_stage import InferenceSettings
+from resnet_batch.model.settings import InferenceSettings
 from resnet_batch.model.weights import resolve_weights
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -19,11 +19,11 @@ MOVED = {
     "sources": "data.sources", "decode": "data.decode", "device_decode": "data.device_decode",
     "preprocessing": "data.preprocessing",
     "registry": "model.registry", "weights": "model.weights", "models": "model.models", "hf": "model.hf",
-    "inference": "model.inference", "model_stage": "model.model_stage",
+    "inference": "model.inference", "model_stage": "model.settings",
     "writer": "output.writer", "features": "output.features",
     "report": "review.report", "export": "review.export", "neighbors": "review.neighbors",
     "evaluate": "review.evaluate",
-    "cli": "run.cli", "config": "run.config", "pipeline": "run.pipeline", "saving": "run.saving",
+    "cli": "run.cli", "config": "run.config", "pipeline": "run.job", "saving": "run.saving",
     "progress": "run.progress", "summary": "run.summary", "console": "run.console", "ray_session": "run.ray_session",
     "submit": "run.submit", "listing": "run.listing", "check": "run.check", "columns": "run.description",
 }

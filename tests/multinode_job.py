@@ -16,7 +16,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from resnet_batch.run.config import LabelConfig
-from resnet_batch.run.pipeline import run_label
+from resnet_batch.run.job import run_label
 
 
 def model_actor_nodes() -> set[str]:

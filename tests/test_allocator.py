@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from resnet_batch.model.model_stage import ALLOCATOR_ENV
+from resnet_batch.model.settings import ALLOCATOR_ENV
 
 # Minor page faults of three resnet18 forward passes after two warm-up passes, on a thread
 # other than the main one (Ray runs the model on such a thread, where glibc gives it an arena

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torchvision.models import ResNet50_Weights, ResNet18_Weights
+from torchvision.models import ResNet18_Weights, ResNet50_Weights
 
 from resnet_batch.data.decode import DecodeStage, ImageError, decode_rgb
 from resnet_batch.data.preprocessing import Preprocessing, resize_center_crop
@@ -66,8 +66,9 @@ def test_bomb_refused_before_allocation():
 
 
 def test_pixel_limit_is_configurable():
-    from .inputs_catalogue import _encode
     from PIL import Image
+
+    from .inputs_catalogue import _encode
 
     data = _encode(Image.new("RGB", (100, 100)), "PNG")
     assert decode_rgb(data, max_pixels=10_000).size == (100, 100)

@@ -16,16 +16,17 @@ import pytest
 import torch
 from PIL import Image
 
+from resnet_batch.core.columns import output_schema
 from resnet_batch.data import device_decode
-from resnet_batch.run.config import LabelConfig
 from resnet_batch.data.decode import JPEG_COLUMN, PIXELS_COLUMN, DecodeStage
 from resnet_batch.data.device_decode import DeviceDecoder
-from resnet_batch.model.inference import Predictor
-from resnet_batch.model.model_stage import InferenceSettings
-from resnet_batch.run.pipeline import _decodes_on_device, run_label
 from resnet_batch.data.preprocessing import DEVICE_FILTERS, Preprocessing, resize_center_crop
-from resnet_batch.core.columns import output_schema
+from resnet_batch.model.inference import Predictor
+from resnet_batch.model.settings import InferenceSettings
 from resnet_batch.model.weights import resolve_weights
+from resnet_batch.run.config import LabelConfig
+from resnet_batch.run.job import run_label
+from resnet_batch.run.plan import decodes_on_device
 from tests.conftest import smooth_image
 
 # (height, width): landscape, portrait, a strip, smaller than the crop (padded), exactly the
@@ -139,11 +140,11 @@ def test_decode_auto_picks_the_device_only_where_it_pays():
     cfg = LabelConfig(inputs=("x",), output="y", model="resnet18", weights="none")
     resolved = resolve_weights("resnet18", "none")
     assert cfg.decode == "auto"
-    assert _decodes_on_device(cfg, resolved, on_gpu=True)
-    assert not _decodes_on_device(cfg, resolved, on_gpu=False)
-    assert not _decodes_on_device(dataclasses.replace(cfg, decode="cpu"), resolved, on_gpu=True)
-    assert not _decodes_on_device(dataclasses.replace(cfg, crop="none"), resolved, on_gpu=True)
-    assert _decodes_on_device(dataclasses.replace(cfg, decode="gpu"), resolved, on_gpu=False)
+    assert decodes_on_device(cfg, resolved, on_gpu=True)
+    assert not decodes_on_device(cfg, resolved, on_gpu=False)
+    assert not decodes_on_device(dataclasses.replace(cfg, decode="cpu"), resolved, on_gpu=True)
+    assert not decodes_on_device(dataclasses.replace(cfg, crop="none"), resolved, on_gpu=True)
+    assert decodes_on_device(dataclasses.replace(cfg, decode="gpu"), resolved, on_gpu=False)
 
 
 def test_job_with_device_decode(ray_local, reference_images, tmp_path):

@@ -19,19 +19,20 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from .conftest import reference_image, save_random_checkpoint, smooth_image
-from resnet_batch.output import features
-from resnet_batch.run.description import MAX_FILE_BYTES, row_bytes, rows_per_file
-from resnet_batch.run.config import LabelConfig
-from resnet_batch.data.decode import RESIZED_COLUMNS, SCALE_COLUMN, DecodeStage
 from resnet_batch.core.errors import UsageError
-from resnet_batch.model.inference import Predictor
-from resnet_batch.model.model_stage import InferenceSettings
-from resnet_batch.model.models import build_model
-from resnet_batch.run.pipeline import run_label
+from resnet_batch.data.decode import RESIZED_COLUMNS, SCALE_COLUMN, DecodeStage
 from resnet_batch.data.preprocessing import WholeImage
+from resnet_batch.model.inference import Predictor
+from resnet_batch.model.models import build_model
 from resnet_batch.model.registry import STAGE_STRIDES
+from resnet_batch.model.settings import InferenceSettings
 from resnet_batch.model.weights import resolve_weights
+from resnet_batch.output import features
+from resnet_batch.run.config import LabelConfig
+from resnet_batch.run.description import MAX_FILE_BYTES, row_bytes, rows_per_file
+from resnet_batch.run.job import run_label
+
+from .conftest import reference_image, save_random_checkpoint, smooth_image
 
 STAGES = {"layer1": "c2", "layer2": "c3", "layer3": "c4", "layer4": "c5"}
 ALL = ("pooled", "c2", "c3", "c4", "c5")

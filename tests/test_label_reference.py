@@ -9,9 +9,9 @@ import pytest
 import torch
 import torchvision.models as tvm
 
-from resnet_batch.run.config import LabelConfig
-from resnet_batch.run.pipeline import run_label
 from resnet_batch.core.columns import output_schema
+from resnet_batch.run.config import LabelConfig
+from resnet_batch.run.job import run_label
 
 from .conftest import reference_image
 

@@ -10,13 +10,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from resnet_batch.run.check import check_output
-from resnet_batch.run.config import LabelConfig
-from resnet_batch.run.listing import walk, walk_here
 from resnet_batch.core.pathset import EMPTY, drop_listed, isin_sorted, path_hashes
-from resnet_batch.run.pipeline import run_label
 from resnet_batch.data.sources import list_inputs, plan_inputs
 from resnet_batch.output.writer import OutputDir
+from resnet_batch.run.check import check_output
+from resnet_batch.run.config import LabelConfig
+from resnet_batch.run.job import run_label
+from resnet_batch.run.listing import walk, walk_here
 
 from .conftest import write_jpegs
 

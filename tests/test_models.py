@@ -15,8 +15,8 @@ import torch
 import torchvision.models as tvm
 
 from resnet_batch.core.errors import UsageError, WeightsUnavailableError
-from resnet_batch.model.models import MODELS, build_model, describe_models, fold_batch_norms, forward_features
 from resnet_batch.data.preprocessing import Preprocessing
+from resnet_batch.model.models import MODELS, build_model, describe_models, fold_batch_norms, forward_features
 from resnet_batch.model.registry import EMBEDDING_DIMS, TORCHVISION_WEIGHTS, release_name
 from resnet_batch.model.weights import hub_checkpoint, resolve_weights
 

@@ -10,12 +10,12 @@ import torch
 
 from resnet_batch.data.decode import DecodeStage
 from resnet_batch.model.inference import Predictor
-from resnet_batch.model.model_stage import InferenceSettings, resolve_precision
+from resnet_batch.model.settings import InferenceSettings, resolve_precision
 from resnet_batch.model.weights import resolve_weights
 
 
 def test_auto_precision_choice():
-    from resnet_batch.model.model_stage import cpu_has_native_bf16
+    from resnet_batch.model.settings import cpu_has_native_bf16
 
     assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_native_bf16() else "fp32")
     assert resolve_precision("fp16", "cpu") == "fp16"

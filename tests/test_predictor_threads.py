@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from resnet_batch.core.columns import output_schema
 from resnet_batch.data.decode import DecodeStage
 from resnet_batch.model.inference import Predictor
-from resnet_batch.model.model_stage import InferenceSettings
+from resnet_batch.model.settings import InferenceSettings
 from resnet_batch.model.weights import resolve_weights
-from resnet_batch.core.columns import output_schema
 
 
 def check_concurrent_equals_sequential(device: str, reference_images, ckpt, tolerance: float) -> None:
@@ -67,13 +67,24 @@ def test_concurrent_calls_through_ray_data(ray_local, reference_images, resnet18
 
 
 def test_pool_layout_cpu(ray_local):
-    """CPU nodes: one actor per node, one single-threaded call per core; a compiled forward
-    (not thread-safe) gets one call on all the cores instead."""
+    """CPU nodes, as the plan reads them from the running cluster: one actor per node, one
+    single-threaded call per core; a compiled forward (not thread-safe) gets one call on all
+    the cores instead."""
+    from resnet_batch.model.weights import resolve_weights
+    from resnet_batch.run import ray_session
     from resnet_batch.run.config import LabelConfig
-    from resnet_batch.run.pipeline import PoolLayout, _pool_layout
+    from resnet_batch.run.plan import make_plan
 
     cores = int(ray_local.cluster_resources()["CPU"])
-    cfg = LabelConfig(inputs=("x",), output="y", device="cpu")
-    assert _pool_layout(cfg) == PoolLayout(actors=1, gpus_per_actor=0, calls_per_actor=cores, threads_per_call=1)
-    assert _pool_layout(dataclasses.replace(cfg, threads_per_worker=3)).calls_per_actor == 3
-    assert _pool_layout(dataclasses.replace(cfg, compile=True)) == PoolLayout(1, 0, 1, cores)
+    cluster = ray_session.cluster()
+    assert (cluster.gpus, cluster.cpu_nodes, cluster.cpus_per_node) == (0, 1, cores)
+    cfg = LabelConfig(inputs=("x",), output="y", model="resnet18", weights="none", device="cpu")
+    resolved = resolve_weights("resnet18", "none")
+
+    def layout(cfg):
+        plan = make_plan(cfg, resolved, cluster)
+        return plan.actors, plan.gpus_per_actor, plan.calls_per_actor, plan.threads_per_call
+
+    assert layout(cfg) == (1, 0, cores, 1)
+    assert layout(dataclasses.replace(cfg, threads_per_worker=3))[2] == 3
+    assert layout(dataclasses.replace(cfg, compile=True)) == (1, 0, 1, cores)

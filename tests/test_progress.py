@@ -55,7 +55,7 @@ def test_the_bar_moves_by_batches(tmp_path):
     import ray
     import torch
 
-    from resnet_batch.model.model_stage import resolve_precision
+    from resnet_batch.model.settings import resolve_precision
 
     ran = resolve_precision("auto", "cpu")
     record = json.loads((tmp_path / "out" / "_resnet_batch.json").read_text())
@@ -68,10 +68,10 @@ def test_the_bar_moves_by_batches(tmp_path):
 
 
 def test_what_a_starved_job_waits_for():
-    from resnet_batch.run.progress import _short_of
+    from resnet_batch.run.progress import short_of
 
-    assert _short_of({"CPU": 1}, {"CPU": 0}, 1, 0) == (
+    assert short_of({"CPU": 1}, {"CPU": 0}, 1, 0) == (
         "waiting for 1 CPU for the decode tasks; the cluster has CPU 0 free of 1, 1 held by model actors")
-    assert _short_of({"CPU": 8, "GPU": 1}, {"CPU": 8, "GPU": 0}, 0, 1) == (
+    assert short_of({"CPU": 8, "GPU": 1}, {"CPU": 8, "GPU": 0}, 0, 1) == (
         "waiting for 1 GPU for a model actor; the cluster has GPU 0 free of 1")
-    assert _short_of({"CPU": 8}, {"CPU": 3}, 1, 0) is None
+    assert short_of({"CPU": 8}, {"CPU": 3}, 1, 0) is None

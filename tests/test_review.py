@@ -16,12 +16,12 @@ import pytest
 import torch
 import torchvision.models as tvm
 
-from resnet_batch.review import neighbors
-from resnet_batch.run.config import LabelConfig
 from resnet_batch.core.errors import UsageError
+from resnet_batch.review import neighbors
 from resnet_batch.review.export import export
-from resnet_batch.run.pipeline import run_label
 from resnet_batch.review.report import build_report
+from resnet_batch.run.config import LabelConfig
+from resnet_batch.run.job import run_label
 
 from .conftest import write_jpegs
 
@@ -191,8 +191,9 @@ def test_report_in_a_real_browser(job, tmp_path):
         shot = page.screenshot(full_page=True)
         browser.close()
     assert not problems, problems
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     pixels = np.asarray(Image.open(io.BytesIO(shot)).convert("L"))
     assert pixels.std() > 10 and (pixels < 128).mean() > 0.01  # text and thumbnails, not a blank page

@@ -13,10 +13,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from resnet_batch.run.config import LabelConfig
 from resnet_batch.core.errors import UsageError
-from resnet_batch.run.pipeline import run_label
 from resnet_batch.data.sources import InputPlan, plan_inputs
+from resnet_batch.run.config import LabelConfig
+from resnet_batch.run.job import run_label
 
 from .conftest import S3_SECRET, write_reference_set
 

@@ -10,11 +10,11 @@ import torch
 import torchvision.models as tvm
 from safetensors.torch import save_file
 
-from resnet_batch.data.decode import DecodeStage
 from resnet_batch.core.errors import UsageError
+from resnet_batch.data.decode import DecodeStage
 from resnet_batch.model.inference import Predictor
-from resnet_batch.model.model_stage import InferenceSettings
 from resnet_batch.model.models import MODELS, identify_architecture
+from resnet_batch.model.settings import InferenceSettings
 from resnet_batch.model.weights import resolve_weights
 
 timm = pytest.importorskip("timm")

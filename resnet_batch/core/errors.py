@@ -18,6 +18,10 @@ class WeightsUnavailableError(RuntimeError):
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
+class ModelStartError(RuntimeError):
+    """A model actor could not start: what its constructor raised, as one line."""
+
+
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """An exception's message on one line (terminal colour codes removed), cut to `limit`
     characters, for errors and rows."""

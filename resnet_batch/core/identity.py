@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import os
-import posixpath
 import re
 
 __all__ = ["as_text", "local_bytes", "normalise_local", "on_disk", "member_escapes", "split_member", "TAR_SEPARATOR"]

@@ -19,9 +19,9 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..core.errors import one_line
-from .preprocessing import Preprocessing, WholeImage, resize_center_crop, resize_pad
-from .sources import INLINE_BYTES, LIST_ERROR, TAR_OFFSET, TAR_SIZE
 from ..core.storage import NotRegularFile, read_bytes_or_raise
+from .manifests import INLINE_BYTES, LIST_ERROR, TAR_OFFSET, TAR_SIZE
+from .preprocessing import Preprocessing, WholeImage, resize_center_crop, resize_pad
 
 DEFAULT_MAX_PIXELS = 100_000_000  # ~10k x 10k; larger inputs are refused before decoding
 JPEG_COLUMN = "_jpeg"  # --decode gpu: undecoded JPEG bytes for the device decoder (b"" = decoded here)

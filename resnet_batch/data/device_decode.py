@@ -22,6 +22,7 @@ import torch
 from ..core.errors import one_line
 from .preprocessing import Preprocessing, crop_offset, resized_size
 
+
 # Filter radius and kernel of Pillow's (and torchvision's antialiased) resampling, a = -0.5.
 def _triangle(x: torch.Tensor) -> torch.Tensor:
     return (1 - x.abs()).clamp_(min=0)

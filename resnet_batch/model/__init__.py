@@ -2,6 +2,7 @@
 
 The architectures and their feature widths (registry.py, models.py), weights resolved from
 torchvision names, checkpoints (loaded with weights_only=True) or the Hugging Face hub
-(weights.py, hf.py), precision and device choice (model_stage.py), and the batch predictor
-a model actor holds (inference.py). Imports core/ and data/.
+(weights.py, hf.py), what a model actor runs with and the precision "auto" stands for
+(settings.py), the class Ray starts as a model actor (actor.py) and the batch predictor it
+holds (inference.py). Only inference.py and models.py import torch. Imports core/ and data/.
 """

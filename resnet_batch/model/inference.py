@@ -18,12 +18,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ..core.columns import SPATIAL_SHAPE, VALID, build_table
 from ..data.decode import JPEG_COLUMN, PIXELS_COLUMN, RESIZED_COLUMNS, SCALE_COLUMN
 from ..data.device_decode import DeviceDecoder
-from .model_stage import InferenceSettings, resolve_precision
 from .models import build_model, fold_batch_norms, forward_stages, pool
 from .registry import POOLED, STAGE_STRIDES, STAGES, column_of, feature_width
-from ..core.columns import SPATIAL_SHAPE, VALID, build_table
+from .settings import InferenceSettings, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def resolve_device(device: str) -> str:
 
 
 class Predictor:
-    """One model replica: what each model actor runs (model_stage.PredictorActor)."""
+    """One model replica: what each model actor runs (actor.PredictorActor)."""
 
     def __init__(self, settings: InferenceSettings, schema: pa.Schema, progress=None):
         self.settings = settings

@@ -11,15 +11,26 @@ from functools import lru_cache
 from typing import Callable
 
 import torch
+import torchvision
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
-import torchvision
 from torchvision import models as tvm
 from torchvision.models import WeightsEnum
 
 from ..core.errors import UsageError, WeightsUnavailableError
-from .registry import (CROP_SIZE, EMBEDDING_DIMS, IMAGENET_MEAN, IMAGENET_STD, RECIPE_INTERPOLATION, STAGE_WIDTHS,
-                       STAGES, TORCHVISION_WEIGHTS, check_model, imagenet_categories, weights_names)
+from .registry import (
+    CROP_SIZE,
+    EMBEDDING_DIMS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RECIPE_INTERPOLATION,
+    STAGE_WIDTHS,
+    STAGES,
+    TORCHVISION_WEIGHTS,
+    check_model,
+    imagenet_categories,
+    weights_names,
+)
 
 
 @dataclass(frozen=True)

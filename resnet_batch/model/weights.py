@@ -17,35 +17,35 @@ registry.py's tables, and a release already in torch's hub cache needs no check 
 
 from __future__ import annotations
 
-import io
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import hf
 from ..core.errors import UsageError, WeightsUnavailableError, one_line
 from ..data.preprocessing import Preprocessing
-from .registry import (CROP_SIZE, EMBEDDING_DIMS, IMAGENET_MEAN, IMAGENET_STD, NO_WEIGHTS, RECIPE_INTERPOLATION,
-                       TORCHVISION_WEIGHTS, check_model, imagenet_categories, looks_like_weights_name, release_name,
-                       valid_weights)
+from . import hf
+from .checkpoints import CheckpointNotFound, Loaded, read_checkpoint, read_labels
+from .registry import (
+    CROP_SIZE,
+    EMBEDDING_DIMS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NO_WEIGHTS,
+    RECIPE_INTERPOLATION,
+    TORCHVISION_WEIGHTS,
+    check_model,
+    imagenet_categories,
+    looks_like_weights_name,
+    release_name,
+    valid_weights,
+)
 
 if TYPE_CHECKING:
     import torch
 
 
 CLASSIC_RECIPE = "IMAGENET1K_V1"  # the 256/224 recipe most ResNet checkpoints were trained with
-
-
-class CheckpointNotFound(WeightsUnavailableError):
-    pass
-
-
-@dataclass(frozen=True)
-class Loaded:
-    state: dict[str, torch.Tensor] | None  # None: random init, or not fetched
-    names: tuple[str, ...] | None = None  # class names that ship with the weights
 
 
 def _release_recipe(model: str, name: str) -> Preprocessing:
@@ -234,96 +234,3 @@ def resolve_weights(model: str, weights: str, preprocess: str | None = None, lab
     if num_classes is not None and len(names) != num_classes:  # a fine-tuned head without its names
         names = tuple(str(i) for i in range(num_classes))
     return ResolvedWeights(model, source, preprocessing, preprocess_from, tuple(names))
-
-
-def read_state_bytes(data: bytes, name: str) -> object:
-    """A checkpoint's bytes -> its object, without executing pickled code."""
-    if name.endswith(".safetensors"):
-        from safetensors.torch import load as load_safetensors
-
-        return load_safetensors(data)
-    import torch
-
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-
-
-def read_checkpoint(uri: str) -> Loaded:
-    """A state dict (and any class names beside it) from a local path or fsspec URI."""
-    from ..core.storage import read_bytes_or_raise
-
-    try:
-        data = read_bytes_or_raise(uri)
-    except FileNotFoundError:
-        raise CheckpointNotFound(f"checkpoint not found: {uri}") from None
-    except OSError as exc:
-        raise WeightsUnavailableError(f"cannot read checkpoint {uri}: {exc}") from None
-    try:
-        obj = read_state_bytes(data, uri)
-    except Exception as exc:
-        raise WeightsUnavailableError(
-            f"cannot load checkpoint {uri} as a state_dict ({type(exc).__name__}: {one_line(exc, 200)}); "
-            "expected a .pt/.pth state_dict saved with torch.save or a .safetensors file"
-        ) from None
-    return _unwrap(obj, uri)
-
-
-CLASS_NAME_KEYS = ("classes", "class_names", "id2label", "label_names")
-
-
-def _unwrap(obj: object, uri: str) -> Loaded:
-    # Training scripts often save {"state_dict": ..., "classes": [...]} or {"model": ...};
-    # DDP adds "module."; Hugging Face's layout has keys of its own.
-    names = None
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            names = next((_names(obj[k], f"{uri} {k}") for k in CLASS_NAME_KEYS if obj.get(k)), None)
-            obj = obj[key]
-    import torch
-
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsUnavailableError(f"checkpoint {uri} does not hold a state_dict of tensors")
-    state = {k.removeprefix("module."): v for k, v in obj.items()}
-    return Loaded(hf.convert_state_dict(state) if hf.is_hf_state_dict(state) else state, names)
-
-
-def _name(value: object, at, where: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise UsageError(f"{where}: class {at} has no name (got {json.dumps(value)}); every class needs a non-empty string")
-    return value
-
-
-def _names(value: object, where: str) -> tuple[str, ...]:
-    """Class names from a list, or a dict of class index -> name whose keys are 0..N-1."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_name(v, i, where) for i, v in enumerate(value))
-    if isinstance(value, dict):
-        try:
-            by_index = {int(k): _name(v, k, where) for k, v in value.items()}
-        except (TypeError, ValueError):
-            raise UsageError(f"{where}: class ids must be integers, got {list(value)[:3]}") from None
-        if sorted(by_index) != list(range(len(by_index))):
-            raise UsageError(f"{where}: class ids must be 0..{len(by_index) - 1} without gaps")
-        return tuple(by_index[i] for i in range(len(by_index)))
-    raise UsageError(f"{where}: expected a list of names or a mapping of class id to name")
-
-
-def read_labels(uri: str) -> tuple[str, ...]:
-    """--labels FILE: one name a line, or JSON (a list, or {id: name})."""
-    from ..core.storage import read_bytes_or_raise
-
-    try:
-        text = read_bytes_or_raise(uri).decode("utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"--labels file {uri} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read --labels file {uri}: {one_line(exc)}") from None
-    if text.lstrip().startswith(("[", "{")):
-        try:
-            names = _names(json.loads(text), f"--labels {uri}")
-        except ValueError as exc:
-            raise UsageError(f"--labels file {uri} is not valid JSON: {one_line(exc)}") from None
-    else:
-        names = tuple(line.strip() for line in text.strip("\n").splitlines())
-    if not names or not all(names):
-        raise UsageError(f"--labels file {uri} must name every class, one per line (no empty lines)")
-    return names

@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from ..core.errors import UsageError
 from ..core.columns import SPATIAL_SHAPE, read_run_metadata
+from ..core.errors import UsageError
 from ..core.storage import join
 from .writer import RUN_FILE, OutputDir
 

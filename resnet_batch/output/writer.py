@@ -21,11 +21,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..core.errors import UsageError, one_line
-from .ownership import LEASE_FILE, RUN_FILE, OutputLease, refuse_inside_job_output
-from ..core.pathset import EMPTY, path_hashes
 from ..core.columns import read_run_metadata
+from ..core.errors import UsageError, one_line
+from ..core.pathset import EMPTY, path_hashes
 from ..core.storage import check_scheme, filesystem, is_local, join, scheme_of
+from .ownership import LEASE_FILE, RUN_FILE, OutputLease, refuse_inside_job_output
 
 log = logging.getLogger(__name__)
 

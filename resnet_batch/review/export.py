@@ -27,12 +27,12 @@ from urllib.parse import quote
 
 import pyarrow.compute as pc
 
-from ..core.identity import member_escapes, on_disk, split_member
 from ..core.errors import UsageError
+from ..core.identity import member_escapes, on_disk, split_member
+from ..core.storage import filesystem, is_local, replaced_atomically
+from ..data.manifests import TAR_OFFSET, TAR_SIZE, list_tar_members
 from ..output.features import batches, open_output
 from ..output.ownership import check_tool_target
-from ..data.sources import TAR_OFFSET, TAR_SIZE, list_tar_members
-from ..core.storage import filesystem, is_local, replaced_atomically
 
 log = logging.getLogger(__name__)
 

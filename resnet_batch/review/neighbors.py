@@ -26,9 +26,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..output import features
 from ..core.errors import UsageError, require
 from ..core.storage import replaced_atomically
+from ..output import features
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from .review import Review, collect
-from ..output.ownership import check_tool_target
 from ..core.storage import replaced_atomically
+from ..output.ownership import check_tool_target
+from .review import Review, collect
 
 THUMBNAIL_PX = 72
 THUMBNAIL_QUALITY = 70

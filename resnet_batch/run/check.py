@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 
-from .listing import count_against
 from ..core.pathset import isin_sorted
-from ..data.sources import InputPlan
 from ..core.storage import is_local
+from ..data.sources import InputPlan
 from ..output.writer import OutputDir
+from .listing import count_against
 
 
 @dataclass

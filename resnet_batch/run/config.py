@@ -12,12 +12,11 @@ import posixpath
 import typing
 from dataclasses import dataclass
 
-from ..data.decode import DEFAULT_MAX_PIXELS
-from ..core.errors import UsageError, one_line
-from ..model.registry import FEATURES, POOLED, SPATIAL_STAGES, check_model
 from ..core.columns import EMBEDDING_DTYPES
+from ..core.errors import UsageError, one_line
+from ..data.decode import DEFAULT_MAX_PIXELS
+from ..model.registry import FEATURES, POOLED, SPATIAL_STAGES, check_model
 from ..output.writer import MODES
-
 
 DECODERS = ("auto", "cpu", "gpu")
 CROPS = ("center", "none")

@@ -10,10 +10,10 @@ import math
 import pyarrow as pa
 
 from .. import __version__
-from .config import LabelConfig
+from ..core.columns import EMBEDDING_DTYPES, SPATIAL_SHAPE, VALID, output_schema, with_run_metadata
 from ..data.preprocessing import WholeImage
 from ..model.registry import POOLED, STAGE_STRIDES, STAGES, feature_width, stage_width
-from ..core.columns import EMBEDDING_DTYPES, SPATIAL_SHAPE, VALID, output_schema, with_run_metadata
+from .config import LabelConfig
 
 # A part file is one Parquet row group, written by one task that holds it in memory: bound
 # both. Readers then stream a row group at a time, whatever the features' size.

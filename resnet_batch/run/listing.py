@@ -18,8 +18,8 @@ import pyarrow as pa
 import ray
 
 from ..core.pathset import drop_listed, isin_sorted, path_hashes
-from ..data.sources import Level, conform, list_directory_level
 from ..core.storage import is_local
+from ..data.sources import Level, conform, list_directory_level
 
 MAX_LISTINGS_IN_FLIGHT = 32  # concurrent directory listings per walk, at most one per CPU
 

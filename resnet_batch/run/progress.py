@@ -58,6 +58,7 @@ class ProgressCounter:
         self.errors = 0
         self.walked: set[str] = set()
         self.actors: dict[str, dict] = {}
+        self.start_failure: Exception | None = None
 
     def add_listed(self, n: int) -> None:
         self.listed += n
@@ -71,6 +72,12 @@ class ProgressCounter:
 
     def actor_ready(self, actor_id: str, resolved: dict) -> None:
         self.actors[actor_id] = resolved
+
+    def start_failed(self, failure: Exception) -> None:
+        self.start_failure = self.start_failure or failure
+
+    def why_start_failed(self) -> Exception | None:
+        return self.start_failure
 
     def get(self) -> Counts:
         return Counts(self.listed, len(self.walked), self.labeled, self.errors, tuple(self.actors.values()))
@@ -109,6 +116,13 @@ class CounterClient:
     def actors(self) -> tuple:
         """What the model actors resolved, asked now (for the run's metadata)."""
         return self.poll(wait=True).actors
+
+    def start_failure(self) -> Exception | None:
+        """Why a model actor could not start, as the typed error its constructor raised."""
+        try:
+            return ray.get(self.actor.why_start_failed.remote(), timeout=10)
+        except (ray.exceptions.RayError, TimeoutError):
+            return None
 
     def close(self) -> None:
         ray.kill(self.actor)
@@ -222,7 +236,7 @@ class RunWatch:
         if now - self._resources_at < RESOURCE_POLL_S:
             return
         self._resources_at = now
-        waiting = _short_of(ray.cluster_resources(), ray.available_resources(), len(counts.actors),
+        waiting = short_of(ray.cluster_resources(), ray.available_resources(), len(counts.actors),
                             self.gpus_per_actor)
         growing = _nodes_being_added() if waiting else 0
         if waiting and growing:  # an autoscaler is adding nodes: worth the wait, not counted against the limit
@@ -255,7 +269,7 @@ def _nodes_being_added() -> int:
         return 0
 
 
-def _short_of(total: dict, free: dict, actors_up: int, gpus: int) -> str | None:
+def short_of(total: dict, free: dict, actors_up: int, gpus: int) -> str | None:
     """What the job waits for, in words, or None when the cluster has room for it."""
     def have(kind: str) -> str:
         return f"{free.get(kind, 0):g} free of {total.get(kind, 0):g}"

@@ -11,8 +11,11 @@ import time
 from contextlib import contextmanager
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..core.errors import UsageError, one_line, root_cause
+from ..model.settings import cpu_has_native_bf16
+from .plan import Cluster
 
 # Ray's name for the autoscaler monitor among a local node's processes (ray_constants).
 MONITOR_PROCESS = "monitor"
@@ -94,6 +97,27 @@ def _check_workers_match(target: str) -> None:
         raise UsageError(f"the workers of the cluster at {target} run resnet-batch {theirs[0]} on Python {theirs[1]}, "
                          f"this driver {ours[0]} on Python {ours[1]}; install the same there, or use "
                          "resnet-batch submit, which ships this one with the job")
+
+
+def cluster() -> Cluster:
+    """What the joined or started cluster offers the model stage, read once."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    cpu_nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1]
+    cpus_per_node = int(min(n["Resources"]["CPU"] for n in cpu_nodes)) if cpu_nodes else 1
+    return Cluster(gpus, len(cpu_nodes), cpus_per_node, _all_have_native_bf16(cpu_nodes))
+
+
+def _all_have_native_bf16(nodes: list[dict]) -> bool:
+    """Each node answers for its own CPU (a driver outside the cluster cannot know)."""
+    if not nodes:
+        return False
+    here = ray.util.get_node_ip_address()
+    if all(n["NodeManagerAddress"] == here for n in nodes):
+        return cpu_has_native_bf16()
+    probe = ray.remote(num_cpus=0)(cpu_has_native_bf16)
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+            for n in nodes]
+    return all(ray.get(refs, timeout=60))
 
 
 def _check_reachable(address: str) -> None:

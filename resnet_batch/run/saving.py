@@ -13,6 +13,7 @@ leaves the output as it found it.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import ray
 
+from ..core.columns import with_run_metadata
 from ..output.writer import OutputDir, WriteStats
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,22 @@ class Saver:
     @property
     def saved(self) -> int:
         return self.stats.rows
+
+    def record_what_ran(self, actors: tuple) -> None:
+        """The run's metadata with what the model actors resolved (device, precision) and the
+        library versions, in the footers of the part files still to be written and in the
+        run record."""
+        if not actors:
+            return
+        info = self.run_info
+        info["ran"] = [json.loads(r) for r in sorted({json.dumps(a, sort_keys=True) for a in actors})]
+        info["precision"] = ",".join(sorted({a["precision"] for a in actors}))
+        info["device"] = ",".join(sorted({a["device"] for a in actors}))
+        info["versions"] = {"ray": ray.__version__, "torch": ",".join(sorted({a["torch"] for a in actors})),
+                            "torchvision": ",".join(sorted({a["torchvision"] for a in actors}))}
+        self.schema = with_run_metadata(self.schema, info)
+        if self.begun:
+            self.out.record_run(info)
 
     def add(self, part: BlockPart) -> None:
         if not self.buffer:

@@ -1,8 +1,5 @@
-"""The model stage as the driver declares it: its settings, and the actor class Ray Data starts.
-
-The driver runs no model, so it never imports torch (seconds of a core while Ray and the
-actors start, bench/BENCHMARKS.md): `PredictorActor` imports inference.py, and with it torch
-and torchvision, once it is constructed in a model actor.
+"""The model stage as the driver declares it: what a model actor runs with, and the
+precision "auto" stands for on a device. Torch-free, so the driver can decide all of it.
 """
 
 from __future__ import annotations
@@ -54,19 +51,7 @@ def resolve_precision(precision: str, device: str) -> str:
     if precision != "auto":
         return precision
     if device == "cuda":
-        import torch  # only asked on a GPU actor, which has it imported
+        import torch  # only asked on a GPU actor, which has it imported: a GPU's kind decides
 
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_native_bf16() else "fp32"
-
-
-class PredictorActor:
-    """What map_batches names: an inference.Predictor, built where the actor runs."""
-
-    def __init__(self, settings: InferenceSettings, schema, progress=None):
-        from .inference import Predictor
-
-        self.predictor = Predictor(settings, schema, progress)
-
-    def __call__(self, batch):
-        return self.predictor(batch)

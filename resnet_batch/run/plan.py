@@ -1,0 +1,123 @@
+"""How a label run executes: one frozen ExecutionPlan, decided before any work starts.
+
+`make_plan` is a pure function of the job's arguments, its resolved weights and what the
+cluster offers (`Cluster`, read from Ray once). The pipeline only wires the plan; benches
+and tests build plans directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..core.errors import UsageError
+from ..data.preprocessing import DEVICE_FILTERS, WholeImage
+from ..model.settings import InferenceSettings, cpu_has_native_bf16
+from .config import LabelConfig
+from .description import whole_image
+
+# Two calls at once per GPU actor, so one batch's host work and copies overlap another's
+# compute. CPU actors run one single-threaded call per core instead (InferenceSettings.threads).
+CONCURRENT_CALLS_PER_GPU_ACTOR = 2
+GPU_ACTOR_THREADS = 4  # torch threads of each GPU actor call: host-side work only
+BLOCKS_PER_BATCH = 4  # input block size, in batches: enough work per decode task
+GPU_BATCH = 256  # fills a GPU
+CPU_BATCH = {"bf16": 64, "fp32": 32}  # where each precision peaks on CPUs (BENCHMARKS.md)
+REMOTE_IO_THREADS = 16  # file fetches at once per decode task, from an object store
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What the cluster offers the model stage."""
+
+    gpus: int
+    cpu_nodes: int  # alive nodes with at least one CPU
+    cpus_per_node: int  # the fewest CPUs of those nodes
+    cpu_bf16: bool  # every one of those nodes has native bf16 instructions
+
+    @classmethod
+    def here(cls, cpus: int, gpus: int = 0) -> Cluster:
+        """This machine as a one-node cluster."""
+        return cls(gpus, 1, cpus, cpu_has_native_bf16())
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    actors: int
+    gpus_per_actor: int
+    calls_per_actor: int  # calls one actor runs at once, each on a thread of its own
+    threads_per_call: int  # torch intra-op threads of each call
+    device: str  # "cuda" or "cpu"
+    precision: str  # as the model's nodes resolve it ("auto" only on GPUs, whose kind decides)
+    batch_size: int
+    block_rows: int  # rows per decode task
+    decode_on_device: bool  # JPEGs travel to the model actors, which decode them on the GPU
+    cpu_decode_share: float  # with decode_on_device: the share decoded by CPU tasks all the same
+    io_threads: int
+    max_pixels: int
+    whole_image: WholeImage | None
+    model: InferenceSettings
+
+    def describe(self) -> str:
+        return (f"{self.actors} model actor(s), {'GPU' if self.gpus_per_actor else 'CPU'}, batch {self.batch_size}, "
+                f"{self.calls_per_actor} call(s) at once each, {self.threads_per_call} thread(s) per call, "
+                f"precision {self.precision}; JPEGs decoded "
+                f"{'in the model actors' if self.decode_on_device else 'by CPU tasks'}")
+
+
+def make_plan(cfg: LabelConfig, resolved, cluster: Cluster, *, local_inputs: bool = True) -> ExecutionPlan:
+    """The plan for `cfg` on `cluster`; `local_inputs`: the inputs are on local disks."""
+    on_gpu = _on_gpu(cfg, cluster)
+    precision = cfg.precision if on_gpu else _cpu_precision(cfg.precision, cluster)
+    actors, calls, threads = _pool(cfg, cluster, on_gpu)
+    batch_size = cfg.batch_size or (GPU_BATCH if on_gpu else CPU_BATCH.get(precision, CPU_BATCH["fp32"]))
+    settings = InferenceSettings(
+        weights=resolved, top_k=cfg.top_k, features=cfg.features, spatial=cfg.spatial,
+        whole_image=cfg.crop == "none", review_below=cfg.review_below, embedding_dtype=cfg.embedding_dtype,
+        device="cuda" if on_gpu else "cpu", precision=precision, threads=threads, compile=cfg.compile,
+    )
+    return ExecutionPlan(
+        actors=actors, gpus_per_actor=int(on_gpu), calls_per_actor=calls, threads_per_call=threads,
+        device=settings.device, precision=precision, batch_size=batch_size,
+        block_rows=batch_size * BLOCKS_PER_BATCH,
+        decode_on_device=decodes_on_device(cfg, resolved, on_gpu), cpu_decode_share=cfg.cpu_decode_share,
+        io_threads=cfg.io_threads or (1 if local_inputs else REMOTE_IO_THREADS), max_pixels=cfg.max_pixels,
+        whole_image=whole_image(cfg, resolved), model=settings,
+    )
+
+
+def _on_gpu(cfg: LabelConfig, cluster: Cluster) -> bool:
+    if cfg.device == "cuda" and cluster.gpus == 0:
+        raise UsageError("--device cuda was requested but the Ray cluster has no GPUs")
+    return cluster.gpus > 0 and cfg.device != "cpu"
+
+
+def _cpu_precision(precision: str, cluster: Cluster) -> str:
+    """"auto" on CPUs is bf16 only where every node that may run a model actor has native
+    bf16 (elsewhere bf16 is emulated, several times slower than fp32)."""
+    if precision != "auto":
+        return precision
+    return "bf16" if cluster.cpu_bf16 else "fp32"
+
+
+def _pool(cfg: LabelConfig, cluster: Cluster, on_gpu: bool) -> tuple[int, int, int]:
+    """(actors, calls per actor, threads per call): one actor per GPU, or one per CPU node
+    running one single-threaded call per core (`--threads-per-worker` cores)."""
+    if on_gpu:
+        return cfg.num_workers or cluster.gpus, CONCURRENT_CALLS_PER_GPU_ACTOR, cfg.threads_per_worker or GPU_ACTOR_THREADS
+    cores = cfg.threads_per_worker or cluster.cpus_per_node
+    actors = cfg.num_workers or max(1, cluster.cpu_nodes)
+    if cfg.compile:  # a compiled forward is not thread-safe: one call on all the cores
+        return actors, 1, cores
+    return actors, cores, 1
+
+
+def decodes_on_device(cfg: LabelConfig, resolved, on_gpu: bool) -> bool:
+    """--decode gpu, or auto on GPU actors, passes JPEGs to the model actors to decode."""
+    if cfg.decode == "cpu" or cfg.crop == "none":  # (--decode gpu with --crop none is refused earlier)
+        return False
+    if not resolved.preprocessing.resizes_on_device:
+        if cfg.decode == "gpu":
+            raise UsageError(f"--decode gpu resizes with {' or '.join(DEVICE_FILTERS)}, and these weights use "
+                             f"{resolved.preprocessing.interpolation}: use --decode cpu")
+        return False
+    return cfg.decode == "gpu" or on_gpu

@@ -1,0 +1,104 @@
+"""The package's layout as ARCHITECTURE.md draws it, read from the source's imports."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "resnet_batch"
+LAYERS = ["core", "data", "model", "output", "review", "run"]  # each imports only those before it
+MAX_MODULE_LINES = 300
+MAX_FUNCTION_LINES = 50
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports(name: str) -> set[str]:
+    """Every module of the package and every outside package `name` imports, at any depth."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            found.add(base)
+            found |= {f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in MODULES}
+    return found
+
+
+def layer(name: str) -> str | None:
+    parts = name.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS) else None
+
+
+GRAPH = {name: {m for m in imports(name) if m in MODULES and m != name} for name in MODULES}
+
+
+def test_layers_import_only_the_layers_below():
+    upward = []
+    for name, targets in GRAPH.items():
+        mine = layer(name)
+        for target in targets:
+            theirs = layer(target)
+            if mine and theirs and LAYERS.index(theirs) > LAYERS.index(mine):
+                upward.append(f"{name} -> {target}")
+    assert not upward, upward
+
+
+def test_no_import_circles():
+    circles = []
+
+    def visit(name, path):
+        for target in GRAPH[name]:
+            if target in path:
+                circles.append(" -> ".join(path[path.index(target):] + [target]))
+            elif target not in done:
+                visit(target, path + [target])
+        done.add(name)
+
+    done: set[str] = set()
+    for name in MODULES:
+        if name not in done:
+            visit(name, [name])
+    # A package imports its own modules from __init__ only for what it re-exports: not a circle.
+    circles = [c for c in circles if not c.split(" -> ")[0].count(".") < 2]
+    assert not circles, sorted(set(circles))
+
+
+def test_only_the_run_layer_knows_ray_and_only_the_pipeline_ray_data():
+    knows_ray = {n for n in MODULES if any(m == "ray" or m.startswith("ray.") for m in imports(n))}
+    assert knows_ray and all(layer(n) == "run" for n in knows_ray), sorted(knows_ray)
+    knows_ray_data = {n for n in MODULES if any(m == "ray.data" or m.startswith("ray.data.") for m in imports(n))}
+    assert knows_ray_data == {"resnet_batch.run.pipeline"}
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_modules_and_functions_stay_small(name):
+    text = MODULES[name].read_text()
+    long = [f"the module: {len(text.splitlines())} lines"] if len(text.splitlines()) > MAX_MODULE_LINES else []
+    long += [f"{node.name}: {node.end_lineno - node.lineno + 1} lines" for node in ast.walk(ast.parse(text))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long, long
+
+
+def test_tests_and_benches_use_only_public_names():
+    private = []
+    for path in [*sorted((ROOT / "tests").glob("*.py")), *sorted((ROOT / "bench").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("resnet_batch"):
+                private += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert not private, private

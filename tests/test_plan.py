@@ -1,0 +1,58 @@
+"""The execution plan: a pure function of the job's arguments, its weights and the cluster."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from resnet_batch.core.errors import UsageError
+from resnet_batch.model.weights import resolve_weights
+from resnet_batch.run.config import LabelConfig
+from resnet_batch.run.plan import BLOCKS_PER_BATCH, Cluster, make_plan
+
+CFG = LabelConfig(inputs=("x",), output="y", model="resnet18", weights="none")
+
+
+@pytest.fixture(scope="module")
+def resolved():
+    return resolve_weights("resnet18", "none")
+
+
+def test_a_gpu_cluster_gets_an_actor_per_gpu_decoding_jpegs(resolved):
+    plan = make_plan(CFG, resolved, Cluster(gpus=2, cpu_nodes=1, cpus_per_node=16, cpu_bf16=False))
+    assert (plan.actors, plan.gpus_per_actor, plan.calls_per_actor) == (2, 1, 2)
+    assert plan.device == plan.model.device == "cuda" and plan.decode_on_device
+    assert plan.batch_size == 256 and plan.block_rows == 256 * BLOCKS_PER_BATCH
+    assert plan.precision == plan.model.precision == "auto"  # the GPU's kind decides, on its node
+    assert not make_plan(dataclasses.replace(CFG, device="cpu"), resolved,
+                         Cluster(2, 1, 16, False)).decode_on_device
+
+
+@pytest.mark.parametrize("bf16, precision, batch", [(True, "bf16", 64), (False, "fp32", 32)])
+def test_auto_precision_on_cpus_is_decided_once_by_the_model_nodes(resolved, bf16, precision, batch):
+    plan = make_plan(CFG, resolved, Cluster(gpus=0, cpu_nodes=3, cpus_per_node=8, cpu_bf16=bf16))
+    # The actors get the precision the batch size was chosen for, never "auto" to decide again.
+    assert plan.precision == plan.model.precision == precision and plan.batch_size == batch
+    assert (plan.actors, plan.calls_per_actor, plan.threads_per_call) == (3, 8, 1)
+    assert make_plan(dataclasses.replace(CFG, precision="fp32"), resolved,
+                     Cluster(0, 3, 8, bf16)).model.precision == "fp32"
+
+
+def test_explicit_arguments_win(resolved):
+    cfg = dataclasses.replace(CFG, batch_size=5, num_workers=7, threads_per_worker=2, io_threads=3)
+    plan = make_plan(cfg, resolved, Cluster(0, 1, 4, False), local_inputs=False)
+    assert (plan.batch_size, plan.actors, plan.calls_per_actor, plan.io_threads) == (5, 7, 2, 3)
+    assert make_plan(CFG, resolved, Cluster(0, 1, 4, False), local_inputs=False).io_threads == 16
+    assert make_plan(CFG, resolved, Cluster(0, 1, 4, False)).io_threads == 1
+
+
+def test_refusals(resolved):
+    with pytest.raises(UsageError, match="--device cuda was requested but the Ray cluster has no GPUs"):
+        make_plan(dataclasses.replace(CFG, device="cuda"), resolved, Cluster(0, 1, 4, False))
+    lanczos = dataclasses.replace(resolved, preprocessing=dataclasses.replace(resolved.preprocessing,
+                                                                              interpolation="lanczos"))
+    assert not lanczos.preprocessing.resizes_on_device
+    with pytest.raises(UsageError, match="--decode gpu resizes with"):
+        make_plan(dataclasses.replace(CFG, decode="gpu"), lanczos, Cluster(1, 1, 4, False))
+    assert not make_plan(CFG, lanczos, Cluster(1, 1, 4, False)).decode_on_device
