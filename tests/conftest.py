@@ -126,7 +126,8 @@ def ray_local(s3_endpoint):
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        # "local": a Ray of the suite's own, whatever `ray start` left running on the machine
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 

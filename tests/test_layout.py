@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import io
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,24 @@ def test_tests_and_benches_use_only_public_names():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("resnet_batch"):
                 private += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
     assert not private, private
+
+
+# String literals equal to a column name that mean something else there.
+OTHER_MEANINGS = {("resnet_batch.output.writer", "error"), ("resnet_batch.run.config", "error"),  # --mode error
+                  ("resnet_batch.model.hf", "height"),  # a Hugging Face preprocessor's size key
+                  ("resnet_batch.review.export", "image")}  # Label Studio's task field
+
+
+def test_column_names_are_spelled_only_in_the_column_table():
+    from resnet_batch.core.columns import RESERVED_COLUMNS
+
+    spelled = []
+    for name, path in MODULES.items():
+        if name == "resnet_batch.core.columns":
+            continue
+        for token in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
+            text = token.string
+            if token.type == tokenize.STRING and text[:1] in "\"'" and text[1:-1] in RESERVED_COLUMNS \
+                    and (name, text[1:-1]) not in OTHER_MEANINGS:
+                spelled.append(f"{name}:{token.start[0]} {text}")
+    assert not spelled, spelled

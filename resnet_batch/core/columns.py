@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -11,8 +12,61 @@ from .. import __version__
 
 EMBEDDING_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
 METADATA_KEY = b"resnet_batch"
-SPATIAL_SHAPE = "spatial_shape"  # per row (C, H, W), when shapes vary (--crop none)
-VALID = "valid"  # per row: the map cells on the image, [x0, y0, x1, y1) (x1, y1 exclusive)
+STAGES = ("c2", "c3", "c4", "c5")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: pa.DataType | None  # None: sized or typed by the run (feature widths, --embedding-dtype)
+    when: str  # which runs write it: always, topk, review_below, pooled, stage, spatial, whole_image
+    doc: str
+
+
+PATH = "path"  # what identifies an input: the key of resume, the final check and deduplication
+WIDTH, HEIGHT = "width", "height"
+TOPK_IDS, TOPK_LABELS, TOPK_PROBS = "topk_ids", "topk_labels", "topk_probs"
+MARGIN, ENTROPY, NEEDS_REVIEW = "margin", "entropy", "needs_review"
+EMBEDDING = "embedding"
+SPATIAL_STAGES = ("c4", "c5")
+SPATIAL_SHAPE, VALID, SCALE = "spatial_shape", "valid", "scale"
+ERROR = "error"
+IMAGE = "image"  # the decoded image, between the decode and model stages; never written
+
+
+def spatial_column(stage: str) -> str:
+    return f"spatial_{stage}"
+
+
+# Every column a label run can write, in the order it writes them; manifest columns follow.
+COLUMNS = (
+    Column(PATH, pa.string(), "always", "the input's identity: a normalised local path, a URI, or SHARD/MEMBER"),
+    Column(WIDTH, pa.int32(), "always", "the image's width in pixels, as decoded (null when unreadable)"),
+    Column(HEIGHT, pa.int32(), "always", "the image's height in pixels"),
+    Column(TOPK_IDS, pa.list_(pa.int32()), "topk", "class indices, most probable first"),
+    Column(TOPK_LABELS, pa.list_(pa.string()), "topk", "class names of topk_ids"),
+    Column(TOPK_PROBS, pa.list_(pa.float32()), "topk", "softmax probabilities of topk_ids"),
+    Column(MARGIN, pa.float32(), "topk",
+           "top-1 minus top-2 probability (small: the model hesitates between two classes)"),
+    Column(ENTROPY, pa.float32(), "topk",
+           "entropy of the whole softmax, in nats (0: certain; ln(classes): uniform)"),
+    Column(NEEDS_REVIEW, pa.bool_(), "review_below",
+           "top-1 probability under review_below (present when --review-below was given)"),
+    Column(EMBEDDING, None, "pooled", "the pooled backbone output, fixed-size list of --embedding-dtype"),
+    *(Column(stage, None, "stage", f"{stage} average-pooled, fixed-size list of --embedding-dtype") for stage in STAGES),
+    *(Column(spatial_column(stage), pa.list_(pa.float16()), "spatial", f"the whole {stage} map, (C, H, W) flattened")
+      for stage in SPATIAL_STAGES),
+    Column(SPATIAL_SHAPE, pa.list_(pa.int32(), 3), "whole_image", "per row (C, H, W) of the spatial map"),
+    Column(VALID, pa.list_(pa.int32(), 4), "whole_image",
+           "the map cells on the image, [x0, y0, x1, y1) (x1, y1 exclusive)"),
+    Column(SCALE, pa.float32(), "whole_image", "resized pixels per original pixel"),
+    Column(ERROR, pa.string(), "always", "why the image has no outputs (category: detail); null when it has"),
+)
+BY_NAME = {c.name: c for c in COLUMNS}
+# Names a manifest's own columns may not take: every column a run can write, and the
+# decoded image that travels between stages.
+RESERVED_COLUMNS = frozenset([*BY_NAME, IMAGE])
+REVIEW_COLUMNS = {name: BY_NAME[name].doc for name in (MARGIN, ENTROPY, NEEDS_REVIEW)}
 
 
 def output_schema(
@@ -26,53 +80,32 @@ def output_schema(
     whole_image: bool = False,
     needs_review: bool = False,
 ) -> pa.Schema:
-    """Columns in contract order; top-k and feature columns are left out when not asked for.
+    """The columns of COLUMNS a run writes, in their order; `extra_fields` (manifest columns
+    carried through) last.
 
     `stages` maps c2..c5 to their widths (pooled per-stage vectors); `spatial` names the
     stage whose map is written, flattened C-major, as float16. With `whole_image`
     (--crop none) shapes vary per row: `spatial_shape` and `valid` say each row's, and
-    `scale` how its pixels relate to the original's. With top-k come the review columns
-    `margin` and `entropy`, and `needs_review` when --review-below is given. `extra_fields` are manifest columns
-    carried through to the output, appended last.
+    `scale` how its pixels relate to the original's.
     """
     value_type = EMBEDDING_DTYPES[embedding_dtype]
-    fields = [
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()),
-    ]
-    if with_topk:
-        fields += [
-            pa.field("topk_ids", pa.list_(pa.int32())),
-            pa.field("topk_labels", pa.list_(pa.string())),
-            pa.field("topk_probs", pa.list_(pa.float32())),
-            pa.field("margin", pa.float32()),
-            pa.field("entropy", pa.float32()),
-        ]
-        if needs_review:
-            fields.append(pa.field("needs_review", pa.bool_()))
-    if embedding_dim:
-        fields.append(pa.field("embedding", pa.list_(value_type, embedding_dim)))
-    fields += [pa.field(stage, pa.list_(value_type, width)) for stage, width in (stages or {}).items()]
-    if spatial:
-        fields.append(pa.field(f"spatial_{spatial}", pa.list_(pa.float16())))
-        if whole_image:
-            fields += [pa.field(SPATIAL_SHAPE, pa.list_(pa.int32(), 3)), pa.field(VALID, pa.list_(pa.int32(), 4))]
-    if whole_image:
-        fields.append(pa.field("scale", pa.float32()))
-    fields.append(pa.field("error", pa.string()))
+    stages = stages or {}
+    written = {
+        "always": lambda c: True,
+        "topk": lambda c: with_topk,
+        "review_below": lambda c: with_topk and needs_review,
+        "pooled": lambda c: bool(embedding_dim),
+        "stage": lambda c: c.name in stages,
+        "spatial": lambda c: bool(spatial) and c.name == spatial_column(spatial),
+        "whole_image": lambda c: whole_image and (c.name == SCALE or bool(spatial)),
+    }
+    widths = {EMBEDDING: embedding_dim, **stages}
+    fields = []
+    for column in COLUMNS:
+        if written[column.when](column):
+            kind = column.type or pa.list_(value_type, widths[column.name])
+            fields.append(pa.field(column.name, kind, nullable=column.name != PATH))
     return pa.schema([*fields, *extra_fields])
-
-
-def _all_output_columns() -> frozenset[str]:
-    widest = output_schema(1, stages={"c2": 1, "c3": 1, "c4": 1, "c5": 1}, spatial="c5", whole_image=True,
-                           needs_review=True)
-    return frozenset([*widest.names, "spatial_c4", "image"])
-
-
-# Names a manifest's own columns may not take: every column a run can write (and the
-# decoded image that travels between stages).
-RESERVED_COLUMNS = _all_output_columns()
 
 
 def with_run_metadata(schema: pa.Schema, run_info: dict) -> pa.Schema:
@@ -138,20 +171,20 @@ def build_table(
     spatial_cN as one flat array per row, spatial_shape, valid), one row per input row
     (rows with an error hold ignored values).
     """
-    errors = [str(e) if e else None for e in batch["error"]]
+    errors = [str(e) if e else None for e in batch[ERROR]]
     valid = np.array([e is None for e in errors], dtype=bool)
     columns: dict[str, pa.Array] = {
-        "path": pa.array([str(p) for p in batch["path"]], type=pa.string()),
-        "width": _sizes_to_nullable(batch["width"]),
-        "height": _sizes_to_nullable(batch["height"]),
-        "error": pa.array(errors, type=pa.string()),
+        PATH: pa.array([str(p) for p in batch[PATH]], type=pa.string()),
+        WIDTH: _sizes_to_nullable(batch[WIDTH]),
+        HEIGHT: _sizes_to_nullable(batch[HEIGHT]),
+        ERROR: pa.array(errors, type=pa.string()),
     }
-    if "topk_ids" in schema.names:
-        ids = outputs["topk_ids"]
+    if TOPK_IDS in schema.names:
+        ids = outputs[TOPK_IDS]
         labels = np.asarray(categories, dtype=object)[ids] if len(ids) else ids
-        columns["topk_ids"] = _ragged_lists(ids, valid, pa.int32())
-        columns["topk_labels"] = _ragged_lists(labels, valid, pa.string())
-        columns["topk_probs"] = _ragged_lists(outputs["topk_probs"], valid, pa.float32())
+        columns[TOPK_IDS] = _ragged_lists(ids, valid, pa.int32())
+        columns[TOPK_LABELS] = _ragged_lists(labels, valid, pa.string())
+        columns[TOPK_PROBS] = _ragged_lists(outputs[TOPK_PROBS], valid, pa.float32())
     for field in schema:
         values = outputs.get(field.name)
         if field.name in columns:

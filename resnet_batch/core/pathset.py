@@ -14,6 +14,8 @@ import hashlib
 import numpy as np
 import pyarrow as pa
 
+from .columns import PATH
+
 HASH_DTYPE = np.dtype("S16")
 EMPTY = np.zeros(0, dtype=HASH_DTYPE)
 
@@ -35,4 +37,4 @@ def drop_listed(table: pa.Table, sorted_set: np.ndarray) -> pa.Table:
     """Rows of `table` whose path is not in the sorted hash set."""
     if not len(sorted_set):
         return table
-    return table.filter(pa.array(~isin_sorted(path_hashes(table.column("path").to_pylist()), sorted_set)))
+    return table.filter(pa.array(~isin_sorted(path_hashes(table.column(PATH).to_pylist()), sorted_set)))

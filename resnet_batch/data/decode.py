@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from ..core.columns import ERROR, HEIGHT, IMAGE, PATH, SCALE, WIDTH
 from ..core.errors import one_line
 from ..core.storage import NotRegularFile, read_bytes_or_raise
 from .manifests import INLINE_BYTES, LIST_ERROR, TAR_OFFSET, TAR_SIZE
@@ -27,7 +28,7 @@ DEFAULT_MAX_PIXELS = 100_000_000  # ~10k x 10k; larger inputs are refused before
 JPEG_COLUMN = "_jpeg"  # --decode gpu: undecoded JPEG bytes for the device decoder (b"" = decoded here)
 PIXELS_COLUMN = "_pixels"  # --decode gpu: the crop's uint8 bytes where decoded here (b"" = a JPEG, or an error)
 RESIZED_COLUMNS = ("_resized_w", "_resized_h")  # --crop none: the image's part of its padded tensor
-SCALE_COLUMN = "scale"  # --crop none: resized pixels per original pixel
+SCALE_COLUMN = SCALE  # --crop none: resized pixels per original pixel
 
 # A truncated file must fail loudly, never decode into grey padding.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -211,11 +212,11 @@ class DecodeStage:
             out[PIXELS_COLUMN] = np.array([b"" if d.pixels is None else d.pixels.tobytes() for d in decoded],
                                           dtype=object)
         else:
-            out["image"] = self._images(decoded)
-        out["width"] = np.array([d.width if d.width is not None else -1 for d in decoded], dtype=np.int32)
-        out["height"] = np.array([d.height if d.height is not None else -1 for d in decoded], dtype=np.int32)
+            out[IMAGE] = self._images(decoded)
+        out[WIDTH] = np.array([d.width if d.width is not None else -1 for d in decoded], dtype=np.int32)
+        out[HEIGHT] = np.array([d.height if d.height is not None else -1 for d in decoded], dtype=np.int32)
         # "" = no error: an all-None object column would not survive Arrow conversion as strings.
-        out["error"] = np.array([d.error or "" for d in decoded], dtype=object)
+        out[ERROR] = np.array([d.error or "" for d in decoded], dtype=object)
         if self.whole is not None:
             return self._whole_image_columns(out, decoded)
         return out
@@ -242,7 +243,7 @@ class DecodeStage:
         # The shorter sides' ratio; the longer side's differs by under a resized pixel (truncation).
         out[SCALE_COLUMN] = np.array([min(d.resized) / min(d.width, d.height) if d.pixels is not None else np.nan
                                       for d in decoded], dtype=np.float32)
-        order = sorted(range(len(decoded)), key=lambda i: out["image"][i].shape)
+        order = sorted(range(len(decoded)), key=lambda i: out[IMAGE][i].shape)
         return {k: v[order] if isinstance(v, np.ndarray) else [v[i] for i in order] for k, v in out.items()}
 
     def _deferred(self, n: int) -> list[bool]:
@@ -257,14 +258,14 @@ class DecodeStage:
 
 
 def _sources(batch: dict[str, np.ndarray]) -> list[Source]:
-    n = len(batch["path"])
+    n = len(batch[PATH])
     offsets = batch.get(TAR_OFFSET, np.full(n, -1))
     sizes = batch.get(TAR_SIZE, np.full(n, -1))
     inline = batch.get(INLINE_BYTES, [None] * n)
     list_errors = batch.get(LIST_ERROR, [None] * n)
     return [
         Source(str(p), int(o), int(s), None if b is None else bytes(b), e or None)
-        for p, o, s, b, e in zip(batch["path"], offsets, sizes, inline, list_errors)
+        for p, o, s, b, e in zip(batch[PATH], offsets, sizes, inline, list_errors)
     ]
 
 
@@ -273,11 +274,7 @@ class LowPriorityDecode(DecodeStage):
 
     Under SCHED_IDLE, decoding (and the I/O threads it starts, which inherit the policy)
     runs only when a core would otherwise idle, e.g. while a model call waits for its next
-    batch, instead of preempting a forward. Measured on 2 cores, resnet18 fp32, when the
-    model ran on OpenMP threads that stall together: niceness 10 76.5, SCHED_IDLE 80.1
-    images/s; with one single-threaded call per core the gain is smaller (83.6-85.1 at
-    normal priority, 85.3-85.9 under SCHED_IDLE). On GPU nodes the actor leaves most cores
-    idle, so decoding should lose nothing to it (not yet measured on a GPU).
+    batch, instead of preempting a forward (BENCHMARKS.md, SCHED_IDLE).
     """
 
     def __call__(self, batch):

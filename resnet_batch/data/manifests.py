@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from ..core.columns import RESERVED_COLUMNS
+from ..core.columns import PATH, RESERVED_COLUMNS
 from ..core.errors import UsageError, one_line
 from ..core.identity import as_text, member_escapes, normalise_local
 from ..core.storage import NotRegularFile, filesystem, is_local, open_regular, scheme_of
@@ -57,7 +57,7 @@ def _resolve_entry(entry: str, base_uri: str) -> str:
     return as_text(posixpath.join(base_uri.rsplit("/", 1)[0], entry))
 
 
-def read_manifest(uri: str, path_column: str = "path") -> pa.Table:
+def read_manifest(uri: str, path_column: str = PATH) -> pa.Table:
     from ..core.storage import read_bytes_or_raise
 
     try:
@@ -71,8 +71,8 @@ def read_manifest(uri: str, path_column: str = "path") -> pa.Table:
         # Undecodable bytes (a Latin-1 manifest) are kept as the bytes of the name they stand for.
         lines = [line.strip() for line in data.decode("utf-8-sig", "surrogateescape").splitlines()]
         entries = [line for line in lines if line and not line.startswith("#")]
-        table = pa.table({"path": pa.array([""] * len(entries), pa.string())})
-        path_column = "path"
+        table = pa.table({PATH: pa.array([""] * len(entries), pa.string())})
+        path_column = PATH
     elif lower.endswith(".csv"):
         entries = None
         table = _read_csv(uri, data, path_column)
@@ -98,7 +98,7 @@ def read_manifest(uri: str, path_column: str = "path") -> pa.Table:
     clash = RESERVED_COLUMNS.intersection(extras.column_names)
     if clash:
         raise UsageError(f"manifest {uri} has columns that clash with output columns: {', '.join(sorted(clash))}")
-    return extras.add_column(0, "path", paths)
+    return extras.add_column(0, PATH, paths)
 
 
 def list_tar_members(uri: str) -> pa.Table:
@@ -129,7 +129,7 @@ def list_tar_members(uri: str) -> pa.Table:
         raise
     except (OSError, tarfile.TarError) as exc:
         raise UsageError(f"cannot read tar shard {uri}: {type(exc).__name__}: {one_line(exc)}") from None
-    return pa.table({"path": pa.array(paths, pa.string()), TAR_OFFSET: pa.array(offsets, pa.int64()),
+    return pa.table({PATH: pa.array(paths, pa.string()), TAR_OFFSET: pa.array(offsets, pa.int64()),
                      TAR_SIZE: pa.array(sizes, pa.int64()), LIST_ERROR: pa.array(errors, pa.string())})
 
 

@@ -16,6 +16,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..core.columns import PATH
 from ..core.errors import UsageError, one_line
 from ..core.identity import as_text, normalise_local, on_disk
 from ..core.storage import NotRegularFile, filesystem, is_local, scheme_of
@@ -132,7 +133,7 @@ def list_directory_level(uri: str) -> Level:
             images.append(_to_uri(fs, name, uri))
         elif is_tar(name) and kind == "file":
             shards.append(_shard_table(_to_uri(fs, name, uri)))
-    table = pa.concat_tables([pa.table({"path": pa.array(images, pa.string())}), *shards],
+    table = pa.concat_tables([pa.table({PATH: pa.array(images, pa.string())}), *shards],
                              promote_options="default")
     return Level(with_internal_columns(table), subdirs, hidden)
 
@@ -167,13 +168,13 @@ def _shard_table(uri: str) -> pa.Table:
     try:
         return list_tar_members(uri)
     except NotRegularFile as exc:
-        return with_internal_columns(pa.table({"path": [uri], LIST_ERROR: [f"not_a_file: {one_line(exc)}"]}))
+        return with_internal_columns(pa.table({PATH: [uri], LIST_ERROR: [f"not_a_file: {one_line(exc)}"]}))
     except UsageError as exc:
         return _unlisted(uri, str(exc))
 
 
 def _unlisted(uri: str, message: str) -> pa.Table:
-    return with_internal_columns(pa.table({"path": [uri], LIST_ERROR: [f"list_failed: {message}"]}))
+    return with_internal_columns(pa.table({PATH: [uri], LIST_ERROR: [f"list_failed: {message}"]}))
 
 
 def with_internal_columns(table: pa.Table) -> pa.Table:
@@ -192,13 +193,13 @@ def _location_table(uri: str) -> pa.Table:
     found = list_location(uri)
     tables = [_shard_table(u) for u in found if is_tar(u)]
     images = [u for u in found if not is_tar(u)]
-    return pa.concat_tables([pa.table({"path": pa.array(images, pa.string())}), *tables],
+    return pa.concat_tables([pa.table({PATH: pa.array(images, pa.string())}), *tables],
                             promote_options="default")
 
 
 def _inline_memory_bytes(table: pa.Table) -> pa.Table:
     """memory:// exists only in this process, so its bytes travel with the rows."""
-    paths = table.column("path").to_pylist()
+    paths = table.column(PATH).to_pylist()
     if not any(p.startswith("memory://") for p in paths):
         return table
     fs = fsspec.filesystem("memory")
@@ -211,7 +212,7 @@ def _inline_memory_bytes(table: pa.Table) -> pa.Table:
     return table.append_column(INLINE_BYTES, pa.array(blobs, pa.binary()))
 
 
-def list_inputs(inputs: list[str], path_column: str = "path") -> pa.Table:
+def list_inputs(inputs: list[str], path_column: str = PATH) -> pa.Table:
     """All inputs as one table, duplicates removed (first occurrence wins)."""
     tables = []
     for uri in inputs:
@@ -219,8 +220,8 @@ def list_inputs(inputs: list[str], path_column: str = "path") -> pa.Table:
             tables.append(read_manifest(uri, path_column))
         else:
             tables.append(_location_table(uri))
-    table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({"path": pa.array([], pa.string())})
-    empty = pc.equal(table.column("path"), "")
+    table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({PATH: pa.array([], pa.string())})
+    empty = pc.equal(table.column(PATH), "")
     if pc.any(empty).as_py():
         raise UsageError("a manifest lists an empty path")
     return _inline_memory_bytes(drop_duplicate_paths(with_internal_columns(table)))
@@ -234,7 +235,7 @@ class InputPlan:
     directories: tuple[str, ...]
 
 
-def plan_inputs(inputs: list[str], path_column: str = "path") -> InputPlan:
+def plan_inputs(inputs: list[str], path_column: str = PATH) -> InputPlan:
     """Directories and bucket prefixes are left to be walked lazily; everything else is listed.
 
     memory:// exists only in the driver's process, so it is always listed here.
@@ -285,8 +286,8 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 def drop_duplicate_paths(table: pa.Table) -> pa.Table:
     """Each path once, at its first occurrence, in listing order."""
     n = table.num_rows
-    indexed = table.select(["path"]).append_column("_i", pa.array(range(n), type=pa.int64()))
-    first = indexed.group_by("path", use_threads=False).aggregate([("_i", "min")]).column("_i_min")
+    indexed = table.select([PATH]).append_column("_i", pa.array(range(n), type=pa.int64()))
+    first = indexed.group_by(PATH, use_threads=False).aggregate([("_i", "min")]).column("_i_min")
     if len(first) == n:
         return table
     log.warning("%d duplicate inputs listed; each path is labeled once", n - len(first))

@@ -18,7 +18,18 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..core.columns import SPATIAL_SHAPE, VALID, build_table
+from ..core.columns import (
+    ENTROPY,
+    ERROR,
+    IMAGE,
+    MARGIN,
+    NEEDS_REVIEW,
+    SPATIAL_SHAPE,
+    TOPK_IDS,
+    TOPK_PROBS,
+    VALID,
+    build_table,
+)
 from ..data.decode import JPEG_COLUMN, PIXELS_COLUMN, RESIZED_COLUMNS, SCALE_COLUMN
 from ..data.device_decode import DeviceDecoder
 from .models import build_model, fold_batch_norms, forward_stages, pool
@@ -182,13 +193,13 @@ class Predictor:
         best_two = probs.topk(min(2, probs.shape[1]), dim=1).values
         second = best_two[:, 1] if best_two.shape[1] > 1 else torch.zeros_like(best_two[:, 0])
         result = {
-            "topk_ids": ids.numpy().astype(np.int32),
-            "topk_probs": top.numpy(),
-            "margin": (best_two[:, 0] - second).numpy(),
-            "entropy": torch.special.entr(probs).sum(1).numpy(),  # nats; 0 = certain
+            TOPK_IDS: ids.numpy().astype(np.int32),
+            TOPK_PROBS: top.numpy(),
+            MARGIN: (best_two[:, 0] - second).numpy(),
+            ENTROPY: torch.special.entr(probs).sum(1).numpy(),  # nats; 0 = certain
         }
         if self.settings.review_below is not None:
-            result["needs_review"] = (best_two[:, 0] < self.settings.review_below).numpy()
+            result[NEEDS_REVIEW] = (best_two[:, 0] < self.settings.review_below).numpy()
         return result
 
     def _stream(self):
@@ -203,24 +214,24 @@ class Predictor:
         with self._stream():
             table = self._label(batch)
         if self.progress is not None:  # per batch, so that progress moves by batches, not blocks
-            self.progress.add_labeled.remote(table.num_rows, table.num_rows - table.column("error").null_count)
+            self.progress.add_labeled.remote(table.num_rows, table.num_rows - table.column(ERROR).null_count)
         return table
 
     def _label(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        errors = np.array(batch["error"], dtype=object)
+        errors = np.array(batch[ERROR], dtype=object)
         outputs = self._empty_outputs(len(errors))
         if self.settings.whole_image:
             self._label_shapes(batch, errors, outputs)
         else:
-            images = self.device_images(batch, errors) if JPEG_COLUMN in batch else self.to_device(batch["image"])
+            images = self.device_images(batch, errors) if JPEG_COLUMN in batch else self.to_device(batch[IMAGE])
             ok = np.flatnonzero([not e for e in errors])
             if len(ok):
                 self._scatter(outputs, ok, self.predict(images[self._index(ok)]))
-        return build_table(self.schema, {**batch, "error": errors}, outputs, self.categories)
+        return build_table(self.schema, {**batch, ERROR: errors}, outputs, self.categories)
 
     def _label_shapes(self, batch: dict[str, np.ndarray], errors: np.ndarray, outputs: dict) -> None:
         """--crop none: one forward per padded shape in the batch (rows arrive ordered by shape)."""
-        images = batch["image"]
+        images = batch[IMAGE]
         resized = np.stack([batch[RESIZED_COLUMNS[0]], batch[RESIZED_COLUMNS[1]]], axis=1)
         by_shape: dict[tuple, list[int]] = {}
         for i in np.flatnonzero([not e for e in errors]):
@@ -233,9 +244,9 @@ class Predictor:
 
     def _empty_outputs(self, n: int) -> dict:
         s, k = self.settings, self.settings.top_k
-        out: dict = {"topk_ids": np.zeros((n, k), np.int32), "topk_probs": np.zeros((n, k), np.float32),
-                     "margin": np.zeros(n, np.float32), "entropy": np.zeros(n, np.float32),
-                     "needs_review": np.zeros(n, bool)}
+        out: dict = {TOPK_IDS: np.zeros((n, k), np.int32), TOPK_PROBS: np.zeros((n, k), np.float32),
+                     MARGIN: np.zeros(n, np.float32), ENTROPY: np.zeros(n, np.float32),
+                     NEEDS_REVIEW: np.zeros(n, bool)}
         for feature in s.features:
             out[column_of(feature)] = np.zeros((n, feature_width(s.weights.model, feature)), self.embedding_dtype)
         if s.spatial:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
+from ..core.columns import EMBEDDING, STAGES
 from ..core.errors import UsageError
 from ..core.storage import filesystem, is_local
 
@@ -73,11 +74,9 @@ HF_PREFIX = "hf:"
 CHECKPOINT_FORMS = "a .pt/.pth/.safetensors file, a save_pretrained folder or hf:ORG/NAME, local or s3://, gs://, ..."
 
 # Backbone stages by their detection names: cN is layer(N-1)'s output, at stride 2**N.
-STAGES = ("c2", "c3", "c4", "c5")
 STAGE_STRIDES = {stage: 2 ** int(stage[1]) for stage in STAGES}
 POOLED = "pooled"  # the classifier's input: c5 average-pooled, written as `embedding`
 FEATURES = (POOLED, *STAGES)
-SPATIAL_STAGES = ("c4", "c5")
 
 
 def check_model(name: str) -> str:
@@ -135,7 +134,7 @@ def _exists(uri: str) -> bool:
 
 def column_of(feature: str) -> str:
     """The output column of a --features value: `pooled` is written as `embedding`."""
-    return "embedding" if feature == POOLED else feature
+    return EMBEDDING if feature == POOLED else feature
 
 
 def stage_width(model: str, stage: str) -> int:

@@ -22,12 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from ..core.columns import SPATIAL_SHAPE, read_run_metadata
+from ..core.columns import ERROR, PATH, SCALE, SPATIAL_SHAPE, read_run_metadata
 from ..core.errors import UsageError
 from ..core.storage import join
 from .writer import RUN_FILE, OutputDir
 
-ALWAYS = ("path",)
+ALWAYS = (PATH,)
 
 
 def open_output(output: str) -> tuple[pads.Dataset, dict]:
@@ -79,17 +79,17 @@ def read(output: str, columns: list[str] | None = None, *, batch_rows: int = 102
         raise UsageError(f"{output} has no column {', '.join(unknown)}; it has: {', '.join(names)}")
     spatial = [c for c in wanted if c.startswith("spatial_c")]
     spatial_shape = (run.get("spatial") or {}).get("shape") if spatial else None
-    read_columns = list(dict.fromkeys([*ALWAYS, *wanted, "error"]
+    read_columns = list(dict.fromkeys([*ALWAYS, *wanted, ERROR]
                                       + ([SPATIAL_SHAPE] if spatial and spatial_shape is None else [])))
     for batch in batches(dataset, read_columns, progress, batch_rows):
         if skip_errors:
-            batch = batch.filter(pc.is_null(batch.column("error")))
+            batch = batch.filter(pc.is_null(batch.column(ERROR)))
         if batch.num_rows:
             yield _arrays(batch, [*ALWAYS, *wanted], spatial_shape, as_torch)
 
 
 def _is_feature(field: pa.Field) -> bool:
-    return pa.types.is_fixed_size_list(field.type) or field.name.startswith("spatial_c") or field.name == "scale"
+    return pa.types.is_fixed_size_list(field.type) or field.name.startswith("spatial_c") or field.name == SCALE
 
 
 def _arrays(batch: pa.RecordBatch, columns: list[str], spatial_shape: list[int] | None, as_torch: bool) -> dict:

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..core.columns import read_run_metadata
+from ..core.columns import ERROR, PATH, read_run_metadata
 from ..core.errors import UsageError, one_line
 from ..core.pathset import EMPTY, path_hashes
 from ..core.storage import check_scheme, filesystem, is_local, join, scheme_of
@@ -181,7 +181,7 @@ class OutputDir:
         chunks = [EMPTY]
         for part in self.part_files():
             with self.fs.open(part, "rb") as f:
-                chunks.append(path_hashes(pq.read_table(f, columns=["path"]).column("path").to_pylist()))
+                chunks.append(path_hashes(pq.read_table(f, columns=[PATH]).column(PATH).to_pylist()))
         return np.sort(np.concatenate(chunks))
 
     def write_part(self, table: pa.Table) -> str:
@@ -190,7 +190,7 @@ class OutputDir:
         The name hashes the paths it holds: a retried write task rewrites the same
         file instead of adding a duplicate.
         """
-        digest = hashlib.sha1("\n".join(table.column("path").to_pylist()).encode()).hexdigest()[:24]
+        digest = hashlib.sha1("\n".join(table.column(PATH).to_pylist()).encode()).hexdigest()[:24]
         name = f"{PART_PREFIX}{digest}{PART_SUFFIX}"
         final = join(self.path, name)
         target = join(self.path, f"{TMP_PREFIX}{uuid.uuid4().hex}{PART_SUFFIX}") if self.atomic_rename else final
@@ -210,5 +210,5 @@ class OutputDir:
             self.write_part(chunk)
             stats.files += 1
             stats.rows += chunk.num_rows
-            stats.errors.update(error_category(e) for e in chunk.column("error").to_pylist() if e is not None)
+            stats.errors.update(error_category(e) for e in chunk.column(ERROR).to_pylist() if e is not None)
         return stats

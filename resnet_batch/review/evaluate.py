@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..core.columns import ERROR, PATH, TOPK_IDS
 from ..core.errors import UsageError
 
 WNID = re.compile(r"^(n\d{8})")
@@ -67,8 +68,8 @@ def attach_labels(table: pa.Table, label_column: str | None) -> pa.Table:
         labels = [parse_label(v) for v in table.column(label_column).to_pylist()]
         table = table.drop_columns([label_column])
     else:
-        labels = [label_from_path(p) for p in table.column("path").to_pylist()]
-    missing = [p for p, lab in zip(table.column("path").to_pylist(), labels) if lab is None]
+        labels = [label_from_path(p) for p in table.column(PATH).to_pylist()]
+    missing = [p for p, lab in zip(table.column(PATH).to_pylist(), labels) if lab is None]
     if missing:
         raise UsageError(
             f"{len(missing)} inputs have no ImageNet label (e.g. {missing[0]}); use class folders named by "
@@ -141,11 +142,11 @@ def score(output_files: list, fs, model: str, weights: str) -> EvalReport:
     images = unreadable = top1 = top5 = 0
     for part in output_files:
         with fs.open(part, "rb") as f:
-            table = pq.read_table(f, columns=["topk_ids", "error", LABEL_COLUMN])
+            table = pq.read_table(f, columns=[TOPK_IDS, ERROR, LABEL_COLUMN])
         images += table.num_rows
-        failed = pc.is_valid(table["error"])
+        failed = pc.is_valid(table[ERROR])
         unreadable += pc.sum(failed).as_py() or 0
-        for ids, error, label in zip(table["topk_ids"].to_pylist(), table["error"].to_pylist(),
+        for ids, error, label in zip(table[TOPK_IDS].to_pylist(), table[ERROR].to_pylist(),
                                      table[LABEL_COLUMN].to_pylist()):
             if error is None:
                 top1 += ids[0] != label

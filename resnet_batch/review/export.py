@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import pyarrow.compute as pc
 
+from ..core.columns import ENTROPY, ERROR, MARGIN, NEEDS_REVIEW, PATH, TOPK_LABELS, TOPK_PROBS
 from ..core.errors import UsageError
 from ..core.identity import member_escapes, on_disk, split_member
 from ..core.storage import filesystem, is_local, replaced_atomically
@@ -38,19 +39,19 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("label-studio", "imagefolder", "csv")
 ROWS = ("all", "review")
-COLUMNS = ["path", "topk_labels", "topk_probs", "margin", "entropy", "needs_review", "error"]
+COLUMNS = [PATH, TOPK_LABELS, TOPK_PROBS, MARGIN, ENTROPY, NEEDS_REVIEW, ERROR]
 
 
 def _rows(output: str, rows: str, progress) -> Iterator[dict]:
     dataset, run = open_output(output)
-    if "topk_labels" not in dataset.schema.names:
+    if TOPK_LABELS not in dataset.schema.names:
         raise UsageError(f"{output} has no labels (written with --top-k 0): nothing to export")
-    if rows == "review" and "needs_review" not in dataset.schema.names:
+    if rows == "review" and NEEDS_REVIEW not in dataset.schema.names:
         raise UsageError("--rows review needs a needs_review column: label with --review-below P")
     for batch in batches(dataset, COLUMNS, progress):
-        keep = pc.is_null(batch.column("error"))
+        keep = pc.is_null(batch.column(ERROR))
         if rows == "review":
-            keep = pc.and_(keep, batch.column("needs_review"))
+            keep = pc.and_(keep, batch.column(NEEDS_REVIEW))
         yield from batch.filter(keep).to_pylist()
 
 
@@ -86,11 +87,11 @@ def tar_member(path: str) -> tuple[str, str] | None:
 
 
 def label_studio_task(row: dict, model_version: str, local_root: str) -> dict:
-    label, prob = row["topk_labels"][0], float(row["topk_probs"][0])
-    data = {"image": label_studio_image(row["path"], local_root), "path": row["path"],
-            "topk": ", ".join(f"{lab} {p:.3f}" for lab, p in zip(row["topk_labels"], row["topk_probs"]))}
-    if row.get("margin") is not None:
-        data["margin"] = round(float(row["margin"]), 6)
+    label, prob = row[TOPK_LABELS][0], float(row[TOPK_PROBS][0])
+    data = {"image": label_studio_image(row[PATH], local_root), PATH: row[PATH],
+            "topk": ", ".join(f"{lab} {p:.3f}" for lab, p in zip(row[TOPK_LABELS], row[TOPK_PROBS]))}
+    if row.get(MARGIN) is not None:
+        data[MARGIN] = round(float(row[MARGIN]), 6)
     return {
         "data": data,
         "predictions": [{
@@ -127,7 +128,7 @@ def export_label_studio(output: str, target: str, rows: str = "all", local_root:
             for row in _rows(output, rows, progress):
                 f.write(",\n" if count else "\n")
                 json.dump(label_studio_task(row, model_version, local_root), f, ensure_ascii=False)
-                classes.update(row["topk_labels"])
+                classes.update(row[TOPK_LABELS])
                 count += 1
             f.write("\n]\n")
         with open(tmp_config, "w", encoding="utf-8") as f:
@@ -171,21 +172,21 @@ def export_imagefolder(output: str, target: str, rows: str = "all", copy: bool =
     shards = _ShardIndex()
     with replaced_atomically(target, directory=True) as (tmp,):
         for row in _rows(output, rows, progress):
-            folder = os.path.join(tmp, safe_name(row["topk_labels"][0]))
+            folder = os.path.join(tmp, safe_name(row[TOPK_LABELS][0]))
             os.makedirs(folder, exist_ok=True)
-            dest = os.path.join(folder, _file_name(row["path"]))
-            member = tar_member(row["path"])
+            dest = os.path.join(folder, _file_name(row[PATH]))
+            member = tar_member(row[PATH])
             if member:  # never a link: the member exists only inside its shard
                 with open(dest, "wb") as f:
                     f.write(shards.read(*member))
-            elif is_local(row["path"]):
-                source = on_disk(os.path.abspath(row["path"].removeprefix("file://")))
+            elif is_local(row[PATH]):
+                source = on_disk(os.path.abspath(row[PATH].removeprefix("file://")))
                 if copy:
                     shutil.copyfile(source, dest)
                 else:
                     os.symlink(source, dest)
             else:
-                fs, source = filesystem(row["path"])
+                fs, source = filesystem(row[PATH])
                 fs.get_file(source, dest)
             count += 1
     return count
@@ -208,7 +209,7 @@ class _ShardIndex:
         if shard not in self.members:
             table = list_tar_members(shard)
             self.members[shard] = {p[len(shard) + 1:]: (o, n) for p, o, n in zip(
-                table.column("path").to_pylist(), table.column(TAR_OFFSET).to_pylist(),
+                table.column(PATH).to_pylist(), table.column(TAR_OFFSET).to_pylist(),
                 table.column(TAR_SIZE).to_pylist()) if o is not None and o >= 0}
         if member not in self.members[shard]:
             raise UsageError(f"{shard} no longer holds {member!r}; the output is older than the shard")
@@ -221,7 +222,7 @@ def _cell(text: str) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-CSV_HEADER = ["path", "label", "prob", "topk_labels", "topk_probs", "margin", "entropy", "needs_review"]
+CSV_HEADER = [PATH, "label", "prob", TOPK_LABELS, TOPK_PROBS, MARGIN, ENTROPY, NEEDS_REVIEW]
 
 
 def export_csv(output: str, target: str, rows: str = "all", progress: Callable | None = None) -> int:
@@ -232,12 +233,12 @@ def export_csv(output: str, target: str, rows: str = "all", progress: Callable |
             writer.writerow(CSV_HEADER)
             for row in _rows(output, rows, progress):
                 writer.writerow([
-                    _cell(row["path"]), _cell(row["topk_labels"][0]), f"{row['topk_probs'][0]:.6f}",
-                    _cell("|".join(row["topk_labels"])),
-                    "|".join(f"{p:.6f}" for p in row["topk_probs"]),
-                    "" if row.get("margin") is None else f"{row['margin']:.6f}",
-                    "" if row.get("entropy") is None else f"{row['entropy']:.6f}",
-                    "" if row.get("needs_review") is None else str(row["needs_review"]).lower(),
+                    _cell(row[PATH]), _cell(row[TOPK_LABELS][0]), f"{row[TOPK_PROBS][0]:.6f}",
+                    _cell("|".join(row[TOPK_LABELS])),
+                    "|".join(f"{p:.6f}" for p in row[TOPK_PROBS]),
+                    "" if row.get(MARGIN) is None else f"{row[MARGIN]:.6f}",
+                    "" if row.get(ENTROPY) is None else f"{row[ENTROPY]:.6f}",
+                    "" if row.get(NEEDS_REVIEW) is None else str(row[NEEDS_REVIEW]).lower(),
                 ])
                 count += 1
     return count

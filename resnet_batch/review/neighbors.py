@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..core.columns import EMBEDDING, PATH
 from ..core.errors import UsageError, require
 from ..core.storage import replaced_atomically
 from ..output import features
@@ -65,13 +66,13 @@ def load_embeddings(output: str, progress: Callable[[int, int], None] | None = N
                     ) -> tuple[list[str], np.ndarray]:
     """Paths and L2-normalised float32 embeddings of the rows without an error."""
     dataset, _ = features.open_output(output)
-    if "embedding" not in dataset.schema.names:
+    if EMBEDDING not in dataset.schema.names:
         raise UsageError(f"{output} has no embeddings (written with --no-embeddings or without 'pooled' in "
                          "--features): nothing to compare")
     paths, chunks = [], []
-    for batch in features.read(output, ["embedding"], batch_rows=65536, progress=progress):
-        paths += batch["path"]
-        chunks.append(batch["embedding"])
+    for batch in features.read(output, [EMBEDDING], batch_rows=65536, progress=progress):
+        paths += batch[PATH]
+        chunks.append(batch[EMBEDDING])
     vectors = np.ascontiguousarray(np.concatenate(chunks).astype(np.float32, copy=False)) if chunks else np.zeros((0, 1), np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     vectors /= np.maximum(norms, 1e-12)
@@ -179,7 +180,7 @@ def find_neighbors(output: str, k: int, threshold: float,
     valid = ids >= 0
     offsets = pa.array(np.arange(0, len(ids) * k + 1, k, dtype=np.int32))
     table = pa.table({
-        "path": pa.array(paths, pa.string()),
+        PATH: pa.array(paths, pa.string()),
         "neighbors": pa.ListArray.from_arrays(offsets, pa.array(np.where(valid, names[np.maximum(ids, 0)], None)
                                                                 .reshape(-1), pa.string())),
         "similarities": pa.ListArray.from_arrays(offsets, pa.array(sims.reshape(-1), pa.float32())),
@@ -206,11 +207,11 @@ def largest_groups(folder: str, limit: int) -> list[list[tuple[str, float]]]:
     path = os.path.join(folder, RESULT_FILE)
     if not os.path.exists(path):
         raise UsageError(f"{folder} holds no {RESULT_FILE}; run resnet-batch neighbors OUT --output {folder} first")
-    table = pq.read_table(path, columns=["path", "similarities", "group"]).filter(pc.is_valid(pc.field("group")))
+    table = pq.read_table(path, columns=[PATH, "similarities", "group"]).filter(pc.is_valid(pc.field("group")))
     if not table.num_rows:
         return []
     best = pc.list_element(table.column("similarities"), 0).to_pylist()
     members: dict[int, list[tuple[str, float]]] = {}
-    for p, g, s in zip(table.column("path").to_pylist(), table.column("group").to_pylist(), best):
+    for p, g, s in zip(table.column(PATH).to_pylist(), table.column("group").to_pylist(), best):
         members.setdefault(g, []).append((p, s))
     return sorted(members.values(), key=lambda m: (-len(m), m[0][0]))[:limit]

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 import pyarrow.compute as pc
 
+from ..core.columns import ERROR, MARGIN, NEEDS_REVIEW, PATH, TOPK_LABELS, TOPK_PROBS
 from ..core.errors import UsageError
 from ..output.features import batches, open_output
 from ..output.writer import error_category
@@ -83,15 +84,15 @@ class Review:
         return self.rows - sum(self.errors.values())
 
 
-REVIEW_COLUMNS = ["path", "topk_labels", "topk_probs", "margin", "needs_review", "error"]
+REVIEW_COLUMNS = [PATH, TOPK_LABELS, TOPK_PROBS, MARGIN, NEEDS_REVIEW, ERROR]
 
 
 def collect(output: str, per_class: int = 4, queue: int = 200, max_errors: int = 500,
             progress: Callable[[int, int], None] | None = None) -> Review:
     dataset, run = open_output(output)
-    if "topk_labels" not in dataset.schema.names:
+    if TOPK_LABELS not in dataset.schema.names:
         raise UsageError(f"{output} has no labels (it was written with --top-k 0): nothing to review")
-    flagged_column = "needs_review" in dataset.schema.names
+    flagged_column = NEEDS_REVIEW in dataset.schema.names
     review = Review(run=run, queue_rule="needs_review (top-1 probability under "
                     f"{(run.get('review') or {}).get('review_below')})" if flagged_column
                     else "the least confident rows (no --review-below was given)")
@@ -99,21 +100,21 @@ def collect(output: str, per_class: int = 4, queue: int = 200, max_errors: int =
     counter = itertools.count()
     for batch in batches(dataset, REVIEW_COLUMNS, progress):
         review.rows += batch.num_rows
-        errors = batch.column("error")
+        errors = batch.column(ERROR)
         failed = pc.is_valid(errors)
-        for path, error in zip(batch.column("path").filter(failed).to_pylist(), errors.filter(failed).to_pylist()):
+        for path, error in zip(batch.column(PATH).filter(failed).to_pylist(), errors.filter(failed).to_pylist()):
             review.errors[error_category(error)] += 1
             if len(review.error_rows) < max_errors:
                 review.error_rows.append((path, error))
         ok = batch.filter(pc.invert(failed))
         if not ok.num_rows:
             continue
-        labels = pc.list_element(ok.column("topk_labels"), 0).to_pylist()
-        probs = pc.list_element(ok.column("topk_probs"), 0).to_numpy(zero_copy_only=False)
-        flags = ok.column("needs_review").to_numpy(zero_copy_only=False) if flagged_column else None
+        labels = pc.list_element(ok.column(TOPK_LABELS), 0).to_pylist()
+        probs = pc.list_element(ok.column(TOPK_PROBS), 0).to_numpy(zero_copy_only=False)
+        flags = ok.column(NEEDS_REVIEW).to_numpy(zero_copy_only=False) if flagged_column else None
         review.histogram += np.histogram(probs, bins=HISTOGRAM_BINS, range=(0.0, 1.0))[0]
         review.flagged += int(flags.sum()) if flags is not None else 0
-        for i, (path, label, prob) in enumerate(zip(ok.column("path").to_pylist(), labels, probs.tolist())):
+        for i, (path, label, prob) in enumerate(zip(ok.column(PATH).to_pylist(), labels, probs.tolist())):
             stats = review.classes.get(label)
             if stats is None:
                 stats = review.classes[label] = ClassStats(label, lowest=_Lowest(per_class))

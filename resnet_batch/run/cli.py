@@ -13,6 +13,7 @@ import signal
 import sys
 import traceback
 
+from ..core.columns import EMBEDDING
 from ..core.errors import Interrupted, UsageError, WeightsUnavailableError, one_line, root_cause
 from .arguments import build_parser
 from .console import Console, raise_on_signals
@@ -89,7 +90,7 @@ def cmd_models(args: argparse.Namespace, console: Console) -> int:
         for row in rows:
             console.print(json.dumps(row))
         return EXIT_OK
-    table = [("model", "default weights", "embedding", "c2/c3/c4/c5", "--weights")]
+    table = [("model", "default weights", EMBEDDING, "c2/c3/c4/c5", "--weights")]
     table += [(r["model"], r["default"], str(r["embedding_dim"]), "/".join(map(str, r["stage_widths"].values())),
                ", ".join(r["weights"])) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(4)]

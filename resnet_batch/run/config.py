@@ -12,10 +12,10 @@ import posixpath
 import typing
 from dataclasses import dataclass
 
-from ..core.columns import EMBEDDING_DTYPES
+from ..core.columns import EMBEDDING_DTYPES, PATH, SPATIAL_STAGES
 from ..core.errors import UsageError, one_line
 from ..data.decode import DEFAULT_MAX_PIXELS
-from ..model.registry import FEATURES, POOLED, SPATIAL_STAGES, check_model
+from ..model.registry import FEATURES, POOLED, check_model
 from ..output.writer import MODES
 
 DECODERS = ("auto", "cpu", "gpu")
@@ -66,7 +66,7 @@ class LabelConfig:
     precision: str = "auto"
     mode: str = "error"
     address: str | None = None
-    path_column: str = "path"
+    path_column: str = PATH
     rows_per_file: int = 10_000
     num_workers: int = 0  # model actors; 0 = one per GPU, or one per CPU node
     threads_per_worker: int = 0  # CPU actor: cores, one single-threaded forward each (0 = the node's); GPU: torch threads

@@ -10,7 +10,7 @@ import math
 import pyarrow as pa
 
 from .. import __version__
-from ..core.columns import EMBEDDING_DTYPES, SPATIAL_SHAPE, VALID, output_schema, with_run_metadata
+from ..core.columns import EMBEDDING_DTYPES, REVIEW_COLUMNS, SPATIAL_SHAPE, VALID, output_schema, with_run_metadata
 from ..data.preprocessing import WholeImage
 from ..model.registry import POOLED, STAGE_STRIDES, STAGES, feature_width, stage_width
 from .config import LabelConfig
@@ -18,11 +18,6 @@ from .config import LabelConfig
 # A part file is one Parquet row group, written by one task that holds it in memory: bound
 # both. Readers then stream a row group at a time, whatever the features' size.
 MAX_FILE_BYTES = 256 * 2**20
-REVIEW_COLUMNS = {
-    "margin": "top-1 minus top-2 probability (small: the model hesitates between two classes)",
-    "entropy": "entropy of the whole softmax, in nats (0: certain; ln(classes): uniform)",
-    "needs_review": "top-1 probability under review_below (present when --review-below was given)",
-}
 ROW_OVERHEAD_BYTES = 1024  # path, labels, probabilities, error and manifest columns, generously
 
 

@@ -18,6 +18,7 @@ from functools import partial
 import numpy as np
 import pyarrow as pa
 
+from ..core.columns import PATH
 from ..core.errors import Interrupted, UsageError
 from ..core.pathset import EMPTY, isin_sorted, path_hashes
 from ..core.storage import is_local
@@ -83,7 +84,7 @@ class Inputs:
 
     @property
     def extra_fields(self) -> tuple[pa.Field, ...]:
-        return tuple(f for f in self.plan.table.schema if f.name != "path" and not f.name.startswith("_"))
+        return tuple(f for f in self.plan.table.schema if f.name != PATH and not f.name.startswith("_"))
 
     @property
     def has_work(self) -> bool:
@@ -99,7 +100,7 @@ class Inputs:
 def _list_inputs(cfg: LabelConfig, table: pa.Table | None, out: OutputDir) -> Inputs:
     plan = InputPlan(table, ()) if table is not None else plan_inputs(list(cfg.inputs), cfg.path_column)
     done_before = out.completed_hashes() if cfg.mode == "resume" else EMPTY
-    listed = path_hashes(plan.table.column("path").to_pylist())
+    listed = path_hashes(plan.table.column(PATH).to_pylist())
     todo = plan.table.filter(pa.array(~isin_sorted(listed, done_before)))
     listed.sort()  # the table above is filtered in listing order; the checks want sorted hashes
     if plan.table.num_rows:
@@ -161,7 +162,7 @@ def _saver(cfg: LabelConfig, out: OutputDir, weights: Future, inputs: Inputs) ->
 
 
 def _execute(cfg: LabelConfig, resolved, inputs: Inputs, saver: Saver, timeline: Timeline, report) -> None:
-    first_paths = inputs.todo.column("path").slice(0, 1).to_pylist() + list(inputs.plan.directories[:1])
+    first_paths = inputs.todo.column(PATH).slice(0, 1).to_pylist() + list(inputs.plan.directories[:1])
     plan = make_plan(cfg, resolved, ray_session.cluster(), local_inputs=all(is_local(p) for p in first_paths))
     # Walks skip what is done and what the driver listed (it is labeled from the table).
     skip = np.union1d(inputs.done_before, inputs.listed)

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from ..core.columns import PATH
 from ..core.pathset import drop_listed, isin_sorted, path_hashes
 from ..core.storage import is_local
 from ..data.sources import Level, conform, list_directory_level
@@ -88,7 +89,7 @@ def count_against(root: str, excluded: np.ndarray, done_before: np.ndarray,
     inputs = done = missing = hidden = 0
     for level in walk_here(root) if is_local(root) else walk(root):
         hidden += level.hidden
-        hashes = path_hashes(level.table.column("path").to_pylist())
+        hashes = path_hashes(level.table.column(PATH).to_pylist())
         hashes = hashes[~isin_sorted(hashes, excluded)]
         inputs += len(hashes)
         done += int(isin_sorted(hashes, done_before).sum())
