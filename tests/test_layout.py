@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import io
+import subprocess
+import sys
 import tokenize
 from pathlib import Path
 
@@ -125,3 +127,24 @@ def test_column_names_are_spelled_only_in_the_column_table():
                     and (name, text[1:-1]) not in OTHER_MEANINGS:
                 spelled.append(f"{name}:{token.start[0]} {text}")
     assert not spelled, spelled
+
+
+def test_the_flat_import_paths_still_work_for_one_release():
+    code = """
+import warnings
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    import resnet_batch.pipeline as old
+    from resnet_batch import features
+    from resnet_batch.schema import output_schema
+import resnet_batch.run.job as new, resnet_batch.output.features as new_features, resnet_batch.core.columns as columns
+assert old is new and features is new_features and output_schema is columns.output_schema
+moved = sorted(str(w.message).split(" is now ")[0] for w in caught if w.category is DeprecationWarning)
+assert moved == ["resnet_batch.features", "resnet_batch.pipeline", "resnet_batch.schema"], moved
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    old_cli = subprocess.run([sys.executable, "-W", "always", "-m", "resnet_batch.cli", "models"],
+                             capture_output=True, text=True, timeout=120)
+    assert old_cli.returncode == 0 and "resnet50" in old_cli.stdout, old_cli.stderr
+    assert "resnet_batch.cli is now resnet_batch.run.cli" in old_cli.stderr

@@ -127,7 +127,7 @@ def test_exports(job, tmp_path):
 
 
 @pytest.mark.parametrize("call, needle", [
-    (lambda out, tmp: export(out, "coco", str(tmp / "x.json")), "unknown --format 'coco'; valid: label-studio, "),
+    (lambda out, tmp: export(out, "coco", str(tmp / "x.json")), "invalid --format 'coco'; valid: label-studio, "),
     (lambda out, tmp: export(str(tmp), "csv", str(tmp / "x.csv")), "is not a resnet-batch output"),
     (lambda out, tmp: build_report(str(tmp), str(tmp / "x.html")), "is not a resnet-batch output"),
 ])

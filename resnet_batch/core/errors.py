@@ -55,11 +55,14 @@ class Interrupted(BaseException):
         self.signum, self.processed, self.saved = signum, processed, saved
 
 
-def require(module: str, extra: str):
-    """Import an optional dependency, or fail with one line saying how to install it."""
+def require(module: str, extra: str, needed_for: str = "this", error: type[Exception] = UsageError,
+            otherwise: str = ""):
+    """Import an optional dependency, or fail with one line saying how to install it (the
+    one wording of every "missing extra" error); `otherwise` adds another way out."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise UsageError(f"this needs the {module} package: pip install 'resnet-batch[{extra}]'") from None
+        raise error(f"{needed_for} needs the {module} package: pip install 'resnet-batch[{extra}]'"
+                    + (f", {otherwise}" if otherwise else "")) from None

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import fsspec
 from fsspec import AbstractFileSystem
 
-from .errors import UsageError
+from .errors import UsageError, require
 
 # scheme -> (python module the fsspec implementation needs, extra that installs it)
 SCHEMES: dict[str, tuple[str | None, str | None]] = {
@@ -59,12 +59,7 @@ def check_scheme(uri: str, *, for_output: bool = False) -> str:
         raise UsageError(f"{scheme}:// is read-only; write the output to a local path or a bucket")
     module, extra = SCHEMES[scheme]
     if module is not None:
-        try:
-            __import__(module)
-        except ImportError:
-            raise UsageError(
-                f"{scheme}:// needs the {module} package: pip install 'resnet-batch[{extra}]'"
-            ) from None
+        require(module, extra, needed_for=f"{scheme}://")
     return scheme
 
 

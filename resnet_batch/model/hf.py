@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..core.errors import UsageError, WeightsUnavailableError
+from ..core.errors import UsageError, WeightsUnavailableError, require
 from .registry import HF_PREFIX
 
 if TYPE_CHECKING:
@@ -57,15 +57,10 @@ def _hub_snapshot(repo: str) -> Path:
     cached = _cached_snapshot(repo)
     if cached is not None:
         return cached
+    hub = require("huggingface_hub", "hf", needed_for=f"hf:{repo} is not in the Hugging Face cache; downloading it",
+                  error=WeightsUnavailableError, otherwise="or pass a save_pretrained directory with --weights")
     try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise WeightsUnavailableError(
-            f"hf:{repo} is not in the Hugging Face cache and huggingface_hub is not installed to download it: "
-            "pip install 'resnet-batch[hf]', or pass a save_pretrained directory with --weights"
-        ) from None
-    try:
-        return Path(snapshot_download(repo, allow_patterns=["*.json", *WEIGHT_FILES]))
+        return Path(hub.snapshot_download(repo, allow_patterns=["*.json", *WEIGHT_FILES]))
     except Exception as exc:
         raise WeightsUnavailableError(
             f"cannot fetch hf:{repo} from the Hugging Face hub ({type(exc).__name__}); "

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..core import checks
 from ..core.columns import ERROR, PATH, read_run_metadata
 from ..core.errors import UsageError, one_line
 from ..core.pathset import EMPTY, path_hashes
@@ -89,8 +90,7 @@ class OutputDir:
 
     def check(self, mode: str) -> None:
         """Refuse, before any work, what --mode does not allow; changes nothing."""
-        if mode not in MODES:
-            raise UsageError(f"unknown --mode {mode!r}; valid: {', '.join(MODES)}")
+        checks.one_of("--mode", mode, MODES)
         refuse_inside_job_output(self.uri, "--output", strictly_inside=True)
         with self._as_usage_error():
             names = [n for n in self._names() if n != LEASE_FILE]

@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import pyarrow.compute as pc
 
+from ..core import checks
 from ..core.columns import ENTROPY, ERROR, MARGIN, NEEDS_REVIEW, PATH, TOPK_LABELS, TOPK_PROBS
 from ..core.errors import UsageError
 from ..core.identity import member_escapes, on_disk, split_member
@@ -247,10 +248,8 @@ def export_csv(output: str, target: str, rows: str = "all", progress: Callable |
 def export(output: str, fmt: str, target: str, rows: str = "all", copy: bool = False, local_root: str | None = None,
            progress: Callable | None = None) -> int:
     """Export `output` as `fmt` to `target`; returns the rows exported."""
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown --format {fmt!r}; valid: {', '.join(FORMATS)}")
-    if rows not in ROWS:
-        raise UsageError(f"unknown --rows {rows!r}; valid: {', '.join(ROWS)}")
+    checks.one_of("--format", fmt, FORMATS)
+    checks.one_of("--rows", rows, ROWS)
     check_tool_target(target, "--output", folder=fmt == "imagefolder")
     if fmt == "label-studio":
         check_tool_target(config_path(target), "--output", folder=False)

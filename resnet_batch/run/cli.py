@@ -13,6 +13,7 @@ import signal
 import sys
 import traceback
 
+from ..core import checks
 from ..core.columns import EMBEDDING
 from ..core.errors import Interrupted, UsageError, WeightsUnavailableError, one_line, root_cause
 from .arguments import build_parser
@@ -150,8 +151,8 @@ def cmd_jobs(args: argparse.Namespace, console: Console) -> int:
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     from ..review.report import build_report
 
-    if args.per_class < 1 or args.queue < 0:
-        raise UsageError("--per-class must be >= 1 and --queue >= 0")
+    checks.whole_number("--per-class", args.per_class)
+    checks.whole_number("--queue", args.queue, minimum=0)
     with console.row_progress("report") as progress:
         review = build_report(args.output, args.html, args.per_class, args.queue, args.neighbors, progress)
     console.print(f"{review.rows} rows, {len(review.classes)} classes, {sum(review.errors.values())} errors, "
@@ -175,8 +176,8 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
 def cmd_neighbors(args: argparse.Namespace, console: Console) -> int:
     from ..review import neighbors
 
-    if args.k < 1 or not 0 < args.threshold <= 1:
-        raise UsageError("--k must be >= 1 and --threshold a cosine similarity in (0, 1]")
+    checks.whole_number("--k", args.k)
+    checks.fraction("--threshold", args.threshold, "cosine similarity")
     from ..output.ownership import check_tool_target
 
     check_tool_target(args.target, "--output", folder=True)  # before the search, not after it

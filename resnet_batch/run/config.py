@@ -12,6 +12,7 @@ import posixpath
 import typing
 from dataclasses import dataclass
 
+from ..core import checks
 from ..core.columns import EMBEDDING_DTYPES, PATH, SPATIAL_STAGES
 from ..core.errors import UsageError, one_line
 from ..data.decode import DEFAULT_MAX_PIXELS
@@ -22,27 +23,6 @@ DECODERS = ("auto", "cpu", "gpu")
 CROPS = ("center", "none")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-
-
-def _one_of(name: str, value: str, valid) -> None:
-    if value not in valid:
-        raise UsageError(f"invalid {name} {value!r}; valid: {', '.join(valid)}")
-
-
-def _positive(name: str, value: int, allow_zero: bool = False) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < (0 if allow_zero else 1):
-        raise UsageError(f"{name} must be an integer >= {0 if allow_zero else 1}, got {value!r}")
-
-
-def _positive_seconds(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise UsageError(f"{name} must be a number of seconds > 0, got {value!r}")
-
-
-def _fraction(name: str, value: float, what: str, allow_zero: bool) -> None:
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not number or not (0 <= value <= 1) or (value == 0 and not allow_zero):
-        raise UsageError(f"{name} must be a {what} in {'[' if allow_zero else '('}0, 1], got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -86,26 +66,26 @@ class LabelConfig:
             raise UsageError("--output is required")
         check_model(self.model)
         self._check_features()
-        _one_of("--embedding-dtype", self.embedding_dtype, EMBEDDING_DTYPES)
-        _one_of("--device", self.device, DEVICES)
-        _one_of("--precision", self.precision, PRECISIONS)
-        _one_of("--mode", self.mode, MODES)
-        _one_of("--decode", self.decode, DECODERS)
-        _positive("--batch-size", self.batch_size, allow_zero=True)
-        _positive("--top-k", self.top_k, allow_zero=True)
+        checks.one_of("--embedding-dtype", self.embedding_dtype, EMBEDDING_DTYPES)
+        checks.one_of("--device", self.device, DEVICES)
+        checks.one_of("--precision", self.precision, PRECISIONS)
+        checks.one_of("--mode", self.mode, MODES)
+        checks.one_of("--decode", self.decode, DECODERS)
+        checks.whole_number("--batch-size", self.batch_size, minimum=0)
+        checks.whole_number("--top-k", self.top_k, minimum=0)
         if self.top_k > 1000:
             raise UsageError(f"--top-k must be at most 1000, got {self.top_k}")
-        _positive("--rows-per-file", self.rows_per_file)
-        _positive("--num-workers", self.num_workers, allow_zero=True)
-        _positive("--threads-per-worker", self.threads_per_worker, allow_zero=True)
-        _positive("--io-threads", self.io_threads, allow_zero=True)
-        _positive("--max-pixels", self.max_pixels)
-        _positive_seconds("--checkpoint-every", self.checkpoint_every)
-        _positive_seconds("--progress-every", self.progress_every)
-        _positive_seconds("--wait-for-resources", self.wait_for_resources)
-        _fraction("--cpu-decode-share", self.cpu_decode_share, "fraction", allow_zero=True)
+        checks.whole_number("--rows-per-file", self.rows_per_file)
+        checks.whole_number("--num-workers", self.num_workers, minimum=0)
+        checks.whole_number("--threads-per-worker", self.threads_per_worker, minimum=0)
+        checks.whole_number("--io-threads", self.io_threads, minimum=0)
+        checks.whole_number("--max-pixels", self.max_pixels)
+        checks.seconds("--checkpoint-every", self.checkpoint_every)
+        checks.seconds("--progress-every", self.progress_every)
+        checks.seconds("--wait-for-resources", self.wait_for_resources)
+        checks.fraction("--cpu-decode-share", self.cpu_decode_share, allow_zero=True)
         if self.review_below is not None:
-            _fraction("--review-below", self.review_below, "probability", allow_zero=False)
+            checks.fraction("--review-below", self.review_below, "probability")
             if self.top_k == 0:
                 raise UsageError("--review-below needs labels: use --top-k 1 or more")
         if self.top_k == 0 and not self.features and not self.spatial:
@@ -115,14 +95,14 @@ class LabelConfig:
         features = self.features.split(",") if isinstance(self.features, str) else list(self.features)
         features = [f.strip() for f in features if f.strip() and f.strip() != "none"]
         for feature in features:
-            _one_of("--features value", feature, FEATURES)
+            checks.one_of("--features value", feature, FEATURES)
         if not self.embeddings:
             features = [f for f in features if f != POOLED]
         object.__setattr__(self, "features", tuple(dict.fromkeys(features)))  # normalised, in given order
         if self.spatial is not None:
-            _one_of("--spatial", self.spatial, SPATIAL_STAGES)
-        _one_of("--crop", self.crop, CROPS)
-        _positive("--resize", self.resize, allow_zero=True)
+            checks.one_of("--spatial", self.spatial, SPATIAL_STAGES)
+        checks.one_of("--crop", self.crop, CROPS)
+        checks.whole_number("--resize", self.resize, minimum=0)
         if self.resize and self.crop != "none":
             raise UsageError("--resize applies to --crop none; --crop center uses the weights' own resize and crop")
         if self.crop == "none" and self.decode == "gpu":

@@ -17,23 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
-from ..core.errors import UsageError, one_line
+from ..core.errors import UsageError, one_line, require
 
 TERMINAL_OK = "SUCCEEDED"
 
 
 def _client(address: str):
-    hint = "submitting jobs needs Ray's job client: pip install 'resnet-batch[submit]'"
+    job_submission = require("ray.job_submission", "submit", needed_for="submitting jobs")
     try:
-        from ray.job_submission import JobSubmissionClient
-    except ImportError:
-        raise UsageError(hint) from None
-    try:
-        return JobSubmissionClient(address)
+        return job_submission.JobSubmissionClient(address)
     except Exception as exc:  # connection refused, bad address, auth failure: the whole reason, never cut
         reason = one_line(exc, limit=2000)
         if "ray[default]" in reason:
-            raise UsageError(hint) from None
+            raise UsageError("submitting jobs needs ray[default]: pip install 'resnet-batch[submit]'") from None
         if "token" in reason.lower() and os.environ.get("RAY_AUTH_MODE") != "token":
             reason += " (Ray 2.60 heads require token authentication: export RAY_AUTH_MODE=token, with the " \
                       "cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN)"
