@@ -32,6 +32,7 @@ def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.C
     (["--weights", "IMAGENET1K_V9"], "valid: DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2, none, PATH-or-URI"),
     (["--weights", "imagenet"], "checkpoint not found: imagenet; --weights valid: DEFAULT, IMAGENET1K_V1, "
                                 "IMAGENET1K_V2, none, PATH-or-URI (a .pt/.pth/.safetensors file"),
+    (["--model", "none", "--weights", "IMAGENET1K_V1"], "--model none (the null model, a benchmark aid) takes no --weights"),
     (["--checkpoint-every", "0"], "--checkpoint-every must be a number of seconds > 0"),
     (["--batch-size", "-4"], "--batch-size must be an integer >= 0"),
     (["s3x://bucket/x"], "unsupported URI scheme 's3x'"),

@@ -87,7 +87,7 @@ def test_label_matches_torchvision_reference(
 
     meta = pq.read_schema(next(out.glob("part-*.parquet"))).metadata
     assert meta[b"resnet_batch.model"].decode() == model_name
-    assert meta[b"resnet_batch.model.weights"].decode() == str(ckpt)
+    assert meta[b"resnet_batch.weights"].decode() == str(ckpt)
     assert f'"resize_size": {resize}'.encode() in meta[b"resnet_batch"]
 
     emb, logits = reference_outputs(model_name, ckpt, preprocess or "IMAGENET1K_V1", reference_images)

@@ -148,3 +148,14 @@ assert moved == ["resnet_batch.features", "resnet_batch.pipeline", "resnet_batch
                              capture_output=True, text=True, timeout=120)
     assert old_cli.returncode == 0 and "resnet50" in old_cli.stdout, old_cli.stderr
     assert "resnet_batch.cli is now resnet_batch.run.cli" in old_cli.stderr
+
+
+@pytest.mark.parametrize("column", ["margin", "entropy", "needs_review", "c3", "spatial_c5", "scale", "valid", "image"])
+def test_a_manifest_column_named_like_an_output_column_is_refused(tmp_path, column):
+    from resnet_batch.core.errors import UsageError
+    from resnet_batch.data.manifests import read_manifest
+
+    manifest = tmp_path / "list.csv"
+    manifest.write_text(f"path,{column}\n/x/a.jpg,1\n")
+    with pytest.raises(UsageError, match=f"clash with output columns: {column}$"):
+        read_manifest(str(manifest))

@@ -21,7 +21,7 @@ def resolved():
 
 def test_a_gpu_cluster_gets_an_actor_per_gpu_decoding_jpegs(resolved):
     plan = make_plan(CFG, resolved, Cluster(gpus=2, cpu_nodes=1, cpus_per_node=16, cpu_bf16=False))
-    assert (plan.actors, plan.gpus_per_actor, plan.calls_per_actor) == (2, 1, 2)
+    assert (plan.actors, plan.gpus_per_actor, plan.calls_per_actor, plan.cpus_per_actor) == (2, 1, 2, 1)
     assert plan.device == plan.model.device == "cuda" and plan.decode_on_device
     assert plan.batch_size == 256 and plan.block_rows == 256 * BLOCKS_PER_BATCH
     assert plan.precision == plan.model.precision == "auto"  # the GPU's kind decides, on its node

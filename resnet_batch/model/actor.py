@@ -8,6 +8,7 @@ and the actors start).
 from __future__ import annotations
 
 from ..core.errors import ModelStartError, UsageError, WeightsUnavailableError, one_line
+from .registry import NULL_MODEL
 from .settings import InferenceSettings
 
 # Raised as they are: the driver can unpickle these without torch.
@@ -21,7 +22,10 @@ class PredictorActor:
 
     def __init__(self, settings: InferenceSettings, schema, progress=None):
         try:
-            from .inference import Predictor
+            if settings.weights.model == NULL_MODEL:
+                from .null import NullPredictor as Predictor
+            else:
+                from .inference import Predictor
 
             self.predictor = Predictor(settings, schema, progress)
         except Exception as exc:

@@ -29,11 +29,13 @@ from ..core.columns import (
     TOPK_PROBS,
     VALID,
     build_table,
+    spatial_column,
 )
 from ..data.decode import JPEG_COLUMN, PIXELS_COLUMN, RESIZED_COLUMNS, SCALE_COLUMN
 from ..data.device_decode import DeviceDecoder
 from .models import build_model, fold_batch_norms, forward_stages, pool
-from .registry import POOLED, STAGE_STRIDES, STAGES, column_of, feature_width
+from .outputs import empty_outputs
+from .registry import POOLED, STAGE_STRIDES, STAGES, column_of
 from .settings import InferenceSettings, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -219,7 +221,7 @@ class Predictor:
 
     def _label(self, batch: dict[str, np.ndarray]) -> pa.Table:
         errors = np.array(batch[ERROR], dtype=object)
-        outputs = self._empty_outputs(len(errors))
+        outputs = empty_outputs(self.settings, len(errors))
         if self.settings.whole_image:
             self._label_shapes(batch, errors, outputs)
         else:
@@ -242,19 +244,6 @@ class Predictor:
             self._scatter(outputs, rows, self.predict(stacked, resized[rows]), resized[rows])
         outputs[SCALE_COLUMN] = batch[SCALE_COLUMN]
 
-    def _empty_outputs(self, n: int) -> dict:
-        s, k = self.settings, self.settings.top_k
-        out: dict = {TOPK_IDS: np.zeros((n, k), np.int32), TOPK_PROBS: np.zeros((n, k), np.float32),
-                     MARGIN: np.zeros(n, np.float32), ENTROPY: np.zeros(n, np.float32),
-                     NEEDS_REVIEW: np.zeros(n, bool)}
-        for feature in s.features:
-            out[column_of(feature)] = np.zeros((n, feature_width(s.weights.model, feature)), self.embedding_dtype)
-        if s.spatial:
-            out[f"spatial_{s.spatial}"] = [None] * n
-            out[SPATIAL_SHAPE] = np.zeros((n, 3), np.int32)
-            out[VALID] = np.zeros((n, 4), np.int32)
-        return out
-
     def _scatter(self, outputs: dict, rows: np.ndarray, result: dict[str, np.ndarray],
                  resized: np.ndarray | None = None) -> None:
         """Put a forward's results for `rows` into the batch's output arrays."""
@@ -264,7 +253,7 @@ class Predictor:
         if "spatial" not in result:
             return
         maps, stride = result["spatial"], STAGE_STRIDES[self.settings.spatial]
-        column = outputs[f"spatial_{self.settings.spatial}"]
+        column = outputs[spatial_column(self.settings.spatial)]
         for j, row in enumerate(rows):
             column[row] = maps[j].reshape(-1)  # C-major: (C, H, W) flattened
         outputs[SPATIAL_SHAPE][rows] = maps.shape[1:]

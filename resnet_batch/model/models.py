@@ -27,7 +27,6 @@ from .registry import (
     STAGE_WIDTHS,
     STAGES,
     TORCHVISION_WEIGHTS,
-    check_model,
     imagenet_categories,
     weights_names,
 )
@@ -46,10 +45,6 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 RANDOM_INIT_SEED = 0
-
-
-def model_spec(name: str) -> ModelSpec:
-    return MODELS[check_model(name)]
 
 
 def num_classes(state: dict[str, torch.Tensor]) -> int:

@@ -30,6 +30,11 @@ STAGE_WIDTHS = {
     "wide_resnet101_2": BOTTLENECK_WIDTHS,
 }
 EMBEDDING_DIMS = {name: widths[-1] for name, widths in STAGE_WIDTHS.items()}
+# --model none: no network, rows of zeros with resnet50's columns and sizes, so that a
+# benchmark measures what the pipeline itself costs (listing, decoding, moving, writing).
+NULL_MODEL = "none"
+MODEL_WIDTHS = {**STAGE_WIDTHS, NULL_MODEL: BOTTLENECK_WIDTHS}
+NULL_RECIPE_MODEL = "resnet50"  # whose reference recipe the null model's decoding follows
 # torchvision's pretrained weights per model (its enums, which tests check this against):
 # each release's file and the resize of its evaluation recipe, so that the driver, which
 # runs no model, never imports torch. DEFAULT is the last one listed.
@@ -80,8 +85,8 @@ FEATURES = (POOLED, *STAGES)
 
 
 def check_model(name: str) -> str:
-    if name not in STAGE_WIDTHS:
-        raise UsageError(f"unknown model {name!r}; valid: {', '.join(STAGE_WIDTHS)}")
+    if name not in MODEL_WIDTHS:
+        raise UsageError(f"unknown model {name!r}; valid: {', '.join(MODEL_WIDTHS)}")
     return name
 
 
@@ -119,6 +124,10 @@ def imagenet_categories() -> tuple[str, ...]:
 def check_weights_argument(model: str, weights: str) -> None:
     """Refuses, before Ray starts, what resolving the weights (on a thread, awaited only once Ray
     has started) would refuse: an unknown torchvision weights name, a missing local checkpoint."""
+    if model == NULL_MODEL:
+        if weights not in ("DEFAULT", NO_WEIGHTS):
+            raise UsageError(f"--model {NULL_MODEL} (the null model, a benchmark aid) takes no --weights, got {weights!r}")
+        return
     if weights.lower() == NO_WEIGHTS or weights.startswith(HF_PREFIX):
         return
     if looks_like_weights_name(weights):
@@ -138,9 +147,9 @@ def column_of(feature: str) -> str:
 
 
 def stage_width(model: str, stage: str) -> int:
-    return STAGE_WIDTHS[model][STAGES.index(stage)]
+    return MODEL_WIDTHS[model][STAGES.index(stage)]
 
 
 def feature_width(model: str, feature: str) -> int:
     """Values in a --features value's vector (`pooled` is c5's average)."""
-    return EMBEDDING_DIMS[model] if feature == POOLED else stage_width(model, feature)
+    return MODEL_WIDTHS[model][-1] if feature == POOLED else stage_width(model, feature)

@@ -28,13 +28,17 @@ from . import hf
 from .checkpoints import CheckpointNotFound, Loaded, read_checkpoint, read_labels
 from .registry import (
     CROP_SIZE,
-    EMBEDDING_DIMS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     NO_WEIGHTS,
+    NULL_MODEL,
+    NULL_RECIPE_MODEL,
+    POOLED,
     RECIPE_INTERPOLATION,
     TORCHVISION_WEIGHTS,
     check_model,
+    check_weights_argument,
+    feature_width,
     imagenet_categories,
     looks_like_weights_name,
     release_name,
@@ -55,6 +59,7 @@ def _release_recipe(model: str, name: str) -> Preprocessing:
 
 
 def _reference_recipe(model: str, preprocess: str | None) -> tuple[Preprocessing, str]:
+    model = NULL_RECIPE_MODEL if model == NULL_MODEL else model
     name = release_name(model, preprocess or CLASSIC_RECIPE)
     return _release_recipe(model, name), name
 
@@ -175,7 +180,7 @@ WeightsSource = RandomInit | TorchvisionWeights | CheckpointFile | PretrainedFol
 
 def weights_source(model: str, weights: str) -> WeightsSource:
     """What --weights names, decided from its form alone (nothing is read yet)."""
-    if weights.lower() == NO_WEIGHTS:
+    if weights.lower() == NO_WEIGHTS or model == NULL_MODEL:  # (check_weights_argument refuses others)
         return RandomInit()
     if weights == "DEFAULT" or looks_like_weights_name(weights):
         return TorchvisionWeights(release_name(model, weights))
@@ -201,7 +206,7 @@ class ResolvedWeights:
 
     @property
     def embedding_dim(self) -> int:
-        return EMBEDDING_DIMS[self.model]
+        return feature_width(self.model, POOLED)
 
     def state_dict(self) -> dict[str, torch.Tensor] | None:
         return self.source.load(self.model).state
@@ -215,6 +220,8 @@ def resolve_weights(model: str, weights: str, preprocess: str | None = None, lab
     checkpoints are always read, since their class count and names are inside them.
     """
     check_model(model)
+    if model == NULL_MODEL:
+        check_weights_argument(model, weights)
     source = weights_source(model, weights)
     preprocessing, preprocess_from = source.recipe(model, preprocess)
     loaded = source.inspect(model, verify)

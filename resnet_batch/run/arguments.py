@@ -17,7 +17,8 @@ def _add_label_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", help="output Parquet dataset directory (local path or URI)")
     p.add_argument("--config", help="YAML job config with the same option names; flags win")
     p.add_argument("--model", help="resnet18|34|50|101|152, resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, "
-                   "wide_resnet50_2, wide_resnet101_2 (default resnet50)")
+                   "wide_resnet50_2, wide_resnet101_2 (default resnet50), or none: the null model, a benchmark "
+                   "aid that runs no network and writes resnet50's columns, filled with constants")
     p.add_argument("--weights", help="DEFAULT|IMAGENET1K_V1|IMAGENET1K_V2|none|PATH-or-URI (default DEFAULT)")
     p.add_argument("--preprocess", help="torchvision weights whose transforms() a checkpoint or "
                    "'none' uses (default IMAGENET1K_V1)")

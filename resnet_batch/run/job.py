@@ -138,7 +138,9 @@ def _label(cfg: LabelConfig, table: pa.Table | None, timeline: Timeline, report,
         if finished is None and inputs.has_work:
             _execute(cfg, weights.result(), inputs, saver, timeline, report)
         saver.ensure_begun()  # a run that labeled nothing still applies --mode (overwrite replaces)
+        checking = time.time()
         check = finished or check_output(out, inputs.plan, inputs.listed, inputs.done_before)
+        timeline.check_s = time.time() - checking
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         if started_ray:

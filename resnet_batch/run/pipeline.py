@@ -197,7 +197,7 @@ def add_stages(ds, plan: ExecutionPlan, schema, progress):
             num_gpus=plan.gpus_per_actor or None,
             # One CPU whatever the cores it runs on: the rest is what lets decode tasks be scheduled
             # beside it (decode yields to the model anyway, under SCHED_IDLE).
-            num_cpus=1,
+            num_cpus=plan.cpus_per_actor,
             runtime_env={"env_vars": ALLOCATOR_ENV},  # merged with a submitted job's own env_vars
             **ACTOR_RETRY_ARGS,
         )

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from ..core.errors import UsageError
 from ..data.preprocessing import DEVICE_FILTERS, WholeImage
+from ..model.registry import NULL_MODEL
 from ..model.settings import InferenceSettings, cpu_has_native_bf16
 from .config import LabelConfig
 from .description import whole_image
@@ -46,6 +47,7 @@ class ExecutionPlan:
     gpus_per_actor: int
     calls_per_actor: int  # calls one actor runs at once, each on a thread of its own
     threads_per_call: int  # torch intra-op threads of each call
+    cpus_per_actor: int  # CPUs each model actor holds (the null model, which computes nothing, holds none)
     device: str  # "cuda" or "cpu"
     precision: str  # as the model's nodes resolve it ("auto" only on GPUs, whose kind decides)
     batch_size: int
@@ -77,6 +79,7 @@ def make_plan(cfg: LabelConfig, resolved, cluster: Cluster, *, local_inputs: boo
     )
     return ExecutionPlan(
         actors=actors, gpus_per_actor=int(on_gpu), calls_per_actor=calls, threads_per_call=threads,
+        cpus_per_actor=0 if cfg.model == NULL_MODEL else 1,
         device=settings.device, precision=precision, batch_size=batch_size,
         block_rows=batch_size * BLOCKS_PER_BATCH,
         decode_on_device=decodes_on_device(cfg, resolved, on_gpu), cpu_decode_share=cfg.cpu_decode_share,
@@ -88,7 +91,8 @@ def make_plan(cfg: LabelConfig, resolved, cluster: Cluster, *, local_inputs: boo
 def _on_gpu(cfg: LabelConfig, cluster: Cluster) -> bool:
     if cfg.device == "cuda" and cluster.gpus == 0:
         raise UsageError("--device cuda was requested but the Ray cluster has no GPUs")
-    return cluster.gpus > 0 and cfg.device != "cpu"
+    # The null model runs no network: it would hold a GPU for nothing.
+    return cluster.gpus > 0 and cfg.device != "cpu" and cfg.model != NULL_MODEL
 
 
 def _cpu_precision(precision: str, cluster: Cluster) -> str:

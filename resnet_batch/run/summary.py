@@ -29,6 +29,7 @@ class Timeline:
     first_batch: float = 0.0  # the first block out of the model
     last_batch: float = 0.0
     first_batch_rows: int = 0
+    check_s: float = 0.0  # the final exactly-once check (part of shutdown)
     ended: float = 0.0  # everything saved and checked, Ray stopped
 
     def phases(self) -> dict[str, float]:
@@ -89,7 +90,8 @@ class LabelSummary:
             *skipped,
             f"wall {self.timeline.wall_s:.1f}s = start-up {phases['start-up']:.1f}s + first batch "
             f"{phases['first batch']:.1f}s + steady {phases['steady']:.1f}s{steady} + shutdown "
-            f"{phases['shutdown']:.1f}s; {self.images_per_s:.1f} images/s overall",
+            f"{phases['shutdown']:.1f}s (final check {self.timeline.check_s:.1f}s); "
+            f"{self.images_per_s:.1f} images/s overall",
             "complete: every input has exactly one row" if self.complete else
             f"INCOMPLETE: {self.missing} inputs without a row, {self.duplicates} duplicate rows",
         ]

@@ -1,0 +1,76 @@
+"""The null model (`--model none`), a benchmark aid: no network and no torch. Every readable
+image gets a row with the same columns a resnet50 run writes, holding constant values, so
+that a job measures what the pipeline itself costs: listing, decoding, moving, writing."""
+
+from __future__ import annotations
+
+import math
+import uuid
+
+import numpy as np
+import pyarrow as pa
+
+from ..core.columns import (
+    ENTROPY,
+    ERROR,
+    NEEDS_REVIEW,
+    SPATIAL_SHAPE,
+    TOPK_IDS,
+    TOPK_PROBS,
+    VALID,
+    build_table,
+    spatial_column,
+)
+from ..data.decode import RESIZED_COLUMNS, SCALE_COLUMN
+from .outputs import empty_outputs
+from .registry import STAGE_STRIDES, stage_width
+from .settings import InferenceSettings
+
+RAN = {"device": "cpu", "precision": "none", "torch": "none", "torchvision": "none", "gpu": None}
+
+
+class NullPredictor:
+    """What a model actor holds for --model none: a uniform softmax, zero vectors and maps."""
+
+    def __init__(self, settings: InferenceSettings, schema: pa.Schema, progress=None):
+        self.settings, self.schema, self.progress = settings, schema, progress
+        self.categories = settings.weights.categories
+        if progress is not None:
+            progress.actor_ready.remote(uuid.uuid4().hex, RAN)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        errors = np.array(batch[ERROR], dtype=object)
+        outputs = self._outputs(batch, np.flatnonzero([not e for e in errors]), len(errors))
+        table = build_table(self.schema, {**batch, ERROR: errors}, outputs, self.categories)
+        if self.progress is not None:
+            self.progress.add_labeled.remote(table.num_rows, table.num_rows - table.column(ERROR).null_count)
+        return table
+
+    def _outputs(self, batch: dict, ok: np.ndarray, n: int) -> dict:
+        s, classes = self.settings, len(self.categories)
+        out = empty_outputs(s, n)
+        out[TOPK_IDS][:] = np.arange(s.top_k, dtype=np.int32)
+        out[TOPK_PROBS][:] = 1.0 / classes
+        out[ENTROPY][:] = math.log(classes)
+        if s.review_below is not None:
+            out[NEEDS_REVIEW][:] = 1.0 / classes < s.review_below
+        if s.spatial:
+            self._maps(batch, ok, out)
+        if s.whole_image:
+            out[SCALE_COLUMN] = batch[SCALE_COLUMN]
+        return out
+
+    def _maps(self, batch: dict, ok: np.ndarray, out: dict) -> None:
+        """Zero maps of the shapes the model's would have: the crop's, or each image's cells."""
+        s = self.settings
+        stride, channels = STAGE_STRIDES[s.spatial], stage_width(s.weights.model, s.spatial)
+        crop = -(-s.weights.preprocessing.crop_size // stride)
+        column = out[spatial_column(s.spatial)]
+        for i in ok:
+            if s.whole_image:
+                width, height = (-(-int(batch[c][i]) // stride) for c in RESIZED_COLUMNS)
+            else:
+                width = height = crop
+            column[i] = np.zeros(channels * height * width, np.float16)
+            out[SPATIAL_SHAPE][i] = (channels, height, width)
+            out[VALID][i] = (0, 0, width, height)

@@ -1,0 +1,24 @@
+"""A batch's output arrays, before any model has filled them: what every predictor starts from
+(rows with an error keep these values, which build_table writes as nulls). Torch-free."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.columns import ENTROPY, MARGIN, NEEDS_REVIEW, SPATIAL_SHAPE, TOPK_IDS, TOPK_PROBS, VALID, spatial_column
+from .registry import column_of, feature_width
+from .settings import InferenceSettings
+
+
+def empty_outputs(settings: InferenceSettings, n: int) -> dict:
+    k, dtype = settings.top_k, np.dtype(settings.embedding_dtype)
+    out: dict = {TOPK_IDS: np.zeros((n, k), np.int32), TOPK_PROBS: np.zeros((n, k), np.float32),
+                 MARGIN: np.zeros(n, np.float32), ENTROPY: np.zeros(n, np.float32),
+                 NEEDS_REVIEW: np.zeros(n, bool)}
+    for feature in settings.features:
+        out[column_of(feature)] = np.zeros((n, feature_width(settings.weights.model, feature)), dtype)
+    if settings.spatial:
+        out[spatial_column(settings.spatial)] = [None] * n
+        out[SPATIAL_SHAPE] = np.zeros((n, 3), np.int32)
+        out[VALID] = np.zeros((n, 4), np.int32)
+    return out
