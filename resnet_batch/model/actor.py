@@ -29,7 +29,8 @@ class PredictorActor:
 
             self.predictor = Predictor(settings, schema, progress)
         except Exception as exc:
-            failure = exc if isinstance(exc, OWN_ERRORS) else ModelStartError(f"{type(exc).__name__}: {one_line(exc)}")
+            failure = exc if isinstance(exc, OWN_ERRORS) else ModelStartError(
+                f"the model actors could not start: {type(exc).__name__}: {one_line(exc)}")
             if progress is not None:
                 progress.start_failed.remote(failure)
             raise failure from exc
