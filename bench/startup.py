@@ -58,7 +58,9 @@ def time_component(code: str) -> float:
 
 def run_label(folder: Path, out: Path, mode: str, extra: list[str], tree: Path) -> dict:
     """One `label` run of the code in `tree` (a checkout, e.g. `git worktree add /tmp/oldtree REV`)."""
-    cmd = [sys.executable, "-m", "resnet_batch", "label", str(folder), "--output", str(out), "--model", "resnet18",
+    # Checkouts from before the layered layout have no `python -m resnet_batch`.
+    entry = "resnet_batch" if (tree / "resnet_batch" / "__main__.py").exists() else "resnet_batch.cli"
+    cmd = [sys.executable, "-m", entry, "label", str(folder), "--output", str(out), "--model", "resnet18",
            "--weights", "none", "--mode", mode, *extra]
     start = time.monotonic()
     # In the tree: `python -m` puts the working directory first on sys.path, before PYTHONPATH
