@@ -19,8 +19,9 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from resnet_batch.core.columns import SCALE
 from resnet_batch.core.errors import UsageError
-from resnet_batch.data.decode import RESIZED_COLUMNS, SCALE_COLUMN, DecodeStage
+from resnet_batch.data.decode import RESIZED_COLUMNS, DecodeStage
 from resnet_batch.data.preprocessing import WholeImage
 from resnet_batch.model.inference import Predictor
 from resnet_batch.model.models import build_model
@@ -89,7 +90,7 @@ def test_whole_image_geometry_and_features_against_unpadded_reference(reference_
         width, height = batch[RESIZED_COLUMNS[0]][k], batch[RESIZED_COLUMNS[1]][k]
         assert torch.equal(torch.from_numpy(batch["image"][k][:, :height, :width]), resized), path
         assert not batch["image"][k][:, height:].any() and not batch["image"][k][:, :, width:].any()
-        assert batch[SCALE_COLUMN][k] == pytest.approx(min(width, height) / min(img.size))
+        assert batch[SCALE][k] == pytest.approx(min(width, height) / min(img.size))
         x = T.Normalize(prep.mean, prep.std)(resized.float().div(255))[None]
         ref = reference_features(resolved, x)
         out = model.predict(batch["image"][k][None], np.array([[width, height]]))
@@ -119,7 +120,7 @@ def test_spatial_cell_maps_back_to_where_the_content_is(tmp_path, resnet18_ckpt)
             np.stack(list(batch["image"])), sizes)["spatial"].astype(np.float32)
         change = np.abs(maps[1] - maps[0]).sum(0)
         i, j = np.unravel_index(change.argmax(), change.shape)
-        stride, scale = STAGE_STRIDES[stage], batch[SCALE_COLUMN][0]
+        stride, scale = STAGE_STRIDES[stage], batch[SCALE][0]
         cell = stride / scale  # one cell in original pixels
         assert abs(stride * j / scale - x0) <= cell and abs(stride * i / scale - y0) <= cell, (stage, i, j)
 

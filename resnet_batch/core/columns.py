@@ -1,4 +1,6 @@
-"""The output schema, declared once, and the file-level metadata that describes a run."""
+"""The output's columns, declared once in COLUMNS: the schema a run writes, the names a
+manifest may not take, the file-level metadata that describes a run, and the building of
+one batch's rows."""
 
 from __future__ import annotations
 

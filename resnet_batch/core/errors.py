@@ -15,11 +15,11 @@ class WeightsUnavailableError(RuntimeError):
     """Weights could not be fetched or loaded; the message says how to fix it."""
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
 class ModelStartError(RuntimeError):
     """A model actor could not start: what its constructor raised, as one line."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:

@@ -28,7 +28,6 @@ DEFAULT_MAX_PIXELS = 100_000_000  # ~10k x 10k; larger inputs are refused before
 JPEG_COLUMN = "_jpeg"  # --decode gpu: undecoded JPEG bytes for the device decoder (b"" = decoded here)
 PIXELS_COLUMN = "_pixels"  # --decode gpu: the crop's uint8 bytes where decoded here (b"" = a JPEG, or an error)
 RESIZED_COLUMNS = ("_resized_w", "_resized_h")  # --crop none: the image's part of its padded tensor
-SCALE_COLUMN = SCALE  # --crop none: resized pixels per original pixel
 
 # A truncated file must fail loudly, never decode into grey padding.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -241,7 +240,7 @@ class DecodeStage:
         out[RESIZED_COLUMNS[0]] = np.array([d.resized[0] for d in decoded], dtype=np.int32)
         out[RESIZED_COLUMNS[1]] = np.array([d.resized[1] for d in decoded], dtype=np.int32)
         # The shorter sides' ratio; the longer side's differs by under a resized pixel (truncation).
-        out[SCALE_COLUMN] = np.array([min(d.resized) / min(d.width, d.height) if d.pixels is not None else np.nan
+        out[SCALE] = np.array([min(d.resized) / min(d.width, d.height) if d.pixels is not None else np.nan
                                       for d in decoded], dtype=np.float32)
         order = sorted(range(len(decoded)), key=lambda i: out[IMAGE][i].shape)
         return {k: v[order] if isinstance(v, np.ndarray) else [v[i] for i in order] for k, v in out.items()}

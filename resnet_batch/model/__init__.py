@@ -4,5 +4,7 @@ The architectures and their feature widths (registry.py, models.py), weights res
 torchvision names, checkpoints (loaded with weights_only=True) or the Hugging Face hub
 (weights.py, hf.py), what a model actor runs with and the precision "auto" stands for
 (settings.py), the class Ray starts as a model actor (actor.py) and the batch predictor it
-holds (inference.py). Only inference.py and models.py import torch. Imports core/ and data/.
+holds (inference.py; null.py for --model none). Torch is imported by inference.py and
+models.py, and by checkpoints.py to read a checkpoint; never by the driver otherwise.
+Imports core/ and data/.
 """

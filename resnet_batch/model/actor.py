@@ -16,7 +16,7 @@ OWN_ERRORS = (UsageError, WeightsUnavailableError)
 
 
 class PredictorActor:
-    """An inference.Predictor, built where the actor runs. A constructor that fails tells
+    """An inference.Predictor (null.NullPredictor for --model none), built where the actor runs. A constructor that fails tells
     the progress counter why, as a typed error the driver then raises (Ray keeps only the
     traceback's text of a failed actor constructor)."""
 

@@ -24,17 +24,17 @@ from ..core.columns import (
     IMAGE,
     MARGIN,
     NEEDS_REVIEW,
+    SCALE,
     SPATIAL_SHAPE,
     TOPK_IDS,
     TOPK_PROBS,
     VALID,
-    build_table,
     spatial_column,
 )
-from ..data.decode import JPEG_COLUMN, PIXELS_COLUMN, RESIZED_COLUMNS, SCALE_COLUMN
+from ..data.decode import JPEG_COLUMN, PIXELS_COLUMN, RESIZED_COLUMNS
 from ..data.device_decode import DeviceDecoder
 from .models import build_model, fold_batch_norms, forward_stages, pool
-from .outputs import empty_outputs
+from .outputs import empty_outputs, finished_table
 from .registry import POOLED, STAGE_STRIDES, STAGES, column_of
 from .settings import InferenceSettings, resolve_precision
 
@@ -81,7 +81,6 @@ class Predictor:
         self.device_decoder = DeviceDecoder(prep, self.device) if prep.resizes_on_device else None
         self.mean = torch.tensor(prep.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(prep.std, device=self.device).view(1, 3, 1, 1)
-        self.categories = settings.weights.categories
         self.embedding_dtype = np.dtype(settings.embedding_dtype)  # "float32" | "float16"
         log.info("model %s on %s, precision %s", settings.weights.model, self.device, self.precision)
         if progress is not None:
@@ -214,10 +213,7 @@ class Predictor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         with self._stream():
-            table = self._label(batch)
-        if self.progress is not None:  # per batch, so that progress moves by batches, not blocks
-            self.progress.add_labeled.remote(table.num_rows, table.num_rows - table.column(ERROR).null_count)
-        return table
+            return self._label(batch)
 
     def _label(self, batch: dict[str, np.ndarray]) -> pa.Table:
         errors = np.array(batch[ERROR], dtype=object)
@@ -229,7 +225,7 @@ class Predictor:
             ok = np.flatnonzero([not e for e in errors])
             if len(ok):
                 self._scatter(outputs, ok, self.predict(images[self._index(ok)]))
-        return build_table(self.schema, {**batch, ERROR: errors}, outputs, self.categories)
+        return finished_table(self.settings, self.schema, batch, errors, outputs, self.progress)
 
     def _label_shapes(self, batch: dict[str, np.ndarray], errors: np.ndarray, outputs: dict) -> None:
         """--crop none: one forward per padded shape in the batch (rows arrive ordered by shape)."""
@@ -242,7 +238,7 @@ class Predictor:
             rows = np.array(rows)
             stacked = np.stack([images[i] for i in rows])
             self._scatter(outputs, rows, self.predict(stacked, resized[rows]), resized[rows])
-        outputs[SCALE_COLUMN] = batch[SCALE_COLUMN]
+        outputs[SCALE] = batch[SCALE]
 
     def _scatter(self, outputs: dict, rows: np.ndarray, result: dict[str, np.ndarray],
                  resized: np.ndarray | None = None) -> None:

@@ -14,15 +14,15 @@ from ..core.columns import (
     ENTROPY,
     ERROR,
     NEEDS_REVIEW,
+    SCALE,
     SPATIAL_SHAPE,
     TOPK_IDS,
     TOPK_PROBS,
     VALID,
-    build_table,
     spatial_column,
 )
-from ..data.decode import RESIZED_COLUMNS, SCALE_COLUMN
-from .outputs import empty_outputs
+from ..data.decode import RESIZED_COLUMNS
+from .outputs import empty_outputs, finished_table
 from .registry import STAGE_STRIDES, stage_width
 from .settings import InferenceSettings
 
@@ -34,20 +34,16 @@ class NullPredictor:
 
     def __init__(self, settings: InferenceSettings, schema: pa.Schema, progress=None):
         self.settings, self.schema, self.progress = settings, schema, progress
-        self.categories = settings.weights.categories
         if progress is not None:
             progress.actor_ready.remote(uuid.uuid4().hex, RAN)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         errors = np.array(batch[ERROR], dtype=object)
         outputs = self._outputs(batch, np.flatnonzero([not e for e in errors]), len(errors))
-        table = build_table(self.schema, {**batch, ERROR: errors}, outputs, self.categories)
-        if self.progress is not None:
-            self.progress.add_labeled.remote(table.num_rows, table.num_rows - table.column(ERROR).null_count)
-        return table
+        return finished_table(self.settings, self.schema, batch, errors, outputs, self.progress)
 
     def _outputs(self, batch: dict, ok: np.ndarray, n: int) -> dict:
-        s, classes = self.settings, len(self.categories)
+        s, classes = self.settings, len(self.settings.weights.categories)
         out = empty_outputs(s, n)
         out[TOPK_IDS][:] = np.arange(s.top_k, dtype=np.int32)
         out[TOPK_PROBS][:] = 1.0 / classes
@@ -57,7 +53,7 @@ class NullPredictor:
         if s.spatial:
             self._maps(batch, ok, out)
         if s.whole_image:
-            out[SCALE_COLUMN] = batch[SCALE_COLUMN]
+            out[SCALE] = batch[SCALE]
         return out
 
     def _maps(self, batch: dict, ok: np.ndarray, out: dict) -> None:

@@ -1,11 +1,24 @@
-"""A batch's output arrays, before any model has filled them: what every predictor starts from
-(rows with an error keep these values, which build_table writes as nulls). Torch-free."""
+"""What every predictor shares, torch-free: a batch's output arrays before any model has
+filled them (rows with an error keep these values, which build_table writes as nulls), and
+the finished batch as a table, counted by the progress counter."""
 
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
-from ..core.columns import ENTROPY, MARGIN, NEEDS_REVIEW, SPATIAL_SHAPE, TOPK_IDS, TOPK_PROBS, VALID, spatial_column
+from ..core.columns import (
+    ENTROPY,
+    ERROR,
+    MARGIN,
+    NEEDS_REVIEW,
+    SPATIAL_SHAPE,
+    TOPK_IDS,
+    TOPK_PROBS,
+    VALID,
+    build_table,
+    spatial_column,
+)
 from .registry import column_of, feature_width
 from .settings import InferenceSettings
 
@@ -22,3 +35,13 @@ def empty_outputs(settings: InferenceSettings, n: int) -> dict:
         out[SPATIAL_SHAPE] = np.zeros((n, 3), np.int32)
         out[VALID] = np.zeros((n, 4), np.int32)
     return out
+
+
+def finished_table(settings: InferenceSettings, schema: pa.Schema, batch: dict, errors: np.ndarray, outputs: dict,
+                   progress=None) -> pa.Table:
+    """The batch's output rows; the progress counter, if any, is told of them and of their
+    error rows (per batch, so that progress moves by batches, not blocks)."""
+    table = build_table(schema, {**batch, ERROR: errors}, outputs, settings.weights.categories)
+    if progress is not None:
+        progress.add_labeled.remote(table.num_rows, table.num_rows - table.column(ERROR).null_count)
+    return table

@@ -180,7 +180,10 @@ WeightsSource = RandomInit | TorchvisionWeights | CheckpointFile | PretrainedFol
 
 def weights_source(model: str, weights: str) -> WeightsSource:
     """What --weights names, decided from its form alone (nothing is read yet)."""
-    if weights.lower() == NO_WEIGHTS or model == NULL_MODEL:  # (check_weights_argument refuses others)
+    if model == NULL_MODEL:
+        check_weights_argument(model, weights)  # none or DEFAULT: the null model takes no weights
+        return RandomInit()
+    if weights.lower() == NO_WEIGHTS:
         return RandomInit()
     if weights == "DEFAULT" or looks_like_weights_name(weights):
         return TorchvisionWeights(release_name(model, weights))
@@ -220,8 +223,6 @@ def resolve_weights(model: str, weights: str, preprocess: str | None = None, lab
     checkpoints are always read, since their class count and names are inside them.
     """
     check_model(model)
-    if model == NULL_MODEL:
-        check_weights_argument(model, weights)
     source = weights_source(model, weights)
     preprocessing, preprocess_from = source.recipe(model, preprocess)
     loaded = source.inspect(model, verify)

@@ -165,7 +165,8 @@ def _saver(cfg: LabelConfig, out: OutputDir, weights: Future, inputs: Inputs) ->
 
 def _execute(cfg: LabelConfig, resolved, inputs: Inputs, saver: Saver, timeline: Timeline, report) -> None:
     first_paths = inputs.todo.column(PATH).slice(0, 1).to_pylist() + list(inputs.plan.directories[:1])
-    plan = make_plan(cfg, resolved, ray_session.cluster(), local_inputs=all(is_local(p) for p in first_paths))
+    cluster = ray_session.cluster(ask_bf16=cfg.precision == "auto")  # a task per node otherwise asked for nothing
+    plan = make_plan(cfg, resolved, cluster, local_inputs=all(is_local(p) for p in first_paths))
     # Walks skip what is done and what the driver listed (it is labeled from the table).
     skip = np.union1d(inputs.done_before, inputs.listed)
     pipeline.execute(plan, InputPlan(inputs.todo, inputs.plan.directories), skip, saver, timeline, report,

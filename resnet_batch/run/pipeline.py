@@ -119,7 +119,7 @@ def execute(plan: ExecutionPlan, todo: InputPlan, skip: np.ndarray, saver: Saver
     ds = add_stages(ds.repartition(target_num_rows_per_block=plan.block_rows), plan, saver.schema, counter.actor)
     timeline.executing = time.time()
     watch = RunWatch(counter, todo.table.num_rows, len(todo.directories), plan.actors, plan.gpus_per_actor,
-                     wait_for_resources)
+                     plan.cpus_per_actor, wait_for_resources)
     blocks: queue.Queue = queue.Queue()
     threading.Thread(target=_feed, args=(ds, blocks), daemon=True, name="resnet-batch-feed").start()
     done = [0]  # rows received, as the loop counts them

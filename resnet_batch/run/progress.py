@@ -187,15 +187,16 @@ class RunWatch:
     """The driver's view of a running pipeline: a Snapshot for the reporters, the phase in
     words, and what the job waits for when it cannot go on.
 
-    A job waits when the cluster lacks what a model actor needs (1 CPU, and a GPU on GPU
-    clusters) or, once actors hold their CPUs, what decode tasks need (1 CPU). Until
+    A job waits when the cluster lacks what a model actor needs (its CPU, and a GPU on GPU
+    clusters) or, once actors hold theirs, what decode tasks need (1 CPU). Until
     `wait_limit_s` it says so in the phase; then `check()` raises ResourcesUnavailable.
     """
 
     def __init__(self, counter: CounterClient, listed: int, walks: int, actors: int, gpus_per_actor: int,
-                 wait_limit_s: float):
+                 cpus_per_actor: int, wait_limit_s: float):
         self.counter, self.listed, self.walks = counter, listed, walks
-        self.actors, self.gpus_per_actor, self.wait_limit_s = actors, gpus_per_actor, wait_limit_s
+        self.actors, self.gpus_per_actor, self.cpus_per_actor = actors, gpus_per_actor, cpus_per_actor
+        self.wait_limit_s = wait_limit_s
         self.started = self.last_change = time.monotonic()
         self.first_at = 0.0
         self.first_done = 0
@@ -237,7 +238,7 @@ class RunWatch:
             return
         self._resources_at = now
         waiting = short_of(ray.cluster_resources(), ray.available_resources(), len(counts.actors),
-                            self.gpus_per_actor)
+                            self.gpus_per_actor, self.cpus_per_actor)
         growing = _nodes_being_added() if waiting else 0
         if waiting and growing:  # an autoscaler is adding nodes: worth the wait, not counted against the limit
             waiting += f"; the autoscaler is adding {growing} node{'s' if growing > 1 else ''}"
@@ -269,19 +270,20 @@ def _nodes_being_added() -> int:
         return 0
 
 
-def short_of(total: dict, free: dict, actors_up: int, gpus: int) -> str | None:
-    """What the job waits for, in words, or None when the cluster has room for it."""
+def short_of(total: dict, free: dict, actors_up: int, gpus: int, cpus: int = 1) -> str | None:
+    """What the job waits for, in words, or None when the cluster has room for it; a model
+    actor needs `cpus` CPUs and `gpus` GPUs."""
     def have(kind: str) -> str:
         return f"{free.get(kind, 0):g} free of {total.get(kind, 0):g}"
 
     if not actors_up:
-        need = [("CPU", 1)] + ([("GPU", gpus)] if gpus else [])
+        need = [(k, n) for k, n in (("CPU", cpus), ("GPU", gpus)) if n]
         short = [(k, n) for k, n in need if free.get(k, 0) < n]
         if short:
             what = " and ".join(f"{n} {k}" for k, n in short)
             return f"waiting for {what} for a model actor; the cluster has {', '.join(f'{k} {have(k)}' for k, _ in short)}"
         return None
     if free.get("CPU", 0) < 1:
-        return (f"waiting for 1 CPU for the decode tasks; the cluster has CPU {have('CPU')}, "
-                f"{actors_up} held by model actors")
+        held = f", {actors_up * cpus} held by model actors" if cpus else ""
+        return f"waiting for 1 CPU for the decode tasks; the cluster has CPU {have('CPU')}{held}"
     return None

@@ -99,12 +99,14 @@ def _check_workers_match(target: str) -> None:
                          "resnet-batch submit, which ships this one with the job")
 
 
-def cluster() -> Cluster:
-    """What the joined or started cluster offers the model stage, read once."""
+def cluster(ask_bf16: bool = True) -> Cluster:
+    """What the joined or started cluster offers the model stage, read once. Without
+    `ask_bf16` (only "auto" precision on CPUs needs it) the nodes are not asked, and
+    `cpu_bf16` is False."""
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpu_nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1]
     cpus_per_node = int(min(n["Resources"]["CPU"] for n in cpu_nodes)) if cpu_nodes else 1
-    return Cluster(gpus, len(cpu_nodes), cpus_per_node, _all_have_native_bf16(cpu_nodes))
+    return Cluster(gpus, len(cpu_nodes), cpus_per_node, ask_bf16 and _all_have_native_bf16(cpu_nodes))
 
 
 def _all_have_native_bf16(nodes: list[dict]) -> bool:
