@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from resnet_batch.core.errors import UsageError
-from resnet_batch.data.sources import InputPlan, plan_inputs
+from resnet_batch.data.input_plan import WALK, ReadUnit, plan_inputs
 from resnet_batch.run.config import LabelConfig
 from resnet_batch.run.job import run_label
 
@@ -64,7 +64,7 @@ def test_s3_in_and_out_match_local(s3, local_run, tmp_path):
     for p in images:
         s3.put(str(p), f"rb-in/photos/{'nested/' if p.suffix == '.png' else ''}{p.name}")
     s3.mkdir("rb-out")
-    assert plan_inputs(["s3://rb-in/photos/"]) == InputPlan(plan_inputs([]).table, ("s3://rb-in/photos",))  # walked by tasks
+    assert plan_inputs(["s3://rb-in/photos/"]).units == (ReadUnit(WALK, "s3://rb-in/photos"),)  # walked by tasks
     summary = run_label(config(["s3://rb-in/photos"], "s3://rb-out/labels", rows_per_file=4))
     assert summary.complete and summary.inputs == len(images)
     s3.invalidate_cache()

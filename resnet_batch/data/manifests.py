@@ -1,16 +1,23 @@
 """Inputs listed inside a file: manifests (.txt, .csv, .parquet) and tar shards.
 
-A manifest entry becomes an input's identity (core/identity.py), relative entries
-relative to the manifest; a shard's image members become `shard.tar/member` rows that
-carry where their bytes lie, and members that must not be read carry their reason.
+A manifest is read in splits, never whole, so that one of any size streams through the
+pipeline: a text manifest in byte ranges (each split holds the lines that start in its
+range), a Parquet one by row group, a CSV one (whose quoted fields may hold newlines)
+as one split read in batches. The driver reads only what it must check before the run:
+that the manifest exists, its columns, and its first entry.
+
+An entry becomes an input's identity (core/identity.py), relative entries relative to the
+manifest; a shard's image members become `shard.tar/member` rows that carry where their
+bytes lie, and members that must not be read carry their reason.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import posixpath
 import tarfile
+from dataclasses import dataclass
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -19,7 +26,7 @@ import pyarrow.parquet as pq
 from ..core.columns import PATH, RESERVED_COLUMNS
 from ..core.errors import UsageError, one_line
 from ..core.identity import as_text, member_escapes, normalise_local
-from ..core.storage import NotRegularFile, filesystem, is_local, open_regular, scheme_of
+from ..core.storage import NotRegularFile, filesystem, is_local, open_regular, read_bytes_or_raise, scheme_of
 
 IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .ico".split()
@@ -30,10 +37,8 @@ TAR_EXTENSIONS = (".tar",)
 # the bytes themselves for memory:// inputs, which live only in the driver's process, and
 # why a walked directory or shard could not be listed (its row carries that error).
 TAR_OFFSET, TAR_SIZE, INLINE_BYTES, LIST_ERROR = "_tar_offset", "_tar_size", "_bytes", "_list_error"
-
-
-def _ext(path: str) -> str:
-    return posixpath.splitext(path.lower())[1]
+TEXT_SPLIT_BYTES = 4 << 20  # ~50,000 lines: a split is listed, hashed and claimed in a fraction of a second
+CSV_BATCH_BYTES = 4 << 20
 
 
 def ext(path: str) -> str:
@@ -57,48 +62,157 @@ def _resolve_entry(entry: str, base_uri: str) -> str:
     return as_text(posixpath.join(base_uri.rsplit("/", 1)[0], entry))
 
 
-def read_manifest(uri: str, path_column: str = PATH) -> pa.Table:
-    from ..core.storage import read_bytes_or_raise
+@dataclass(frozen=True)
+class ManifestSplit:
+    """Part of a manifest: text bytes [start, stop), Parquet row groups [start, stop), or a whole CSV."""
 
+    uri: str
+    path_column: str
+    start: int = 0
+    stop: int = 0
+
+
+@dataclass(frozen=True)
+class Manifest:
+    splits: tuple[ManifestSplit, ...]
+    extras: pa.Schema  # its columns besides the path
+    first_entry: str | None  # its first input, resolved (None when it lists none)
+
+
+def open_manifest(uri: str, path_column: str = PATH) -> Manifest:
+    """A manifest checked and cut into splits; UsageError if it is missing, unreadable, or
+    lacks the path column, or has columns that clash with the output's."""
     try:
-        data = read_bytes_or_raise(uri)
+        return _open_manifest(uri, path_column)
     except FileNotFoundError:
         raise UsageError(f"manifest {uri} does not exist") from None
+    except NotRegularFile as exc:
+        raise UsageError(f"cannot read manifest {uri}: {one_line(exc)}") from None
+    except pa.ArrowException as exc:
+        kind = "CSV" if uri.lower().endswith(".csv") else "Parquet"
+        raise UsageError(f"manifest {uri} is not a readable {kind} file: {one_line(exc)}") from None
     except OSError as exc:
         raise UsageError(f"cannot read manifest {uri}: {type(exc).__name__}: {one_line(exc)}") from None
+
+
+def _open_manifest(uri: str, path_column: str) -> Manifest:
     lower = uri.lower()
     if lower.endswith(".txt"):
-        # Undecodable bytes (a Latin-1 manifest) are kept as the bytes of the name they stand for.
-        lines = [line.strip() for line in data.decode("utf-8-sig", "surrogateescape").splitlines()]
-        entries = [line for line in lines if line and not line.startswith("#")]
-        table = pa.table({PATH: pa.array([""] * len(entries), pa.string())})
-        path_column = PATH
-    elif lower.endswith(".csv"):
-        entries = None
-        table = _read_csv(uri, data, path_column)
-    else:
-        entries = None
-        try:
-            table = pq.read_table(io.BytesIO(data))
-        except pa.ArrowException as exc:
-            raise UsageError(f"manifest {uri} is not a readable Parquet file: {one_line(exc)}") from None
-    if path_column not in table.column_names:
-        raise UsageError(
-            f"manifest {uri} has no column {path_column!r}; columns: {', '.join(table.column_names)} "
-            "(choose one with --path-column)"
-        )
-    if entries is None:
-        column = table.column(path_column)
-        if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
-            entries = [None if e is None else e.decode("utf-8", "surrogateescape") for e in column.to_pylist()]
+        size = _size(uri)
+        splits = tuple(ManifestSplit(uri, PATH, s, min(size, s + TEXT_SPLIT_BYTES))
+                       for s in range(0, size, TEXT_SPLIT_BYTES))
+        first = next((t.column(PATH)[0].as_py() for s in splits[:1] for t in read_split(s, first_only=True)
+                      if t.num_rows), None)
+        return Manifest(splits, pa.schema([]), first)
+    with _open(uri) as f:
+        if lower.endswith(".csv"):
+            reader = pacsv.open_csv(f, **_csv_options(path_column))
+            schema, head = reader.schema, reader.read_next_batch()
+            splits = (ManifestSplit(uri, path_column),)
         else:
-            entries = column.cast(pa.string()).to_pylist()
-    paths = pa.array([_resolve_entry(e, uri) if e else "" for e in entries], type=pa.string())
-    extras = table.drop_columns([path_column])
-    clash = RESERVED_COLUMNS.intersection(extras.column_names)
+            parquet = pq.ParquetFile(f)
+            schema = parquet.schema_arrow
+            splits = tuple(ManifestSplit(uri, path_column, g, g + 1) for g in range(parquet.num_row_groups))
+            head = next(parquet.iter_batches(batch_size=1, columns=[path_column]), None) \
+                if path_column in schema.names else None
+    _check_columns(uri, schema.names, path_column)
+    entries = _entries(head.column(path_column)) if head is not None and head.num_rows else []
+    first = next((_resolve_entry(e, uri) for e in entries if e), None)
+    return Manifest(splits, pa.schema([f for f in schema if f.name != path_column]), first)
+
+
+def _size(uri: str) -> int:
+    if scheme_of(uri) == "":
+        with open_regular(uri) as f:
+            return os.fstat(f.fileno()).st_size
+    fs, path = filesystem(uri)
+    return fs.size(path)
+
+
+def _open(uri: str):
+    if scheme_of(uri) == "":
+        return open_regular(uri)
+    fs, path = filesystem(uri)
+    return fs.open(path, "rb")
+
+
+def _check_columns(uri: str, names: list[str], path_column: str) -> None:
+    if path_column not in names:
+        raise UsageError(f"manifest {uri} has no column {path_column!r}; columns: {', '.join(names)} "
+                         "(choose one with --path-column)")
+    clash = RESERVED_COLUMNS.intersection(n for n in names if n != path_column)
     if clash:
         raise UsageError(f"manifest {uri} has columns that clash with output columns: {', '.join(sorted(clash))}")
+
+
+def _csv_options(path_column: str) -> dict:
+    """Its path column read as bytes, so that names in another encoding survive."""
+    return {"read_options": pacsv.ReadOptions(block_size=CSV_BATCH_BYTES),
+            "convert_options": pacsv.ConvertOptions(column_types={path_column: pa.binary()})}
+
+
+def _entries(column) -> list[str | None]:
+    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+        return [None if e is None else e.decode("utf-8", "surrogateescape") for e in column.to_pylist()]
+    return column.cast(pa.string()).to_pylist()
+
+
+def read_split(split: ManifestSplit, first_only: bool = False) -> Iterator[pa.Table]:
+    """The split's inputs: a `path` column of identities, then the manifest's other columns."""
+    lower = split.uri.lower()
+    if lower.endswith(".txt"):
+        yield _with_paths(pa.table({}), _text_lines(split, first_only), split.uri)
+        return
+    with _open(split.uri) as f:
+        if lower.endswith(".csv"):
+            batches = pacsv.open_csv(f, **_csv_options(split.path_column))
+        else:
+            batches = pq.ParquetFile(f).iter_batches(row_groups=range(split.start, split.stop))
+        for batch in batches:
+            table = pa.Table.from_batches([batch])
+            entries = _entries(table.column(split.path_column))
+            if not all(entries):
+                raise UsageError(f"manifest {split.uri} lists an empty path")
+            yield _with_paths(table.drop_columns([split.path_column]), entries, split.uri)
+
+
+def _with_paths(extras: pa.Table, entries: list[str], uri: str) -> pa.Table:
+    paths = pa.array([_resolve_entry(e, uri) for e in entries], type=pa.string())
+    if not extras.num_columns:
+        return pa.table({PATH: paths})
     return extras.add_column(0, PATH, paths)
+
+
+def _text_lines(split: ManifestSplit, first_only: bool) -> list[str]:
+    """The entries of the lines that start in [start, stop): the line that straddles `start`
+    is the previous split's, the one that straddles `stop` is read to its end."""
+    begin = max(split.start - 1, 0)  # one byte back: is `start` itself the start of a line?
+    data = read_bytes_or_raise(split.uri, begin, split.stop - begin)
+    at = split.stop
+    while data and not data.endswith(b"\n") and not first_only:
+        more = read_bytes_or_raise(split.uri, at, 1 << 16)
+        if not more:
+            break
+        end = more.find(b"\n")
+        data += more if end < 0 else more[: end + 1]
+        at += len(more)
+    if split.start > 0:
+        data = data[data.find(b"\n") + 1:] if b"\n" in data else b""
+    elif data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    # Undecodable bytes (a Latin-1 manifest) are kept as the bytes of the name they stand for.
+    lines = (line.decode("utf-8", "surrogateescape").strip() for line in data.split(b"\n"))
+    entries = [line for line in lines if line and not line.startswith("#")]
+    return entries[:1] if first_only else entries
+
+
+def read_manifest(uri: str, path_column: str = PATH) -> pa.Table:
+    """A whole manifest as one table (for the review tools and small lists)."""
+    manifest = open_manifest(uri, path_column)
+    tables = [t for s in manifest.splits for t in read_split(s)]
+    if not tables:
+        return pa.table({PATH: pa.array([], pa.string()), **{f.name: pa.array([], f.type) for f in manifest.extras}})
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def list_tar_members(uri: str) -> pa.Table:
@@ -138,10 +252,3 @@ def _open_shard(fs, path: str, uri: str):
     return open_regular(path) if scheme_of(uri) == "" else fs.open(path, "rb")
 
 
-def _read_csv(uri: str, data: bytes, path_column: str) -> pa.Table:
-    """A CSV manifest; its path column read as bytes, so that names in another encoding survive."""
-    try:
-        return pacsv.read_csv(io.BytesIO(data),
-                              convert_options=pacsv.ConvertOptions(column_types={path_column: pa.binary()}))
-    except pa.ArrowException as exc:
-        raise UsageError(f"manifest {uri} is not a readable CSV file: {one_line(exc)}") from None

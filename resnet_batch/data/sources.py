@@ -40,7 +40,7 @@ def is_manifest(uri: str) -> bool:
     return uri.lower().endswith(MANIFEST_EXTENSIONS)
 
 
-def _to_uri(fs, path: str, original: str) -> str:
+def to_uri(fs, path: str, original: str) -> str:
     """An input's identity (data/identity.py): a normalised local path (file:// URIs too),
     or the full URI."""
     if is_local(original):
@@ -74,7 +74,7 @@ def _list_location(uri: str) -> list[str]:
         found = [p for p in fs.glob(path) if not fs.isdir(p)]
         if not found:
             raise UsageError(f"input glob {uri} matches no files")
-        return sorted(_to_uri(fs, p, uri) for p in found)
+        return sorted(to_uri(fs, p, uri) for p in found)
     if fs.isdir(path):
         found = [
             p for p in fs.find(path)
@@ -82,11 +82,11 @@ def _list_location(uri: str) -> list[str]:
         ]
         if not found:
             log.warning("input directory %s holds no image files", uri)
-        return sorted(_to_uri(fs, p, uri) for p in found)
+        return sorted(to_uri(fs, p, uri) for p in found)
     exists = os.path.lexists(path) if scheme_of(uri) == "" else fs.exists(path)
     if exists or is_image(path):
         # A named image that is missing still gets its row (error not_found).
-        return [_to_uri(fs, path, uri)]
+        return [to_uri(fs, path, uri)]
     if not is_local(uri) and scheme_of(uri) != "memory":
         fs.ls(path.split("/", 1)[0])  # surfaces a missing bucket or denied access as OSError
     raise UsageError(f"input {uri} does not exist (expected a directory, image file, glob or manifest)")
@@ -128,11 +128,11 @@ def list_directory_level(uri: str) -> Level:
             continue
         kind = _followed_kind(name, entry) if entry.get("islink") else entry["type"]
         if kind == "directory":
-            subdirs.append(_to_uri(fs, name, uri))
+            subdirs.append(to_uri(fs, name, uri))
         elif is_image(name):
-            images.append(_to_uri(fs, name, uri))
+            images.append(to_uri(fs, name, uri))
         elif is_tar(name) and kind == "file":
-            shards.append(_shard_table(_to_uri(fs, name, uri)))
+            shards.append(shard_table(to_uri(fs, name, uri)))
     table = pa.concat_tables([pa.table({PATH: pa.array(images, pa.string())}), *shards],
                              promote_options="default")
     return Level(with_internal_columns(table), subdirs, hidden)
@@ -162,7 +162,7 @@ def _ancestors(path: str):
         path, parent = parent, os.path.dirname(parent)
 
 
-def _shard_table(uri: str) -> pa.Table:
+def shard_table(uri: str) -> pa.Table:
     """A shard's members, or one row saying why it cannot be read: one bad shard among
     thousands costs its own row, not the job."""
     try:
@@ -189,15 +189,15 @@ def with_internal_columns(table: pa.Table) -> pa.Table:
     return table
 
 
-def _location_table(uri: str) -> pa.Table:
+def location_table(uri: str) -> pa.Table:
     found = list_location(uri)
-    tables = [_shard_table(u) for u in found if is_tar(u)]
+    tables = [shard_table(u) for u in found if is_tar(u)]
     images = [u for u in found if not is_tar(u)]
     return pa.concat_tables([pa.table({PATH: pa.array(images, pa.string())}), *tables],
                             promote_options="default")
 
 
-def _inline_memory_bytes(table: pa.Table) -> pa.Table:
+def inline_memory_bytes(table: pa.Table) -> pa.Table:
     """memory:// exists only in this process, so its bytes travel with the rows."""
     paths = table.column(PATH).to_pylist()
     if not any(p.startswith("memory://") for p in paths):
@@ -219,61 +219,12 @@ def list_inputs(inputs: list[str], path_column: str = PATH) -> pa.Table:
         if is_manifest(uri):
             tables.append(read_manifest(uri, path_column))
         else:
-            tables.append(_location_table(uri))
+            tables.append(location_table(uri))
     table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({PATH: pa.array([], pa.string())})
     empty = pc.equal(table.column(PATH), "")
     if pc.any(empty).as_py():
         raise UsageError("a manifest lists an empty path")
-    return _inline_memory_bytes(drop_duplicate_paths(with_internal_columns(table)))
-
-
-@dataclass(frozen=True)
-class InputPlan:
-    """What the driver lists itself (`table`) and the directories Ray tasks walk (`directories`)."""
-
-    table: pa.Table
-    directories: tuple[str, ...]
-
-
-def plan_inputs(inputs: list[str], path_column: str = PATH) -> InputPlan:
-    """Directories and bucket prefixes are left to be walked lazily; everything else is listed.
-
-    memory:// exists only in the driver's process, so it is always listed here.
-    """
-    directories, listed = [], []
-    for uri in inputs:
-        if not is_manifest(uri) and scheme_of(uri) != "memory" and not any(c in uri for c in GLOB_CHARS) \
-                and _is_directory(uri):
-            directories.append(_normalised(uri))
-        else:
-            listed.append(uri)
-    return InputPlan(list_inputs(listed, path_column), _outermost(directories))
-
-
-def _is_directory(uri: str) -> bool:
-    """Whatever is not a directory is listed (or refused, if missing) by list_inputs."""
-    fs, path = filesystem(uri)
-    try:
-        return fs.isdir(path)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot list input {uri}: {type(exc).__name__}: {one_line(exc)}") from None
-
-
-def _normalised(uri: str) -> str:
-    fs, path = filesystem(uri)
-    return _to_uri(fs, path.rstrip("/"), uri)
-
-
-def _outermost(directories: list[str]) -> tuple[str, ...]:
-    """Each directory once, and none inside another given one (it would be walked twice)."""
-    kept: list[str] = []
-    for d in sorted(set(directories), key=len):
-        outer = next((k for k in kept if d.startswith(k + "/")), None)
-        if outer:
-            log.warning("input %s lies inside input %s; it is walked once", d, outer)
-        else:
-            kept.append(d)
-    return tuple(sorted(kept))
+    return inline_memory_bytes(drop_duplicate_paths(with_internal_columns(table)))
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -12,22 +12,19 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
 import pyarrow as pa
 
-from ..core.columns import PATH
 from ..core.errors import Interrupted, UsageError
-from ..core.pathset import EMPTY, isin_sorted, path_hashes
 from ..core.storage import is_local
-from ..data.sources import InputPlan, list_inputs, plan_inputs
+from ..data.input_plan import InputPlan, plan_inputs
+from ..data.sources import list_inputs
 from ..model.registry import check_weights_argument
 from ..output.writer import OutputDir
 from ..review.evaluate import EvalReport, attach_labels, score
 from . import pipeline, ray_session
-from .check import OutputCheck, check_output, needs_ray
+from .bookkeeping import Books, check_output, count_here, count_on_ray, counts_here, load_done
 from .config import LabelConfig
 from .description import rows_per_file, run_info, run_schema
 from .plan import make_plan
@@ -72,44 +69,12 @@ def run_eval(cfg: LabelConfig, label_column: str | None = None, **run_options) -
     return summary, score(out.part_files(), out.fs, cfg.model, summary.weights)
 
 
-@dataclass
-class Inputs:
-    """The inputs as the driver knows them before any work."""
-
-    plan: InputPlan  # the driver's table (listed and manifest paths) and the directories to walk
-    done_before: np.ndarray  # sorted hashes of paths the output already has (resume)
-    listed: np.ndarray  # sorted hashes of the table's paths
-    todo: pa.Table  # the table's rows not done before
-    resume: bool
-
-    @property
-    def extra_fields(self) -> tuple[pa.Field, ...]:
-        return tuple(f for f in self.plan.table.schema if f.name != PATH and not f.name.startswith("_"))
-
-    @property
-    def has_work(self) -> bool:
-        return bool(self.todo.num_rows or self.plan.directories)
-
-    @property
-    def precount(self) -> bool:
-        """A resume left with walked directories only counts them first: a finished run then
-        ends without model actors, and without Ray at all when the directories are local."""
-        return self.resume and bool(self.plan.directories) and not self.todo.num_rows
-
-
-def _list_inputs(cfg: LabelConfig, table: pa.Table | None, out: OutputDir) -> Inputs:
-    plan = InputPlan(table, ()) if table is not None else plan_inputs(list(cfg.inputs), cfg.path_column)
-    done_before = out.completed_hashes() if cfg.mode == "resume" else EMPTY
-    listed = path_hashes(plan.table.column(PATH).to_pylist())
-    todo = plan.table.filter(pa.array(~isin_sorted(listed, done_before)))
-    listed.sort()  # the table above is filtered in listing order; the checks want sorted hashes
-    if plan.table.num_rows:
-        log.info("%d inputs listed by the driver, %d of them already done",
-                 plan.table.num_rows, plan.table.num_rows - todo.num_rows)
+def _plan_inputs(cfg: LabelConfig, table: pa.Table | None) -> InputPlan:
+    plan = InputPlan.of_table(table) if table is not None else plan_inputs(list(cfg.inputs), cfg.path_column)
     if plan.directories:
         log.info("%d %s to walk in Ray tasks: %s", len(plan.directories),
                  "directory" if len(plan.directories) == 1 else "directories", ", ".join(plan.directories[:3]))
-    return Inputs(plan, done_before, listed, todo, cfg.mode == "resume")
+    return plan
 
 
 def _label(cfg: LabelConfig, table: pa.Table | None, timeline: Timeline, report, savers: list) -> LabelSummary:
@@ -124,22 +89,24 @@ def _label(cfg: LabelConfig, table: pa.Table | None, timeline: Timeline, report,
         out.check(cfg.mode)
         held.enter_context(out.lease())  # one writer at a time, until the run has ended
         out.check(cfg.mode)  # again: another job may have written there before it let go
-        inputs = _list_inputs(cfg, table, out)
-        finished = _count_if_finished(out, inputs) if inputs.precount and not needs_ray(inputs.plan) else None
+        plan = _plan_inputs(cfg, table)
         if cfg.labels:
             weights.result()  # a --labels file that does not fit is refused before Ray starts
-        if finished is None and inputs.has_work:
-            report(Snapshot(0, 0, inputs.todo.num_rows, bool(inputs.plan.directories), 0, 0.0, phase="starting Ray"))
-            started_ray = pipeline.start_ray(cfg.address)
-            if inputs.precount and needs_ray(inputs.plan):
-                finished = _count_if_finished(out, inputs)
-        saver = _saver(cfg, out, weights, inputs)
+        books, pending = Books.in_process(), len(plan.units)
+        if cfg.mode == "resume" and plan.units:
+            books, pending, started_ray = _count_resume(cfg, out, plan, report)
+        if pending:
+            report(Snapshot(0, 0, 0, True, 0, 0.0, phase="starting Ray"))
+            started_ray = started_ray or pipeline.start_ray(cfg.address)
+            if books.local:  # a resume counted here hands its books over as they stand
+                books = Books.on_ray(books if cfg.mode == "resume" else None)
+        saver = _saver(cfg, out, weights, plan)
         savers.append(saver)
-        if finished is None and inputs.has_work:
-            _execute(cfg, weights.result(), inputs, saver, timeline, report)
+        if pending:
+            _execute(cfg, weights.result(), plan, books, saver, timeline, report)
         saver.ensure_begun()  # a run that labeled nothing still applies --mode (overwrite replaces)
         checking = time.time()
-        check = finished or check_output(out, inputs.plan, inputs.listed, inputs.done_before)
+        check = check_output(out, books)
         timeline.check_s = time.time() - checking
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
@@ -147,37 +114,44 @@ def _label(cfg: LabelConfig, table: pa.Table | None, timeline: Timeline, report,
             ray_session.stop()
         held.close()
     timeline.ended = time.time()
+    if check.repeated:
+        log.warning("%d listed entries named an input listed before; each path is labeled once", check.repeated)
     return LabelSummary(weights=weights.result().weights, inputs=check.inputs, already_done=check.already_done,
                         processed=saver.stats.rows, rows_in_output=check.rows, errors=saver.stats.errors,
                         timeline=timeline, missing=check.missing, duplicates=check.duplicates, hidden=check.hidden)
 
 
-def _saver(cfg: LabelConfig, out: OutputDir, weights: Future, inputs: Inputs) -> Saver:
+def _saver(cfg: LabelConfig, out: OutputDir, weights: Future, plan: InputPlan) -> Saver:
     """What saves the run's rows, with the run described in its footers and run record."""
     resolved = weights.result()
-    info = run_info(cfg, resolved, [f.name for f in inputs.extra_fields])
+    info = run_info(cfg, resolved, [f.name for f in plan.extra_fields])
     if cfg.mode == "resume":
         out.check_resumable(info)
-    schema = run_schema(cfg, resolved, inputs.extra_fields, info)
+    schema = run_schema(cfg, resolved, plan.extra_fields, info)
     return Saver(out, schema, rows_per_file(cfg, resolved), cfg.checkpoint_every,
                  begin=partial(out.begin, cfg.mode, info), run_info=info)
 
 
-def _execute(cfg: LabelConfig, resolved, inputs: Inputs, saver: Saver, timeline: Timeline, report) -> None:
-    first_paths = inputs.todo.column(PATH).slice(0, 1).to_pylist() + list(inputs.plan.directories[:1])
+def _execute(cfg: LabelConfig, resolved, plan: InputPlan, books: Books, saver: Saver, timeline: Timeline,
+             report) -> None:
     cluster = ray_session.cluster(ask_bf16=cfg.precision == "auto")  # a task per node otherwise asked for nothing
-    plan = make_plan(cfg, resolved, cluster, local_inputs=all(is_local(p) for p in first_paths))
-    # Walks skip what is done and what the driver listed (it is labeled from the table).
-    skip = np.union1d(inputs.done_before, inputs.listed)
-    pipeline.execute(plan, InputPlan(inputs.todo, inputs.plan.directories), skip, saver, timeline, report,
-                     cfg.wait_for_resources)
+    execution = make_plan(cfg, resolved, cluster, local_inputs=plan.first_input is None or is_local(plan.first_input))
+    pipeline.execute(execution, plan, books, saver, timeline, report, cfg.wait_for_resources)
 
 
-def _count_if_finished(out: OutputDir, inputs: Inputs) -> OutputCheck | None:
-    """A resume's count of what its walks would find: the final check when nothing is left."""
-    count = check_output(out, inputs.plan, inputs.listed, inputs.done_before)
-    log.info("resume: %d of %d inputs still to label", count.missing, count.inputs)
-    return None if count.missing else count
+def _count_resume(cfg: LabelConfig, out: OutputDir, plan: InputPlan, report) -> tuple[Books, int, bool]:
+    """(books, inputs left to label, whether Ray was started) for a resume: counted in this
+    process where it is small and local (a finished one then needs no Ray), else in Ray tasks."""
+    books = load_done(out, Books.in_process()) if counts_here(plan, out) else None
+    pending = count_here(plan, books) if books is not None else None
+    started_ray = False
+    if pending is None:
+        report(Snapshot(0, 0, 0, True, 0, 0.0, phase="starting Ray"))
+        started_ray = pipeline.start_ray(cfg.address)
+        books = load_done(out, Books.on_ray())
+        pending = count_on_ray(plan, books)
+    log.info("resume: %d inputs still to label", pending)
+    return books, pending, started_ray
 
 
 def _resolve_weights(cfg: LabelConfig):

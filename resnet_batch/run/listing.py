@@ -1,11 +1,10 @@
-"""Listing directories in Ray tasks, lazily, and counting what a walk finds in an output.
+"""Read tasks: each read unit's entries listed, claimed in the books, passed on.
 
 A directory (or bucket prefix) is never listed into the driver: a walk fans out one small
-Ray task per sub-directory and yields each directory's images as it is listed (Ray Data
-passes them on in blocks of up to 128 MiB), so the only per-image state is in the
-workers, never in the driver. Checking the output against a walked directory walks it
-again and compares path hashes (pathset.py), counting as it goes: a local directory in
-the calling process, an object-store prefix in Ray tasks.
+Ray task per sub-directory and yields each directory's images as it is listed, so the
+only per-image state is in the workers. Manifest splits and named files are read by the
+tasks the same way (data/input_plan.py); every table a task lists is claimed in the books
+(bookkeeping.py) before its rows go on, which is what labels a path listed twice once.
 """
 
 from __future__ import annotations
@@ -18,8 +17,8 @@ import pyarrow as pa
 import ray
 
 from ..core.columns import PATH
-from ..core.pathset import drop_listed, isin_sorted, path_hashes
-from ..core.storage import is_local
+from ..core.pathset import path_hashes
+from ..data.input_plan import WALK, ReadUnit, unit_tables
 from ..data.sources import Level, conform, list_directory_level
 
 MAX_LISTINGS_IN_FLIGHT = 32  # concurrent directory listings per walk, at most one per CPU
@@ -63,35 +62,42 @@ def walk_here(root: str) -> Iterator[Level]:
         yield level
 
 
-# Read tasks of the pipeline's datasource: here, so that their workers import this light
-# module and not the model code.
-def read_slice(ref) -> Iterator[pa.Table]:
-    yield ray.get(ref)
+POSITION_BITS = 32  # a claim's position: (read unit's index << 32) + the entry's rank in the unit
 
 
-def read_directory(root: str, skip_ref, schema: pa.Schema, progress) -> Iterator[pa.Table]:
-    skip = ray.get(skip_ref)
-    for level in walk(root):
-        table = drop_listed(level.table, skip)
-        if table.num_rows:
-            progress.add_listed.remote(table.num_rows)
-            yield conform(table, schema)
-    progress.walk_finished.remote(root)
+def read_unit(unit: ReadUnit, index: int, books, schema: pa.Schema, progress=None, here: bool = False
+              ) -> Iterator[pa.Table]:
+    """The unit's inputs this run labels: each listed entry claimed in the books, the ones
+    it owns and the output lacks passed on with `schema`'s columns.
 
-
-def count_against(root: str, excluded: np.ndarray, done_before: np.ndarray,
-                  written: np.ndarray) -> tuple[int, int, int, int]:
-    """(inputs under root, of which done before this run, of which without an output row,
-    hidden entries left out).
-
-    `excluded` holds the hashes of paths listed elsewhere (counted there, not here).
+    A retried task lists the same entries at the same positions and so yields the same rows.
+    `here`: walk in this process (a local directory, counted by the driver).
     """
-    inputs = done = missing = hidden = 0
-    for level in walk_here(root) if is_local(root) else walk(root):
-        hidden += level.hidden
-        hashes = path_hashes(level.table.column(PATH).to_pylist())
-        hashes = hashes[~isin_sorted(hashes, excluded)]
-        inputs += len(hashes)
-        done += int(isin_sorted(hashes, done_before).sum())
-        missing += int((~isin_sorted(hashes, written)).sum())
-    return inputs, done, missing, hidden
+    position = index << POSITION_BITS
+    hidden = 0
+    for table, hidden_here in _tables(unit, here):
+        hidden += hidden_here
+        hashes = path_hashes(table.column(PATH).to_pylist())
+        goes = books.claim(hashes, np.arange(position, position + len(hashes), dtype=np.int64))
+        position += len(hashes)
+        if goes.any():
+            if progress is not None:
+                progress.add_listed.remote(int(goes.sum()))
+            yield conform(table.filter(pa.array(goes)), schema)
+    if unit.kind == WALK:
+        books.set_hidden(unit.key, hidden)
+    if progress is not None:
+        progress.walk_finished.remote(unit.key)
+
+
+def _tables(unit: ReadUnit, here: bool) -> Iterator[tuple[pa.Table, int]]:
+    if unit.kind != WALK:
+        yield from ((t, 0) for t in unit_tables(unit))
+        return
+    for level in walk_here(unit.source) if here else walk(unit.source):
+        yield level.table, level.hidden
+
+
+def count_pending(unit: ReadUnit, index: int, books, schema: pa.Schema, here: bool = False) -> int:
+    """How many of the unit's inputs this run would label (claiming them as the run will)."""
+    return sum(t.num_rows for t in read_unit(unit, index, books, schema, here=here))

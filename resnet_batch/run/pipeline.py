@@ -1,6 +1,6 @@
 """Wires the stages into a Ray Data pipeline and drives it. The only module that imports `ray.data`.
 
-    inputs: the driver's table in slices + directories walked by Ray tasks (listing.py)
+    inputs: read units (manifest splits, named files, walks) read by Ray tasks (listing.py)
         -> DecodeStage (tasks, CPU) -> PredictorActor (actor pool, GPU when present)
         -> the driver's loop: block references to saving.Saver (part files), progress
 
@@ -18,7 +18,6 @@ import time
 import warnings
 from functools import partial
 
-import numpy as np
 import ray
 import ray.data
 from ray.data import ActorPoolStrategy
@@ -27,11 +26,11 @@ from ray.data.datasource import Datasource, ReadTask
 
 from ..core.errors import Interrupted
 from ..data.decode import LowPriorityDecode
-from ..data.sources import InputPlan
+from ..data.input_plan import InputPlan
 from ..model.actor import PredictorActor
 from ..model.settings import ALLOCATOR_ENV
 from . import ray_session
-from .listing import read_directory, read_slice
+from .listing import read_unit
 from .plan import ExecutionPlan
 from .progress import CounterClient, RunWatch
 from .saving import BlockPart, Saver
@@ -51,32 +50,23 @@ SAVE_ON_INTERRUPT_S = 30.0  # after a Ctrl-C, how long finished rows may take to
 
 
 class InputsDatasource(Datasource):
-    """The inputs: slices of the driver's table (`block_rows` each), and the directories,
-    each walked by a read task (minus what is already done or listed by the driver)."""
+    """The inputs: a read task per read unit (data/input_plan.py), each claiming what it
+    lists in the books before passing it on (listing.py)."""
 
-    def __init__(self, plan: InputPlan, skip: np.ndarray, block_rows: int, progress):
-        self.schema = plan.table.schema
-        self.slices = [(ray.put(plan.table.slice(i, block_rows)), min(block_rows, plan.table.num_rows - i))
-                       for i in range(0, plan.table.num_rows, block_rows)]
-        self.directories = plan.directories
-        self.skip = ray.put(skip)
-        self.progress = progress
+    def __init__(self, plan: InputPlan, books, progress):
+        self.plan, self.books, self.progress = plan, books, progress
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
 
     @property
     def num_read_tasks(self) -> int:
-        return max(1, len(self.slices) + len(self.directories))
+        return max(1, len(self.plan.units))
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
-        tasks = [ReadTask(partial(read_slice, ref), BlockMetadata(n, None, None)) for ref, n in self.slices]
-        tasks += [
-            ReadTask(partial(read_directory, d, self.skip, self.schema, self.progress),
-                     BlockMetadata(None, None, None))
-            for d in self.directories
-        ]
-        return tasks
+        return [ReadTask(partial(read_unit, unit, index, self.books, self.plan.schema, self.progress),
+                         BlockMetadata(None, None, None))
+                for index, unit in enumerate(self.plan.units)]
 
 
 def start_ray(address: str | None) -> bool:
@@ -101,15 +91,15 @@ def _feed(ds, into: queue.Queue) -> None:
         into.put(exc)
 
 
-def execute(plan: ExecutionPlan, todo: InputPlan, skip: np.ndarray, saver: Saver, timeline: Timeline, report,
+def execute(plan: ExecutionPlan, inputs: InputPlan, books, saver: Saver, timeline: Timeline, report,
             wait_for_resources: float | None = None) -> None:
     """Run the pipeline, saving as it goes; on an interrupt, save what is done, then raise Interrupted.
 
-    `skip`: sorted hashes of the paths walks must leave out (done before, or in `todo.table`).
+    `books`: the run's bookkeeping.Books, which the read tasks claim their inputs in.
     """
     log.info("%s", plan.describe())
     counter = CounterClient()
-    source = InputsDatasource(todo, skip, plan.block_rows, counter.actor)
+    source = InputsDatasource(inputs, books, counter.actor)
     # Reading is listing (I/O) or handing over a slice: it must not hold a CPU that
     # decoding needs, and it must not be fused into the decode tasks.
     # Ray merges what a read task yields into blocks of up to 128 MiB (about a million
@@ -118,7 +108,7 @@ def execute(plan: ExecutionPlan, todo: InputPlan, skip: np.ndarray, saver: Saver
                                   concurrency=min(READ_CONCURRENCY, source.num_read_tasks))
     ds = add_stages(ds.repartition(target_num_rows_per_block=plan.block_rows), plan, saver.schema, counter.actor)
     timeline.executing = time.time()
-    watch = RunWatch(counter, todo.table.num_rows, len(todo.directories), plan.actors, plan.gpus_per_actor,
+    watch = RunWatch(counter, 0, source.num_read_tasks, plan.actors, plan.gpus_per_actor,
                      plan.cpus_per_actor, wait_for_resources)
     blocks: queue.Queue = queue.Queue()
     threading.Thread(target=_feed, args=(ds, blocks), daemon=True, name="resnet-batch-feed").start()

@@ -1,0 +1,158 @@
+"""The inputs cut into read units, the shares of Ray Data's read tasks, in listing order.
+
+Nothing here lists a collection: a manifest is checked and split (its splits are read by
+the tasks), a directory or bucket prefix is left to a walk (run/listing.py); only named
+files and glob matches are listed, and memory:// (which lives in the driver's process).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterator
+
+import pyarrow as pa
+
+from ..core.columns import PATH
+from ..core.errors import UsageError, one_line
+from ..core.storage import filesystem, scheme_of
+from .manifests import open_manifest, read_manifest, read_split
+from .sources import (
+    GLOB_CHARS,
+    drop_duplicate_paths,
+    inline_memory_bytes,
+    is_manifest,
+    is_tar,
+    list_location,
+    location_table,
+    shard_table,
+    to_uri,
+    with_internal_columns,
+)
+
+log = logging.getLogger(__name__)
+
+WALK, SPLIT, FILES, TABLE = "walk", "split", "files", "table"
+FILES_PER_UNIT = 10_000  # named files and glob matches per read task (a shard among them lists its members there)
+ROWS_PER_TABLE_UNIT = 50_000
+
+
+@dataclass(frozen=True)
+class ReadUnit:
+    """One read task's share of the inputs: a directory to walk, a manifest split, named
+    files, or rows the driver holds (memory:// lives in its process only)."""
+
+    kind: str
+    source: object  # the root (WALK), a ManifestSplit, a tuple of URIs (FILES), a pa.Table (TABLE)
+
+    @property
+    def key(self) -> str:
+        """A name for progress reports: the same for a retried task."""
+        if self.kind == SPLIT:
+            return f"{self.source.uri}@{self.source.start}"
+        if self.kind == FILES:
+            return f"files:{self.source[0]}"
+        if self.kind == TABLE:
+            return f"rows:{self.source.column(PATH)[0]}"
+        return self.source
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """The inputs, cut into read units in listing order (walks last), and the columns they carry."""
+
+    units: tuple[ReadUnit, ...]
+    schema: pa.Schema  # path, the manifests' other columns, the internal columns
+    first_input: str | None = None  # one input, to tell local from remote inputs
+
+    @property
+    def directories(self) -> tuple[str, ...]:
+        return tuple(u.source for u in self.units if u.kind == WALK)
+
+    @property
+    def extra_fields(self) -> tuple[pa.Field, ...]:
+        return tuple(f for f in self.schema if f.name != PATH and not f.name.startswith("_"))
+
+    @classmethod
+    def of_table(cls, table: pa.Table) -> "InputPlan":
+        """Inputs the driver already holds as a table (path + extra columns)."""
+        table = with_internal_columns(drop_duplicate_paths(table))
+        units = tuple(ReadUnit(TABLE, table.slice(i, ROWS_PER_TABLE_UNIT))
+                      for i in range(0, table.num_rows, ROWS_PER_TABLE_UNIT))
+        return cls(units, table.schema, table.column(PATH)[0].as_py() if table.num_rows else None)
+
+
+def plan_inputs(inputs: list[str], path_column: str = PATH) -> InputPlan:
+    """Each input cut into read units; nothing is listed here but named files and globs.
+
+    Manifests are checked and split (read by the tasks); directories and bucket prefixes
+    are walked by tasks; memory:// exists only in the driver's process, so it is read here.
+    """
+    units, walks, schemas, firsts = [], [], [pa.schema([(PATH, pa.string())])], []
+    for uri in inputs:
+        if scheme_of(uri) == "memory":
+            table = inline_memory_bytes(with_internal_columns(read_manifest(uri, path_column) if is_manifest(uri)
+                                                               else location_table(uri)))
+            units += InputPlan.of_table(table).units
+            schemas.append(table.schema)
+        elif is_manifest(uri):
+            manifest = open_manifest(uri, path_column)
+            units += [ReadUnit(SPLIT, s) for s in manifest.splits]
+            schemas.append(manifest.extras)
+            firsts.append(manifest.first_entry)
+        elif not any(c in uri for c in GLOB_CHARS) and _is_directory(uri):
+            walks.append(_normalised(uri))
+        else:
+            found = list_location(uri)
+            units += [ReadUnit(FILES, tuple(found[i:i + FILES_PER_UNIT])) for i in range(0, len(found), FILES_PER_UNIT)]
+            firsts += found[:1]
+    walks = _outermost(walks)
+    units += [ReadUnit(WALK, root) for root in walks]
+    schema = with_internal_columns(pa.unify_schemas(schemas, promote_options="permissive").empty_table()).schema
+    first = next((f for f in firsts + [u.source.column(PATH)[0].as_py() for u in units if u.kind == TABLE]
+                  + list(walks) if f), None)
+    return InputPlan(tuple(units), schema, first)
+
+
+def unit_tables(unit: ReadUnit) -> Iterator[pa.Table]:
+    """A split, named files or held rows as tables with the internal columns (walks: run/listing.py)."""
+    if unit.kind == SPLIT:
+        for table in read_split(unit.source):
+            yield with_internal_columns(table)
+    elif unit.kind == FILES:
+        images = [u for u in unit.source if not is_tar(u)]
+        yield with_internal_columns(pa.concat_tables(
+            [pa.table({PATH: pa.array(images, pa.string())}), *(shard_table(u) for u in unit.source if is_tar(u))],
+            promote_options="default"))
+    elif unit.kind == TABLE:
+        yield unit.source
+    else:
+        raise ValueError(f"a {unit.kind} unit is read by run/listing.py")
+
+
+def _is_directory(uri: str) -> bool:
+    """Whatever is not a directory is listed (or refused, if missing) by list_inputs."""
+    fs, path = filesystem(uri)
+    try:
+        return fs.isdir(path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot list input {uri}: {type(exc).__name__}: {one_line(exc)}") from None
+
+
+def _normalised(uri: str) -> str:
+    fs, path = filesystem(uri)
+    return to_uri(fs, path.rstrip("/"), uri)
+
+
+def _outermost(directories: list[str]) -> tuple[str, ...]:
+    """Each directory once, and none inside another given one (it would be walked twice)."""
+    kept: list[str] = []
+    for d in sorted(set(directories), key=len):
+        outer = next((k for k in kept if d.startswith(k + "/")), None)
+        if outer:
+            log.warning("input %s lies inside input %s; it is walked once", d, outer)
+        else:
+            kept.append(d)
+    return tuple(sorted(kept))
+
+
