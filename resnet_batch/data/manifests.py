@@ -101,8 +101,9 @@ def _open_manifest(uri: str, path_column: str) -> Manifest:
         size = _size(uri)
         splits = tuple(ManifestSplit(uri, PATH, s, min(size, s + TEXT_SPLIT_BYTES))
                        for s in range(0, size, TEXT_SPLIT_BYTES))
-        first = next((t.column(PATH)[0].as_py() for s in splits[:1] for t in read_split(s, first_only=True)
-                      if t.num_rows), None)
+        # The first entry (to tell local inputs from remote), from the first MiB.
+        head = ManifestSplit(uri, PATH, 0, min(size, 1 << 20))
+        first = next((t.column(PATH)[0].as_py() for t in read_split(head) if t.num_rows), None)
         return Manifest(splits, pa.schema([]), first)
     with _open(uri) as f:
         if lower.endswith(".csv"):
@@ -157,11 +158,11 @@ def _entries(column) -> list[str | None]:
     return column.cast(pa.string()).to_pylist()
 
 
-def read_split(split: ManifestSplit, first_only: bool = False) -> Iterator[pa.Table]:
+def read_split(split: ManifestSplit) -> Iterator[pa.Table]:
     """The split's inputs: a `path` column of identities, then the manifest's other columns."""
     lower = split.uri.lower()
     if lower.endswith(".txt"):
-        yield _with_paths(pa.table({}), _text_lines(split, first_only), split.uri)
+        yield _with_paths(pa.table({}), _text_lines(split), split.uri)
         return
     with _open(split.uri) as f:
         if lower.endswith(".csv"):
@@ -183,13 +184,13 @@ def _with_paths(extras: pa.Table, entries: list[str], uri: str) -> pa.Table:
     return extras.add_column(0, PATH, paths)
 
 
-def _text_lines(split: ManifestSplit, first_only: bool) -> list[str]:
+def _text_lines(split: ManifestSplit) -> list[str]:
     """The entries of the lines that start in [start, stop): the line that straddles `start`
     is the previous split's, the one that straddles `stop` is read to its end."""
     begin = max(split.start - 1, 0)  # one byte back: is `start` itself the start of a line?
     data = read_bytes_or_raise(split.uri, begin, split.stop - begin)
     at = split.stop
-    while data and not data.endswith(b"\n") and not first_only:
+    while data and not data.endswith(b"\n"):
         more = read_bytes_or_raise(split.uri, at, 1 << 16)
         if not more:
             break
@@ -202,8 +203,7 @@ def _text_lines(split: ManifestSplit, first_only: bool) -> list[str]:
         data = data[3:]
     # Undecodable bytes (a Latin-1 manifest) are kept as the bytes of the name they stand for.
     lines = (line.decode("utf-8", "surrogateescape").strip() for line in data.split(b"\n"))
-    entries = [line for line in lines if line and not line.startswith("#")]
-    return entries[:1] if first_only else entries
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def read_manifest(uri: str, path_column: str = PATH) -> pa.Table:

@@ -143,8 +143,9 @@ _hash_parts_task = ray.remote(num_cpus=1, max_retries=3)(_hash_parts)
 
 def read_back(out: OutputDir, parts: list[str], books: Books, done: bool) -> int:
     """The rows of `parts` into the books (as done before this run, or as written by it):
-    in this process for local books, else in tasks of PARTS_PER_TASK files."""
-    if books.local:
+    in this process for local books (and memory://, which lives here), else in tasks of
+    PARTS_PER_TASK files."""
+    if books.local or out.driver_only:
         return _hash_parts(out, parts, books, done)
     groups = [parts[i:i + PARTS_PER_TASK] for i in range(0, len(parts), PARTS_PER_TASK)]
     return sum(ray.get([_hash_parts_task.remote(out, g, books, done) for g in groups]))
