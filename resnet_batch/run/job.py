@@ -1,8 +1,9 @@
-"""A label run from its arguments to its summary: the output taken, the inputs listed and
-set against what is done, the weights resolved, the plan executed, every input checked.
+"""A label run from its arguments to its summary: the output taken, the inputs cut into
+read units, the weights resolved, what is left counted (resume), the plan executed, every
+input checked.
 
-    OutputDir.lease -> plan_inputs / completed hashes -> Ray -> make_plan -> pipeline.execute
-        -> check_output -> LabelSummary
+    OutputDir.lease -> plan_inputs -> (resume: load_done, count) -> Ray, Books -> make_plan
+        -> pipeline.execute (read tasks claim in the books) -> check_output -> LabelSummary
 """
 
 from __future__ import annotations
