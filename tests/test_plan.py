@@ -56,3 +56,9 @@ def test_refusals(resolved):
     with pytest.raises(UsageError, match="--decode gpu resizes with"):
         make_plan(dataclasses.replace(CFG, decode="gpu"), lanczos, Cluster(1, 1, 4, False))
     assert not make_plan(CFG, lanczos, Cluster(1, 1, 4, False)).decode_on_device
+
+
+@pytest.mark.parametrize("nodes, cpus, read_tasks", [(1, 2, 1), (1, 16, 2), (8, 16, 4)])
+def test_read_tasks_grow_with_the_cluster_but_never_outrun_decoding(resolved, nodes, cpus, read_tasks):
+    # Reading is not under SCHED_IDLE as decoding is: on a small node it must not take every core.
+    assert make_plan(CFG, resolved, Cluster(0, nodes, cpus, False)).read_tasks == read_tasks

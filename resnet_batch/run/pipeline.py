@@ -44,8 +44,6 @@ log = logging.getLogger(__name__)
 # replacement is up); the restart budget is what bounds a crash loop.
 ACTOR_RETRY_ARGS = {"max_restarts": 8, "max_task_retries": -1}
 TASK_RETRY_ARGS = {"max_retries": 3}
-# Read tasks ask for no CPU, so without a cap Ray would start a worker process per read task at once.
-READ_CONCURRENCY = 4
 SAVE_ON_INTERRUPT_S = 30.0  # after a Ctrl-C, how long finished rows may take to be saved
 
 
@@ -105,7 +103,7 @@ def execute(plan: ExecutionPlan, inputs: InputPlan, books, saver: Saver, timelin
     # Ray merges what a read task yields into blocks of up to 128 MiB (about a million
     # paths): re-cut them, streaming, into blocks of a few batches, one per decode task.
     ds = ray.data.read_datasource(source, num_cpus=0, override_num_blocks=source.num_read_tasks,
-                                  concurrency=min(READ_CONCURRENCY, source.num_read_tasks))
+                                  concurrency=min(plan.read_tasks, source.num_read_tasks))
     ds = add_stages(ds.repartition(target_num_rows_per_block=plan.block_rows), plan, saver.schema, counter.actor)
     timeline.executing = time.time()
     watch = RunWatch(counter, 0, source.num_read_tasks, plan.actors, plan.gpus_per_actor,
