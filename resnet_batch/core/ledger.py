@@ -2,8 +2,8 @@
 output already had, which were handed to the pipeline, and what the output holds at the end.
 
 An input is its 128-bit path hash (pathset.py). Every listing of an input is a *claim*
-with a position: where that entry lies in its source (a manifest's byte offset, a walk's
-running count). The first claim of a hash owns it, and only the owner's rows go on:
+with a position: where that entry lies among everything listed (its read unit's index and
+its rank in the unit, run/listing.py). The first claim of a hash owns it, and only the owner's rows go on:
 - a path listed twice (in one manifest, in two, or by a manifest and a walk) is labeled once;
 - a read task that is retried claims the same positions again and gets the same answer,
   so a replayed block holds the same rows.
@@ -17,8 +17,6 @@ from __future__ import annotations
 import numpy as np
 
 from .pathset import EMPTY, HASH_DTYPE, isin_sorted
-
-NO_POSITION = np.zeros(0, dtype=np.int64)
 
 
 def bucket_of(hashes: np.ndarray, buckets: int) -> np.ndarray:
@@ -101,7 +99,8 @@ class Ledger:
         distinct = np.unique(written)
         missing = sum(int((~isin_sorted(run, distinct)).sum()) for run, _ in self.runs)
         return {"inputs": self.inputs, "already_done": self.already_done, "missing": missing,
-                "rows": len(written), "duplicates": len(written) - len(distinct), "repeated": self.repeated, "hidden": sum(self.hidden.values())}
+                "rows": len(written), "duplicates": len(written) - len(distinct), "repeated": self.repeated,
+                "hidden": sum(self.hidden.values())}
 
 
 def _merge(big: tuple[np.ndarray, np.ndarray], small: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

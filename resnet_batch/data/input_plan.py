@@ -20,12 +20,11 @@ from .manifests import open_manifest, read_manifest, read_split
 from .sources import (
     GLOB_CHARS,
     drop_duplicate_paths,
+    files_table,
     inline_memory_bytes,
     is_manifest,
-    is_tar,
     list_location,
     location_table,
-    shard_table,
     to_uri,
     with_internal_columns,
 )
@@ -120,10 +119,7 @@ def unit_tables(unit: ReadUnit) -> Iterator[pa.Table]:
         for table in read_split(unit.source):
             yield with_internal_columns(table)
     elif unit.kind == FILES:
-        images = [u for u in unit.source if not is_tar(u)]
-        yield with_internal_columns(pa.concat_tables(
-            [pa.table({PATH: pa.array(images, pa.string())}), *(shard_table(u) for u in unit.source if is_tar(u))],
-            promote_options="default"))
+        yield with_internal_columns(files_table(unit.source))
     elif unit.kind == TABLE:
         yield unit.source
     else:

@@ -131,6 +131,7 @@ def _size(uri: str) -> int:
 
 
 def _open(uri: str):
+    """Local files only as regular files (a FIFO named x.tar or x.txt would block the read)."""
     if scheme_of(uri) == "":
         return open_regular(uri)
     fs, path = filesystem(uri)
@@ -223,10 +224,9 @@ def list_tar_members(uri: str) -> pa.Table:
     image that cannot be read as one (a name that leaves the shard, a link, a device) gets
     a row with its reason: it is an input all the same.
     """
-    fs, path = filesystem(uri)
     paths, offsets, sizes, errors = [], [], [], []
     try:
-        with _open_shard(fs, path, uri) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+        with _open(uri) as f, tarfile.open(fileobj=f, mode="r:") as tar:
             for member in tar:
                 if not is_image(member.name) or member.isdir():
                     continue
@@ -245,10 +245,5 @@ def list_tar_members(uri: str) -> pa.Table:
         raise UsageError(f"cannot read tar shard {uri}: {type(exc).__name__}: {one_line(exc)}") from None
     return pa.table({PATH: pa.array(paths, pa.string()), TAR_OFFSET: pa.array(offsets, pa.int64()),
                      TAR_SIZE: pa.array(sizes, pa.int64()), LIST_ERROR: pa.array(errors, pa.string())})
-
-
-def _open_shard(fs, path: str, uri: str):
-    """Local shards only as regular files (a FIFO named x.tar would block the listing)."""
-    return open_regular(path) if scheme_of(uri) == "" else fs.open(path, "rb")
 
 

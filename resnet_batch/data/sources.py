@@ -190,7 +190,11 @@ def with_internal_columns(table: pa.Table) -> pa.Table:
 
 
 def location_table(uri: str) -> pa.Table:
-    found = list_location(uri)
+    return files_table(list_location(uri))
+
+
+def files_table(found) -> pa.Table:
+    """Named image files as rows, tar shards among them as their members' rows."""
     tables = [shard_table(u) for u in found if is_tar(u)]
     images = [u for u in found if not is_tar(u)]
     return pa.concat_tables([pa.table({PATH: pa.array(images, pa.string())}), *tables],
@@ -221,9 +225,6 @@ def list_inputs(inputs: list[str], path_column: str = PATH) -> pa.Table:
         else:
             tables.append(location_table(uri))
     table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({PATH: pa.array([], pa.string())})
-    empty = pc.equal(table.column(PATH), "")
-    if pc.any(empty).as_py():
-        raise UsageError("a manifest lists an empty path")
     return inline_memory_bytes(drop_duplicate_paths(with_internal_columns(table)))
 
 

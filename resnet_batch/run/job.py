@@ -96,11 +96,11 @@ def _label(cfg: LabelConfig, table: pa.Table | None, timeline: Timeline, report,
         books, pending = Books.in_process(), len(plan.units)
         if cfg.mode == "resume" and plan.units:
             books, pending, started_ray = _count_resume(cfg, out, plan, report)
-        if pending:
+        if pending and books.local:  # (books on Ray: a resume counted there, Ray is up)
             report(Snapshot(0, 0, 0, True, 0, 0.0, phase="starting Ray"))
-            started_ray = started_ray or pipeline.start_ray(cfg.address)
-            if books.local:  # a resume counted here hands its books over as they stand
-                books = Books.on_ray(books if cfg.mode == "resume" else None)
+            started_ray = pipeline.start_ray(cfg.address)
+            # A resume counted here hands its books over as they stand.
+            books = Books.on_ray(books if cfg.mode == "resume" else None)
         saver = _saver(cfg, out, weights, plan)
         savers.append(saver)
         if pending:

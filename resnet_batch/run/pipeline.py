@@ -98,8 +98,8 @@ def execute(plan: ExecutionPlan, inputs: InputPlan, books, saver: Saver, timelin
     log.info("%s", plan.describe())
     counter = CounterClient()
     source = InputsDatasource(inputs, books, counter.actor)
-    # Reading is listing (I/O) or handing over a slice: it must not hold a CPU that
-    # decoding needs, and it must not be fused into the decode tasks.
+    # Reading (listing, hashing, claiming) holds no CPU that decoding's tasks would wait
+    # for, and is not fused into them; how many read at once is the plan's (read_tasks).
     # Ray merges what a read task yields into blocks of up to 128 MiB (about a million
     # paths): re-cut them, streaming, into blocks of a few batches, one per decode task.
     ds = ray.data.read_datasource(source, num_cpus=0, override_num_blocks=source.num_read_tasks,
