@@ -3,8 +3,9 @@
     python bench/scale.py                              # 1,000, 100,000 and 1,000,000 inputs
     python bench/scale.py --sizes 1000 1000000 10000000 --json scale.json
 
-Each collection is a .txt manifest of hard links to a few tiny real JPEGs (so decoding is
-cheap and the job's bookkeeping shows), in folders of 10,000. For each size, measured from
+Each collection is a .txt manifest of hard links to a few small real JPEGs, in folders of
+10,000. They are 256x256, the weights' resize size, so that decoding is only the JPEG
+decoder and the crop (no resize) and the job's own costs show. For each size, measured from
 launch, outside the process (the driver's peak RSS is its VmHWM, read until it exits):
 - `label --model none` (the null model: no network, rows with resnet50's columns of zeros,
   here with one label and no embedding, so that rows stay small): wall, time to the first batch,
@@ -49,7 +50,8 @@ def tiny_jpegs(folder: Path) -> list[Path]:
     for i in range(TINY_IMAGES):
         path = folder / f"tiny_{i:02d}.jpg"
         if not path.exists():
-            Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(path, quality=80)
+            blocks = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)  # smooth enough to stay ~3 KB
+            Image.fromarray(blocks.repeat(16, axis=0).repeat(16, axis=1)).save(path, quality=80)
         paths.append(path)
     return paths
 
@@ -107,17 +109,17 @@ def measure(workdir: Path, size: int, timeout: float) -> dict:
     label = [sys.executable, "-m", "resnet_batch", "label", str(manifest), "--output", str(out), *NULL_JOB]
     first = run_measured([*label, "--mode", "overwrite"], timeout)
     split = parse_summary(first["stdout"])
-    resume = run_measured([*label, "--mode", "resume"], timeout)
-    return {
+    result = {
         "inputs": size,
         "wall_s": first["wall"],
         "first_batch_s": split["start-up"] + split["first batch"],
         "rows_per_s": split["steady_rate"],
         "check_s": float(CHECK.search(first["stdout"]).group(1)),
         "driver_rss_mib": first["rss_mib"],
-        "resume_s": resume["wall"],
-        "resume_rss_mib": resume["rss_mib"],
     }
+    print(json.dumps(result), flush=True)  # kept should the resume fail
+    resume = run_measured([*label, "--mode", "resume"], timeout)
+    return {**result, "resume_s": resume["wall"], "resume_rss_mib": resume["rss_mib"]}
 
 
 COLUMNS = [("inputs", "{:,}"), ("wall_s", "{:.1f}"), ("first_batch_s", "{:.1f}"), ("rows_per_s", "{:,.0f}"),
@@ -149,7 +151,7 @@ def growth(results: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 100_000, 1_000_000])
-    p.add_argument("--workdir", type=Path, default=Path("/tmp/resnet-batch-scale"))
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/resnet-batch-scale256"))
     p.add_argument("--timeout", type=float, default=4 * 3600, help="seconds per run")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
@@ -158,7 +160,7 @@ def main() -> None:
     for size in sorted(args.sizes):
         results.append(measure(args.workdir, size, args.timeout))
         print(json.dumps(results[-1]), flush=True)
-    print(f"\n{os.cpu_count()} cores; null model, {TINY_IMAGES} distinct 64x48 JPEGs behind hard links\n")
+    print(f"\n{os.cpu_count()} cores; null model, {TINY_IMAGES} distinct 256x256 JPEGs behind hard links\n")
     print(table(results))
     if len(results) > 1:
         print("\n" + growth(results))

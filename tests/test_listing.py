@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from resnet_batch.core.pathset import isin_sorted, path_hashes
+from resnet_batch.data.directories import list_directory
 from resnet_batch.data.input_plan import WALK, plan_inputs
 from resnet_batch.data.sources import list_inputs
 from resnet_batch.output.writer import OutputDir
@@ -114,3 +115,18 @@ def test_path_sets():
     mask = isin_sorted(path_hashes(paths), done)
     assert mask.tolist() == [i % 3 == 0 for i in range(100)]
     assert len(set(path_hashes(paths).tolist())) == 100
+
+
+def test_a_flat_folder_is_listed_a_page_at_a_time(tmp_path):
+    # A folder of 10M files must never be one listing in a worker: os.scandir in chunks.
+    folder = tmp_path / "flat"
+    images = write_jpegs(folder, 13, seed=0, height=8, width=8)
+    (folder / "sub").mkdir()
+    (folder / ".hidden.jpg").write_bytes(b"x")
+    pages = list(list_directory(str(folder), page=4))
+    assert len(pages) == 4 and all(p.table.num_rows + len(p.subdirs) + p.hidden <= 4 for p in pages)
+    assert sorted(p for lv in pages for p in lv.table.column("path").to_pylist()) == sorted(map(str, images))
+    assert [d for lv in pages for d in lv.subdirs] == [str(folder / "sub")]
+    assert sum(lv.hidden for lv in pages) == 1
+    # A retried listing of an unchanged folder pages it the same way (readdir order).
+    assert [lv.table.to_pylist() for lv in list_directory(str(folder), page=4)] == [lv.table.to_pylist() for lv in pages]

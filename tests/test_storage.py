@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from resnet_batch.core.errors import UsageError
+from resnet_batch.data.directories import list_directory
 from resnet_batch.data.input_plan import WALK, ReadUnit, plan_inputs
 from resnet_batch.run.config import LabelConfig
 from resnet_batch.run.job import run_label
@@ -190,3 +191,21 @@ def test_one_writer_on_an_object_store(s3):
     assert not s3.exists("rb-leased/out/_resnet_batch.lock")
     with OutputDir("s3://rb-leased/out").lease():  # free again
         pass
+
+
+def test_a_bucket_prefix_is_listed_a_page_at_a_time(s3):
+    # A prefix of 10M objects must never be one listing in a worker: ListObjectsV2 pages.
+    s3.mkdir("rb-paged")
+    names = [f"img{i:03d}.jpg" for i in range(23)] + ["notes.txt", ".hidden.jpg", "sub/deeper.jpg", "sub2/x.jpg"]
+    for name in names:
+        s3.pipe(f"rb-paged/flat/{name}", b"x")
+    pages = list(list_directory("s3://rb-paged/flat", page=5))
+    assert len(pages) == 6 and all(p.table.num_rows + len(p.subdirs) + p.hidden <= 5 for p in pages)
+    assert sorted(p for lv in pages for p in lv.table.column("path").to_pylist()) == \
+        [f"s3://rb-paged/flat/img{i:03d}.jpg" for i in range(23)]
+    assert sorted(d for lv in pages for d in lv.subdirs) == ["s3://rb-paged/flat/sub", "s3://rb-paged/flat/sub2"]
+    assert sum(lv.hidden for lv in pages) == 1
+    # What a walk yields for the prefix is what a whole listing of it finds.
+    whole = list(list_directory("s3://rb-paged/flat"))
+    assert len(whole) == 1 and sorted(whole[0].table.column("path").to_pylist()) == \
+        sorted(p for lv in pages for p in lv.table.column("path").to_pylist())

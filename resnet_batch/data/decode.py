@@ -277,6 +277,11 @@ class LowPriorityDecode(DecodeStage):
     """
 
     def __call__(self, batch):
-        if hasattr(os, "SCHED_IDLE") and os.sched_getscheduler(0) != os.SCHED_IDLE:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        to_idle_priority()
         return super().__call__(batch)
+
+
+def to_idle_priority() -> None:
+    """This thread (and the threads it starts) under SCHED_IDLE, where Linux has it."""
+    if hasattr(os, "SCHED_IDLE") and os.sched_getscheduler(0) != os.SCHED_IDLE:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))

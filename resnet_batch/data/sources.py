@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import posixpath
-import stat
-from dataclasses import dataclass
 
 import fsspec
 import pyarrow as pa
@@ -18,7 +15,7 @@ import pyarrow.compute as pc
 
 from ..core.columns import PATH
 from ..core.errors import UsageError, one_line
-from ..core.identity import as_text, normalise_local, on_disk
+from ..core.identity import as_text, normalise_local
 from ..core.storage import NotRegularFile, filesystem, is_local, scheme_of
 from .manifests import (
     INLINE_BYTES,
@@ -92,76 +89,6 @@ def _list_location(uri: str) -> list[str]:
     raise UsageError(f"input {uri} does not exist (expected a directory, image file, glob or manifest)")
 
 
-@dataclass(frozen=True)
-class Level:
-    """One directory's listing: its inputs, its sub-directories to walk, and how many
-    hidden entries (names starting with ".") it left out."""
-
-    table: pa.Table
-    subdirs: list[str]
-    hidden: int = 0
-
-
-def list_directory_level(uri: str) -> Level:
-    """One directory's images (tar shards expanded to members) and its sub-directories.
-
-    Symbolic links are followed: a linked folder is walked (unless it leads back to one of
-    its own ancestors), a linked file is an input. FIFOs, sockets and devices named like
-    images are inputs too, whose rows say they are not regular files. Hidden entries are
-    left out and counted. A directory or shard that cannot be listed becomes one row
-    carrying the error (`list_failed`), so the job goes on and the summary names it.
-    """
-    fs, path = filesystem(uri)
-    if scheme_of(uri) == "":
-        path = on_disk(path)  # a folder whose name is not UTF-8 is walked by its original bytes
-    try:
-        entries = fs.ls(path, detail=True)
-    except (OSError, ValueError) as exc:
-        return Level(_unlisted(uri, f"cannot list {uri}: {type(exc).__name__}: {one_line(exc)}"), [])
-    images, shards, subdirs, hidden = [], [], [], 0
-    for entry in sorted(entries, key=lambda e: e["name"]):
-        name = entry["name"].rstrip("/")
-        if name == path.rstrip("/"):
-            continue
-        if posixpath.basename(name).startswith("."):
-            hidden += 1
-            continue
-        kind = _followed_kind(name, entry) if entry.get("islink") else entry["type"]
-        if kind == "directory":
-            subdirs.append(to_uri(fs, name, uri))
-        elif is_image(name):
-            images.append(to_uri(fs, name, uri))
-        elif is_tar(name) and kind == "file":
-            shards.append(shard_table(to_uri(fs, name, uri)))
-    table = pa.concat_tables([pa.table({PATH: pa.array(images, pa.string())}), *shards],
-                             promote_options="default")
-    return Level(with_internal_columns(table), subdirs, hidden)
-
-
-def _followed_kind(link: str, entry: dict) -> str:
-    """What a local symbolic link leads to: "directory" (one that is not an ancestor of the
-    link, which would make the walk endless), "file", or "other" (broken, a cycle, a FIFO)."""
-    try:
-        target = os.path.realpath(link)
-        st = os.stat(link)
-    except OSError:
-        return "other"  # a broken link named like an image still gets its row (not_found)
-    if stat.S_ISDIR(st.st_mode):
-        ancestors = {os.path.realpath(a) for a in _ancestors(link)}
-        if target in ancestors:
-            log.warning("not following %s: it leads back to %s, which holds it", link, target)
-            return "cycle"
-        return "directory"
-    return "file" if stat.S_ISREG(st.st_mode) else "other"
-
-
-def _ancestors(path: str):
-    parent = os.path.dirname(path)
-    while parent and parent != path:
-        yield parent
-        path, parent = parent, os.path.dirname(parent)
-
-
 def shard_table(uri: str) -> pa.Table:
     """A shard's members, or one row saying why it cannot be read: one bad shard among
     thousands costs its own row, not the job."""
@@ -170,10 +97,10 @@ def shard_table(uri: str) -> pa.Table:
     except NotRegularFile as exc:
         return with_internal_columns(pa.table({PATH: [uri], LIST_ERROR: [f"not_a_file: {one_line(exc)}"]}))
     except UsageError as exc:
-        return _unlisted(uri, str(exc))
+        return unlisted(uri, str(exc))
 
 
-def _unlisted(uri: str, message: str) -> pa.Table:
+def unlisted(uri: str, message: str) -> pa.Table:
     return with_internal_columns(pa.table({PATH: [uri], LIST_ERROR: [f"list_failed: {message}"]}))
 
 

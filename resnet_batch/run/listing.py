@@ -18,48 +18,54 @@ import ray
 
 from ..core.columns import PATH
 from ..core.pathset import path_hashes
+from ..data.directories import Level, list_directory
 from ..data.input_plan import WALK, ReadUnit, unit_tables
-from ..data.sources import Level, conform, list_directory_level
+from ..data.sources import conform
 
 MAX_LISTINGS_IN_FLIGHT = 32  # concurrent directory listings per walk, at most one per CPU
+PAGES_AHEAD = 2  # listed pages a directory's listing task keeps ready before the walk takes them
 
 
 # Listing is I/O bound and must never queue behind the decode tasks that consume what it
-# yields, so it asks for no CPU; in-flight listings are bounded per walk instead.
-@ray.remote(num_cpus=0, max_retries=3)
-def _list_level(uri: str) -> Level:
-    return list_directory_level(uri)
+# yields, so it asks for no CPU; in-flight listings are bounded per walk instead. Each
+# streams its directory's pages, and stops when it is PAGES_AHEAD ahead of the walk.
+@ray.remote(num_cpus=0, max_retries=3, num_returns="streaming", _generator_backpressure_num_objects=PAGES_AHEAD)
+def _list_pages(uri: str) -> Iterator[Level]:
+    yield from list_directory(uri)
 
 
 def walk(root: str) -> Iterator[Level]:
-    """The images under `root` (tar shards expanded), one table per listed directory.
+    """The images under `root` (tar shards expanded), a page of a listed directory at a time.
 
     Breadth-first: the root in this process (a flat folder starts no other worker process,
     which a small job would wait for), its sub-directories several at once by Ray tasks on
     any node: wide trees list in parallel, and what waits is only directory names. Each
     listing in flight is a worker process, hence the bound by the cluster's CPUs.
     """
-    level = list_directory_level(root)
-    yield level
-    in_flight = int(min(MAX_LISTINGS_IN_FLIGHT, max(2, ray.cluster_resources().get("CPU", 2))))
-    queue, pending = deque(level.subdirs), deque()
-    while queue or pending:
-        while queue and len(pending) < in_flight:
-            pending.append(_list_level.remote(queue.popleft()))
-        # In submission order, not completion order: a retried read task must yield the
-        # same blocks in the same order, or Ray's generator replay would skip the wrong ones.
-        level = ray.get(pending.popleft())
+    queue: deque[str] = deque()
+    for level in list_directory(root):
         queue.extend(level.subdirs)
         yield level
+    in_flight = int(min(MAX_LISTINGS_IN_FLIGHT, max(2, ray.cluster_resources().get("CPU", 2))))
+    pending: deque = deque()
+    while queue or pending:
+        while queue and len(pending) < in_flight:
+            pending.append(_list_pages.remote(queue.popleft()))
+        # In submission order, not completion order: a retried read task must yield the
+        # same blocks in the same order, or Ray's generator replay would skip the wrong ones.
+        for page in pending.popleft():
+            level = ray.get(page)
+            queue.extend(level.subdirs)
+            yield level
 
 
 def walk_here(root: str) -> Iterator[Level]:
     """The same walk in this process, one directory after another (local disks)."""
     queue = deque([root])
     while queue:
-        level = list_directory_level(queue.popleft())
-        queue.extend(level.subdirs)
-        yield level
+        for level in list_directory(queue.popleft()):
+            queue.extend(level.subdirs)
+            yield level
 
 
 POSITION_BITS = 32  # a claim's position: (read unit's index << 32) + the entry's rank in the unit

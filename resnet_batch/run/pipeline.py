@@ -25,7 +25,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from ..core.errors import Interrupted
-from ..data.decode import LowPriorityDecode
+from ..data.decode import LowPriorityDecode, to_idle_priority
 from ..data.input_plan import InputPlan
 from ..model.actor import PredictorActor
 from ..model.settings import ALLOCATOR_ENV
@@ -62,9 +62,16 @@ class InputsDatasource(Datasource):
         return max(1, len(self.plan.units))
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
-        return [ReadTask(partial(read_unit, unit, index, self.books, self.plan.schema, self.progress),
+        return [ReadTask(partial(_read_at_idle_priority, unit, index, self.books, self.plan.schema, self.progress),
                          BlockMetadata(None, None, None))
                 for index, unit in enumerate(self.plan.units)]
+
+
+def _read_at_idle_priority(*args):
+    """A read task under SCHED_IDLE, as decoding is: it lists ahead of what the pipeline can
+    take, and at normal priority it took the cores from start-up and the first decoding."""
+    to_idle_priority()
+    yield from read_unit(*args)
 
 
 def start_ray(address: str | None) -> bool:
@@ -99,7 +106,8 @@ def execute(plan: ExecutionPlan, inputs: InputPlan, books, saver: Saver, timelin
     counter = CounterClient()
     source = InputsDatasource(inputs, books, counter.actor)
     # Reading (listing, hashing, claiming) holds no CPU that decoding's tasks would wait
-    # for, and is not fused into them; how many read at once is the plan's (read_tasks).
+    # for, and is not fused into them; it runs under SCHED_IDLE beside them, as many
+    # tasks at once as the plan says (read_tasks).
     # Ray merges what a read task yields into blocks of up to 128 MiB (about a million
     # paths): re-cut them, streaming, into blocks of a few batches, one per decode task.
     ds = ray.data.read_datasource(source, num_cpus=0, override_num_blocks=source.num_read_tasks,
