@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -61,11 +62,12 @@ def collection(workdir: Path, size: int) -> Path:
     manifest = workdir / f"manifest-{size}.txt"
     if manifest.exists():
         return manifest
-    sources = tiny_jpegs(workdir / "tiny")
+    tiny = tiny_jpegs(workdir / "tiny")
     links = workdir / "links"
     with open(manifest, "w") as out:
         for start in range(0, size, PER_FOLDER):
             folder = links / f"{start // PER_FOLDER:06d}"
+            sources = folder_sources(tiny, workdir / "sources" / folder.name)
             folder.mkdir(parents=True, exist_ok=True)
             names = []
             for i in range(start, min(size, start + PER_FOLDER)):
@@ -75,6 +77,16 @@ def collection(workdir: Path, size: int) -> Path:
                 names.append(str(path))
             out.write("\n".join(names) + "\n")
     return manifest
+
+
+def folder_sources(tiny: list[Path], folder: Path) -> list[Path]:
+    """A folder's own copies of the tiny JPEGs: ext4 allows 65,000 links to one file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = [folder / p.name for p in tiny]
+    for source, copy in zip(tiny, copies):
+        if not copy.exists():
+            shutil.copyfile(source, copy)
+    return copies
 
 
 def run_measured(cmd: list[str], timeout: float) -> dict:
