@@ -9,7 +9,7 @@ import pytest
 from resnet_batch.core.errors import UsageError
 from resnet_batch.model.weights import resolve_weights
 from resnet_batch.run.config import LabelConfig
-from resnet_batch.run.plan import BLOCKS_PER_BATCH, MAX_BLOCK_ROWS, Cluster, make_plan
+from resnet_batch.run.plan import BLOCKS_PER_BATCH, Cluster, make_plan
 
 CFG = LabelConfig(inputs=("x",), output="y", model="resnet18", weights="none")
 
@@ -56,14 +56,6 @@ def test_refusals(resolved):
     with pytest.raises(UsageError, match="--decode gpu resizes with"):
         make_plan(dataclasses.replace(CFG, decode="gpu"), lanczos, Cluster(1, 1, 4, False))
     assert not make_plan(CFG, lanczos, Cluster(1, 1, 4, False)).decode_on_device
-
-
-@pytest.mark.parametrize("batch", [32, 256, 1024, 4096])
-def test_a_decode_block_is_a_few_batches_but_no_more_rows_than_needed(resolved, batch):
-    # The first batch waits for a whole block's decoding: big batches get blocks of one batch.
-    plan = make_plan(dataclasses.replace(CFG, batch_size=batch), resolved, Cluster(0, 1, 2, False))
-    assert plan.block_rows % batch == 0
-    assert plan.block_rows == batch * BLOCKS_PER_BATCH if batch * BLOCKS_PER_BATCH <= MAX_BLOCK_ROWS else batch
 
 
 @pytest.mark.parametrize("nodes, cpus, read_tasks", [(1, 2, 1), (1, 16, 2), (8, 16, 4)])

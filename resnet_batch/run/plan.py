@@ -21,9 +21,6 @@ from .description import whole_image
 CONCURRENT_CALLS_PER_GPU_ACTOR = 2
 GPU_ACTOR_THREADS = 4  # torch threads of each GPU actor call: host-side work only
 BLOCKS_PER_BATCH = 4  # input block size, in batches: enough work per decode task
-# ...but no more rows than this, unless one batch is more: the first batch waits for a whole
-# block's decoding (4 x 1,024 rows took ~4 s of a core), and a block is ~150 KB of pixels a row.
-MAX_BLOCK_ROWS = 1024
 GPU_BATCH = 256  # fills a GPU
 CPU_BATCH = {"bf16": 64, "fp32": 32}  # where each precision peaks on CPUs (BENCHMARKS.md)
 REMOTE_IO_THREADS = 16  # file fetches at once per decode task, from an object store
@@ -92,7 +89,7 @@ def make_plan(cfg: LabelConfig, resolved, cluster: Cluster, *, local_inputs: boo
         actors=actors, gpus_per_actor=int(on_gpu), calls_per_actor=calls, threads_per_call=threads,
         cpus_per_actor=0 if cfg.model == NULL_MODEL else 1,
         device=settings.device, precision=precision, batch_size=batch_size,
-        block_rows=max(batch_size, min(batch_size * BLOCKS_PER_BATCH, MAX_BLOCK_ROWS)),
+        block_rows=batch_size * BLOCKS_PER_BATCH,
         decode_on_device=decodes_on_device(cfg, resolved, on_gpu), cpu_decode_share=cfg.cpu_decode_share,
         io_threads=cfg.io_threads or (1 if local_inputs else REMOTE_IO_THREADS), max_pixels=cfg.max_pixels,
         whole_image=whole_image(cfg, resolved), model=settings,
