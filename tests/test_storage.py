@@ -15,7 +15,7 @@ import pytest
 
 from resnet_batch.core.errors import UsageError
 from resnet_batch.data.directories import list_directory
-from resnet_batch.data.input_plan import WALK, ReadUnit, plan_inputs
+from resnet_batch.data.input_plan import GLOB, WALK, ReadUnit, plan_inputs
 from resnet_batch.run.config import LabelConfig
 from resnet_batch.run.job import run_label
 
@@ -209,3 +209,23 @@ def test_a_bucket_prefix_is_listed_a_page_at_a_time(s3):
     whole = list(list_directory("s3://rb-paged/flat"))
     assert len(whole) == 1 and sorted(whole[0].table.column("path").to_pylist()) == \
         sorted(p for lv in pages for p in lv.table.column("path").to_pylist())
+
+
+def test_a_glob_is_expanded_by_its_read_task(s3, local_run, tmp_path):
+    # A glob matching 10M files must not put 10M paths in the driver: its read task expands it.
+    images, reference = local_run
+    pattern = f"{images[0].parent}/*.*"
+    assert plan_inputs([pattern]).units == (ReadUnit(GLOB, pattern),)
+    summary = run_label(config([pattern], tmp_path / "out"))
+    assert summary.complete and summary.inputs == len(images)
+    assert_same_rows(by_name(pq.read_table(tmp_path / "out")), reference)
+    # A local glob that matches nothing is a bad argument, refused before any work...
+    with pytest.raises(UsageError, match="matches no files"):
+        plan_inputs([f"{images[0].parent}/*.webp"])
+    # ...a remote one is listed in its task, so it becomes a row that says so.
+    s3.mkdir("rb-glob")
+    s3.pipe("rb-glob/in/notes.txt", b"not an image")
+    summary = run_label(config(["s3://rb-glob/in/*.jpg"], tmp_path / "remote"))
+    rows = pq.read_table(tmp_path / "remote").to_pylist()
+    assert summary.complete and [r["path"] for r in rows] == ["s3://rb-glob/in/*.jpg"]
+    assert rows[0]["error"].startswith("list_failed:") and "matches no files" in rows[0]["error"]

@@ -1,12 +1,14 @@
 """The inputs cut into read units, the shares of Ray Data's read tasks, in listing order.
 
 Nothing here lists a collection: a manifest is checked and split (its splits are read by
-the tasks), a directory or bucket prefix is left to a walk (run/listing.py); only named
-files and glob matches are listed, and memory:// (which lives in the driver's process).
+the tasks), a directory or bucket prefix is left to a walk (run/listing.py), a glob is
+expanded by its read task; only named files are listed, and memory:// (which lives in the
+driver's process).
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 from dataclasses import dataclass
 from typing import Iterator
@@ -15,7 +17,7 @@ import pyarrow as pa
 
 from ..core.columns import PATH
 from ..core.errors import UsageError, one_line
-from ..core.storage import filesystem, scheme_of
+from ..core.storage import filesystem, is_local, scheme_of
 from .manifests import open_manifest, read_manifest, read_split
 from .sources import (
     GLOB_CHARS,
@@ -26,13 +28,14 @@ from .sources import (
     list_location,
     location_table,
     to_uri,
+    unlisted,
     with_internal_columns,
 )
 
 log = logging.getLogger(__name__)
 
-WALK, SPLIT, FILES, TABLE = "walk", "split", "files", "table"
-FILES_PER_UNIT = 10_000  # named files and glob matches per read task (a shard among them lists its members there)
+WALK, SPLIT, FILES, GLOB, TABLE = "walk", "split", "files", "glob", "table"
+FILES_PER_UNIT = 10_000  # named files per read task, glob matches per table (a shard among them lists its members)
 ROWS_PER_TABLE_UNIT = 50_000
 
 
@@ -42,7 +45,7 @@ class ReadUnit:
     files, or rows the driver holds (memory:// lives in its process only)."""
 
     kind: str
-    source: object  # the root (WALK), a ManifestSplit, a tuple of URIs (FILES), a pa.Table (TABLE)
+    source: object  # the root (WALK), a ManifestSplit, a tuple of URIs (FILES), the pattern (GLOB), a pa.Table (TABLE)
 
     @property
     def key(self) -> str:
@@ -99,7 +102,11 @@ def plan_inputs(inputs: list[str], path_column: str = PATH) -> InputPlan:
             units += [ReadUnit(SPLIT, s) for s in manifest.splits]
             schemas.append(manifest.extras)
             firsts.append(manifest.first_entry)
-        elif not any(c in uri for c in GLOB_CHARS) and _is_directory(uri):
+        elif any(c in uri for c in GLOB_CHARS):
+            _refuse_empty_local_glob(uri)
+            units.append(ReadUnit(GLOB, uri))  # expanded by its read task: the driver holds no match
+            firsts.append(uri)
+        elif _is_directory(uri):
             walks.append(_normalised(uri))
         else:
             found = list_location(uri)
@@ -120,10 +127,31 @@ def unit_tables(unit: ReadUnit) -> Iterator[pa.Table]:
             yield with_internal_columns(table)
     elif unit.kind == FILES:
         yield with_internal_columns(files_table(unit.source))
+    elif unit.kind == GLOB:
+        yield from _glob_tables(unit.source)
     elif unit.kind == TABLE:
         yield unit.source
     else:
         raise ValueError(f"a {unit.kind} unit is read by run/listing.py")
+
+
+def _refuse_empty_local_glob(uri: str) -> None:
+    """A local glob that matches nothing is a bad argument, refused before any work. Python's
+    lazy glob looks for a first match; only when it finds none does fsspec's (the one that
+    expands it) look again, which, matching nothing, holds nothing. A remote glob that
+    matches nothing becomes a `list_failed` row: its listing happens in its read task."""
+    if is_local(uri) and next(glob.iglob(filesystem(uri)[1], recursive=True), None) is None:
+        list_location(uri)  # raises UsageError: "input glob ... matches no files"
+
+
+def _glob_tables(uri: str) -> Iterator[pa.Table]:
+    try:
+        found = list_location(uri)
+    except UsageError as exc:
+        yield unlisted(uri, str(exc))
+        return
+    for i in range(0, len(found), FILES_PER_UNIT):
+        yield with_internal_columns(files_table(found[i:i + FILES_PER_UNIT]))
 
 
 def _is_directory(uri: str) -> bool:
