@@ -134,6 +134,9 @@ class Saver:
         ready, _ = ray.wait(list(self.in_flight), num_returns=1 if timeout is None else len(self.in_flight),
                             timeout=timeout)
         for ref in ready:
+            # Fetched before it leaves in_flight: a signal raises Interrupted inside ray.get,
+            # and a write dropped from in_flight uncounted would be on disk but never "saved".
+            stats = ray.get(ref)
             del self.in_flight[ref]
-            self.stats.add(ray.get(ref))
+            self.stats.add(stats)
         return len(ready)
