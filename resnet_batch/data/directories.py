@@ -19,12 +19,11 @@ import pyarrow as pa
 from fsspec.asyn import sync
 from fsspec.implementations.local import LocalFileSystem
 
-from ..core.columns import PATH
 from ..core.errors import one_line
 from ..core.identity import on_disk
 from ..core.storage import filesystem, scheme_of
 from .manifests import is_image
-from .sources import is_tar, shard_table, to_uri, unlisted, with_internal_columns
+from .sources import files_table, is_tar, to_uri, unlisted, with_internal_columns
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +105,7 @@ async def _next_entries(listing, n: int) -> list[dict]:
 
 
 def _level(fs, path: str, uri: str, entries: list[dict]) -> Level:
-    images, shards, subdirs, hidden = [], [], [], 0
+    found, subdirs, hidden = [], [], 0
     for entry in sorted(entries, key=lambda e: e["name"]):
         name = entry["name"].rstrip("/")
         if name == path.rstrip("/"):
@@ -117,13 +116,9 @@ def _level(fs, path: str, uri: str, entries: list[dict]) -> Level:
         kind = _followed_kind(name, entry) if entry.get("islink") else entry["type"]
         if kind == "directory":
             subdirs.append(to_uri(fs, name, uri))
-        elif is_image(name):
-            images.append(to_uri(fs, name, uri))
-        elif is_tar(name) and kind == "file":
-            shards.append(shard_table(to_uri(fs, name, uri)))
-    table = pa.concat_tables([pa.table({PATH: pa.array(images, pa.string())}), *shards],
-                             promote_options="default")
-    return Level(with_internal_columns(table), subdirs, hidden)
+        elif is_image(name) or (is_tar(name) and kind == "file"):
+            found.append(to_uri(fs, name, uri))
+    return Level(with_internal_columns(files_table(found)), subdirs, hidden)
 
 
 def _followed_kind(link: str, entry: dict) -> str:
