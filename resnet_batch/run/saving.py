@@ -136,7 +136,12 @@ class Saver:
         for ref in ready:
             # Fetched before it leaves in_flight: a signal raises Interrupted inside ray.get,
             # and a write dropped from in_flight uncounted would be on disk but never "saved".
-            stats = ray.get(ref)
+            # A failed write leaves it, or the save on stop would raise its error a second time.
+            try:
+                stats = ray.get(ref)
+            except ray.exceptions.RayError:
+                del self.in_flight[ref]
+                raise
             del self.in_flight[ref]
             self.stats.add(stats)
         return len(ready)
