@@ -4,8 +4,9 @@ nvJPEG decodes a whole batch in one call (torchvision.io, whose CUDA decoder ser
 itself, so no lock of ours is held around it). Resize and center crop are then two linear
 maps, one per axis: the antialiased filter weights torchvision (and Pillow) use, restricted
 to the crop's rows and columns and computed for a whole chunk of images at once, applied
-as two batched matrix products. Per image there is one kernel: the copy of its decoded
-pixels into the chunk's zero-padded buffer; everything else is a few kernels per chunk.
+as two batched matrix products. No kernel is launched per image: the decoded images are
+concatenated, gathered row by row into a zero-padded batch by one index built on the host
+and copied once, and the weights come from six numbers per image in that same copy.
 
 Pixels differ from the CPU path by nvJPEG's IDCT and chroma upsampling, and by float
 rounding: the resize alone is within a grey level of Pillow's;
@@ -17,6 +18,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..core.errors import one_line
@@ -68,8 +70,8 @@ def resize_weights(in_size: torch.Tensor, out_size: torch.Tensor, offset: torch.
 
 @dataclass
 class DeviceCrops:
-    """What a batch of JPEGs became: uint8 (k, 3, crop, crop) for the rows in `ok`, and an
-    error string for each other row (by its index in the input list)."""
+    """What a batch of JPEGs became: uint8 (k, 3, crop, crop), crop j that of input `ok[j]`,
+    and an error string for each other input (by its index in the input list)."""
 
     crops: torch.Tensor
     ok: list[int]
@@ -87,13 +89,13 @@ class DeviceDecoder:
 
     def __call__(self, jpegs: list[bytes]) -> DeviceCrops:
         images, errors = self.decode(jpegs)
-        ok = [i for i in range(len(jpegs)) if i not in errors]
+        # Similar sizes share a chunk, so padding to the chunk's largest wastes little; the
+        # crops stay in that order (`ok` says whose each is): no scatter back.
+        ok = sorted((i for i in range(len(jpegs)) if i not in errors), key=lambda i: tuple(images[i].shape[1:]))
+        parts = [self.resize_crop([images[i] for i in chunk])
+                 for chunk in _chunks(ok, [tuple(images[i].shape[1:]) for i in ok])]
         crop = self.prep.crop_size
-        crops = torch.empty((len(ok), 3, crop, crop), dtype=torch.uint8, device=self.device)
-        # Similar sizes share a chunk, so padding to the chunk's largest wastes little.
-        order = sorted(range(len(ok)), key=lambda k: tuple(images[ok[k]].shape[1:]))
-        for chunk in _chunks(order, [tuple(images[ok[k]].shape[1:]) for k in order]):
-            crops[torch.tensor(chunk, device=self.device)] = self.resize_crop([images[ok[k]] for k in chunk])
+        crops = torch.cat(parts) if parts else torch.empty((0, 3, crop, crop), dtype=torch.uint8, device=self.device)
         return DeviceCrops(crops, ok, errors)
 
     def decode(self, jpegs: list[bytes]) -> tuple[dict[int, torch.Tensor], dict[int, str]]:
@@ -126,27 +128,64 @@ class DeviceDecoder:
         return images, errors
 
     def resize_crop(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """Decoded uint8 (3, H, W) images -> uint8 (n, 3, crop, crop), as torchvision's preset."""
-        prep, crop, device = self.prep, self.prep.crop_size, self.device
-        heights = [img.shape[1] for img in images]
-        widths = [img.shape[2] for img in images]
-        padded = torch.zeros((len(images), 3, max(heights), max(widths)), dtype=self.dtype, device=device)
-        for i, img in enumerate(images):
-            padded[i, :, : heights[i], : widths[i]] = img
-        resized = [resized_size(w, h, prep.resize_size) for w, h in zip(widths, heights)]
+        """Decoded uint8 (3, H, W) images -> uint8 (n, 3, crop, crop), as torchvision's preset.
 
-        def axis(sizes, new_sizes, length):
-            offsets = [crop_offset(n, crop) for n in new_sizes]
-            as_tensor = lambda values: torch.tensor(values, device=device)  # noqa: E731
-            return resize_weights(as_tensor(sizes), as_tensor(new_sizes), as_tensor(offsets), crop, length,
-                                  prep.interpolation).to(self.dtype)
-
-        across = axis(widths, [w for w, _ in resized], padded.shape[3])  # (n, crop, W)
-        down = axis(heights, [h for _, h in resized], padded.shape[2])  # (n, crop, H)
+        A fixed handful of kernels, whatever the images: one concatenation, one gather of
+        rows into a zero-padded batch, the filter weights, two batched products.
+        """
+        crop, device, n = self.prep.crop_size, self.device, len(images)
+        geometry = _geometry(images, self.prep)
+        tallest, widest = int(geometry.heights.max()), int(geometry.widths.max())
+        on_device = torch.from_numpy(geometry.packed(tallest))
+        if device.type == "cuda":  # one copy, from pinned memory, ordered on this stream
+            on_device = on_device.pin_memory().to(device, non_blocking=True)
+        starts, sizes = on_device[: n * 3 * tallest], on_device[n * 3 * tallest:].view(6, n)
+        # Every row of every image is a window of `widest` pixels into one flat buffer; what a
+        # window holds past its row's end gets weight 0, rows past an image's end read zeros.
+        flat = torch.cat([img.reshape(-1) for img in images] + [torch.zeros(widest, dtype=torch.uint8, device=device)])
+        windows = flat.as_strided((flat.numel() - widest + 1, widest), (1, 1))
+        padded = windows.index_select(0, starts).to(self.dtype).view(n, 3 * tallest, widest)
+        widths, heights, new_widths, new_heights, left, top = sizes
+        interpolation = self.prep.interpolation
+        across = resize_weights(widths, new_widths, left, crop, widest, interpolation).to(self.dtype)  # (n, crop, W)
+        down = resize_weights(heights, new_heights, top, crop, tallest, interpolation).to(self.dtype)  # (n, crop, H)
         # As Pillow: the horizontal pass, rounded (half up) to 8 bits, then the vertical one.
-        n, _, height, width = padded.shape
-        wide = _to_8_bits(padded.view(n, 3 * height, width) @ across.transpose(1, 2)).view(n, 3, height, crop)
+        wide = _to_8_bits(padded @ across.transpose(1, 2)).view(n, 3, tallest, crop)
         return _to_8_bits(down[:, None] @ wide).to(torch.uint8)
+
+
+@dataclass
+class _Geometry:
+    """Per-image sizes of a chunk, on the host: what the device needs, built in one step."""
+
+    heights: np.ndarray
+    widths: np.ndarray
+    new_widths: np.ndarray
+    new_heights: np.ndarray
+    left: np.ndarray
+    top: np.ndarray
+
+    def packed(self, tallest: int) -> np.ndarray:
+        """int64: each (image, channel, row)'s start in the concatenated pixels (rows past an
+        image's height: the zeros after them), then widths, heights, resized sizes, crop offsets."""
+        areas = self.heights * self.widths
+        base = np.concatenate([[0], np.cumsum(3 * areas)[:-1]])
+        rows = np.arange(tallest)
+        starts = (base[:, None, None] + np.arange(3)[None, :, None] * areas[:, None, None]
+                  + rows[None, None, :] * self.widths[:, None, None])
+        starts = np.where(rows[None, None, :] < self.heights[:, None, None], starts, 3 * areas.sum())
+        sizes = [self.widths, self.heights, self.new_widths, self.new_heights, self.left, self.top]
+        return np.concatenate([starts.ravel()] + sizes).astype(np.int64)
+
+
+def _geometry(images: list[torch.Tensor], prep: Preprocessing) -> _Geometry:
+    heights = np.array([img.shape[1] for img in images], dtype=np.int64)
+    widths = np.array([img.shape[2] for img in images], dtype=np.int64)
+    resized = np.array([resized_size(w, h, prep.resize_size) for w, h in zip(widths.tolist(), heights.tolist())],
+                       dtype=np.int64).reshape(-1, 2)
+    left = np.array([crop_offset(w, prep.crop_size) for w in resized[:, 0].tolist()], dtype=np.int64)
+    top = np.array([crop_offset(h, prep.crop_size) for h in resized[:, 1].tolist()], dtype=np.int64)
+    return _Geometry(heights, widths, resized[:, 0], resized[:, 1], left, top)
 
 
 def _to_8_bits(x: torch.Tensor) -> torch.Tensor:
