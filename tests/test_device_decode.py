@@ -22,6 +22,7 @@ from resnet_batch.data.decode import JPEG_COLUMN, PIXELS_COLUMN, DecodeStage
 from resnet_batch.data.device_decode import DeviceDecoder
 from resnet_batch.data.preprocessing import DEVICE_FILTERS, Preprocessing, resize_center_crop
 from resnet_batch.model.inference import Predictor
+from resnet_batch.model.phases import EVENTS, PHASES
 from resnet_batch.model.settings import InferenceSettings
 from resnet_batch.model.weights import resolve_weights
 from resnet_batch.run.config import LabelConfig
@@ -182,3 +183,12 @@ def test_job_with_device_decode(ray_local, reference_images, tmp_path):
     assert summary.complete and sum(summary.errors.values()) == 0
     table = pq.read_table(tmp_path / "out")
     assert table.num_rows == len(reference_images) and table.column("embedding").null_count == 0
+    # The actor's start, phase by phase, and the share the measured rates set (auto).
+    (start,) = summary.timeline.actor_phases
+    assert set(start["seconds"]) == set(PHASES) and set(start["at"]) == set(EVENTS)
+    assert start["started"] <= start["at"]["first block in"] <= start["at"]["first forward out"]
+    d = summary.timeline.decoding
+    assert not d["fixed"] and d["forward_ms"] > 0 and d["device_decode_ms"] > 0 and d["cpu_decode_ms"] > 0
+    rule = d["cores"] * (d["forward_ms"] + d["device_decode_ms"]) / (d["cpu_decode_ms"] + d["cores"] * d["device_decode_ms"])
+    assert d["share"] == pytest.approx(min(1.0, rule), abs=0.01)
+    assert any(line.startswith("model actor start (first of 1): imports ") for line in summary.lines())

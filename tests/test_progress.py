@@ -68,7 +68,7 @@ def test_the_bar_moves_by_batches(tmp_path):
 
 
 def test_what_a_starved_job_waits_for():
-    from resnet_batch.run.progress import short_of
+    from resnet_batch.run.resources import short_of
 
     assert short_of({"CPU": 1}, {"CPU": 0}, 1, 0) == (
         "waiting for 1 CPU for the decode tasks; the cluster has CPU 0 free of 1, 1 held by model actors")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -187,14 +188,17 @@ class DecodeStage:
     """
 
     def __init__(self, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS, io_threads: int = 4,
-                 defer_jpeg: bool = False, whole: WholeImage | None = None, cpu_share: float = 0.0):
+                 defer_jpeg: bool = False, whole: WholeImage | None = None, cpu_share: float | None = 0.0,
+                 progress=None):
         self.prep = prep
         self.max_pixels = max_pixels
         self.io_threads = io_threads
         self.defer_jpeg = defer_jpeg  # pass JPEG bytes on for the model actor's device decoder
-        # With defer_jpeg: the share of device-decodable JPEGs decoded here all the same, so
-        # that a node's cores take part of the decoding off its GPU.
+        # With defer_jpeg: the share of device-decodable JPEGs decoded here all the same, so that
+        # a node's cores take part of the decoding off its GPU. None: asked at each block of
+        # `progress` (run/decode_share.DecodeReports), which is told each block's CPU seconds.
         self.cpu_share = cpu_share
+        self.progress = progress
         self.whole = whole  # --crop none: variable shapes, rows ordered by shape
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -202,9 +206,13 @@ class DecodeStage:
         deferred = self._deferred(len(sources))
         if self.io_threads > 1 and len(sources) > 1:
             with ThreadPoolExecutor(min(self.io_threads, len(sources))) as pool:
-                decoded = list(pool.map(self._load, sources, deferred))
+                timed = list(pool.map(self._timed_load, sources, deferred))
         else:
-            decoded = [self._load(s, d) for s, d in zip(sources, deferred)]
+            timed = [self._timed_load(s, d) for s, d in zip(sources, deferred)]
+        decoded = [d for d, _ in timed]
+        if self.defer_jpeg and self.progress is not None:
+            on_cpu = [seconds for d, seconds in timed if d.pixels is not None]
+            self.progress.add_cpu_decode(len(on_cpu), sum(on_cpu))
         out = {k: v for k, v in batch.items() if k not in (INLINE_BYTES, LIST_ERROR)}
         if self.defer_jpeg:  # bytes only: a block of JPEGs carries no pixels, not even zeros
             out[JPEG_COLUMN] = np.array([d.jpeg or b"" for d in decoded], dtype=object)
@@ -250,10 +258,15 @@ class DecodeStage:
         (a golden-ratio sequence), so every block and every batch gets its share."""
         if not self.defer_jpeg:
             return [False] * n
-        return [(i * 0.6180339887) % 1.0 >= self.cpu_share for i in range(n)]
+        share = self.cpu_share if self.cpu_share is not None or self.progress is None else \
+            self.progress.cpu_decode_share()
+        return [(i * 0.6180339887) % 1.0 >= (share or 0.0) for i in range(n)]
 
-    def _load(self, src: Source, defer_jpeg: bool) -> DecodedImage:
-        return load_one(src, self.prep, self.max_pixels, defer_jpeg, self.whole)
+    def _timed_load(self, src: Source, defer_jpeg: bool) -> tuple[DecodedImage, float]:
+        """The row, and this thread's CPU seconds for it (I/O waits are not counted)."""
+        started = time.thread_time()
+        decoded = load_one(src, self.prep, self.max_pixels, defer_jpeg, self.whole)
+        return decoded, time.thread_time() - started
 
 
 def _sources(batch: dict[str, np.ndarray]) -> list[Source]:

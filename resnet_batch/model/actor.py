@@ -8,6 +8,7 @@ and the actors start).
 from __future__ import annotations
 
 from ..core.errors import ModelStartError, UsageError, WeightsUnavailableError, one_line
+from .phases import PhaseClock
 from .registry import NULL_MODEL
 from .settings import InferenceSettings
 
@@ -21,13 +22,14 @@ class PredictorActor:
     traceback's text of a failed actor constructor)."""
 
     def __init__(self, settings: InferenceSettings, schema, progress=None):
+        clock = PhaseClock()
         try:
             if settings.weights.model == NULL_MODEL:
                 from .null import NullPredictor as Predictor
             else:
                 from .inference import Predictor
-
-            self.predictor = Predictor(settings, schema, progress)
+            clock.done("imports")
+            self.predictor = Predictor(settings, schema, progress, clock)
         except Exception as exc:
             failure = exc if isinstance(exc, OWN_ERRORS) else ModelStartError(
                 f"the model actors could not start: {type(exc).__name__}: {one_line(exc)}")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
-import warnings
 from contextlib import nullcontext
 
 import numpy as np
@@ -31,10 +31,11 @@ from ..core.columns import (
     VALID,
     spatial_column,
 )
-from ..data.decode import JPEG_COLUMN, PIXELS_COLUMN, RESIZED_COLUMNS
-from ..data.device_decode import DeviceDecoder
+from ..data.decode import JPEG_COLUMN, RESIZED_COLUMNS
+from .feed import DeviceFeed, Fed, tiny_jpeg
 from .models import build_model, fold_batch_norms, forward_stages, pool
 from .outputs import empty_outputs, finished_table
+from .phases import PhaseClock
 from .registry import POOLED, STAGE_STRIDES, STAGES, column_of
 from .settings import InferenceSettings, resolve_precision
 
@@ -54,15 +55,19 @@ def resolve_device(device: str) -> str:
 class Predictor:
     """One model replica: what each model actor runs (actor.PredictorActor)."""
 
-    def __init__(self, settings: InferenceSettings, schema: pa.Schema, progress=None):
+    def __init__(self, settings: InferenceSettings, schema: pa.Schema, progress=None, clock: PhaseClock | None = None):
         self.settings = settings
         self.schema = schema
         self.progress = progress  # a progress.ProgressCounter actor, told of each batch, if any
+        self.clock = clock or PhaseClock()
+        self.actor_id = uuid.uuid4().hex
         self.device = torch.device(resolve_device(settings.device))
         self.precision = resolve_precision(settings.precision, self.device.type)
         torch.set_num_threads(max(1, settings.threads))  # also what threads started later get
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
+            torch.empty(1, device=self.device)  # the CUDA context, timed on its own
+        self.clock.done("CUDA init")
         model = fold_batch_norms(build_model(settings.weights)).to(self.device)
         if settings.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -71,20 +76,35 @@ class Predictor:
         needed += [STAGES.index(settings.spatial) + 1] if settings.spatial else []
         self.deepest = max(needed, default=len(STAGES))  # the forward stops after this layer
         self.forward = torch.compile(self._forward_raw) if settings.compile else self._forward_raw
-        # Actors run several calls at once (pipeline.model_pool). On a GPU each call has a CUDA
-        # stream of its thread, so one batch's decode, copy in and results out overlap
-        # another's forward. Eager forwards run unlocked; a compiled one is not thread-safe.
-        # (torchvision's nvJPEG decoder serialises its own calls.)
+        # Actors run several calls at once (pipeline.model_pool), each on a thread and (on a
+        # GPU) a CUDA stream of its own; the feed runs their data paths on its stream, so one
+        # batch's copy in, decode and resize overlap another's forward (feed.py). Eager
+        # forwards run unlocked; a compiled one is not thread-safe.
         self._thread = threading.local()
         self._launch_lock = threading.Lock() if settings.compile else nullcontext()
         prep = settings.weights.preprocessing
-        self.device_decoder = DeviceDecoder(prep, self.device) if prep.resizes_on_device else None
+        self.feed = DeviceFeed(prep, self.device)
         self.mean = torch.tensor(prep.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(prep.std, device=self.device).view(1, 3, 1, 1)
         self.embedding_dtype = np.dtype(settings.embedding_dtype)  # "float32" | "float16"
-        log.info("model %s on %s, precision %s", settings.weights.model, self.device, self.precision)
+        self.clock.done("build")
+        self.warm_up()
+        self.clock.done("warm-up")
+        log.info("model %s on %s, precision %s; start: %s", settings.weights.model, self.device, self.precision,
+                 self.clock.report()["seconds"])
         if progress is not None:
-            progress.actor_ready.remote(uuid.uuid4().hex, self.resolved())
+            progress.actor_ready.remote(self.actor_id, self.resolved(), self.clock.report())
+
+    def warm_up(self) -> None:
+        """What the first batch would otherwise wait for, done while the first blocks are read:
+        cuDNN's autotuning for the batch's shape, nvJPEG's handles, the allocator's pools."""
+        if self.settings.whole_image:  # shapes vary: nothing to tune ahead
+            return
+        crop = self.settings.weights.preprocessing.crop_size
+        n = self.settings.warmup_batch if self.device.type == "cuda" else 1
+        self.run_model(self.feed(np.zeros((n, 3, crop, crop), dtype=np.uint8)).use_here())
+        if self.feed.decoder is not None and self.device.type == "cuda":
+            self.feed.decoder([tiny_jpeg()])
 
     def resolved(self) -> dict:
         """What this replica runs with, for the run's metadata: "auto" as it came out here."""
@@ -125,46 +145,15 @@ class Predictor:
             out["logits"] = logits.float()
         return out
 
-    def to_device(self, images: np.ndarray) -> torch.Tensor:
-        with warnings.catch_warnings():
-            # Batches arrive read-only (zero-copy from Arrow); they are only read, never written.
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            tensor = torch.from_numpy(np.ascontiguousarray(images))
-        if self.device.type == "cuda":
-            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor
-
-    @torch.inference_mode()
-    def device_images(self, batch: dict[str, np.ndarray], errors: np.ndarray) -> torch.Tensor:
-        """--decode gpu: the batch's uint8 crops on the device, from the JPEG bytes the decode
-        stage passed on (decoded here) and the crops it made itself (copied in)."""
-        crop = self.settings.weights.preprocessing.crop_size
-        images = torch.zeros((len(errors), 3, crop, crop), dtype=torch.uint8, device=self.device)
-        local = [i for i, pixels in enumerate(batch[PIXELS_COLUMN]) if pixels]
-        if local:
-            pixels = np.stack([np.frombuffer(batch[PIXELS_COLUMN][i], np.uint8) for i in local])
-            images[self._index(local)] = self.to_device(pixels.reshape(-1, 3, crop, crop))
-        jpeg_rows = [i for i, data in enumerate(batch[JPEG_COLUMN]) if data]
-        if jpeg_rows:
-            decoded = self.device_decoder([batch[JPEG_COLUMN][i] for i in jpeg_rows])
-            for k, error in decoded.errors.items():
-                errors[jpeg_rows[k]] = error
-            if decoded.ok:
-                images[self._index([jpeg_rows[k] for k in decoded.ok])] = decoded.crops
-        return images
-
-    def _index(self, rows) -> torch.Tensor:
-        return torch.tensor(rows, device=self.device)
-
     @torch.inference_mode()
     def run_model(self, images: np.ndarray | torch.Tensor, resized: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         """Outputs on the CPU for a uint8 (N, 3, H, W) batch, splitting on OOM."""
-        tensor = images if isinstance(images, torch.Tensor) else self.to_device(images)
+        tensor = images if isinstance(images, torch.Tensor) else self.feed.to_device(images)
         sizes = None if resized is None else torch.from_numpy(np.asarray(resized, dtype=np.int64)).to(self.device)
         try:
             with self._launch_lock:
                 out = self.forward(tensor, sizes)
-            return {name: value.cpu() for name, value in out.items()}
+            return self._to_host(out)
         except torch.OutOfMemoryError:
             if len(images) <= 1:
                 raise
@@ -203,6 +192,15 @@ class Predictor:
             result[NEEDS_REVIEW] = (best_two[:, 0] < self.settings.review_below).numpy()
         return result
 
+    def _to_host(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The outputs in host memory: copied from the device into pinned memory, then this
+        call's stream (alone) waited for."""
+        if self.device.type != "cuda":
+            return out
+        host = {name: value.to("cpu", non_blocking=True) for name, value in out.items()}
+        torch.cuda.current_stream(self.device).synchronize()
+        return host
+
     def _stream(self):
         """This thread's CUDA stream as the current one (nothing to do on CPU)."""
         if self.device.type != "cuda":
@@ -212,8 +210,13 @@ class Predictor:
         return torch.cuda.stream(self._thread.stream)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        if self.clock.mark("first block in"):
+            log.info("first block in")
         with self._stream():
-            return self._label(batch)
+            table = self._label(batch)
+        if self.clock.mark("first forward out") and self.progress is not None:
+            self.progress.actor_ready.remote(self.actor_id, self.resolved(), self.clock.report())
+        return table
 
     def _label(self, batch: dict[str, np.ndarray]) -> pa.Table:
         errors = np.array(batch[ERROR], dtype=object)
@@ -221,11 +224,33 @@ class Predictor:
         if self.settings.whole_image:
             self._label_shapes(batch, errors, outputs)
         else:
-            images = self.device_images(batch, errors) if JPEG_COLUMN in batch else self.to_device(batch[IMAGE])
+            fed = self.feed(batch, errors) if JPEG_COLUMN in batch else self.feed(batch[IMAGE])
+            images = fed.use_here()
             ok = np.flatnonzero([not e for e in errors])
             if len(ok):
-                self._scatter(outputs, ok, self.predict(images[self._index(ok)]))
+                started, clock = self._event(), time.perf_counter()
+                self._scatter(outputs, ok, self.predict(images if len(ok) == len(errors) else images[self.feed.index(ok)]))
+                self._report_times(fed, len(ok), started, time.perf_counter() - clock)
         return finished_table(self.settings, self.schema, batch, errors, outputs, self.progress)
+
+    def _event(self) -> torch.cuda.Event | None:
+        if self.device.type != "cuda":
+            return None
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def _report_times(self, fed: Fed, images: int, started, wall_s: float) -> None:
+        """The batch's device seconds (data path, forward) to the counter, which sets the CPU
+        decode share from them. The forward is done: its outputs are in host memory."""
+        if self.progress is None:
+            return
+        forward_s = wall_s
+        if started is not None:
+            ended = self._event()
+            ended.synchronize()
+            forward_s = started.elapsed_time(ended) / 1000
+        self.progress.add_device_times.remote(fed.device_decoded, fed.data_path_s(), images, forward_s)
 
     def _label_shapes(self, batch: dict[str, np.ndarray], errors: np.ndarray, outputs: dict) -> None:
         """--crop none: one forward per padded shape in the batch (rows arrive ordered by shape)."""

@@ -32,10 +32,10 @@ RAN = {"device": "cpu", "precision": "none", "torch": "none", "torchvision": "no
 class NullPredictor:
     """What a model actor holds for --model none: a uniform softmax, zero vectors and maps."""
 
-    def __init__(self, settings: InferenceSettings, schema: pa.Schema, progress=None):
+    def __init__(self, settings: InferenceSettings, schema: pa.Schema, progress=None, clock=None):
         self.settings, self.schema, self.progress = settings, schema, progress
         if progress is not None:
-            progress.actor_ready.remote(uuid.uuid4().hex, RAN)
+            progress.actor_ready.remote(uuid.uuid4().hex, RAN, clock.report() if clock else None)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         errors = np.array(batch[ERROR], dtype=object)

@@ -35,6 +35,7 @@ class InferenceSettings:
     threads: int = 1
     channels_last: bool = True
     compile: bool = False
+    warmup_batch: int = 1  # on a GPU, the batch size cuDNN is tuned for before the first block
 
 
 def cpu_has_native_bf16() -> bool:

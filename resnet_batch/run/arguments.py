@@ -67,9 +67,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode", help="auto|cpu|gpu: where JPEGs are decoded (gpu: batched nvJPEG, resize and crop "
                    "in the model actor, within a grey level of the PIL reference; auto: gpu when the model runs "
                    "on GPUs and --crop center, else cpu) (default auto)")
-    p.add_argument("--cpu-decode-share", type=float,
-                   help="with GPU decoding: the fraction of JPEGs CPU tasks decode anyway, so a node's cores "
-                        "and its GPU share the decoding (default 0)")
+    p.add_argument("--cpu-decode-share",
+                   help="auto|FRACTION: with GPU decoding, the fraction of JPEGs CPU tasks decode anyway, so a "
+                        "node's cores and its GPU share the decoding; auto sets it from the decode and forward "
+                        "rates measured as the job runs (default auto)")
 
 
 def _job_server_default() -> str | None:

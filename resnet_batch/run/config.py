@@ -54,7 +54,9 @@ class LabelConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     compile: bool = False
     decode: str = "auto"  # "gpu": JPEGs decoded in the model actor (nvJPEG); auto: gpu on GPU actors
-    cpu_decode_share: float = 0.0  # with gpu decoding: the share of JPEGs CPU tasks decode all the same
+    # With gpu decoding: the share of JPEGs CPU tasks decode all the same; "auto" sets it
+    # from the rates measured as the job runs (run/decode_share.py).
+    cpu_decode_share: float | str = "auto"
     checkpoint_every: float = 60.0  # seconds: finished rows wait at most this long to be saved
     progress_every: float = 30.0  # seconds between progress lines when not in a terminal
     wait_for_resources: float = 600.0  # seconds a job may wait for CPUs/GPUs it lacks, then fails (exit 2)
@@ -83,13 +85,25 @@ class LabelConfig:
         checks.seconds("--checkpoint-every", self.checkpoint_every)
         checks.seconds("--progress-every", self.progress_every)
         checks.seconds("--wait-for-resources", self.wait_for_resources)
-        checks.fraction("--cpu-decode-share", self.cpu_decode_share, allow_zero=True)
+        self._check_decode_share()
         if self.review_below is not None:
             checks.fraction("--review-below", self.review_below, "probability")
             if self.top_k == 0:
                 raise UsageError("--review-below needs labels: use --top-k 1 or more")
         if self.top_k == 0 and not self.features and not self.spatial:
             raise UsageError("--top-k 0 without --features or --spatial leaves nothing to compute")
+
+    def _check_decode_share(self) -> None:
+        share = self.cpu_decode_share
+        if share == "auto":
+            return
+        if isinstance(share, str):
+            try:
+                share = float(share)
+            except ValueError:
+                raise UsageError(f"--cpu-decode-share must be auto or a fraction in [0, 1], got {share!r}") from None
+        checks.fraction("--cpu-decode-share", share, allow_zero=True)
+        object.__setattr__(self, "cpu_decode_share", float(share))
 
     def _check_features(self) -> None:
         features = self.features.split(",") if isinstance(self.features, str) else list(self.features)

@@ -30,6 +30,7 @@ from ..data.input_plan import InputPlan
 from ..model.actor import PredictorActor
 from ..model.settings import ALLOCATOR_ENV
 from . import ray_session
+from .decode_share import DecodeReports
 from .listing import read_unit
 from .plan import ExecutionPlan
 from .progress import CounterClient, RunWatch
@@ -104,6 +105,7 @@ def execute(plan: ExecutionPlan, inputs: InputPlan, books, saver: Saver, timelin
     """
     log.info("%s", plan.describe())
     counter = CounterClient()
+    counter.actor.share_decoding.remote(plan.decode_cores_per_actor, plan.cpu_decode_share)
     source = InputsDatasource(inputs, books, counter.actor)
     # Reading (listing, hashing, claiming) holds no CPU that decoding's tasks would wait
     # for, and is not fused into them; it runs under SCHED_IDLE beside them, as many
@@ -130,6 +132,7 @@ def execute(plan: ExecutionPlan, inputs: InputPlan, books, saver: Saver, timelin
             raise counter.start_failure() or exc from None
         raise
     finally:
+        timeline.actor_phases, timeline.decoding = counter.starts_and_decoding()
         counter.close()
 
 
@@ -178,7 +181,8 @@ def add_stages(ds, plan: ExecutionPlan, schema, progress):
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
         ds = ds.map_batches(
             LowPriorityDecode(plan.model.weights.preprocessing, plan.max_pixels, plan.io_threads,
-                              defer_jpeg=plan.decode_on_device, whole=plan.whole_image, cpu_share=plan.cpu_decode_share),
+                              defer_jpeg=plan.decode_on_device, whole=plan.whole_image, cpu_share=plan.cpu_decode_share,
+                              progress=DecodeReports(progress)),
             batch_size=None,  # one block (BLOCKS_PER_BATCH batches) per decode task
             batch_format="numpy",
             num_cpus=1,

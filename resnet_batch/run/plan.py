@@ -53,12 +53,13 @@ class ExecutionPlan:
     batch_size: int
     block_rows: int  # rows per decode task
     decode_on_device: bool  # JPEGs travel to the model actors, which decode them on the GPU
-    cpu_decode_share: float  # with decode_on_device: the share decoded by CPU tasks all the same
+    cpu_decode_share: float | None  # with decode_on_device: the share CPU tasks decode all the same (None: adapts)
     io_threads: int
     max_pixels: int
     whole_image: WholeImage | None
     model: InferenceSettings
     read_tasks: int = 1  # read tasks at once (listing, hashing, claiming: CPU that decoding needs too)
+    decode_cores_per_actor: int = 1  # the cores a model actor's share of CPU decoding runs on
 
     def describe(self) -> str:
         return (f"{self.actors} model actor(s), {'GPU' if self.gpus_per_actor else 'CPU'}, batch {self.batch_size}, "
@@ -84,16 +85,19 @@ def make_plan(cfg: LabelConfig, resolved, cluster: Cluster, *, local_inputs: boo
         weights=resolved, top_k=cfg.top_k, features=cfg.features, spatial=cfg.spatial,
         whole_image=cfg.crop == "none", review_below=cfg.review_below, embedding_dtype=cfg.embedding_dtype,
         device="cuda" if on_gpu else "cpu", precision=precision, threads=threads, compile=cfg.compile,
+        warmup_batch=batch_size,
     )
     return ExecutionPlan(
         actors=actors, gpus_per_actor=int(on_gpu), calls_per_actor=calls, threads_per_call=threads,
         cpus_per_actor=0 if cfg.model == NULL_MODEL else 1,
         device=settings.device, precision=precision, batch_size=batch_size,
         block_rows=batch_size * BLOCKS_PER_BATCH,
-        decode_on_device=decodes_on_device(cfg, resolved, on_gpu), cpu_decode_share=cfg.cpu_decode_share,
+        decode_on_device=decodes_on_device(cfg, resolved, on_gpu),
+        cpu_decode_share=None if cfg.cpu_decode_share == "auto" else cfg.cpu_decode_share,
         io_threads=cfg.io_threads or (1 if local_inputs else REMOTE_IO_THREADS), max_pixels=cfg.max_pixels,
         whole_image=whole_image(cfg, resolved), model=settings,
         read_tasks=max(1, min(MAX_READ_TASKS, cluster.cpu_nodes * cluster.cpus_per_node // CPUS_PER_READ_TASK)),
+        decode_cores_per_actor=max(1, cluster.cpu_nodes * cluster.cpus_per_node // actors - 1),
     )
 
 

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from .decode_share import DecodeShare
+from .resources import nodes_being_added, short_of
+
 log = logging.getLogger(__name__)
 
 
@@ -58,7 +61,24 @@ class ProgressCounter:
         self.errors = 0
         self.walked: set[str] = set()
         self.actors: dict[str, dict] = {}
+        self.phases: dict[str, dict] = {}  # each model actor's start (model/phases.py)
         self.start_failure: Exception | None = None
+        self.decode_share = DecodeShare()
+
+    def share_decoding(self, cores: int, fixed: float | None) -> None:
+        self.decode_share = DecodeShare(cores, fixed)
+
+    def add_device_times(self, device_decoded: int, data_path_s: float, images: int, forward_s: float) -> None:
+        self.decode_share.add_device_times(device_decoded, data_path_s, images, forward_s)
+
+    def add_cpu_decode(self, images: int, seconds: float) -> None:
+        self.decode_share.add_cpu_decode(images, seconds)
+
+    def cpu_decode_share(self) -> float:
+        return self.decode_share.share()
+
+    def decoding(self) -> dict:
+        return self.decode_share.describe()
 
     def add_listed(self, n: int) -> None:
         self.listed += n
@@ -70,8 +90,13 @@ class ProgressCounter:
         self.labeled += rows
         self.errors += errors
 
-    def actor_ready(self, actor_id: str, resolved: dict) -> None:
+    def actor_ready(self, actor_id: str, resolved: dict, phases: dict | None = None) -> None:
         self.actors[actor_id] = resolved
+        if phases:
+            self.phases[actor_id] = phases
+
+    def actor_phases(self) -> list[dict]:
+        return list(self.phases.values())
 
     def start_failed(self, failure: Exception) -> None:
         self.start_failure = self.start_failure or failure
@@ -123,6 +148,13 @@ class CounterClient:
             return ray.get(self.actor.why_start_failed.remote(), timeout=10)
         except (ray.exceptions.RayError, TimeoutError):
             return None
+
+    def starts_and_decoding(self) -> tuple[list[dict], dict]:
+        """Each model actor's start (model/phases.py) and how decoding was shared, asked now."""
+        try:
+            return tuple(ray.get([self.actor.actor_phases.remote(), self.actor.decoding.remote()], timeout=10))
+        except (ray.exceptions.RayError, TimeoutError):
+            return [], {}
 
     def close(self) -> None:
         ray.kill(self.actor)
@@ -239,7 +271,7 @@ class RunWatch:
         self._resources_at = now
         waiting = short_of(ray.cluster_resources(), ray.available_resources(), len(counts.actors),
                             self.gpus_per_actor, self.cpus_per_actor)
-        growing = _nodes_being_added() if waiting else 0
+        growing = nodes_being_added() if waiting else 0
         if waiting and growing:  # an autoscaler is adding nodes: worth the wait, not counted against the limit
             waiting += f"; the autoscaler is adding {growing} node{'s' if growing > 1 else ''}"
             self.waiting_since = now
@@ -257,33 +289,3 @@ class RunWatch:
 
         if self.waiting and time.monotonic() - self.waiting_since >= self.wait_limit_s:
             raise ResourcesUnavailable(f"{self.waiting}; gave up after {self.wait_limit_s:.0f} s (--wait-for-resources)")
-
-
-def _nodes_being_added() -> int:
-    """Nodes an autoscaler is launching now (0 without one, or when it cannot be asked)."""
-    try:
-        from ray.autoscaler.v2.sdk import get_cluster_status
-
-        status = get_cluster_status(ray.get_runtime_context().gcs_address)
-        return len(status.pending_launches) + len(status.pending_nodes)
-    except Exception:  # an older or unreachable autoscaler: say nothing about it
-        return 0
-
-
-def short_of(total: dict, free: dict, actors_up: int, gpus: int, cpus: int = 1) -> str | None:
-    """What the job waits for, in words, or None when the cluster has room for it; a model
-    actor needs `cpus` CPUs and `gpus` GPUs."""
-    def have(kind: str) -> str:
-        return f"{free.get(kind, 0):g} free of {total.get(kind, 0):g}"
-
-    if not actors_up:
-        need = [(k, n) for k, n in (("CPU", cpus), ("GPU", gpus)) if n]
-        short = [(k, n) for k, n in need if free.get(k, 0) < n]
-        if short:
-            what = " and ".join(f"{n} {k}" for k, n in short)
-            return f"waiting for {what} for a model actor; the cluster has {', '.join(f'{k} {have(k)}' for k, _ in short)}"
-        return None
-    if free.get("CPU", 0) < 1:
-        held = f", {actors_up * cpus} held by model actors" if cpus else ""
-        return f"waiting for 1 CPU for the decode tasks; the cluster has CPU {have('CPU')}{held}"
-    return None

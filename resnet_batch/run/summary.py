@@ -7,6 +7,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..model.phases import describe
+
 
 def process_started_at() -> float:
     """Wall-clock time this process was launched (from /proc), so imports count as start-up."""
@@ -31,6 +33,8 @@ class Timeline:
     first_batch_rows: int = 0
     check_s: float = 0.0  # the final exactly-once check (part of shutdown)
     ended: float = 0.0  # everything saved and checked, Ray stopped
+    actor_phases: list = field(default_factory=list)  # each model actor's start (model/phases.py)
+    decoding: dict = field(default_factory=dict)  # how decoding was shared (run/decode_share.py)
 
     def phases(self) -> dict[str, float]:
         """Seconds of start-up, first batch, steady and shutdown; they add up to the wall time."""
@@ -92,6 +96,22 @@ class LabelSummary:
             f"{phases['first batch']:.1f}s + steady {phases['steady']:.1f}s{steady} + shutdown "
             f"{phases['shutdown']:.1f}s (final check {self.timeline.check_s:.1f}s); "
             f"{self.images_per_s:.1f} images/s overall",
+            *self._start_and_decoding(),
             "complete: every input has exactly one row" if self.complete else
             f"INCOMPLETE: {self.missing} inputs without a row, {self.duplicates} duplicate rows",
         ]
+
+    def _start_and_decoding(self) -> list[str]:
+        """The first model actor's start, phase by phase, and the CPU decode share where the
+        device decoded JPEGs."""
+        lines, t = [], self.timeline
+        started = [p for p in t.actor_phases if "at" in p]
+        if started:
+            first = min(started, key=lambda p: p["at"].get("first forward out", float("inf")))
+            lines.append(f"model actor start (first of {len(t.actor_phases)}): {describe(first, t.launched)}")
+        d = t.decoding
+        if d.get("device_decode_ms") is not None:
+            lines.append(f"decoding: CPU share {d['share']:.2f} ({'fixed' if d['fixed'] else 'auto'}; per image: "
+                         f"forward {d['forward_ms']} ms and device decode {d['device_decode_ms']} ms on the model's "
+                         f"device, CPU decode {d['cpu_decode_ms']} ms on one of {d['cores']} cores per model actor)")
+        return lines

@@ -1,0 +1,127 @@
+"""A batch's way onto the model's device, overlapped with the forward of the batch before it.
+
+A GPU actor runs two calls at once (run/plan.py). Each call's data path (crops copied in
+from pinned memory, JPEGs decoded and resized on the device) runs on the feed's own CUDA
+stream, one call at a time, and ends in an event; the forward runs on its call's stream and
+waits on that event, on the device: no host sync between them. So while batch N's forward
+holds the SMs, batch N+1's copy, decode (the JPEG engines) and resize are already queued.
+
+The feed also times both on the device (CUDA events, read once the batch is done, so no
+extra sync): those GPU seconds per image are what the CPU decode share is set from
+(run/decode_share.py).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..data.decode import JPEG_COLUMN, PIXELS_COLUMN
+from ..data.device_decode import DeviceDecoder
+from ..data.preprocessing import Preprocessing
+
+
+@dataclass
+class Fed:
+    """A batch on the device: its uint8 crops, the event its data path ends in, and that
+    path's start (events on the feed's stream; None on a CPU)."""
+
+    images: torch.Tensor
+    ready: torch.cuda.Event | None = None
+    started: torch.cuda.Event | None = None
+    device_decoded: int = 0  # JPEGs the device decoded for it
+    cpu_s: float = 0.0  # on a CPU: the data path's own seconds
+
+    def use_here(self) -> torch.Tensor:
+        """The crops, safe to read on the current stream (which waits for them on the device)."""
+        if self.ready is not None:
+            stream = torch.cuda.current_stream(self.images.device)
+            stream.wait_event(self.ready)
+            self.images.record_stream(stream)  # its memory stays the images' until this stream is done
+        return self.images
+
+    def data_path_s(self) -> float:
+        """GPU seconds of this batch's data path (call once the batch is done)."""
+        return self.started.elapsed_time(self.ready) / 1000 if self.ready is not None else self.cpu_s
+
+
+class DeviceFeed:
+    """Batches -> uint8 crops on `device`, on a stream of the feed's own."""
+
+    def __init__(self, prep: Preprocessing, device: torch.device):
+        self.crop = prep.crop_size
+        self.device = device
+        self.decoder = DeviceDecoder(prep, device) if prep.resizes_on_device else None
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        # One data path at a time: they share the JPEG engines and a stream, and the forward
+        # of the batch before is what they should overlap with, not each other.
+        self.lock = threading.Lock()
+
+    def __call__(self, batch: dict[str, np.ndarray] | np.ndarray, errors: np.ndarray | None = None) -> Fed:
+        """A uint8 (N, 3, H, W) array, or a --decode gpu batch (whose decode errors go into `errors`)."""
+        with self.lock, (torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()):
+            started, clock = self._event(), time.perf_counter()
+            if isinstance(batch, np.ndarray):
+                images, decoded = self.to_device(batch), 0
+            else:
+                images, decoded = self._decode_batch(batch, errors)
+            return Fed(images, self._event(), started, decoded, time.perf_counter() - clock)
+
+    def _event(self) -> torch.cuda.Event | None:
+        if self.stream is None:
+            return None
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(self.stream)
+        return event
+
+    def to_device(self, images: np.ndarray) -> torch.Tensor:
+        with warnings.catch_warnings():
+            # Batches arrive read-only (zero-copy from Arrow); they are only read, never written.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            tensor = torch.from_numpy(np.ascontiguousarray(images))
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+    def _decode_batch(self, batch: dict[str, np.ndarray], errors: np.ndarray) -> tuple[torch.Tensor, int]:
+        """The crops the decode stage made (copied in) and those of the JPEGs it passed on
+        (decoded here), in the batch's row order."""
+        crop = self.crop
+        images = torch.zeros((len(errors), 3, crop, crop), dtype=torch.uint8, device=self.device)
+        local = [i for i, pixels in enumerate(batch[PIXELS_COLUMN]) if pixels]
+        if local:
+            pixels = np.stack([np.frombuffer(batch[PIXELS_COLUMN][i], np.uint8) for i in local])
+            images.index_copy_(0, self.index(local), self.to_device(pixels.reshape(-1, 3, crop, crop)))
+        jpeg_rows = [i for i, data in enumerate(batch[JPEG_COLUMN]) if data]
+        if not jpeg_rows:
+            return images, 0
+        decoded = self.decoder([batch[JPEG_COLUMN][i] for i in jpeg_rows])
+        for k, error in decoded.errors.items():
+            errors[jpeg_rows[k]] = error
+        if decoded.ok:
+            images.index_copy_(0, self.index([jpeg_rows[k] for k in decoded.ok]), decoded.crops)
+        return images, len(jpeg_rows)
+
+    def index(self, rows) -> torch.Tensor:
+        """Row numbers on the device: from pinned memory, ordered on the current stream."""
+        tensor = torch.tensor(rows, dtype=torch.int64)
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+
+def tiny_jpeg() -> bytes:
+    """A 16x16 JPEG: what a warm-up decode needs to start nvJPEG's handles."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (120, 60, 30)).save(buf, format="JPEG")
+    return buf.getvalue()
