@@ -12,10 +12,14 @@ second next to each contender; the table gives its mean over the contender's ste
 Each contender runs in its own process tree on the same images; peak memory is the
 largest sampled sum of RSS over that tree (driver, raylet, Ray workers). "steady" is the
 rate between the first and the last model batch; "start-up" is the time from launch to
-the first batch (Ray, workers, model load); "end-to-end" is images / process wall time.
-The bare forward is timed after one warm-up batch, on crops decoded beforehand, laid out
-as the job's model actor is (on CPU one single-threaded call per core, side by side);
-`--only bare --calls 1 --threads 2` times one call on both cores instead.
+the first batch (Ray, workers, model load); "end-to-end" is images / the contender's own
+launch-to-exit time (for label, the wall time its summary gives: this wrapper imports
+neither torch nor Ray, and its child's start is not counted against anyone).
+The bare forward is the best the device does: crops decoded beforehand, held in pinned
+memory, copied in and normalised per batch, timed after a warm-up in each of a few layouts
+(GPU: 1x4, 2x4, 4x2 calls x threads, each call on a stream of its own; CPU: as the job's
+actor, one single-threaded call per core); `--only bare --layouts 1x2` times one call on
+both cores instead.
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_batch.model.inference import resolve_device
 from resnet_batch.model.settings import ALLOCATOR_ENV
 from resnet_batch.run.config import LabelConfig
 from resnet_batch.run.plan import Cluster, make_plan
@@ -41,6 +44,7 @@ from resnet_batch.run.plan import Cluster, make_plan
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / "bench" / "data"
 BARE_DISTINCT = 2048  # images the bare forward decodes beforehand; larger runs cycle through them
+BARE_GPU_LAYOUTS = ("1x4", "2x4", "4x2")  # calls at once x torch threads per call
 
 
 # --------------------------------------------------------------------------- images
@@ -70,6 +74,17 @@ def ensure_images(folder: Path, count: int) -> list[Path]:
             Image.fromarray(pixels).save(path, quality=90)
         paths.append(path)
     return paths
+
+
+def device_of(device: str) -> str:
+    """--device auto as the job resolves it, without importing torch in this wrapper."""
+    if device != "auto":
+        return device
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "cpu"
+    return "cuda" if "GPU" in listed else "cpu"
 
 
 # --------------------------------------------------------------------------- memory
@@ -149,8 +164,10 @@ class GpuMonitor:
 
 # --------------------------------------------------------------------------- contenders
 def bare_forward(args) -> dict:
-    """Model forward only, on pre-decoded uint8 crops, laid out as the job's model actor is:
-    `calls` threads at once, each running its share of the batches with `threads` torch threads."""
+    """Model forward only, from uint8 crops decoded beforehand and held in pinned memory: each
+    batch's copy to the device and its normalisation are in it, as in the job's actor. Every
+    layout in --layouts (calls at once x torch threads per call, each call on a CUDA stream of
+    its own) runs after a warm-up; the best is the contender's figure."""
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
@@ -165,29 +182,39 @@ def bare_forward(args) -> dict:
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         crops = np.stack(list(pool.map(lambda p: load_one(Source(str(p)), resolved.preprocessing, 10**8).pixels,
                                        paths)))
-    settings = InferenceSettings(weights=resolved, top_k=5, precision=args.precision,
-                                 device=args.device, threads=args.threads)
+    settings = InferenceSettings(weights=resolved, top_k=5, precision=args.precision, device=args.device)
     predictor = Predictor(settings, schema=None)
     # `images` crops in all, cycling through the distinct ones decoded above
-    crops = crops[np.arange(args.images) % len(crops)]
-    batches = [crops[i: i + args.batch_size] for i in range(0, len(crops), args.batch_size)]
+    crops = torch.from_numpy(crops[np.arange(args.images) % len(crops)])
+    if predictor.device.type == "cuda":
+        crops = crops.pin_memory()
+    batches = list(torch.split(crops, args.batch_size))
 
     def run(share):
         with predictor._stream():
             for batch in share:
-                predictor.run_model(batch)
+                predictor.run_model(batch.to(predictor.device, non_blocking=True))
 
-    with ThreadPoolExecutor(args.calls) as pool:
-        list(pool.map(run, [batches[:1]] * args.calls))  # warm-up on every thread (allocations, autotuning)
+    def sync():
         if predictor.device.type == "cuda":
             torch.cuda.synchronize()
-        start, wall_start = time.monotonic(), time.time()
-        list(pool.map(run, [batches[i:: args.calls] for i in range(args.calls)]))
-    if predictor.device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.monotonic() - start
+
+    layouts = {}
+    for layout in args.layouts.split(","):
+        calls, threads = (int(n) for n in layout.split("x"))
+        torch.set_num_threads(threads)
+        with ThreadPoolExecutor(calls) as pool:
+            list(pool.map(run, [batches[:1]] * calls))  # warm-up on every thread (allocations, autotuning)
+            sync()
+            start, wall_start = time.monotonic(), time.time()
+            list(pool.map(run, [batches[i:: calls] for i in range(calls)]))
+            sync()
+        layouts[layout] = {"seconds": time.monotonic() - start, "window": [wall_start, time.time()]}
+    best = min(layouts, key=lambda name: layouts[name]["seconds"])
+    seconds = layouts[best]["seconds"]
     return {"images": len(crops), "steady_s": seconds, "run_s": seconds, "precision": predictor.precision,
-            "steady_window": [wall_start, wall_start + seconds]}
+            "steady_window": layouts[best]["window"], "layout": best,
+            "layouts": {name: len(crops) / v["seconds"] for name, v in layouts.items()}}
 
 
 def ray_documented(args) -> dict:
@@ -199,7 +226,6 @@ def ray_documented(args) -> dict:
 
     weights = get_model_weights(args.model).DEFAULT
     ray.init(num_cpus=os.cpu_count(), logging_level="WARNING")
-    start = time.monotonic()
     ds = ray.data.read_images(str(args.data), mode="RGB", include_paths=True)
     if args.images:
         ds = ds.limit(args.images)
@@ -210,7 +236,7 @@ def ray_documented(args) -> dict:
         del row["image"]
         return row
 
-    device = resolve_device(args.device)
+    device = device_of(args.device)
 
     class ResnetModel:
         def __init__(self):
@@ -232,7 +258,9 @@ def ray_documented(args) -> dict:
         ResnetModel, compute=ray.data.ActorPoolStrategy(size=1), batch_size=args.batch_size,
         num_gpus=1 if device == "cuda" else None,
     ).write_parquet(str(out))
-    total = time.monotonic() - start
+    from resnet_batch.run.summary import process_started_at
+
+    total = time.time() - process_started_at()  # from this process's launch: its imports count
     import pyarrow.parquet as pq
 
     done = np.sort(pq.read_table(out, columns=["done_at"]).column("done_at").to_numpy())
@@ -295,8 +323,8 @@ def measure(name: str, args) -> dict:
     cmd = [sys.executable, __file__, "--_child", name, "--data", str(args.data), "--images", str(args.images),
            "--model", args.model, "--precision", args.precision, "--device", args.device,
            "--batch-size", str(args.batch_size), "--workdir", str(args.workdir), "--calls", str(args.calls),
-           "--threads", str(args.threads), f"--label-args={args.label_args}"]
-    gpu = GpuMonitor() if resolve_device(args.device) == "cuda" else None
+           "--threads", str(args.threads), "--layouts", args.layouts, f"--label-args={args.label_args}"]
+    gpu = GpuMonitor() if device_of(args.device) == "cuda" else None
     try:
         # The bare forward runs under the model actor's allocator settings, as the job's actor does.
         out, wall, peak = run_measured(cmd, env=ALLOCATOR_ENV if name == "bare" else None)
@@ -304,8 +332,10 @@ def measure(name: str, args) -> dict:
         if gpu:
             gpu.stop()
     result = json.loads(out.strip().splitlines()[-1])
-    result.update(wall_s=wall, peak_rss_gib=peak / 2**30, rate=result["images"] / result["steady_s"],
-                  end_to_end=result["images"] / wall)
+    # End to end from the contender's own launch (the job's summary for label): not this
+    # wrapper's, whose child process start would count against it.
+    result.update(wall_s=result["run_s"], peak_rss_gib=peak / 2**30, rate=result["images"] / result["steady_s"],
+                  end_to_end=result["images"] / result["run_s"])
     if gpu:
         result.update(sm_steady=gpu.mean(*result["steady_window"], 1), jpg_steady=gpu.mean(*result["steady_window"], 2),
                       sm_samples=gpu.samples)
@@ -318,7 +348,8 @@ def print_table(results: dict, args) -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     print(f"\n{args.model}, {args.images} JPEGs, batch {args.batch_size}, precision {args.precision}, "
           f"device {args.device}; {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}; "
-          f"bare forward: {args.calls} call(s) at once x {args.threads} torch thread(s), as the job's actor")
+          f"bare forward: best of {args.layouts} (calls at once x torch threads)"
+          + (f", {results['bare']['layout']} won" if "bare" in results else ""))
     gpu = any("sm_steady" in r for r in results.values())
     print("| contender | steady images/s | x bare | x Ray doc | end-to-end images/s | wall s | start-up s "
           "| peak RSS GiB |" + (" SM % steady | NVJPG % steady |" if gpu else ""))
@@ -353,14 +384,19 @@ def main() -> None:
                    "one per core on CPU, 2 on a GPU)")
     p.add_argument("--threads", type=int, help="bare forward: torch threads per call (default as the job: "
                    "1 on CPU, 4 on a GPU)")
+    p.add_argument("--layouts", help="bare forward: CALLSxTHREADS[,...] to try, the best counts (default: on a "
+                   f"GPU {','.join(BARE_GPU_LAYOUTS)}; on a CPU as the job's actor)")
     p.add_argument("--label-args", default="", help='more `label` options, e.g. "--cpu-decode-share 0.3"')
     p.add_argument("--only", nargs="*", choices=list(CONTENDERS), default=list(CONTENDERS))
     p.add_argument("--workdir", type=Path, default=Path("/tmp/resnet-batch-bench"))
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--_child", help=argparse.SUPPRESS)
     args = p.parse_args()
-    on_cpu = resolve_device(args.device) == "cpu"
+    on_cpu = device_of(args.device) == "cpu"
     plan = job_plan(args, on_cpu)  # what the job would run with on this machine
+    if not args.layouts:  # a GPU: the best of a few; a CPU: as the job's actor, unless told
+        tried = BARE_GPU_LAYOUTS if not on_cpu and not (args.calls or args.threads) else ()
+        args.layouts = ",".join(tried) or f"{args.calls or plan.calls_per_actor}x{args.threads or plan.threads_per_call}"
     args.calls = args.calls or plan.calls_per_actor
     args.threads = args.threads or plan.threads_per_call
     args.batch_size = args.batch_size or plan.batch_size

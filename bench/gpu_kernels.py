@@ -1,0 +1,158 @@
+"""gpu_check.py's `kernels` and `profile` sections: the GPU data path's parts one at a time,
+the model actor's loop serial and overlapped, and a profile of that loop. Imports torch:
+gpu_check runs it in a child process."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from device_decode import timed
+
+from resnet_batch.core.columns import output_schema
+from resnet_batch.data.decode import DecodeStage, Source, load_one
+from resnet_batch.data.device_decode import DeviceDecoder
+from resnet_batch.model.inference import Predictor
+from resnet_batch.model.registry import POOLED, feature_width
+from resnet_batch.model.settings import InferenceSettings
+from resnet_batch.model.weights import resolve_weights
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    model = "resnet18" if args.smoke else "resnet50"
+    resolved = resolve_weights(model, "none")
+    paths = sorted(Path(args.data).glob("*.jpg"))
+    paths = [paths[i % len(paths)] for i in range(args.batch_size)]
+    jpegs = [p.read_bytes() for p in paths]
+    n = len(jpegs)
+    rows = decode_rows(args, device, resolved.preprocessing, jpegs, paths)
+    predictor = Predictor(InferenceSettings(weights=resolved, precision=args.precision, device=device.type,
+                                            warmup_batch=n),
+                          schema=output_schema(feature_width(model, POOLED), with_topk=True))
+    crops = torch.from_numpy(np.stack([load_one(Source(str(p)), resolved.preprocessing, 10**8).pixels
+                                       for p in paths[:n]]))
+    if device.type == "cuda":
+        crops = crops.pin_memory()
+    forward_s = timed(lambda: predictor.run_model(crops.to(device, non_blocking=True)), device, args.batches)
+    rows.append(row("forward alone (pinned uint8 crops: copy in, normalise, forward, results out)", forward_s, n,
+                    f"{model}, {predictor.precision}"))
+    on_device = DecodeStage(resolved.preprocessing, defer_jpeg=True, cpu_share=0.0)({"path": np.array(
+        [str(p) for p in paths], dtype=object)})
+    on_cpu = DecodeStage(resolved.preprocessing, defer_jpeg=True, cpu_share=1.0)({"path": np.array(
+        [str(p) for p in paths], dtype=object)})
+    fed = [predictor.feed(dict(on_device), np.array(on_device["error"], dtype=object)) for _ in range(3)]
+    data_path_s = min(f.data_path_s() for f in fed[1:]) if device.type == "cuda" else timed(
+        lambda: predictor.feed(dict(on_device), np.array(on_device["error"], dtype=object)), device, args.batches)
+    rows.append(row("GPU data path alone (feed: decode + resize, device time)", data_path_s, n,
+                    f"{data_path_s / forward_s:.2f} x the forward"))
+    for name, batch, calls in [("actor loop, JPEGs decoded on the device, 1 call (serial)", on_device, 1),
+                               ("actor loop, JPEGs decoded on the device, 2 calls (overlapped, as the job)",
+                                on_device, 2),
+                               ("actor loop, crops decoded by CPU tasks, 2 calls", on_cpu, 2)]:
+        seconds = actor_loop(predictor, batch, calls, args.batches)
+        rows.append(row(name, seconds, n, f"{forward_s / seconds:.2f} x the forward's rate"))
+    return {"rows": rows, "profile": profile(predictor, on_device, args.batches, device)}
+
+
+def row(what: str, seconds: float, n: int, note: str = "") -> dict:
+    return {"what": what, "ms": round(seconds * 1000, 2), "images_per_s": round(n / seconds) if seconds else None,
+            "note": note}
+
+
+def decode_rows(args, device, prep, jpegs: list[bytes], paths) -> list[dict]:
+    """Each decode candidate alone, the batched resize alone, and PIL on one core and on the node."""
+    n, rows = len(jpegs), []
+    decoder = DeviceDecoder(prep, device)
+    rows.append(row("decode: nvJPEG batched (torchvision.io)", timed(lambda: decoder.decode(jpegs), device,
+                                                                        args.batches), n))
+    for name, decode in other_decoders(device).items():
+        if isinstance(decode, str):
+            rows.append(row(f"decode: {name}", 0.0, n, decode))
+        else:
+            rows.append(row(f"decode: {name}", timed(lambda: decode(jpegs), device, args.batches), n))
+    images = list(decoder.decode(jpegs)[0].values())
+    rows.append(row("resize + crop, batched", timed(lambda: decoder.resize_crop(images), device, args.batches), n))
+    rows.append(row("decode + resize + crop (DeviceDecoder)", timed(lambda: decoder(jpegs), device, args.batches), n))
+    sample = paths[: min(32, n)]
+    one_core = timed(lambda: [load_one(Source(str(p)), prep, 10**8) for p in sample], torch.device("cpu"), 1)
+    per_batch = one_core * n / len(sample)
+    cores = max(1, (os.cpu_count() or 2) - 1)
+    rows.append(row("decode: PIL decode + resize, one core", per_batch, n))
+    rows.append(row(f"decode: PIL decode + resize, {cores} cores (one core's rate x {cores})", per_batch / cores, n))
+    return rows
+
+
+def other_decoders(device) -> dict:
+    """Candidates beside torchvision's: a callable each, or why it is not here."""
+    found = {}
+    try:
+        from torchcodec.decoders import decode_jpeg as codec_decode
+
+        found["torchcodec"] = lambda jpegs: [codec_decode(torch.frombuffer(j, dtype=torch.uint8), device=device)
+                                             for j in jpegs]
+    except Exception as exc:  # not installed, or built for another torch
+        found["torchcodec"] = f"not available: {type(exc).__name__}: {str(exc)[:80]}"
+    try:
+        from nvidia import nvimgcodec
+
+        codec = nvimgcodec.Decoder()
+        found["nvImageCodec"] = lambda jpegs: [torch.as_tensor(img, device=device) for img in codec.decode(jpegs)]
+    except Exception as exc:
+        found["nvImageCodec"] = f"not available: {type(exc).__name__}: {str(exc)[:80]}"
+    return found
+
+
+def actor_loop(predictor: Predictor, batch: dict, calls: int, batches: int) -> float:
+    """Seconds per batch of `batches` model-actor calls, `calls` at once on threads of their own."""
+    def work(count: int) -> None:
+        for _ in range(count):
+            predictor(dict(batch))
+
+    work(1)  # warm-up on this thread
+    threads = [threading.Thread(target=work, args=(batches // calls,)) for _ in range(calls)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return (time.monotonic() - start) / (batches // calls * calls)
+
+
+def profile(predictor: Predictor, batch: dict, batches: int, device) -> dict:
+    """torch.profiler over `batches` overlapped actor calls: top ops and the GPU's idle gaps."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        actor_loop(predictor, batch, 2, batches)
+    averages = prof.key_averages()
+
+    def top(attribute: str) -> list:
+        ranked = sorted(averages, key=lambda e: getattr(e, attribute, 0), reverse=True)[:8]
+        return [(e.key[:70], round(getattr(e, attribute, 0) / 1000, 2)) for e in ranked]
+
+    kernels = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                     if e.device_type == torch.autograd.DeviceType.CUDA)
+    busy, gaps, window = gpu_busy(kernels)
+    return {"batches": batches, "cpu_top": top("self_cpu_time_total"),
+            "cuda_top": top("self_device_time_total") if kernels else [],
+            "window_ms": round(window / 1000, 1), "gpu_busy_pct": round(100 * busy / window, 1) if window else None,
+            "longest_gaps_ms": [round(g / 1000, 2) for g in sorted(gaps, reverse=True)[:5]]}
+
+
+def gpu_busy(kernels: list[tuple[float, float]]) -> tuple[float, list[float], float]:
+    """(busy microseconds, idle gaps, window) of sorted kernel intervals, overlaps merged."""
+    if not kernels:
+        return 0.0, [], 0.0
+    busy, gaps, (start, end) = 0.0, [], kernels[0]
+    for s, e in kernels[1:]:
+        if s > end:
+            busy, gaps, start = busy + end - start, gaps + [s - end], s
+        end = max(end, e)
+    return busy + end - start, gaps, kernels[-1][1] - kernels[0][0]
