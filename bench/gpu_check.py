@@ -4,7 +4,8 @@ On the GPU machine, after `bash ../shared/device/pack.sh JPEG_FOLDER` here:
 
     . .device/activate.sh && python bench/gpu_check.py --data /tmp/rb-images --out $OUT
 
-(at most ~6 minutes), or anywhere, on the CPU, as a smoke run of every section:
+(at most --budget-s, 340 s, plus the report), or anywhere, on the CPU, as a smoke run of
+every section:
 
     python bench/gpu_check.py --smoke --out /tmp/gpu-check
 
@@ -49,8 +50,15 @@ def kernels_and_profile(args) -> dict:
 
 
 # --------------------------------------------------------------------------- subprocesses
+DEADLINE = [float("inf")]  # time.monotonic() by which the whole check ends (--budget-s)
+
+
 def timed_run(cmd: list[str], limit_s: float, gpu: bool, env: dict | None = None) -> dict:
-    """A command's exit code, output tail and seconds, with SM/NVJPG use over its run on a GPU."""
+    """A command's exit code, output tail and seconds, with SM/NVJPG use over its run on a GPU;
+    it gets at most `limit_s`, and never past the check's deadline."""
+    limit_s = min(limit_s, DEADLINE[0] - time.monotonic())
+    if limit_s < 10:
+        return {"exit": "skipped: the check's time budget is spent", "seconds": 0, "stdout": "", "stderr": ""}
     monitor = GpuMonitor() if gpu else None
     start, wall_start = time.monotonic(), time.time()
     try:
@@ -76,8 +84,9 @@ def _text(value) -> str:
 
 def bench_contenders(args, gpu: bool) -> dict:
     out = Path(args.workdir) / "bench.json"
+    images = min(args.bench_images, len(list(Path(args.data).glob("*.jpg"))))
     cmd = [sys.executable, "bench/bench.py", "--device", args.device, "--model", "resnet50",
-           "--precision", args.precision, "--data", str(args.data), "--images", str(args.bench_images),
+           "--precision", args.precision, "--data", str(args.data), "--images", str(images),
            "--workdir", str(Path(args.workdir) / "bench"), "--json", str(out)]
     if args.smoke:
         cmd += ["--only", "bare", "label", "--batch-size", str(args.batch_size), "--layouts", "1x2"]
@@ -168,9 +177,11 @@ def parse_args(argv=None):
     p.add_argument("--models", default="resnet18,resnet50", help="label runs")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--batches", type=int, default=20, help="kernels/profile: batches per timed loop")
-    p.add_argument("--bench-images", type=int, default=16000)
+    p.add_argument("--bench-images", type=int, default=10000)
     p.add_argument("--limit-s", type=float, default=150, help="each subprocess's time limit")
-    p.add_argument("--sections", default="kernels,bench,label,pytest")
+    p.add_argument("--budget-s", type=float, default=340, help="the whole check's time limit (what is left "
+                   "when a section starts is its limit; sections with under 10 s left are skipped)")
+    p.add_argument("--sections", default="kernels,label,pytest,bench", help="in this order")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, on whatever device is here (CPU: no pytest)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/resnet-batch-gpu-check"))
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
@@ -191,6 +202,7 @@ def main(argv=None) -> None:
         print(json.dumps(kernels_and_profile(args)))
         return
     gpu = args.device == "cuda"
+    DEADLINE[0] = time.monotonic() + args.budget_s
     args.workdir.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     results = {"device": _device_name(gpu), "args": {k: str(v) for k, v in vars(args).items()}}
