@@ -89,7 +89,7 @@ def bench_contenders(args, gpu: bool) -> dict:
            "--precision", args.precision, "--data", str(args.data), "--images", str(images),
            "--workdir", str(Path(args.workdir) / "bench"), "--json", str(out)]
     if args.smoke:
-        cmd += ["--only", "bare", "label", "--batch-size", str(args.batch_size), "--layouts", "1x2"]
+        cmd += ["--only", "bare", "--batch-size", str(args.batch_size), "--layouts", "1x2"]  # label: the next section
     run = timed_run(cmd, args.limit_s, gpu=False)  # bench.py samples SM use itself, per contender
     if out.exists():
         run["results"] = {name: {k: v for k, v in r.items() if k != "sm_samples"}
