@@ -63,6 +63,7 @@ class DeviceFeed:
         # of the batch before is what they should overlap with, not each other.
         self.lock = threading.Lock()
 
+    @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray] | np.ndarray, errors: np.ndarray | None = None) -> Fed:
         """A uint8 (N, 3, H, W) array, or a --decode gpu batch (whose decode errors go into `errors`)."""
         with self.lock, (torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()):

@@ -100,6 +100,8 @@ class Predictor:
         cuDNN's autotuning for the batch's shape, nvJPEG's handles, the allocator's pools."""
         if self.settings.whole_image:  # shapes vary: nothing to tune ahead
             return
+        if self.settings.compile and self.device.type != "cuda":  # a batch of 1 would compile a shape never used
+            return
         crop = self.settings.weights.preprocessing.crop_size
         n = self.settings.warmup_batch if self.device.type == "cuda" else 1
         self.run_model(self.feed(np.zeros((n, 3, crop, crop), dtype=np.uint8)).use_here())
