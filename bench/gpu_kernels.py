@@ -46,6 +46,8 @@ def run(args) -> dict:
     on_cpu = DecodeStage(resolved.preprocessing, defer_jpeg=True, cpu_share=1.0)({"path": np.array(
         [str(p) for p in paths], dtype=object)})
     fed = [predictor.feed(dict(on_device), np.array(on_device["error"], dtype=object)) for _ in range(3)]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the events are read below
     data_path_s = min(f.data_path_s() for f in fed[1:]) if device.type == "cuda" else timed(
         lambda: predictor.feed(dict(on_device), np.array(on_device["error"], dtype=object)), device, args.batches)
     rows.append(row("GPU data path alone (feed: decode + resize, device time)", data_path_s, n,
