@@ -38,7 +38,9 @@ def test_config_paths_are_relative_to_the_file(tmp_path):
     ({"inputs": []}, "give at least one INPUT"),
     ({"output": ""}, "--output is required"),
     ({"top_k": 0, "embeddings": False}, "nothing to compute"),
-    ({"cpu_decode_share": 1.5}, r"--cpu-decode-share must be a fraction in \[0, 1\], got 1.5"),
+    ({"cpu_decode_share": 1.5}, r"--cpu-decode-share must be auto or a fraction in \[0, 1\], got 1.5"),
+    ({"cpu_decode_share": "lots"}, r"--cpu-decode-share must be auto or a fraction in \[0, 1\], got 'lots'"),
+    ({"cpu_decode_share": True}, "config key 'cpu_decode_share' must be a number or a string, got True"),
     ({"review_below": 0}, r"--review-below must be a probability in \(0, 1\], got 0"),
     ({"decode": "nvjpeg"}, "invalid --decode .nvjpeg.; valid: auto, cpu, gpu"),
 ])
@@ -46,6 +48,14 @@ def test_bad_values(values, needle):
     base = {"inputs": ["x"], "output": "o"}
     with pytest.raises(UsageError, match=needle):
         LabelConfig.from_sources({**base, **values}, {})
+
+
+def test_cpu_decode_share_is_auto_or_a_fraction():
+    base = {"inputs": ["x"], "output": "o"}
+    assert LabelConfig.from_sources(base, {}).cpu_decode_share == "auto"
+    assert LabelConfig.from_sources(base, {"cpu_decode_share": "0.3"}).cpu_decode_share == 0.3  # from the flag
+    assert LabelConfig.from_sources({**base, "cpu_decode_share": 0}, {}).cpu_decode_share == 0.0
+    assert LabelConfig.from_sources({**base, "cpu_decode_share": "auto"}, {}).cpu_decode_share == "auto"  # a file
 
 
 def test_config_file_errors(tmp_path):

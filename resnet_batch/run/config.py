@@ -97,13 +97,12 @@ class LabelConfig:
         share = self.cpu_decode_share
         if share == "auto":
             return
-        if isinstance(share, str):
-            try:
-                share = float(share)
-            except ValueError:
-                raise UsageError(f"--cpu-decode-share must be auto or a fraction in [0, 1], got {share!r}") from None
-        checks.fraction("--cpu-decode-share", share, allow_zero=True)
-        object.__setattr__(self, "cpu_decode_share", float(share))
+        try:
+            number = float(share) if isinstance(share, str) else share
+            checks.fraction("--cpu-decode-share", number, allow_zero=True)
+        except (ValueError, UsageError):
+            raise UsageError(f"--cpu-decode-share must be auto or a fraction in [0, 1], got {share!r}") from None
+        object.__setattr__(self, "cpu_decode_share", float(number))
 
     def _check_features(self) -> None:
         features = self.features.split(",") if isinstance(self.features, str) else list(self.features)
@@ -165,7 +164,9 @@ def _typed(key: str, value, hint):
     if float in kinds:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return value
-        raise UsageError(f"config key {key!r} must be a number, got {value!r}")
+        if str in kinds and isinstance(value, str):  # a number or a word (--cpu-decode-share auto)
+            return value
+        raise UsageError(f"config key {key!r} must be a number{' or a string' if str in kinds else ''}, got {value!r}")
     if typing.get_origin(hint) is tuple:  # inputs, features: one string or a list of strings
         if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             return value
