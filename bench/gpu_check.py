@@ -13,8 +13,9 @@ Writes a compact Markdown report to stdout and `gpu_check.json` to --out. Sectio
   kernels   each decode candidate alone (nvJPEG batched through torchvision; torchcodec's and
             nvImageCodec's where installed; PIL on one core, and on the node's cores), the batched
             resize alone, the forward alone (from pinned uint8 crops: copy in and normalisation
-            included), and the model actor's loop serial (one call) against overlapped (two
-            calls at once, as the job runs it), with the GPU data path's time per image
+            included), the GPU data path's time against the forward's, decode in a process of its
+            own (own CUDA context, CUDA IPC hand-off) beside the forward, and the model actor's
+            loop serial (one call) against overlapped (two calls at once, as the job runs it)
   profile   torch.profiler over ~20 steady batches of that overlapped loop: top CUDA and CPU
             ops, and the GPU's idle time and longest gaps
   bench     bench/bench.py's three contenders side by side, with SM and NVJPG use

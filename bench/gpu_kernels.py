@@ -52,6 +52,9 @@ def run(args) -> dict:
         lambda: predictor.feed(dict(on_device), np.array(on_device["error"], dtype=object)), device, args.batches)
     rows.append(row("GPU data path alone (feed: decode + resize, device time)", data_path_s, n,
                     f"{data_path_s / forward_s:.2f} x the forward"))
+    seconds = decode_process_loop(predictor, jpegs, args.batches)
+    rows.append(row("decode in a process of its own (own CUDA context, crops handed over by CUDA IPC), "
+                    "forward here", seconds, n, f"{forward_s / seconds:.2f} x the forward's rate"))
     for name, batch, calls in [("actor loop, JPEGs decoded on the device, 1 call (serial)", on_device, 1),
                                ("actor loop, JPEGs decoded on the device, 2 calls (overlapped, as the job)",
                                 on_device, 2),
@@ -123,6 +126,42 @@ def actor_loop(predictor: Predictor, batch: dict, calls: int, batches: int) -> f
     for t in threads:
         t.join()
     return (time.monotonic() - start) / (batches // calls * calls)
+
+
+def decode_process_loop(predictor: Predictor, jpegs: list[bytes], batches: int) -> float:
+    """Seconds per batch when another process decodes and resizes (its own CUDA context, the
+    candidate that cannot serialise with this process's streams) and this one runs the forward
+    on what it hands over, two batches ahead at most."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    crops, done = context.Queue(2), context.Event()
+    producer = context.Process(target=decode_in_process, daemon=True,
+                               args=(predictor.settings.weights.preprocessing, predictor.device.type, jpegs,
+                                     batches + 1, crops, done))
+    producer.start()
+    try:
+        with predictor._stream():
+            predictor.run_model(crops.get(timeout=300))  # the first: the process's start and warm-up
+            start = time.monotonic()
+            for _ in range(batches):
+                predictor.run_model(crops.get(timeout=300))
+            return (time.monotonic() - start) / batches
+    finally:
+        done.set()
+        producer.join(timeout=30)
+
+
+def decode_in_process(prep, device_type: str, jpegs: list[bytes], batches: int, crops, done) -> None:
+    """The other process: decode + resize `batches` times, each crop batch put on the queue
+    (CUDA tensors travel as IPC handles; they must live here until the consumer is done)."""
+    decoder = DeviceDecoder(prep, torch.device(device_type))
+    for _ in range(batches):
+        batch = decoder(jpegs).crops
+        if device_type == "cuda":
+            torch.cuda.current_stream().synchronize()  # the consumer's stream cannot wait on ours
+        crops.put(batch)
+    done.wait(timeout=600)
 
 
 def profile(predictor: Predictor, batch: dict, batches: int, device) -> dict:

@@ -23,7 +23,8 @@ def test_gpu_check_runs_every_section_on_the_cpu(tmp_path):
                   "decode + resize + crop (DeviceDecoder)", "decode: PIL decode + resize, one core",
                   "GPU data path alone (feed: decode + resize, device time)",
                   "actor loop, JPEGs decoded on the device, 1 call (serial)",
-                  "actor loop, JPEGs decoded on the device, 2 calls (overlapped, as the job)"):
+                  "actor loop, JPEGs decoded on the device, 2 calls (overlapped, as the job)",
+                  "decode in a process of its own (own CUDA context, crops handed over by CUDA IPC), forward here"):
         assert rows[stage]["ms"] > 0 and rows[stage]["images_per_s"] > 0, stage
     assert any(r["what"].startswith("forward alone") and r["ms"] > 0 for r in rows.values())
     assert all(r["ms"] > 0 or r["note"].startswith("not available") for r in rows.values())
