@@ -91,9 +91,9 @@ class DeviceDecoder:
         images, errors = self.decode(jpegs)
         # Similar sizes share a chunk, so padding to the chunk's largest wastes little; the
         # crops stay in that order (`ok` says whose each is): no scatter back.
-        ok = sorted((i for i in range(len(jpegs)) if i not in errors), key=lambda i: tuple(images[i].shape[1:]))
-        parts = [self.resize_crop([images[i] for i in chunk])
-                 for chunk in _chunks(ok, [tuple(images[i].shape[1:]) for i in ok])]
+        shapes = {i: tuple(image.shape[1:]) for i, image in images.items()}
+        ok = sorted(shapes, key=shapes.get)
+        parts = [self.resize_crop([images[i] for i in chunk]) for chunk in _chunks(ok, [shapes[i] for i in ok])]
         crop = self.prep.crop_size
         crops = torch.cat(parts) if parts else torch.empty((0, 3, crop, crop), dtype=torch.uint8, device=self.device)
         return DeviceCrops(crops, ok, errors)
@@ -136,9 +136,7 @@ class DeviceDecoder:
         crop, device, n = self.prep.crop_size, self.device, len(images)
         geometry = _geometry(images, self.prep)
         tallest, widest = int(geometry.heights.max()), int(geometry.widths.max())
-        on_device = torch.from_numpy(geometry.packed(tallest))
-        if device.type == "cuda":  # one copy, from pinned memory, ordered on this stream
-            on_device = on_device.pin_memory().to(device, non_blocking=True)
+        on_device = host_to_device(torch.from_numpy(geometry.packed(tallest)), device)  # one copy
         starts, sizes = on_device[: n * 3 * tallest], on_device[n * 3 * tallest:].view(6, n)
         # Every row of every image is a window of `widest` pixels into one flat buffer; what a
         # window holds past its row's end gets weight 0, rows past an image's end read zeros.
@@ -186,6 +184,15 @@ def _geometry(images: list[torch.Tensor], prep: Preprocessing) -> _Geometry:
     left = np.array([crop_offset(w, prep.crop_size) for w in resized[:, 0].tolist()], dtype=np.int64)
     top = np.array([crop_offset(h, prep.crop_size) for h in resized[:, 1].tolist()], dtype=np.int64)
     return _Geometry(heights, widths, resized[:, 0], resized[:, 1], left, top)
+
+
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`: on a GPU copied from pinned memory, ordered on the current
+    stream without waiting for it (the caching host allocator keeps the pinned buffer until
+    the copy is done)."""
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _to_8_bits(x: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..data.decode import JPEG_COLUMN, PIXELS_COLUMN
-from ..data.device_decode import DeviceDecoder
+from ..data.device_decode import DeviceDecoder, host_to_device
 from ..data.preprocessing import Preprocessing
 
 
@@ -67,28 +67,19 @@ class DeviceFeed:
     def __call__(self, batch: dict[str, np.ndarray] | np.ndarray, errors: np.ndarray | None = None) -> Fed:
         """A uint8 (N, 3, H, W) array, or a --decode gpu batch (whose decode errors go into `errors`)."""
         with self.lock, (torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()):
-            started, clock = self._event(), time.perf_counter()
+            started, clock = timing_event(self.stream), time.perf_counter()
             if isinstance(batch, np.ndarray):
                 images, decoded = self.to_device(batch), 0
             else:
                 images, decoded = self._decode_batch(batch, errors)
-            return Fed(images, self._event(), started, decoded, time.perf_counter() - clock)
-
-    def _event(self) -> torch.cuda.Event | None:
-        if self.stream is None:
-            return None
-        event = torch.cuda.Event(enable_timing=True)
-        event.record(self.stream)
-        return event
+            return Fed(images, timing_event(self.stream), started, decoded, time.perf_counter() - clock)
 
     def to_device(self, images: np.ndarray) -> torch.Tensor:
         with warnings.catch_warnings():
             # Batches arrive read-only (zero-copy from Arrow); they are only read, never written.
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             tensor = torch.from_numpy(np.ascontiguousarray(images))
-        if self.device.type == "cuda":
-            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor
+        return host_to_device(tensor, self.device)
 
     def _decode_batch(self, batch: dict[str, np.ndarray], errors: np.ndarray) -> tuple[torch.Tensor, int]:
         """The crops the decode stage made (copied in) and those of the JPEGs it passed on
@@ -111,10 +102,16 @@ class DeviceFeed:
 
     def index(self, rows) -> torch.Tensor:
         """Row numbers on the device: from pinned memory, ordered on the current stream."""
-        tensor = torch.tensor(rows, dtype=torch.int64)
-        if self.device.type == "cuda":
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor
+        return host_to_device(torch.tensor(rows, dtype=torch.int64), self.device)
+
+
+def timing_event(stream: torch.cuda.Stream | None) -> torch.cuda.Event | None:
+    """A timing event recorded on `stream` now (None on a CPU, which has no stream)."""
+    if stream is None:
+        return None
+    event = torch.cuda.Event(enable_timing=True)
+    event.record(stream)
+    return event
 
 
 def tiny_jpeg() -> bytes:

@@ -32,7 +32,7 @@ from ..core.columns import (
     spatial_column,
 )
 from ..data.decode import JPEG_COLUMN, RESIZED_COLUMNS
-from .feed import DeviceFeed, Fed, tiny_jpeg
+from .feed import DeviceFeed, Fed, timing_event, tiny_jpeg
 from .models import build_model, fold_batch_norms, forward_stages, pool
 from .outputs import empty_outputs, finished_table
 from .phases import PhaseClock
@@ -236,11 +236,8 @@ class Predictor:
         return finished_table(self.settings, self.schema, batch, errors, outputs, self.progress)
 
     def _event(self) -> torch.cuda.Event | None:
-        if self.device.type != "cuda":
-            return None
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        return event
+        """A timing event on this call's stream (None on a CPU)."""
+        return timing_event(torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None)
 
     def _report_times(self, fed: Fed, images: int, started, wall_s: float) -> None:
         """The batch's device seconds (data path, forward) to the counter, which sets the CPU
