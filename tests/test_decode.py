@@ -115,3 +115,43 @@ def test_decode_stage_does_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("width, height", [(2400, 32), (32, 2400), (5000, 2), (2, 5000), (640, 480), (300, 301),
+                                           (1000, 499), (1000, 501)])
+def test_scale_maps_both_axes_within_one_resized_pixel(width, height):
+    """--crop none: `scale` maps an original pixel to the resized image within one resized
+    pixel on both axes, for every aspect ratio (the longer side capped or not), checked on
+    the pixels the resize produced: a white band over the last quarter of each axis."""
+    from resnet_batch.core.columns import IMAGE, SCALE
+    from resnet_batch.data.decode import RESIZED_COLUMNS
+    from resnet_batch.data.manifests import INLINE_BYTES
+    from resnet_batch.data.preprocessing import WholeImage
+
+    prep = Preprocessing(256, 224, (0.0,) * 3, (1.0,) * 3, "bilinear")
+    for axis in (0, 1):  # the band across x, then across y
+        pixels = np.zeros((height, width, 3), dtype=np.uint8)
+        start = (width if axis == 0 else height) * 3 // 4
+        if axis == 0:
+            pixels[:, start:] = 255
+        else:
+            pixels[start:, :] = 255
+        out = DecodeStage(prep, whole=WholeImage(256))({"path": np.array(["band.png"], dtype=object),
+                                                        INLINE_BYTES: np.array([_png(pixels)], dtype=object)})
+        assert not out["error"][0], out["error"][0]
+        resized_w, resized_h, scale = int(out[RESIZED_COLUMNS[0]][0]), int(out[RESIZED_COLUMNS[1]][0]), float(out[SCALE][0])
+        assert abs(width * scale - resized_w) < 1 and abs(height * scale - resized_h) < 1, (resized_w, resized_h, scale)
+        image = out[IMAGE][0][0].astype(np.float64) / 255  # red channel, (H, W), padded
+        line = image[0, :resized_w] if axis == 0 else image[:resized_h, 0]
+        edge = line.size - line.sum()  # where the band starts, to a fraction of a resized pixel
+        assert abs(edge - start * scale) < 1.0, (axis, edge, start * scale)

@@ -7,6 +7,7 @@ then the refusals that need no Ray (config files, `--`, memory:// outputs, label
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -18,8 +19,10 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from .conftest import write_jpegs
 from .inputs_catalogue import bomb_png
@@ -40,9 +43,15 @@ def rows(out: Path) -> pa.Table:
     return pq.read_table(out)
 
 
-def _tar(path: Path, members: dict[str, bytes]) -> None:
+def _jpeg(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), "gray").save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _tar(path: Path, members: dict[str, bytes] | list[tuple[str, bytes]]) -> None:
     with tarfile.open(path, "w") as tar:
-        for name, data in members.items():
+        for name, data in (members.items() if isinstance(members, dict) else members):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -63,14 +72,24 @@ def hostile(tmp_path_factory):
     raw = os.path.join(os.fsencode(folder), LATIN1_NAME)
     with open(raw, "wb") as f:
         f.write(photos[1].read_bytes())
+    (folder / "caf\\xe9.jpg").write_bytes(photos[2].read_bytes())  # literally a backslash, x, e, 9: its own input
     latin_folder = os.path.join(os.fsencode(folder), b"fa\xe7ade")  # a folder name that is not UTF-8
     os.mkdir(latin_folder)
     with open(os.path.join(latin_folder, b"x.jpg"), "wb") as f:
         f.write(photos[0].read_bytes())
     (folder / "huge.png").write_bytes(bomb_png(10_000, 9_500))  # 95M pixels: under the default 100M limit
+    Image.new("RGB", (100_000, 1), "white").save(folder / "strip.png")  # 100k pixels; resized: 25.6M x 256
     jpeg = photos[2].read_bytes()
     (root / "escape.jpg").write_bytes(b"never labeled: outside the shard")
     _tar(folder / "shard.tar", {"a.jpg": jpeg, "sub/b.jpg": jpeg, "../escape.jpg": jpeg})
+    small, large = _jpeg(40, 30), _jpeg(80, 60)
+    _tar(folder / "dups.tar", [("a.jpg", small), ("a.jpg", large), ("./c.jpg", small), ("c.jpg", large),
+                               ("d//e.jpg", large), ("d/e.jpg", small)])
+    _tar(folder / "cut.tar", {"one.jpg": jpeg, "two.jpg": jpeg, "three.jpg": jpeg})
+    whole = (folder / "cut.tar").read_bytes()
+    (folder / "cut.tar").write_bytes(whole[: whole.index(b"three.jpg") + 600])  # inside the third member's data
+    with tarfile.open(folder / "packed.tar.gz", "w:gz") as packed:
+        packed.add(photos[0], arcname="p.jpg")
 
     # A Latin-1 manifest: a path twice, one file spelled four ways, and the non-UTF-8 name.
     manifest = root / "list.txt"
@@ -83,8 +102,11 @@ def hostile(tmp_path_factory):
     escaped = str(folder) + "/caf\\xe9.jpg"
     shard = str(folder / "shard.tar")
     expected = {str(p) for p in photos} | {str(folder / "linked" / p.name) for p in linked} | {
-        str(folder / "pipe.jpg"), escaped, str(folder / "huge.png"), f"{shard}/a.jpg", f"{shard}/sub/b.jpg",
-        f"{shard}/../escape.jpg", str(extra[0]), str(extra[1]), str(folder) + "/fa\\xe7ade/x.jpg"}
+        str(folder / "pipe.jpg"), escaped, str(folder / "huge.png"), str(folder / "strip.png"), f"{shard}/a.jpg", f"{shard}/sub/b.jpg",
+        f"{shard}/../escape.jpg", str(extra[0]), str(extra[1]), str(folder) + "/fa\\xe7ade/x.jpg",
+        *(f"{folder}/dups.tar/{m}" for m in ("a.jpg", "c.jpg", "d/e.jpg")), str(folder / "packed.tar.gz"),
+        *(f"{folder}/cut.tar/{m}" for m in ("one.jpg", "two.jpg", "three.jpg")), str(folder / "cut.tar"),
+        str(folder) + "/caf\\\\xe9.jpg"}
     out = root / "out"
     result = cli("label", str(folder), str(manifest), "--output", str(out), *JOB, timeout=240)
     return folder, expected, out, result
@@ -101,9 +123,24 @@ def test_every_input_exactly_once(hostile):
     assert errors[str(folder / "pipe.jpg")].startswith("not_a_file: a FIFO")
     assert errors[str(folder) + "/caf\\xe9.jpg"] is None, "a non-UTF-8 name is labeled, not just listed"
     assert errors[str(folder) + "/fa\\xe7ade/x.jpg"] is None, "and so is what a non-UTF-8 folder holds"
+    assert errors[str(folder) + "/caf\\\\xe9.jpg"] is None, "a name spelled like an escape is an input of its own"
+    assert table.filter(pa.compute.equal(table["path"], str(folder) + "/caf\\xe9.jpg"))["embedding"][0] != \
+        table.filter(pa.compute.equal(table["path"], str(folder) + "/caf\\\\xe9.jpg"))["embedding"][0], \
+        "each row describes its own file's bytes"
     assert errors[f"{folder / 'shard.tar'}/../escape.jpg"].startswith("unsafe_member")
+    sizes = dict(zip(paths, zip(table.column("width").to_pylist(), table.column("height").to_pylist())))
+    # One member name, one input: the last member of a name, as `tar -x` leaves it.
+    assert [sizes[f"{folder}/dups.tar/{m}"] for m in ("a.jpg", "c.jpg", "d/e.jpg")] == [(80, 60), (80, 60), (40, 30)]
+    assert errors[str(folder / "packed.tar.gz")].startswith("list_failed: cannot read tar shard") and \
+        "gzip-compressed" in errors[str(folder / "packed.tar.gz")]
+    # A shard cut short: what precedes the break is labeled, and the shard's own row says where it broke.
+    assert errors[f"{folder}/cut.tar/one.jpg"] is None and errors[f"{folder}/cut.tar/two.jpg"] is None
+    assert errors[f"{folder}/cut.tar/three.jpg"].startswith("decode_error")
+    assert errors[str(folder / "cut.tar")].startswith("list_failed: cannot read tar shard")
     assert errors[f"{folder / 'shard.tar'}/a.jpg"] is None
     assert not (errors[str(folder / "huge.png")] or "").startswith("too_large"), "95M pixels is under --max-pixels"
+    assert errors[str(folder / "strip.png")] == \
+        "too_large: 100000x1 resizes to 25600000x256 pixels, over the limit of 100000000"
     assert "not inputs: 1 hidden entries" in result.stdout
 
 
@@ -118,8 +155,17 @@ def test_pixel_limit_is_max_pixels_alone():
         decode_rgb(bomb_png(15_000, 13_000), max_pixels=190_000_000)
 
 
+def test_absurd_resize_is_refused_up_front(tmp_path):
+    write_jpegs(tmp_path / "in", 1, seed=1)
+    for resize in ("100000", "8"):
+        result = cli("label", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *JOB, "--crop", "none",
+                     "--resize", resize)
+        one_line_error(result, f"--resize must be between 32 (the coarsest stride) and 7071 (images up to 7071x14142 "
+                               f"pixels, within --max-pixels 100000000), got {resize}")
+
+
 def test_imagefolder_exports_stay_in_their_shard(hostile, tmp_path):
-    folder, _, out, _ = hostile
+    folder, expected, out, _ = hostile
     member = (folder / "shard.tar")
     with tarfile.open(member) as tar:
         a_bytes = tar.extractfile("a.jpg").read()
@@ -129,9 +175,14 @@ def test_imagefolder_exports_stay_in_their_shard(hostile, tmp_path):
         assert result.returncode == 0, result.stderr
         files = [p for p in target.rglob("*") if not p.is_dir()]
         assert files and all(p.exists() for p in files), "no dangling link"
-        exported = {p.name.split("_", 1)[1]: p for p in files}
-        assert exported["a.jpg"].read_bytes() == a_bytes and not exported["a.jpg"].is_symlink()
-        assert "escape.jpg" not in exported, "a member that leaves its shard is never exported"
+        by_hash = {p.name.split("_", 1)[0]: p for p in files}
+        exported = {path: by_hash[hashlib.sha1(path.encode()).hexdigest()[:8]] for path in expected
+                    if hashlib.sha1(path.encode()).hexdigest()[:8] in by_hash}
+        a_member = exported[f"{member}/a.jpg"]
+        assert a_member.read_bytes() == a_bytes and not a_member.is_symlink()
+        with tarfile.open(folder / "dups.tar") as tar:  # the bytes labeled: the last member named a.jpg
+            assert exported[f"{folder}/dups.tar/a.jpg"].read_bytes() == tar.extractfile("a.jpg").read()
+        assert not any(p.endswith("escape.jpg") for p in exported), "a member that leaves its shard is never exported"
         assert all(b"never labeled" not in p.read_bytes() for p in files)
 
     result = cli("export", str(out), "--format", "label-studio", "--output", str(tmp_path / "ls.json"),
@@ -167,10 +218,16 @@ def test_foreign_parquet_is_neither_deleted_nor_resumed_over(tmp_path):
     out.mkdir()
     spark = out / "part-00000-1b2c3d.snappy.parquet"
     pq.write_table(pa.table({"id": [1, 2]}), spark)
-    for mode in ("overwrite", "resume"):
+    for mode in ("overwrite", "resume", "error"):  # error: no advice to use a mode that refuses too
         result = cli("label", str(tmp_path / "none.jpg"), "--output", str(out), *JOB, "--mode", mode)
         one_line_error(result, "Parquet files resnet-batch did not write (e.g. part-00000-1b2c3d.snappy.parquet)")
     assert spark.exists()
+    spark.unlink()
+    (out / "year=2024").mkdir()
+    pq.write_table(pa.table({"id": [3]}), out / "year=2024" / "data.parquet")  # a reader would read it too
+    for mode in ("overwrite", "resume"):
+        result = cli("label", str(tmp_path / "none.jpg"), "--output", str(out), *JOB, "--mode", mode)
+        one_line_error(result, "Parquet files resnet-batch did not write (e.g. year=2024/data.parquet)")
 
 
 def test_names_that_mean_something_elsewhere(tmp_path):
@@ -341,3 +398,58 @@ def test_disk_full_is_one_line_naming_it(tmp_path):
     lines = [line for line in result.stderr.strip().splitlines() if not line[:2].isdigit()]  # not progress lines
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert "No space left on device" in lines[0] and "(logs: " in lines[0] and "Traceback" not in lines[0]
+
+
+def test_non_utf8_arguments_and_blank_manifest_entries(tmp_path):
+    """A Latin-1 folder and --output given as arguments (Ray records the command line as
+    UTF-8); blank entries in CSV and Parquet manifests are no input, as a .txt's blank lines."""
+    folder = tmp_path / os.fsdecode(b"d\xe9j\xe0")
+    photos = write_jpegs(folder, 2, seed=5)
+    listed = write_jpegs(tmp_path / "listed", 3, seed=6)
+    (tmp_path / "list.csv").write_text(f"path,split\n{listed[0]},a\n,b\n  ,c\n")
+    pq.write_table(pa.table({"path": [str(listed[1]), None, "", str(listed[2])], "split": ["d", "e", "f", "g"]}),
+                   tmp_path / "list.parquet")
+    out = tmp_path / os.fsdecode(b"sortie\xe9")
+    result = cli("label", str(folder), str(tmp_path / "list.csv"), str(tmp_path / "list.parquet"), "--output", str(out),
+                 *JOB)
+    assert result.returncode == 0, result.stderr
+    table = pa.concat_tables(pq.read_table(open(part, "rb")) for part in out.glob("part-*.parquet"))  # a str path
+    by_path = dict(zip(table.column("path").to_pylist(), table.column("split").to_pylist()))
+    assert by_path == {f"{tmp_path}/d\\xe9j\\xe0/{p.name}": None for p in photos} | {
+        str(listed[0]): "a", str(listed[1]): "d", str(listed[2]): "g"}
+
+
+def test_resume_deletes_only_its_own_and_repairs_what_it_can(tmp_path):
+    """Resume deletes only the temporary files it names, keeps the provenance earlier runs
+    recorded, reads past a damaged run record, and relabels the rows of a truncated part."""
+    photos = write_jpegs(tmp_path / "in", 6, seed=8)
+    out = tmp_path / "out"
+    label = ["label", str(tmp_path / "in"), "--output", str(out), *JOB, "--rows-per-file", "2"]
+    assert cli(*label).returncode == 0
+    record = json.loads((out / "_resnet_batch.json").read_text())
+    assert {"ran", "device", "versions"} <= set(record) and record["precision"] == "fp32"
+    (out / "_tmp-precious.txt").write_text("mine")
+    (out / "_tmp-x.parquet").write_text("mine too")
+
+    nothing_to_do = cli(*label[:-2], "--mode", "resume")
+    assert nothing_to_do.returncode == 0, nothing_to_do.stderr
+    assert (out / "_tmp-precious.txt").exists() and (out / "_tmp-x.parquet").exists()
+    assert json.loads((out / "_resnet_batch.json").read_text()) == record, "provenance is never lost"
+
+    parts = sorted(out.glob("part-*.parquet"))
+    truncated = parts[0].read_bytes()[:-100]
+    parts[0].write_bytes(truncated)
+    said = []
+    for damaged in ('{"model": 5}', "[1]", "{not json"):
+        (out / "_resnet_batch.json").write_text(damaged)
+        result = cli(*label[:-2], "--mode", "resume")
+        assert result.returncode == 0, result.stderr
+        assert "complete: every input has exactly one row" in result.stdout
+        said.append(result.stderr)
+    assert f"{parts[0]} is damaged" in said[0] and "its rows are labeled again" in said[0]
+    assert "_resnet_batch.json is damaged (a JSON list, not an object)" in said[1]
+    assert "_resnet_batch.json is damaged (Expecting property name" in said[2]
+    assert (out / f"_damaged-{parts[0].name}").read_bytes() == truncated
+    paths = rows(out).column("path").to_pylist()
+    assert sorted(paths) == sorted(str(p) for p in photos)
+    assert "ran" in json.loads((out / "_resnet_batch.json").read_text())

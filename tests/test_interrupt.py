@@ -122,3 +122,45 @@ def test_a_run_that_fails_before_any_row_leaves_the_output_untouched(tmp_path):
     assert failed.returncode == 2 and "no GPUs" in failed.stderr, failed.stderr
     assert [p.name for p in out.iterdir()] == ["part-kept.parquet"]
     assert (out / "part-kept.parquet").read_bytes() == kept
+
+
+PROGRESS = re.compile(r"labeling: (\d+)/\d+\+? images \([\d.]+%\), (\d+) saved")
+
+
+def test_a_stop_keeps_every_row_the_progress_lines_counted(tmp_path):
+    """Rows reach part files as the job runs (not when it ends), and a SIGTERM keeps at least
+    every row a progress line had counted when it came; the stop's line equals the rows on disk."""
+    src, n = tmp_path / "in", 80
+    write_jpegs(src, n, seed=3)
+    out = tmp_path / "out"
+    cmd = label_cmd(src, out, "error")
+    cmd[cmd.index("--progress-every") + 1] = "1"
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    counted, saved_while_running, lines = 0, 0, []
+    try:
+        for line in job.stderr:  # one progress line a second: wait on them, never on time
+            lines.append(line)
+            seen = PROGRESS.search(line)
+            if not seen:
+                continue
+            counted = int(seen.group(1))
+            saved_while_running = max(saved_while_running, int(seen.group(2)))
+            # Stop once part files have landed while rows are still being labeled.
+            if saved_while_running and counted > saved_while_running and counted < n - 12:
+                break
+        else:
+            pytest.fail("the job ended before it saved while running:\n" + "".join(lines[-20:]))
+        assert saved_rows(out) >= saved_while_running > 0  # "saved" counts rows in part files
+        os.kill(job.pid, signal.SIGTERM)
+        rest = job.stderr.read()
+        job.wait(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 128 + signal.SIGTERM, rest
+    said = next((m for m in map(STOPPED.match, rest.splitlines()) if m), None)
+    assert said, rest
+    on_disk = saved_rows(out)
+    assert int(said.group(2)) == on_disk >= counted, rest
+    paths = pq.read_table(out, columns=["path"]).column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == on_disk

@@ -71,10 +71,11 @@ def test_overwrite_replaces_only_our_files_and_resume_skips_done(ray_local, tmp_
     # Simulate a run that died after some files: drop two part files, leave a temp file.
     lost = pq.read_table(parts[0]).num_rows + pq.read_table(parts[1]).num_rows
     parts[0].unlink(), parts[1].unlink()
-    (out / "_tmp-deadbeef.parquet").write_bytes(b"half a file")
+    temporary = out / f"_tmp-{'de' * 16}.parquet"  # as the writer names them
+    temporary.write_bytes(b"half a file")
     resumed = run_label(config([tmp_path / "in"], out, mode="resume"))
     assert resumed.complete and resumed.processed == lost and resumed.already_done == len(images) - lost
-    assert not (out / "_tmp-deadbeef.parquet").exists()
+    assert not temporary.exists()
     assert read_parts(out).num_rows == len(images)
 
     # Resuming with settings that change the numbers is refused.

@@ -75,6 +75,10 @@ def test_what_a_starved_job_waits_for():
     assert short_of({"CPU": 8, "GPU": 1}, {"CPU": 8, "GPU": 0}, 0, 1) == (
         "waiting for 1 GPU for a model actor; the cluster has GPU 0 free of 1")
     assert short_of({"CPU": 8}, {"CPU": 3}, 1, 0) is None
+    # An actor still starting holds its CPU, and decode tasks hold the rest: nobody is waiting.
+    assert short_of({"CPU": 2}, {"CPU": 0}, 1, 0) is None
+    assert short_of({"CPU": 2}, {"CPU": 0}, 0, 0) == (
+        "waiting for 1 CPU for a model actor; the cluster has CPU 0 free of 2")
     # The null model's actors hold no CPU: they never wait for one, and hold none from decoding.
     assert short_of({"CPU": 0}, {"CPU": 0}, 0, 0, cpus=0) is None
     assert short_of({"CPU": 0}, {"CPU": 0}, 1, 0, cpus=0) == (

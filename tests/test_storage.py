@@ -229,3 +229,48 @@ def test_a_glob_is_expanded_by_its_read_task(s3, local_run, tmp_path):
     rows = pq.read_table(tmp_path / "remote").to_pylist()
     assert summary.complete and [r["path"] for r in rows] == ["s3://rb-glob/in/*.jpg"]
     assert rows[0]["error"].startswith("list_failed:") and "matches no files" in rows[0]["error"]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_stale_lease_is_taken_over_by_one_job_only(where, request, tmp_path):
+    """Jobs that find the same stale lease race to take it over: one wins, every time."""
+    import json
+    import threading
+
+    from resnet_batch.core.storage import filesystem
+    from resnet_batch.output.writer import OutputDir
+
+    if where == "s3":
+        fs = request.getfixturevalue("s3")
+        fs.mkdir("rb-race")
+        uri = "s3://rb-race/out"
+    else:
+        uri = str(tmp_path / "out")
+    racers = 8
+    fs, path = filesystem(uri)
+    fs.makedirs(path, exist_ok=True)
+    for trial in range(6):
+        with fs.open(f"{path}/_resnet_batch.lock", "wb") as f:  # renewed at 0: stale
+            f.write(json.dumps({"token": f"stale{trial}", "host": "gone", "pid": 1, "renewed": 0}).encode())
+        start, attempted = threading.Barrier(racers), threading.Barrier(racers)
+        won, refused = [], []
+
+        def race():
+            lease = OutputDir(uri).lease()
+            start.wait()
+            try:
+                lease.__enter__()
+            except UsageError as exc:
+                refused.append(str(exc))
+                attempted.wait()
+                return
+            won.append(lease)
+            attempted.wait()  # held until every racer has tried
+            lease.__exit__(None, None, None)
+
+        threads = [threading.Thread(target=race) for _ in range(racers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert len(won) == 1 and len(refused) == racers - 1, (trial, len(won), refused)

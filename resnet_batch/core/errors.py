@@ -22,6 +22,15 @@ class ModelStartError(RuntimeError):
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
+class ImageError(Exception):
+    """One image's failure (its row's `error`, never the job's); `category` is the stable
+    reason prefix in the `error` column."""
+
+    def __init__(self, category: str, detail: str):
+        super().__init__(f"{category}: {detail}")
+        self.category = category
+
+
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """An exception's message on one line (terminal colour codes removed), cut to `limit`
     characters, for errors and rows."""

@@ -3,9 +3,12 @@
 - A local input is its absolute, normalised path (`/a/./b//c.jpg` and `file:///a/b/c.jpg`
   are `/a/b/c.jpg`); a remote input is its full URI, as given (object keys are opaque:
   `a//b` is its own key).
-- A file name that is not UTF-8 is carried bytes-safe: its undecodable bytes are written
-  `\\xNN` in the `path` column (Parquet strings are UTF-8), and the reader opens the
-  original bytes.
+- A local name is written in the `path` column (Parquet strings are UTF-8) by one injective
+  spelling: a UTF-8 name without a backslash as it is; any other with its backslashes
+  doubled and its undecodable bytes as `\\xNN`. So a file literally named `caf\\xe9.jpg`
+  (written `caf\\\\xe9.jpg`) and the Latin-1 name "caf" + byte 0xE9 + ".jpg" (written
+  `caf\\xe9.jpg`) stay two inputs; the reader opens the original bytes (from_text). Object
+  keys are UTF-8 and written as they are.
 - A tar member is (shard, member name). Its `path` is `SHARD/MEMBER`, and the member name
   must stay inside the shard: an absolute name or one with `..` is refused in its row.
   Whether a path is a member is decided by the shard being a regular file, never by the
@@ -17,36 +20,39 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["as_text", "local_bytes", "normalise_local", "on_disk", "member_escapes", "split_member", "TAR_SEPARATOR"]
+__all__ = ["as_text", "from_text", "normalise_local", "member_escapes", "split_member", "TAR_SEPARATOR"]
 
 TAR_SEPARATOR = ".tar/"
-_ESCAPED_BYTE = re.compile(r"\\x([0-9a-fA-F]{2})")
+_SPELLED = re.compile(r"\\(\\|x[89a-fA-F][0-9a-fA-F])")  # what as_text writes: a doubled backslash, or a byte >= 0x80
 
 
 def as_text(name: str) -> str:
-    """`name` (which may hold surrogate-escaped bytes, as os.listdir and sys.argv give
-    them) as valid UTF-8 text: undecodable bytes become `\\xNN`."""
-    try:
-        name.encode("utf-8")
-        return name
-    except UnicodeEncodeError:
-        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """`name` (a local name, which may hold surrogate-escaped bytes, as os.listdir and
+    sys.argv give them) in its injective UTF-8 spelling (the module's docstring)."""
+    if "\\" not in name:
+        try:
+            name.encode("utf-8")
+            return name
+        except UnicodeEncodeError:
+            pass
+    raw = name.encode("utf-8", "surrogateescape").replace(b"\\", b"\\\\")
+    return raw.decode("utf-8", "backslashreplace")
 
 
-def local_bytes(path: str) -> list[str]:
-    """The names `path` may stand for on disk: itself first, then, where it carries `\\xNN`
-    escapes from as_text, the original bytes (as a surrogate-escaped str, for open())."""
-    if "\\x" not in path:
-        return [path]
-    original = _ESCAPED_BYTE.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)) if int(m.group(1), 16) >= 0x80
-                                 else chr(int(m.group(1), 16)), path)
-    return [path, original] if original != path else [path]
+def from_text(path: str) -> str:
+    """The local name `path` spells (a surrogate-escaped str, for open()): the inverse of
+    as_text. A name with a backslash that as_text cannot have written (`a\\b.jpg`, typed in
+    a manifest) is taken literally."""
+    if "\\" not in path or "\\" in _SPELLED.sub("", path):
+        return path
 
+    def byte(match: re.Match) -> str:
+        code = match.group(1)
+        if code == "\\":
+            return "\\"
+        return chr(0xDC00 + int(code[1:], 16))
 
-def on_disk(path: str) -> str:
-    """The local name `path` stands for: the first of local_bytes(path) that exists."""
-    names = local_bytes(path)
-    return next((n for n in names if os.path.lexists(n)), names[0])
+    return _SPELLED.sub(byte, path)
 
 
 def normalise_local(path: str) -> str:

@@ -95,18 +95,11 @@ FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "
 def open_regular(path: str):
     """A local regular file opened for reading; anything else raises NotRegularFile
     (IsADirectoryError for a folder) without blocking: a FIFO is opened non-blocking and
-    refused before any read. A name carried with `\\xNN` escapes (identity.as_text) is
-    tried as its original bytes when the text itself does not exist."""
-    from .identity import local_bytes
+    refused before any read. `path` is a name as identity.as_text spells it: the file
+    opened is the one it stands for (identity.from_text)."""
+    from .identity import from_text
 
-    names = local_bytes(path)
-    for i, name in enumerate(names):
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            break
-        except FileNotFoundError:
-            if i == len(names) - 1:
-                raise
+    fd = os.open(from_text(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):

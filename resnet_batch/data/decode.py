@@ -20,10 +20,10 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..core.columns import ERROR, HEIGHT, IMAGE, PATH, SCALE, WIDTH
-from ..core.errors import one_line
+from ..core.errors import ImageError, one_line
 from ..core.storage import NotRegularFile, read_bytes_or_raise
 from .manifests import INLINE_BYTES, LIST_ERROR, TAR_OFFSET, TAR_SIZE
-from .preprocessing import Preprocessing, WholeImage, resize_center_crop, resize_pad
+from .preprocessing import Preprocessing, WholeImage, check_resize, resize_center_crop, resize_pad
 
 DEFAULT_MAX_PIXELS = 100_000_000  # ~10k x 10k; larger inputs are refused before decoding
 JPEG_COLUMN = "_jpeg"  # --decode gpu: undecoded JPEG bytes for the device decoder (b"" = decoded here)
@@ -35,14 +35,6 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # The pixel limit is --max-pixels alone, checked from the header before anything is
 # decoded; Pillow's own (~89M, a warning, then an error at twice that) would override it.
 Image.MAX_IMAGE_PIXELS = None
-
-
-class ImageError(Exception):
-    """A per-image failure; `category` is the stable reason prefix in the `error` column."""
-
-    def __init__(self, category: str, detail: str):
-        super().__init__(f"{category}: {detail}")
-        self.category = category
 
 
 def read_image_bytes(uri: str, offset: int = -1, size: int = -1) -> bytes:
@@ -165,9 +157,11 @@ def load_one(src: Source, prep: Preprocessing, max_pixels: int, defer_jpeg: bool
             data = read_image_bytes(src.path, src.offset, src.size)
         size = device_decodable_size(data, max_pixels) if defer_jpeg else None
         if size is not None:
+            check_resize(*size, prep, whole, max_pixels)
             return DecodedImage(None, size[0], size[1], None, jpeg=data)
         img = decode_rgb(data, max_pixels)
         width, height = img.size
+        check_resize(width, height, prep, whole, max_pixels)
         if whole is not None:
             pixels, resized_w, resized_h = resize_pad(img, prep, whole)
             return DecodedImage(pixels, width, height, None, resized=(resized_w, resized_h))
@@ -241,15 +235,13 @@ class DecodeStage:
                 images[i] = d.pixels
         return images
 
-    @staticmethod
-    def _whole_image_columns(out: dict[str, np.ndarray], decoded: list[DecodedImage]) -> dict[str, np.ndarray]:
+    def _whole_image_columns(self, out: dict[str, np.ndarray], decoded: list[DecodedImage]) -> dict[str, np.ndarray]:
         """Adds the resized sizes and scale, and orders the rows by batch shape, so that the
         model's batches (slices of this block) hold few shapes."""
         out[RESIZED_COLUMNS[0]] = np.array([d.resized[0] for d in decoded], dtype=np.int32)
         out[RESIZED_COLUMNS[1]] = np.array([d.resized[1] for d in decoded], dtype=np.int32)
-        # The shorter sides' ratio; the longer side's differs by under a resized pixel (truncation).
-        out[SCALE] = np.array([min(d.resized) / min(d.width, d.height) if d.pixels is not None else np.nan
-                                      for d in decoded], dtype=np.float32)
+        out[SCALE] = np.array([self.whole.scale(d.width, d.height) if d.pixels is not None else np.nan
+                               for d in decoded], dtype=np.float32)
         order = sorted(range(len(decoded)), key=lambda i: out[IMAGE][i].shape)
         return {k: v[order] if isinstance(v, np.ndarray) else [v[i] for i in order] for k, v in out.items()}
 

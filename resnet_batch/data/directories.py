@@ -20,7 +20,7 @@ from fsspec.asyn import sync
 from fsspec.implementations.local import LocalFileSystem
 
 from ..core.errors import one_line
-from ..core.identity import on_disk
+from ..core.identity import from_text
 from ..core.storage import filesystem, scheme_of
 from .manifests import is_image
 from .sources import files_table, is_tar, to_uri, unlisted, with_internal_columns
@@ -52,7 +52,7 @@ def list_directory(uri: str, page: int = PAGE_ENTRIES) -> Iterator[Level]:
     """
     fs, path = filesystem(uri)
     if scheme_of(uri) == "":
-        path = on_disk(path)  # a folder whose name is not UTF-8 is walked by its original bytes
+        path = from_text(path)  # a folder whose name is not UTF-8 is walked by its original bytes
     try:
         for entries in _pages(fs, path, page):
             yield _level(fs, path, uri, entries)

@@ -25,14 +25,15 @@ import pyarrow.parquet as pq
 
 from ..core.columns import PATH, RESERVED_COLUMNS
 from ..core.errors import UsageError, one_line
-from ..core.identity import as_text, member_escapes, normalise_local
+from ..core.identity import as_text, from_text, member_escapes, normalise_local
 from ..core.storage import NotRegularFile, filesystem, is_local, open_regular, read_bytes_or_raise, scheme_of
 
 IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .ico".split()
 )
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".parquet")
-TAR_EXTENSIONS = (".tar",)
+TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")  # gzip'd ones are listed to say why they cannot be read
+GZIP_TAR_EXTENSIONS = (".tar.gz", ".tgz")
 # Internal columns (dropped before writing): where a tar member's bytes lie in its shard,
 # the bytes themselves for memory:// inputs, which live only in the driver's process, and
 # why a walked directory or shard could not be listed (its row carries that error).
@@ -52,14 +53,14 @@ def is_image(path: str) -> bool:
 def _resolve_entry(entry: str, base_uri: str) -> str:
     """An entry as an input's identity; relative entries are relative to the manifest's own location."""
     if is_local(entry) and scheme_of(entry):  # file:///x is the local file /x
-        return as_text(normalise_local(filesystem(entry)[1]))
+        return as_text(normalise_local(from_text(filesystem(entry)[1])))
     if scheme_of(entry) != "":
-        return as_text(entry)
+        return entry
     if entry.startswith("/"):
-        return as_text(normalise_local(entry))
+        return as_text(normalise_local(from_text(entry)))
     if scheme_of(base_uri) == "":
-        return as_text(normalise_local(os.path.join(os.path.dirname(os.path.abspath(base_uri)), entry)))
-    return as_text(posixpath.join(base_uri.rsplit("/", 1)[0], entry))
+        return as_text(normalise_local(os.path.join(os.path.dirname(os.path.abspath(base_uri)), from_text(entry))))
+    return posixpath.join(base_uri.rsplit("/", 1)[0], entry)
 
 
 @dataclass(frozen=True)
@@ -172,9 +173,10 @@ def read_split(split: ManifestSplit) -> Iterator[pa.Table]:
             batches = pq.ParquetFile(f).iter_batches(row_groups=range(split.start, split.stop))
         for batch in batches:
             table = pa.Table.from_batches([batch])
-            entries = _entries(table.column(split.path_column))
-            if not all(entries):
-                raise UsageError(f"manifest {split.uri} lists an empty path")
+            entries = [(e or "").strip() for e in _entries(table.column(split.path_column))]
+            if not all(entries):  # as a .txt manifest's blank lines: no input (with its other columns)
+                table = table.filter(pa.array([bool(e) for e in entries]))
+                entries = [e for e in entries if e]
             yield _with_paths(table.drop_columns([split.path_column]), entries, split.uri)
 
 
@@ -217,33 +219,55 @@ def read_manifest(uri: str, path_column: str = PATH) -> pa.Table:
 
 
 def list_tar_members(uri: str) -> pa.Table:
-    """One row per image member of a WebDataset-style shard: path `shard.tar/key.jpg`.
+    """One row per image member name of a WebDataset-style shard: path `shard.tar/key.jpg`.
 
     Only the headers are read (seeking over member data), so remote shards are not
     downloaded here; workers later fetch each member by byte range. A member named like an
     image that cannot be read as one (a name that leaves the shard, a link, a device) gets
-    a row with its reason: it is an input all the same.
+    a row with its reason: it is an input all the same. Names are normalised (`./a.jpg`
+    and `b//c.jpg` are `a.jpg` and `b/c.jpg`), and a name the shard holds twice is one
+    input: the last member of that name, the one `tar -x` leaves. A shard cut short keeps
+    the members before the break, and one `list_failed` row of its own says where it broke.
     """
-    paths, offsets, sizes, errors = [], [], [], []
+    if uri.lower().endswith(GZIP_TAR_EXTENSIONS):
+        raise UsageError(f"cannot read tar shard {uri}: it is gzip-compressed, so its members cannot be read by "
+                         "byte range; gunzip it to a .tar")
+    members: dict[str, tuple[int, int, str | None]] = {}
+    broken = None
     try:
         with _open(uri) as f, tarfile.open(fileobj=f, mode="r:") as tar:
-            for member in tar:
-                if not is_image(member.name) or member.isdir():
-                    continue
-                error = None
-                if member_escapes(member.name):
-                    error = "unsafe_member: its name leaves the shard (absolute, or with ..); not read"
-                elif not member.isfile():
-                    error = "not_a_file: a tar member that is a link or a device, not a regular file"
-                paths.append(f"{uri}/{as_text(member.name)}")
-                offsets.append(member.offset_data if error is None else -1)
-                sizes.append(member.size if error is None else -1)
-                errors.append(error)
+            try:
+                for member in tar:
+                    if is_image(member.name) and not member.isdir():
+                        members.pop(_member_key(member.name), None)  # the last of a name, in its own place
+                        members[_member_key(member.name)] = _member_entry(member)
+            except (OSError, EOFError, tarfile.TarError) as exc:
+                broken = (f"cannot read tar shard {uri} past its first {len(members)} image members: "
+                          f"{type(exc).__name__}: {one_line(exc)}")
     except NotRegularFile:
         raise
-    except (OSError, tarfile.TarError) as exc:
+    except (OSError, EOFError, tarfile.TarError) as exc:
         raise UsageError(f"cannot read tar shard {uri}: {type(exc).__name__}: {one_line(exc)}") from None
-    return pa.table({PATH: pa.array(paths, pa.string()), TAR_OFFSET: pa.array(offsets, pa.int64()),
-                     TAR_SIZE: pa.array(sizes, pa.int64()), LIST_ERROR: pa.array(errors, pa.string())})
+    paths = [f"{uri}/{as_text(name)}" for name in members] + ([uri] if broken else [])
+    rows = list(members.values()) + ([(-1, -1, f"list_failed: {broken}")] if broken else [])
+    return pa.table({PATH: pa.array(paths, pa.string()),
+                     TAR_OFFSET: pa.array([r[0] for r in rows], pa.int64()),
+                     TAR_SIZE: pa.array([r[1] for r in rows], pa.int64()),
+                     LIST_ERROR: pa.array([r[2] for r in rows], pa.string())})
+
+
+def _member_key(name: str) -> str:
+    """A member's name without `.` parts or repeated slashes; an absolute name stays absolute."""
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    return ("/" if name.startswith("/") else "") + "/".join(parts)
+
+
+def _member_entry(member: tarfile.TarInfo) -> tuple[int, int, str | None]:
+    """(offset, size, error) of an image member; an error where it cannot be read as one."""
+    if member_escapes(member.name):
+        return -1, -1, "unsafe_member: its name leaves the shard (absolute, or with ..); not read"
+    if not member.isfile():
+        return -1, -1, "not_a_file: a tar member that is a link or a device, not a regular file"
+    return member.offset_data, member.size, None
 
 

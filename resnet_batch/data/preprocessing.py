@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ..core.errors import ImageError
+
 # torchvision's InterpolationMode values -> Pillow's resampling filters (its pil_modes_mapping)
 PIL_RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
@@ -63,6 +65,14 @@ def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
     return int(shorter * width / height), shorter
 
 
+def check_resize(width: int, height: int, prep: Preprocessing, whole: WholeImage | None, max_pixels: int) -> None:
+    """Refuse (`too_large`) an image whose resize would allocate more than `max_pixels`, before
+    it does: a 100000x1 strip is small, but its shorter side at 256 makes it 25600000x256."""
+    new_w, new_h = whole.resized_size(width, height) if whole else resized_size(width, height, prep.resize_size)
+    if new_w * new_h > max_pixels:
+        raise ImageError("too_large", f"{width}x{height} resizes to {new_w}x{new_h} pixels, over the limit of {max_pixels}")
+
+
 def crop_offset(size: int, crop: int) -> int:
     # Larger crops pad first (left/top gets the smaller half), then crop the padded image at 0.
     return -((crop - size) // 2) if crop > size else int(round((size - crop) / 2.0))
@@ -98,12 +108,22 @@ class WholeImage:
         return 2 * self.resize
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
-        """(width, height) as torchvision computes them for one size and a max_size."""
+        """(width, height) as torchvision computes them for one size and a max_size; a side
+        it would truncate to 0 (a 5000x2 strip) is kept at 1 pixel."""
         short, long = sorted((width, height))
         new_short, new_long = self.resize, int(self.resize * long / short)
         if new_long > self.max_size:
-            new_short, new_long = int(self.max_size * new_short / new_long), self.max_size
+            new_short, new_long = max(1, int(self.max_size * new_short / new_long)), self.max_size
         return (new_short, new_long) if width <= height else (new_long, new_short)
+
+    def scale(self, width: int, height: int) -> float:
+        """Resized pixels per original pixel, on both axes: the ratio of the side that is set
+        exactly (the shorter one, or the longer one where max_size caps it); the other side is
+        truncated, so it is off by under one resized pixel."""
+        short, long = sorted((width, height))
+        if int(self.resize * long / short) > self.max_size:
+            return self.max_size / long
+        return self.resize / short
 
     def padded_size(self, width: int, height: int) -> tuple[int, int]:
         """The batch shape (width, height) a resized image is padded to."""

@@ -38,11 +38,11 @@ def is_manifest(uri: str) -> bool:
 
 
 def to_uri(fs, path: str, original: str) -> str:
-    """An input's identity (data/identity.py): a normalised local path (file:// URIs too),
+    """An input's identity (core/identity.py): a normalised local path (file:// URIs too),
     or the full URI."""
     if is_local(original):
         return as_text(normalise_local(path))
-    return as_text(fs.unstrip_protocol(path))
+    return fs.unstrip_protocol(path)  # object keys are UTF-8 text already
 
 
 def _is_hidden(path: str, root: str) -> bool:

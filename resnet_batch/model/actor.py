@@ -7,6 +7,9 @@ and the actors start).
 
 from __future__ import annotations
 
+import os
+import socket
+
 from ..core.errors import ModelStartError, UsageError, WeightsUnavailableError, one_line
 from .phases import PhaseClock
 from .registry import NULL_MODEL
@@ -23,6 +26,8 @@ class PredictorActor:
 
     def __init__(self, settings: InferenceSettings, schema, progress=None):
         clock = PhaseClock()
+        if progress is not None:  # it holds its CPU (and GPU) from now: the job is not waiting for them
+            progress.actor_placed.remote(f"{socket.gethostname()}:{os.getpid()}")
         try:
             if settings.weights.model == NULL_MODEL:
                 from .null import NullPredictor as Predictor

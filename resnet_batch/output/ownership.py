@@ -6,6 +6,11 @@ If-None-Match, the same "x" open mode elsewhere) and read back to confirm the jo
 token is the one there. The holder renews it while it runs; a lease is stale, and
 taken over, when its process is gone (same host) or it has not been renewed for
 STALE_AFTER_S seconds (another host). Readers skip it, as they skip every `_` file.
+
+A takeover is atomic: of the jobs that find the same stale lease, only the one that
+creates `_resnet_batch.lock.takeover-TOKEN` (TOKEN: the stale lease's) may remove it, with
+the same conditional create, so two jobs can never both hold the output; it removes the
+marker once the stale lease is gone.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ LEASE_FILE = "_resnet_batch.lock"
 RUN_FILE = "_resnet_batch.json"
 RENEW_EVERY_S = 60.0
 STALE_AFTER_S = 600.0
+TAKEOVER_S = 60.0  # a takeover marker older than this was left by a job that died taking over
 
 
 class OutputLease:
@@ -51,14 +57,13 @@ class OutputLease:
             if self.local and not os.path.isdir(self.path):
                 os.makedirs(self.path)
                 self.created_dir = True
-            for _ in range(2):  # a second try after removing a stale lease
-                if self._create():
+            for _ in range(3):  # again after a stale lease is removed, by this job or a rival
+                if self._create(self.lease):
                     break
                 holder = self._read()
                 if holder and not _is_stale(holder):
                     raise UsageError(_held_message(self.uri, holder, self.lease))
-                log.warning("taking over the stale lease of %s (%s)", self.uri, _describe(holder))
-                self._remove()
+                self._take_over(holder)
             else:
                 raise UsageError(f"--output {self.uri} is being claimed by another job at the same moment; retry")
             holder = self._read()
@@ -86,14 +91,45 @@ class OutputLease:
             log.warning("could not release the lease %s: %s", self.lease, one_line(error))
         self._cleanup_dir()
 
-    def _create(self) -> bool:
+    def _take_over(self, stale: dict | None) -> None:
+        """Remove the stale lease `stale` if this job wins the right to (else a rival has it).
+
+        Only the job that creates the marker removes the lease, and only if it still holds
+        `stale`: a token is never reused, so once gone it cannot be removed twice.
+        """
+        if stale is None:
+            return  # gone already: create again
+        marker = f"{self.lease}.takeover-{_safe_token(stale)}"
+        if not self._create(marker):
+            if self._age_s(marker) > TAKEOVER_S:  # its taker died half-way
+                self._remove(marker)
+            return  # a rival is taking it over; the next look at the lease says who holds it
+        try:
+            if self._read() == stale:
+                log.warning("taking over the stale lease of %s (%s)", self.uri, _describe(stale))
+                self._remove()
+        finally:
+            self._remove(marker)
+
+    def _age_s(self, path: str) -> float:
+        try:
+            info = self.fs.info(path)
+        except FileNotFoundError:
+            return 0.0
+        modified = info.get("mtime") or info.get("LastModified") or info.get("created")
+        if hasattr(modified, "timestamp"):
+            modified = modified.timestamp()
+        return time.time() - modified if isinstance(modified, (int, float)) else 0.0
+
+    def _create(self, path: str) -> bool:
+        """Create `path` holding this job's record, only if it does not exist; False if it does."""
         try:
             if self.local:
-                fd = os.open(self.lease, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 with os.fdopen(fd, "wb") as f:
                     f.write(self._record())
             else:
-                with self.fs.open(self.lease, "xb") as f:
+                with self.fs.open(path, "xb") as f:
                     f.write(self._record())
             return True
         except FileExistsError:
@@ -114,9 +150,9 @@ class OutputLease:
         except ValueError:
             return {}  # a half-written or foreign file: stale unless renewed (never, here)
 
-    def _remove(self) -> None:
+    def _remove(self, path: str | None = None) -> None:
         try:
-            self.fs.rm(self.lease)
+            self.fs.rm(path or self.lease)
         except FileNotFoundError:
             pass
 
@@ -150,6 +186,16 @@ def _is_stale(holder: dict) -> bool:
         except PermissionError:
             pass
     return False
+
+
+def _safe_token(holder: dict) -> str:
+    """The stale lease's token as a file name (a damaged lease: a digest of what it holds)."""
+    token = holder.get("token")
+    if isinstance(token, str) and token.isalnum() and len(token) <= 64:
+        return token
+    import hashlib
+
+    return hashlib.sha1(json.dumps(holder, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _describe(holder: dict | None) -> str:

@@ -12,19 +12,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import uuid
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..core import checks
 from ..core.columns import ERROR, PATH, read_run_metadata
 from ..core.errors import UsageError, one_line
-from ..core.pathset import EMPTY, path_hashes
 from ..core.storage import check_scheme, filesystem, is_local, join, scheme_of
 from .ownership import LEASE_FILE, RUN_FILE, OutputLease, refuse_inside_job_output
 
@@ -34,6 +33,12 @@ MODES = ("error", "overwrite", "resume")
 PART_PREFIX = "part-"
 PART_SUFFIX = ".parquet"
 TMP_PREFIX = "_tmp-"
+# Exactly the names write_part gives: a resume deletes temporary files of these names only.
+OUR_TMP = re.compile(r"_tmp-[0-9a-f]{32}\.parquet")
+OUR_PART = re.compile(r"part-[0-9a-f]{24}\.parquet")
+DAMAGED_PREFIX = "_damaged-"  # a part file of ours whose footer cannot be read, set aside by a resume
+# What a resumed run adds to the run record, kept from earlier runs when this one ran no model.
+RESOLVED_KEYS = ("ran", "device", "precision", "versions")
 # Settings that change the numbers in the output; resuming with other values would mix runs.
 RESUME_KEYS = ("model", "weights", "preprocessing", "labels", "top_k", "embeddings", "embedding_dtype", "features",
                "spatial", "review", "extra_columns")
@@ -65,6 +70,7 @@ class OutputDir:
         self.driver_only = scheme_of(uri) == "memory"
         # Part files never change once visible (named by what they hold): each footer is read once.
         self._runs: dict[str, dict | None] = {}
+        self.earlier_run: dict | None = None  # a resume's: the run record as it found it
 
     def _names(self) -> list[str]:
         self.fs.invalidate_cache()  # object-store listings are cached per process
@@ -80,7 +86,7 @@ class OutputDir:
         )
 
     def _named_like_ours(self, name: str) -> bool:
-        return name in (RUN_FILE, LEASE_FILE) or name.startswith(TMP_PREFIX) or (
+        return name in (RUN_FILE, LEASE_FILE) or bool(OUR_TMP.fullmatch(name)) or (
             name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)
         )
 
@@ -95,25 +101,69 @@ class OutputDir:
         with self._as_usage_error():
             names = [n for n in self._names() if n != LEASE_FILE]
             ours = [n for n in names if self._named_like_ours(n)]
+            # Foreign data, which no mode would help with (error mode reads no footer of a part named as ours)
+            self._refuse_foreign_data(names, read_ours=mode != "error")
             if mode == "error" and names:
                 what = f"{len(ours)} resnet-batch files" if ours else f"{len(names)} other files"
                 raise UsageError(
                     f"--output {self.uri} already holds {what}; use --mode resume to finish that run, "
                     "--mode overwrite to replace it, or choose another output"
                 )
-            if mode != "error":
-                self._refuse_foreign_data(names)
 
-    def _refuse_foreign_data(self, names: list[str]) -> None:
-        """Parquet files a reader of this output would read, that this tool did not write:
-        overwrite must not delete them, and resume must not count them as its rows."""
-        foreign = [n for n in names if n.endswith(PART_SUFFIX) and not n.startswith(("_", "."))
-                   and not (n.startswith(PART_PREFIX) and self._run_of(join(self.path, n)) is not None)]
+    def _refuse_foreign_data(self, names: list[str], read_ours: bool = True) -> None:
+        """Parquet files a reader of this output would read (sub-folders included), that this
+        tool did not write: overwrite must not delete them, and resume must not count them."""
+        def is_foreign(name: str) -> bool:
+            if not name.endswith(PART_SUFFIX) or name.startswith(("_", ".")) or (OUR_PART.fullmatch(name) and not read_ours):
+                return False
+            return not (name.startswith(PART_PREFIX) and self._footer(name) != "foreign")
+
+        foreign = [n for n in names if is_foreign(n)]
+        foreign += self._nested_parquet(names)
         if foreign:
             raise UsageError(
                 f"--output {self.uri} holds {len(foreign)} Parquet files resnet-batch did not write "
                 f"(e.g. {foreign[0]}); it replaces or resumes only its own output: move them or choose another output"
             )
+
+    def _nested_parquet(self, names: list[str]) -> list[str]:
+        """Parquet files in sub-folders that readers of the dataset would read (none of ours are there)."""
+        found = []
+        for name in names:
+            if name.startswith(("_", ".")) or not self.fs.isdir(join(self.path, name)):
+                continue
+            for path in self.fs.find(join(self.path, name)):
+                relative = path[len(self.path.rstrip("/")) + 1:]
+                if relative.endswith(PART_SUFFIX) and not any(p.startswith(("_", ".")) for p in relative.split("/")):
+                    found.append(relative)
+        return found
+
+    def _footer(self, name: str) -> str:
+        """"ours" (a run description in its footer), "damaged" (named as ours, footer unreadable:
+        a truncated write), or "foreign"."""
+        part = join(self.path, name)
+        if self._run_of(part) is not None:
+            return "ours"
+        return "damaged" if OUR_PART.fullmatch(name) and self._unreadable(part) else "foreign"
+
+    def _unreadable(self, part: str) -> bool:
+        try:
+            with self.fs.open(part, "rb") as f:
+                pq.read_schema(f)
+            return False
+        except (OSError, pa.ArrowException, ValueError):
+            return True
+
+    def set_aside_damaged(self) -> None:
+        """Resume: part files of ours that cannot be read are renamed `_damaged-...` (readers
+        skip them) and their rows are labeled again."""
+        with self._as_usage_error():
+            for name in self._names():
+                if name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX) and self._footer(name) == "damaged":
+                    self.fs.mv(join(self.path, name), join(self.path, DAMAGED_PREFIX + name))
+                    self._runs.pop(join(self.path, name), None)
+                    log.warning("%s is damaged (its footer cannot be read, as after a write cut short): moved to "
+                                "%s%s; its rows are labeled again", join(self.uri, name), DAMAGED_PREFIX, name)
 
     def _run_of(self, part: str) -> dict | None:
         """The run description in a part file's footer; None for a file this tool did not write."""
@@ -132,17 +182,42 @@ class OutputDir:
             for name in self._names():
                 if name == LEASE_FILE or not self._named_like_ours(name):
                     continue  # our lease, and files that are not ours (check() refused foreign Parquet)
-                if mode == "overwrite" or name.startswith(TMP_PREFIX):
+                if mode == "overwrite" or OUR_TMP.fullmatch(name):
                     self.fs.rm(join(self.path, name))  # resume: only the temporary files of the run that died
             if self.atomic_rename:  # local disk; object stores have no directories (and s3fs would create a bucket)
                 self.fs.makedirs(self.path, exist_ok=True)
+        if mode == "resume":  # a damaged run record: a footer says what ran as well
+            self.earlier_run = self._run_record() or next(filter(None, map(self._run_of, self.part_files())), None)
         self.record_run(run_info)
 
     def record_run(self, run_info: dict) -> None:
-        """The run record `_resnet_batch.json` (what made the rows, for readers and resume)."""
+        """The run record `_resnet_batch.json` (what made the rows, for readers and resume). A
+        resume keeps what the earlier runs recorded of the models that ran."""
+        earlier = self.earlier_run or {}
+        record = dict(run_info)
+        if "ran" not in record:
+            record.update({k: earlier[k] for k in RESOLVED_KEYS if k in earlier})
+        elif isinstance(earlier.get("ran"), list):
+            record["ran"] = earlier["ran"] + [r for r in record["ran"] if r not in earlier["ran"]]
         with self._as_usage_error():
             with self.fs.open(join(self.path, RUN_FILE), "w") as f:
-                json.dump(run_info, f, indent=1, sort_keys=True)
+                json.dump(record, f, indent=1, sort_keys=True)
+
+    def _run_record(self) -> dict | None:
+        """The run record as an object, or None where there is none or it is damaged (said once)."""
+        if RUN_FILE not in self._names():
+            return None
+        try:
+            with self.fs.open(join(self.path, RUN_FILE), "r") as f:
+                record = json.load(f)
+            if isinstance(record, dict):
+                return record
+            problem = f"a JSON {type(record).__name__}, not an object"
+        except (ValueError, UnicodeDecodeError) as exc:
+            problem = one_line(exc)
+        log.warning("the run record %s is damaged (%s): the part files' footers say what made the rows, and this "
+                    "run rewrites it", join(self.uri, RUN_FILE), problem)
+        return None
 
     @contextmanager
     def _as_usage_error(self):
@@ -158,11 +233,10 @@ class OutputDir:
         record says what the first run was, and every part file's footer what made its rows
         (a run record can be lost; the rows cannot lie)."""
         with self._as_usage_error():
-            records = []
-            if RUN_FILE in self._names():
-                with self.fs.open(join(self.path, RUN_FILE), "r") as f:
-                    records.append((RUN_FILE, json.load(f)))
-            records += [(part.rsplit("/", 1)[-1], self._run_of(part)) for part in self.part_files()]
+            records = [(part.rsplit("/", 1)[-1], self._run_of(part)) for part in self.part_files()]
+            if not records:  # no rows yet: the run record is all there is (the footers decide otherwise)
+                record = self._run_record()
+                records = [(RUN_FILE, record)] if record is not None else []
         for name, previous in records:
             if previous is None:
                 raise UsageError(f"cannot resume {self.uri}: {name} was not written by resnet-batch; "
@@ -172,17 +246,6 @@ class OutputDir:
                 was = ", ".join(f"{k} {previous.get(k)!r} in {name}, {run_info.get(k)!r} now" for k in changed)
                 raise UsageError(f"cannot resume {self.uri}: it was written with different {', '.join(changed)} "
                                  f"({was}); use the same settings, or --mode overwrite")
-
-    def completed_hashes(self) -> np.ndarray:
-        """Sorted hashes of the `path` of every row in a complete part file, duplicates included.
-
-        Read one file at a time: 16 bytes per row are kept, never the paths themselves.
-        """
-        chunks = [EMPTY]
-        for part in self.part_files():
-            with self.fs.open(part, "rb") as f:
-                chunks.append(path_hashes(pq.read_table(f, columns=[PATH]).column(PATH).to_pylist()))
-        return np.sort(np.concatenate(chunks))
 
     def write_part(self, table: pa.Table) -> str:
         """Write one part file so that readers never see it half-written.

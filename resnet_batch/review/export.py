@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from ..core import checks
 from ..core.columns import ENTROPY, ERROR, MARGIN, NEEDS_REVIEW, PATH, TOPK_LABELS, TOPK_PROBS
 from ..core.errors import UsageError
-from ..core.identity import member_escapes, on_disk, split_member
+from ..core.identity import from_text, member_escapes, split_member
 from ..core.storage import filesystem, is_local, replaced_atomically
 from ..data.manifests import TAR_OFFSET, TAR_SIZE, list_tar_members
 from ..output.features import batches, open_output
@@ -80,7 +80,7 @@ def tar_member(path: str) -> tuple[str, str] | None:
 
     def is_shard(candidate: str) -> bool:
         try:
-            return os.path.isfile(candidate.removeprefix("file://")) if local else fs.isfile(candidate)
+            return os.path.isfile(from_text(candidate.removeprefix("file://"))) if local else fs.isfile(candidate)
         except OSError:
             return False
 
@@ -181,7 +181,7 @@ def export_imagefolder(output: str, target: str, rows: str = "all", copy: bool =
                 with open(dest, "wb") as f:
                     f.write(shards.read(*member))
             elif is_local(row[PATH]):
-                source = on_disk(os.path.abspath(row[PATH].removeprefix("file://")))
+                source = from_text(os.path.abspath(row[PATH].removeprefix("file://")))
                 if copy:
                     shutil.copyfile(source, dest)
                 else:

@@ -7,6 +7,7 @@ underscores); flags win.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import posixpath
 import typing
@@ -118,8 +119,19 @@ class LabelConfig:
         checks.whole_number("--resize", self.resize, minimum=0)
         if self.resize and self.crop != "none":
             raise UsageError("--resize applies to --crop none; --crop center uses the weights' own resize and crop")
+        self._check_resize_fits()
         if self.crop == "none" and self.decode == "gpu":
             raise UsageError("--decode gpu supports --crop center only; use --decode cpu with --crop none")
+
+    def _check_resize_fits(self) -> None:
+        """--resize between the coarsest stride and the size whose largest output (resize x
+        2 * resize, the longer side's cap) stays within --max-pixels."""
+        if not self.resize:
+            return
+        largest = math.isqrt(self.max_pixels // 2)
+        if not 32 <= self.resize <= largest:
+            raise UsageError(f"--resize must be between 32 (the coarsest stride) and {largest} (images up to "
+                             f"{largest}x{2 * largest} pixels, within --max-pixels {self.max_pixels}), got {self.resize}")
 
     @classmethod
     def field_names(cls) -> set[str]:

@@ -90,6 +90,8 @@ def _label(cfg: LabelConfig, table: pa.Table | None, timeline: Timeline, report,
         out.check(cfg.mode)
         held.enter_context(out.lease())  # one writer at a time, until the run has ended
         out.check(cfg.mode)  # again: another job may have written there before it let go
+        if cfg.mode == "resume":
+            out.set_aside_damaged()
         plan = _plan_inputs(cfg, table)
         if cfg.labels:
             weights.result()  # a --labels file that does not fit is refused before Ray starts

@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 # retry without bound while it restarts (a lost node makes them fail fast until the
 # replacement is up); the restart budget is what bounds a crash loop.
 ACTOR_RETRY_ARGS = {"max_restarts": 8, "max_task_retries": -1}
-TASK_RETRY_ARGS = {"max_retries": 3}
 SAVE_ON_INTERRUPT_S = 30.0  # after a Ctrl-C, how long finished rows may take to be saved
 
 
@@ -124,6 +123,7 @@ def execute(plan: ExecutionPlan, inputs: InputPlan, books, saver: Saver, timelin
     try:
         _drive(blocks, saver, counter, watch, timeline, report, done)
     except BaseException as exc:  # a signal or a failure: keep what is finished, for --mode resume
+        done[0] += _take_arrived(blocks, saver)
         _save_on_stop(saver, exc, done[0])
         if isinstance(exc, (KeyboardInterrupt, Interrupted)):
             signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
@@ -165,6 +165,21 @@ def _drive(blocks: queue.Queue, saver: Saver, counter: CounterClient, watch: Run
     report(watch.snapshot(done[0], saver.saved, walking=False))
 
 
+def _take_arrived(blocks: queue.Queue, saver: Saver) -> int:
+    """Hand the saver the finished blocks that reached the driver but not yet its loop;
+    the rows handed over."""
+    rows = 0
+    while True:
+        try:
+            item = blocks.get_nowait()
+        except queue.Empty:
+            return rows
+        if isinstance(item, list):
+            for part in item:
+                saver.add(part)
+                rows += part.rows
+
+
 def _save_on_stop(saver: Saver, exc: BaseException, done: int) -> None:
     log.debug("stopping (%s): saving %d finished rows", type(exc).__name__, done - saver.saved)
     try:
@@ -185,9 +200,12 @@ def add_stages(ds, plan: ExecutionPlan, schema, progress):
                               progress=DecodeReports(progress)),
             batch_size=None,  # one block (BLOCKS_PER_BATCH batches) per decode task
             batch_format="numpy",
-            num_cpus=1,
-            **TASK_RETRY_ARGS,
+            num_cpus=1,  # Ray's default retries (3) bound a decode task's; an argument would stop the fusion below
         )
+        # A decode task's block leaves it cut into batches (Ray fuses this into the task), so
+        # each model call is one batch and its rows reach the driver, the saver and the bar
+        # as soon as that batch is done, not once the decode block's last batch is.
+        ds = ds.repartition(target_num_rows_per_block=plan.batch_size)
         return ds.map_batches(
             PredictorActor,
             fn_constructor_kwargs={"settings": plan.model, "schema": schema, "progress": progress},

@@ -48,6 +48,7 @@ class Counts:
     labeled: int = 0
     errors: int = 0
     actors: tuple = ()
+    placed: int = 0  # model actors started (ready or not)
 
 
 @ray.remote(num_cpus=0)
@@ -61,6 +62,7 @@ class ProgressCounter:
         self.errors = 0
         self.walked: set[str] = set()
         self.actors: dict[str, dict] = {}
+        self.placed: set[str] = set()  # model actors whose constructor has begun (they hold their resources)
         self.phases: dict[str, dict] = {}  # each model actor's start (model/phases.py)
         self.start_failure: Exception | None = None
         self.decode_share = DecodeShare()
@@ -90,6 +92,9 @@ class ProgressCounter:
         self.labeled += rows
         self.errors += errors
 
+    def actor_placed(self, actor_id: str) -> None:
+        self.placed.add(actor_id)
+
     def actor_ready(self, actor_id: str, resolved: dict, phases: dict | None = None) -> None:
         self.actors[actor_id] = resolved
         if phases:
@@ -105,7 +110,8 @@ class ProgressCounter:
         return self.start_failure
 
     def get(self) -> Counts:
-        return Counts(self.listed, len(self.walked), self.labeled, self.errors, tuple(self.actors.values()))
+        return Counts(self.listed, len(self.walked), self.labeled, self.errors, tuple(self.actors.values()),
+                      max(len(self.placed), len(self.actors)))
 
 
 class CounterClient:
@@ -242,7 +248,9 @@ class RunWatch:
         now = time.monotonic()
         walking = counts.walks_done < self.walks if walking is None else walking
         total = self.listed + counts.listed
-        done = max(received, counts.labeled if walking else min(counts.labeled, total))
+        # Only rows the driver holds count: a stop saves each of them (pipeline.py), so the
+        # bar never shows a row that a stop would lose.
+        done = received
         if done > self.last_done:
             self.last_done, self.last_change = done, now
             if not self.first_at:
@@ -269,7 +277,7 @@ class RunWatch:
         if now - self._resources_at < RESOURCE_POLL_S:
             return
         self._resources_at = now
-        waiting = short_of(ray.cluster_resources(), ray.available_resources(), len(counts.actors),
+        waiting = short_of(ray.cluster_resources(), ray.available_resources(), counts.placed,
                             self.gpus_per_actor, self.cpus_per_actor)
         growing = nodes_being_added() if waiting else 0
         if waiting and growing:  # an autoscaler is adding nodes: worth the wait, not counted against the limit

@@ -40,7 +40,7 @@ def join_or_start(address: str | None) -> bool:
     if target:
         _check_reachable(target)
     started = False
-    with _signals_deferred() as caught, _without_rays_sigterm_handler():
+    with _signals_deferred() as caught, _without_rays_sigterm_handler(), _entrypoint_as_text():
         try:
             if target:
                 ray.init(address=target, logging_level=logging.WARNING)
@@ -191,6 +191,20 @@ def _without_rays_sigterm_handler():
         yield
     finally:
         utils.set_sigterm_handler = install
+
+
+@contextmanager
+def _entrypoint_as_text():
+    """ray.init records this process's command line, which Ray sends as UTF-8: a file or
+    folder name that is not UTF-8 in it would end the job (UnicodeEncodeError). Ray gets the
+    command line with those bytes written as `\\xNN`."""
+    utils = ray._private.utils
+    entrypoint = utils.get_entrypoint_name
+    utils.get_entrypoint_name = lambda: entrypoint().encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    try:
+        yield
+    finally:
+        utils.get_entrypoint_name = entrypoint
 
 
 @contextmanager

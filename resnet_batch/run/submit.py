@@ -36,6 +36,9 @@ def _client(address: str):
         raise UsageError(f"cannot reach the Ray job server at {address}: {reason}") from None
 
 
+STOP_WAIT_S = 45  # seconds `jobs stop` waits from SIGTERM to SIGKILL: room for the job's save on stop (30 s)
+
+
 @dataclass(frozen=True)
 class Submission:
     address: str
@@ -58,7 +61,10 @@ class Submission:
 
     def runtime_env(self) -> dict:
         # Ship this package's source with the job; the cluster image provides torch and Ray.
-        env: dict = {"py_modules": [str(Path(__file__).resolve().parent.parent)]}  # the package
+        env: dict = {"py_modules": [str(Path(__file__).resolve().parent.parent)],  # the package
+                     # `jobs stop` sends SIGTERM, then SIGKILL after this many seconds (Ray's default:
+                     # 3): time for the job to save its finished rows (pipeline.SAVE_ON_INTERRUPT_S).
+                     "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S)}}
         if self.working_dir:
             env["working_dir"] = self.working_dir
         if self.pip:
