@@ -5,7 +5,13 @@ data/ (inputs to pixels), model/ (backbones), output/ (Parquet), review/ (tools 
 finished output) and run/ (the job, and the only layer that knows Ray).
 """
 
+import time
+
 __version__ = "0.1.0"
+# When this command began, for its clock and its summary's wall time: the package is the
+# first thing `resnet-batch` imports (a shell's time before it, e.g. `sleep 20; resnet-batch
+# ...`, is not the job's).
+LAUNCHED_AT = time.time()
 
 from . import _moved  # noqa: E402  (after __version__, which the layers import)
 

@@ -34,7 +34,9 @@ def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.C
                                 "IMAGENET1K_V2, none, PATH-or-URI (a .pt/.pth/.safetensors file"),
     (["--model", "none", "--weights", "IMAGENET1K_V1"], "--model none (the null model, a benchmark aid) takes no --weights"),
     (["--checkpoint-every", "0"], "--checkpoint-every must be a number of seconds > 0"),
-    (["--batch-size", "-4"], "--batch-size must be an integer >= 0"),
+    (["--batch-size", "-4"], "--batch-size must be an integer >= 1"),
+    (["--num-workers", "1000", "--model", "none"], "--num-workers must be between 1 and"),
+    (["--address", "http://127.0.0.1:8299"], "--address http://127.0.0.1:8299 is a job server"),
     (["s3x://bucket/x"], "unsupported URI scheme 's3x'"),
     (["/definitely/not/here"], "does not exist"),
 ])

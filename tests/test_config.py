@@ -43,6 +43,11 @@ def test_config_paths_are_relative_to_the_file(tmp_path):
     ({"cpu_decode_share": True}, "config key 'cpu_decode_share' must be a number or a string, got True"),
     ({"review_below": 0}, r"--review-below must be a probability in \(0, 1\], got 0"),
     ({"decode": "nvjpeg"}, "invalid --decode .nvjpeg.; valid: auto, cpu, gpu"),
+    ({"io_threads": 0}, r"--io-threads must be an integer >= 1 \(leave it out for the automatic value\), got 0"),
+    ({"threads_per_worker": 0}, r"--threads-per-worker must be an integer >= 1 .*got 0"),
+    ({"num_workers": 0}, r"--num-workers must be an integer >= 1 .*got 0"),
+    ({"batch_size": 0}, r"--batch-size must be an integer >= 1 .*got 0"),
+    ({"crop": "none", "resize": 0}, r"--resize must be between 32 .* got 0"),
 ])
 def test_bad_values(values, needle):
     base = {"inputs": ["x"], "output": "o"}

@@ -54,6 +54,14 @@ def check(report, summary, out):
     assert (report.scored, report.unreadable) == (len(LABELS), 1)
     assert report.top1_errors == 7 and report.top5_errors == 5
     assert report.top1() == pytest.approx(70.0) and report.top5() == pytest.approx(50.0)
+    # Per class, worst top-1 error first: the five never in the top 5, then 995 and 997 (top-5
+    # hits), then 999, right three times out of three.
+    assert report.per_class[999] == (3, 0, 0) and report.per_class[997] == (1, 1, 0)
+    assert report.per_class[0] == (1, 1, 1)
+    rows = [line.split() for line in report.worst_classes()[2:]]
+    assert [r[0] for r in rows] == ["0", "1", "2", "3", "4", "995", "997", "999"]
+    assert rows[0][1] == "tench" and rows[0][-2:] == ["100.0%", "100.0%"]
+    assert rows[5][-2:] == ["100.0%", "0.0%"] and rows[-1][-3:] == ["3", "0.0%", "0.0%"]
     table = pq.read_table(out)
     assert "label" in table.column_names and table.num_rows == len(LABELS) + 1
     for row in table.to_pylist():

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -69,6 +70,8 @@ def hostile(tmp_path_factory):
     os.symlink(folder, folder / "loop")  # a link back to its own folder is not (endless)
     (folder / ".hidden.jpg").write_bytes(photos[0].read_bytes())  # left out, and counted
     os.mkfifo(folder / "pipe.jpg")  # would block a reader forever
+    with socket.socket(socket.AF_UNIX) as listening:  # cannot be opened at all
+        listening.bind(str(folder / "sock.jpg"))
     raw = os.path.join(os.fsencode(folder), LATIN1_NAME)
     with open(raw, "wb") as f:
         f.write(photos[1].read_bytes())
@@ -102,7 +105,7 @@ def hostile(tmp_path_factory):
     escaped = str(folder) + "/caf\\xe9.jpg"
     shard = str(folder / "shard.tar")
     expected = {str(p) for p in photos} | {str(folder / "linked" / p.name) for p in linked} | {
-        str(folder / "pipe.jpg"), escaped, str(folder / "huge.png"), str(folder / "strip.png"), f"{shard}/a.jpg", f"{shard}/sub/b.jpg",
+        str(folder / "pipe.jpg"), str(folder / "sock.jpg"), escaped, str(folder / "huge.png"), str(folder / "strip.png"), f"{shard}/a.jpg", f"{shard}/sub/b.jpg",
         f"{shard}/../escape.jpg", str(extra[0]), str(extra[1]), str(folder) + "/fa\\xe7ade/x.jpg",
         *(f"{folder}/dups.tar/{m}" for m in ("a.jpg", "c.jpg", "d/e.jpg")), str(folder / "packed.tar.gz"),
         *(f"{folder}/cut.tar/{m}" for m in ("one.jpg", "two.jpg", "three.jpg")), str(folder / "cut.tar"),
@@ -121,6 +124,7 @@ def test_every_input_exactly_once(hostile):
     assert sorted(paths) == sorted(expected), "each distinct input once, none lost, none twice"
     errors = dict(zip(paths, table.column("error").to_pylist()))
     assert errors[str(folder / "pipe.jpg")].startswith("not_a_file: a FIFO")
+    assert errors[str(folder / "sock.jpg")].startswith("not_a_file: a socket")
     assert errors[str(folder) + "/caf\\xe9.jpg"] is None, "a non-UTF-8 name is labeled, not just listed"
     assert errors[str(folder) + "/fa\\xe7ade/x.jpg"] is None, "and so is what a non-UTF-8 folder holds"
     assert errors[str(folder) + "/caf\\\\xe9.jpg"] is None, "a name spelled like an escape is an input of its own"
@@ -296,8 +300,6 @@ def test_a_job_starts_its_own_ray_and_fails_fast_on_a_dead_address(tmp_path):
     """A cluster left on the machine (here one with no CPU, where a job would wait forever)
     is not joined unless asked; joined, the job says what it waits for and gives up after
     --wait-for-resources; an address that does not answer fails in seconds."""
-    import socket
-
     folder = tmp_path / "in"
     write_jpegs(folder, 2, seed=41)
     with socket.socket() as s:
@@ -377,8 +379,9 @@ def test_refusals_before_any_work(tmp_path):
     # A class name that is null is not the label "None".
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps(["cat", None] + [f"c{i}" for i in range(998)]))
-    one_line_error(cli("label", str(tmp_path), "--output", str(tmp_path / "o"), *JOB, "--labels", str(labels)),
-                   "class 1 has no name (got null)")
+    line = one_line_error(cli("label", str(tmp_path), "--output", str(tmp_path / "o"), *JOB, "--labels", str(labels)),
+                          "class 1 has no name (got null)")
+    assert "not valid JSON" not in line, "valid JSON with a null in it is a missing name, not bad JSON"
 
 
 def test_disk_full_is_one_line_naming_it(tmp_path):
@@ -398,6 +401,7 @@ def test_disk_full_is_one_line_naming_it(tmp_path):
     lines = [line for line in result.stderr.strip().splitlines() if not line[:2].isdigit()]  # not progress lines
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert "No space left on device" in lines[0] and "(logs: " in lines[0] and "Traceback" not in lines[0]
+    assert "the output holds the 0 rows saved before it" in lines[0] and "--mode resume" in lines[0], lines[0]
 
 
 def test_non_utf8_arguments_and_blank_manifest_entries(tmp_path):
@@ -453,3 +457,49 @@ def test_resume_deletes_only_its_own_and_repairs_what_it_can(tmp_path):
     paths = rows(out).column("path").to_pylist()
     assert sorted(paths) == sorted(str(p) for p in photos)
     assert "ran" in json.loads((out / "_resnet_batch.json").read_text())
+
+
+def test_readers_say_when_an_output_is_not_a_finished_runs(tmp_path):
+    """A copied part file is named by the job's summary and by the readers; an output whose
+    run is still going, died, or was stopped is said to be partial; a path that does not
+    exist says so; INPUTs without an image end with a warning, not "complete"."""
+    write_jpegs(tmp_path / "in", 4, seed=9)
+    out = tmp_path / "out"
+    label = ["label", str(tmp_path / "in"), "--output", str(out), *JOB]
+    assert cli(*label).returncode == 0
+    record = json.loads((out / "_resnet_batch.json").read_text())
+    assert record["finished"]["complete"] is True and record["finished"]["inputs"] == 4
+
+    def report_warnings() -> str:
+        result = cli("report", str(out), "--html", str(tmp_path / "r.html"))
+        assert result.returncode == 0, result.stderr
+        return "\n".join(line for line in result.stderr.splitlines() if "WARNING" in line)
+
+    assert report_warnings() == "", "a finished run's output reads without a warning"
+    part = next(out.glob("part-*.parquet"))
+    copy = out / f"{part.stem} (1).parquet"
+    copy.write_bytes(part.read_bytes())
+    resumed = cli(*label, "--mode", "resume")
+    assert resumed.returncode == 1 and "INCOMPLETE: 0 inputs without a row, 4 duplicate rows" in resumed.stdout
+    assert copy.name in resumed.stdout and "move them out of the output" in resumed.stdout
+    assert copy.name in report_warnings()
+    copy.unlink()
+
+    record = json.loads((out / "_resnet_batch.json").read_text())
+    del record["finished"]
+    (out / "_resnet_batch.json").write_text(json.dumps(record))
+    assert "was stopped before it finished" in report_warnings()
+    (out / "_resnet_batch.lock").write_text(json.dumps({"token": "a" * 32, "host": socket.gethostname(),
+                                                        "pid": os.getpid(), "started": time.time(),
+                                                        "renewed": time.time()}))
+    assert "a job is writing" in report_warnings()
+    (out / "_resnet_batch.lock").write_text(json.dumps({"token": "b" * 32, "host": socket.gethostname(),
+                                                        "pid": 2**22 + 1, "started": 0, "renewed": 0}))
+    assert "died before it finished" in report_warnings()
+
+    missing = cli("report", str(tmp_path / "nowhere"), "--html", str(tmp_path / "r.html"))
+    one_line_error(missing, f"{tmp_path / 'nowhere'} does not exist")
+
+    (tmp_path / "empty").mkdir()
+    empty = cli("label", str(tmp_path / "empty"), "--output", str(tmp_path / "o2"), *JOB)
+    assert empty.returncode == 0 and "WARNING: no inputs" in empty.stdout and "complete" not in empty.stdout

@@ -41,10 +41,18 @@ def test_auto_precision_on_cpus_is_decided_once_by_the_model_nodes(resolved, bf1
 
 def test_explicit_arguments_win(resolved):
     cfg = dataclasses.replace(CFG, batch_size=5, num_workers=7, threads_per_worker=2, io_threads=3)
-    plan = make_plan(cfg, resolved, Cluster(0, 1, 4, False), local_inputs=False)
+    plan = make_plan(cfg, resolved, Cluster(0, 2, 4, False), local_inputs=False)
     assert (plan.batch_size, plan.actors, plan.calls_per_actor, plan.io_threads) == (5, 7, 2, 3)
     assert make_plan(CFG, resolved, Cluster(0, 1, 4, False), local_inputs=False).io_threads == 16
     assert make_plan(CFG, resolved, Cluster(0, 1, 4, False)).io_threads == 1
+
+
+def test_more_model_actors_than_the_cluster_can_place_are_refused(resolved):
+    with pytest.raises(UsageError, match=r"--num-workers must be between 1 and 8 \(one model actor per CPU.*got 9"):
+        make_plan(dataclasses.replace(CFG, num_workers=9), resolved, Cluster(0, 2, 4, False))
+    with pytest.raises(UsageError, match=r"--num-workers must be between 1 and 2 \(one model actor per GPU.*got 3"):
+        make_plan(dataclasses.replace(CFG, num_workers=3), resolved, Cluster(2, 1, 16, False))
+    assert make_plan(dataclasses.replace(CFG, num_workers=8), resolved, Cluster(0, 2, 4, False)).actors == 8
 
 
 def test_refusals(resolved):

@@ -15,6 +15,18 @@ import termios
 from .conftest import write_jpegs
 
 
+FRAME = re.compile(r"(?P<phase>[a-z][^\r\n:|]*): +\d+%\|[^|]*\| (?P<done>\d+)/(?P<total>\d+)\+? "
+                   r"\[(?P<clock>[\d:]+)<(?P<eta>[\d:]+|\?), (?P<rate>[\d.]+|\?) img/s\] "
+                   r"(?P<errors>\d+) errors?, (?P<saved>\d+) saved")
+
+
+def _seconds(clock: str) -> int:
+    seconds = 0
+    for part in clock.split(":"):
+        seconds = seconds * 60 + int(part)
+    return seconds
+
+
 def test_the_bar_moves_by_batches(tmp_path):
     folder = tmp_path / "in"
     write_jpegs(folder, 200, seed=71, height=80, width=100)
@@ -40,12 +52,34 @@ def test_the_bar_moves_by_batches(tmp_path):
     os.close(master)
     assert job.wait(timeout=60) == 0, screen.decode(errors="replace")[-2000:]
     text = screen.decode(errors="replace")
-    counts = {int(n) for n, total in re.findall(r"\| *(\d+)/(\d+) \[", text) if total == "200" and n != "0"}
+    frames = [m.groupdict() for m in FRAME.finditer(text)]
+    assert frames, text[-2000:]
+    counts = {int(f["done"]) for f in frames if f["total"] == "200" and f["done"] != "0"}
     # Blocks hold 4 batches (64 rows): moving by blocks would show at most 64, 128, 192, 200.
     assert len(counts) >= 6 and max(counts) == 200, sorted(counts)
-    phases = set(re.findall(r"(starting \d+ model actors? \(\d/\d ready\)|labeling|first batch)", text))
-    assert "labeling" in phases and any(p.startswith("starting") for p in phases), phases
-    assert "ETA" not in text or re.search(r"\d+img/s", text)
+    phases = [f["phase"] for f in frames]
+    assert phases[0] in ("starting", "checking the output"), phases[:3]
+    assert "labeling" in phases and any(re.fullmatch(r"starting \d+ model actors? \(\d/\d ready\)", p)
+                                        for p in phases), set(phases)
+
+    # The clock runs from the command's launch and moves every second, whatever the phase.
+    clocks = [_seconds(f["clock"]) for f in frames]
+    assert clocks == sorted(clocks), "the clock never goes back"
+    assert set(range(1, max(clocks) + 1)) <= set(clocks), "no second without a frame: the clock never freezes"
+
+    # No rate or ETA until the steady phase has lasted a while; then the rate is one the job
+    # could have had (never more than the rows it had done over the time since its first rows).
+    first_rows_at = min(_seconds(f["clock"]) for f in frames if f["done"] != "0")
+    for f in frames:
+        if f["rate"] != "?":
+            assert float(f["rate"]) <= 2 * int(f["done"]) / max(_seconds(f["clock"]) - first_rows_at, 1), f
+        if _seconds(f["clock"]) < first_rows_at + 4:
+            assert f["rate"] == "?" and f["eta"] == "?", f
+
+    # The last frame agrees with the summary below it.
+    summary_errors = re.search(r"errors: (?:decode_error )?(\d+|none)", text).group(1)
+    assert frames[-1]["errors"] == ("0" if summary_errors == "none" else summary_errors)
+    assert frames[-1]["saved"] == "200" and frames[-1]["done"] == "200"
     assert "complete: every input has exactly one row" in text
 
     # The metadata says what ran: "auto" as the model actor resolved it, and the versions.

@@ -150,6 +150,23 @@ def test_neighbors_without_embeddings_is_refused(job, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "nn").exists()
 
 
+def test_report_shows_where_the_time_went_and_rows_saved_over_time(job, tmp_path):
+    import re
+
+    root, _ = job
+    page = tmp_path / "report.html"
+    build_report(str(root / "out"), str(page))
+    text = page.read_text()
+    finished = json.loads((root / "out" / "_resnet_batch.json").read_text())["finished"]
+    parts = sorted((root / "out").glob("part-*.parquet"), key=lambda p: p.stat().st_mtime)
+    throughput = re.search(r'<svg id="throughput".*?</svg>', text).group(0)
+    saved = [int(n) for n in re.findall(r"<title>\d+ s: (\d+) rows</title>", throughput)]
+    assert saved == list(np.cumsum([pq.read_metadata(p).num_rows for p in parts])) and saved[-1] == 20
+    phases = re.search(r'<svg id="phases".*?</svg><p>(.*?)</p>', text).group(1)
+    for name, seconds in finished["phases"].items():
+        assert f"{name} {seconds:.1f} s" in phases
+
+
 @pytest.mark.skipif(not CHROMIUM, reason="Chromium is not installed (apt-get install chromium); CI has it")
 def test_report_in_a_real_browser(job, tmp_path):
     from playwright.sync_api import sync_playwright
@@ -180,6 +197,8 @@ def test_report_in_a_real_browser(job, tmp_path):
             pc.list_element(table.filter(pc.is_null(table.column("error"))).column("topk_labels"), 0).to_pylist()))
         assert int(page.inner_text("#count-review")) == review.flagged
         assert "decode_error" in page.inner_text("#error-rows")
+        assert page.is_visible("#phases") and page.is_visible("#throughput")
+        assert page.locator("#throughput circle").count() == len(list((root / "out").glob("part-*.parquet")))
         first = page.locator("#classes a").first
         sheet = first.get_attribute("href")
         assert not page.is_visible(sheet)

@@ -81,6 +81,30 @@ def test_submit_wait_succeeds_and_writes_output(ray_head, tmp_path):
     assert "errors: decode_error 1" in logs.stdout and token not in logs.stdout
 
 
+def test_jobs_find_the_last_submits_server_list_and_name_unknown_ids(ray_head, tmp_path):
+    address, env, _ = ray_head
+    env = {**env, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    out = tmp_path / "listed"
+    submitted = cli(env, "submit", "--address", address, "--submission-id", "rb-list-1", "--",
+                    "label", str(EXAMPLES), "--output", str(out), "--model", "none")
+    assert submitted.returncode == 0, submitted.stderr
+    for hint in (f"resnet-batch jobs logs rb-list-1 --address {address}", f"resnet-batch jobs stop rb-list-1 --address "
+                 f"{address}", f"resnet-batch jobs list --address {address}"):
+        assert hint in submitted.stdout, submitted.stdout
+
+    listed = cli(env, "jobs", "list")  # no --address, no RAY_ADDRESS: the last submit's server
+    assert listed.returncode == 0, listed.stderr
+    assert f"job server {address} (the last submit's)" in listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if line.startswith("rb-list-1 "))
+    assert str(out) in row and ("PENDING" in row or "RUNNING" in row or "SUCCEEDED" in row), listed.stdout
+    assert listed.stdout.splitlines()[0].split() == ["ID", "STATUS", "START", "PROGRESS", "OUTPUT"]
+
+    unknown = cli(env, "jobs", "status", "rb-no-such-job")
+    lines = unknown.stderr.strip().splitlines()
+    assert unknown.returncode == 2 and lines[-1].startswith(f"resnet-batch: error: no job rb-no-such-job on {address}")
+    assert "404" not in unknown.stderr and "Traceback" not in unknown.stderr
+
+
 def test_failing_job_reports_failure(ray_head, tmp_path):
     address, env, _ = ray_head
     result = cli(env, "submit", "--address", address, "--wait", "--submission-id", "rb-bad-1", "--",

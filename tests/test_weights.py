@@ -75,6 +75,8 @@ def test_labels_file_gives_random_init_its_class_count(tmp_path):
     ('{"0": "a", "2": "c"}', "class ids must be 0..1 without gaps"),
     ("a\n\nc\n", "must name every class"),
     ('["a", ', "is not valid JSON"),
+    ('["a", null, "c"]', r"class 1 has no name \(got null\)"),
+    ('{"0": "a", "1": null, "2": "c"}', r"class 1 has no name \(got null\)"),
 ])
 def test_bad_labels_files_are_one_line_errors(tmp_path, content, needle):
     torch.save(tvm.resnet18(num_classes=3).state_dict(), tmp_path / "three.pth")

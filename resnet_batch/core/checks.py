@@ -16,6 +16,12 @@ def whole_number(flag: str, value, minimum: int = 1) -> None:
         raise UsageError(f"{flag} must be an integer >= {minimum}, got {value!r}")
 
 
+def whole_number_or_auto(flag: str, value) -> None:
+    """None is "automatic" (the flag left out); a given value is a whole number >= 1."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise UsageError(f"{flag} must be an integer >= 1 (leave it out for the automatic value), got {value!r}")
+
+
 def seconds(flag: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise UsageError(f"{flag} must be a number of seconds > 0, got {value!r}")

@@ -64,6 +64,15 @@ class Interrupted(BaseException):
         self.signum, self.processed, self.saved = signum, processed, saved
 
 
+class SaveFailed(Exception):
+    """Finished rows could not be written (a full disk, a lost bucket); `saved` rows were
+    on disk before, and `--mode resume` carries on from them."""
+
+    def __init__(self, cause: BaseException, saved: int):
+        super().__init__(one_line(cause))
+        self.cause, self.saved = cause, saved
+
+
 def require(module: str, extra: str, needed_for: str = "this", error: type[Exception] = UsageError,
             otherwise: str = ""):
     """Import an optional dependency, or fail with one line saying how to install it (the

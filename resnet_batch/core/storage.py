@@ -7,6 +7,7 @@ takes or logs them.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -99,7 +100,13 @@ def open_regular(path: str):
     opened is the one it stands for (identity.from_text)."""
     from .identity import from_text
 
-    fd = os.open(from_text(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fd = os.open(from_text(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a socket cannot be opened at all: say what it is
+            mode = os.stat(from_text(path)).st_mode
+            raise NotRegularFile(path, FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")) from None
+        raise
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):

@@ -88,9 +88,10 @@ def _names(value: object, where: str) -> tuple[str, ...]:
         return tuple(_name(v, i, where) for i, v in enumerate(value))
     if isinstance(value, dict):
         try:
-            by_index = {int(k): _name(v, k, where) for k, v in value.items()}
+            ids = [int(k) for k in value]
         except (TypeError, ValueError):
             raise UsageError(f"{where}: class ids must be integers, got {list(value)[:3]}") from None
+        by_index = {i: _name(v, k, where) for i, (k, v) in zip(ids, value.items())}
         if sorted(by_index) != list(range(len(by_index))):
             raise UsageError(f"{where}: class ids must be 0..{len(by_index) - 1} without gaps")
         return tuple(by_index[i] for i in range(len(by_index)))
@@ -109,9 +110,10 @@ def read_labels(uri: str) -> tuple[str, ...]:
         raise UsageError(f"cannot read --labels file {uri}: {one_line(exc)}") from None
     if text.lstrip().startswith(("[", "{")):
         try:
-            names = _names(json.loads(text), f"--labels {uri}")
+            parsed = json.loads(text)
         except ValueError as exc:
             raise UsageError(f"--labels file {uri} is not valid JSON: {one_line(exc)}") from None
+        names = _names(parsed, f"--labels {uri}")
     else:
         names = tuple(line.strip() for line in text.strip("\n").splitlines())
     if not names or not all(names):

@@ -15,6 +15,7 @@ size. Only pyarrow and numpy are needed; torch only for `as_torch=True`.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Callable, Iterator
 
 import numpy as np
@@ -25,7 +26,10 @@ import pyarrow.dataset as pads
 from ..core.columns import ERROR, PATH, SCALE, SPATIAL_SHAPE, read_run_metadata
 from ..core.errors import UsageError
 from ..core.storage import join
-from .writer import RUN_FILE, OutputDir
+from .ownership import lease_state
+from .writer import FINISHED, RUN_FILE, OutputDir
+
+log = logging.getLogger(__name__)
 
 ALWAYS = (PATH,)
 
@@ -33,6 +37,8 @@ ALWAYS = (PATH,)
 def open_output(output: str) -> tuple[pads.Dataset, dict]:
     """A job output's part files as one dataset, and its run description; one-line errors."""
     out = OutputDir(output)
+    if not out.fs.exists(out.path):
+        raise UsageError(f"{output} does not exist")
     files = out.part_files()
     if not files:
         raise UsageError(f"{output} is not a resnet-batch output: it holds no resnet-batch part files "
@@ -42,7 +48,32 @@ def open_output(output: str) -> tuple[pads.Dataset, dict]:
     if meta is None and out.fs.exists(join(out.path, RUN_FILE)):
         with out.fs.open(join(out.path, RUN_FILE)) as f:
             meta = json.load(f)
+    _warn_if_partial(out, output)
     return dataset, meta or {}
+
+
+def _warn_if_partial(out: OutputDir, output: str) -> None:
+    """Say so where what is read is not a finished run's whole output."""
+    lease = lease_state(out.fs, out.path)
+    resume = "finish it with the same `resnet-batch label` command and --mode resume"
+    if lease and lease.startswith("held"):
+        log.warning("a job is writing %s now (%s): this covers the rows it has saved so far", output, lease[6:])
+    elif lease:
+        log.warning("the job that wrote %s died before it finished (%s): some inputs may have no row yet; %s",
+                    output, lease[7:], resume)
+    else:
+        record = out.run_record()
+        finished = record.get(FINISHED) if record else None
+        if record is not None and not isinstance(finished, dict):
+            log.warning("the job that wrote %s was stopped before it finished: some inputs may have no row yet; %s",
+                        output, resume)
+        elif finished and not finished.get("complete", True):
+            log.warning("the job that wrote %s ended INCOMPLETE (%s rows for %s inputs): see its summary; %s",
+                        output, finished.get("rows"), finished.get("inputs"), resume)
+    misnamed = out.misnamed_parts()
+    if misnamed:
+        log.warning("%s holds part files not named as resnet-batch names them (e.g. %s): copies would count their "
+                    "rows twice; move them out", output, misnamed[0])
 
 
 def batches(dataset: pads.Dataset, columns: list[str], progress: Callable[[int, int], None] | None = None,

@@ -25,7 +25,7 @@ import uuid
 
 from ..core.errors import UsageError, one_line
 
-__all__ = ["LEASE_FILE", "OutputLease", "RUN_FILE", "check_tool_target", "refuse_inside_job_output"]
+__all__ = ["LEASE_FILE", "OutputLease", "RUN_FILE", "check_tool_target", "lease_state", "refuse_inside_job_output"]
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,16 @@ class OutputLease:
                 os.rmdir(self.path)
             except OSError:
                 pass
+
+
+def lease_state(fs, path: str) -> str | None:
+    """For readers: None (no job holds the output), "held: WHO" (a job is writing it now),
+    or "stale: WHO" (the job that held it died without releasing it)."""
+    lease = OutputLease(fs, path, path, local=False)
+    holder = lease._read()
+    if holder is None:
+        return None
+    return f"{'stale' if _is_stale(holder) else 'held'}: {_describe(holder)}"
 
 
 def _is_stale(holder: dict) -> bool:

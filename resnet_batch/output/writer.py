@@ -36,6 +36,7 @@ TMP_PREFIX = "_tmp-"
 # Exactly the names write_part gives: a resume deletes temporary files of these names only.
 OUR_TMP = re.compile(r"_tmp-[0-9a-f]{32}\.parquet")
 OUR_PART = re.compile(r"part-[0-9a-f]{24}\.parquet")
+FINISHED = "finished"  # the run record's key once its run has ended: when, and how it ended
 DAMAGED_PREFIX = "_damaged-"  # a part file of ours whose footer cannot be read, set aside by a resume
 # What a resumed run adds to the run record, kept from earlier runs when this one ran no model.
 RESOLVED_KEYS = ("ran", "device", "precision", "versions")
@@ -84,6 +85,12 @@ class OutputDir:
         return sorted(
             join(self.path, n) for n in self._names() if n.startswith(PART_PREFIX) and n.endswith(PART_SUFFIX)
         )
+
+    def misnamed_parts(self) -> list[str]:
+        """Part files not named as write_part names them (its hash of the paths they hold):
+        copies, or renamed, whose rows are counted twice where the original is there too."""
+        return [n for n in self._names() if n.startswith(PART_PREFIX) and n.endswith(PART_SUFFIX)
+                and not OUR_PART.fullmatch(n)]
 
     def _named_like_ours(self, name: str) -> bool:
         return name in (RUN_FILE, LEASE_FILE) or bool(OUR_TMP.fullmatch(name)) or (
@@ -187,7 +194,7 @@ class OutputDir:
             if self.atomic_rename:  # local disk; object stores have no directories (and s3fs would create a bucket)
                 self.fs.makedirs(self.path, exist_ok=True)
         if mode == "resume":  # a damaged run record: a footer says what ran as well
-            self.earlier_run = self._run_record() or next(filter(None, map(self._run_of, self.part_files())), None)
+            self.earlier_run = self.run_record() or next(filter(None, map(self._run_of, self.part_files())), None)
         self.record_run(run_info)
 
     def record_run(self, run_info: dict) -> None:
@@ -203,7 +210,7 @@ class OutputDir:
             with self.fs.open(join(self.path, RUN_FILE), "w") as f:
                 json.dump(record, f, indent=1, sort_keys=True)
 
-    def _run_record(self) -> dict | None:
+    def run_record(self) -> dict | None:
         """The run record as an object, or None where there is none or it is damaged (said once)."""
         if RUN_FILE not in self._names():
             return None
@@ -235,7 +242,7 @@ class OutputDir:
         with self._as_usage_error():
             records = [(part.rsplit("/", 1)[-1], self._run_of(part)) for part in self.part_files()]
             if not records:  # no rows yet: the run record is all there is (the footers decide otherwise)
-                record = self._run_record()
+                record = self.run_record()
                 records = [(RUN_FILE, record)] if record is not None else []
         for name, previous in records:
             if previous is None:

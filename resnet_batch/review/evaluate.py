@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 
@@ -23,6 +23,7 @@ from ..core.errors import UsageError
 
 WNID = re.compile(r"^(n\d{8})")
 LABEL_COLUMN = "label"
+WORST_CLASSES_SHOWN = 10  # rows of the per-class table eval prints
 # torchvision's published ImageNet-1K figures for the V1 weights (top-1 / top-5 error, %).
 V1_REFERENCE = {
     "resnet18": (30.24, 10.92),
@@ -97,6 +98,8 @@ class EvalReport:
     top1_errors: int
     top5_errors: int
     published: tuple[float, float] | None
+    per_class: dict = field(default_factory=dict)  # true class index -> (images scored, top-1 misses, top-5 misses)
+    class_names: tuple = ()
 
     @property
     def scored(self) -> int:
@@ -120,7 +123,22 @@ class EvalReport:
             "torchvision V1 reference (top-1/top-5 error %): "
             + ", ".join(f"{m} {a:.2f}/{b:.2f}" for m, (a, b) in V1_REFERENCE.items()),
         ]
-        return out
+        return out + self.worst_classes()
+
+    def worst_classes(self, shown: int = WORST_CLASSES_SHOWN) -> list[str]:
+        """The per-class error table, worst top-1 error first (ties: more images first)."""
+        if not self.per_class:
+            return []
+        ranked = sorted(self.per_class.items(), key=lambda kv: (-kv[1][1] / kv[1][0], -kv[1][0], kv[0]))
+        width = max(len(self._name(c)) for c, _ in ranked[:shown])
+        lines = [f"per class, worst first ({min(shown, len(ranked))} of {len(ranked)} classes):",
+                 f"  {'class':{width}}  {'images':>6}  {'top-1 err':>9}  {'top-5 err':>9}"]
+        for cls, (n, miss1, miss5) in ranked[:shown]:
+            lines.append(f"  {self._name(cls):{width}}  {n:6d}  {100 * miss1 / n:8.1f}%  {100 * miss5 / n:8.1f}%")
+        return lines
+
+    def _name(self, cls: int) -> str:
+        return f"{cls} {self.class_names[cls]}" if 0 <= cls < len(self.class_names) else str(cls)
 
 
 def published_errors(model: str, weights: str) -> tuple[float, float] | None:
@@ -140,6 +158,7 @@ def published_errors(model: str, weights: str) -> tuple[float, float] | None:
 def score(output_files: list, fs, model: str, weights: str) -> EvalReport:
     """Count top-1/top-5 misses from the written predictions."""
     images = unreadable = top1 = top5 = 0
+    per_class: dict[int, list[int]] = {}
     for part in output_files:
         with fs.open(part, "rb") as f:
             table = pq.read_table(f, columns=[TOPK_IDS, ERROR, LABEL_COLUMN])
@@ -149,6 +168,17 @@ def score(output_files: list, fs, model: str, weights: str) -> EvalReport:
         for ids, error, label in zip(table[TOPK_IDS].to_pylist(), table[ERROR].to_pylist(),
                                      table[LABEL_COLUMN].to_pylist()):
             if error is None:
-                top1 += ids[0] != label
-                top5 += label not in ids[:5]
-    return EvalReport(model, weights, images, unreadable, top1, top5, published_errors(model, weights))
+                counts = per_class.setdefault(label, [0, 0, 0])
+                counts[0] += 1
+                counts[1] += ids[0] != label
+                counts[2] += label not in ids[:5]
+    top1 = sum(c[1] for c in per_class.values())
+    top5 = sum(c[2] for c in per_class.values())
+    return EvalReport(model, weights, images, unreadable, top1, top5, published_errors(model, weights),
+                      {k: tuple(v) for k, v in per_class.items()}, imagenet_names())
+
+
+@lru_cache(maxsize=1)
+def imagenet_names() -> tuple[str, ...]:
+    """ImageNet-1K's class names by index (the labels eval scores against are its indices)."""
+    return tuple(resources.files("resnet_batch").joinpath("imagenet_classes.txt").read_text().splitlines())

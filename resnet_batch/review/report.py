@@ -1,6 +1,8 @@
 """`resnet-batch report OUT --html FILE`: one self-contained page to review a labeling run.
 
-Counts, errors by category, a histogram of top-1 confidence, a table of classes linking to
+Counts; the run (where its wall time went, from the run record, and the rows saved against
+seconds since its launch, a point per part file, so a stall shows as a flat stretch);
+errors by category, a histogram of top-1 confidence, a table of classes linking to
 a contact sheet per class (its least confident images first, probability under each), the
 review queue, the largest near-duplicate groups (when `neighbors` has run) and the error
 rows. Thumbnails are small JPEGs embedded as data URIs, at most `per_class` per class, so
@@ -17,8 +19,11 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+import pyarrow.parquet as pq
+
 from ..core.storage import replaced_atomically
 from ..output.ownership import check_tool_target
+from ..output.writer import FINISHED, OutputDir
 from .review import Review, collect
 
 THUMBNAIL_PX = 72
@@ -84,6 +89,72 @@ def _histogram_svg(counts) -> str:
     return f'<svg id="histogram" width="{width}" height="{height}">{"".join(bars)}{ticks}</svg>'
 
 
+def saved_over_time(output: str) -> tuple[dict, list[tuple[float, int]]]:
+    """The run's end record (its `finished`: phases, launch) and the rows saved against
+    seconds since the launch, one point per part file (its time and row count)."""
+    out = OutputDir(output)
+    finished = (out.run_record() or {}).get(FINISHED)
+    finished = finished if isinstance(finished, dict) else {}
+    stamps = []
+    for part in out.part_files():
+        info = out.fs.info(part)
+        when = info.get("mtime") or info.get("LastModified") or info.get("created")
+        when = when.timestamp() if hasattr(when, "timestamp") else when
+        with out.fs.open(part, "rb") as f:
+            rows = pq.ParquetFile(f).metadata.num_rows
+        if isinstance(when, (int, float)):
+            stamps.append((float(when), rows))
+    stamps.sort()
+    start = finished.get("launched") or (stamps[0][0] if stamps else 0.0)
+    points, total = [], 0
+    for when, rows in stamps:
+        total += rows
+        points.append((max(when - start, 0.0), total))
+    return finished, points
+
+
+def _throughput_svg(points: list[tuple[float, int]]) -> str:
+    """Rows saved against seconds: a flat stretch is a stall."""
+    width, height, pad = 480, 160, 36
+    end_s, rows = max(p[0] for p in points) or 1.0, max(p[1] for p in points) or 1
+    xy = [(pad + (width - pad - 8) * t / end_s, height - pad + 8 - (height - pad) * n / rows) for t, n in points]
+    path = " ".join(f"{'M' if i == 0 else 'L'}{x:.1f},{y:.1f}" for i, (x, y) in enumerate([(pad, height - pad + 8),
+                                                                                           *xy]))
+    dots = "".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="#4a7ab8"><title>{t:.0f} s: {n} rows</title>'
+                   f"</circle>" for (x, y), (t, n) in zip(xy, points))
+    return (f'<svg id="throughput" width="{width}" height="{height}"><path d="{path}" fill="none" stroke="#4a7ab8"/>'
+            f'{dots}<text x="{pad}" y="{height - 4}">0 s</text><text x="{width - 8}" y="{height - 4}" '
+            f'text-anchor="end">{end_s:.0f} s</text><text x="2" y="12">{rows} rows</text></svg>')
+
+
+def _phases_svg(phases: dict) -> str:
+    """The wall time split into start-up, first batch, steady and shutdown, to scale."""
+    width, colours = 480, {"start-up": "#c9c9c9", "first batch": "#e0b15a", "steady": "#4a7ab8", "shutdown": "#8c8c8c"}
+    total, x, bars = sum(max(float(v), 0.0) for v in phases.values()) or 1.0, 0.0, []
+    for name, seconds in phases.items():
+        w = width * max(float(seconds), 0.0) / total
+        bars.append(f'<rect x="{x:.1f}" y="0" width="{w:.1f}" height="18" fill="{colours.get(name, "#999")}">'
+                    f"<title>{_e(name)}: {float(seconds):.1f} s</title></rect>")
+        x += w
+    legend = ", ".join(f"{_e(name)} {float(seconds):.1f} s" for name, seconds in phases.items())
+    return f'<svg id="phases" width="{width}" height="18">{"".join(bars)}</svg><p>{legend}</p>'
+
+
+def _run_section(finished: dict, points: list[tuple[float, int]]) -> list[str]:
+    parts = ["<h2>The run</h2>"]
+    phases = finished.get("phases")
+    if isinstance(phases, dict) and phases:
+        steady = float(phases.get("steady", 0))
+        rate = (finished.get("processed", 0) / steady) if steady > 0 else 0.0
+        parts += ["<p>where the wall time went" + (f"; steady rate {rate:.1f} images/s" if rate else "") + "</p>",
+                  _phases_svg(phases)]
+    else:
+        parts.append("<p>the run record does not say how the run went (it has not finished)</p>")
+    if points:
+        parts += ["<p>rows saved against seconds since the launch, a point per part file</p>", _throughput_svg(points)]
+    return parts
+
+
 def _cell(path: str, caption: str, thumbs: dict[str, str | None]) -> str:
     uri = thumbs.get(path)
     image = f'<img src="{uri}" alt="">' if uri else '<div class="missing"></div>'
@@ -91,7 +162,8 @@ def _cell(path: str, caption: str, thumbs: dict[str, str | None]) -> str:
            f'{_e(os.path.basename(path))}</div>'
 
 
-def render(review: Review, thumbs: dict[str, str | None], duplicates: list[list[tuple[str, float]]]) -> str:
+def render(review: Review, thumbs: dict[str, str | None], duplicates: list[list[tuple[str, float]]],
+           finished: dict | None = None, points: list[tuple[float, int]] | None = None) -> str:
     run = review.run
     classes = sorted(review.classes.values(), key=lambda c: (-c.count, c.name))
     parts = [
@@ -105,6 +177,7 @@ def render(review: Review, thumbs: dict[str, str | None], duplicates: list[list[
         f"<tr><td>errors</td><td class='n' id='count-errors'>{sum(review.errors.values())}</td></tr>",
         f"<tr><td>classes</td><td class='n' id='count-classes'>{len(classes)}</td></tr>",
         f"<tr><td>to review</td><td class='n' id='count-review'>{review.flagged}</td></tr></table>",
+        *_run_section(finished or {}, points or []),
         "<h2>Errors by category</h2><table id='error-categories'>",
         *(f"<tr><td>{_e(c)}</td><td class='n'>{n}</td></tr>" for c, n in review.errors.most_common()),
         "</table>" if review.errors else "</table><p>none</p>",
@@ -155,7 +228,7 @@ def build_report(output: str, html_path: str, per_class: int = 4, queue: int = 2
     wanted |= {path for group in duplicates for path, _ in group[:DUPLICATE_THUMBNAILS]}
     with ThreadPoolExecutor(io_threads) as pool:
         thumbs = dict(zip(wanted, pool.map(thumbnail, wanted)))
-    page = render(review, thumbs, duplicates)
+    page = render(review, thumbs, duplicates, *saved_over_time(output))
     with replaced_atomically(html_path) as (tmp,), open(tmp, "w", encoding="utf-8") as f:
         f.write(page)
     return review

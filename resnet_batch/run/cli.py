@@ -15,7 +15,7 @@ import traceback
 
 from ..core import checks
 from ..core.columns import EMBEDDING
-from ..core.errors import Interrupted, UsageError, WeightsUnavailableError, one_line, root_cause
+from ..core.errors import Interrupted, SaveFailed, UsageError, WeightsUnavailableError, one_line, root_cause
 from .arguments import build_parser
 from .console import Console, raise_on_signals
 
@@ -43,10 +43,10 @@ def _job_config(args: argparse.Namespace, eval_defaults: bool = False):
 
 
 def _run_with_progress(run, cfg, console: Console):
-    from .summary import process_started_at
+    from .. import LAUNCHED_AT
 
-    with console.progress(cfg.progress_every) as report:
-        return run(cfg, launched_at=process_started_at(), report=report)
+    with console.progress(cfg.progress_every, LAUNCHED_AT) as report:
+        return run(cfg, launched_at=LAUNCHED_AT, report=report)
 
 
 def _refuse_memory_output(cfg) -> None:
@@ -100,10 +100,13 @@ def cmd_models(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
-def _require_address(args) -> str:
-    if not args.address:
-        raise UsageError("--address is required (the cluster's job server, e.g. http://HEAD:8265)")
-    return args.address
+def _job_server(args, console: Console) -> str:
+    from .submit import job_server
+
+    address, source = job_server(args.address)
+    if source != "--address":
+        console.print(f"job server {address} ({source})", error=True)
+    return address
 
 
 def cmd_submit(args: argparse.Namespace, console: Console) -> int:
@@ -116,13 +119,18 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
         key, value = item.split("=", 1)
         metadata[key] = value
     sub = submit.Submission(
-        address=_require_address(args), label_args=tuple(args.label_args), submission_id=args.submission_id,
+        address=_job_server(args, console), label_args=tuple(args.label_args), submission_id=args.submission_id,
         working_dir=args.working_dir, pip=tuple(args.pip), entrypoint_num_cpus=args.entrypoint_num_cpus,
         entrypoint_num_gpus=args.entrypoint_num_gpus, metadata=metadata,
     )
     job_id = submit.submit(sub)
+    submit.remember_job_server(sub.address)
     console.print(f"submitted {job_id}")
     if not args.wait:
+        at = shlex.quote(sub.address)
+        for what, command in (("follow", f"jobs logs {job_id}"), ("status", f"jobs status {job_id}"),
+                              ("stop", f"jobs stop {job_id}"), ("list", "jobs list")):
+            console.print(f"  {what + ':':8}resnet-batch {command} --address {at}")
         return EXIT_OK
     final = submit.follow(sub.address, job_id, out=console.out)
     console.print(f"job {job_id} {final}")
@@ -132,7 +140,17 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
 def cmd_jobs(args: argparse.Namespace, console: Console) -> int:
     from . import submit
 
-    address = _require_address(args)
+    if args.action != "list" and not args.job_id:
+        raise UsageError(f"jobs {args.action} needs the job's ID (`resnet-batch jobs list` shows them)")
+    address = _job_server(args, console)
+    if args.action == "list":
+        rows = submit.list_jobs(address)
+        table = [("ID", "STATUS", "START", "PROGRESS", "OUTPUT")]
+        table += [(r["id"], r["status"], r["start"], r["progress"] or "-", r["output"] or "-") for r in rows]
+        widths = [max(len(row[i]) for row in table) for i in range(4)]
+        for row in table:
+            console.print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[4]]))
+        return EXIT_OK
     if args.action == "status":
         info = submit.status(address, args.job_id)
         progress = submit.last_progress_line(submit.logs(address, args.job_id))
@@ -205,6 +223,11 @@ def resume_command(argv: list[str]) -> str:
         if not argv[i].startswith("--mode="):
             args.append(argv[i])
         i += 1
+    from .submit import submitted_from
+
+    server = submitted_from()
+    if server:  # a job on a cluster is resumed there, as it was started
+        return shlex.join(["resnet-batch", "submit", "--address", server, "--", *args, "--mode", "resume"])
     return shlex.join(["resnet-batch", *args, "--mode", "resume"])
 
 
@@ -237,6 +260,14 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"stopped by {signal.Signals(stop.signum).name}: {done}; to finish: {resume_command(argv)}",
                       error=True)
         return EXIT_SIGNAL_BASE + stop.signum
+    except BrokenPipeError:  # `... | head` read what it wanted: no error, and nothing more to print
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except SaveFailed as failed:
+        traceback.print_exc()  # to the log file
+        console.failed(f"{type(failed.cause).__name__}: {failed}: the output holds the {failed.saved} rows saved "
+                       f"before it; once there is room: {resume_command(argv)}")
+        return EXIT_INCOMPLETE
     except Exception as exc:  # a bug or an environment failure: one line here, the traceback in the log
         traceback.print_exc()  # to the log file (or the terminal with -v)
         cause = root_cause(exc)

@@ -33,13 +33,13 @@ class LabelConfig:
     model: str = "resnet50"
     weights: str = "DEFAULT"
     preprocess: str | None = None  # torchvision weights whose transforms() a checkpoint uses
-    batch_size: int = 0  # 0 = automatic, per device: 256 on GPU; on CPU 32 (fp32) or 64 (bf16)
+    batch_size: int | None = None  # automatic, per device: 256 on GPU; on CPU 32 (fp32) or 64 (bf16)
     top_k: int = 5
     embeddings: bool = True  # False drops "pooled" from features (--no-embeddings)
     features: tuple[str, ...] = (POOLED,)  # pooled (the `embedding` column) and/or c2..c5; "a,b" in files
     spatial: str | None = None  # c4|c5: that stage's whole map per row
     crop: str = "center"  # "none": the whole image, shorter side resized, padded to a few shapes
-    resize: int = 0  # --crop none: shorter side in pixels; 0 = the weights' own resize
+    resize: int | None = None  # --crop none: shorter side in pixels; None: the weights' own resize
     labels: str | None = None  # class names for the weights' outputs: one a line, or JSON
     review_below: float | None = None  # needs_review = top-1 probability under this
     embedding_dtype: str = "float32"
@@ -49,9 +49,10 @@ class LabelConfig:
     address: str | None = None
     path_column: str = PATH
     rows_per_file: int = 10_000
-    num_workers: int = 0  # model actors; 0 = one per GPU, or one per CPU node
-    threads_per_worker: int = 0  # CPU actor: cores, one single-threaded forward each (0 = the node's); GPU: torch threads
-    io_threads: int = 0  # file-fetch threads per decode task; 0 = 1 local, 16 remote
+    # None below: automatic, as the plan derives it from the cluster and the inputs
+    num_workers: int | None = None  # model actors: one per GPU, or one per CPU node
+    threads_per_worker: int | None = None  # CPU actor: cores, one single-threaded forward each; GPU: torch threads
+    io_threads: int | None = None  # file-fetch threads per decode task: 1 local, 16 remote
     max_pixels: int = DEFAULT_MAX_PIXELS
     compile: bool = False
     decode: str = "auto"  # "gpu": JPEGs decoded in the model actor (nvJPEG); auto: gpu on GPU actors
@@ -74,14 +75,14 @@ class LabelConfig:
         checks.one_of("--precision", self.precision, PRECISIONS)
         checks.one_of("--mode", self.mode, MODES)
         checks.one_of("--decode", self.decode, DECODERS)
-        checks.whole_number("--batch-size", self.batch_size, minimum=0)
+        checks.whole_number_or_auto("--batch-size", self.batch_size)
         checks.whole_number("--top-k", self.top_k, minimum=0)
         if self.top_k > 1000:
             raise UsageError(f"--top-k must be at most 1000, got {self.top_k}")
         checks.whole_number("--rows-per-file", self.rows_per_file)
-        checks.whole_number("--num-workers", self.num_workers, minimum=0)
-        checks.whole_number("--threads-per-worker", self.threads_per_worker, minimum=0)
-        checks.whole_number("--io-threads", self.io_threads, minimum=0)
+        checks.whole_number_or_auto("--num-workers", self.num_workers)
+        checks.whole_number_or_auto("--threads-per-worker", self.threads_per_worker)
+        checks.whole_number_or_auto("--io-threads", self.io_threads)
         checks.whole_number("--max-pixels", self.max_pixels)
         checks.seconds("--checkpoint-every", self.checkpoint_every)
         checks.seconds("--progress-every", self.progress_every)
@@ -116,8 +117,7 @@ class LabelConfig:
         if self.spatial is not None:
             checks.one_of("--spatial", self.spatial, SPATIAL_STAGES)
         checks.one_of("--crop", self.crop, CROPS)
-        checks.whole_number("--resize", self.resize, minimum=0)
-        if self.resize and self.crop != "none":
+        if self.resize is not None and self.crop != "none":
             raise UsageError("--resize applies to --crop none; --crop center uses the weights' own resize and crop")
         self._check_resize_fits()
         if self.crop == "none" and self.decode == "gpu":
@@ -126,8 +126,9 @@ class LabelConfig:
     def _check_resize_fits(self) -> None:
         """--resize between the coarsest stride and the size whose largest output (resize x
         2 * resize, the longer side's cap) stays within --max-pixels."""
-        if not self.resize:
+        if self.resize is None:
             return
+        checks.whole_number("--resize", self.resize, minimum=0)
         largest = math.isqrt(self.max_pixels // 2)
         if not 32 <= self.resize <= largest:
             raise UsageError(f"--resize must be between 32 (the coarsest stride) and {largest} (images up to "

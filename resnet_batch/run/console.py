@@ -68,12 +68,12 @@ class Console:
         print(line, file=self.err if error else self.out, flush=True)
 
     @contextmanager
-    def progress(self, every_s: float):
+    def progress(self, every_s: float, launched: float):
         """A progress reporter for run_label: a bar in a terminal, log lines elsewhere."""
         from .progress import BarReporter, LogReporter
 
         if self.err.isatty():
-            reporter = BarReporter(self.err)
+            reporter = BarReporter(self.err, launched)
         else:
             reporter = LogReporter(every_s, emit=lambda line: self.print(f"{time.strftime('%H:%M:%S')} {line}", error=True))
         try:

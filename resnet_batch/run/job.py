@@ -22,7 +22,7 @@ from ..core.storage import is_local
 from ..data.input_plan import InputPlan, plan_inputs
 from ..data.sources import list_inputs
 from ..model.registry import check_weights_argument
-from ..output.writer import OutputDir
+from ..output.writer import FINISHED, OutputDir
 from ..review.evaluate import EvalReport, attach_labels, score
 from . import pipeline, ray_session
 from .bookkeeping import Books, check_output, count_here, count_on_ray, counts_here, load_done
@@ -86,12 +86,14 @@ def _label(cfg: LabelConfig, table: pa.Table | None, timeline: Timeline, report,
     weights = pool.submit(_resolve_weights, cfg)
     held = ExitStack()
     try:
+        report(Snapshot(0, 0, 0, True, 0, 0.0, phase="checking the output"))
         out = OutputDir(cfg.output)
         out.check(cfg.mode)
         held.enter_context(out.lease())  # one writer at a time, until the run has ended
         out.check(cfg.mode)  # again: another job may have written there before it let go
         if cfg.mode == "resume":
             out.set_aside_damaged()
+        report(Snapshot(0, 0, 0, True, 0, 0.0, phase="listing the inputs"))
         plan = _plan_inputs(cfg, table)
         if cfg.labels:
             weights.result()  # a --labels file that does not fit is refused before Ray starts
@@ -111,6 +113,12 @@ def _label(cfg: LabelConfig, table: pa.Table | None, timeline: Timeline, report,
         checking = time.time()
         check = check_output(out, books)
         timeline.check_s = time.time() - checking
+        misnamed = out.misnamed_parts() if check.duplicates else []
+        now = time.time()
+        out.record_run({**saver.run_info, FINISHED: {
+            "at": now, "launched": timeline.launched, "inputs": check.inputs, "rows": check.rows,
+            "processed": saver.stats.rows, "complete": not (check.missing or check.duplicates),
+            "phases": {k: round(v, 3) for k, v in timeline.phases(until=now).items()}}})
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         if started_ray:
@@ -121,7 +129,8 @@ def _label(cfg: LabelConfig, table: pa.Table | None, timeline: Timeline, report,
         log.warning("%d listed entries named an input listed before; each path is labeled once", check.repeated)
     return LabelSummary(weights=weights.result().weights, inputs=check.inputs, already_done=check.already_done,
                         processed=saver.stats.rows, rows_in_output=check.rows, errors=saver.stats.errors,
-                        timeline=timeline, missing=check.missing, duplicates=check.duplicates, hidden=check.hidden)
+                        timeline=timeline, missing=check.missing, duplicates=check.duplicates, hidden=check.hidden,
+                        misnamed=misnamed)
 
 
 def _saver(cfg: LabelConfig, out: OutputDir, weights: Future, plan: InputPlan) -> Saver:

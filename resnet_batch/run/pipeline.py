@@ -24,7 +24,7 @@ from ray.data import ActorPoolStrategy
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from ..core.errors import Interrupted
+from ..core.errors import Interrupted, SaveFailed, root_cause
 from ..data.decode import LowPriorityDecode, to_idle_priority
 from ..data.input_plan import InputPlan
 from ..model.actor import PredictorActor
@@ -130,6 +130,8 @@ def execute(plan: ExecutionPlan, inputs: InputPlan, books, saver: Saver, timelin
             raise Interrupted(signum, done[0], saver.saved) from None
         if isinstance(exc, ray.exceptions.RayActorError) and exc.actor_init_failed:
             raise counter.start_failure() or exc from None
+        if isinstance(root_cause(exc), OSError):  # the part files' writes: a full disk, a lost bucket
+            raise SaveFailed(root_cause(exc), saver.saved) from exc
         raise
     finally:
         timeline.actor_phases, timeline.decoding = counter.starts_and_decoding()
@@ -162,7 +164,7 @@ def _drive(blocks: queue.Queue, saver: Saver, counter: CounterClient, watch: Run
         watch.check()
     saver.record_what_ran(counter.actors())
     saver.finish()
-    report(watch.snapshot(done[0], saver.saved, walking=False))
+    report(watch.snapshot(done[0], saver.saved, walking=False, errors=sum(saver.stats.errors.values())))
 
 
 def _take_arrived(blocks: queue.Queue, saver: Saver) -> int:

@@ -119,6 +119,7 @@ def _cpu_precision(precision: str, cluster: Cluster) -> str:
 def _pool(cfg: LabelConfig, cluster: Cluster, on_gpu: bool) -> tuple[int, int, int]:
     """(actors, calls per actor, threads per call): one actor per GPU, or one per CPU node
     running one single-threaded call per core (`--threads-per-worker` cores)."""
+    _check_room(cfg, cluster, on_gpu)
     if on_gpu:
         return cfg.num_workers or cluster.gpus, CONCURRENT_CALLS_PER_GPU_ACTOR, cfg.threads_per_worker or GPU_ACTOR_THREADS
     cores = cfg.threads_per_worker or cluster.cpus_per_node
@@ -126,6 +127,17 @@ def _pool(cfg: LabelConfig, cluster: Cluster, on_gpu: bool) -> tuple[int, int, i
     if cfg.compile:  # a compiled forward is not thread-safe: one call on all the cores
         return actors, 1, cores
     return actors, cores, 1
+
+
+def _check_room(cfg: LabelConfig, cluster: Cluster, on_gpu: bool) -> None:
+    """--num-workers within what the cluster can place now: a GPU each, or a CPU each
+    (an actor that can never start would hold the job until --wait-for-resources)."""
+    if cfg.num_workers is None:
+        return
+    room, unit = (cluster.gpus, "GPU") if on_gpu else (max(1, cluster.cpu_nodes * cluster.cpus_per_node), "CPU")
+    if cfg.num_workers > room:
+        raise UsageError(f"--num-workers must be between 1 and {room} (one model actor per {unit}; the cluster "
+                         f"has {room} {unit}{'s' if room != 1 else ''} now), got {cfg.num_workers}")
 
 
 def decodes_on_device(cfg: LabelConfig, resolved, on_gpu: bool) -> bool:

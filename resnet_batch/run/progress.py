@@ -9,6 +9,7 @@ every few seconds elsewhere.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -30,11 +31,8 @@ class Snapshot:
     errors: int
     elapsed_s: float
     phase: str = "labeling"  # what the job is doing now, as a person would say it
-    steady_rate: float = 0.0  # images/s since the first batch (0 until there is one)
+    steady_rate: float = 0.0  # images/s of the steady phase (0 until it has lasted STEADY_AFTER_S)
 
-    @property
-    def rate(self) -> float:
-        return self.steady_rate or (self.done / self.elapsed_s if self.elapsed_s > 0 else 0.0)
 
 
 @dataclass(frozen=True)
@@ -167,7 +165,8 @@ class CounterClient:
 
 
 class LogReporter:
-    """One line every `every_s` seconds (for logs and pipes, where a bar would be noise).
+    """One line every `every_s` seconds (for logs and pipes, where a bar would be noise),
+    and one at each change of phase.
 
     Lines go to `emit` (default: this module's logger, at INFO)."""
 
@@ -176,39 +175,96 @@ class LogReporter:
         self.emit = emit or log.info
         self.last = time.monotonic()
         self.said_final = False
+        self.phase = ""
 
     def __call__(self, s: Snapshot) -> None:
-        final = not s.walking and s.total > 0 and s.done >= s.total  # always said, once
+        final = not s.walking and s.total > 0 and s.saved >= s.done >= s.total  # always said, once: all saved
         if final and self.said_final:
             return
-        if time.monotonic() - self.last < self.every_s and not final:
+        new_phase = s.phase != self.phase
+        if time.monotonic() - self.last < self.every_s and not final and not new_phase:
             return
-        self.last, self.said_final = time.monotonic(), final
+        self.last, self.said_final, self.phase = time.monotonic(), final, s.phase
         total = f"{s.total}+" if s.walking else str(s.total)  # + : directories are still being listed
         self.emit(f"{s.phase}: {s.done}/{total} images ({100 * s.done / max(s.total, 1):.1f}%), {s.saved} saved, "
-                  f"{s.errors} errors, {s.rate:.1f} images/s{_eta(s)}")
+                  f"{_errors(s.errors)}, {_rate(s)}{_eta(s)}")
 
     def close(self) -> None:
         pass
 
 
 class BarReporter:
-    """A tqdm bar for a person's terminal: done / total, images/s, errors so far, ETA."""
+    """A bar for a person's terminal, redrawn every second from the latest snapshot: the
+    phase in words, done / total, the clock from the process's launch (it runs whatever
+    the job is doing), and the rate and ETA of the steady phase (none until there is one)."""
 
-    def __init__(self, stream):
+    REDRAW_S = 1.0
+
+    def __init__(self, stream, launched: float):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=0, unit="img", file=stream, dynamic_ncols=True, smoothing=0.1,
-                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+        class Bar(tqdm):  # tqdm's bar and terminal handling; every figure after the bar is ours
+            counts = ""
+
+            @property
+            def format_dict(self):
+                return {**super().format_dict, "counts": self.counts}
+
+        self.launched = launched
+        self.bar = Bar(total=1, file=stream, dynamic_ncols=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| {counts}")
+        self.last = Snapshot(0, 0, 0, True, 0, 0.0, phase="starting")
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self._draw()
+        self.ticker = threading.Thread(target=self._tick, daemon=True, name="resnet-batch-bar")
+        self.ticker.start()
 
     def __call__(self, s: Snapshot) -> None:
-        self.bar.total = max(s.total, s.done)
-        self.bar.set_description(s.phase, refresh=False)
-        self.bar.set_postfix_str(f"{s.errors} errors, {s.saved} saved", refresh=False)
-        self.bar.update(s.done - self.bar.n)
+        self.last = s
+        self._draw()
+
+    def _tick(self) -> None:
+        while not self.stopped.wait(self.REDRAW_S):
+            self._draw()
+
+    def _draw(self) -> None:
+        with self.lock:
+            if self.stopped.is_set() and self.bar.disable:
+                return
+            s = self.last
+            self.bar.total, self.bar.n = max(s.total, s.done, 1), s.done
+            self.bar.set_description_str(s.phase, refresh=False)
+            self.bar.counts = bar_counts(s, time.time() - self.launched)
+            self.bar.refresh()
 
     def close(self) -> None:
-        self.bar.close()
+        self.stopped.set()
+        self.ticker.join(timeout=2)
+        self._draw()
+        with self.lock:
+            self.bar.close()
+
+
+def bar_counts(s: Snapshot, elapsed_s: float) -> str:
+    """The bar's text after it: "done/total [clock<ETA, rate] errors, saved"."""
+    total = f"{s.total}+" if s.walking else str(s.total)
+    eta = _clock((s.total - s.done) / s.steady_rate) if _eta(s) else "?"
+    rate = f"{s.steady_rate:.1f} img/s" if s.steady_rate else "? img/s"
+    return f"{s.done}/{total} [{_clock(elapsed_s)}<{eta}, {rate}] {_errors(s.errors)}, {s.saved} saved"
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def _errors(n: int) -> str:
+    return f"{n} error{'' if n == 1 else 's'}"
+
+
+def _rate(s: Snapshot) -> str:
+    return f"{s.steady_rate:.1f} images/s" if s.steady_rate else "rate not yet known"
 
 
 def _eta(s: Snapshot) -> str:
@@ -217,6 +273,7 @@ def _eta(s: Snapshot) -> str:
     return f", ETA {(s.total - s.done) / s.steady_rate:.0f}s"
 
 
+STEADY_AFTER_S = 5.0  # a rate over less time than this, after the first rows, says little
 STALL_S = 20.0  # no row through the model for this long: say what the job waits for
 RESOURCE_POLL_S = 5.0
 
@@ -243,7 +300,8 @@ class RunWatch:
         self.waiting_since = 0.0
         self._resources_at = 0.0
 
-    def snapshot(self, received: int, saved: int, walking: bool | None = None) -> Snapshot:
+    def snapshot(self, received: int, saved: int, walking: bool | None = None, errors: int | None = None) -> Snapshot:
+        """`errors`: the exact count, once the saver has it (the counter's may miss the last batches')."""
         counts = self.counter.poll(wait=walking is False)  # the last one: exact
         now = time.monotonic()
         walking = counts.walks_done < self.walks if walking is None else walking
@@ -255,9 +313,12 @@ class RunWatch:
             self.last_done, self.last_change = done, now
             if not self.first_at:
                 self.first_at, self.first_done = now, done
-        steady = (done - self.first_done) / (now - self.first_at) if self.first_at and now - self.first_at >= 1 else 0.0
+        # From the first rows on, not counting them: they arrive in one lump after the start-up.
+        lasted = now - self.first_at if self.first_at else 0.0
+        steady = (done - self.first_done) / lasted if lasted >= STEADY_AFTER_S and done > self.first_done else 0.0
         self._update_waiting(counts, now)
-        return Snapshot(done=done, saved=saved, total=total, walking=walking, errors=counts.errors,
+        return Snapshot(done=done, saved=saved, total=total, walking=walking,
+                        errors=counts.errors if errors is None else errors,
                         elapsed_s=now - self.started, phase=self._phase(counts, done, walking), steady_rate=steady)
 
     def _phase(self, counts: Counts, done: int, walking: bool) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -21,6 +22,8 @@ from .plan import Cluster
 MONITOR_PROCESS = "monitor"
 
 
+# Below this, a local Ray's session files and logs may not fit (its start then times out).
+RAY_TEMP_FREE_BYTES = 256 * 2**20
 JOIN_TIMEOUT_S = 15.0  # a cluster that does not answer within this is reported, not waited on
 
 
@@ -38,6 +41,7 @@ def join_or_start(address: str | None) -> bool:
         return False
     target = address or os.environ.get("RAY_ADDRESS") or None
     if target:
+        _check_not_a_job_server(target)
         _check_reachable(target)
     started = False
     with _signals_deferred() as caught, _without_rays_sigterm_handler(), _entrypoint_as_text():
@@ -50,11 +54,11 @@ def join_or_start(address: str | None) -> bool:
                 # Without the dashboard: on a small machine its processes cost ~2 s of start-up.
                 ray.init(address="local", logging_level=logging.WARNING, include_dashboard=False)
                 started = True
-        except (ConnectionError, RuntimeError, TimeoutError) as exc:
+        except Exception as exc:
             if ray.is_initialized():
                 ray.shutdown()
-            raise UsageError(f"cannot join the Ray cluster at {target or 'a new local Ray'}: "
-                             f"{type(exc).__name__}: {one_line(exc)}") from None
+            raise UsageError(f"cannot {'join the Ray cluster at ' + target if target else 'start a local Ray'}: "
+                             f"{type(exc).__name__}: {one_line(exc)}{_why_not_started(target)}") from None
         finally:
             if caught:  # stopped before Ray has finished starting: stop what it started
                 _stop_now(started)
@@ -144,12 +148,41 @@ def _check_reachable(address: str) -> None:
             time.sleep(0.5)
 
 
-def _current_cluster() -> str:
-    """The address `auto` stands for: the last cluster `ray start` recorded on this machine."""
+def _check_not_a_job_server(address: str) -> None:
+    if address.startswith(("http://", "https://")):
+        raise UsageError(f"--address {address} is a job server (for `resnet-batch submit` and `jobs`); a job run "
+                         "here joins a cluster at HOST:6379, auto or ray://HOST:10001, or submits to that server: "
+                         "resnet-batch submit --address URL -- label ...")
+
+
+def _why_not_started(target: str | None) -> str:
+    """What the usual causes of a failed start or join point at, where they apply here."""
+    if target and os.environ.get("RAY_AUTH_MODE") != "token":
+        return ("; if the cluster requires a token (RAY_AUTH_MODE=token on its nodes), set RAY_AUTH_MODE=token and "
+                "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) here too")
+    if not target:
+        root = ray_temp_root()
+        try:
+            free = shutil.disk_usage(root).free
+        except OSError:
+            return ""
+        if free < RAY_TEMP_FREE_BYTES:
+            return (f"; Ray's temporary folder {root} has {free // 2**20} MiB free: make room there, or point "
+                    "RAY_TMPDIR at a disk that has it")
+    return ""
+
+
+def ray_temp_root() -> str:
+    """Where a local Ray keeps its sessions: RAY_TMPDIR's, else the system temporary folder's `ray`."""
     import tempfile
 
+    return os.path.join(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir(), "ray")
+
+
+def _current_cluster() -> str:
+    """The address `auto` stands for: the last cluster `ray start` recorded on this machine."""
     try:
-        with open(os.path.join(tempfile.gettempdir(), "ray", "ray_current_cluster")) as f:
+        with open(os.path.join(ray_temp_root(), "ray_current_cluster")) as f:
             return f.read().strip()
     except OSError:
         raise UsageError("--address auto: no Ray cluster was started on this machine (ray start --head)") from None

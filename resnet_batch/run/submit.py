@@ -13,6 +13,7 @@ import re
 import shlex
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,51 @@ def _client(address: str):
             reason += " (Ray 2.60 heads require token authentication: export RAY_AUTH_MODE=token, with the " \
                       "cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN)"
         raise UsageError(f"cannot reach the Ray job server at {address}: {reason}") from None
+
+
+def job_server(given: str | None) -> tuple[str, str]:
+    """(the job server's address, where it came from): --address, else $RAY_ADDRESS (or
+    $RAY_API_SERVER_ADDRESS), else the one the last `submit` by this user used."""
+    if given:
+        return given, "--address"
+    for variable in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
+        if os.environ.get(variable):
+            return os.environ[variable], f"${variable}"
+    try:
+        remembered = _remembered_path().read_text().strip()
+    except OSError:
+        remembered = ""
+    if remembered:
+        return remembered, "the last submit's"
+    raise UsageError("--address is required (the cluster's job server, e.g. http://HEAD:8265); RAY_ADDRESS is "
+                     "not set and no job was submitted from here yet")
+
+
+def submitted_from() -> str | None:
+    """In a job `submit` sent: the job server it was sent to (None elsewhere); Ray hands
+    the job its metadata in RAY_JOB_CONFIG_JSON_ENV_VAR."""
+    import json
+
+    try:
+        metadata = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "")).get("metadata") or {}
+    except (ValueError, AttributeError):
+        return None
+    return metadata.get("job_server") if metadata.get("tool") == "resnet-batch" else None
+
+
+def remember_job_server(address: str) -> None:
+    """Kept per user, for the `jobs` commands that follow a submit."""
+    path = _remembered_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(address + "\n")
+    except OSError:
+        pass  # a convenience: without it, `jobs` asks for --address
+
+
+def _remembered_path() -> Path:
+    config = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(config) / "resnet-batch" / "job-server"
 
 
 STOP_WAIT_S = 45  # seconds `jobs stop` waits from SIGTERM to SIGKILL: room for the job's save on stop (30 s)
@@ -86,7 +132,7 @@ def submit(sub: Submission) -> str:
                 runtime_env=sub.runtime_env(),
                 entrypoint_num_cpus=sub.entrypoint_num_cpus,
                 entrypoint_num_gpus=sub.entrypoint_num_gpus,
-                metadata={"tool": "resnet-batch", "version": __version__, **sub.metadata},
+                metadata={"tool": "resnet-batch", "version": __version__, "job_server": sub.address, **sub.metadata},
             )
         except RuntimeError as exc:
             if "No available agent" not in str(exc) or time.monotonic() > deadline:
@@ -107,18 +153,64 @@ def follow(address: str, job_id: str, out=sys.stdout) -> str:
     return client.get_job_status(job_id).value
 
 
+@contextmanager
+def _known_job(address: str, job_id: str):
+    """An unknown id is one line (Ray's client raises its HTTP error with the body)."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "404" in str(exc) or "does not exist" in str(exc):
+            raise UsageError(f"no job {job_id} on {address}; `resnet-batch jobs list --address {address}` "
+                             "lists its jobs") from None
+        raise
+
+
 def status(address: str, job_id: str) -> dict:
-    info = _client(address).get_job_info(job_id)
+    with _known_job(address, job_id):
+        info = _client(address).get_job_info(job_id)
     return {"submission_id": job_id, "status": str(info.status.value), "message": info.message,
             "entrypoint": info.entrypoint, "metadata": info.metadata}
 
 
 def logs(address: str, job_id: str) -> str:
-    return _client(address).get_job_logs(job_id)
+    with _known_job(address, job_id):
+        return _client(address).get_job_logs(job_id)
 
 
 def stop(address: str, job_id: str) -> bool:
-    return _client(address).stop_job(job_id)
+    with _known_job(address, job_id):
+        return _client(address).stop_job(job_id)
+
+
+def list_jobs(address: str) -> list[dict]:
+    """The jobs submitted to the cluster (not the drivers that joined it), oldest first:
+    id, status, start, progress (their latest progress line) and output."""
+    client = _client(address)
+    jobs = [job for job in client.list_jobs() if job.submission_id]
+    rows = []
+    for job in sorted(jobs, key=lambda j: j.start_time or 0):
+        try:
+            progress = last_progress_line(client.get_job_logs(job.submission_id)) or ""
+        except RuntimeError:
+            progress = ""
+        rows.append({"id": job.submission_id, "status": str(job.status.value),
+                     "start": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((job.start_time or 0) / 1000)),
+                     "progress": progress, "output": output_of(job.entrypoint or "")})
+    return rows
+
+
+def output_of(entrypoint: str) -> str:
+    """The --output of a label job's command line ("" where it has none)."""
+    try:
+        words = shlex.split(entrypoint)
+    except ValueError:
+        return ""
+    for i, word in enumerate(words):
+        if word in ("--output", "-o") and i + 1 < len(words):
+            return words[i + 1]
+        if word.startswith("--output="):
+            return word.split("=", 1)[1]
+    return ""
 
 
 PROGRESS_LINE = re.compile(r"^\d\d:\d\d:\d\d (.+: \d+/\d+\+? images.*)$")

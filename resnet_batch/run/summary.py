@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 from ..model.phases import describe
-
-
-def process_started_at() -> float:
-    """Wall-clock time this process was launched (from /proc), so imports count as start-up."""
-    try:
-        with open("/proc/self/stat") as f:
-            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return time.time()
 
 
 @dataclass
@@ -36,16 +22,18 @@ class Timeline:
     actor_phases: list = field(default_factory=list)  # each model actor's start (model/phases.py)
     decoding: dict = field(default_factory=dict)  # how decoding was shared (run/decode_share.py)
 
-    def phases(self) -> dict[str, float]:
-        """Seconds of start-up, first batch, steady and shutdown; they add up to the wall time."""
-        executing = self.executing or self.ended
+    def phases(self, until: float = 0.0) -> dict[str, float]:
+        """Seconds of start-up, first batch, steady and shutdown; they add up to the wall
+        time (to `until`, before the run has ended)."""
+        ended = until or self.ended
+        executing = self.executing or ended
         first = self.first_batch or executing
         last = self.last_batch or first
         return {
             "start-up": executing - self.launched,
             "first batch": first - executing,
             "steady": last - first,
-            "shutdown": self.ended - last,
+            "shutdown": ended - last,
         }
 
     @property
@@ -65,6 +53,7 @@ class LabelSummary:
     missing: int = 0
     duplicates: int = 0
     hidden: int = 0  # hidden entries the directory walks left out (not inputs)
+    misnamed: list = field(default_factory=list)  # part files not named as the writer names them (copies?)
 
     @property
     def steady_images_per_s(self) -> float:
@@ -96,10 +85,20 @@ class LabelSummary:
             f"{phases['first batch']:.1f}s + steady {phases['steady']:.1f}s{steady} + shutdown "
             f"{phases['shutdown']:.1f}s (final check {self.timeline.check_s:.1f}s); "
             f"{self.images_per_s:.1f} images/s overall",
+            f"where the time went: {time_bar(phases)}",
             *self._start_and_decoding(),
-            "complete: every input has exactly one row" if self.complete else
-            f"INCOMPLETE: {self.missing} inputs without a row, {self.duplicates} duplicate rows",
+            self._verdict(),
         ]
+
+    def _verdict(self) -> str:
+        if not self.complete:
+            copies = (f" (part files not named as resnet-batch names them, copies of others perhaps: "
+                      f"{', '.join(self.misnamed[:5])}; move them out of the output)") if self.misnamed else ""
+            return f"INCOMPLETE: {self.missing} inputs without a row, {self.duplicates} duplicate rows{copies}"
+        if self.inputs == 0:
+            return ("WARNING: no inputs: nothing the INPUTs name is an image, a .tar shard or a manifest "
+                    "(see `resnet-batch label --help` for what is read); nothing was labeled")
+        return "complete: every input has exactly one row"
 
     def _start_and_decoding(self) -> list[str]:
         """The first model actor's start, phase by phase, and the CPU decode share where the
@@ -115,3 +114,15 @@ class LabelSummary:
                          f"forward {d['forward_ms']} ms and device decode {d['device_decode_ms']} ms on the model's "
                          f"device, CPU decode {d['cpu_decode_ms']} ms on one of {d['cores']} cores per model actor)")
         return lines
+
+
+PHASE_MARKS = {"start-up": ".", "first batch": "-", "steady": "#", "shutdown": "~"}
+
+
+def time_bar(phases: dict[str, float], width: int = 40) -> str:
+    """The wall time as a bar, a mark per phase, each as wide as its share:
+    `[....------##########~] . start-up - first batch # steady ~ shutdown`."""
+    total = sum(max(v, 0.0) for v in phases.values()) or 1.0
+    cells = "".join(PHASE_MARKS[name] * round(width * max(seconds, 0.0) / total) for name, seconds in phases.items())
+    legend = " ".join(f"{mark} {name}" for name, mark in PHASE_MARKS.items())
+    return f"[{cells}] {legend}"

@@ -1,0 +1,73 @@
+"""The command line's parser and help, in-process: global flags anywhere, a version, and
+every subcommand's help with a description, an example and each default."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from resnet_batch import __version__
+from resnet_batch.run.arguments import build_parser
+from resnet_batch.run.cli import resume_command
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+@pytest.mark.parametrize("argv", [["-v", "models"], ["models", "-v"], ["models", "--verbose"]])
+def test_verbose_works_before_and_after_the_subcommand(argv):
+    assert build_parser().parse_args(argv).verbose is True
+
+
+def test_verbose_is_off_unless_given():
+    assert build_parser().parse_args(["models"]).verbose is False
+    assert build_parser().parse_args(["label", "x", "-o", "y"]).verbose is False
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"resnet-batch {__version__}"
+
+
+@pytest.mark.parametrize("name", sorted(subcommands(build_parser())))
+def test_every_subcommand_has_a_description_an_example_and_its_defaults(name):
+    command = subcommands(build_parser())[name]
+    text = command.format_help()
+    assert command.description and len(command.description) > 80, "a paragraph on what it does"
+    assert f"example:\n  resnet-batch {name}" in text
+    for action in command._actions:
+        if action.option_strings and action.help not in (None, argparse.SUPPRESS) and "--help" not in \
+                action.option_strings and "--verbose" not in action.option_strings:
+            says = action.help.lower()
+            assert "default" in says or "required" in says or action.required, \
+                f"{name} {action.option_strings[0]}: no default in its help"
+
+
+def test_submit_usage_shows_the_label_command():
+    assert "-- label INPUT" in subcommands(build_parser())["submit"].format_usage()
+
+
+def test_a_stopped_cluster_job_is_resumed_where_it_ran(monkeypatch):
+    argv = ["label", "s3://b/in", "--output", "s3://b/out", "--mode", "error"]
+    assert resume_command(argv) == "resnet-batch label s3://b/in --output s3://b/out --mode resume"
+    job = {"metadata": {"tool": "resnet-batch", "job_server": "http://head:8265"}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
+    assert resume_command(argv) == ("resnet-batch submit --address http://head:8265 -- "
+                                    "label s3://b/in --output s3://b/out --mode resume")
+
+
+def test_the_readmes_options_table_is_the_parsers():
+    from pathlib import Path
+
+    from resnet_batch.run.arguments import options_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("(resnet_batch/run/arguments.py options_markdown) -->\n", 1)[1].split("\n<!-- end", 1)[0]
+    assert table == options_markdown(), ("the README's label options differ from `label --help`: paste "
+                                         "python -c 'from resnet_batch.run.arguments import options_markdown as m; "
+                                         "print(m())'")
