@@ -464,11 +464,14 @@ def test_readers_say_when_an_output_is_not_a_finished_runs(tmp_path):
     run is still going, died, or was stopped is said to be partial; a path that does not
     exist says so; INPUTs without an image end with a warning, not "complete"."""
     write_jpegs(tmp_path / "in", 4, seed=9)
+    (tmp_path / "in" / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     out = tmp_path / "out"
     label = ["label", str(tmp_path / "in"), "--output", str(out), *JOB]
     assert cli(*label).returncode == 0
     record = json.loads((out / "_resnet_batch.json").read_text())
-    assert record["finished"]["complete"] is True and record["finished"]["inputs"] == 4
+    assert record["finished"]["complete"] is True and record["finished"]["inputs"] == 5
+    again = cli(*label, "--mode", "resume")  # nothing left: the errors are those of the rows done before
+    assert "errors: none in this run; decode_error 1 among the 5 rows done before" in again.stdout, again.stdout
 
     def report_warnings() -> str:
         result = cli("report", str(out), "--html", str(tmp_path / "r.html"))
@@ -476,11 +479,13 @@ def test_readers_say_when_an_output_is_not_a_finished_runs(tmp_path):
         return "\n".join(line for line in result.stderr.splitlines() if "WARNING" in line)
 
     assert report_warnings() == "", "a finished run's output reads without a warning"
+    one_line_error(cli("export", str(out), "--format", "label-studio", "--output", str(tmp_path / "t.json"),
+                       "--rows", "review"), "--rows review needs a needs_review column")
     part = next(out.glob("part-*.parquet"))
     copy = out / f"{part.stem} (1).parquet"
     copy.write_bytes(part.read_bytes())
     resumed = cli(*label, "--mode", "resume")
-    assert resumed.returncode == 1 and "INCOMPLETE: 0 inputs without a row, 4 duplicate rows" in resumed.stdout
+    assert resumed.returncode == 1 and "INCOMPLETE: 0 inputs without a row, 5 duplicate rows" in resumed.stdout
     assert copy.name in resumed.stdout and "move them out of the output" in resumed.stdout
     assert copy.name in report_warnings()
     copy.unlink()

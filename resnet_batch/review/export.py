@@ -43,12 +43,18 @@ ROWS = ("all", "review")
 COLUMNS = [PATH, TOPK_LABELS, TOPK_PROBS, MARGIN, ENTROPY, NEEDS_REVIEW, ERROR]
 
 
-def _rows(output: str, rows: str, progress) -> Iterator[dict]:
+def _open(output: str, rows: str):
+    """The output's dataset and run description, refused here (before any other word) if
+    it cannot give the rows asked for."""
     dataset, run = open_output(output)
     if TOPK_LABELS not in dataset.schema.names:
         raise UsageError(f"{output} has no labels (written with --top-k 0): nothing to export")
     if rows == "review" and NEEDS_REVIEW not in dataset.schema.names:
         raise UsageError("--rows review needs a needs_review column: label with --review-below P")
+    return dataset, run
+
+
+def _rows(dataset, rows: str, progress) -> Iterator[dict]:
     for batch in batches(dataset, COLUMNS, progress):
         keep = pc.is_null(batch.column(ERROR))
         if rows == "review":
@@ -118,15 +124,19 @@ def config_path(target: str) -> str:
     return os.path.splitext(target)[0] + ".label-config.xml"
 
 
-def export_label_studio(output: str, target: str, rows: str = "all", local_root: str = "/",
+def export_label_studio(output: str, target: str, rows: str = "all", local_root: str | None = None,
                         progress: Callable | None = None) -> int:
-    _, run = open_output(output)
+    dataset, run = _open(output, rows)
+    if local_root is None:
+        local_root = "/"
+        log.warning("local images are referenced relative to / (?d=home/...): pass --local-files-root "
+                    "with Label Studio's LOCAL_FILES_DOCUMENT_ROOT if it is another folder")
     model_version = f"{run.get('model', '?')} {run.get('weights', '?')}"
     count, classes = 0, set()
     with replaced_atomically(target, config_path(target)) as (tmp, tmp_config):
         with open(tmp, "w", encoding="utf-8") as f:
             f.write("[")
-            for row in _rows(output, rows, progress):
+            for row in _rows(dataset, rows, progress):
                 f.write(",\n" if count else "\n")
                 json.dump(label_studio_task(row, model_version, local_root), f, ensure_ascii=False)
                 classes.update(row[TOPK_LABELS])
@@ -169,10 +179,11 @@ def export_imagefolder(output: str, target: str, rows: str = "all", copy: bool =
                        progress: Callable | None = None) -> int:
     if os.path.exists(target):
         raise UsageError(f"--output {target} already exists; choose a new folder")
+    dataset, _ = _open(output, rows)
     count = 0
     shards = _ShardIndex()
     with replaced_atomically(target, directory=True) as (tmp,):
-        for row in _rows(output, rows, progress):
+        for row in _rows(dataset, rows, progress):
             folder = os.path.join(tmp, safe_name(row[TOPK_LABELS][0]))
             os.makedirs(folder, exist_ok=True)
             dest = os.path.join(folder, _file_name(row[PATH]))
@@ -227,12 +238,13 @@ CSV_HEADER = [PATH, "label", "prob", TOPK_LABELS, TOPK_PROBS, MARGIN, ENTROPY, N
 
 
 def export_csv(output: str, target: str, rows: str = "all", progress: Callable | None = None) -> int:
+    dataset, _ = _open(output, rows)
     count = 0
     with replaced_atomically(target) as (tmp,):
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(CSV_HEADER)
-            for row in _rows(output, rows, progress):
+            for row in _rows(dataset, rows, progress):
                 writer.writerow([
                     _cell(row[PATH]), _cell(row[TOPK_LABELS][0]), f"{row[TOPK_PROBS][0]:.6f}",
                     _cell("|".join(row[TOPK_LABELS])),
@@ -253,10 +265,6 @@ def export(output: str, fmt: str, target: str, rows: str = "all", copy: bool = F
     check_tool_target(target, "--output", folder=fmt == "imagefolder")
     if fmt == "label-studio":
         check_tool_target(config_path(target), "--output", folder=False)
-        if local_root is None:
-            local_root = "/"
-            log.warning("local images are referenced relative to / (?d=home/...): pass --local-files-root "
-                        "with Label Studio's LOCAL_FILES_DOCUMENT_ROOT if it is another folder")
         return export_label_studio(output, target, rows, local_root, progress)
     if fmt == "imagefolder":
         return export_imagefolder(output, target, rows, copy, progress)

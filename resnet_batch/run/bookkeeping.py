@@ -14,6 +14,7 @@ then ends without Ray at all.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from ..core.columns import PATH
+from ..core.columns import ERROR, PATH
 from ..core.ledger import Ledger, bucket_of
 from ..core.pathset import path_hashes
 from ..core.storage import is_local
@@ -68,6 +69,7 @@ class Books:
     buckets: tuple
     local: bool = False
     loaded: frozenset = field(default_factory=frozenset)  # part files whose rows were loaded as done
+    errors_loaded: Counter = field(default_factory=Counter)  # their error rows, by category
 
     @classmethod
     def in_process(cls) -> "Books":
@@ -80,7 +82,7 @@ class Books:
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         actor = _BucketActor.options(scheduling_strategy=here)
         if start is not None:
-            return cls((actor.remote(start.buckets[0]),), loaded=start.loaded)
+            return cls((actor.remote(start.buckets[0]),), loaded=start.loaded, errors_loaded=start.errors_loaded)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         n = buckets or max(1, min(MAX_BUCKETS, cpus // CPUS_PER_BUCKET))
         return cls(tuple(actor.remote() for _ in range(n)))
@@ -127,34 +129,37 @@ class Books:
             ray.get(list(results))
 
 
-def _hash_parts(out: OutputDir, parts: list[str], books: Books, done: bool) -> int:
-    """Read the `path` column of `parts`, hand each bucket its hashes; the rows read."""
-    rows = 0
+def _hash_parts(out: OutputDir, parts: list[str], books: Books, done: bool) -> tuple[int, Counter]:
+    """Read the `path` and `error` columns of `parts`, hand each bucket its hashes; the rows
+    read, and their errors by category."""
+    rows, errors = 0, Counter()
     for part in parts:
         with out.fs.open(part, "rb") as f:
-            paths = pq.read_table(f, columns=[PATH]).column(PATH).to_pylist()
-        books.add(path_hashes(paths), done)
-        rows += len(paths)
-    return rows
+            table = pq.read_table(f, columns=[PATH, ERROR])
+        books.add(path_hashes(table.column(PATH).to_pylist()), done)
+        errors.update(e.split(":", 1)[0] for e in table.column(ERROR).drop_null().to_pylist())
+        rows += table.num_rows
+    return rows, errors
 
 
 _hash_parts_task = ray.remote(num_cpus=1, max_retries=3)(_hash_parts)
 
 
-def read_back(out: OutputDir, parts: list[str], books: Books, done: bool) -> int:
+def read_back(out: OutputDir, parts: list[str], books: Books, done: bool) -> Counter:
     """The rows of `parts` into the books (as done before this run, or as written by it):
     in this process for local books (and memory://, which lives here), else in tasks of
-    PARTS_PER_TASK files."""
+    PARTS_PER_TASK files. Their error rows, by category."""
     if books.local or out.driver_only:
-        return _hash_parts(out, parts, books, done)
+        return _hash_parts(out, parts, books, done)[1]
     groups = [parts[i:i + PARTS_PER_TASK] for i in range(0, len(parts), PARTS_PER_TASK)]
-    return sum(ray.get([_hash_parts_task.remote(out, g, books, done) for g in groups]))
+    return sum((errors for _, errors in ray.get([_hash_parts_task.remote(out, g, books, done) for g in groups])),
+               Counter())
 
 
 def load_done(out: OutputDir, books: Books) -> Books:
     """The rows the output holds before the run, as done (for --mode resume)."""
     parts = out.part_files()
-    read_back(out, parts, books, done=True)
+    books.errors_loaded = read_back(out, parts, books, done=True)
     books.seal_done()
     books.loaded = frozenset(parts)
     return books

@@ -130,7 +130,7 @@ def _label(cfg: LabelConfig, table: pa.Table | None, timeline: Timeline, report,
     return LabelSummary(weights=weights.result().weights, inputs=check.inputs, already_done=check.already_done,
                         processed=saver.stats.rows, rows_in_output=check.rows, errors=saver.stats.errors,
                         timeline=timeline, missing=check.missing, duplicates=check.duplicates, hidden=check.hidden,
-                        misnamed=misnamed)
+                        misnamed=misnamed, errors_before=books.errors_loaded)
 
 
 def _saver(cfg: LabelConfig, out: OutputDir, weights: Future, plan: InputPlan) -> Saver:

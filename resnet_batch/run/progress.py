@@ -165,8 +165,7 @@ class CounterClient:
 
 
 class LogReporter:
-    """One line every `every_s` seconds (for logs and pipes, where a bar would be noise),
-    and one at each change of phase.
+    """One line every `every_s` seconds (for logs and pipes, where a bar would be noise).
 
     Lines go to `emit` (default: this module's logger, at INFO)."""
 
@@ -175,16 +174,14 @@ class LogReporter:
         self.emit = emit or log.info
         self.last = time.monotonic()
         self.said_final = False
-        self.phase = ""
 
     def __call__(self, s: Snapshot) -> None:
         final = not s.walking and s.total > 0 and s.saved >= s.done >= s.total  # always said, once: all saved
         if final and self.said_final:
             return
-        new_phase = s.phase != self.phase
-        if time.monotonic() - self.last < self.every_s and not final and not new_phase:
+        if time.monotonic() - self.last < self.every_s and not final:
             return
-        self.last, self.said_final, self.phase = time.monotonic(), final, s.phase
+        self.last, self.said_final = time.monotonic(), final
         total = f"{s.total}+" if s.walking else str(s.total)  # + : directories are still being listed
         self.emit(f"{s.phase}: {s.done}/{total} images ({100 * s.done / max(s.total, 1):.1f}%), {s.saved} saved, "
                   f"{_errors(s.errors)}, {_rate(s)}{_eta(s)}")

@@ -54,6 +54,7 @@ class LabelSummary:
     duplicates: int = 0
     hidden: int = 0  # hidden entries the directory walks left out (not inputs)
     misnamed: list = field(default_factory=list)  # part files not named as the writer names them (copies?)
+    errors_before: Counter = field(default_factory=Counter)  # error rows among those done before (resume)
 
     @property
     def steady_images_per_s(self) -> float:
@@ -71,7 +72,9 @@ class LabelSummary:
         return self.missing == 0 and self.duplicates == 0 and self.rows_in_output >= self.inputs
 
     def lines(self) -> list[str]:
-        errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())) or "none"
+        errors = _by_category(self.errors)
+        if self.already_done:
+            errors += f" in this run; {_by_category(self.errors_before)} among the {self.already_done} rows done before"
         phases = self.timeline.phases()
         steady = f" ({self.steady_images_per_s:.1f} images/s)" if self.steady_images_per_s else ""
         skipped = [f"not inputs: {self.hidden} hidden entries (names starting with '.') in the walked folders; "
@@ -126,3 +129,7 @@ def time_bar(phases: dict[str, float], width: int = 40) -> str:
     cells = "".join(PHASE_MARKS[name] * round(width * max(seconds, 0.0) / total) for name, seconds in phases.items())
     legend = " ".join(f"{mark} {name}" for name, mark in PHASE_MARKS.items())
     return f"[{cells}] {legend}"
+
+
+def _by_category(errors: Counter) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(errors.items())) or "none"
