@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from resnet_batch import neighbors  # noqa: E402
+from resnet_batch.review import neighbors  # noqa: E402
 
 
 def vectors(rows: int, dim: int, clusters: int, noise: float, seed: int) -> np.ndarray:

@@ -12,7 +12,3 @@ __version__ = "0.1.0"
 # first thing `resnet-batch` imports (a shell's time before it, e.g. `sleep 20; resnet-batch
 # ...`, is not the job's).
 LAUNCHED_AT = time.time()
-
-from . import _moved  # noqa: E402  (after __version__, which the layers import)
-
-_moved.install(__name__)

@@ -1,4 +1,4 @@
-"""Shared fixtures: one module-scoped local Ray, generated images, saved checkpoints."""
+"""Shared fixtures: one local Ray for the whole session, generated images, saved checkpoints."""
 
 from __future__ import annotations
 
@@ -145,3 +145,16 @@ def resnet18_ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def resnet50_ckpt(tmp_path_factory) -> Path:
     return save_random_checkpoint("resnet50", tmp_path_factory.mktemp("ckpt") / "resnet50.pth", seed=1)
+
+
+# Test modules that run `resnet-batch` in processes of their own (each starting a Ray) or
+# start clusters: the end-to-end tier. The rest, in this process with one shared local Ray,
+# is the fast tier a developer runs after every change: pytest -m "not e2e".
+END_TO_END = {"test_cli", "test_hostile", "test_interrupt", "test_local_cluster", "test_multinode", "test_progress",
+              "test_resume_kill", "test_submit", "test_gpu_check", "test_allocator"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in END_TO_END or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.e2e)

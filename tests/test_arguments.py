@@ -8,9 +8,8 @@ import json
 
 import pytest
 
-from resnet_batch import __version__
-from resnet_batch.run.arguments import build_parser
-from resnet_batch.run.cli import resume_command
+import resnet_batch
+from resnet_batch.run.arguments import build_parser, resume_command
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -31,7 +30,7 @@ def test_verbose_is_off_unless_given():
 def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(["--version"])
-    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"resnet-batch {__version__}"
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"resnet-batch {resnet_batch.__version__}"
 
 
 @pytest.mark.parametrize("name", sorted(subcommands(build_parser())))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import io
 import subprocess
 import sys
@@ -129,25 +130,19 @@ def test_column_names_are_spelled_only_in_the_column_table():
     assert not spelled, spelled
 
 
-def test_the_flat_import_paths_still_work_for_one_release():
-    code = """
-import warnings
-warnings.simplefilter("always")
-with warnings.catch_warnings(record=True) as caught:
-    import resnet_batch.pipeline as old
-    from resnet_batch import features
-    from resnet_batch.schema import output_schema
-import resnet_batch.run.job as new, resnet_batch.output.features as new_features, resnet_batch.core.columns as columns
-assert old is new and features is new_features and output_schema is columns.output_schema
-moved = sorted(str(w.message).split(" is now ")[0] for w in caught if w.category is DeprecationWarning)
-assert moved == ["resnet_batch.features", "resnet_batch.pipeline", "resnet_batch.schema"], moved
-"""
+def test_no_shims_one_import_path_per_module():
+    """No module stands in for another (a package __getattr__, an import hook): each name
+    has one home."""
+    code = "import sys; before = list(sys.meta_path); import resnet_batch; assert sys.meta_path == before"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    old_cli = subprocess.run([sys.executable, "-W", "always", "-m", "resnet_batch.cli", "models"],
-                             capture_output=True, text=True, timeout=120)
-    assert old_cli.returncode == 0 and "resnet50" in old_cli.stdout, old_cli.stderr
-    assert "resnet_batch.cli is now resnet_batch.run.cli" in old_cli.stderr
+    assert result.returncode == 0, "importing the package installs no import hook: " + result.stderr
+    for name, path in MODULES.items():
+        tree = ast.parse(path.read_text())
+        lazy = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "__getattr__"]
+        assert not lazy, f"{name} resolves names lazily (a shim)"
+    for old in ("pipeline", "features", "schema", "cli", "check", "columns"):
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(f"resnet_batch.{old}")
 
 
 @pytest.mark.parametrize("column", ["margin", "entropy", "needs_review", "c3", "spatial_c5", "scale", "valid", "image"])
@@ -159,3 +154,20 @@ def test_a_manifest_column_named_like_an_output_column_is_refused(tmp_path, colu
     manifest.write_text(f"path,{column}\n/x/a.jpg,1\n")
     with pytest.raises(UsageError, match=f"clash with output columns: {column}$"):
         read_manifest(str(manifest))
+
+
+def test_the_architecture_module_table_is_the_tree():
+    """ARCHITECTURE.md's module table names every module of the package, in its folder, and
+    nothing that is gone."""
+    import re
+
+    listed, folder = set(), None
+    for line in (ROOT / "ARCHITECTURE.md").read_text().splitlines():
+        heading = re.match(r"\| \*\*(\w+)/\*\* \|", line)
+        if heading:
+            folder = heading.group(1)
+        row = re.match(r"\| `(\w+\.py)` \|", line)
+        if row and folder:
+            listed.add(f"{folder}/{row.group(1)}")
+    tree = {str(p.relative_to(PACKAGE)) for p in PACKAGE.glob("*/*.py") if p.name != "__init__.py"}
+    assert listed == tree, {"missing from the table": sorted(tree - listed), "not in the tree": sorted(listed - tree)}

@@ -12,9 +12,6 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-import pyarrow as pa
-
-from .columns import PATH
 
 HASH_DTYPE = np.dtype("S16")
 EMPTY = np.zeros(0, dtype=HASH_DTYPE)
@@ -31,10 +28,3 @@ def isin_sorted(hashes: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
         return np.zeros(len(hashes), dtype=bool)
     at = np.minimum(np.searchsorted(sorted_set, hashes), len(sorted_set) - 1)
     return sorted_set[at] == hashes
-
-
-def drop_listed(table: pa.Table, sorted_set: np.ndarray) -> pa.Table:
-    """Rows of `table` whose path is not in the sorted hash set."""
-    if not len(sorted_set):
-        return table
-    return table.filter(pa.array(~isin_sorted(path_hashes(table.column(PATH).to_pylist()), sorted_set)))

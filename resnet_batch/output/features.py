@@ -1,6 +1,6 @@
 """Reading a job's features back: numpy or torch arrays of the right shape, streamed.
 
-    from resnet_batch import features
+    from resnet_batch.output import features
     for batch in features.read("out/", columns=["embedding", "spatial_c5"]):
         batch["path"]          # list of str
         batch["embedding"]     # (n, 2048) float32

@@ -7,6 +7,7 @@ values and the flags are checked alike.
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from ..model.registry import MODEL_WIDTHS, NULL_MODEL
 
@@ -224,3 +225,32 @@ def options_markdown() -> str:
         flags = ", ".join(f"`{flag}`" for flag in action.option_strings)
         rows.append(f"| {flags} | {action.help.replace('|', chr(92) + '|')} |")
     return "\n".join(rows)
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that finishes an interrupted run: the same one, with --mode resume."""
+    args, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--mode":
+            i += 2
+            continue
+        if not argv[i].startswith("--mode="):
+            args.append(argv[i])
+        i += 1
+    from .submit import submitted_from
+
+    server = submitted_from()
+    if server:  # a job on a cluster is resumed there, as it was started
+        return shlex.join(["resnet-batch", "submit", "--address", server, "--", *args, "--mode", "resume"])
+    return shlex.join(["resnet-batch", *args, "--mode", "resume"])
+
+
+def split_job_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """submit ... -- label ...: what follows `--` is the submitted job's command line. For
+    every other command `--` keeps its usual meaning (the rest are INPUTs, even if they
+    start with a dash), which argparse gives it."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command == "submit" and "--" in argv:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1:]
+    return argv, []

@@ -147,9 +147,11 @@ _hash_parts_task = ray.remote(num_cpus=1, max_retries=3)(_hash_parts)
 
 def read_back(out: OutputDir, parts: list[str], books: Books, done: bool) -> Counter:
     """The rows of `parts` into the books (as done before this run, or as written by it):
-    in this process for local books (and memory://, which lives here), else in tasks of
-    PARTS_PER_TASK files. Their error rows, by category."""
-    if books.local or out.driver_only:
+    in this process for local books (and memory://, which lives here) and for a single
+    task's worth (a task would take longer to start, on a cluster's busy or runtime-env
+    workers, than the reading), else in tasks of PARTS_PER_TASK files. Their error rows, by
+    category."""
+    if books.local or out.driver_only or len(parts) <= PARTS_PER_TASK:
         return _hash_parts(out, parts, books, done)[1]
     groups = [parts[i:i + PARTS_PER_TASK] for i in range(0, len(parts), PARTS_PER_TASK)]
     return sum((errors for _, errors in ray.get([_hash_parts_task.remote(out, g, books, done) for g in groups])),

@@ -16,7 +16,7 @@ import traceback
 from ..core import checks
 from ..core.columns import EMBEDDING
 from ..core.errors import Interrupted, SaveFailed, UsageError, WeightsUnavailableError, one_line, root_cause
-from .arguments import build_parser
+from .arguments import build_parser, resume_command, split_job_command
 from .console import Console, raise_on_signals
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
@@ -94,10 +94,15 @@ def cmd_models(args: argparse.Namespace, console: Console) -> int:
     table = [("model", "default weights", EMBEDDING, "c2/c3/c4/c5", "--weights")]
     table += [(r["model"], r["default"], str(r["embedding_dim"]), "/".join(map(str, r["stage_widths"].values())),
                ", ".join(r["weights"])) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
-    for row in table:
-        console.print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[4]]).rstrip())
+    _print_table(console, table)
     return EXIT_OK
+
+
+def _print_table(console: Console, table: list[tuple[str, ...]]) -> None:
+    """Columns padded to their widest cell; the last one, often long, as it is."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    for row in table:
+        console.print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[-1]]).rstrip())
 
 
 def _job_server(args, console: Console) -> str:
@@ -147,9 +152,7 @@ def cmd_jobs(args: argparse.Namespace, console: Console) -> int:
         rows = submit.list_jobs(address)
         table = [("ID", "STATUS", "START", "PROGRESS", "OUTPUT")]
         table += [(r["id"], r["status"], r["start"], r["progress"] or "-", r["output"] or "-") for r in rows]
-        widths = [max(len(row[i]) for row in table) for i in range(4)]
-        for row in table:
-            console.print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[4]]))
+        _print_table(console, table)
         return EXIT_OK
     if args.action == "status":
         info = submit.status(address, args.job_id)
@@ -213,42 +216,26 @@ COMMANDS = {"label": cmd_label, "eval": cmd_eval, "models": cmd_models, "submit"
             "report": cmd_report, "export": cmd_export, "neighbors": cmd_neighbors}
 
 
-def resume_command(argv: list[str]) -> str:
-    """The command line that finishes an interrupted run: the same one, with --mode resume."""
-    args, i = [], 0
-    while i < len(argv):
-        if argv[i] == "--mode":
-            i += 2
-            continue
-        if not argv[i].startswith("--mode="):
-            args.append(argv[i])
-        i += 1
-    from .submit import submitted_from
-
-    server = submitted_from()
-    if server:  # a job on a cluster is resumed there, as it was started
-        return shlex.join(["resnet-batch", "submit", "--address", server, "--", *args, "--mode", "resume"])
-    return shlex.join(["resnet-batch", *args, "--mode", "resume"])
-
-
-def _split_job_command(argv: list[str]) -> tuple[list[str], list[str]]:
-    """submit ... -- label ...: what follows `--` is the submitted job's command line. For
-    every other command `--` keeps its usual meaning (the rest are INPUTs, even if they
-    start with a dash), which argparse gives it."""
-    command = next((a for a in argv if not a.startswith("-")), None)
-    if command == "submit" and "--" in argv:
-        cut = argv.index("--")
-        return argv[:cut], argv[cut + 1:]
-    return argv, []
-
-
 def main(argv: list[str] | None = None) -> int:
     raise_on_signals()  # first: a signal at any later moment stops the job the same way
     argv = list(sys.argv[1:] if argv is None else argv)
-    argv, label_args = _split_job_command(argv)
+    argv, label_args = split_job_command(argv)
     args = build_parser(__doc__).parse_args(argv)
     args.label_args = label_args
     console = Console(args.command, args.verbose)
+    try:
+        return _command(args, console, argv)
+    except BaseException as exc:  # escaped the handlers (a signal while one was handled): still one line
+        traceback.print_exc()
+        signum = exc.signum if isinstance(exc, Interrupted) else None
+        console.failed(f"stopped by {signal.Signals(signum).name}" if signum else f"{type(exc).__name__}: {one_line(exc)}")
+        return EXIT_SIGNAL_BASE + signum if signum else EXIT_INCOMPLETE
+    finally:
+        console.close()
+
+
+def _command(args: argparse.Namespace, console: Console, argv: list[str]) -> int:
+    """The command, its failures each as one line and an exit status."""
     try:
         return COMMANDS[args.command](args, console)
     except (UsageError, WeightsUnavailableError) as exc:
@@ -273,8 +260,6 @@ def main(argv: list[str] | None = None) -> int:
         cause = root_cause(exc)
         console.failed(f"{type(cause).__name__}: {one_line(cause, limit=2000)}")  # whole: never cut mid-sentence
         return EXIT_INCOMPLETE
-    finally:
-        console.close()
 
 
 def run() -> None:

@@ -70,7 +70,7 @@ class Console:
     @contextmanager
     def progress(self, every_s: float, launched: float):
         """A progress reporter for run_label: a bar in a terminal, log lines elsewhere."""
-        from .progress import BarReporter, LogReporter
+        from .reporters import BarReporter, LogReporter
 
         if self.err.isatty():
             reporter = BarReporter(self.err, launched)

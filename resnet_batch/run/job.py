@@ -29,7 +29,7 @@ from .bookkeeping import Books, check_output, count_here, count_on_ray, counts_h
 from .config import LabelConfig
 from .description import rows_per_file, run_info, run_schema
 from .plan import make_plan
-from .progress import LogReporter, Snapshot
+from .reporters import LogReporter, Snapshot
 from .saving import Saver
 from .summary import LabelSummary, Timeline
 
@@ -40,7 +40,7 @@ def run_label(cfg: LabelConfig, table: pa.Table | None = None, *, launched_at: f
               report=None) -> LabelSummary:
     """Label every input; `table` (path + extra columns) replaces listing cfg.inputs.
 
-    `report` is called with a progress.Snapshot a few times a second (default: a log line
+    `report` is called with a reporters.Snapshot a few times a second (default: a log line
     every cfg.progress_every seconds). On SIGINT/SIGTERM (KeyboardInterrupt or Interrupted)
     the finished work is saved first, then errors.Interrupted says how much.
     """
@@ -114,11 +114,7 @@ def _label(cfg: LabelConfig, table: pa.Table | None, timeline: Timeline, report,
         check = check_output(out, books)
         timeline.check_s = time.time() - checking
         misnamed = out.misnamed_parts() if check.duplicates else []
-        now = time.time()
-        out.record_run({**saver.run_info, FINISHED: {
-            "at": now, "launched": timeline.launched, "inputs": check.inputs, "rows": check.rows,
-            "processed": saver.stats.rows, "complete": not (check.missing or check.duplicates),
-            "phases": {k: round(v, 3) for k, v in timeline.phases(until=now).items()}}})
+        _record_finished(out, saver, check, timeline)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         if started_ray:
@@ -131,6 +127,16 @@ def _label(cfg: LabelConfig, table: pa.Table | None, timeline: Timeline, report,
                         processed=saver.stats.rows, rows_in_output=check.rows, errors=saver.stats.errors,
                         timeline=timeline, missing=check.missing, duplicates=check.duplicates, hidden=check.hidden,
                         misnamed=misnamed, errors_before=books.errors_loaded)
+
+
+def _record_finished(out: OutputDir, saver: Saver, check, timeline: Timeline) -> None:
+    """The run record's last word: when the run ended, its counts, and where its time went
+    (readers tell a finished output from a partial one by it)."""
+    now = time.time()
+    out.record_run({**saver.run_info, FINISHED: {
+        "at": now, "launched": timeline.launched, "inputs": check.inputs, "rows": check.rows,
+        "processed": saver.stats.rows, "complete": not (check.missing or check.duplicates),
+        "phases": {k: round(v, 3) for k, v in timeline.phases(until=now).items()}}})
 
 
 def _saver(cfg: LabelConfig, out: OutputDir, weights: Future, plan: InputPlan) -> Saver:

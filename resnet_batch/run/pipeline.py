@@ -115,7 +115,7 @@ def execute(plan: ExecutionPlan, inputs: InputPlan, books, saver: Saver, timelin
                                   concurrency=min(plan.read_tasks, source.num_read_tasks))
     ds = add_stages(ds.repartition(target_num_rows_per_block=plan.block_rows), plan, saver.schema, counter.actor)
     timeline.executing = time.time()
-    watch = RunWatch(counter, 0, source.num_read_tasks, plan.actors, plan.gpus_per_actor,
+    watch = RunWatch(counter, source.num_read_tasks, plan.actors, plan.gpus_per_actor,
                      plan.cpus_per_actor, wait_for_resources)
     blocks: queue.Queue = queue.Queue()
     threading.Thread(target=_feed, args=(ds, blocks), daemon=True, name="resnet-batch-feed").start()

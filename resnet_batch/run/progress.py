@@ -2,14 +2,12 @@
 
 The pipeline counts images through the model itself (it receives every finished block);
 read tasks (images found while walking directories) and model actors (errors) report to a
-small counter actor. Reporters show a snapshot: a tqdm bar in a terminal, or one log line
-every few seconds elsewhere.
+small counter actor. RunWatch turns both into a Snapshot for the reporters (reporters.py).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 
@@ -17,22 +15,10 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .decode_share import DecodeShare
+from .reporters import Snapshot
 from .resources import nodes_being_added, short_of
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    done: int  # images through the model in this run
-    saved: int  # of which in complete part files
-    total: int  # images to do: listed, plus found so far while walking
-    walking: bool  # True while directories are still being walked (total may grow)
-    errors: int
-    elapsed_s: float
-    phase: str = "labeling"  # what the job is doing now, as a person would say it
-    steady_rate: float = 0.0  # images/s of the steady phase (0 until it has lasted STEADY_AFTER_S)
-
 
 
 @dataclass(frozen=True)
@@ -164,112 +150,6 @@ class CounterClient:
         ray.kill(self.actor)
 
 
-class LogReporter:
-    """One line every `every_s` seconds (for logs and pipes, where a bar would be noise).
-
-    Lines go to `emit` (default: this module's logger, at INFO)."""
-
-    def __init__(self, every_s: float = 30.0, emit=None):
-        self.every_s = every_s
-        self.emit = emit or log.info
-        self.last = time.monotonic()
-        self.said_final = False
-
-    def __call__(self, s: Snapshot) -> None:
-        final = not s.walking and s.total > 0 and s.saved >= s.done >= s.total  # always said, once: all saved
-        if final and self.said_final:
-            return
-        if time.monotonic() - self.last < self.every_s and not final:
-            return
-        self.last, self.said_final = time.monotonic(), final
-        total = f"{s.total}+" if s.walking else str(s.total)  # + : directories are still being listed
-        self.emit(f"{s.phase}: {s.done}/{total} images ({100 * s.done / max(s.total, 1):.1f}%), {s.saved} saved, "
-                  f"{_errors(s.errors)}, {_rate(s)}{_eta(s)}")
-
-    def close(self) -> None:
-        pass
-
-
-class BarReporter:
-    """A bar for a person's terminal, redrawn every second from the latest snapshot: the
-    phase in words, done / total, the clock from the process's launch (it runs whatever
-    the job is doing), and the rate and ETA of the steady phase (none until there is one)."""
-
-    REDRAW_S = 1.0
-
-    def __init__(self, stream, launched: float):
-        from tqdm import tqdm
-
-        class Bar(tqdm):  # tqdm's bar and terminal handling; every figure after the bar is ours
-            counts = ""
-
-            @property
-            def format_dict(self):
-                return {**super().format_dict, "counts": self.counts}
-
-        self.launched = launched
-        self.bar = Bar(total=1, file=stream, dynamic_ncols=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| {counts}")
-        self.last = Snapshot(0, 0, 0, True, 0, 0.0, phase="starting")
-        self.lock = threading.Lock()
-        self.stopped = threading.Event()
-        self._draw()
-        self.ticker = threading.Thread(target=self._tick, daemon=True, name="resnet-batch-bar")
-        self.ticker.start()
-
-    def __call__(self, s: Snapshot) -> None:
-        self.last = s
-        self._draw()
-
-    def _tick(self) -> None:
-        while not self.stopped.wait(self.REDRAW_S):
-            self._draw()
-
-    def _draw(self) -> None:
-        with self.lock:
-            if self.stopped.is_set() and self.bar.disable:
-                return
-            s = self.last
-            self.bar.total, self.bar.n = max(s.total, s.done, 1), s.done
-            self.bar.set_description_str(s.phase, refresh=False)
-            self.bar.counts = bar_counts(s, time.time() - self.launched)
-            self.bar.refresh()
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.ticker.join(timeout=2)
-        self._draw()
-        with self.lock:
-            self.bar.close()
-
-
-def bar_counts(s: Snapshot, elapsed_s: float) -> str:
-    """The bar's text after it: "done/total [clock<ETA, rate] errors, saved"."""
-    total = f"{s.total}+" if s.walking else str(s.total)
-    eta = _clock((s.total - s.done) / s.steady_rate) if _eta(s) else "?"
-    rate = f"{s.steady_rate:.1f} img/s" if s.steady_rate else "? img/s"
-    return f"{s.done}/{total} [{_clock(elapsed_s)}<{eta}, {rate}] {_errors(s.errors)}, {s.saved} saved"
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
-
-
-def _errors(n: int) -> str:
-    return f"{n} error{'' if n == 1 else 's'}"
-
-
-def _rate(s: Snapshot) -> str:
-    return f"{s.steady_rate:.1f} images/s" if s.steady_rate else "rate not yet known"
-
-
-def _eta(s: Snapshot) -> str:
-    if s.walking or not s.steady_rate or s.done >= s.total:
-        return ""
-    return f", ETA {(s.total - s.done) / s.steady_rate:.0f}s"
-
-
 STEADY_AFTER_S = 5.0  # a rate over less time than this, after the first rows, says little
 STALL_S = 20.0  # no row through the model for this long: say what the job waits for
 RESOURCE_POLL_S = 5.0
@@ -284,9 +164,9 @@ class RunWatch:
     `wait_limit_s` it says so in the phase; then `check()` raises ResourcesUnavailable.
     """
 
-    def __init__(self, counter: CounterClient, listed: int, walks: int, actors: int, gpus_per_actor: int,
+    def __init__(self, counter: CounterClient, walks: int, actors: int, gpus_per_actor: int,
                  cpus_per_actor: int, wait_limit_s: float):
-        self.counter, self.listed, self.walks = counter, listed, walks
+        self.counter, self.walks = counter, walks
         self.actors, self.gpus_per_actor, self.cpus_per_actor = actors, gpus_per_actor, cpus_per_actor
         self.wait_limit_s = wait_limit_s
         self.started = self.last_change = time.monotonic()
@@ -302,7 +182,7 @@ class RunWatch:
         counts = self.counter.poll(wait=walking is False)  # the last one: exact
         now = time.monotonic()
         walking = counts.walks_done < self.walks if walking is None else walking
-        total = self.listed + counts.listed
+        total = counts.listed
         # Only rows the driver holds count: a stop saves each of them (pipeline.py), so the
         # bar never shows a row that a stop would lose.
         done = received

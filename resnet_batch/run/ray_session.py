@@ -194,8 +194,8 @@ def stop() -> None:
     Ray stops a local node's processes one after the other, the GCS before the monitor;
     the monitor's SIGTERM handler then tries to report its end to the GCS that is gone and
     is killed a second later. A job's own local Ray has nothing for the autoscaler to wind
-    down, so the monitor is killed first (BENCHMARKS.md: the stop). Joined clusters
-    are only disconnected from, as before.
+    down, so the monitor is killed first (BENCHMARKS.md: the stop). A joined cluster is
+    only disconnected from.
     """
     with _signals_deferred():
         _stop_now(True)
