@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -131,6 +133,17 @@ def test_shipped_job_starts_its_own_ray_and_writes_every_row(tmp_path):
     assert read.stdout.split("\n")[0] == f"{n} fixed_size_list<element: halffloat>[512] ['decode_error']"
     table = pq.read_table(out)
     assert all(len(ids) == 3 for ids, e in zip(table["topk_ids"].to_pylist(), table["error"].to_pylist()) if e is None)
+
+    # The wall time is this command's own: a shell's time before it (here 3 s) is not counted.
+    resume = [sys.executable, "-m", "resnet_batch", "label", "--config", str(ROOT / "jobs" / "cpu-small.yaml"),
+              "--output", str(out), "--top-k", "3", "--embedding-dtype", "float16", "--mode", "resume"]
+    began = time.monotonic()
+    late = subprocess.run(["bash", "-c", "sleep 3; exec " + shlex.join(resume)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env={**os.environ, "TORCH_HOME": str(tmp_path / "no-cache")})
+    took = time.monotonic() - began
+    assert late.returncode == 0, late.stderr
+    wall = float(re.search(r"wall ([\d.]+)s", late.stdout).group(1))
+    assert wall <= took - 3 + 0.5, (wall, took)
 
     # The default --mode error refuses to touch the result, before doing any work.
     again = cli("label", str(EXAMPLES), "--output", str(out), "--model", "resnet18", "--weights", "none")
