@@ -77,6 +77,7 @@ def test_submit_wait_succeeds_and_writes_output(ray_head, tmp_path):
     assert status.returncode == 0 and '"status": "SUCCEEDED"' in status.stdout and '"owner": "tests"' in status.stdout
     n = len(list(EXAMPLES.iterdir()))
     assert f'"progress": "labeling: {n}/{n} images' in status.stdout, status.stdout  # what it did last, from its log
+    assert f"{n} saved" in status.stdout, "the last line is said once every row is saved"
     logs = cli(env, "jobs", "logs", "rb-ok-1", "--address", address)
     assert "errors: decode_error 1" in logs.stdout and token not in logs.stdout
 
