@@ -122,6 +122,15 @@ def open_regular(path: str):
         yield f
 
 
+def modified_at(fs, path: str) -> float | None:
+    """When `path` was last written (epoch seconds), as any fsspec file system says it
+    (local mtime, S3's LastModified, ...); None where it says nothing usable."""
+    info = fs.info(path)
+    when = info.get("mtime") or info.get("LastModified") or info.get("created")
+    when = when.timestamp() if hasattr(when, "timestamp") else when
+    return float(when) if isinstance(when, (int, float)) else None
+
+
 def read_bytes_or_raise(uri: str, offset: int = -1, size: int = -1) -> bytes:
     """Read a whole file, or `size` bytes at `offset`; raises FileNotFoundError / OSError
     (NotRegularFile for a local FIFO, socket or device)."""

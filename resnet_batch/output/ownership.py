@@ -24,6 +24,7 @@ import time
 import uuid
 
 from ..core.errors import UsageError, one_line
+from ..core.storage import modified_at
 
 __all__ = ["LEASE_FILE", "OutputLease", "RUN_FILE", "check_tool_target", "lease_state", "refuse_inside_job_output"]
 
@@ -113,13 +114,10 @@ class OutputLease:
 
     def _age_s(self, path: str) -> float:
         try:
-            info = self.fs.info(path)
+            modified = modified_at(self.fs, path)
         except FileNotFoundError:
             return 0.0
-        modified = info.get("mtime") or info.get("LastModified") or info.get("created")
-        if hasattr(modified, "timestamp"):
-            modified = modified.timestamp()
-        return time.time() - modified if isinstance(modified, (int, float)) else 0.0
+        return time.time() - modified if modified is not None else 0.0
 
     def _create(self, path: str) -> bool:
         """Create `path` holding this job's record, only if it does not exist; False if it does."""
@@ -140,15 +138,7 @@ class OutputLease:
             raise
 
     def _read(self) -> dict | None:
-        try:
-            if hasattr(self.fs, "invalidate_cache"):
-                self.fs.invalidate_cache(self.lease)
-            with self.fs.open(self.lease, "rb") as f:
-                return json.loads(f.read() or b"{}")
-        except FileNotFoundError:
-            return None
-        except ValueError:
-            return {}  # a half-written or foreign file: stale unless renewed (never, here)
+        return _read_lease(self.fs, self.lease)
 
     def _remove(self, path: str | None = None) -> None:
         try:
@@ -176,11 +166,23 @@ class OutputLease:
 def lease_state(fs, path: str) -> str | None:
     """For readers: None (no job holds the output), "held: WHO" (a job is writing it now),
     or "stale: WHO" (the job that held it died without releasing it)."""
-    lease = OutputLease(fs, path, path, local=False)
-    holder = lease._read()
+    holder = _read_lease(fs, f"{path.rstrip('/')}/{LEASE_FILE}")
     if holder is None:
         return None
     return f"{'stale' if _is_stale(holder) else 'held'}: {_describe(holder)}"
+
+
+def _read_lease(fs, lease: str) -> dict | None:
+    """The lease's record; None where there is none, {} where it is unreadable."""
+    try:
+        if hasattr(fs, "invalidate_cache"):
+            fs.invalidate_cache(lease)
+        with fs.open(lease, "rb") as f:
+            return json.loads(f.read() or b"{}")
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {}  # a half-written or foreign file: stale unless renewed (never, here)
 
 
 def _is_stale(holder: dict) -> bool:

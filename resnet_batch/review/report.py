@@ -21,7 +21,7 @@ from typing import Callable
 
 import pyarrow.parquet as pq
 
-from ..core.storage import replaced_atomically
+from ..core.storage import modified_at, replaced_atomically
 from ..output.ownership import check_tool_target
 from ..output.writer import FINISHED, OutputDir
 from .review import Review, collect
@@ -97,13 +97,11 @@ def saved_over_time(output: str) -> tuple[dict, list[tuple[float, int]]]:
     finished = finished if isinstance(finished, dict) else {}
     stamps = []
     for part in out.part_files():
-        info = out.fs.info(part)
-        when = info.get("mtime") or info.get("LastModified") or info.get("created")
-        when = when.timestamp() if hasattr(when, "timestamp") else when
+        when = modified_at(out.fs, part)
         with out.fs.open(part, "rb") as f:
             rows = pq.ParquetFile(f).metadata.num_rows
-        if isinstance(when, (int, float)):
-            stamps.append((float(when), rows))
+        if when is not None:
+            stamps.append((when, rows))
     stamps.sort()
     start = finished.get("launched") or (stamps[0][0] if stamps else 0.0)
     points, total = [], 0
