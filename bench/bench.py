@@ -51,11 +51,16 @@ BARE_GPU_LAYOUTS = ("1x4", "2x4", "4x2")  # calls at once x torch threads per ca
 def photo_like(rng: np.random.Generator, height: int = 375, width: int = 500) -> np.ndarray:
     """Gradients, shapes with edges and sensor-like noise: JPEGs of 80-150 KB at quality 90."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    img = np.stack([127 + 90 * np.sin(rng.uniform(0.005, 0.04) * x + rng.uniform(0.005, 0.04) * y
-                                      + rng.uniform(0, 6.3)) for _ in range(3)], -1)
+    img = np.stack(
+        [
+            127 + 90 * np.sin(rng.uniform(0.005, 0.04) * x + rng.uniform(0.005, 0.04) * y + rng.uniform(0, 6.3))
+            for _ in range(3)
+        ],
+        -1,
+    )
     for _ in range(rng.integers(4, 10)):
         cy, cx, r = rng.integers(0, height), rng.integers(0, width), rng.integers(15, 120)
-        mask = (y - cy) ** 2 + (x - cx) ** 2 < r ** 2
+        mask = (y - cy) ** 2 + (x - cx) ** 2 < r**2
         img[mask] = rng.uniform(0, 255, 3)
     img += rng.normal(0, 16, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
@@ -115,8 +120,14 @@ def tree_rss_bytes(root_pid: int) -> int:
 def run_measured(cmd: list[str], env: dict | None = None) -> tuple[str, float, int]:
     """(stdout, wall seconds, peak tree RSS bytes) of a command."""
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})}, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
     peak = [0]
 
     def sample():
@@ -134,13 +145,25 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[str, float, i
     return out, wall, peak[0]
 
 
+def _ratio(rate: float, reference: float | None) -> str:
+    return f"{rate / reference:.2f}" if reference else "-"
+
+
+def _dmon_value(fields: list[str], columns: list[str], name: str) -> float:
+    """A column of one `nvidia-smi dmon` line, NaN where it is missing or not a number."""
+    if name in columns and fields[columns.index(name)].replace(".", "").isdigit():
+        return float(fields[columns.index(name)])
+    return float("nan")
+
+
 class GpuMonitor:
     """`nvidia-smi dmon -s u`: per-second SM and NVJPG use, timestamped here as lines arrive."""
 
     def __init__(self):
         self.samples: list[tuple[float, float, float]] = []  # (time, sm %, jpg %), one per GPU per second
-        self.proc = subprocess.Popen(["nvidia-smi", "dmon", "-s", "u", "-d", "1"], stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(
+            ["nvidia-smi", "dmon", "-s", "u", "-d", "1"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -150,9 +173,7 @@ class GpuMonitor:
             if line.startswith("#"):
                 columns = columns or [f for f in fields if f != "#"]
                 continue
-            value = lambda name: (float(fields[columns.index(name)]) if name in columns  # noqa: E731
-                                  and fields[columns.index(name)].replace(".", "").isdigit() else float("nan"))
-            self.samples.append((time.time(), value("sm"), value("jpg")))
+            self.samples.append((time.time(), _dmon_value(fields, columns, "sm"), _dmon_value(fields, columns, "jpg")))
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -180,8 +201,9 @@ def bare_forward(args) -> dict:
     resolved = resolve_weights(args.model, "none")
     paths = sorted(Path(args.data).glob("*.jpg"))[: min(args.images, BARE_DISTINCT)]
     with ThreadPoolExecutor(os.cpu_count()) as pool:
-        crops = np.stack(list(pool.map(lambda p: load_one(Source(str(p)), resolved.preprocessing, 10**8).pixels,
-                                       paths)))
+        crops = np.stack(
+            list(pool.map(lambda p: load_one(Source(str(p)), resolved.preprocessing, 10**8).pixels, paths))
+        )
     settings = InferenceSettings(weights=resolved, top_k=5, precision=args.precision, device=args.device)
     predictor = Predictor(settings, schema=None)
     # `images` crops in all, cycling through the distinct ones decoded above
@@ -207,14 +229,20 @@ def bare_forward(args) -> dict:
             list(pool.map(run, [batches[:1]] * calls))  # warm-up on every thread (allocations, autotuning)
             sync()
             start, wall_start = time.monotonic(), time.time()
-            list(pool.map(run, [batches[i:: calls] for i in range(calls)]))
+            list(pool.map(run, [batches[i::calls] for i in range(calls)]))
             sync()
         layouts[layout] = {"seconds": time.monotonic() - start, "window": [wall_start, time.time()]}
     best = min(layouts, key=lambda name: layouts[name]["seconds"])
     seconds = layouts[best]["seconds"]
-    return {"images": len(crops), "steady_s": seconds, "run_s": seconds, "precision": predictor.precision,
-            "steady_window": layouts[best]["window"], "layout": best,
-            "layouts": {name: len(crops) / v["seconds"] for name, v in layouts.items()}}
+    return {
+        "images": len(crops),
+        "steady_s": seconds,
+        "run_s": seconds,
+        "precision": predictor.precision,
+        "steady_window": layouts[best]["window"],
+        "layout": best,
+        "layouts": {name: len(crops) / v["seconds"] for name, v in layouts.items()},
+    }
 
 
 def ray_documented(args) -> dict:
@@ -255,7 +283,9 @@ def ray_documented(args) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     wall_start = time.time()
     ds.map(preprocess).map_batches(
-        ResnetModel, compute=ray.data.ActorPoolStrategy(size=1), batch_size=args.batch_size,
+        ResnetModel,
+        compute=ray.data.ActorPoolStrategy(size=1),
+        batch_size=args.batch_size,
         num_gpus=1 if device == "cuda" else None,
     ).write_parquet(str(out))
     total = time.time() - process_started_at()  # from this process's launch: its imports count
@@ -264,16 +294,43 @@ def ray_documented(args) -> dict:
     done = np.sort(pq.read_table(out, columns=["done_at"]).column("done_at").to_numpy())
     first_n = int((done == done[0]).sum())
     steady = (len(done) - first_n) / (done[-1] - done[0])
-    return {"images": len(done), "steady_s": len(done) / steady, "run_s": total,
-            "startup_s": done[0] - wall_start, "steady_window": [done[0], done[-1]]}
+    return {
+        "images": len(done),
+        "steady_s": len(done) / steady,
+        "run_s": total,
+        "startup_s": done[0] - wall_start,
+        "steady_window": [done[0], done[-1]],
+    }
 
 
 def resnet_batch_label(args) -> dict:
     out = Path(args.workdir) / "label_out"
-    cmd = [sys.executable, "-m", "resnet_batch", "label", str(args.data), "--output", str(out),
-           "--mode", "overwrite", "--model", args.model, "--weights", "none", "--precision", args.precision,
-           "--device", args.device, "--batch-size", str(args.batch_size), "--top-k", "5", "--progress-every", "1",
-           *shlex.split(args.label_args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "resnet_batch",
+        "label",
+        str(args.data),
+        "--output",
+        str(out),
+        "--mode",
+        "overwrite",
+        "--model",
+        args.model,
+        "--weights",
+        "none",
+        "--precision",
+        args.precision,
+        "--device",
+        args.device,
+        "--batch-size",
+        str(args.batch_size),
+        "--top-k",
+        "5",
+        "--progress-every",
+        "1",
+        *shlex.split(args.label_args),
+    ]
     if args.images:
         manifest = Path(args.workdir) / "manifest.txt"
         manifest.write_text("\n".join(str(p) for p in sorted(Path(args.data).glob("*.jpg"))[: args.images]))
@@ -287,10 +344,14 @@ def resnet_batch_label(args) -> dict:
     steady_from = launched + summary["start-up"] + summary["first batch"]
     # A run of one block has no steady phase: its rate is then the end-to-end one.
     steady_s = processed / summary["steady_rate"] if summary["steady_rate"] else summary["wall"]
-    return {"images": processed, "steady_s": steady_s, "run_s": summary["wall"],
-            "startup_s": summary["start-up"] + summary["first batch"],
-            "steady_window": [steady_from, steady_from + summary["steady"]],
-            "fitted_rate": fitted_rate(result.stderr, processed)}
+    return {
+        "images": processed,
+        "steady_s": steady_s,
+        "run_s": summary["wall"],
+        "startup_s": summary["start-up"] + summary["first batch"],
+        "steady_window": [steady_from, steady_from + summary["steady"]],
+        "fitted_rate": fitted_rate(result.stderr, processed),
+    }
 
 
 PROGRESS = re.compile(r"^(\d\d):(\d\d):(\d\d) [^:]+: (\d+)/\d+\+? images", re.M)
@@ -328,15 +389,23 @@ def process_started_at() -> float:
     return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
 
 
-SUMMARY = re.compile(r"wall ([\d.]+)s = start-up ([\d.]+)s \+ first batch ([\d.]+)s \+ steady ([\d.]+)s"
-                     r"(?: \(([\d.]+) images/s\))? \+ shutdown ([\d.]+)s")
+SUMMARY = re.compile(
+    r"wall ([\d.]+)s = start-up ([\d.]+)s \+ first batch ([\d.]+)s \+ steady ([\d.]+)s"
+    r"(?: \(([\d.]+) images/s\))? \+ shutdown ([\d.]+)s"
+)
 
 
 def parse_summary(stdout: str) -> dict:
     """The wall-time split of `resnet-batch label`'s summary line, in seconds (steady_rate: images/s)."""
     wall, startup, first, steady, rate, shutdown = SUMMARY.search(stdout).groups()
-    return {"wall": float(wall), "start-up": float(startup), "first batch": float(first), "steady": float(steady),
-            "steady_rate": float(rate or 0), "shutdown": float(shutdown)}
+    return {
+        "wall": float(wall),
+        "start-up": float(startup),
+        "first batch": float(first),
+        "steady": float(steady),
+        "steady_rate": float(rate or 0),
+        "shutdown": float(shutdown),
+    }
 
 
 CONTENDERS = {"bare": bare_forward, "ray_doc": ray_documented, "label": resnet_batch_label}
@@ -344,10 +413,33 @@ TITLES = {"bare": "bare model forward", "ray_doc": "Ray documented pipeline", "l
 
 
 def measure(name: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--_child", name, "--data", str(args.data), "--images", str(args.images),
-           "--model", args.model, "--precision", args.precision, "--device", args.device,
-           "--batch-size", str(args.batch_size), "--workdir", str(args.workdir), "--calls", str(args.calls),
-           "--threads", str(args.threads), "--layouts", args.layouts, f"--label-args={args.label_args}"]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--_child",
+        name,
+        "--data",
+        str(args.data),
+        "--images",
+        str(args.images),
+        "--model",
+        args.model,
+        "--precision",
+        args.precision,
+        "--device",
+        args.device,
+        "--batch-size",
+        str(args.batch_size),
+        "--workdir",
+        str(args.workdir),
+        "--calls",
+        str(args.calls),
+        "--threads",
+        str(args.threads),
+        "--layouts",
+        args.layouts,
+        f"--label-args={args.label_args}",
+    ]
     gpu = GpuMonitor() if device_of(args.device) == "cuda" else None
     try:
         # The bare forward runs under the model actor's allocator settings, as the job's actor does.
@@ -358,11 +450,18 @@ def measure(name: str, args) -> dict:
     result = json.loads(out.strip().splitlines()[-1])
     # End to end from the contender's own launch (the job's summary for label): not this
     # wrapper's, whose child process start would count against it.
-    result.update(wall_s=result["run_s"], peak_rss_gib=peak / 2**30, rate=result["images"] / result["steady_s"],
-                  end_to_end=result["images"] / result["run_s"])
+    result.update(
+        wall_s=result["run_s"],
+        peak_rss_gib=peak / 2**30,
+        rate=result["images"] / result["steady_s"],
+        end_to_end=result["images"] / result["run_s"],
+    )
     if gpu:
-        result.update(sm_steady=gpu.mean(*result["steady_window"], 1), jpg_steady=gpu.mean(*result["steady_window"], 2),
-                      sm_samples=gpu.samples)
+        result.update(
+            sm_steady=gpu.mean(*result["steady_window"], 1),
+            jpg_steady=gpu.mean(*result["steady_window"], 2),
+            sm_samples=gpu.samples,
+        )
     return result
 
 
@@ -370,31 +469,44 @@ def print_table(results: dict, args) -> None:
     import platform
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    print(f"\n{args.model}, {args.images} JPEGs, batch {args.batch_size}, precision {args.precision}, "
-          f"device {args.device}; {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}; "
-          f"bare forward: best of {args.layouts} (calls at once x torch threads)"
-          + (f", {results['bare']['layout']} won" if "bare" in results else ""))
+    print(
+        f"\n{args.model}, {args.images} JPEGs, batch {args.batch_size}, precision {args.precision}, "
+        f"device {args.device}; {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}; "
+        f"bare forward: best of {args.layouts} (calls at once x torch threads)"
+        + (f", {results['bare']['layout']} won" if "bare" in results else "")
+    )
     gpu = any("sm_steady" in r for r in results.values())
-    print("| contender | steady images/s | x bare | x Ray doc | end-to-end images/s | wall s | start-up s "
-          "| peak RSS GiB |" + (" SM % steady | NVJPG % steady |" if gpu else ""))
+    print(
+        "| contender | steady images/s | x bare | x Ray doc | end-to-end images/s | wall s | start-up s "
+        "| peak RSS GiB |" + (" SM % steady | NVJPG % steady |" if gpu else "")
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if gpu else ""))
     bare, doc = results.get("bare", {}).get("rate"), results.get("ray_doc", {}).get("rate")
     for name, r in results.items():
-        ratio = lambda ref: f"{r['rate'] / ref:.2f}" if ref else "-"  # noqa: E731
         startup = f"{r['startup_s']:.1f}" if "startup_s" in r else "-"
         use = f" {r['sm_steady']:.0f} | {r['jpg_steady']:.0f} |" if gpu else ""
-        print(f"| {TITLES[name]} | {r['rate']:.1f} | {ratio(bare)} | {ratio(doc)} | {r['end_to_end']:.1f} "
-              f"| {r['wall_s']:.1f} | {startup} | {r['peak_rss_gib']:.2f} |" + use)
+        print(
+            f"| {TITLES[name]} | {r['rate']:.1f} | {_ratio(r['rate'], bare)} | {_ratio(r['rate'], doc)} "
+            f"| {r['end_to_end']:.1f} | {r['wall_s']:.1f} | {startup} | {r['peak_rss_gib']:.2f} |" + use
+        )
     if results.get("label", {}).get("fitted_rate"):
-        print(f"\nresnet-batch label, rows/s fitted to its progress lines from 10% to 90% of the rows: "
-              f"{results['label']['fitted_rate']:.1f}")
+        print(
+            f"\nresnet-batch label, rows/s fitted to its progress lines from 10% to 90% of the rows: "
+            f"{results['label']['fitted_rate']:.1f}"
+        )
 
 
 def job_plan(args, on_cpu: bool):
     from resnet_batch.model.weights import resolve_weights
 
-    cfg = LabelConfig(inputs=("-",), output="-", model=args.model, weights="none", precision=args.precision,
-                      device="cpu" if on_cpu else "cuda")
+    cfg = LabelConfig(
+        inputs=("-",),
+        output="-",
+        model=args.model,
+        weights="none",
+        precision=args.precision,
+        device="cpu" if on_cpu else "cuda",
+    )
     cluster = Cluster.here(os.cpu_count() or 1, gpus=0 if on_cpu else 1)
     return make_plan(cfg, resolve_weights(args.model, "none"), cluster)
 
@@ -407,12 +519,19 @@ def main() -> None:
     p.add_argument("--precision", default="fp32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, help="default: the job's (256 on a GPU; on CPU 32, 64 for bf16)")
-    p.add_argument("--calls", type=int, help="bare forward: calls at once (default as the job's actor: "
-                   "one per core on CPU, 2 on a GPU)")
-    p.add_argument("--threads", type=int, help="bare forward: torch threads per call (default as the job: "
-                   "1 on CPU, 4 on a GPU)")
-    p.add_argument("--layouts", help="bare forward: CALLSxTHREADS[,...] to try, the best counts (default: on a "
-                   f"GPU {','.join(BARE_GPU_LAYOUTS)}; on a CPU as the job's actor)")
+    p.add_argument(
+        "--calls",
+        type=int,
+        help="bare forward: calls at once (default as the job's actor: one per core on CPU, 2 on a GPU)",
+    )
+    p.add_argument(
+        "--threads", type=int, help="bare forward: torch threads per call (default as the job: 1 on CPU, 4 on a GPU)"
+    )
+    p.add_argument(
+        "--layouts",
+        help="bare forward: CALLSxTHREADS[,...] to try, the best counts (default: on a "
+        f"GPU {','.join(BARE_GPU_LAYOUTS)}; on a CPU as the job's actor)",
+    )
     p.add_argument("--label-args", default="", help='more `label` options, e.g. "--cpu-decode-share 0.3"')
     p.add_argument("--only", nargs="*", choices=list(CONTENDERS), default=list(CONTENDERS))
     p.add_argument("--workdir", type=Path, default=Path("/tmp/resnet-batch-bench"))
@@ -423,7 +542,9 @@ def main() -> None:
     plan = job_plan(args, on_cpu)  # what the job would run with on this machine
     if not args.layouts:  # a GPU: the best of a few; a CPU: as the job's actor, unless told
         tried = BARE_GPU_LAYOUTS if not on_cpu and not (args.calls or args.threads) else ()
-        args.layouts = ",".join(tried) or f"{args.calls or plan.calls_per_actor}x{args.threads or plan.threads_per_call}"
+        args.layouts = (
+            ",".join(tried) or f"{args.calls or plan.calls_per_actor}x{args.threads or plan.threads_per_call}"
+        )
     args.calls = args.calls or plan.calls_per_actor
     args.threads = args.threads or plan.threads_per_call
     args.batch_size = args.batch_size or plan.batch_size

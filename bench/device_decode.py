@@ -5,7 +5,7 @@
 
 Times, per batch of --batch-size JPEGs already in memory (median of --repeats after a
 warm-up): the batched decode (nvJPEG on a GPU), the batched resize + center crop
-(device_decode.DeviceDecoder.resize_crop), the whole DeviceDecoder call, and the model's
+(device/resize.resize_crop), the whole DeviceDecoder call (--gpu-decoder's backend), and the model's
 forward on the crops (Predictor.run_model, --precision). Against PIL decode + resize on
 one core for scale. The GPU data path keeps up when decode + resize is a small fraction of
 the forward.
@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import DEFAULT_DATA, ensure_images  # noqa: E402
 from resnet_batch.data.decode import Source, load_one  # noqa: E402
-from resnet_batch.data.device_decode import DeviceDecoder  # noqa: E402
+from resnet_batch.device.decoders import DeviceDecoder, jpeg_backend  # noqa: E402
+from resnet_batch.device.resize import resize_crop  # noqa: E402
 from resnet_batch.model.inference import Predictor, resolve_device  # noqa: E402
 from resnet_batch.model.settings import InferenceSettings  # noqa: E402
 from resnet_batch.model.weights import resolve_weights  # noqa: E402
@@ -32,6 +33,7 @@ from resnet_batch.model.weights import resolve_weights  # noqa: E402
 
 def timed(fn, device: torch.device, repeats: int) -> float:
     """Median seconds of fn() over `repeats` runs after one warm-up, the device synchronised."""
+
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -53,6 +55,7 @@ def main() -> None:
     p.add_argument("--model", default="resnet18")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto")
+    p.add_argument("--gpu-decoder", default="auto", help="auto|nvjpeg|nvimgcodec")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
@@ -62,27 +65,39 @@ def main() -> None:
     jpegs = [path.read_bytes() for path in paths]
     device = torch.device(resolve_device(args.device))
     resolved = resolve_weights(args.model, "none")
-    decoder = DeviceDecoder(resolved.preprocessing, device)
-    predictor = Predictor(InferenceSettings(weights=resolved, precision=args.precision, device=device.type),
-                          schema=None)
-    images, errors = decoder.decode(jpegs)
+    decoder = DeviceDecoder(resolved.preprocessing, device, jpeg_backend(args.gpu_decoder, device))
+    predictor = Predictor(
+        InferenceSettings(weights=resolved, precision=args.precision, device=device.type), schema=None
+    )
+    images, errors = decoder.backend.decode(jpegs)
     assert not errors, errors
     decoded = list(images.values())
     crops = decoder(jpegs).crops
     n = len(jpegs)
     forward_name = f"forward ({predictor.precision})"
     stages = {
-        "decode (batched)": timed(lambda: decoder.decode(jpegs), device, args.repeats),
-        "resize + crop (batched)": timed(lambda: decoder.resize_crop(decoded), device, args.repeats),
+        f"decode (batched, {decoder.name})": timed(lambda: decoder.backend.decode(jpegs), device, args.repeats),
+        "resize + crop (batched)": timed(
+            lambda: resize_crop(decoded, resolved.preprocessing, decoder.dtype), device, args.repeats
+        ),
         "DeviceDecoder, whole": timed(lambda: decoder(jpegs), device, args.repeats),
         forward_name: timed(lambda: predictor.run_model(crops), device, args.repeats),
     }
-    pil = timed(lambda: [load_one(Source(str(path)), resolved.preprocessing, 10**8) for path in paths[:32]],
-                torch.device("cpu"), 1) * n / 32
+    pil = (
+        timed(
+            lambda: [load_one(Source(str(path)), resolved.preprocessing, 10**8) for path in paths[:32]],
+            torch.device("cpu"),
+            1,
+        )
+        * n
+        / 32
+    )
     stages["PIL decode + resize, one core"] = pil
     mean_size = sum(len(j) for j in jpegs) / n / 1024
-    print(f"{args.model}, {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
-          f"batch {n} JPEGs of {mean_size:.0f} KB on average, median of {args.repeats}")
+    print(
+        f"{args.model}, {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+        f"batch {n} JPEGs of {mean_size:.0f} KB on average, median of {args.repeats}"
+    )
     forward = stages[forward_name]
     print("| stage | ms per batch | images/s | x forward time |")
     print("| --- | --- | --- | --- |")

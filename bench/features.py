@@ -50,8 +50,20 @@ def tree_rss_bytes(root: int) -> int:
 
 def run(folder: Path, out: Path, args, extra: list[str]) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    cmd = ["resnet-batch", "label", str(folder), "--output", str(out), "--model", args.model, "--weights", "none",
-           "--precision", args.precision, *extra]
+    cmd = [
+        "resnet-batch",
+        "label",
+        str(folder),
+        "--output",
+        str(out),
+        "--model",
+        args.model,
+        "--weights",
+        "none",
+        "--precision",
+        args.precision,
+        *extra,
+    ]
     job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     peak = 0
 
@@ -89,9 +101,12 @@ def main() -> None:
         for name in args.only or CONFIGS:
             r = run(folder, args.workdir / "out", args, CONFIGS[name])
             base = base or r["steady_rate"]
-            print(f"  {name:34s} steady {r['steady_rate']:6.1f} images/s ({r['steady_rate'] / base:4.2f}x), "
-                  f"wall {r['wall']:5.1f}s, peak RSS {r['peak_rss'] / 2**30:5.2f} GiB, "
-                  f"output {r['output_bytes'] / n / 1024:7.1f} KiB/image", flush=True)
+            print(
+                f"  {name:34s} steady {r['steady_rate']:6.1f} images/s ({r['steady_rate'] / base:4.2f}x), "
+                f"wall {r['wall']:5.1f}s, peak RSS {r['peak_rss'] / 2**30:5.2f} GiB, "
+                f"output {r['output_bytes'] / n / 1024:7.1f} KiB/image",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,18 @@ LABELED = re.compile(r"labeling: [1-9]\d*/")
 
 def first_rows(source: str, flags: list[str], timeout: float) -> float | None:
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "resnet_batch", "label", source, "--output", out, *flags, "--progress-every", "0.5"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "resnet_batch",
+            "label",
+            source,
+            "--output",
+            out,
+            *flags,
+            "--progress-every",
+            "0.5",
+        ]
         started = time.time()
         job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         seconds = None

@@ -30,7 +30,7 @@ VARIANTS = {
 
 CHILD = """
 import json, resource, sys, threading, time, torch
-from resnet_batch.model.models import build_model, fold_batch_norms, forward_features
+from resnet_batch.model.models import build_model, fold_batch_norms, forward_stages
 from resnet_batch.model.weights import resolve_weights
 model_name, precision, batch, threads, fold, passes = sys.argv[1:7]
 torch.set_num_threads(int(threads))
@@ -40,10 +40,10 @@ x = torch.rand(int(batch), 3, 224, 224).contiguous(memory_format=torch.channels_
 result = {}
 def run():
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-        forward_features(model, x)  # warm-up
+        forward_stages(model, x, 4, True)  # warm-up
         start = time.perf_counter()
         for _ in range(int(passes)):
-            forward_features(model, x)
+            forward_stages(model, x, 4, True)
         result["rate"] = int(batch) * int(passes) / (time.perf_counter() - start)
     result["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t = threading.Thread(target=run); t.start(); t.join()
@@ -55,8 +55,17 @@ def run_variant(args, fold: bool, allocator: bool) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     if allocator:
         env.update(ALLOCATOR_ENV)
-    cmd = [sys.executable, "-c", CHILD, args.model, args.precision, str(args.batch_size),
-           str(args.threads or os.cpu_count()), "1" if fold else "0", str(args.passes)]
+    cmd = [
+        sys.executable,
+        "-c",
+        CHILD,
+        args.model,
+        args.precision,
+        str(args.batch_size),
+        str(args.threads or os.cpu_count()),
+        "1" if fold else "0",
+        str(args.passes),
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -79,8 +88,10 @@ def main() -> None:
         for name, (fold, allocator) in VARIANTS.items():
             runs[name].append(run_variant(args, fold, allocator))
     base = median([r["rate"] for r in runs[next(iter(VARIANTS))]])
-    print(f"{args.model}, {args.precision}, batch {args.batch_size}, {args.threads or os.cpu_count()} threads, "
-          f"median of {args.rounds} rounds")
+    print(
+        f"{args.model}, {args.precision}, batch {args.batch_size}, {args.threads or os.cpu_count()} threads, "
+        f"median of {args.rounds} rounds"
+    )
     print("| variant | images/s | x defaults | max RSS MiB |")
     print("| --- | --- | --- | --- |")
     for name, results in runs.items():

@@ -10,12 +10,15 @@ every section:
     python bench/gpu_check.py --smoke --out /tmp/gpu-check
 
 Writes a compact Markdown report to stdout and `gpu_check.json` to --out. Sections:
-  kernels   each decode candidate alone (nvJPEG batched through torchvision; torchcodec's and
-            nvImageCodec's where installed; PIL on one core, and on the node's cores), the batched
-            resize alone, the forward alone (from pinned uint8 crops: copy in and normalisation
-            included), the GPU data path's time against the forward's, decode in a process of its
-            own (own CUDA context, CUDA IPC hand-off) beside the forward, and the model actor's
-            loop serial (one call) against overlapped (two calls at once, as the job runs it)
+  kernels   each of the job's GPU decoders (nvjpeg, nvimgcodec where installed) alone and with the
+            batched crop, torchcodec where installed, PIL on one core and on the node's cores, the
+            batched resize alone, the forward alone (from pinned uint8 crops: copy in and
+            normalisation included) and five ways at the job's batch (eager, channels_last,
+            torch.compile default and max-autotune-no-cudagraphs, a CUDA graph; compile times and
+            when they are repaid), the GPU data path's time against the forward's, decode in a
+            process of its own (own CUDA context, CUDA IPC hand-off) beside the forward, the model
+            actor's loop serial (one call) against overlapped (two calls at once, as the job runs
+            it), and overlapped with each decoder: which one the job should use
   profile   torch.profiler over ~20 steady batches of that overlapped loop: top CUDA and CPU
             ops, and the GPU's idle time and longest gaps
   bench     bench/bench.py's three contenders side by side, with SM and NVJPG use
@@ -63,16 +66,16 @@ def timed_run(cmd: list[str], limit_s: float, gpu: bool, env: dict | None = None
     monitor = GpuMonitor() if gpu else None
     start, wall_start = time.monotonic(), time.time()
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit_s, cwd=ROOT,
-                              env={**os.environ, **(env or {})})
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=limit_s, cwd=ROOT, env={**os.environ, **(env or {})}
+        )
         code, out, err = done.returncode, done.stdout, done.stderr
     except subprocess.TimeoutExpired as exc:
         code, out, err = "timeout", _text(exc.stdout), _text(exc.stderr)
     finally:
         if monitor:
             monitor.stop()
-    result = {"exit": code, "seconds": round(time.monotonic() - start, 1), "stdout": out[-4000:],
-              "stderr": err[-2000:]}
+    result = {"exit": code, "seconds": round(time.monotonic() - start, 1), "stdout": out[-4000:], "stderr": err[-2000:]}
     if monitor:
         result["sm_mean"] = round(monitor.mean(wall_start, time.time(), 1), 1)
         result["jpg_mean"] = round(monitor.mean(wall_start, time.time(), 2), 1)
@@ -86,15 +89,31 @@ def _text(value) -> str:
 def bench_contenders(args, gpu: bool) -> dict:
     out = Path(args.workdir) / "bench.json"
     images = min(args.bench_images, len(list(Path(args.data).glob("*.jpg"))))
-    cmd = [sys.executable, "bench/bench.py", "--device", args.device, "--model", "resnet50",
-           "--precision", args.precision, "--data", str(args.data), "--images", str(images),
-           "--workdir", str(Path(args.workdir) / "bench"), "--json", str(out)]
+    cmd = [
+        sys.executable,
+        "bench/bench.py",
+        "--device",
+        args.device,
+        "--model",
+        "resnet50",
+        "--precision",
+        args.precision,
+        "--data",
+        str(args.data),
+        "--images",
+        str(images),
+        "--workdir",
+        str(Path(args.workdir) / "bench"),
+        "--json",
+        str(out),
+    ]
     if args.smoke:
         cmd += ["--only", "bare", "--batch-size", str(args.batch_size), "--layouts", "1x2"]  # label: the next section
     run = timed_run(cmd, args.limit_s, gpu=False)  # bench.py samples SM use itself, per contender
     if out.exists():
-        run["results"] = {name: {k: v for k, v in r.items() if k != "sm_samples"}
-                          for name, r in json.loads(out.read_text()).items()}
+        run["results"] = {
+            name: {k: v for k, v in r.items() if k != "sm_samples"} for name, r in json.loads(out.read_text()).items()
+        }
     return run
 
 
@@ -105,9 +124,27 @@ def label_runs(args, gpu: bool) -> dict:
     runs = {}
     for model in args.models.split(","):
         out = Path(args.workdir) / f"label-{model}"
-        cmd = [sys.executable, "-m", "resnet_batch", "label", str(args.data), "--output", str(out),
-               "--mode", "overwrite", "--model", model, "--weights", "none", "--precision", args.precision,
-               "--device", args.device, "--progress-every", "600"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "resnet_batch",
+            "label",
+            str(args.data),
+            "--output",
+            str(out),
+            "--mode",
+            "overwrite",
+            "--model",
+            model,
+            "--weights",
+            "none",
+            "--precision",
+            args.precision,
+            "--device",
+            args.device,
+            "--progress-every",
+            "600",
+        ]
         if args.smoke:
             cmd += ["--batch-size", str(args.batch_size)]
         run = timed_run(cmd, args.limit_s, gpu)
@@ -120,8 +157,9 @@ def gpu_tests(args, gpu: bool) -> dict:
     if not gpu:
         return {"skipped": "no GPU here"}
     run = timed_run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:randomly"], args.limit_s, gpu)
-    run["result"] = next((line for line in reversed(run["stdout"].splitlines()) if re.search(r"passed|failed", line)),
-                         "")
+    run["result"] = next(
+        (line for line in reversed(run["stdout"].splitlines()) if re.search(r"passed|failed", line)), ""
+    )
     return run
 
 
@@ -132,14 +170,23 @@ def report(results: dict) -> str:
     if kernels.get("rows"):
         lines += ["| stage (per batch) | ms | images/s | note |", "| --- | --- | --- | --- |"]
         lines += [f"| {r['what']} | {r['ms']} | {r['images_per_s']} | {r.get('note', '')} |" for r in kernels["rows"]]
+        lines += ["", f"decoder the job should use: {kernels.get('decoder_choice')}"]
     elif kernels:
         lines.append(f"kernels: {kernels.get('error', kernels)}")
     profile = kernels.get("profile", {})
     if profile:
-        gpu = (f"GPU busy {profile['gpu_busy_pct']}% of {profile['window_ms']} ms; longest idle gaps (ms): "
-               f"{profile['longest_gaps_ms']}" if profile["gpu_busy_pct"] is not None else "no GPU kernels")
-        lines += ["", f"profile of {profile['batches']} steady batches: {gpu}",
-                  "| top CUDA ops | ms |", "| --- | --- |"]
+        gpu = (
+            f"GPU busy {profile['gpu_busy_pct']}% of {profile['window_ms']} ms; longest idle gaps (ms): "
+            f"{profile['longest_gaps_ms']}"
+            if profile["gpu_busy_pct"] is not None
+            else "no GPU kernels"
+        )
+        lines += [
+            "",
+            f"profile of {profile['batches']} steady batches: {gpu}",
+            "| top CUDA ops | ms |",
+            "| --- | --- |",
+        ]
         lines += [f"| {name} | {ms} |" for name, ms in profile["cuda_top"]]
         lines += ["| top CPU ops | ms |", "| --- | --- |"] + [f"| {name} | {ms} |" for name, ms in profile["cpu_top"]]
     lines += ["", *_bench_lines(results.get("bench", {})), "", *_label_lines(results.get("label", {}))]
@@ -151,11 +198,15 @@ def report(results: dict) -> str:
 def _bench_lines(bench: dict) -> list[str]:
     if not bench.get("results"):
         return [f"bench.py: exit {bench.get('exit')}: {bench.get('stderr', '')[-500:]}"]
-    lines = ["| bench.py contender | steady images/s | end-to-end images/s | start-up s | SM % | NVJPG % | layout |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| bench.py contender | steady images/s | end-to-end images/s | start-up s | SM % | NVJPG % | layout |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, r in bench["results"].items():
-        lines.append(f"| {name} | {r['rate']:.0f} | {r['end_to_end']:.0f} | {r.get('startup_s', 0):.1f} "
-                     f"| {r.get('sm_steady', '-')} | {r.get('jpg_steady', '-')} | {r.get('layouts', '')} |")
+        lines.append(
+            f"| {name} | {r['rate']:.0f} | {r['end_to_end']:.0f} | {r.get('startup_s', 0):.1f} "
+            f"| {r.get('sm_steady', '-')} | {r.get('jpg_steady', '-')} | {r.get('layouts', '')} |"
+        )
     return lines
 
 
@@ -180,8 +231,13 @@ def parse_args(argv=None):
     p.add_argument("--batches", type=int, default=20, help="kernels/profile: batches per timed loop")
     p.add_argument("--bench-images", type=int, default=10000)
     p.add_argument("--limit-s", type=float, default=150, help="each subprocess's time limit")
-    p.add_argument("--budget-s", type=float, default=340, help="the whole check's time limit (what is left "
-                   "when a section starts is its limit; sections with under 10 s left are skipped)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=340,
+        help="the whole check's time limit (what is left "
+        "when a section starts is its limit; sections with under 10 s left are skipped)",
+    )
     p.add_argument("--sections", default="kernels,label,pytest,bench", help="in this order")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, on whatever device is here (CPU: no pytest)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/resnet-batch-gpu-check"))
@@ -209,8 +265,9 @@ def main(argv=None) -> None:
     results = {"device": _device_name(gpu), "args": {k: str(v) for k, v in vars(args).items()}}
     sections = args.sections.split(",")
     if "kernels" in sections:
-        child = timed_run([sys.executable, __file__, "--_child", *(sys.argv[1:] if argv is None else argv)],
-                          args.limit_s, gpu=False)
+        child = timed_run(
+            [sys.executable, __file__, "--_child", *(sys.argv[1:] if argv is None else argv)], args.limit_s, gpu=False
+        )
         try:
             results["kernels"] = json.loads(child["stdout"].strip().splitlines()[-1])
         except (ValueError, IndexError):

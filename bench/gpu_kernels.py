@@ -7,15 +7,20 @@ from __future__ import annotations
 import os
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from device_decode import timed
+from forward_variants import variants
 
 from resnet_batch.core.columns import output_schema
+from resnet_batch.core.errors import UsageError
 from resnet_batch.data.decode import DecodeStage, Source, load_one
-from resnet_batch.data.device_decode import DeviceDecoder
+from resnet_batch.data.preprocessing import GPU_DECODERS
+from resnet_batch.device.decoders import DeviceDecoder, jpeg_backend
+from resnet_batch.device.resize import resize_crop
 from resnet_batch.model.inference import Predictor
 from resnet_batch.model.registry import POOLED, feature_width
 from resnet_batch.model.settings import InferenceSettings
@@ -30,59 +35,157 @@ def run(args) -> dict:
     paths = [paths[i % len(paths)] for i in range(args.batch_size)]
     jpegs = [p.read_bytes() for p in paths]
     n = len(jpegs)
-    rows = decode_rows(args, device, resolved.preprocessing, jpegs, paths)
-    predictor = Predictor(InferenceSettings(weights=resolved, precision=args.precision, device=device.type,
-                                            warmup_batch=n),
-                          schema=output_schema(feature_width(model, POOLED), with_topk=True))
-    crops = torch.from_numpy(np.stack([load_one(Source(str(p)), resolved.preprocessing, 10**8).pixels
-                                       for p in paths[:n]]))
+    decoders = available_decoders(resolved.preprocessing, device)
+    rows = decode_rows(args, device, resolved.preprocessing, jpegs, paths, decoders)
+    predictor = Predictor(
+        InferenceSettings(
+            weights=resolved, precision=args.precision, device=device.type, warmup_batch=n, gpu_decoder="nvjpeg"
+        ),
+        schema=output_schema(feature_width(model, POOLED), with_topk=True),
+    )
+    crops = torch.from_numpy(
+        np.stack([load_one(Source(str(p)), resolved.preprocessing, 10**8).pixels for p in paths[:n]])
+    )
     if device.type == "cuda":
         crops = crops.pin_memory()
     forward_s = timed(lambda: predictor.run_model(crops.to(device, non_blocking=True)), device, args.batches)
-    rows.append(row("forward alone (pinned uint8 crops: copy in, normalise, forward, results out)", forward_s, n,
-                    f"{model}, {predictor.precision}"))
-    on_device = DecodeStage(resolved.preprocessing, defer_jpeg=True, cpu_share=0.0)({"path": np.array(
-        [str(p) for p in paths], dtype=object)})
-    on_cpu = DecodeStage(resolved.preprocessing, defer_jpeg=True, cpu_share=1.0)({"path": np.array(
-        [str(p) for p in paths], dtype=object)})
+    rows.append(
+        row(
+            "forward alone (pinned uint8 crops: copy in, normalise, forward, results out)",
+            forward_s,
+            n,
+            f"{model}, {predictor.precision}",
+        )
+    )
+    # --smoke on a CPU: compiling takes a minute there (tests/test_forward_variants.py compiles a small model).
+    modes = () if args.smoke else ("default", "max-autotune-no-cudagraphs")
+    rows += variants(predictor.model, n, device, predictor.precision, args.batches, modes)
+    on_device = DecodeStage(resolved.preprocessing, defer_jpeg=True, cpu_share=0.0)(
+        {"path": np.array([str(p) for p in paths], dtype=object)}
+    )
+    on_cpu = DecodeStage(resolved.preprocessing, defer_jpeg=True, cpu_share=1.0)(
+        {"path": np.array([str(p) for p in paths], dtype=object)}
+    )
     fed = [predictor.feed(dict(on_device), np.array(on_device["error"], dtype=object)) for _ in range(3)]
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # the events are read below
-    data_path_s = min(f.data_path_s() for f in fed[1:]) if device.type == "cuda" else timed(
-        lambda: predictor.feed(dict(on_device), np.array(on_device["error"], dtype=object)), device, args.batches)
-    rows.append(row("GPU data path alone (feed: decode + resize, device time)", data_path_s, n,
-                    f"{data_path_s / forward_s:.2f} x the forward"))
+    data_path_s = (
+        min(f.data_path_s() for f in fed[1:])
+        if device.type == "cuda"
+        else timed(
+            lambda: predictor.feed(dict(on_device), np.array(on_device["error"], dtype=object)), device, args.batches
+        )
+    )
+    rows.append(
+        row(
+            "GPU data path alone (feed: decode + resize, device time)",
+            data_path_s,
+            n,
+            f"{data_path_s / forward_s:.2f} x the forward",
+        )
+    )
     seconds = decode_process_loop(predictor, jpegs, args.batches)
-    rows.append(row("decode in a process of its own (own CUDA context, crops handed over by CUDA IPC), "
-                    "forward here", seconds, n, f"{forward_s / seconds:.2f} x the forward's rate"))
-    for name, batch, calls in [("actor loop, JPEGs decoded on the device, 1 call (serial)", on_device, 1),
-                               ("actor loop, JPEGs decoded on the device, 2 calls (overlapped, as the job)",
-                                on_device, 2),
-                               ("actor loop, crops decoded by CPU tasks, 2 calls", on_cpu, 2)]:
+    rows.append(
+        row(
+            "decode in a process of its own (own CUDA context, crops handed over by CUDA IPC), forward here",
+            seconds,
+            n,
+            f"{forward_s / seconds:.2f} x the forward's rate",
+        )
+    )
+    for name, batch, calls in [
+        ("actor loop, JPEGs decoded on the device, 1 call (serial)", on_device, 1),
+        ("actor loop, JPEGs decoded on the device, 2 calls (overlapped, as the job)", on_device, 2),
+        ("actor loop, crops decoded by CPU tasks, 2 calls", on_cpu, 2),
+    ]:
         seconds = actor_loop(predictor, batch, calls, args.batches)
         rows.append(row(name, seconds, n, f"{forward_s / seconds:.2f} x the forward's rate"))
-    return {"rows": rows, "profile": profile(predictor, on_device, args.batches, device)}
+    overlapped = decoder_loops(predictor, decoders, on_device, args.batches, forward_s, n)
+    rows += overlapped
+    return {
+        "rows": rows,
+        "profile": profile(predictor, on_device, args.batches, device),
+        "decoder_choice": decoder_choice(overlapped),
+    }
+
+
+def available_decoders(prep, device) -> dict:
+    """Each GPU decoder of the job (device/decoders.py) as a DeviceDecoder, or why it is not here."""
+    found = {}
+    for name in GPU_DECODERS:
+        try:
+            found[name] = DeviceDecoder(prep, device, jpeg_backend(name, device))
+        except (UsageError, RuntimeError) as exc:
+            found[name] = f"not available: {str(exc)[:100]}"
+    return found
+
+
+def decoder_loops(
+    predictor: Predictor, decoders: dict, batch: dict, batches: int, forward_s: float, n: int
+) -> list[dict]:
+    """The actor's two overlapped calls with each decoder in its feed."""
+    rows, kept = [], predictor.feed.decoder
+    try:
+        for name, decoder in decoders.items():
+            what = f"actor loop, 2 calls, {name} decoding"
+            if isinstance(decoder, str):
+                rows.append(row(what, 0.0, n, decoder))
+                continue
+            predictor.feed.decoder = decoder
+            seconds = actor_loop(predictor, batch, 2, batches)
+            rows.append(row(what, seconds, n, f"{forward_s / seconds:.2f} x the forward's rate"))
+    finally:
+        predictor.feed.decoder = kept
+    return rows
+
+
+def decoder_choice(loops: list[dict]) -> str:
+    """Which decoder the job should use: the one whose overlapped loop is fastest."""
+    timed_loops = [r for r in loops if r["ms"] > 0]
+    if not timed_loops:
+        return "no GPU decoder ran"
+    best = min(timed_loops, key=lambda r: r["ms"])
+    name = best["what"].rsplit(", ", 1)[1].removesuffix(" decoding")
+    others = ", ".join(
+        f"{r['what'].rsplit(', ', 1)[1]} {r['images_per_s']} images/s" for r in timed_loops if r is not best
+    )
+    return f"--gpu-decoder {name}: {best['images_per_s']} images/s overlapped with the forward" + (
+        f" (against {others})" if others else ""
+    )
 
 
 def row(what: str, seconds: float, n: int, note: str = "") -> dict:
-    return {"what": what, "ms": round(seconds * 1000, 2), "images_per_s": round(n / seconds) if seconds else None,
-            "note": note}
+    return {
+        "what": what,
+        "ms": round(seconds * 1000, 2),
+        "images_per_s": round(n / seconds) if seconds else None,
+        "note": note,
+    }
 
 
-def decode_rows(args, device, prep, jpegs: list[bytes], paths) -> list[dict]:
-    """Each decode candidate alone, the batched resize alone, and PIL on one core and on the node."""
+def decode_rows(args, device, prep, jpegs: list[bytes], paths, decoders: dict) -> list[dict]:
+    """Each decode candidate alone and with the batched crop, the batched resize alone, and PIL
+    on one core and on the node."""
     n, rows = len(jpegs), []
-    decoder = DeviceDecoder(prep, device)
-    rows.append(row("decode: nvJPEG batched (torchvision.io)", timed(lambda: decoder.decode(jpegs), device,
-                                                                        args.batches), n))
+    for name, decoder in decoders.items():
+        if isinstance(decoder, str):
+            rows += [
+                row(f"decode: {name} batched", 0.0, n, decoder),
+                row(f"decode + resize + crop, {name} (DeviceDecoder)", 0.0, n, decoder),
+            ]
+            continue
+        decode_only = partial(decoder.backend.decode, jpegs)
+        rows.append(row(f"decode: {name} batched", timed(decode_only, device, args.batches), n))
+        whole = partial(decoder, jpegs)
+        rows.append(row(f"decode + resize + crop, {name} (DeviceDecoder)", timed(whole, device, args.batches), n))
     for name, decode in other_decoders(device).items():
         if isinstance(decode, str):
             rows.append(row(f"decode: {name}", 0.0, n, decode))
         else:
-            rows.append(row(f"decode: {name}", timed(lambda: decode(jpegs), device, args.batches), n))
-    images = list(decoder.decode(jpegs)[0].values())
-    rows.append(row("resize + crop, batched", timed(lambda: decoder.resize_crop(images), device, args.batches), n))
-    rows.append(row("decode + resize + crop (DeviceDecoder)", timed(lambda: decoder(jpegs), device, args.batches), n))
+            rows.append(row(f"decode: {name}", timed(partial(decode, jpegs), device, args.batches), n))
+    images = list(decoders["nvjpeg"].backend.decode(jpegs)[0].values())
+    dtype = decoders["nvjpeg"].dtype
+    rows.append(row("resize + crop, batched", timed(lambda: resize_crop(images, prep, dtype), device, args.batches), n))
     sample = paths[: min(32, n)]
     one_core = timed(lambda: [load_one(Source(str(p)), prep, 10**8) for p in sample], torch.device("cpu"), 1)
     per_batch = one_core * n / len(sample)
@@ -93,27 +196,22 @@ def decode_rows(args, device, prep, jpegs: list[bytes], paths) -> list[dict]:
 
 
 def other_decoders(device) -> dict:
-    """Candidates beside torchvision's: a callable each, or why it is not here."""
-    found = {}
+    """Candidates the job does not offer yet: a callable each, or why it is not here."""
     try:
         from torchcodec.decoders import decode_jpeg as codec_decode
 
-        found["torchcodec"] = lambda jpegs: [codec_decode(torch.frombuffer(j, dtype=torch.uint8), device=device)
-                                             for j in jpegs]
+        return {
+            "torchcodec": lambda jpegs: [
+                codec_decode(torch.frombuffer(j, dtype=torch.uint8), device=device) for j in jpegs
+            ]
+        }
     except Exception as exc:  # not installed, or built for another torch
-        found["torchcodec"] = f"not available: {type(exc).__name__}: {str(exc)[:80]}"
-    try:
-        from nvidia import nvimgcodec
-
-        codec = nvimgcodec.Decoder()
-        found["nvImageCodec"] = lambda jpegs: [torch.as_tensor(img, device=device) for img in codec.decode(jpegs)]
-    except Exception as exc:
-        found["nvImageCodec"] = f"not available: {type(exc).__name__}: {str(exc)[:80]}"
-    return found
+        return {"torchcodec": f"not available: {type(exc).__name__}: {str(exc)[:80]}"}
 
 
 def actor_loop(predictor: Predictor, batch: dict, calls: int, batches: int) -> float:
     """Seconds per batch of `batches` model-actor calls, `calls` at once on threads of their own."""
+
     def work(count: int) -> None:
         for _ in range(count):
             predictor(dict(batch))
@@ -136,9 +234,11 @@ def decode_process_loop(predictor: Predictor, jpegs: list[bytes], batches: int) 
 
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     crops, done = context.Queue(2), context.Event()
-    producer = context.Process(target=decode_in_process, daemon=True,
-                               args=(predictor.settings.weights.preprocessing, predictor.device.type, jpegs,
-                                     batches + 1, crops, done))
+    producer = context.Process(
+        target=decode_in_process,
+        daemon=True,
+        args=(predictor.settings.weights.preprocessing, predictor.device.type, jpegs, batches + 1, crops, done),
+    )
     producer.start()
     try:
         with predictor._stream():
@@ -155,7 +255,8 @@ def decode_process_loop(predictor: Predictor, jpegs: list[bytes], batches: int) 
 def decode_in_process(prep, device_type: str, jpegs: list[bytes], batches: int, crops, done) -> None:
     """The other process: decode + resize `batches` times, each crop batch put on the queue
     (CUDA tensors travel as IPC handles; they must live here until the consumer is done)."""
-    decoder = DeviceDecoder(prep, torch.device(device_type))
+    device = torch.device(device_type)
+    decoder = DeviceDecoder(prep, device, jpeg_backend("nvjpeg", device))
     for _ in range(batches):
         batch = decoder(jpegs).crops
         if device_type == "cuda":
@@ -178,13 +279,18 @@ def profile(predictor: Predictor, batch: dict, batches: int, device) -> dict:
         ranked = sorted(averages, key=lambda e: getattr(e, attribute, 0), reverse=True)[:8]
         return [(e.key[:70], round(getattr(e, attribute, 0) / 1000, 2)) for e in ranked]
 
-    kernels = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
-                     if e.device_type == torch.autograd.DeviceType.CUDA)
+    kernels = sorted(
+        (e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+    )
     busy, gaps, window = gpu_busy(kernels)
-    return {"batches": batches, "cpu_top": top("self_cpu_time_total"),
-            "cuda_top": top("self_device_time_total") if kernels else [],
-            "window_ms": round(window / 1000, 1), "gpu_busy_pct": round(100 * busy / window, 1) if window else None,
-            "longest_gaps_ms": [round(g / 1000, 2) for g in sorted(gaps, reverse=True)[:5]]}
+    return {
+        "batches": batches,
+        "cpu_top": top("self_cpu_time_total"),
+        "cuda_top": top("self_device_time_total") if kernels else [],
+        "window_ms": round(window / 1000, 1),
+        "gpu_busy_pct": round(100 * busy / window, 1) if window else None,
+        "longest_gaps_ms": [round(g / 1000, 2) for g in sorted(gaps, reverse=True)[:5]],
+    }
 
 
 def gpu_busy(kernels: list[tuple[float, float]]) -> tuple[float, list[float], float]:

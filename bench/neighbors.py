@@ -34,7 +34,7 @@ def vectors(rows: int, dim: int, clusters: int, noise: float, seed: int) -> np.n
     for start in range(0, rows, 100_000):  # float32 only a chunk at a time
         n = min(100_000, rows - start)
         chunk = centres[rng.integers(0, clusters, n)] + noise * rng.normal(size=(n, dim)).astype(np.float32)
-        out[start:start + n] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
+        out[start : start + n] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
     return out
 
 
@@ -49,8 +49,9 @@ def main() -> None:
     args = p.parse_args()
     import faiss
 
-    print(f"{args.rows} x {args.dim} float16, k={args.k}, {faiss.omp_get_max_threads()} threads, "
-          f"{os.cpu_count()} cores")
+    print(
+        f"{args.rows} x {args.dim} float16, k={args.k}, {faiss.omp_get_max_threads()} threads, {os.cpu_count()} cores"
+    )
     for noise in args.noise:
         stored = vectors(args.rows, args.dim, args.clusters, noise, seed=1)
         x = stored.astype(np.float32)  # what neighbors.load_embeddings hands the index
@@ -61,13 +62,17 @@ def main() -> None:
         search_s = time.monotonic() - start
         checked = queries[:1000]
         _, truth = faiss.knn(x[checked], x, args.k + 1, metric=faiss.METRIC_INNER_PRODUCT)
-        reached = neighbors.recall(neighbors._others(found[:1000], checked, args.k),
-                                   neighbors._others(truth, checked, args.k))
+        reached = neighbors.recall(
+            neighbors._others(found[:1000], checked, args.k), neighbors._others(truth, checked, args.k)
+        )
         rate = len(queries) / search_s
         estimate = "" if len(queries) == args.rows else " (estimated from the rate)"
-        print(f"  noise {noise}: {info.index}, nprobe {info.nprobe}; build {info.build_s:.0f}s (k-means, adding, "
-              f"tuning); recall@{args.k}: tuning sample {info.recall_at_k:.3f}, 1,000 fresh queries {reached:.3f}; "
-              f"search {rate:.0f} rows/s, all {args.rows} rows {args.rows / rate:.0f}s{estimate}", flush=True)
+        print(
+            f"  noise {noise}: {info.index}, nprobe {info.nprobe}; build {info.build_s:.0f}s (k-means, adding, "
+            f"tuning); recall@{args.k}: tuning sample {info.recall_at_k:.3f}, 1,000 fresh queries {reached:.3f}; "
+            f"search {rate:.0f} rows/s, all {args.rows} rows {args.rows / rate:.0f}s{estimate}",
+            flush=True,
+        )
         del x, stored, index
 
 

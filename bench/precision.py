@@ -52,13 +52,18 @@ def main() -> None:
 
     outs = {"fp32": [], args.precision: []}
     for i in range(0, len(crops), 32):
-        outs["fp32"].append(tuple(ref.run_model(crops[i: i + 32]).values()))  # (embedding, logits)
-        outs[args.precision].append(tuple(low.run_model(crops[i: i + 32]).values()))
-    (e32, l32), (elo, llo) = [tuple(torch.cat(t) for t in zip(*outs[k])) for k in outs]
+        outs["fp32"].append(tuple(ref.run_model(crops[i : i + 32]).values()))  # (embedding, logits)
+        outs[args.precision].append(tuple(low.run_model(crops[i : i + 32]).values()))
+    (e32, l32), (elo, llo) = [tuple(torch.cat(t) for t in zip(*outs[k], strict=False)) for k in outs]
     rel = ((llo - l32).abs().amax(1) / l32.abs().amax(1)).numpy()
     cos = torch.nn.functional.cosine_similarity(elo, e32, dim=1).numpy()
     top1 = (llo.argmax(1) == l32.argmax(1)).float().mean().item()
-    top5 = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(llo.topk(5).indices.tolist(), l32.topk(5).indices.tolist())])
+    top5 = np.mean(
+        [
+            len(set(a) & set(b)) / 5
+            for a, b in zip(llo.topk(5).indices.tolist(), l32.topk(5).indices.tolist(), strict=False)
+        ]
+    )
     print(f"{args.model} {args.precision} vs fp32 on {len(crops)} images ({args.device}):")
     print(f"  relative logit error: median {np.median(rel):.4f}, max {rel.max():.4f}")
     print(f"  embedding cosine:     mean {cos.mean():.5f}, min {cos.min():.5f}")

@@ -38,8 +38,19 @@ from bench import parse_summary  # noqa: E402
 TINY_IMAGES = 16  # distinct JPEGs; every input is a hard link to one of them
 PER_FOLDER = 10_000
 CHECK = re.compile(r"final check ([\d.]+)s")
-NULL_JOB = ["--model", "none", "--top-k", "1", "--no-embeddings", "--batch-size", "1024",
-            "--rows-per-file", "200000", "--progress-every", "600"]
+NULL_JOB = [
+    "--model",
+    "none",
+    "--top-k",
+    "1",
+    "--no-embeddings",
+    "--batch-size",
+    "1024",
+    "--rows-per-file",
+    "200000",
+    "--progress-every",
+    "600",
+]
 
 
 def tiny_jpegs(folder: Path) -> list[Path]:
@@ -83,7 +94,7 @@ def folder_sources(tiny: list[Path], folder: Path) -> list[Path]:
     """A folder's own copies of the tiny JPEGs: ext4 allows 65,000 links to one file."""
     folder.mkdir(parents=True, exist_ok=True)
     copies = [folder / p.name for p in tiny]
-    for source, copy in zip(tiny, copies):
+    for source, copy in zip(tiny, copies, strict=False):
         if not copy.exists():
             shutil.copyfile(source, copy)
     return copies
@@ -92,8 +103,13 @@ def folder_sources(tiny: list[Path], folder: Path) -> list[Path]:
 def run_measured(cmd: list[str], timeout: float) -> dict:
     """Run a command; its wall time and peak RSS (MiB), with its stdout and stderr."""
     started = time.time()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
     peak = [0]
 
     def watch():
@@ -134,8 +150,16 @@ def measure(workdir: Path, size: int, timeout: float) -> dict:
     return {**result, "resume_s": resume["wall"], "resume_rss_mib": resume["rss_mib"]}
 
 
-COLUMNS = [("inputs", "{:,}"), ("wall_s", "{:.1f}"), ("first_batch_s", "{:.1f}"), ("rows_per_s", "{:,.0f}"),
-           ("check_s", "{:.1f}"), ("driver_rss_mib", "{:,.0f}"), ("resume_s", "{:.1f}"), ("resume_rss_mib", "{:,.0f}")]
+COLUMNS = [
+    ("inputs", "{:,}"),
+    ("wall_s", "{:.1f}"),
+    ("first_batch_s", "{:.1f}"),
+    ("rows_per_s", "{:,.0f}"),
+    ("check_s", "{:.1f}"),
+    ("driver_rss_mib", "{:,.0f}"),
+    ("resume_s", "{:.1f}"),
+    ("resume_rss_mib", "{:,.0f}"),
+]
 
 
 def table(results: list[dict]) -> str:
@@ -154,8 +178,10 @@ def growth(results: list[dict]) -> str:
             continue
         ratio = large[name] / small[name]
         per_decade = ratio ** (1 / steps) if steps else 1.0
-        guesses = ", ".join(f"{target:.0e}: {large[name] * per_decade ** math.log10(target / large['inputs']):,.1f}"
-                            for target in (1e8, 1e9))
+        guesses = ", ".join(
+            f"{target:.0e}: {large[name] * per_decade ** math.log10(target / large['inputs']):,.1f}"
+            for target in (1e8, 1e9)
+        )
         lines.append(f"  {name}: x{ratio:.2f} ({guesses})")
     return "\n".join(lines)
 

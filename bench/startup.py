@@ -28,22 +28,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import DEFAULT_DATA, SUMMARY, ensure_images, linked_folder  # noqa: E402
 
 COMPONENTS = {
-    "python + driver imports (cli, config, pipeline, ray.data)":
-        "import resnet_batch.run.cli, resnet_batch.run.config, resnet_batch.run.pipeline",
+    "python + driver imports (cli, config, pipeline, ray.data)": "import resnet_batch.run.cli, "
+    "resnet_batch.run.config, resnet_batch.run.pipeline",
     "torch + torchvision (weights thread, model actors)": "import torch, torchvision",
     "decode stage imports (decode workers)": "import resnet_batch.data.decode",
-    "ray.init (local, no dashboard)":
-        "import ray, time; t = time.time(); ray.init(include_dashboard=False, logging_level='ERROR'); "
-        "print(time.time() - t)",
-    "first remote task after ray.init":
-        "import ray, time; ray.init(include_dashboard=False, logging_level='ERROR'); t = time.time(); "
-        "ray.get(ray.remote(lambda: 1).remote()); print(time.time() - t)",
-    "ray.shutdown":
-        "import ray, time; ray.init(include_dashboard=False, logging_level='ERROR'); "
-        "ray.get(ray.remote(lambda: 1).remote()); t = time.time(); ray.shutdown(); print(time.time() - t)",
-    "build resnet18 + fold BN (after imports)":
-        "import time; from resnet_batch.model.models import build_model, fold_batch_norms; from resnet_batch.model.weights import resolve_weights; "
-        "t = time.time(); fold_batch_norms(build_model(resolve_weights('resnet18', 'none'))); print(time.time() - t)",
+    "ray.init (local, no dashboard)": "import ray, time; t = time.time(); "
+    "ray.init(include_dashboard=False, logging_level='ERROR'); "
+    "print(time.time() - t)",
+    "first remote task after ray.init": "import ray, time; "
+    "ray.init(include_dashboard=False, logging_level='ERROR'); t = time.time(); "
+    "ray.get(ray.remote(lambda: 1).remote()); print(time.time() - t)",
+    "ray.shutdown": "import ray, time; ray.init(include_dashboard=False, logging_level='ERROR'); "
+    "ray.get(ray.remote(lambda: 1).remote()); t = time.time(); ray.shutdown(); print(time.time() - t)",
+    "build resnet18 + fold BN (after imports)": "import time; "
+    "from resnet_batch.model.models import build_model, fold_batch_norms; "
+    "from resnet_batch.model.weights import resolve_weights; "
+    "t = time.time(); fold_batch_norms(build_model(resolve_weights('resnet18', 'none'))); print(time.time() - t)",
 }
 
 
@@ -60,8 +60,22 @@ def run_label(folder: Path, out: Path, mode: str, extra: list[str], tree: Path) 
     """One `label` run of the code in `tree` (a checkout, e.g. `git worktree add /tmp/oldtree REV`)."""
     # Checkouts from before the layered layout have no `python -m resnet_batch`.
     entry = "resnet_batch" if (tree / "resnet_batch" / "__main__.py").exists() else "resnet_batch.cli"
-    cmd = [sys.executable, "-m", entry, "label", str(folder), "--output", str(out), "--model", "resnet18",
-           "--weights", "none", "--mode", mode, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        entry,
+        "label",
+        str(folder),
+        "--output",
+        str(out),
+        "--model",
+        "resnet18",
+        "--weights",
+        "none",
+        "--mode",
+        mode,
+        *extra,
+    ]
     start = time.monotonic()
     # In the tree: `python -m` puts the working directory first on sys.path, before PYTHONPATH
     # (and Ray's workers take the driver's sys.path).
@@ -81,8 +95,13 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=Path("/tmp/resnet-batch-startup"))
     p.add_argument("--precision", default="fp32")
     p.add_argument("--skip-components", action="store_true")
-    p.add_argument("--trees", type=Path, nargs="+", default=[Path(__file__).resolve().parents[1]],
-                   help="checkouts to compare, alternated run by run (default: this one)")
+    p.add_argument(
+        "--trees",
+        type=Path,
+        nargs="+",
+        default=[Path(__file__).resolve().parents[1]],
+        help="checkouts to compare, alternated run by run (default: this one)",
+    )
     args = p.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -100,7 +119,7 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)
                 r = run_label(folder, out, "error", ["--precision", args.precision], tree)
                 print(f"{tree}: {n} images, run {i + 1}: {r['process wall']:.1f}s launch to exit; {r['summary']}")
-        for i in range(args.runs):
+        for _ in range(args.runs):
             for tree in args.trees:
                 r = run_label(folder, out, "resume", ["--precision", args.precision], tree)
                 print(f"{tree}: {n} images, resume with nothing left: {r['process wall']:.1f}s launch to exit")

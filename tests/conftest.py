@@ -147,14 +147,27 @@ def resnet50_ckpt(tmp_path_factory) -> Path:
     return save_random_checkpoint("resnet50", tmp_path_factory.mktemp("ckpt") / "resnet50.pth", seed=1)
 
 
-# Test modules that run `resnet-batch` in processes of their own (each starting a Ray) or
-# start clusters: the end-to-end tier. The rest, in this process with one shared local Ray,
-# is the fast tier a developer runs after every change: pytest -m "not e2e".
-END_TO_END = {"test_cli", "test_hostile", "test_interrupt", "test_local_cluster", "test_multinode", "test_progress",
-              "test_resume_kill", "test_submit", "test_gpu_check", "test_allocator"}
+# The end-to-end tier: test modules that run `resnet-batch` in processes of their own (each
+# starting a Ray) or start clusters, and every test that runs on the shared local Ray (whole
+# jobs through Ray Data). The rest runs in this process without Ray: the fast tier a
+# developer runs after every change, pytest -m "not e2e".
+END_TO_END = {
+    "test_cli",
+    "test_gpu_nodes",
+    "test_hostile",
+    "test_interrupt",
+    "test_local_cluster",
+    "test_multinode",
+    "test_progress",
+    "test_resume_kill",
+    "test_submit",
+    "test_gpu_check",
+    "test_allocator",
+}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.module.__name__.rsplit(".", 1)[-1] in END_TO_END or item.get_closest_marker("slow"):
+        on_ray = "ray_local" in getattr(item, "fixturenames", ())
+        if item.module.__name__.rsplit(".", 1)[-1] in END_TO_END or item.get_closest_marker("slow") or on_ray:
             item.add_marker(pytest.mark.e2e)

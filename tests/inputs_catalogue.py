@@ -38,7 +38,10 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
 def write_catalogue(folder: Path, seed: int = 3) -> dict[str, str | None]:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    photo = lambda h, w: Image.fromarray(smooth_image(rng, h, w))  # noqa: E731
+
+    def photo(h, w):
+        return Image.fromarray(smooth_image(rng, h, w))
+
     expected: dict[str, str | None] = {}
 
     def put(name: str, data: bytes, outcome: str | None) -> None:
@@ -51,7 +54,9 @@ def write_catalogue(folder: Path, seed: int = 3) -> dict[str, str | None]:
     put("text.png", b"hello, I am a text file and not a PNG\n" * 10, "decode_error")
     put("png_named.jpg", _encode(photo(200, 300), "PNG"), None)
     put("cmyk.jpg", _encode(photo(240, 320).convert("CMYK"), "JPEG"), None)
-    gray16 = (smooth_image(rng, 180, 220)[..., 0].astype(np.uint16) * 257 + rng.integers(0, 257, (180, 220))).astype(np.uint16)
+    gray16 = (smooth_image(rng, 180, 220)[..., 0].astype(np.uint16) * 257 + rng.integers(0, 257, (180, 220))).astype(
+        np.uint16
+    )
     put("gray16.png", _encode(Image.fromarray(gray16), "PNG"), None)
     pal = photo(200, 260).quantize(32)
     put("palette_transparent.png", _encode(pal, "PNG", transparency=0), None)

@@ -15,18 +15,9 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
+from resnet_batch.run import ray_compat
 from resnet_batch.run.config import LabelConfig
 from resnet_batch.run.job import run_label
-
-
-def model_actor_nodes() -> set[str]:
-    """Nodes hosting a live model actor, straight from the GCS (no dashboard needed)."""
-    from ray._private.state import actors
-
-    return {
-        a["Address"]["NodeID"] for a in actors().values()
-        if a["State"] == "ALIVE" and "Predictor" in a["ActorClassName"]
-    }
 
 
 def main(src: str, out: str) -> None:
@@ -34,8 +25,16 @@ def main(src: str, out: str) -> None:
     workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="WARNING")
-    cfg = LabelConfig(inputs=(src,), output=out, model="resnet50", weights="none", precision="fp32",
-                      batch_size=2, rows_per_file=4, top_k=1)
+    cfg = LabelConfig(
+        inputs=(src,),
+        output=out,
+        model="resnet50",
+        weights="none",
+        precision="fp32",
+        batch_size=2,
+        rows_per_file=4,
+        top_k=1,
+    )
     result: list = []
     failure: list = []
 
@@ -51,20 +50,24 @@ def main(src: str, out: str) -> None:
     while len(list(Path(out).glob("part-*.parquet"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     files_before_kill = len(list(Path(out).glob("part-*.parquet")))
-    actor_nodes = model_actor_nodes()
+    actor_nodes = ray_compat.alive_actor_nodes("Predictor")
     victim = next(w for w in workers if w.node_id in actor_nodes)
     cluster.remove_node(victim, allow_graceful=False)
     cluster.add_node(num_cpus=2)  # what an autoscaler would do
     job.join(timeout=400)
     summary = result[0] if result else None
-    print(json.dumps({
-        "killed_node_had_actor": victim.node_id in actor_nodes,
-        "files_before_kill": files_before_kill,
-        "complete": bool(summary and summary.complete),
-        "inputs": summary.inputs if summary else None,
-        "rows": summary.rows_in_output if summary else None,
-        "failure": failure[0] if failure else None,
-    }))
+    print(
+        json.dumps(
+            {
+                "killed_node_had_actor": victim.node_id in actor_nodes,
+                "files_before_kill": files_before_kill,
+                "complete": bool(summary and summary.complete),
+                "inputs": summary.inputs if summary else None,
+                "rows": summary.rows_in_output if summary else None,
+                "failure": failure[0] if failure else None,
+            }
+        )
+    )
     ray.shutdown()
     cluster.shutdown()
 

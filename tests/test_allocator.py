@@ -28,8 +28,9 @@ t = threading.Thread(target=passes); t.start(); t.join()
 
 def page_faults(env: dict) -> int:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    out = subprocess.run([sys.executable, "-c", FAULTS_PER_PASS], env={**clean, **env},
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", FAULTS_PER_PASS], env={**clean, **env}, capture_output=True, text=True, check=True
+    )
     return int(out.stdout.strip())
 
 

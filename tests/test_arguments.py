@@ -40,11 +40,16 @@ def test_every_subcommand_has_a_description_an_example_and_its_defaults(name):
     assert command.description and len(command.description) > 80, "a paragraph on what it does"
     assert f"example:\n  resnet-batch {name}" in text
     for action in command._actions:
-        if action.option_strings and action.help not in (None, argparse.SUPPRESS) and "--help" not in \
-                action.option_strings and "--verbose" not in action.option_strings:
+        if (
+            action.option_strings
+            and action.help not in (None, argparse.SUPPRESS)
+            and "--help" not in action.option_strings
+            and "--verbose" not in action.option_strings
+        ):
             says = action.help.lower()
-            assert "default" in says or "required" in says or action.required, \
+            assert "default" in says or "required" in says or action.required, (
                 f"{name} {action.option_strings[0]}: no default in its help"
+            )
 
 
 def test_submit_usage_shows_the_label_command():
@@ -56,8 +61,9 @@ def test_a_stopped_cluster_job_is_resumed_where_it_ran(monkeypatch):
     assert resume_command(argv) == "resnet-batch label s3://b/in --output s3://b/out --mode resume"
     job = {"metadata": {"tool": "resnet-batch", "job_server": "http://head:8265"}}
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
-    assert resume_command(argv) == ("resnet-batch submit --address http://head:8265 -- "
-                                    "label s3://b/in --output s3://b/out --mode resume")
+    assert resume_command(argv) == (
+        "resnet-batch submit --address http://head:8265 -- label s3://b/in --output s3://b/out --mode resume"
+    )
 
 
 def test_the_readmes_options_table_is_the_parsers():
@@ -67,6 +73,8 @@ def test_the_readmes_options_table_is_the_parsers():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     table = readme.split("(resnet_batch/run/arguments.py options_markdown) -->\n", 1)[1].split("\n<!-- end", 1)[0]
-    assert table == options_markdown(), ("the README's label options differ from `label --help`: paste "
-                                         "python -c 'from resnet_batch.run.arguments import options_markdown as m; "
-                                         "print(m())'")
+    assert table == options_markdown(), (
+        "the README's label options differ from `label --help`: paste "
+        "python -c 'from resnet_batch.run.arguments import options_markdown as m; "
+        "print(m())'"
+    )

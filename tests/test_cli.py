@@ -14,34 +14,39 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from .helpers import cli
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "images"
 
 
-def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "resnet_batch", *args],
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
-    )
-
-
-@pytest.mark.parametrize("args, needle", [
-    (["--model", "resnet99"], "valid: resnet18, resnet34, resnet50, resnet101, resnet152"),
-    (["--mode", "append"], "valid: error, overwrite, resume"),
-    (["--precision", "int8"], "valid: auto, fp32, fp16, bf16"),
-    (["--device", "tpu"], "valid: auto, cpu, cuda"),
-    (["--embedding-dtype", "float64"], "valid: float32, float16"),
-    (["--weights", "IMAGENET1K_V9"], "valid: DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2, none, PATH-or-URI"),
-    (["--weights", "imagenet"], "checkpoint not found: imagenet; --weights valid: DEFAULT, IMAGENET1K_V1, "
-                                "IMAGENET1K_V2, none, PATH-or-URI (a .pt/.pth/.safetensors file"),
-    (["--model", "none", "--weights", "IMAGENET1K_V1"], "--model none (the null model, a benchmark aid) takes no --weights"),
-    (["--checkpoint-every", "0"], "--checkpoint-every must be a number of seconds > 0"),
-    (["--batch-size", "-4"], "--batch-size must be an integer >= 1"),
-    (["--num-workers", "1000", "--model", "none"], "--num-workers must be between 1 and"),
-    (["--address", "http://127.0.0.1:8299"], "--address http://127.0.0.1:8299 is a job server"),
-    (["s3x://bucket/x"], "unsupported URI scheme 's3x'"),
-    (["/definitely/not/here"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--model", "resnet99"], "valid: resnet18, resnet34, resnet50, resnet101, resnet152"),
+        (["--mode", "append"], "valid: error, overwrite, resume"),
+        (["--precision", "int8"], "valid: auto, fp32, fp16, bf16"),
+        (["--device", "tpu"], "valid: auto, cpu, cuda"),
+        (["--embedding-dtype", "float64"], "valid: float32, float16"),
+        (["--weights", "IMAGENET1K_V9"], "valid: DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2, none, PATH-or-URI"),
+        (
+            ["--weights", "imagenet"],
+            "checkpoint not found: imagenet; --weights valid: DEFAULT, IMAGENET1K_V1, "
+            "IMAGENET1K_V2, none, PATH-or-URI (a .pt/.pth/.safetensors file",
+        ),
+        (
+            ["--model", "none", "--weights", "IMAGENET1K_V1"],
+            "--model none (the null model, a benchmark aid) takes no --weights",
+        ),
+        (["--checkpoint-every", "0"], "--checkpoint-every must be a number of seconds > 0"),
+        (["--batch-size", "-4"], "--batch-size must be an integer >= 1"),
+        (["--gpu-decoder", "dali"], "valid: auto, nvjpeg, nvimgcodec"),
+        (["--num-workers", "1000", "--model", "none"], "--num-workers must be between 1 and"),
+        (["--address", "http://127.0.0.1:8299"], "--address http://127.0.0.1:8299 is a job server"),
+        (["s3x://bucket/x"], "unsupported URI scheme 's3x'"),
+        (["/definitely/not/here"], "does not exist"),
+    ],
+)
 def test_bad_arguments_give_one_line(tmp_path, args, needle):
     base = ["label", str(EXAMPLES), "--output", str(tmp_path / "o")]
     if not args[0].startswith("--"):
@@ -54,8 +59,15 @@ def test_bad_arguments_give_one_line(tmp_path, args, needle):
 
 
 def test_missing_weights_download_is_one_clear_line(tmp_path):
-    result = cli("label", str(EXAMPLES), "--output", str(tmp_path / "o"), "--model", "resnet34",
-                 env={"TORCH_HOME": str(tmp_path / "torch")})
+    result = cli(
+        "label",
+        str(EXAMPLES),
+        "--output",
+        str(tmp_path / "o"),
+        "--model",
+        "resnet34",
+        env={"TORCH_HOME": str(tmp_path / "torch")},
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot download resnet34 IMAGENET1K_V1" in lines[0]
@@ -67,12 +79,76 @@ def test_missing_weights_download_is_one_clear_line(tmp_path):
     cache = tmp_path / "torch" / "hub" / "checkpoints"
     cache.mkdir(parents=True, exist_ok=True)  # the failed download above made it
     (cache / "resnet18-f37072fd.pth").write_bytes(b"half a download")
-    result = cli("label", str(EXAMPLES), "--output", str(tmp_path / "o"), "--model", "resnet18",
-                 env={"TORCH_HOME": str(tmp_path / "torch")})
+    result = cli(
+        "label",
+        str(EXAMPLES),
+        "--output",
+        str(tmp_path / "o"),
+        "--model",
+        "resnet18",
+        env={"TORCH_HOME": str(tmp_path / "torch")},
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot download resnet18 IMAGENET1K_V1" in lines[0], result.stderr
     assert "UnpicklingError" in lines[0] and "hub/checkpoints" in lines[0]
+
+
+def test_a_dry_run_prints_the_plan_and_touches_nothing(tmp_path):
+    out = tmp_path / "out"
+    result = cli(
+        "label",
+        str(EXAMPLES),
+        "--output",
+        str(out),
+        "--model",
+        "resnet18",
+        "--weights",
+        "none",
+        "--batch-size",
+        "8",
+        "--dry-run",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(r"plan for 1 node with CPUs \(\d+ or more each\):", lines[0]), lines
+    assert lines[1].startswith("  model: 1 actor on CPUs, each holding 1 CPU, ") and "; batch 8, precision " in lines[1]
+    assert lines[2] == "  decoding: on CPUs: decode tasks of 32 rows, 1 CPU each at idle priority"
+    assert not out.exists()
+    out.mkdir()
+    (out / "x.txt").write_text("someone's")
+    refused = cli("label", str(EXAMPLES), "--output", str(out), "--weights", "none", "--dry-run")
+    assert refused.returncode == 2 and "already holds 1 other files" in refused.stderr, refused.stderr
+
+
+def test_an_explicit_gpu_decoder_that_is_not_installed_is_one_line(tmp_path):
+    """The model actor cannot start: its typed error reaches the driver as one line, exit 2."""
+    pytest.importorskip("torch")
+    if __import__("importlib").util.find_spec("nvidia.nvimgcodec") is not None:
+        pytest.skip("nvImageCodec is installed here")
+    result = cli(
+        "label",
+        str(EXAMPLES),
+        "--output",
+        str(tmp_path / "out"),
+        "--model",
+        "resnet18",
+        "--weights",
+        "none",
+        "--decode",
+        "gpu",
+        "--gpu-decoder",
+        "nvimgcodec",
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "resnet-batch: error: --gpu-decoder nvimgcodec needs the nvidia.nvimgcodec package: pip install "
+            "'resnet-batch[gpu]' (logs: "
+        )
+    )
 
 
 def test_models_table_and_json():
@@ -81,9 +157,18 @@ def test_models_table_and_json():
     table = cli("models").stdout.splitlines()
     assert table[0].split()[:2] == ["model", "default"] and len(table) == 11
     widths = {line.split()[0]: line.split()[2] for line in table[1:]}
-    assert widths == {"resnet18": "512", "resnet34": "512", "resnet50": "2048", "resnet101": "2048", "resnet152": "2048",
-                      "resnext50_32x4d": "2048", "resnext101_32x8d": "2048", "resnext101_64x4d": "2048",
-                      "wide_resnet50_2": "2048", "wide_resnet101_2": "2048"}
+    assert widths == {
+        "resnet18": "512",
+        "resnet34": "512",
+        "resnet50": "2048",
+        "resnet101": "2048",
+        "resnet152": "2048",
+        "resnext50_32x4d": "2048",
+        "resnext101_32x8d": "2048",
+        "resnext101_64x4d": "2048",
+        "wide_resnet50_2": "2048",
+        "wide_resnet101_2": "2048",
+    }
     assert table[1].split()[3] == "64/128/256/512" and table[3].split()[3] == "256/512/1024/2048"
     assert table[1].index("512") == table[3].index("2048"), "columns are aligned"
     rows = [json.loads(line) for line in cli("models", "--json").stdout.splitlines()]
@@ -99,14 +184,34 @@ def test_shipped_job_starts_its_own_ray_and_writes_every_row(tmp_path):
     out = tmp_path / "out"
     # As `python -m resnet_batch`, noting at exit whether the driver imported torch.
     modules = tmp_path / "driver-modules"
-    launcher = ("import atexit, sys; from resnet_batch.run.cli import main; "
-                f"atexit.register(lambda: open({str(modules)!r}, 'w').write(' '.join(sorted(sys.modules)))); "
-                "sys.exit(main())")
-    result = subprocess.run([sys.executable, "-c", launcher, "label", "--config",
-                             str(ROOT / "jobs" / "cpu-small.yaml"), "--output", str(out), "--progress-every", "0.2",
-                             "--top-k", "3", "--embedding-dtype", "float16"],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                            env={**os.environ, "TORCH_HOME": str(tmp_path / "no-cache"), "PYTHONPATH": str(ROOT)})
+    launcher = (
+        "import atexit, sys; from resnet_batch.run.cli import main; "
+        f"atexit.register(lambda: open({str(modules)!r}, 'w').write(' '.join(sorted(sys.modules)))); "
+        "sys.exit(main())"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            launcher,
+            "label",
+            "--config",
+            str(ROOT / "jobs" / "cpu-small.yaml"),
+            "--output",
+            str(out),
+            "--progress-every",
+            "0.2",
+            "--top-k",
+            "3",
+            "--embedding-dtype",
+            "float16",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "TORCH_HOME": str(tmp_path / "no-cache"), "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     driver_modules = modules.read_text().split()
     assert "ray.data" in driver_modules and "torch" not in driver_modules, "the driver runs no model"
@@ -116,7 +221,9 @@ def test_shipped_job_starts_its_own_ray_and_writes_every_row(tmp_path):
     assert "errors: decode_error 1" in result.stdout
     assert "images/s" in result.stdout and "complete: every input has exactly one row" in result.stdout
     # Not a terminal: progress comes as lines on stderr, Ray's own output goes to the log file.
-    progress = [line for line in result.stderr.splitlines() if re.match(r"\d\d:\d\d:\d\d [a-z].*: \d+/\d+\+? images", line)]
+    progress = [
+        line for line in result.stderr.splitlines() if re.match(r"\d\d:\d\d:\d\d [a-z].*: \d+/\d+\+? images", line)
+    ]
     assert progress and all(f"/{n} images" in line or "+ images" in line for line in progress), result.stderr
     assert len(progress) == len(result.stderr.strip().splitlines()), result.stderr
 
@@ -132,14 +239,38 @@ def test_shipped_job_starts_its_own_ray_and_writes_every_row(tmp_path):
     assert read.returncode == 0, read.stderr
     assert read.stdout.split("\n")[0] == f"{n} fixed_size_list<element: halffloat>[512] ['decode_error']"
     table = pq.read_table(out)
-    assert all(len(ids) == 3 for ids, e in zip(table["topk_ids"].to_pylist(), table["error"].to_pylist()) if e is None)
+    assert all(
+        len(ids) == 3
+        for ids, e in zip(table["topk_ids"].to_pylist(), table["error"].to_pylist(), strict=False)
+        if e is None
+    )
 
     # The wall time is this command's own: a shell's time before it (here 3 s) is not counted.
-    resume = [sys.executable, "-m", "resnet_batch", "label", "--config", str(ROOT / "jobs" / "cpu-small.yaml"),
-              "--output", str(out), "--top-k", "3", "--embedding-dtype", "float16", "--mode", "resume"]
+    resume = [
+        sys.executable,
+        "-m",
+        "resnet_batch",
+        "label",
+        "--config",
+        str(ROOT / "jobs" / "cpu-small.yaml"),
+        "--output",
+        str(out),
+        "--top-k",
+        "3",
+        "--embedding-dtype",
+        "float16",
+        "--mode",
+        "resume",
+    ]
     began = time.monotonic()
-    late = subprocess.run(["bash", "-c", "sleep 3; exec " + shlex.join(resume)], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path, env={**os.environ, "TORCH_HOME": str(tmp_path / "no-cache")})
+    late = subprocess.run(
+        ["bash", "-c", "sleep 3; exec " + shlex.join(resume)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "TORCH_HOME": str(tmp_path / "no-cache")},
+    )
     took = time.monotonic() - began
     assert late.returncode == 0, late.stderr
     wall = float(re.search(r"wall ([\d.]+)s", late.stdout).group(1))
@@ -157,16 +288,17 @@ def test_stopping_the_jobs_own_ray_ends_all_its_processes(tmp_path):
     # recording which processes are still alive when Ray's shutdown comes to kill each, and
     # when a SIGTERM sent in the middle of the stop reaches its handler.
     code = """
-import json, os, signal, ray, ray._private.node as node
-from resnet_batch.run import ray_session
+import json, os, signal, ray
+from resnet_batch.run import ray_compat, ray_session
 alive = {}
-kill = node.Node._kill_process_type
+Node = ray_compat.node_class()
+kill = Node._kill_process_type
 def recording(self, kind, *args, **kwargs):
-    alive[kind] = any(i.process.poll() is None for i in self.all_processes.get(kind, []))
+    alive[kind] = any(p.poll() is None for p in ray_compat.node_processes(self, kind))
     return kill(self, kind, *args, **kwargs)
-node.Node._kill_process_type = recording
+Node._kill_process_type = recording
 assert ray_session.join_or_start(None)
-processes = [i.process for infos in ray._private.worker._global_node.all_processes.values() for i in infos]
+processes = ray_compat.node_processes(ray_compat.started_node())
 running_at_signal = []
 signal.signal(signal.SIGTERM, lambda *_: running_at_signal.append(sum(p.poll() is None for p in processes)))
 shutdown = ray.shutdown
@@ -178,8 +310,14 @@ ray_session.stop()
 print(json.dumps({"alive": alive, "ended": sum(p.wait(5) is not None for p in processes), "started": len(processes),
                   "running_at_signal": running_at_signal}))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                         env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.splitlines()[-1])
     # The monitor is gone before Ray's own shutdown reaches it (it would wait a second on
@@ -222,8 +360,14 @@ finally:
     starting.clear()
 print(json.dumps({"seen": sorted(seen), "handled": handled, "initialized_after": ray.is_initialized()}))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                         env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.splitlines()[-1])
     assert "sigterm_handler" not in " ".join(result["seen"]), result  # Ray's never replaced the job's

@@ -22,8 +22,9 @@ def test_cluster_launcher_yaml_validates_against_rays_schema():
     gpu_types = [n for n, t in config["available_node_types"].items() if n.startswith("gpu")]
     assert gpu_types and config["available_node_types"]["head"]["resources"] == {"CPU": 0}
     # And what `ray up` itself does: fill in the provider's defaults, then validate.
-    from ray.autoscaler._private.util import prepare_config, validate_config
-    validate_config(prepare_config(config))
+    from resnet_batch.run.ray_compat import validate_launcher_config
+
+    validate_launcher_config(config)
 
 
 def _worker_groups(cluster_spec):

@@ -20,8 +20,7 @@ def test_config_paths_are_relative_to_the_file(tmp_path):
     """Wherever the job starts from; absolute paths, URIs, hub names and weight names stay as they are."""
     (tmp_path / "jobs").mkdir()
     path = tmp_path / "jobs" / "job.yaml"
-    path.write_text("inputs: [../images, /abs/x.jpg, 's3://b/p/*.jpg']\noutput: out\n"
-                    "weights: ../ckpt/r18.pth\n")
+    path.write_text("inputs: [../images, /abs/x.jpg, 's3://b/p/*.jpg']\noutput: out\nweights: ../ckpt/r18.pth\n")
     values = load_config_file(str(path))
     assert values["inputs"] == [str(tmp_path / "images"), "/abs/x.jpg", "s3://b/p/*.jpg"]
     assert values["output"] == str(tmp_path / "jobs" / "out")
@@ -31,24 +30,27 @@ def test_config_paths_are_relative_to_the_file(tmp_path):
         assert load_config_file(str(path))["weights"] == weights
 
 
-@pytest.mark.parametrize("values, needle", [
-    ({"modle": "resnet18"}, "unknown config file key 'modle'"),
-    ({"top_k": -1}, "--top-k must be an integer >= 0"),
-    ({"top_k": 1001}, "at most 1000"),
-    ({"inputs": []}, "give at least one INPUT"),
-    ({"output": ""}, "--output is required"),
-    ({"top_k": 0, "embeddings": False}, "nothing to compute"),
-    ({"cpu_decode_share": 1.5}, r"--cpu-decode-share must be auto or a fraction in \[0, 1\], got 1.5"),
-    ({"cpu_decode_share": "lots"}, r"--cpu-decode-share must be auto or a fraction in \[0, 1\], got 'lots'"),
-    ({"cpu_decode_share": True}, "config key 'cpu_decode_share' must be a number or a string, got True"),
-    ({"review_below": 0}, r"--review-below must be a probability in \(0, 1\], got 0"),
-    ({"decode": "nvjpeg"}, "invalid --decode .nvjpeg.; valid: auto, cpu, gpu"),
-    ({"io_threads": 0}, r"--io-threads must be an integer >= 1 \(leave it out for the automatic value\), got 0"),
-    ({"threads_per_worker": 0}, r"--threads-per-worker must be an integer >= 1 .*got 0"),
-    ({"num_workers": 0}, r"--num-workers must be an integer >= 1 .*got 0"),
-    ({"batch_size": 0}, r"--batch-size must be an integer >= 1 .*got 0"),
-    ({"crop": "none", "resize": 0}, r"--resize must be between 32 .* got 0"),
-])
+@pytest.mark.parametrize(
+    "values, needle",
+    [
+        ({"modle": "resnet18"}, "unknown config file key 'modle'"),
+        ({"top_k": -1}, "--top-k must be an integer >= 0"),
+        ({"top_k": 1001}, "at most 1000"),
+        ({"inputs": []}, "give at least one INPUT"),
+        ({"output": ""}, "--output is required"),
+        ({"top_k": 0, "embeddings": False}, "nothing to compute"),
+        ({"cpu_decode_share": 1.5}, r"--cpu-decode-share must be auto or a fraction in \[0, 1\], got 1.5"),
+        ({"cpu_decode_share": "lots"}, r"--cpu-decode-share must be auto or a fraction in \[0, 1\], got 'lots'"),
+        ({"cpu_decode_share": True}, "config key 'cpu_decode_share' must be a number or a string, got True"),
+        ({"review_below": 0}, r"--review-below must be a probability in \(0, 1\], got 0"),
+        ({"decode": "nvjpeg"}, "invalid --decode .nvjpeg.; valid: auto, cpu, gpu"),
+        ({"io_threads": 0}, r"--io-threads must be an integer >= 1 \(leave it out for the automatic value\), got 0"),
+        ({"threads_per_worker": 0}, r"--threads-per-worker must be an integer >= 1 .*got 0"),
+        ({"num_workers": 0}, r"--num-workers must be an integer >= 1 .*got 0"),
+        ({"batch_size": 0}, r"--batch-size must be an integer >= 1 .*got 0"),
+        ({"crop": "none", "resize": 0}, r"--resize must be between 32 .* got 0"),
+    ],
+)
 def test_bad_values(values, needle):
     base = {"inputs": ["x"], "output": "o"}
     with pytest.raises(UsageError, match=needle):

@@ -44,8 +44,9 @@ def test_catalogue_rows(catalogue, weights):
             ref = reference_rgb(folder / name)
             assert (out["width"][i], out["height"][i]) == ref.size, name
             # Bit-exact against torchvision's own preset on the reference PIL image.
-            torch.testing.assert_close(normalised(out["image"][i], weights), weights.transforms()(ref),
-                                       rtol=0, atol=1e-6, msg=name)
+            torch.testing.assert_close(
+                normalised(out["image"][i], weights), weights.transforms()(ref), rtol=0, atol=1e-6, msg=name
+            )
         else:
             assert error.split(":")[0] == expected[name], (name, error)
             assert len(error) < 300 and "\n" not in error
@@ -88,8 +89,9 @@ def test_sixteen_bit_scaled_not_clipped(catalogue):
     assert rgb.min() < 100  # clipping 16-bit values would make nearly everything 255
 
 
-@pytest.mark.parametrize("resize, crop, interpolation", [(256, 224, "bilinear"), (232, 224, "bilinear"),
-                                                        (200, 224, "bicubic")])
+@pytest.mark.parametrize(
+    "resize, crop, interpolation", [(256, 224, "bilinear"), (232, 224, "bilinear"), (200, 224, "bicubic")]
+)
 def test_geometry_equals_torchvision_on_odd_sizes(resize, crop, interpolation):
     """PIL-only resize + crop equals torchvision's F.resize + F.center_crop, padding included."""
     from PIL import Image
@@ -101,8 +103,9 @@ def test_geometry_equals_torchvision_on_odd_sizes(resize, crop, interpolation):
     for width, height in [(1, 1), (1, 700), (223, 224), (201, 999), *rng.integers(1, 800, (40, 2)).tolist()]:
         img = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
         ref = F.center_crop(F.resize(img, [resize], interpolation=InterpolationMode(interpolation)), [crop])
-        np.testing.assert_array_equal(resize_center_crop(img, prep), np.asarray(ref).transpose(2, 0, 1),
-                                      err_msg=f"{width}x{height}")
+        np.testing.assert_array_equal(
+            resize_center_crop(img, prep), np.asarray(ref).transpose(2, 0, 1), err_msg=f"{width}x{height}"
+        )
 
 
 def test_decode_stage_does_not_import_torch():
@@ -110,8 +113,10 @@ def test_decode_stage_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, pickle, resnet_batch.data.decode as d; "
-            "pickle.loads(pickle.dumps(d.LowPriorityDecode)); print('torch' in sys.modules)")
+    code = (
+        "import sys, pickle, resnet_batch.data.decode as d; "
+        "pickle.loads(pickle.dumps(d.LowPriorityDecode)); print('torch' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
@@ -127,8 +132,9 @@ def _png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("width, height", [(2400, 32), (32, 2400), (5000, 2), (2, 5000), (640, 480), (300, 301),
-                                           (1000, 499), (1000, 501)])
+@pytest.mark.parametrize(
+    "width, height", [(2400, 32), (32, 2400), (5000, 2), (2, 5000), (640, 480), (300, 301), (1000, 499), (1000, 501)]
+)
 def test_scale_maps_both_axes_within_one_resized_pixel(width, height):
     """--crop none: `scale` maps an original pixel to the resized image within one resized
     pixel on both axes, for every aspect ratio (the longer side capped or not), checked on
@@ -146,10 +152,15 @@ def test_scale_maps_both_axes_within_one_resized_pixel(width, height):
             pixels[:, start:] = 255
         else:
             pixels[start:, :] = 255
-        out = DecodeStage(prep, whole=WholeImage(256))({"path": np.array(["band.png"], dtype=object),
-                                                        INLINE_BYTES: np.array([_png(pixels)], dtype=object)})
+        out = DecodeStage(prep, whole=WholeImage(256))(
+            {"path": np.array(["band.png"], dtype=object), INLINE_BYTES: np.array([_png(pixels)], dtype=object)}
+        )
         assert not out["error"][0], out["error"][0]
-        resized_w, resized_h, scale = int(out[RESIZED_COLUMNS[0]][0]), int(out[RESIZED_COLUMNS[1]][0]), float(out[SCALE][0])
+        resized_w, resized_h, scale = (
+            int(out[RESIZED_COLUMNS[0]][0]),
+            int(out[RESIZED_COLUMNS[1]][0]),
+            float(out[SCALE][0]),
+        )
         assert abs(width * scale - resized_w) < 1 and abs(height * scale - resized_h) < 1, (resized_w, resized_h, scale)
         image = out[IMAGE][0][0].astype(np.float64) / 255  # red channel, (H, W), padded
         line = image[0, :resized_w] if axis == 0 else image[:resized_h, 0]

@@ -1,6 +1,6 @@
 """--cpu-decode-share auto: the share where a node's cores and its GPU keep up with each
 other, from the seconds both report (run/decode_share.py), and the data path's overlap
-with the forward in the model actor (model/feed.py), with a fake decoder and model."""
+with the forward in the model actor (device/feed.py), with a fake decoder and model."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from resnet_batch.core.columns import output_schema
+from resnet_batch.core.reporting import BatchTimes
 from resnet_batch.data.decode import JPEG_COLUMN, PIXELS_COLUMN
-from resnet_batch.data.device_decode import DeviceCrops
+from resnet_batch.device.decoders import DeviceCrops
 from resnet_batch.model.inference import Predictor
 from resnet_batch.model.settings import InferenceSettings
 from resnet_batch.model.weights import resolve_weights
@@ -28,7 +29,7 @@ def balanced(share: float, cores: int, forward: float, device: float, cpu: float
 def test_the_share_is_where_cores_and_gpu_meet():
     share = DecodeShare(cores=15)
     assert share.share() == INITIAL_SHARE  # nothing measured yet
-    share.add_device_times(device_decoded=200, data_path_s=200 * 134e-6, images=256, forward_s=256 * 80e-6)
+    share.add_device_times(BatchTimes(device_decoded=200, data_path_s=200 * 134e-6, images=256, forward_s=256 * 80e-6))
     assert share.share() == INITIAL_SHARE  # the cores have not reported
     share.add_cpu_decode(images=100, seconds=100 * 5e-3)
     gpu, cpu = balanced(share.share(), 15, 80e-6, 134e-6, 5e-3)
@@ -36,7 +37,7 @@ def test_the_share_is_where_cores_and_gpu_meet():
     # Few slow cores: the GPU decodes nearly everything; many fast ones: they take all of it.
     few, many = DecodeShare(cores=1), DecodeShare(cores=64)
     for s in (few, many):
-        s.add_device_times(256, 256 * 50e-6, 256, 256 * 80e-6)
+        s.add_device_times(BatchTimes(256, 256 * 50e-6, 256, 256 * 80e-6))
         s.add_cpu_decode(10, 10 * (20e-3 if s is few else 1e-3))
     assert few.share() < 0.01 and many.share() == 1.0
     assert DecodeShare(cores=4, fixed=0.3).share() == 0.3
@@ -45,7 +46,7 @@ def test_the_share_is_where_cores_and_gpu_meet():
 def test_the_share_follows_the_images():
     """Older reports weigh less: when images get cheaper to decode on the cores, the share grows."""
     share = DecodeShare(cores=8)
-    share.add_device_times(256, 256 * 100e-6, 256, 256 * 80e-6)
+    share.add_device_times(BatchTimes(256, 256 * 100e-6, 256, 256 * 80e-6))
     share.add_cpu_decode(100, 100 * 10e-3)
     before = share.share()
     for _ in range(100):
@@ -69,8 +70,10 @@ def test_a_batch_decodes_while_the_one_before_runs_its_forward():
     """Two calls at once, as a GPU actor runs them: one data path at a time, each beside the
     other call's forward (never one after the other for the whole run)."""
     crop = 224
-    predictor = Predictor(InferenceSettings(weights=resolve_weights("resnet18", "none"), top_k=1, device="cpu"),
-                          schema=output_schema(512, with_topk=True))
+    predictor = Predictor(
+        InferenceSettings(weights=resolve_weights("resnet18", "none"), top_k=1, device="cpu"),
+        schema=output_schema(512, with_topk=True),
+    )
     seen = Intervals()
 
     def fake_decoder(jpegs):
@@ -83,9 +86,14 @@ def test_a_batch_decodes_while_the_one_before_runs_its_forward():
         return {"embedding": torch.zeros((n, 512)), "logits": torch.zeros((n, 1000))}
 
     predictor.feed.decoder, predictor.forward = fake_decoder, fake_forward
-    batch = {"path": np.array([f"{i}.jpg" for i in range(4)], dtype=object), "error": np.array([""] * 4, dtype=object),
-             "width": np.full(4, 8, np.int32), "height": np.full(4, 8, np.int32),
-             JPEG_COLUMN: np.array([b"jpeg"] * 4, dtype=object), PIXELS_COLUMN: np.array([b""] * 4, dtype=object)}
+    batch = {
+        "path": np.array([f"{i}.jpg" for i in range(4)], dtype=object),
+        "error": np.array([""] * 4, dtype=object),
+        "width": np.full(4, 8, np.int32),
+        "height": np.full(4, 8, np.int32),
+        JPEG_COLUMN: np.array([b"jpeg"] * 4, dtype=object),
+        PIXELS_COLUMN: np.array([b""] * 4, dtype=object),
+    }
     calls = [threading.Thread(target=lambda: [predictor(dict(batch)) for _ in range(3)]) for _ in range(2)]
     for call in calls:
         call.start()
@@ -93,6 +101,8 @@ def test_a_batch_decodes_while_the_one_before_runs_its_forward():
         call.join()
     decodes, forwards = sorted(seen.spans["decode"]), seen.spans["forward"]
     assert len(decodes) == len(forwards) == 6
-    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(decodes, decodes[1:]))  # one at a time
+    assert all(
+        a_end <= b_start for (_, a_end), (b_start, _) in zip(decodes, decodes[1:], strict=False)
+    )  # one at a time
     overlapped = sum(any(d0 < f1 and f0 < d1 for f0, f1 in forwards) for d0, d1 in decodes)
     assert overlapped >= 4, (decodes, forwards)

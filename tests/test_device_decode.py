@@ -17,10 +17,11 @@ import torch
 from PIL import Image
 
 from resnet_batch.core.columns import output_schema
-from resnet_batch.data import device_decode
 from resnet_batch.data.decode import JPEG_COLUMN, PIXELS_COLUMN, DecodeStage
-from resnet_batch.data.device_decode import DeviceDecoder
-from resnet_batch.data.preprocessing import DEVICE_FILTERS, Preprocessing, resize_center_crop
+from resnet_batch.data.preprocessing import DEVICE_FILTERS, GPU_DECODERS, Preprocessing, resize_center_crop
+from resnet_batch.device import resize
+from resnet_batch.device.decoders import DeviceDecoder, NvJpeg
+from resnet_batch.device.resize import resize_crop
 from resnet_batch.model.inference import Predictor
 from resnet_batch.model.phases import EVENTS, PHASES
 from resnet_batch.model.settings import InferenceSettings
@@ -39,20 +40,20 @@ SHAPES = [(375, 500), (500, 375), (900, 120), (40, 60), (224, 224), (256, 256), 
 def test_batched_resize_crop_matches_pil(interpolation, monkeypatch):
     """Within a grey level of Pillow, whatever the shapes in a batch, and the same whether
     the batch is one chunk or several."""
-    assert tuple(device_decode.FILTERS) == DEVICE_FILTERS  # what the driver routes by is what is here
+    assert tuple(resize.FILTERS) == DEVICE_FILTERS  # what the driver routes by is what is here
     prep = Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), interpolation)
     rng = np.random.default_rng(3)
     images = [smooth_image(rng, h, w) for h, w in SHAPES]
-    decoder = DeviceDecoder(prep, torch.device("cpu"))
-    crops = decoder.resize_crop([torch.from_numpy(img).permute(2, 0, 1).contiguous() for img in images])
-    for img, crop in zip(images, crops.numpy()):
+    decoder = DeviceDecoder(prep, torch.device("cpu"), NvJpeg(torch.device("cpu")))
+    crops = resize_crop([torch.from_numpy(img).permute(2, 0, 1).contiguous() for img in images], prep, torch.float32)
+    for img, crop in zip(images, crops.numpy(), strict=False):
         ref = resize_center_crop(Image.fromarray(img), prep).astype(int)
         diff = np.abs(ref - crop.astype(int))
         assert diff.max() <= 1 and diff.mean() < 0.01, (img.shape, diff.max(), diff.mean())
 
     jpegs = [_jpeg(img) for img in images]
     whole = decoder(jpegs)
-    monkeypatch.setattr(device_decode, "CHUNK_PIXELS", 600 * 600)  # forces several chunks
+    monkeypatch.setattr(resize, "CHUNK_PIXELS", 600 * 600)  # forces several chunks
     chunked = decoder(jpegs)
     assert whole.ok == chunked.ok and sorted(whole.ok) == list(range(len(jpegs))) and not whole.errors
     assert torch.equal(whole.crops, chunked.crops)
@@ -65,14 +66,14 @@ def test_resize_is_a_fixed_handful_of_ops():
     """The batched resize runs the same ops for 3 images as for 24: nothing per image but
     views (no kernels: the concatenation reads each image through one)."""
     prep = resolve_weights("resnet18", "none").preprocessing
-    decoder = DeviceDecoder(prep, torch.device("cpu"))
     rng = np.random.default_rng(5)
-    images = [torch.from_numpy(smooth_image(rng, *SHAPES[i % len(SHAPES)])).permute(2, 0, 1).contiguous()
-              for i in range(24)]
+    images = [
+        torch.from_numpy(smooth_image(rng, *SHAPES[i % len(SHAPES)])).permute(2, 0, 1).contiguous() for i in range(24)
+    ]
 
     def ops(batch):
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            decoder.resize_crop(batch)
+            resize_crop(batch, prep, torch.float32)
         return sorted(event.name for event in prof.events() if event.name not in VIEWS)
 
     few, many = ops(images[:3]), ops(images)
@@ -85,8 +86,16 @@ def _jpeg(pixels: np.ndarray, **options) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
-    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")],
+        ),
+    ],
+)
 def test_routing_and_errors(device, tmp_path, reference_images):
     """JPEGs the device decodes as the CPU path would travel as bytes; everything else is
     decoded by the CPU stage, and only its crop travels. A corrupt JPEG that reaches the
@@ -104,18 +113,25 @@ def test_routing_and_errors(device, tmp_path, reference_images):
     paths = [str(p) for p in reference_images] + [str(corrupt), str(truncated), str(tmp_path / "missing.jpg")]
     out = DecodeStage(prep, defer_jpeg=True)({"path": np.array(paths, dtype=object)})
     assert "image" not in out  # no zeros shipped for JPEG rows
-    on_device = {p.rsplit("/", 1)[1] for p, b in zip(paths, out[JPEG_COLUMN]) if b}
-    assert on_device - {"corrupt.jpg"} == {"landscape.jpg", "tall_narrow.jpg", "square.jpeg", "gray.jpg",
-                                           "progressive.jpg"}  # not: cmyk.jpg, exif_rotated.jpg, truncated.jpg, PNGs
-    for pixels, jpeg, error in zip(out[PIXELS_COLUMN], out[JPEG_COLUMN], out["error"]):
+    on_device = {p.rsplit("/", 1)[1] for p, b in zip(paths, out[JPEG_COLUMN], strict=False) if b}
+    assert on_device - {"corrupt.jpg"} == {
+        "landscape.jpg",
+        "tall_narrow.jpg",
+        "square.jpeg",
+        "gray.jpg",
+        "progressive.jpg",
+    }  # not: cmyk.jpg, exif_rotated.jpg, truncated.jpg, PNGs
+    for pixels, jpeg, error in zip(out[PIXELS_COLUMN], out[JPEG_COLUMN], out["error"], strict=False):
         assert (len(pixels) == 3 * 224 * 224) == (not jpeg and not error)
     at = paths.index(str(corrupt))
     out[JPEG_COLUMN][at], out[PIXELS_COLUMN][at], out["error"][at] = corrupt.read_bytes(), b"", ""
 
-    predictor = Predictor(InferenceSettings(weights=resolve_weights("resnet18", "none"), top_k=1, device=device),
-                          schema=output_schema(512, with_topk=True))
+    predictor = Predictor(
+        InferenceSettings(weights=resolve_weights("resnet18", "none"), top_k=1, device=device, gpu_decoder="auto"),
+        schema=output_schema(512, with_topk=True),
+    )
     table = predictor(out).to_pydict()
-    errors = dict(zip([p.rsplit("/", 1)[1] for p in table["path"]], table["error"]))
+    errors = dict(zip([p.rsplit("/", 1)[1] for p in table["path"]], table["error"], strict=False))
     assert errors["corrupt.jpg"].startswith("decode_error: ")
     assert errors["truncated.jpg"].startswith("decode_error: ")
     assert errors["missing.jpg"].startswith("not_found: ")
@@ -134,7 +150,9 @@ def test_cpu_decode_share(share, reference_images):
     assert abs(on_cpu - share * 40) <= 1
 
 
-def check_device_path_matches_cpu_path(device: str, model: str, ckpt, reference_images, min_cosine: float):
+def check_device_path_matches_cpu_path(
+    device: str, model: str, ckpt, reference_images, min_cosine: float, decoder: str = "auto"
+):
     """Embeddings and top-1 through the device path against the exact CPU path."""
     resolved = resolve_weights(model, str(ckpt))
     paths = np.array([str(p) for p in reference_images], dtype=object)
@@ -142,11 +160,17 @@ def check_device_path_matches_cpu_path(device: str, model: str, ckpt, reference_
     deferred = DecodeStage(resolved.preprocessing, defer_jpeg=True)({"path": paths})
     assert sum(bool(b) for b in deferred[JPEG_COLUMN]) >= 5
     width = 512 if model == "resnet18" else 2048
-    predictor = Predictor(InferenceSettings(weights=resolved, precision="fp32", top_k=3, device=device),
-                          schema=output_schema(width, with_topk=True))
+    predictor = Predictor(
+        InferenceSettings(weights=resolved, precision="fp32", top_k=3, device=device, gpu_decoder=decoder),
+        schema=output_schema(width, with_topk=True),
+    )
     want, got = predictor(reference).to_pylist(), predictor(deferred).to_pylist()
-    for ref, dev in zip(want, got):
-        assert ref["error"] is None and dev["error"] is None and (ref["width"], ref["height"]) == (dev["width"], dev["height"])
+    for ref, dev in zip(want, got, strict=False):
+        assert (
+            ref["error"] is None
+            and dev["error"] is None
+            and (ref["width"], ref["height"]) == (dev["width"], dev["height"])
+        )
         a, b = torch.tensor(dev["embedding"]), torch.tensor(ref["embedding"])
         assert torch.nn.functional.cosine_similarity(a, b, dim=0) >= min_cosine, ref["path"]
 
@@ -157,11 +181,14 @@ def test_device_path_matches_cpu_path(reference_images, resnet18_ckpt):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("decoder", GPU_DECODERS)
 @pytest.mark.parametrize("model", ["resnet18", "resnet50"])
-def test_nvjpeg_path_matches_cpu_path(model, reference_images, resnet18_ckpt, resnet50_ckpt):
-    """The whole reference set, nvJPEG and the batched resize on the GPU: cosine >= 0.995."""
+def test_gpu_decoder_path_matches_cpu_path(model, decoder, reference_images, resnet18_ckpt, resnet50_ckpt):
+    """The whole reference set, each GPU decoder and the batched resize: cosine >= 0.995."""
+    if decoder == "nvimgcodec":
+        pytest.importorskip("nvidia.nvimgcodec")
     ckpt = resnet18_ckpt if model == "resnet18" else resnet50_ckpt
-    check_device_path_matches_cpu_path("cuda", model, ckpt, reference_images, 0.995)
+    check_device_path_matches_cpu_path("cuda", model, ckpt, reference_images, 0.995, decoder)
 
 
 def test_decode_auto_picks_the_device_only_where_it_pays():
@@ -177,8 +204,14 @@ def test_decode_auto_picks_the_device_only_where_it_pays():
 
 def test_job_with_device_decode(ray_local, reference_images, tmp_path):
     """Through Ray Data: byte columns cross the object store, every input has its row."""
-    cfg = LabelConfig(inputs=(str(reference_images[0].parent),), output=str(tmp_path / "out"), model="resnet18",
-                      weights="none", decode="gpu", batch_size=4)
+    cfg = LabelConfig(
+        inputs=(str(reference_images[0].parent),),
+        output=str(tmp_path / "out"),
+        model="resnet18",
+        weights="none",
+        decode="gpu",
+        batch_size=4,
+    )
     summary = run_label(cfg)
     assert summary.complete and sum(summary.errors.values()) == 0
     table = pq.read_table(tmp_path / "out")
@@ -189,6 +222,10 @@ def test_job_with_device_decode(ray_local, reference_images, tmp_path):
     assert start["started"] <= start["at"]["first block in"] <= start["at"]["first forward out"]
     d = summary.timeline.decoding
     assert not d["fixed"] and d["forward_ms"] > 0 and d["device_decode_ms"] > 0 and d["cpu_decode_ms"] > 0
-    rule = d["cores"] * (d["forward_ms"] + d["device_decode_ms"]) / (d["cpu_decode_ms"] + d["cores"] * d["device_decode_ms"])
+    rule = (
+        d["cores"]
+        * (d["forward_ms"] + d["device_decode_ms"])
+        / (d["cpu_decode_ms"] + d["cores"] * d["device_decode_ms"])
+    )
     assert d["share"] == pytest.approx(min(1.0, rule), abs=0.01)
     assert any(line.startswith("model actor start (first of 1): imports ") for line in summary.lines())

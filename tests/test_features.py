@@ -52,8 +52,9 @@ def reference_features(resolved, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def predictor(resolved, spatial=None, whole_image=False, top_k=5) -> Predictor:
-    settings = InferenceSettings(weights=resolved, precision="fp32", features=ALL, spatial=spatial,
-                                 whole_image=whole_image, top_k=top_k)
+    settings = InferenceSettings(
+        weights=resolved, precision="fp32", features=ALL, spatial=spatial, whole_image=whole_image, top_k=top_k
+    )
     return Predictor(settings, schema=None)
 
 
@@ -99,7 +100,7 @@ def test_whole_image_geometry_and_features_against_unpadded_reference(reference_
         for stage in ("c2", "c3", "c4", "c5"):
             assert cosine(out[stage][0], ref[stage][0].mean((1, 2))) >= (0.99 if padded else 0.99999), (path, stage)
         cells = ref["c5"].shape[-2:]
-        assert cosine(out["spatial"][0][:, :cells[0], :cells[1]], ref["c5"][0]) >= (0.95 if padded else 0.9999)
+        assert cosine(out["spatial"][0][:, : cells[0], : cells[1]], ref["c5"][0]) >= (0.95 if padded else 0.9999)
 
 
 def test_spatial_cell_maps_back_to_where_the_content_is(tmp_path, resnet18_ckpt):
@@ -108,17 +109,21 @@ def test_spatial_cell_maps_back_to_where_the_content_is(tmp_path, resnet18_ckpt)
     x0, y0 = 470, 130
     plain = np.full((480, 640, 3), 110, np.uint8)
     marked = plain.copy()
-    marked[y0 - 20:y0 + 20, x0 - 20:x0 + 20] = 250
+    marked[y0 - 20 : y0 + 20, x0 - 20 : x0 + 20] = 250
     paths = [tmp_path / "plain.png", tmp_path / "marked.png"]
-    for path, pixels in zip(paths, (plain, marked)):
+    for path, pixels in zip(paths, (plain, marked), strict=False):
         Image.fromarray(pixels).save(path)
     resolved = resolve_weights("resnet18", str(resnet18_ckpt))
     batch = DecodeStage(resolved.preprocessing, whole=WholeImage(256))(
-        {"path": np.array([str(p) for p in paths], dtype=object)})
+        {"path": np.array([str(p) for p in paths], dtype=object)}
+    )
     sizes = np.stack([batch[c] for c in RESIZED_COLUMNS], axis=1)
     for stage in ("c4", "c5"):
-        maps = predictor(resolved, spatial=stage, whole_image=True, top_k=0).predict(
-            np.stack(list(batch["image"])), sizes)["spatial"].astype(np.float32)
+        maps = (
+            predictor(resolved, spatial=stage, whole_image=True, top_k=0)
+            .predict(np.stack(list(batch["image"])), sizes)["spatial"]
+            .astype(np.float32)
+        )
         change = np.abs(maps[1] - maps[0]).sum(0)
         i, j = np.unravel_index(change.argmax(), change.shape)
         stride, scale = STAGE_STRIDES[stage], batch[SCALE][0]
@@ -126,14 +131,17 @@ def test_spatial_cell_maps_back_to_where_the_content_is(tmp_path, resnet18_ckpt)
         assert abs(stride * j / scale - x0) <= cell and abs(stride * i / scale - y0) <= cell, (stage, i, j)
 
 
-@pytest.mark.parametrize("values, needle", [
-    (dict(features="pooled,c6"), "invalid --features value 'c6'; valid: pooled, c2, c3, c4, c5"),
-    (dict(spatial="c3"), "invalid --spatial 'c3'; valid: c4, c5"),
-    (dict(crop="left"), "invalid --crop 'left'; valid: center, none"),
-    (dict(resize=320), "--resize applies to --crop none"),
-    (dict(crop="none", decode="gpu"), "--decode gpu supports --crop center only"),
-    (dict(top_k=0, features=""), "leaves nothing to compute"),
-])
+@pytest.mark.parametrize(
+    "values, needle",
+    [
+        (dict(features="pooled,c6"), "invalid --features value 'c6'; valid: pooled, c2, c3, c4, c5"),
+        (dict(spatial="c3"), "invalid --spatial 'c3'; valid: c4, c5"),
+        (dict(crop="left"), "invalid --crop 'left'; valid: center, none"),
+        (dict(resize=320), "--resize applies to --crop none"),
+        (dict(crop="none", decode="gpu"), "--decode gpu supports --crop center only"),
+        (dict(top_k=0, features=""), "leaves nothing to compute"),
+    ],
+)
 def test_bad_feature_options_are_one_line_errors(values, needle):
     with pytest.raises(UsageError, match=needle.replace("(", r"\(")):
         LabelConfig(inputs=("x",), output="o", **values)
@@ -160,9 +168,20 @@ def feature_job(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("features")
     two_classes(root / "images")
     (root / "labels.txt").write_text("\n".join(f"class {i}" for i in range(1000)) + "\n")
-    cfg = LabelConfig(inputs=(str(root / "images"),), output=str(root / "out"), model="resnet18", weights="none",
-                      labels=str(root / "labels.txt"), features=("pooled", "c2", "c3", "c4", "c5"), spatial="c4",
-                      crop="none", resize=128, batch_size=8, top_k=2, precision="fp32")
+    cfg = LabelConfig(
+        inputs=(str(root / "images"),),
+        output=str(root / "out"),
+        model="resnet18",
+        weights="none",
+        labels=str(root / "labels.txt"),
+        features=("pooled", "c2", "c3", "c4", "c5"),
+        spatial="c4",
+        crop="none",
+        resize=128,
+        batch_size=8,
+        top_k=2,
+        precision="fp32",
+    )
     summary = run_label(cfg)
     return root, summary
 
@@ -180,8 +199,9 @@ def test_feature_job_writes_readable_features(feature_job):
         n = len(batch["path"])
         rows += n
         assert batch["embedding"].shape == (n, 512) and batch["c2"].shape == (n, 64) and batch["c4"].shape == (n, 256)
-        for spatial, shape, valid, scale in zip(batch["spatial_c4"], batch["spatial_shape"], batch["valid"],
-                                                batch["scale"]):
+        for spatial, shape, valid, scale in zip(
+            batch["spatial_c4"], batch["spatial_shape"], batch["valid"], batch["scale"], strict=False
+        ):
             assert spatial.dtype == np.float16 and spatial.shape == tuple(shape) and shape[0] == 256
             assert valid[0] == valid[1] == 0 and 0 < valid[2] <= shape[2] and 0 < valid[3] <= shape[1]
             assert min(valid[2:]) == 128 // 16 and scale > 0  # the shorter side, resized to 128
@@ -192,8 +212,9 @@ def test_part_files_stay_within_a_row_group_budget(feature_job):
     """The row-size bound that sizes part files holds for real rows; a resnet50 spatial_c5
     output gets files of at most 256 MB."""
     root, _ = feature_job
-    cfg = LabelConfig(inputs=("x",), output="o", model="resnet18", weights="none", features=ALL, spatial="c4",
-                      crop="none", resize=128)
+    cfg = LabelConfig(
+        inputs=("x",), output="o", model="resnet18", weights="none", features=ALL, spatial="c4", crop="none", resize=128
+    )
     resolved = resolve_weights("resnet18", "none")
     for part in (root / "out").glob("part-*.parquet"):
         meta = pq.ParquetFile(part).metadata
@@ -211,7 +232,11 @@ def test_features_stream_from_an_object_store(feature_job, s3_endpoint):
     fs = s3fs.S3FileSystem()
     fs.mkdir("features-bucket")
     fs.put(str(root / "out") + "/", "features-bucket/out/", recursive=True)
-    local = {p: e for b in features.read(str(root / "out"), ["embedding"]) for p, e in zip(b["path"], b["embedding"])}
+    local = {
+        p: e
+        for b in features.read(str(root / "out"), ["embedding"])
+        for p, e in zip(b["path"], b["embedding"], strict=False)
+    }
     import warnings
 
     with warnings.catch_warnings():
@@ -220,7 +245,7 @@ def test_features_stream_from_an_object_store(feature_job, s3_endpoint):
     assert sum(len(b["path"]) for b in remote) == len(local)
     for batch in remote:
         assert isinstance(batch["embedding"], torch.Tensor) and len(batch["path"]) <= 7
-        for path, vector in zip(batch["path"], batch["embedding"]):
+        for path, vector in zip(batch["path"], batch["embedding"], strict=False):
             np.testing.assert_array_equal(vector.numpy(), local[path])
     with pytest.raises(UsageError, match="holds no resnet-batch part files"):
         list(features.read(str(root / "images")))
@@ -228,9 +253,20 @@ def test_features_stream_from_an_object_store(feature_job, s3_endpoint):
 
 def test_linear_probe_example_learns_the_classes(feature_job, tmp_path):
     root, _ = feature_job
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / "linear_probe.py"), str(root / "out"),
-                             "--feature", "c3", "--save", str(tmp_path / "probe.pt")],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "linear_probe.py"),
+            str(root / "out"),
+            "--feature",
+            "c3",
+            "--save",
+            str(tmp_path / "probe.pt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     held_out = float(result.stdout.split("held-out accuracy:")[1].split()[0])
     # 9 held-out rows on random-init features: at least 8 right (chance: 2% of the time)

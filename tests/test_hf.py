@@ -27,19 +27,34 @@ SHAPES = {
 
 def save_hf_model(name: str, folder, seed: int = 0):
     torch.manual_seed(seed)
-    config = transformers.ResNetConfig(embedding_size=64, num_labels=1000,
-                                       id2label={i: f"hf-class-{i}" for i in range(1000)},
-                                       label2id={f"hf-class-{i}": i for i in range(1000)}, **SHAPES[name])
+    config = transformers.ResNetConfig(
+        embedding_size=64,
+        num_labels=1000,
+        id2label={i: f"hf-class-{i}" for i in range(1000)},
+        label2id={f"hf-class-{i}": i for i in range(1000)},
+        **SHAPES[name],
+    )
     model = transformers.ResNetForImageClassification(config).eval()
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.1, 0.1)
             module.running_var.uniform_(0.5, 1.5)
     model.save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "ConvNextImageProcessor", "crop_pct": 0.875, "do_resize": True,
-        "do_rescale": True, "do_normalize": True, "resample": 3, "size": {"shortest_edge": 224},
-        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}))
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "ConvNextImageProcessor",
+                "crop_pct": 0.875,
+                "do_resize": True,
+                "do_rescale": True,
+                "do_normalize": True,
+                "resample": 3,
+                "size": {"shortest_edge": 224},
+                "image_mean": [0.485, 0.456, 0.406],
+                "image_std": [0.229, 0.224, 0.225],
+            }
+        )
+    )
     return model
 
 
@@ -71,8 +86,15 @@ def test_safetensors_file_and_job_end_to_end(ray_local, tmp_path, reference_imag
     model = save_hf_model("resnet18", tmp_path / "ckpt", seed=3)
     weights = tmp_path / "ckpt" / "model.safetensors"
     out = tmp_path / "out"
-    cfg = LabelConfig(inputs=(str(reference_images[0].parent),), output=str(out), model="resnet18",
-                      weights=str(weights), precision="fp32", batch_size=4, top_k=3)
+    cfg = LabelConfig(
+        inputs=(str(reference_images[0].parent),),
+        output=str(out),
+        model="resnet18",
+        weights=str(weights),
+        precision="fp32",
+        batch_size=4,
+        top_k=3,
+    )
     assert run_label(cfg).complete
     table = pq.read_table(out)
     meta = json.loads(table.schema.metadata[b"resnet_batch"])

@@ -26,8 +26,8 @@ import pytest
 from PIL import Image
 
 from .conftest import write_jpegs
+from .helpers import cli
 from .inputs_catalogue import bomb_png
-from .test_cli import cli
 
 JOB = ["--model", "resnet18", "--weights", "none", "--precision", "fp32", "--batch-size", "8"]
 LATIN1_NAME = b"caf\xe9.jpg"  # a file name that is not UTF-8
@@ -52,7 +52,7 @@ def _jpeg(width: int, height: int) -> bytes:
 
 def _tar(path: Path, members: dict[str, bytes] | list[tuple[str, bytes]]) -> None:
     with tarfile.open(path, "w") as tar:
-        for name, data in (members.items() if isinstance(members, dict) else members):
+        for name, data in members.items() if isinstance(members, dict) else members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -86,8 +86,17 @@ def hostile(tmp_path_factory):
     (root / "escape.jpg").write_bytes(b"never labeled: outside the shard")
     _tar(folder / "shard.tar", {"a.jpg": jpeg, "sub/b.jpg": jpeg, "../escape.jpg": jpeg})
     small, large = _jpeg(40, 30), _jpeg(80, 60)
-    _tar(folder / "dups.tar", [("a.jpg", small), ("a.jpg", large), ("./c.jpg", small), ("c.jpg", large),
-                               ("d//e.jpg", large), ("d/e.jpg", small)])
+    _tar(
+        folder / "dups.tar",
+        [
+            ("a.jpg", small),
+            ("a.jpg", large),
+            ("./c.jpg", small),
+            ("c.jpg", large),
+            ("d//e.jpg", large),
+            ("d/e.jpg", small),
+        ],
+    )
     _tar(folder / "cut.tar", {"one.jpg": jpeg, "two.jpg": jpeg, "three.jpg": jpeg})
     whole = (folder / "cut.tar").read_bytes()
     (folder / "cut.tar").write_bytes(whole[: whole.index(b"three.jpg") + 600])  # inside the third member's data
@@ -96,20 +105,41 @@ def hostile(tmp_path_factory):
 
     # A Latin-1 manifest: a path twice, one file spelled four ways, and the non-UTF-8 name.
     manifest = root / "list.txt"
-    lines = [str(extra[0]).encode(), str(extra[0]).encode(), str(extra[1]).encode(),
-             str(loose).encode() + b"/./" + extra[1].name.encode(), str(loose).encode() + b"//" + extra[1].name.encode(),
-             b"file://" + str(extra[1]).encode(),
-             raw]
+    lines = [
+        str(extra[0]).encode(),
+        str(extra[0]).encode(),
+        str(extra[1]).encode(),
+        str(loose).encode() + b"/./" + extra[1].name.encode(),
+        str(loose).encode() + b"//" + extra[1].name.encode(),
+        b"file://" + str(extra[1]).encode(),
+        raw,
+    ]
     manifest.write_bytes(b"\n".join(lines) + b"\n")
 
     escaped = str(folder) + "/caf\\xe9.jpg"
     shard = str(folder / "shard.tar")
-    expected = {str(p) for p in photos} | {str(folder / "linked" / p.name) for p in linked} | {
-        str(folder / "pipe.jpg"), str(folder / "sock.jpg"), escaped, str(folder / "huge.png"), str(folder / "strip.png"), f"{shard}/a.jpg", f"{shard}/sub/b.jpg",
-        f"{shard}/../escape.jpg", str(extra[0]), str(extra[1]), str(folder) + "/fa\\xe7ade/x.jpg",
-        *(f"{folder}/dups.tar/{m}" for m in ("a.jpg", "c.jpg", "d/e.jpg")), str(folder / "packed.tar.gz"),
-        *(f"{folder}/cut.tar/{m}" for m in ("one.jpg", "two.jpg", "three.jpg")), str(folder / "cut.tar"),
-        str(folder) + "/caf\\\\xe9.jpg"}
+    expected = (
+        {str(p) for p in photos}
+        | {str(folder / "linked" / p.name) for p in linked}
+        | {
+            str(folder / "pipe.jpg"),
+            str(folder / "sock.jpg"),
+            escaped,
+            str(folder / "huge.png"),
+            str(folder / "strip.png"),
+            f"{shard}/a.jpg",
+            f"{shard}/sub/b.jpg",
+            f"{shard}/../escape.jpg",
+            str(extra[0]),
+            str(extra[1]),
+            str(folder) + "/fa\\xe7ade/x.jpg",
+            *(f"{folder}/dups.tar/{m}" for m in ("a.jpg", "c.jpg", "d/e.jpg")),
+            str(folder / "packed.tar.gz"),
+            *(f"{folder}/cut.tar/{m}" for m in ("one.jpg", "two.jpg", "three.jpg")),
+            str(folder / "cut.tar"),
+            str(folder) + "/caf\\\\xe9.jpg",
+        }
+    )
     out = root / "out"
     result = cli("label", str(folder), str(manifest), "--output", str(out), *JOB, timeout=240)
     return folder, expected, out, result
@@ -122,29 +152,40 @@ def test_every_input_exactly_once(hostile):
     table = rows(out)
     paths = table.column("path").to_pylist()
     assert sorted(paths) == sorted(expected), "each distinct input once, none lost, none twice"
-    errors = dict(zip(paths, table.column("error").to_pylist()))
+    errors = dict(zip(paths, table.column("error").to_pylist(), strict=False))
     assert errors[str(folder / "pipe.jpg")].startswith("not_a_file: a FIFO")
     assert errors[str(folder / "sock.jpg")].startswith("not_a_file: a socket")
     assert errors[str(folder) + "/caf\\xe9.jpg"] is None, "a non-UTF-8 name is labeled, not just listed"
     assert errors[str(folder) + "/fa\\xe7ade/x.jpg"] is None, "and so is what a non-UTF-8 folder holds"
     assert errors[str(folder) + "/caf\\\\xe9.jpg"] is None, "a name spelled like an escape is an input of its own"
-    assert table.filter(pa.compute.equal(table["path"], str(folder) + "/caf\\xe9.jpg"))["embedding"][0] != \
-        table.filter(pa.compute.equal(table["path"], str(folder) + "/caf\\\\xe9.jpg"))["embedding"][0], \
-        "each row describes its own file's bytes"
+    assert (
+        table.filter(pa.compute.equal(table["path"], str(folder) + "/caf\\xe9.jpg"))["embedding"][0]
+        != table.filter(pa.compute.equal(table["path"], str(folder) + "/caf\\\\xe9.jpg"))["embedding"][0]
+    ), "each row describes its own file's bytes"
     assert errors[f"{folder / 'shard.tar'}/../escape.jpg"].startswith("unsafe_member")
-    sizes = dict(zip(paths, zip(table.column("width").to_pylist(), table.column("height").to_pylist())))
+    sizes = dict(
+        zip(
+            paths,
+            zip(table.column("width").to_pylist(), table.column("height").to_pylist(), strict=False),
+            strict=False,
+        )
+    )
     # One member name, one input: the last member of a name, as `tar -x` leaves it.
     assert [sizes[f"{folder}/dups.tar/{m}"] for m in ("a.jpg", "c.jpg", "d/e.jpg")] == [(80, 60), (80, 60), (40, 30)]
-    assert errors[str(folder / "packed.tar.gz")].startswith("list_failed: cannot read tar shard") and \
-        "gzip-compressed" in errors[str(folder / "packed.tar.gz")]
+    assert (
+        errors[str(folder / "packed.tar.gz")].startswith("list_failed: cannot read tar shard")
+        and "gzip-compressed" in errors[str(folder / "packed.tar.gz")]
+    )
     # A shard cut short: what precedes the break is labeled, and the shard's own row says where it broke.
     assert errors[f"{folder}/cut.tar/one.jpg"] is None and errors[f"{folder}/cut.tar/two.jpg"] is None
     assert errors[f"{folder}/cut.tar/three.jpg"].startswith("decode_error")
     assert errors[str(folder / "cut.tar")].startswith("list_failed: cannot read tar shard")
     assert errors[f"{folder / 'shard.tar'}/a.jpg"] is None
     assert not (errors[str(folder / "huge.png")] or "").startswith("too_large"), "95M pixels is under --max-pixels"
-    assert errors[str(folder / "strip.png")] == \
-        "too_large: 100000x1 resizes to 25600000x256 pixels, over the limit of 100000000"
+    assert (
+        errors[str(folder / "strip.png")]
+        == "too_large: 100000x1 resizes to 25600000x256 pixels, over the limit of 100000000"
+    )
     assert "not inputs: 1 hidden entries" in result.stdout
 
 
@@ -162,26 +203,35 @@ def test_pixel_limit_is_max_pixels_alone():
 def test_absurd_resize_is_refused_up_front(tmp_path):
     write_jpegs(tmp_path / "in", 1, seed=1)
     for resize in ("100000", "8"):
-        result = cli("label", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *JOB, "--crop", "none",
-                     "--resize", resize)
-        one_line_error(result, f"--resize must be between 32 (the coarsest stride) and 7071 (images up to 7071x14142 "
-                               f"pixels, within --max-pixels 100000000), got {resize}")
+        result = cli(
+            "label", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *JOB, "--crop", "none", "--resize", resize
+        )
+        one_line_error(
+            result,
+            f"--resize must be between 32 (the coarsest stride) and 7071 (images up to 7071x14142 "
+            f"pixels, within --max-pixels 100000000), got {resize}",
+        )
 
 
 def test_imagefolder_exports_stay_in_their_shard(hostile, tmp_path):
     folder, expected, out, _ = hostile
-    member = (folder / "shard.tar")
+    member = folder / "shard.tar"
     with tarfile.open(member) as tar:
         a_bytes = tar.extractfile("a.jpg").read()
     for copy in (False, True):
         target = tmp_path / f"export-{copy}"
-        result = cli("export", str(out), "--format", "imagefolder", "--output", str(target), *(["--copy"] if copy else []))
+        result = cli(
+            "export", str(out), "--format", "imagefolder", "--output", str(target), *(["--copy"] if copy else [])
+        )
         assert result.returncode == 0, result.stderr
         files = [p for p in target.rglob("*") if not p.is_dir()]
         assert files and all(p.exists() for p in files), "no dangling link"
         by_hash = {p.name.split("_", 1)[0]: p for p in files}
-        exported = {path: by_hash[hashlib.sha1(path.encode()).hexdigest()[:8]] for path in expected
-                    if hashlib.sha1(path.encode()).hexdigest()[:8] in by_hash}
+        exported = {
+            path: by_hash[hashlib.sha1(path.encode()).hexdigest()[:8]]
+            for path in expected
+            if hashlib.sha1(path.encode()).hexdigest()[:8] in by_hash
+        }
         a_member = exported[f"{member}/a.jpg"]
         assert a_member.read_bytes() == a_bytes and not a_member.is_symlink()
         with tarfile.open(folder / "dups.tar") as tar:  # the bytes labeled: the last member named a.jpg
@@ -189,8 +239,9 @@ def test_imagefolder_exports_stay_in_their_shard(hostile, tmp_path):
         assert not any(p.endswith("escape.jpg") for p in exported), "a member that leaves its shard is never exported"
         assert all(b"never labeled" not in p.read_bytes() for p in files)
 
-    result = cli("export", str(out), "--format", "label-studio", "--output", str(tmp_path / "ls.json"),
-                 "--local-files-root", "/")
+    result = cli(
+        "export", str(out), "--format", "label-studio", "--output", str(tmp_path / "ls.json"), "--local-files-root", "/"
+    )
     one_line_error(result, "member of a tar shard, which Label Studio cannot serve")
 
 
@@ -198,7 +249,9 @@ def test_tool_outputs_never_land_inside_a_job_output(hostile, tmp_path):
     _, _, out, _ = hostile
     before = sorted(os.listdir(out))
     one_line_error(cli("neighbors", str(out), "--output", str(out)), "lies inside the job output")
-    one_line_error(cli("export", str(out), "--format", "csv", "--output", str(out / "x.csv")), "lies inside the job output")
+    one_line_error(
+        cli("export", str(out), "--format", "csv", "--output", str(out / "x.csv")), "lies inside the job output"
+    )
     one_line_error(cli("report", str(out), "--html", str(out / "r.html")), "lies inside the job output")
     one_line_error(cli("report", str(out), "--html", str(tmp_path)), "is a folder")
     one_line_error(cli("label", str(tmp_path), "--output", str(out / "nested"), *JOB), "lies inside the job output")
@@ -212,8 +265,18 @@ def test_resume_refuses_other_settings_without_the_run_record(hostile, tmp_path)
     for part in out.glob("part-*.parquet"):
         (copy / part.name).write_bytes(part.read_bytes())  # the run record is lost
     folder = hostile[0]
-    result = cli("label", str(folder / "shard.tar"), "--output", str(copy), "--model", "resnet34", "--weights", "none",
-                 "--mode", "resume")
+    result = cli(
+        "label",
+        str(folder / "shard.tar"),
+        "--output",
+        str(copy),
+        "--model",
+        "resnet34",
+        "--weights",
+        "none",
+        "--mode",
+        "resume",
+    )
     one_line_error(result, "written with different model (model 'resnet18' in part-")
 
 
@@ -240,7 +303,7 @@ def test_names_that_mean_something_elsewhere(tmp_path):
     folder = tmp_path / "in"
     photos = write_jpegs(folder, 3, seed=21)
     names = ["a&b #1 100%+.jpg", "=cmd.jpg", "n" * 240 + ".jpg"]
-    for photo, name in zip(photos, names):
+    for photo, name in zip(photos, names, strict=False):
         photo.rename(folder / name)
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(f"={'x' * 300}{i}" for i in range(1000)) + "\n")
@@ -290,8 +353,11 @@ def test_one_writer_at_a_time(tmp_path):
     # A lease left by a job that died (SIGKILL) is taken over.
     dead = subprocess.Popen(["sleep", "0"])
     dead.wait()
-    lease.write_text(json.dumps({"token": "x", "host": os.uname().nodename, "pid": dead.pid,
-                                 "started": time.time(), "renewed": time.time()}))
+    lease.write_text(
+        json.dumps(
+            {"token": "x", "host": os.uname().nodename, "pid": dead.pid, "started": time.time(), "renewed": time.time()}
+        )
+    )
     result = cli("label", str(folder), "--output", str(out), *JOB, "--mode", "resume")
     assert result.returncode == 0 and "already done 24" in result.stdout, result.stderr
 
@@ -307,10 +373,26 @@ def test_a_job_starts_its_own_ray_and_fails_fast_on_a_dead_address(tmp_path):
         port = s.getsockname()[1]
     env = {"RAY_AUTH_MODE": "token", "RAY_ADDRESS": ""}
     # (a short --temp-dir: Ray's socket paths must fit in 107 bytes)
-    head = subprocess.Popen(["ray", "start", "--head", "--num-cpus", "0", "--port", str(port), "--block",
-                             "--include-dashboard", "false", "--temp-dir", f"/tmp/rb-head-{os.getpid()}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **env},
-                            start_new_session=True)
+    head = subprocess.Popen(
+        [
+            "ray",
+            "start",
+            "--head",
+            "--num-cpus",
+            "0",
+            "--port",
+            str(port),
+            "--block",
+            "--include-dashboard",
+            "false",
+            "--temp-dir",
+            f"/tmp/rb-head-{os.getpid()}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **env},
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -322,11 +404,26 @@ def test_a_job_starts_its_own_ray_and_fails_fast_on_a_dead_address(tmp_path):
         time.sleep(3)  # the head's raylet registers after its GCS listens
         result = cli("label", str(folder), "--output", str(tmp_path / "out"), *JOB, env=env, timeout=180)
         assert result.returncode == 0, result.stderr
-        result = cli("label", str(folder), "--output", str(tmp_path / "starved"), *JOB, "--address",
-                     f"127.0.0.1:{port}", "--wait-for-resources", "5", "--progress-every", "1", env=env, timeout=180)
+        result = cli(
+            "label",
+            str(folder),
+            "--output",
+            str(tmp_path / "starved"),
+            *JOB,
+            "--address",
+            f"127.0.0.1:{port}",
+            "--wait-for-resources",
+            "5",
+            "--progress-every",
+            "1",
+            env=env,
+            timeout=180,
+        )
         waiting = "waiting for 1 CPU for a model actor; the cluster has CPU 0 free of 0"
         lines = result.stderr.strip().splitlines()
-        assert result.returncode == 2 and waiting in lines[-1] and "gave up after 5 s (--wait-for-resources)" in lines[-1]
+        assert (
+            result.returncode == 2 and waiting in lines[-1] and "gave up after 5 s (--wait-for-resources)" in lines[-1]
+        )
         assert any(line.split(" ", 1)[-1].startswith(waiting) for line in lines[:-1]), "the progress line says it"
         assert "Traceback" not in result.stderr
     finally:
@@ -342,9 +439,13 @@ def test_a_job_starts_its_own_ray_and_fails_fast_on_a_dead_address(tmp_path):
 def test_a_signal_while_ray_starts(tmp_path, signum):
     folder = tmp_path / "in"
     write_jpegs(folder, 2, seed=51)
-    job = subprocess.Popen([sys.executable, "-m", "resnet_batch", "label", str(folder), "--output",
-                            str(tmp_path / "out"), *JOB], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env={**os.environ, "RAY_ADDRESS": ""})
+    job = subprocess.Popen(
+        [sys.executable, "-m", "resnet_batch", "label", str(folder), "--output", str(tmp_path / "out"), *JOB],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
     log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "resnet-batch" / "logs"
     time.sleep(2.5)  # imports done, Ray starting
     job.send_signal(signum)
@@ -359,28 +460,37 @@ def test_a_signal_while_ray_starts(tmp_path, signum):
 
 def test_refusals_before_any_work(tmp_path):
     # Inputs after `--` are inputs (not dropped): a missing one is named.
-    one_line_error(cli("label", "--output", str(tmp_path / "o"), *JOB, "--", str(tmp_path / "nope.jpg") + "x"),
-                   "does not exist")
+    one_line_error(
+        cli("label", "--output", str(tmp_path / "o"), *JOB, "--", str(tmp_path / "nope.jpg") + "x"), "does not exist"
+    )
     # memory:// is gone when the command exits.
-    one_line_error(cli("label", str(tmp_path), "--output", "memory://out", *JOB), "memory:// lives only in this process")
+    one_line_error(
+        cli("label", str(tmp_path), "--output", "memory://out", *JOB), "memory:// lives only in this process"
+    )
     # Config files: ~ expanded, a quoted "false" is false, wrong types and folders are one line.
     home = tmp_path / "home"
     (home / "taken").mkdir(parents=True)
     (home / "taken" / "x.txt").write_text("x")
     config = tmp_path / "job.yaml"
     config.write_text(f"inputs: [{tmp_path}]\noutput: ~/taken\nmodel: resnet18\nweights: none\ncompile: 'false'\n")
-    one_line_error(cli("label", "--config", str(config), env={"HOME": str(home)}), f"--output {home}/taken already holds")
-    for text, needle in [("inputs: 5\noutput: o\n", "config key 'inputs' must be a string or a list of strings"),
-                         ("inputs: [x]\noutput: o\nmodel: [resnet18]\n", "config key 'model' must be a string"),
-                         ("inputs: [x]\noutput: o\ncompile: maybe\n", "config key 'compile' must be true or false")]:
+    one_line_error(
+        cli("label", "--config", str(config), env={"HOME": str(home)}), f"--output {home}/taken already holds"
+    )
+    for text, needle in [
+        ("inputs: 5\noutput: o\n", "config key 'inputs' must be a string or a list of strings"),
+        ("inputs: [x]\noutput: o\nmodel: [resnet18]\n", "config key 'model' must be a string"),
+        ("inputs: [x]\noutput: o\ncompile: maybe\n", "config key 'compile' must be true or false"),
+    ]:
         config.write_text(text)
         one_line_error(cli("label", "--config", str(config)), needle)
     one_line_error(cli("label", "--config", str(tmp_path)), "cannot read config file")
     # A class name that is null is not the label "None".
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps(["cat", None] + [f"c{i}" for i in range(998)]))
-    line = one_line_error(cli("label", str(tmp_path), "--output", str(tmp_path / "o"), *JOB, "--labels", str(labels)),
-                          "class 1 has no name (got null)")
+    line = one_line_error(
+        cli("label", str(tmp_path), "--output", str(tmp_path / "o"), *JOB, "--labels", str(labels)),
+        "class 1 has no name (got null)",
+    )
     assert "not valid JSON" not in line, "valid JSON with a null in it is a missing name, not bad JSON"
 
 
@@ -389,8 +499,13 @@ def test_disk_full_is_one_line_naming_it(tmp_path):
     run record fits, the first part file does not)."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12k", "tmpfs", str(disk)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=12k", "tmpfs", str(disk)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("needs root to mount a small tmpfs")
     try:
         folder = tmp_path / "in"
@@ -411,16 +526,22 @@ def test_non_utf8_arguments_and_blank_manifest_entries(tmp_path):
     photos = write_jpegs(folder, 2, seed=5)
     listed = write_jpegs(tmp_path / "listed", 3, seed=6)
     (tmp_path / "list.csv").write_text(f"path,split\n{listed[0]},a\n,b\n  ,c\n")
-    pq.write_table(pa.table({"path": [str(listed[1]), None, "", str(listed[2])], "split": ["d", "e", "f", "g"]}),
-                   tmp_path / "list.parquet")
+    pq.write_table(
+        pa.table({"path": [str(listed[1]), None, "", str(listed[2])], "split": ["d", "e", "f", "g"]}),
+        tmp_path / "list.parquet",
+    )
     out = tmp_path / os.fsdecode(b"sortie\xe9")
-    result = cli("label", str(folder), str(tmp_path / "list.csv"), str(tmp_path / "list.parquet"), "--output", str(out),
-                 *JOB)
+    result = cli(
+        "label", str(folder), str(tmp_path / "list.csv"), str(tmp_path / "list.parquet"), "--output", str(out), *JOB
+    )
     assert result.returncode == 0, result.stderr
     table = pa.concat_tables(pq.read_table(open(part, "rb")) for part in out.glob("part-*.parquet"))  # a str path
-    by_path = dict(zip(table.column("path").to_pylist(), table.column("split").to_pylist()))
+    by_path = dict(zip(table.column("path").to_pylist(), table.column("split").to_pylist(), strict=False))
     assert by_path == {f"{tmp_path}/d\\xe9j\\xe0/{p.name}": None for p in photos} | {
-        str(listed[0]): "a", str(listed[1]): "d", str(listed[2]): "g"}
+        str(listed[0]): "a",
+        str(listed[1]): "d",
+        str(listed[2]): "g",
+    }
 
 
 def test_resume_deletes_only_its_own_and_repairs_what_it_can(tmp_path):
@@ -481,8 +602,10 @@ def test_readers_say_when_an_output_is_not_a_finished_runs(tmp_path):
         return "\n".join(line for line in result.stderr.splitlines() if "WARNING" in line)
 
     assert report_warnings() == "", "a finished run's output reads without a warning"
-    one_line_error(cli("export", str(out), "--format", "label-studio", "--output", str(tmp_path / "t.json"),
-                       "--rows", "review"), "--rows review needs a needs_review column")
+    one_line_error(
+        cli("export", str(out), "--format", "label-studio", "--output", str(tmp_path / "t.json"), "--rows", "review"),
+        "--rows review needs a needs_review column",
+    )
     part = next(out.glob("part-*.parquet"))
     copy = out / f"{part.stem} (1).parquet"
     copy.write_bytes(part.read_bytes())
@@ -496,12 +619,21 @@ def test_readers_say_when_an_output_is_not_a_finished_runs(tmp_path):
     del record["finished"]
     (out / "_resnet_batch.json").write_text(json.dumps(record))
     assert "was stopped before it finished" in report_warnings()
-    (out / "_resnet_batch.lock").write_text(json.dumps({"token": "a" * 32, "host": socket.gethostname(),
-                                                        "pid": os.getpid(), "started": time.time(),
-                                                        "renewed": time.time()}))
+    (out / "_resnet_batch.lock").write_text(
+        json.dumps(
+            {
+                "token": "a" * 32,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started": time.time(),
+                "renewed": time.time(),
+            }
+        )
+    )
     assert "a job is writing" in report_warnings()
-    (out / "_resnet_batch.lock").write_text(json.dumps({"token": "b" * 32, "host": socket.gethostname(),
-                                                        "pid": 2**22 + 1, "started": 0, "renewed": 0}))
+    (out / "_resnet_batch.lock").write_text(
+        json.dumps({"token": "b" * 32, "host": socket.gethostname(), "pid": 2**22 + 1, "started": 0, "renewed": 0})
+    )
     assert "died before it finished" in report_warnings()
 
     missing = cli("report", str(tmp_path / "nowhere"), "--html", str(tmp_path / "r.html"))

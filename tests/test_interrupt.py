@@ -25,9 +25,31 @@ STOPPED = re.compile(r"^stopped by (SIG\w+): (\d+) images labeled and saved; to 
 def label_cmd(src, out, mode):
     # resnet50 fp32 in batches of 4 is slow enough on 2 cores to be stopped mid-job;
     # the default --rows-per-file (10000) would hold every row until the end.
-    return [sys.executable, "-m", "resnet_batch", "label", str(src), "--output", str(out),
-            "--model", "resnet50", "--weights", "none", "--precision", "fp32", "--batch-size", "4",
-            "--top-k", "1", "--checkpoint-every", "1", "--progress-every", "600", "--mode", mode]
+    return [
+        sys.executable,
+        "-m",
+        "resnet_batch",
+        "label",
+        str(src),
+        "--output",
+        str(out),
+        "--model",
+        "resnet50",
+        "--weights",
+        "none",
+        "--precision",
+        "fp32",
+        "--batch-size",
+        "4",
+        "--top-k",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--progress-every",
+        "600",
+        "--mode",
+        mode,
+    ]
 
 
 def saved_rows(out) -> int:
@@ -54,9 +76,8 @@ def stop_after_first_saves(cmd, out, signum, whole_group: bool, at_least: int):
     while session_processes(job.pid) and time.monotonic() < deadline:
         time.sleep(0.5)
     left = session_processes(job.pid)
-    for line in left:  # clean up before failing
+    if left:  # clean up before failing
         os.killpg(job.pid, signal.SIGKILL)
-        break
     assert not left, left
     return job.returncode, stdout, stderr
 
@@ -67,8 +88,9 @@ def test_signals_save_work_and_resume_finishes_it(tmp_path):
     out = tmp_path / "out"
 
     # 1. SIGTERM to the driver alone (a scheduler, `kill PID`).
-    code, stdout, stderr = stop_after_first_saves(label_cmd(src, out, "error"), out, signal.SIGTERM,
-                                                  whole_group=False, at_least=4)
+    code, stdout, stderr = stop_after_first_saves(
+        label_cmd(src, out, "error"), out, signal.SIGTERM, whole_group=False, at_least=4
+    )
     assert code == 128 + signal.SIGTERM, stderr
     assert "Traceback" not in stdout + stderr
     lines = stderr.strip().splitlines()
@@ -83,8 +105,7 @@ def test_signals_save_work_and_resume_finishes_it(tmp_path):
     resume = shlex.split(said.group(3))
     assert resume[:2] == ["resnet-batch", "label"] and resume[-2:] == ["--mode", "resume"]
     resume_cmd = [sys.executable, "-m", "resnet_batch", *resume[1:]]
-    code, stdout, stderr = stop_after_first_saves(resume_cmd, out, signal.SIGINT, whole_group=True,
-                                                  at_least=first + 4)
+    code, stdout, stderr = stop_after_first_saves(resume_cmd, out, signal.SIGINT, whole_group=True, at_least=first + 4)
     assert code == 128 + signal.SIGINT, stderr
     assert "Traceback" not in stdout + stderr and STOPPED.match(stderr.strip()), stderr
     second = saved_rows(out)
@@ -113,11 +134,26 @@ def test_a_run_that_fails_before_any_row_leaves_the_output_untouched(tmp_path):
     from resnet_batch.core.columns import with_run_metadata
 
     older = pa.table({"path": ["/older.jpg"]})
-    pq.write_table(older.replace_schema_metadata(with_run_metadata(older.schema, {"model": "resnet18"}).metadata),
-                   out / "part-kept.parquet")
+    pq.write_table(
+        older.replace_schema_metadata(with_run_metadata(older.schema, {"model": "resnet18"}).metadata),
+        out / "part-kept.parquet",
+    )
     kept = (out / "part-kept.parquet").read_bytes()
-    base = [sys.executable, "-m", "resnet_batch", "label", str(src), "--output", str(out), "--model",
-            "resnet18", "--weights", "none", "--mode", "overwrite"]
+    base = [
+        sys.executable,
+        "-m",
+        "resnet_batch",
+        "label",
+        str(src),
+        "--output",
+        str(out),
+        "--model",
+        "resnet18",
+        "--weights",
+        "none",
+        "--mode",
+        "overwrite",
+    ]
     failed = subprocess.run([*base, "--device", "cuda"], capture_output=True, text=True, timeout=300)
     assert failed.returncode == 2 and "no GPUs" in failed.stderr, failed.stderr
     assert [p.name for p in out.iterdir()] == ["part-kept.parquet"]
@@ -164,3 +200,44 @@ def test_a_stop_keeps_every_row_the_progress_lines_counted(tmp_path):
     assert int(said.group(2)) == on_disk >= counted, rest
     paths = pq.read_table(out, columns=["path"]).column("path").to_pylist()
     assert len(paths) == len(set(paths)) == on_disk
+
+
+STARTED = re.compile(r"^\d\d:\d\d:\d\d (starting \d+ model actor|first batch|labeling)")
+
+
+@pytest.mark.parametrize("moment", ["starting", "first batch"])
+def test_a_sigterm_as_the_dataset_starts_says_what_it_saved(tmp_path, moment):
+    """A few hundred inputs, SIGTERM at the progress line that shows the running dataset
+    (its model actors starting, or its first batch on the way): exit 143, one last line with
+    the rows saved, which are the rows on disk, and no process of its Ray left."""
+    src, n = tmp_path / "in", 300
+    write_jpegs(src, n, seed=11, height=96, width=128)
+    out = tmp_path / "out"
+    cmd = label_cmd(src, out, "error")
+    cmd[cmd.index("--progress-every") + 1] = "0.1"
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines = []
+    try:
+        for line in job.stderr:  # wait on the job's own lines, never on time
+            lines.append(line)
+            seen = STARTED.match(line)
+            if seen and (moment == "starting" or not seen.group(1).startswith("starting")):
+                break
+        else:
+            pytest.fail("the job ended before the dataset ran:\n" + "".join(lines[-20:]))
+        os.kill(job.pid, signal.SIGTERM)
+        rest = job.stderr.read()
+        job.wait(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 128 + signal.SIGTERM, "".join(lines[-5:]) + rest
+    assert "Traceback" not in rest
+    last = rest.strip().splitlines()[-1]
+    said = STOPPED.match(last)
+    assert said and said.group(1) == "SIGTERM", last
+    assert int(said.group(2)) == saved_rows(out)
+    deadline = time.monotonic() + 20
+    while session_processes(job.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not session_processes(job.pid)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib
 import io
+import re
 import subprocess
 import sys
 import tokenize
@@ -14,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "resnet_batch"
-LAYERS = ["core", "data", "model", "output", "review", "run"]  # each imports only those before it
+LAYERS = ["core", "data", "device", "model", "output", "review", "run"]  # each imports only those before it
 MAX_MODULE_LINES = 300
 MAX_FUNCTION_LINES = 50
 
@@ -26,12 +27,21 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def imports(name: str) -> set[str]:
-    """Every module of the package and every outside package `name` imports, at any depth."""
+def imports(name: str, typing_only: bool = True) -> set[str]:
+    """Every module of the package and every outside package `name` imports, at any depth
+    (without `typing_only`: leaving out what it imports under `if TYPE_CHECKING:`)."""
     path = MODULES[name]
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text())
+    skipped = set()
+    if not typing_only:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+                skipped |= {id(n) for n in ast.walk(node)}
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -50,6 +60,8 @@ def layer(name: str) -> str | None:
 
 
 GRAPH = {name: {m for m in imports(name) if m in MODULES and m != name} for name in MODULES}
+# What runs: a module named only in annotations (under TYPE_CHECKING) is not imported.
+RUNTIME_GRAPH = {name: {m for m in imports(name, typing_only=False) if m in MODULES and m != name} for name in MODULES}
 
 
 def test_layers_import_only_the_layers_below():
@@ -64,12 +76,13 @@ def test_layers_import_only_the_layers_below():
 
 
 def test_no_import_circles():
+    """Between the imports that run: a type named in an annotation only is no circle."""
     circles = []
 
     def visit(name, path):
-        for target in GRAPH[name]:
+        for target in RUNTIME_GRAPH[name]:
             if target in path:
-                circles.append(" -> ".join(path[path.index(target):] + [target]))
+                circles.append(" -> ".join(path[path.index(target) :] + [target]))
             elif target not in done:
                 visit(target, path + [target])
         done.add(name)
@@ -87,17 +100,42 @@ def test_only_the_run_layer_knows_ray_and_only_the_pipeline_ray_data():
     knows_ray = {n for n in MODULES if any(m == "ray" or m.startswith("ray.") for m in imports(n))}
     assert knows_ray and all(layer(n) == "run" for n in knows_ray), sorted(knows_ray)
     knows_ray_data = {n for n in MODULES if any(m == "ray.data" or m.startswith("ray.data.") for m in imports(n))}
-    assert knows_ray_data == {"resnet_batch.run.pipeline"}
+    # ray_compat reaches Ray Data's developer API for the pipeline, and nothing else.
+    assert knows_ray_data == {"resnet_batch.run.pipeline", "resnet_batch.run.ray_compat"}
+
+
+def logical_lines(text: str) -> list[int]:
+    """The line each statement and each comment line starts on: a statement the formatter
+    spreads over several lines counts once, so sizes do not depend on line wrapping."""
+    starts, statement_start = [], None
+    for token in tokenize.generate_tokens(io.StringIO(text).readline):
+        if token.type == tokenize.COMMENT and token.line.strip().startswith("#"):
+            starts.append(token.start[0])
+        elif token.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.COMMENT):
+            statement_start = statement_start or token.start[0]
+        elif token.type == tokenize.NEWLINE and statement_start:
+            starts.append(statement_start)
+            statement_start = None
+    return starts
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_modules_and_functions_stay_small(name):
+    """In logical lines (statements and comment lines), at most MAX_MODULE_LINES a module and
+    MAX_FUNCTION_LINES a function."""
     text = MODULES[name].read_text()
-    long = [f"the module: {len(text.splitlines())} lines"] if len(text.splitlines()) > MAX_MODULE_LINES else []
-    long += [f"{node.name}: {node.end_lineno - node.lineno + 1} lines" for node in ast.walk(ast.parse(text))
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    starts = logical_lines(text)
+    long = [f"the module: {len(starts)} lines"] if len(starts) > MAX_MODULE_LINES else []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            size = sum(node.lineno <= line <= node.end_lineno for line in starts)
+            long += [f"{node.name}: {size} lines"] if size > MAX_FUNCTION_LINES else []
     assert not long, long
+
+
+def test_sizes_count_statements_not_wrapped_lines():
+    wrapped = "def f():\n    # why\n    x = g(\n        1,\n        2,\n    )\n    return x\n"
+    assert logical_lines(wrapped) == [1, 2, 3, 7]
 
 
 def test_tests_and_benches_use_only_public_names():
@@ -110,9 +148,12 @@ def test_tests_and_benches_use_only_public_names():
 
 
 # String literals equal to a column name that mean something else there.
-OTHER_MEANINGS = {("resnet_batch.output.writer", "error"), ("resnet_batch.run.config", "error"),  # --mode error
-                  ("resnet_batch.model.hf", "height"),  # a Hugging Face preprocessor's size key
-                  ("resnet_batch.review.export", "image")}  # Label Studio's task field
+OTHER_MEANINGS = {
+    ("resnet_batch.output.writer", "error"),
+    ("resnet_batch.run.config", "error"),  # --mode error
+    ("resnet_batch.model.hf", "height"),  # a Hugging Face preprocessor's size key
+    ("resnet_batch.review.export", "image"),
+}  # Label Studio's task field
 
 
 def test_column_names_are_spelled_only_in_the_column_table():
@@ -124,8 +165,12 @@ def test_column_names_are_spelled_only_in_the_column_table():
             continue
         for token in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
             text = token.string
-            if token.type == tokenize.STRING and text[:1] in "\"'" and text[1:-1] in RESERVED_COLUMNS \
-                    and (name, text[1:-1]) not in OTHER_MEANINGS:
+            if (
+                token.type == tokenize.STRING
+                and text[:1] in "\"'"
+                and text[1:-1] in RESERVED_COLUMNS
+                and (name, text[1:-1]) not in OTHER_MEANINGS
+            ):
                 spelled.append(f"{name}:{token.start[0]} {text}")
     assert not spelled, spelled
 
@@ -171,3 +216,47 @@ def test_the_architecture_module_table_is_the_tree():
             listed.add(f"{folder}/{row.group(1)}")
     tree = {str(p.relative_to(PACKAGE)) for p in PACKAGE.glob("*/*.py") if p.name != "__init__.py"}
     assert listed == tree, {"missing from the table": sorted(tree - listed), "not in the tree": sorted(listed - tree)}
+
+
+def test_stages_report_through_protocols_not_actor_handles():
+    """Below run/, nothing calls a Ray actor's method: stages report through core/reporting.py."""
+    remote = [
+        f"{name}:{line}"
+        for name, path in MODULES.items()
+        if layer(name) not in ("run", None)
+        for line, text in enumerate(path.read_text().splitlines(), 1)
+        if ".remote(" in text
+    ]
+    assert not remote, remote
+
+
+RAY_PRIVATE = re.compile(
+    r"_generator_backpressure|"
+    r"ray\._private|ray\.\w+(\.\w+)*\._internal|_internal\b|iter_internal_ref_bundles|ray\.data\.block\b"
+)
+
+
+def test_rays_private_api_is_reached_from_one_module():
+    """ray._private, ray.*._internal and Ray Data's developer API: run/ray_compat.py only."""
+    files = [
+        p for p in sorted(ROOT.glob("*/**/*.py")) if p.parts[len(ROOT.parts)] in ("resnet_batch", "tests", "bench")
+    ]
+    allowed = {PACKAGE / "run" / "ray_compat.py", Path(__file__).resolve()}
+    found = [
+        f"{p.relative_to(ROOT)}:{n}"
+        for p in files
+        if p not in allowed
+        for n, text in enumerate(p.read_text().splitlines(), 1)
+        if RAY_PRIVATE.search(text)
+    ]
+    assert not found, found
+
+
+def test_another_ray_version_is_named_in_one_line():
+    from resnet_batch.run.ray_compat import RAY_SERIES, version_warning
+
+    assert version_warning(f"{RAY_SERIES}.0") is None and version_warning(f"{RAY_SERIES}.3") is None
+    warning = version_warning("2.61.0")
+    assert warning is not None and "\n" not in warning
+    assert warning.startswith(f"resnet-batch was written for Ray {RAY_SERIES} and this is Ray 2.61.0")
+    assert version_warning(f"{RAY_SERIES}1.0") is not None  # 2.601 is not 2.60

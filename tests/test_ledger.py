@@ -27,15 +27,15 @@ def test_claims_match_a_reference_set(chunk):
     ledger.seal_done()
     seen, went = set(), []
     for start in range(0, len(paths), chunk):
-        piece = paths[start:start + chunk]
+        piece = paths[start : start + chunk]
         positions = np.arange(start, start + len(piece), dtype=np.int64)
         goes = ledger.claim(path_hashes(piece), positions)
         # A retried read lists the same entries at the same positions: the same answer.
         assert ledger.claim(path_hashes(piece), positions).tolist() == goes.tolist()
-        for path, go in zip(piece, goes):
+        for path, go in zip(piece, goes, strict=False):
             assert go == (path not in seen and path not in done_before), path
             seen.add(path)
-        went += [p for p, g in zip(piece, goes) if g]
+        went += [p for p, g in zip(piece, goes, strict=False) if g]
     assert len(went) == len(set(went)) == len(seen - done_before)
     assert (ledger.inputs, ledger.already_done) == (len(seen), len(seen & done_before))
     assert len(ledger.runs) <= 2 * np.log2(len(seen)) + 1  # merged as they grow
@@ -58,8 +58,15 @@ def test_tally_counts_missing_and_duplicate_rows():
     ledger.claim(path_hashes(paths), np.arange(100, dtype=np.int64))
     ledger.add_written(path_hashes(paths[10:95]))
     ledger.set_hidden("/x", 3)
-    assert ledger.tally() == {"inputs": 100, "already_done": 10, "missing": 5, "rows": 97, "duplicates": 2,
-                              "repeated": 0, "hidden": 3}
+    assert ledger.tally() == {
+        "inputs": 100,
+        "already_done": 10,
+        "missing": 5,
+        "rows": 97,
+        "duplicates": 2,
+        "repeated": 0,
+        "hidden": 3,
+    }
     # An output read back whole counts what it holds now, not what it held before.
     ledger.add_written(path_hashes(paths[:10]))
     assert ledger.tally(with_done=False)["rows"] == 95
@@ -79,7 +86,7 @@ def test_books_on_ray_answer_as_one_ledger(ray_local):
     local, spread = Books.in_process(), Books.on_ray(buckets=3)
     claims = []
     for start in range(0, len(paths), 4000):
-        hashes = path_hashes(paths[start:start + 4000])
+        hashes = path_hashes(paths[start : start + 4000])
         positions = np.arange(start, start + len(hashes), dtype=np.int64)
         claims.append((hashes, positions))
         assert local.claim(hashes, positions).tolist() == spread.claim(hashes, positions).tolist()

@@ -129,4 +129,6 @@ def test_a_flat_folder_is_listed_a_page_at_a_time(tmp_path):
     assert [d for lv in pages for d in lv.subdirs] == [str(folder / "sub")]
     assert sum(lv.hidden for lv in pages) == 1
     # A retried listing of an unchanged folder pages it the same way (readdir order).
-    assert [lv.table.to_pylist() for lv in list_directory(str(folder), page=4)] == [lv.table.to_pylist() for lv in pages]
+    assert [lv.table.to_pylist() for lv in list_directory(str(folder), page=4)] == [
+        lv.table.to_pylist() for lv in pages
+    ]

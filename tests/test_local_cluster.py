@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from .test_submit import free_port
+from .helpers import free_port
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,11 +23,18 @@ JOB = ["--model", "resnet18", "--weights", "none", "--precision", "fp32"]
 def test_start_submit_stop_then_a_local_job(tmp_path):
     pytest.importorskip("ray.dashboard", reason="the job server needs ray[default]")
     state = tmp_path / "state"
-    env = {**os.environ, "STATE_DIR": str(state), "HEAD_PORT": str(free_port()), "DASHBOARD_PORT": str(free_port()),
-           "RAY_AUTH_MODE": "token"}
+    env = {
+        **os.environ,
+        "STATE_DIR": str(state),
+        "HEAD_PORT": str(free_port()),
+        "DASHBOARD_PORT": str(free_port()),
+        "RAY_AUTH_MODE": "token",
+    }
     env.pop("RAY_ADDRESS", None)
-    script = lambda *args, timeout=240: subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True,  # noqa: E731
-                                                       text=True, timeout=timeout)
+
+    def script(*args, timeout=240):
+        return subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
     started = script("start", "2", "1")
     try:
         assert started.returncode == 0, started.stdout + started.stderr
@@ -37,9 +44,26 @@ def test_start_submit_stop_then_a_local_job(tmp_path):
         assert status.returncode == 0 and "up: 3 nodes alive, 2 CPUs" in status.stdout, status.stdout
         out = tmp_path / "out"
         submitted = subprocess.run(
-            [sys.executable, "-m", "resnet_batch", "submit", "--address", f"http://127.0.0.1:{env['DASHBOARD_PORT']}",
-             "--wait", "--", "label", str(EXAMPLES), "--output", str(out), *JOB],
-            env=env, capture_output=True, text=True, timeout=300)
+            [
+                sys.executable,
+                "-m",
+                "resnet_batch",
+                "submit",
+                "--address",
+                f"http://127.0.0.1:{env['DASHBOARD_PORT']}",
+                "--wait",
+                "--",
+                "label",
+                str(EXAMPLES),
+                "--output",
+                str(out),
+                *JOB,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-2000:]
         assert pq.read_table(out).num_rows == len(list(EXAMPLES.iterdir()))
     finally:
@@ -49,6 +73,11 @@ def test_start_submit_stop_then_a_local_job(tmp_path):
     left = [pid for pid in pids if subprocess.run(["pgrep", "-g", str(pid)], capture_output=True).returncode == 0]
     assert not left, f"process groups left running: {left}"
     assert script("status").stdout.strip() == "not started"
-    local = subprocess.run([sys.executable, "-m", "resnet_batch", "label", str(EXAMPLES), "--output",
-                            str(tmp_path / "local"), *JOB], env=env, capture_output=True, text=True, timeout=300)
+    local = subprocess.run(
+        [sys.executable, "-m", "resnet_batch", "label", str(EXAMPLES), "--output", str(tmp_path / "local"), *JOB],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert local.returncode == 0, local.stderr

@@ -16,15 +16,25 @@ import torchvision.models as tvm
 
 from resnet_batch.core.errors import UsageError, WeightsUnavailableError
 from resnet_batch.data.preprocessing import Preprocessing
-from resnet_batch.model.models import MODELS, build_model, describe_models, fold_batch_norms, forward_features
+from resnet_batch.model.models import MODELS, build_model, describe_models, fold_batch_norms, forward_stages
 from resnet_batch.model.registry import EMBEDDING_DIMS, TORCHVISION_WEIGHTS, release_name
 from resnet_batch.model.weights import hub_checkpoint, resolve_weights
 
 
 def test_registry_widths_and_weights():
     rows = {r["model"]: r for r in describe_models()}
-    assert list(rows) == ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
-                          "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]
+    assert list(rows) == [
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "resnet152",
+        "resnext50_32x4d",
+        "resnext101_32x8d",
+        "resnext101_64x4d",
+        "wide_resnet50_2",
+        "wide_resnet101_2",
+    ]
     for name, row in rows.items():  # the torch-free registry agrees with torchvision's builders
         with torch.device("meta"):
             assert row["embedding_dim"] == EMBEDDING_DIMS[name] == MODELS[name].builder().fc.in_features
@@ -40,8 +50,13 @@ def test_release_table_is_torchvisions(model):
     for w in enum:
         resolved = resolve_weights(model, w.name, verify=False)
         preset = w.transforms()
-        expected = Preprocessing(preset.resize_size[0], preset.crop_size[0], tuple(preset.mean), tuple(preset.std),
-                                 preset.interpolation.value)
+        expected = Preprocessing(
+            preset.resize_size[0],
+            preset.crop_size[0],
+            tuple(preset.mean),
+            tuple(preset.std),
+            preset.interpolation.value,
+        )
         assert resolved.preprocessing == expected and resolved.preprocess_from == w.name
         assert resolved.categories == tuple(w.meta["categories"])
         assert TORCHVISION_WEIGHTS[model][w.name].url == w.url
@@ -69,7 +84,11 @@ def test_actors_refuse_tables_their_torchvision_disagrees_with(monkeypatch):
 
 def test_hub_checkpoint_is_where_torch_hub_looks(tmp_path, monkeypatch):
     url = TORCHVISION_WEIGHTS["resnet18"]["IMAGENET1K_V1"].url
-    for env in ({"TORCH_HOME": str(tmp_path / "th")}, {"XDG_CACHE_HOME": str(tmp_path / "xdg")}, {"HOME": str(tmp_path)}):
+    for env in (
+        {"TORCH_HOME": str(tmp_path / "th")},
+        {"XDG_CACHE_HOME": str(tmp_path / "xdg")},
+        {"HOME": str(tmp_path)},
+    ):
         for var in ("TORCH_HOME", "XDG_CACHE_HOME"):
             monkeypatch.delenv(var, raising=False)
         for var, value in env.items():
@@ -77,11 +96,19 @@ def test_hub_checkpoint_is_where_torch_hub_looks(tmp_path, monkeypatch):
         assert hub_checkpoint(url) == Path(torch.hub.get_dir()) / "checkpoints" / "resnet18-f37072fd.pth"
 
 
-@pytest.mark.parametrize("model, weights, resize", [
-    ("resnet18", "DEFAULT", 256), ("resnet50", "IMAGENET1K_V1", 256), ("resnet50", "DEFAULT", 232),
-    ("resnet152", "IMAGENET1K_V2", 232), ("resnet101", "none", 256), ("resnext50_32x4d", "DEFAULT", 232),
-    ("resnext101_64x4d", "DEFAULT", 232), ("wide_resnet101_2", "IMAGENET1K_V1", 256),
-])
+@pytest.mark.parametrize(
+    "model, weights, resize",
+    [
+        ("resnet18", "DEFAULT", 256),
+        ("resnet50", "IMAGENET1K_V1", 256),
+        ("resnet50", "DEFAULT", 232),
+        ("resnet152", "IMAGENET1K_V2", 232),
+        ("resnet101", "none", 256),
+        ("resnext50_32x4d", "DEFAULT", 232),
+        ("resnext101_64x4d", "DEFAULT", 232),
+        ("wide_resnet101_2", "IMAGENET1K_V1", 256),
+    ],
+)
 def test_preprocessing_comes_from_weights(model, weights, resize):
     resolved = resolve_weights(model, weights, verify=False)
     expected = tvm.get_model_weights(model).DEFAULT if weights == "DEFAULT" else None
@@ -91,11 +118,18 @@ def test_preprocessing_comes_from_weights(model, weights, resize):
     assert len(resolved.categories) == 1000 and resolved.categories[0] == "tench"
 
 
-@pytest.mark.parametrize("model, weights, needle", [
-    ("resnet99", "DEFAULT", "valid: resnet18, resnet34, resnet50, resnet101, resnet152, resnext50_32x4d, "
-                            "resnext101_32x8d, resnext101_64x4d, wide_resnet50_2, wide_resnet101_2"),
-    ("resnet18", "IMAGENET1K_V2", "valid: DEFAULT, IMAGENET1K_V1, none, PATH-or-URI"),
-])
+@pytest.mark.parametrize(
+    "model, weights, needle",
+    [
+        (
+            "resnet99",
+            "DEFAULT",
+            "valid: resnet18, resnet34, resnet50, resnet101, resnet152, resnext50_32x4d, "
+            "resnext101_32x8d, resnext101_64x4d, wide_resnet50_2, wide_resnet101_2",
+        ),
+        ("resnet18", "IMAGENET1K_V2", "valid: DEFAULT, IMAGENET1K_V1, none, PATH-or-URI"),
+    ],
+)
 def test_bad_choices_name_valid_values(model, weights, needle):
     with pytest.raises(UsageError, match=needle):
         resolve_weights(model, weights)
@@ -126,10 +160,17 @@ def test_cached_release_resolves_without_torch(tmp_path):
     cache = tmp_path / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     (cache / "resnet50-11ad3fa6.pth").write_bytes(b"only workers read it")
-    code = ("import sys; from resnet_batch.model.weights import resolve_weights; "
-            "r = resolve_weights('resnet50', 'DEFAULT'); print(r.weights, len(r.categories), 'torch' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "TORCH_HOME": str(tmp_path)})
+    code = (
+        "import sys; from resnet_batch.model.weights import resolve_weights; "
+        "r = resolve_weights('resnet50', 'DEFAULT'); print(r.weights, len(r.categories), 'torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TORCH_HOME": str(tmp_path)},
+    )
     assert result.stdout.split() == ["IMAGENET1K_V2", "1000", "False"], result.stderr
 
 
@@ -153,7 +194,7 @@ def test_checkpoint_formats_load_identically(tmp_path):
     for name, path in _variants(tmp_path, reference.state_dict()).items():
         model = build_model(resolve_weights("resnet18", str(path)))
         with torch.no_grad():
-            pooled, logits = forward_features(model, x)
+            pooled, logits = pooled_and_logits(model, x)
         torch.testing.assert_close(logits, expected, msg=name)
         assert pooled.shape == (2, 512)
 
@@ -199,11 +240,17 @@ def test_missing_checkpoint(tmp_path):
         resolve_weights("resnet18", str(tmp_path / "nope.pth"))
 
 
-def test_forward_features_equals_model_forward():
+def pooled_and_logits(model, x):
+    """What the job's forward gives for the embedding and the labels, in one pass."""
+    _, pooled, logits = forward_stages(model, x, deepest=4, logits=True)
+    return pooled, logits
+
+
+def test_forward_stages_equals_model_forward():
     model = MODELS["resnet50"].builder().eval()
     x = torch.rand(1, 3, 224, 224)
     with torch.no_grad():
-        torch.testing.assert_close(forward_features(model, x)[1], model(x))
+        torch.testing.assert_close(pooled_and_logits(model, x)[1], model(x))
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])  # BasicBlock and Bottleneck
@@ -218,9 +265,9 @@ def test_folded_batch_norms_give_the_unfolded_outputs(name):
             module.bias.data.uniform_(-0.1, 0.1)
     x = torch.rand(2, 3, 224, 224)
     with torch.no_grad():
-        expected = forward_features(model, x)
+        expected = pooled_and_logits(model, x)
         folded = fold_batch_norms(copy.deepcopy(model))
-        pooled, logits = forward_features(folded, x)
+        pooled, logits = pooled_and_logits(folded, x)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
-    for ours, ref in zip((pooled, logits), expected):  # fp32 rounding, relative to the output's scale
+    for ours, ref in zip((pooled, logits), expected, strict=False):  # fp32 rounding, relative to the output's scale
         assert (ours - ref).abs().max() <= 1e-5 * max(1.0, ref.abs().max()), (ours - ref).abs().max()

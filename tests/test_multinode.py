@@ -20,8 +20,13 @@ def test_worker_node_lost_mid_job(tmp_path):
     src, n = tmp_path / "in", 60
     write_jpegs(src, n, seed=9, height=200, width=260)
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-m", "tests.multinode_job", str(src), str(out)],
-                         capture_output=True, text=True, timeout=540, cwd=ROOT)
+    run = subprocess.run(
+        [sys.executable, "-m", "tests.multinode_job", str(src), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=540,
+        cwd=ROOT,
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     lines = [line for line in run.stdout.splitlines() if line.startswith('{"killed_node_had_actor"')]
     assert lines, run.stdout[-2000:] + run.stderr[-4000:]

@@ -23,8 +23,16 @@ def test_null_model_rows_have_resnet50s_columns(ray_local, tmp_path):
     folder = tmp_path / "in"
     write_jpegs(folder, 5, seed=21)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    cfg = LabelConfig(inputs=(str(folder),), output=str(tmp_path / "out"), model="none", features=("pooled", "c4"),
-                      spatial="c5", review_below=0.5, precision="fp32", batch_size=4)
+    cfg = LabelConfig(
+        inputs=(str(folder),),
+        output=str(tmp_path / "out"),
+        model="none",
+        features=("pooled", "c4"),
+        spatial="c5",
+        review_below=0.5,
+        precision="fp32",
+        batch_size=4,
+    )
     summary = run_label(cfg)
     assert summary.complete and summary.processed == 6 and summary.errors == {"decode_error": 1}
     table = pq.read_table(tmp_path / "out")
@@ -44,24 +52,29 @@ def test_null_model_rows_have_resnet50s_columns(ray_local, tmp_path):
         assert row["width"] == 320
     meta = read_run_metadata(table.schema)
     assert meta["model"] == "none" and meta["ran"] == [
-        {"device": "cpu", "precision": "none", "torch": "none", "torchvision": "none", "gpu": None}]
+        {"device": "cpu", "precision": "none", "torch": "none", "torchvision": "none", "gpu": None}
+    ]
 
 
 def test_null_model_never_takes_a_gpu():
     cfg = LabelConfig(inputs=("x",), output="y", model="none")
-    plan = make_plan(cfg, resolve_weights("none", "DEFAULT"), Cluster(gpus=4, cpu_nodes=1, cpus_per_node=8,
-                                                                       cpu_bf16=False))
+    plan = make_plan(
+        cfg, resolve_weights("none", "DEFAULT"), Cluster(gpus=4, cpu_nodes=1, cpus_per_node=8, cpu_bf16=False)
+    )
     assert plan.gpus_per_actor == 0 and plan.device == "cpu" and not plan.decode_on_device
     assert plan.cpus_per_actor == 0  # it computes nothing: the cores are left to decoding
 
 
 def test_null_model_imports_no_torch():
-    code = ("import sys, numpy as np; from resnet_batch.model.weights import resolve_weights; "
-            "from resnet_batch.model.settings import InferenceSettings; from resnet_batch.model.actor import PredictorActor; "
-            "from resnet_batch.core.columns import output_schema; "
-            "s = InferenceSettings(weights=resolve_weights('none', 'DEFAULT'), top_k=2); "
-            "t = PredictorActor(s, output_schema(2048))({'path': np.array(['a'], object), 'width': np.array([1]), "
-            "'height': np.array([1]), 'error': np.array(['decode_error: x'], object)}); "
-            "assert t.num_rows == 1; print('torch' in sys.modules)")
+    code = (
+        "import sys, numpy as np; from resnet_batch.model.weights import resolve_weights; "
+        "from resnet_batch.model.settings import InferenceSettings; "
+        "from resnet_batch.model.actor import PredictorActor; "
+        "from resnet_batch.core.columns import output_schema; "
+        "s = InferenceSettings(weights=resolve_weights('none', 'DEFAULT'), top_k=2); "
+        "t = PredictorActor(s, output_schema(2048))({'path': np.array(['a'], object), 'width': np.array([1]), "
+        "'height': np.array([1]), 'error': np.array(['decode_error: x'], object)}); "
+        "assert t.num_rows == 1; print('torch' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr

@@ -25,8 +25,7 @@ def test_a_gpu_cluster_gets_an_actor_per_gpu_decoding_jpegs(resolved):
     assert plan.device == plan.model.device == "cuda" and plan.decode_on_device
     assert plan.batch_size == 256 and plan.block_rows == 256 * BLOCKS_PER_BATCH
     assert plan.precision == plan.model.precision == "auto"  # the GPU's kind decides, on its node
-    assert not make_plan(dataclasses.replace(CFG, device="cpu"), resolved,
-                         Cluster(2, 1, 16, False)).decode_on_device
+    assert not make_plan(dataclasses.replace(CFG, device="cpu"), resolved, Cluster(2, 1, 16, False)).decode_on_device
 
 
 @pytest.mark.parametrize("bf16, precision, batch", [(True, "bf16", 64), (False, "fp32", 32)])
@@ -35,8 +34,10 @@ def test_auto_precision_on_cpus_is_decided_once_by_the_model_nodes(resolved, bf1
     # The actors get the precision the batch size was chosen for, never "auto" to decide again.
     assert plan.precision == plan.model.precision == precision and plan.batch_size == batch
     assert (plan.actors, plan.calls_per_actor, plan.threads_per_call) == (3, 8, 1)
-    assert make_plan(dataclasses.replace(CFG, precision="fp32"), resolved,
-                     Cluster(0, 3, 8, bf16)).model.precision == "fp32"
+    assert (
+        make_plan(dataclasses.replace(CFG, precision="fp32"), resolved, Cluster(0, 3, 8, bf16)).model.precision
+        == "fp32"
+    )
 
 
 def test_explicit_arguments_win(resolved):
@@ -58,8 +59,9 @@ def test_more_model_actors_than_the_cluster_can_place_are_refused(resolved):
 def test_refusals(resolved):
     with pytest.raises(UsageError, match="--device cuda was requested but the Ray cluster has no GPUs"):
         make_plan(dataclasses.replace(CFG, device="cuda"), resolved, Cluster(0, 1, 4, False))
-    lanczos = dataclasses.replace(resolved, preprocessing=dataclasses.replace(resolved.preprocessing,
-                                                                              interpolation="lanczos"))
+    lanczos = dataclasses.replace(
+        resolved, preprocessing=dataclasses.replace(resolved.preprocessing, interpolation="lanczos")
+    )
     assert not lanczos.preprocessing.resizes_on_device
     with pytest.raises(UsageError, match="--decode gpu resizes with"):
         make_plan(dataclasses.replace(CFG, decode="gpu"), lanczos, Cluster(1, 1, 4, False))
@@ -70,3 +72,25 @@ def test_refusals(resolved):
 def test_read_tasks_grow_with_the_cluster_but_never_outrun_decoding(resolved, nodes, cpus, read_tasks):
     # Each read task at once takes a share of decoding's idle-priority CPU.
     assert make_plan(CFG, resolved, Cluster(0, nodes, cpus, False)).read_tasks == read_tasks
+
+
+def test_the_plan_in_words_for_two_eight_gpu_nodes(resolved):
+    """What `label --dry-run` prints: every stage's actors, GPUs and CPUs, batch, decoder, share."""
+    cluster = Cluster(gpus=16, cpu_nodes=2, cpus_per_node=64, cpu_bf16=False, gpu_nodes=2)
+    lines = make_plan(
+        dataclasses.replace(CFG, gpu_decoder="nvimgcodec", cpu_decode_share=0.4), resolved, cluster
+    ).lines()
+    assert lines == [
+        "plan for 16 GPUs on 2 nodes, 2 nodes with CPUs (64 or more each):",
+        "  model: 16 actors, one per GPU, each holding 1 GPU and 1 CPU, 2 calls at once, 4 torch threads per call; "
+        "batch 256, precision bf16 where the GPU has it, else fp16 (auto)",
+        # 64 cores a node, 8 of them the model actors': 128 // 16 - 1 = 7 decode cores per actor.
+        "  decoding: JPEGs in the model actors by nvimgcodec (checked at warm-up), the rest and a share of them by "
+        "decode tasks of 1024 rows, 1 CPU each at idle priority, on 7 cores per model actor; share 0.4, fixed",
+        "  reading: 4 read tasks at once (0 CPUs, listing and claiming inputs); 1 file fetch thread per decode task",
+        "  saving: part files written by tasks of 0 CPUs as batches finish",
+    ]
+    cpu = make_plan(dataclasses.replace(CFG, decode="cpu"), resolved, cluster).lines()
+    assert cpu[2] == "  decoding: on CPUs: decode tasks of 1024 rows, 1 CPU each at idle priority"
+    assert make_plan(CFG, resolved, cluster).model.gpu_decoder == "auto"
+    assert make_plan(dataclasses.replace(CFG, decode="cpu"), resolved, cluster).model.gpu_decoder is None

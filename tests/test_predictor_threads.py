@@ -22,16 +22,19 @@ def check_concurrent_equals_sequential(device: str, reference_images, ckpt, tole
     decoded = DecodeStage(resolved.preprocessing)({"path": np.array([str(p) for p in reference_images], dtype=object)})
     half = len(reference_images) // 2
     batches = [{k: v[:half] for k, v in decoded.items()}, {k: v[half:] for k, v in decoded.items()}]
-    predictor = Predictor(InferenceSettings(weights=resolved, precision="fp32", top_k=3, device=device),
-                          schema=output_schema(512, with_topk=True))
+    predictor = Predictor(
+        InferenceSettings(weights=resolved, precision="fp32", top_k=3, device=device),
+        schema=output_schema(512, with_topk=True),
+    )
     expected = [predictor(b).to_pydict() for b in batches]
     with ThreadPoolExecutor(2) as pool:
         for _ in range(3):
-            for got, want in zip(pool.map(predictor, batches), expected):
+            for got, want in zip(pool.map(predictor, batches), expected, strict=False):
                 got = got.to_pydict()
                 assert got["path"] == want["path"] and got["error"] == want["error"]
-                np.testing.assert_allclose(np.array(got["embedding"]), np.array(want["embedding"]),
-                                           rtol=tolerance, atol=tolerance)
+                np.testing.assert_allclose(
+                    np.array(got["embedding"]), np.array(want["embedding"]), rtol=tolerance, atol=tolerance
+                )
 
 
 def test_concurrent_calls_cpu(reference_images, resnet18_ckpt):
@@ -56,10 +59,18 @@ def test_concurrent_calls_through_ray_data(ray_local, reference_images, resnet18
     settings = InferenceSettings(weights=resolved, precision="fp32", top_k=3, device="cpu", threads=1)
     schema = output_schema(512, with_topk=True)
     rows = [{k: v[i] for k, v in decoded.items()} for i in range(len(reference_images))] * 4
-    out = ray.data.from_items(rows, override_num_blocks=8).map_batches(
-        Predictor, fn_constructor_kwargs={"settings": settings, "schema": schema}, batch_size=3,
-        batch_format="numpy", compute=model_pool(1, calls_per_actor=2), num_cpus=1,
-    ).to_pandas()
+    out = (
+        ray.data.from_items(rows, override_num_blocks=8)
+        .map_batches(
+            Predictor,
+            fn_constructor_kwargs={"settings": settings, "schema": schema},
+            batch_size=3,
+            batch_format="numpy",
+            compute=model_pool(1, calls_per_actor=2),
+            num_cpus=1,
+        )
+        .to_pandas()
+    )
     want = Predictor(settings, schema)(decoded).to_pandas().set_index("path")
     assert len(out) == len(rows) and sorted(out["path"]) == sorted(r["path"] for r in rows)
     for _, row in out.iterrows():

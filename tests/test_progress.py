@@ -14,10 +14,11 @@ import termios
 
 from .conftest import write_jpegs
 
-
-FRAME = re.compile(r"(?P<phase>[a-z][^\r\n:|]*): +\d+%\|[^|]*\| (?P<done>\d+)/(?P<total>\d+)\+? "
-                   r"\[(?P<clock>[\d:]+)<(?P<eta>[\d:]+|\?), (?P<rate>[\d.]+|\?) img/s\] "
-                   r"(?P<errors>\d+) errors?, (?P<saved>\d+) saved")
+FRAME = re.compile(
+    r"(?P<phase>[a-z][^\r\n:|]*): +\d+%\|[^|]*\| (?P<done>\d+)/(?P<total>\d+)\+? "
+    r"\[(?P<clock>[\d:]+)<(?P<eta>[\d:]+|\?), (?P<rate>[\d.]+|\?) img/s\] "
+    r"(?P<errors>\d+) errors?, (?P<saved>\d+) saved"
+)
 
 
 def _seconds(clock: str) -> int:
@@ -32,9 +33,29 @@ def test_the_bar_moves_by_batches(tmp_path):
     write_jpegs(folder, 200, seed=71, height=80, width=100)
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a terminal's size
-    job = subprocess.Popen([sys.executable, "-m", "resnet_batch", "label", str(folder), "--output",
-                            str(tmp_path / "out"), "--model", "resnet18", "--weights", "none", "--precision", "auto",
-                            "--batch-size", "16"], stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    job = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "resnet_batch",
+            "label",
+            str(folder),
+            "--output",
+            str(tmp_path / "out"),
+            "--model",
+            "resnet18",
+            "--weights",
+            "none",
+            "--precision",
+            "auto",
+            "--batch-size",
+            "16",
+        ],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
+    )
     os.close(slave)
     screen = b""
     while True:
@@ -59,8 +80,9 @@ def test_the_bar_moves_by_batches(tmp_path):
     assert len(counts) >= 6 and max(counts) == 200, sorted(counts)
     phases = [f["phase"] for f in frames]
     assert phases[0] in ("starting", "checking the output"), phases[:3]
-    assert "labeling" in phases and any(re.fullmatch(r"starting \d+ model actors? \(\d/\d ready\)", p)
-                                        for p in phases), set(phases)
+    assert "labeling" in phases and any(
+        re.fullmatch(r"starting \d+ model actors? \(\d/\d ready\)", p) for p in phases
+    ), set(phases)
 
     # The clock runs from the command's launch and moves every second, whatever the phase.
     clocks = [_seconds(f["clock"]) for f in frames]
@@ -94,8 +116,15 @@ def test_the_bar_moves_by_batches(tmp_path):
     ran = resolve_precision("auto", "cpu")
     record = json.loads((tmp_path / "out" / "_resnet_batch.json").read_text())
     assert record["precision"] == ran and record["device"] == "cpu"
-    assert record["ran"] == [{"device": "cpu", "gpu": None, "precision": ran, "torch": torch.__version__,
-                              "torchvision": record["versions"]["torchvision"]}]
+    assert record["ran"] == [
+        {
+            "device": "cpu",
+            "gpu": None,
+            "precision": ran,
+            "torch": torch.__version__,
+            "torchvision": record["versions"]["torchvision"],
+        }
+    ]
     assert record["versions"]["ray"] == ray.__version__
     footers = {pq.read_schema(p).metadata[b"resnet_batch.precision"] for p in (tmp_path / "out").glob("part-*")}
     assert footers == {ran.encode()}
@@ -105,15 +134,19 @@ def test_what_a_starved_job_waits_for():
     from resnet_batch.run.resources import short_of
 
     assert short_of({"CPU": 1}, {"CPU": 0}, 1, 0) == (
-        "waiting for 1 CPU for the decode tasks; the cluster has CPU 0 free of 1, 1 held by model actors")
+        "waiting for 1 CPU for the decode tasks; the cluster has CPU 0 free of 1, 1 held by model actors"
+    )
     assert short_of({"CPU": 8, "GPU": 1}, {"CPU": 8, "GPU": 0}, 0, 1) == (
-        "waiting for 1 GPU for a model actor; the cluster has GPU 0 free of 1")
+        "waiting for 1 GPU for a model actor; the cluster has GPU 0 free of 1"
+    )
     assert short_of({"CPU": 8}, {"CPU": 3}, 1, 0) is None
     # An actor still starting holds its CPU, and decode tasks hold the rest: nobody is waiting.
     assert short_of({"CPU": 2}, {"CPU": 0}, 1, 0) is None
     assert short_of({"CPU": 2}, {"CPU": 0}, 0, 0) == (
-        "waiting for 1 CPU for a model actor; the cluster has CPU 0 free of 2")
+        "waiting for 1 CPU for a model actor; the cluster has CPU 0 free of 2"
+    )
     # The null model's actors hold no CPU: they never wait for one, and hold none from decoding.
     assert short_of({"CPU": 0}, {"CPU": 0}, 0, 0, cpus=0) is None
     assert short_of({"CPU": 0}, {"CPU": 0}, 1, 0, cpus=0) == (
-        "waiting for 1 CPU for the decode tasks; the cluster has CPU 0 free of 0")
+        "waiting for 1 CPU for the decode tasks; the cluster has CPU 0 free of 0"
+    )

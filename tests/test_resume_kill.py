@@ -17,9 +17,29 @@ pytestmark = pytest.mark.slow
 
 
 def label_cmd(src, out, mode):
-    return [sys.executable, "-m", "resnet_batch", "label", str(src), "--output", str(out),
-            "--model", "resnet50", "--weights", "none", "--precision", "fp32", "--batch-size", "2",
-            "--rows-per-file", "4", "--mode", mode, "--top-k", "1"]
+    return [
+        sys.executable,
+        "-m",
+        "resnet_batch",
+        "label",
+        str(src),
+        "--output",
+        str(out),
+        "--model",
+        "resnet50",
+        "--weights",
+        "none",
+        "--precision",
+        "fp32",
+        "--batch-size",
+        "2",
+        "--rows-per-file",
+        "4",
+        "--mode",
+        mode,
+        "--top-k",
+        "1",
+    ]
 
 
 def test_sigkill_driver_then_resume(tmp_path):
@@ -27,8 +47,9 @@ def test_sigkill_driver_then_resume(tmp_path):
     write_jpegs(src, n, seed=5)
     out = tmp_path / "out"
 
-    driver = subprocess.Popen(label_cmd(src, out, "error"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    driver = subprocess.Popen(
+        label_cmd(src, out, "error"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 240
         while len(list(out.glob("part-*.parquet"))) < 2:

@@ -42,8 +42,16 @@ def job(ray_local, tmp_path_factory):
     torch.manual_seed(3)
     model = tvm.resnet18(num_classes=len(CLASSES))
     torch.save({"state_dict": model.state_dict(), "classes": list(CLASSES)}, root / "fruit.pt")
-    cfg = LabelConfig(inputs=(str(images),), output=str(root / "out"), model="resnet18", weights=str(root / "fruit.pt"),
-                      top_k=3, review_below=0.4, batch_size=8, precision="fp32")
+    cfg = LabelConfig(
+        inputs=(str(images),),
+        output=str(root / "out"),
+        model="resnet18",
+        weights=str(root / "fruit.pt"),
+        top_k=3,
+        review_below=0.4,
+        batch_size=8,
+        precision="fp32",
+    )
     summary = run_label(cfg)
     assert summary.inputs == 20 and summary.rows_in_output == 20
     return root, pq.read_table(root / "out")
@@ -99,8 +107,9 @@ def test_exports(job, tmp_path):
     flagged = int(pc.sum(ok.column("needs_review")).as_py())
     assert export(out, "label-studio", str(tmp_path / "tasks.json"), rows="review") == flagged
     tasks = json.loads((tmp_path / "tasks.json").read_text())
-    assert len(tasks) == flagged and all(t["predictions"][0]["result"][0]["value"]["choices"][0] in CLASSES
-                                         for t in tasks)
+    assert len(tasks) == flagged and all(
+        t["predictions"][0]["result"][0]["value"]["choices"][0] in CLASSES for t in tasks
+    )
     assert all(t["data"]["image"].startswith("/data/local-files/?d=") for t in tasks)
     config = (tmp_path / "tasks.label-config.xml").read_text()
     lss = pytest.importorskip("label_studio_sdk")
@@ -108,7 +117,9 @@ def test_exports(job, tmp_path):
 
     interface = LabelInterface(config)  # Label Studio's own parser of the config, tasks and predictions
     for task in tasks:
-        lss.types.ImportApiRequest.model_validate({**task, "predictions": [{**p, "task": 1} for p in task["predictions"]]})
+        lss.types.ImportApiRequest.model_validate(
+            {**task, "predictions": [{**p, "task": 1} for p in task["predictions"]]}
+        )
         assert interface.validate_task(task) is not False
         assert interface.validate_prediction(task["predictions"][0]) is True
 
@@ -126,11 +137,14 @@ def test_exports(job, tmp_path):
     assert all(f.is_symlink() and f.resolve().exists() for f in files)
 
 
-@pytest.mark.parametrize("call, needle", [
-    (lambda out, tmp: export(out, "coco", str(tmp / "x.json")), "invalid --format 'coco'; valid: label-studio, "),
-    (lambda out, tmp: export(str(tmp), "csv", str(tmp / "x.csv")), "is not a resnet-batch output"),
-    (lambda out, tmp: build_report(str(tmp), str(tmp / "x.html")), "is not a resnet-batch output"),
-])
+@pytest.mark.parametrize(
+    "call, needle",
+    [
+        (lambda out, tmp: export(out, "coco", str(tmp / "x.json")), "invalid --format 'coco'; valid: label-studio, "),
+        (lambda out, tmp: export(str(tmp), "csv", str(tmp / "x.csv")), "is not a resnet-batch output"),
+        (lambda out, tmp: build_report(str(tmp), str(tmp / "x.html")), "is not a resnet-batch output"),
+    ],
+)
 def test_bad_input_is_one_line_and_leaves_nothing(job, tmp_path, call, needle):
     root, _ = job
     with pytest.raises(UsageError, match=needle):
@@ -144,8 +158,11 @@ def test_neighbors_without_embeddings_is_refused(job, tmp_path):
     (tmp_path / "out").mkdir()
     for part in (root / "out").glob("part-*.parquet"):
         pq.write_table(pq.read_table(part).drop_columns(["embedding"]), tmp_path / "out" / part.name)
-    result = subprocess.run([sys.executable, "-m", "resnet_batch", "neighbors", str(tmp_path / "out"),
-                             "--output", str(tmp_path / "nn")], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "resnet_batch", "neighbors", str(tmp_path / "out"), "--output", str(tmp_path / "nn")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "has no embeddings" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "nn").exists()
 
@@ -180,21 +197,32 @@ def test_report_in_a_real_browser(job, tmp_path):
     assert page_file.stat().st_size < 2_000_000 and not list(tmp_path.glob(".resnet-batch-*"))
     errors_in_table = table.filter(pc.is_valid(table.column("error"))).num_rows
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         page = browser.new_page()
         problems = []
         page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: problems.append(str(e)))
-        page.on("request", lambda r: problems.append(f"fetched {r.url}") if not r.url.startswith(("file:", "data:"))
-                else None)
+        page.on(
+            "request",
+            lambda r: problems.append(f"fetched {r.url}") if not r.url.startswith(("file:", "data:")) else None,
+        )
         page.goto(page_file.as_uri())
         assert int(page.inner_text("#count-inputs")) == table.num_rows
         assert int(page.inner_text("#count-errors")) == errors_in_table == 1
         assert int(page.inner_text("#count-labeled")) == table.num_rows - errors_in_table
-        assert int(page.inner_text("#count-classes")) == len(set(
-            pc.list_element(table.filter(pc.is_null(table.column("error"))).column("topk_labels"), 0).to_pylist()))
+        assert int(page.inner_text("#count-classes")) == len(
+            set(pc.list_element(table.filter(pc.is_null(table.column("error"))).column("topk_labels"), 0).to_pylist())
+        )
         assert int(page.inner_text("#count-review")) == review.flagged
         assert "decode_error" in page.inner_text("#error-rows")
         assert page.is_visible("#phases") and page.is_visible("#throughput")

@@ -120,7 +120,7 @@ def test_manifests_carry_columns_and_report_missing(s3, local_run, tmp_path, kin
     if kind != "txt":
         assert table.column_names[-2:] == ["id", "caption"]
         got = {r["path"]: (r["id"], r["caption"]) for r in table.to_pylist()}
-        assert got == {u: (i, c) for u, i, c in zip(uris, ids, captions)}
+        assert got == {u: (i, c) for u, i, c in zip(uris, ids, captions, strict=False)}
 
 
 def test_tar_shards(local_run, tmp_path):
@@ -154,13 +154,16 @@ def test_memory_filesystem(local_run):
     assert_same_rows(by_name(table), reference)
 
 
-@pytest.mark.parametrize("inputs, output, needle", [
-    (["gs://bucket/images"], "out", "gs:// needs the gcsfs package: pip install 'resnet-batch[gcs]'"),
-    (["az://container/images"], "out", "pip install 'resnet-batch[azure]'"),
-    (["s3://no-such-bucket-rb/images"], "out", "cannot list input s3://no-such-bucket-rb/images"),
-    (["ftp2://host/x"], "out", "unsupported URI scheme 'ftp2'"),
-    (["IMAGES"], "https://example.com/out", "https:// is read-only"),
-])
+@pytest.mark.parametrize(
+    "inputs, output, needle",
+    [
+        (["gs://bucket/images"], "out", "gs:// needs the gcsfs package: pip install 'resnet-batch[gcs]'"),
+        (["az://container/images"], "out", "pip install 'resnet-batch[azure]'"),
+        (["s3://no-such-bucket-rb/images"], "out", "cannot list input s3://no-such-bucket-rb/images"),
+        (["ftp2://host/x"], "out", "unsupported URI scheme 'ftp2'"),
+        (["IMAGES"], "https://example.com/out", "https:// is read-only"),
+    ],
+)
 def test_storage_errors_are_one_line(s3, tmp_path, inputs, output, needle):
     (tmp_path / "IMAGES").mkdir()
     inputs = [str(tmp_path / i) if i == "IMAGES" else i for i in inputs]
@@ -201,14 +204,16 @@ def test_a_bucket_prefix_is_listed_a_page_at_a_time(s3):
         s3.pipe(f"rb-paged/flat/{name}", b"x")
     pages = list(list_directory("s3://rb-paged/flat", page=5))
     assert len(pages) == 6 and all(p.table.num_rows + len(p.subdirs) + p.hidden <= 5 for p in pages)
-    assert sorted(p for lv in pages for p in lv.table.column("path").to_pylist()) == \
-        [f"s3://rb-paged/flat/img{i:03d}.jpg" for i in range(23)]
+    assert sorted(p for lv in pages for p in lv.table.column("path").to_pylist()) == [
+        f"s3://rb-paged/flat/img{i:03d}.jpg" for i in range(23)
+    ]
     assert sorted(d for lv in pages for d in lv.subdirs) == ["s3://rb-paged/flat/sub", "s3://rb-paged/flat/sub2"]
     assert sum(lv.hidden for lv in pages) == 1
     # What a walk yields for the prefix is what a whole listing of it finds.
     whole = list(list_directory("s3://rb-paged/flat"))
-    assert len(whole) == 1 and sorted(whole[0].table.column("path").to_pylist()) == \
-        sorted(p for lv in pages for p in lv.table.column("path").to_pylist())
+    assert len(whole) == 1 and sorted(whole[0].table.column("path").to_pylist()) == sorted(
+        p for lv in pages for p in lv.table.column("path").to_pylist()
+    )
 
 
 def test_a_glob_is_expanded_by_its_read_task(s3, local_run, tmp_path):
@@ -255,7 +260,7 @@ def test_a_stale_lease_is_taken_over_by_one_job_only(where, request, tmp_path):
         start, attempted = threading.Barrier(racers), threading.Barrier(racers)
         won, refused = [], []
 
-        def race():
+        def race(start=start, attempted=attempted, won=won, refused=refused):
             lease = OutputDir(uri).lease()
             start.wait()
             try:
@@ -274,3 +279,27 @@ def test_a_stale_lease_is_taken_over_by_one_job_only(where, request, tmp_path):
         for t in threads:
             t.join(timeout=120)
         assert len(won) == 1 and len(refused) == racers - 1, (trial, len(won), refused)
+
+
+def test_a_lease_being_written_is_never_read_as_stale(tmp_path, monkeypatch):
+    """Created or renewed, a lease file is whole whenever another job reads it: one read
+    empty or half-written would count as stale and be taken over from its live holder."""
+    from resnet_batch.output import ownership
+    from resnet_batch.output.writer import OutputDir
+
+    monkeypatch.setattr(ownership, "RENEW_EVERY_S", 0.0005)  # the holder rewrites its lease nonstop
+    uri = str(tmp_path / "out")
+    held = OutputDir(uri).lease().__enter__()
+    try:
+        reads = [ownership.lease_state(held.fs, held.path) for _ in range(3000)]
+        rivals = []
+        for _ in range(200):
+            try:
+                OutputDir(uri).lease().__enter__()
+                rivals.append("took it")
+            except UsageError as exc:
+                rivals.append(str(exc).split(" by ")[0])
+    finally:
+        held.__exit__(None, None, None)
+    assert {str(state).split(":")[0] for state in reads} == {"held"}, sorted({str(s) for s in reads})
+    assert "took it" not in rivals, rivals.count("took it")

@@ -42,9 +42,12 @@ def test_parquet_and_csv_manifests_stream_with_their_columns(tmp_path):
     parquet = open_manifest(str(tmp_path / "list.parquet"), "uri")
     assert len(parquet.splits) == 8 and parquet.extras == pa.schema([("label", pa.int64())])
     assert read_whole(parquet) == paths
-    assert [v for s in parquet.splits for t in read_split(s) for v in t.column("label").to_pylist()] == list(range(1000))
-    (tmp_path / "list.csv").write_text("uri,caption\n" + "".join(f'{p},"line one\nline two {i}"\n'
-                                                                    for i, p in enumerate(paths)))
+    assert [v for s in parquet.splits for t in read_split(s) for v in t.column("label").to_pylist()] == list(
+        range(1000)
+    )
+    (tmp_path / "list.csv").write_text(
+        "uri,caption\n" + "".join(f'{p},"line one\nline two {i}"\n' for i, p in enumerate(paths))
+    )
     csv = open_manifest(str(tmp_path / "list.csv"), "uri")  # quoted newlines: one split, read in batches
     assert len(csv.splits) == 1 and csv.first_entry == paths[0]
     assert read_whole(csv) == paths
@@ -58,8 +61,13 @@ def test_a_manifest_split_many_ways_gets_one_row_per_path(ray_local, tmp_path, m
     (tmp_path / "b.txt").write_text("\n".join(images[5:]) + "\n")
     plan = plan_inputs([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")])
     assert sum(u.kind == SPLIT for u in plan.units) > 4
-    cfg = LabelConfig(inputs=(str(tmp_path / "a.txt"), str(tmp_path / "b.txt"), str(tmp_path / "in")),
-                      output=str(tmp_path / "out"), model="none", batch_size=4, rows_per_file=5)
+    cfg = LabelConfig(
+        inputs=(str(tmp_path / "a.txt"), str(tmp_path / "b.txt"), str(tmp_path / "in")),
+        output=str(tmp_path / "out"),
+        model="none",
+        batch_size=4,
+        rows_per_file=5,
+    )
     summary = run_label(cfg)
     rows = pq.read_table(tmp_path / "out", columns=["path", "error"]).to_pylist()
     assert sorted(r["path"] for r in rows) == sorted(images + [str(tmp_path / "in" / "gone.jpg")])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,15 +13,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from .helpers import free_port
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "images"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +29,26 @@ def ray_head(tmp_path_factory):
     gcs, dashboard, agent_http, agent_grpc, metrics = (free_port() for _ in range(5))
     temp = tmp_path_factory.mktemp("ray_head")
     head = subprocess.Popen(
-        ["ray", "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dashboard}",
-         "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2", f"--temp-dir={temp}",
-         # Another local Ray (the tests' own) may hold the default agent and metrics ports.
-         f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
-         f"--metrics-export-port={metrics}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            "ray",
+            "start",
+            "--head",
+            "--block",
+            f"--port={gcs}",
+            f"--dashboard-port={dashboard}",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+            "--num-cpus=2",
+            f"--temp-dir={temp}",
+            # Another local Ray (the tests' own) may hold the default agent and metrics ports.
+            f"--dashboard-agent-listen-port={agent_http}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--metrics-export-port={metrics}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     address = f"http://127.0.0.1:{dashboard}"
     probe = f"from ray.job_submission import JobSubmissionClient as C; C({address!r}).list_jobs()"
@@ -56,17 +65,36 @@ def ray_head(tmp_path_factory):
 
 
 def cli(env, *args, timeout=400):
-    return subprocess.run([sys.executable, "-m", "resnet_batch", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "resnet_batch", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def test_submit_wait_succeeds_and_writes_output(ray_head, tmp_path):
     address, env, token = ray_head
     out = tmp_path / "out"
-    result = cli(env, "submit", "--address", address, "--wait", "--submission-id", "rb-ok-1",
-                 "--metadata", "owner=tests", "--",
-                 "label", str(EXAMPLES), "--output", str(out), "--model", "resnet18", "--weights", "none",
-                 "--progress-every", "1")
+    result = cli(
+        env,
+        "submit",
+        "--address",
+        address,
+        "--wait",
+        "--submission-id",
+        "rb-ok-1",
+        "--metadata",
+        "owner=tests",
+        "--",
+        "label",
+        str(EXAMPLES),
+        "--output",
+        str(out),
+        "--model",
+        "resnet18",
+        "--weights",
+        "none",
+        "--progress-every",
+        "1",
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "submitted rb-ok-1" in result.stdout and "job rb-ok-1 SUCCEEDED" in result.stdout
     assert "complete: every input has exactly one row" in result.stdout  # the job's own summary, streamed
@@ -86,11 +114,27 @@ def test_jobs_find_the_last_submits_server_list_and_name_unknown_ids(ray_head, t
     address, env, _ = ray_head
     env = {**env, "XDG_CONFIG_HOME": str(tmp_path / "config")}
     out = tmp_path / "listed"
-    submitted = cli(env, "submit", "--address", address, "--submission-id", "rb-list-1", "--",
-                    "label", str(EXAMPLES), "--output", str(out), "--model", "none")
+    submitted = cli(
+        env,
+        "submit",
+        "--address",
+        address,
+        "--submission-id",
+        "rb-list-1",
+        "--",
+        "label",
+        str(EXAMPLES),
+        "--output",
+        str(out),
+        "--model",
+        "none",
+    )
     assert submitted.returncode == 0, submitted.stderr
-    for hint in (f"resnet-batch jobs logs rb-list-1 --address {address}", f"resnet-batch jobs stop rb-list-1 --address "
-                 f"{address}", f"resnet-batch jobs list --address {address}"):
+    for hint in (
+        f"resnet-batch jobs logs rb-list-1 --address {address}",
+        f"resnet-batch jobs stop rb-list-1 --address {address}",
+        f"resnet-batch jobs list --address {address}",
+    ):
         assert hint in submitted.stdout, submitted.stdout
 
     listed = cli(env, "jobs", "list")  # no --address, no RAY_ADDRESS: the last submit's server
@@ -108,8 +152,22 @@ def test_jobs_find_the_last_submits_server_list_and_name_unknown_ids(ray_head, t
 
 def test_failing_job_reports_failure(ray_head, tmp_path):
     address, env, _ = ray_head
-    result = cli(env, "submit", "--address", address, "--wait", "--submission-id", "rb-bad-1", "--",
-                 "label", str(EXAMPLES), "--output", str(tmp_path / "o"), "--model", "resnet99")
+    result = cli(
+        env,
+        "submit",
+        "--address",
+        address,
+        "--wait",
+        "--submission-id",
+        "rb-bad-1",
+        "--",
+        "label",
+        str(EXAMPLES),
+        "--output",
+        str(tmp_path / "o"),
+        "--model",
+        "resnet99",
+    )
     assert result.returncode == 1
     assert "valid: resnet18, resnet34, resnet50, resnet101, resnet152" in result.stdout
     assert "job rb-bad-1 FAILED" in result.stdout

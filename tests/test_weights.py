@@ -41,11 +41,14 @@ def test_class_names_saved_beside_the_state_dict(tmp_path):
         assert resolve_weights("resnet18", str(tmp_path / name)).categories == ("cat", "dog", "fox")
 
 
-@pytest.mark.parametrize("content", [
-    "ant\nbee\nwasp\n",
-    json.dumps(["ant", "bee", "wasp"]),
-    json.dumps({"2": "wasp", "0": "ant", "1": "bee"}),
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "ant\nbee\nwasp\n",
+        json.dumps(["ant", "bee", "wasp"]),
+        json.dumps({"2": "wasp", "0": "ant", "1": "bee"}),
+    ],
+)
 def test_labels_file_names_the_classes(tmp_path, content):
     torch.save(tvm.resnet18(num_classes=3).state_dict(), tmp_path / "three.pth")
     (tmp_path / "labels").write_text(content)
@@ -70,14 +73,17 @@ def test_labels_file_gives_random_init_its_class_count(tmp_path):
     assert resolved.categories == ("a", "b") and predictor.model.fc.out_features == 2
 
 
-@pytest.mark.parametrize("content, needle", [
-    ("a\nb\n", "--labels .* names 2 classes but the weights have 3"),
-    ('{"0": "a", "2": "c"}', "class ids must be 0..1 without gaps"),
-    ("a\n\nc\n", "must name every class"),
-    ('["a", ', "is not valid JSON"),
-    ('["a", null, "c"]', r"class 1 has no name \(got null\)"),
-    ('{"0": "a", "1": null, "2": "c"}', r"class 1 has no name \(got null\)"),
-])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ("a\nb\n", "--labels .* names 2 classes but the weights have 3"),
+        ('{"0": "a", "2": "c"}', "class ids must be 0..1 without gaps"),
+        ("a\n\nc\n", "must name every class"),
+        ('["a", ', "is not valid JSON"),
+        ('["a", null, "c"]', r"class 1 has no name \(got null\)"),
+        ('{"0": "a", "1": null, "2": "c"}', r"class 1 has no name \(got null\)"),
+    ],
+)
 def test_bad_labels_files_are_one_line_errors(tmp_path, content, needle):
     torch.save(tvm.resnet18(num_classes=3).state_dict(), tmp_path / "three.pth")
     (tmp_path / "labels").write_text(content)
@@ -103,23 +109,28 @@ def test_timm_state_dicts_load_and_equal_timm(tmp_path, reference_images):
         resolve_weights("resnet34", str(tmp_path / "timm-resnet50.safetensors"))
     resolved = resolve_weights("resnet50", str(tmp_path / "timm-resnet50.safetensors"))
     assert resolved.categories == tuple("01234")
-    batch = DecodeStage(resolved.preprocessing)({"path": np.array([str(p) for p in reference_images[:2]], dtype=object)})
+    batch = DecodeStage(resolved.preprocessing)(
+        {"path": np.array([str(p) for p in reference_images[:2]], dtype=object)}
+    )
     out = Predictor(InferenceSettings(weights=resolved, precision="fp32"), schema=None).run_model(batch["image"])
     prep = resolved.preprocessing
-    x = (torch.from_numpy(batch["image"]).float().div(255) - torch.tensor(prep.mean).view(1, 3, 1, 1)) \
-        / torch.tensor(prep.std).view(1, 3, 1, 1)
+    x = (torch.from_numpy(batch["image"]).float().div(255) - torch.tensor(prep.mean).view(1, 3, 1, 1)) / torch.tensor(
+        prep.std
+    ).view(1, 3, 1, 1)
     with torch.no_grad():
         torch.testing.assert_close(out["logits"], model(x), rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(out["embedding"], model.forward_head(model.forward_features(x), pre_logits=True),
-                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            out["embedding"], model.forward_head(model.forward_features(x), pre_logits=True), rtol=1e-4, atol=1e-4
+        )
 
 
 def test_timm_hub_folder_brings_its_recipe_and_names(tmp_path):
     from timm.models._hub import save_for_hf
 
     model = timm_model("resnet18", num_classes=3)
-    save_for_hf(model, str(tmp_path / "folder"), model_config={"label_names": ["ant", "bee", "wasp"]},
-                safe_serialization=True)
+    save_for_hf(
+        model, str(tmp_path / "folder"), model_config={"label_names": ["ant", "bee", "wasp"]}, safe_serialization=True
+    )
     resolved = resolve_weights("resnet18", str(tmp_path / "folder"))
     config = timm.data.resolve_data_config({}, model=model)
     prep = resolved.preprocessing

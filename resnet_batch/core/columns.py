@@ -48,19 +48,29 @@ COLUMNS = (
     Column(TOPK_IDS, pa.list_(pa.int32()), "topk", "class indices, most probable first"),
     Column(TOPK_LABELS, pa.list_(pa.string()), "topk", "class names of topk_ids"),
     Column(TOPK_PROBS, pa.list_(pa.float32()), "topk", "softmax probabilities of topk_ids"),
-    Column(MARGIN, pa.float32(), "topk",
-           "top-1 minus top-2 probability (small: the model hesitates between two classes)"),
-    Column(ENTROPY, pa.float32(), "topk",
-           "entropy of the whole softmax, in nats (0: certain; ln(classes): uniform)"),
-    Column(NEEDS_REVIEW, pa.bool_(), "review_below",
-           "top-1 probability under review_below (present when --review-below was given)"),
+    Column(
+        MARGIN, pa.float32(), "topk", "top-1 minus top-2 probability (small: the model hesitates between two classes)"
+    ),
+    Column(ENTROPY, pa.float32(), "topk", "entropy of the whole softmax, in nats (0: certain; ln(classes): uniform)"),
+    Column(
+        NEEDS_REVIEW,
+        pa.bool_(),
+        "review_below",
+        "top-1 probability under review_below (present when --review-below was given)",
+    ),
     Column(EMBEDDING, None, "pooled", "the pooled backbone output, fixed-size list of --embedding-dtype"),
-    *(Column(stage, None, "stage", f"{stage} average-pooled, fixed-size list of --embedding-dtype") for stage in STAGES),
-    *(Column(spatial_column(stage), pa.list_(pa.float16()), "spatial", f"the whole {stage} map, (C, H, W) flattened")
-      for stage in SPATIAL_STAGES),
+    *(
+        Column(stage, None, "stage", f"{stage} average-pooled, fixed-size list of --embedding-dtype")
+        for stage in STAGES
+    ),
+    *(
+        Column(spatial_column(stage), pa.list_(pa.float16()), "spatial", f"the whole {stage} map, (C, H, W) flattened")
+        for stage in SPATIAL_STAGES
+    ),
     Column(SPATIAL_SHAPE, pa.list_(pa.int32(), 3), "whole_image", "per row (C, H, W) of the spatial map"),
-    Column(VALID, pa.list_(pa.int32(), 4), "whole_image",
-           "the map cells on the image, [x0, y0, x1, y1) (x1, y1 exclusive)"),
+    Column(
+        VALID, pa.list_(pa.int32(), 4), "whole_image", "the map cells on the image, [x0, y0, x1, y1) (x1, y1 exclusive)"
+    ),
     Column(SCALE, pa.float32(), "whole_image", "resized pixels per original pixel"),
     Column(ERROR, pa.string(), "always", "why the image has no outputs (category: detail); null when it has"),
 )
@@ -98,7 +108,7 @@ def output_schema(
         "review_below": lambda c: with_topk and needs_review,
         "pooled": lambda c: bool(embedding_dim),
         "stage": lambda c: c.name in stages,
-        "spatial": lambda c: bool(spatial) and c.name == spatial_column(spatial),
+        "spatial": lambda c: spatial is not None and c.name == spatial_column(spatial),
         "whole_image": lambda c: whole_image and (c.name == SCALE or bool(spatial)),
     }
     widths = {EMBEDDING: embedding_dim, **stages}
@@ -133,30 +143,33 @@ def _sizes_to_nullable(values: np.ndarray) -> pa.Array:
     return pa.array(values, type=pa.int32(), mask=values < 0)
 
 
-def _fixed_lists(rows: np.ndarray, valid: np.ndarray, value_type: pa.DataType) -> pa.Array:
+def _fixed_lists(rows: np.ndarray | list, valid: np.ndarray, value_type: pa.DataType) -> pa.Array:
     """(N, D) array -> fixed_size_list<D> with nulls where `valid` is False."""
-    n, d = rows.shape
-    flat = pa.array(np.ascontiguousarray(rows).reshape(n * d), type=value_type)
+    array = np.ascontiguousarray(rows)
+    n, d = array.shape
+    flat = pa.array(array.reshape(n * d), type=value_type)
     return pa.FixedSizeListArray.from_arrays(flat, d, mask=pa.array(~valid))
 
 
 def _list_array(lengths: np.ndarray, values: np.ndarray, valid: np.ndarray, value_type: pa.DataType) -> pa.Array:
     """list<...> from the valid rows' values laid end to end, null where `valid` is False."""
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=value_type), type=pa.list_(value_type),
-                                    mask=pa.array(~valid))
+    return pa.ListArray.from_arrays(
+        pa.array(offsets), pa.array(values, type=value_type), type=pa.list_(value_type), mask=pa.array(~valid)
+    )
 
 
-def _ragged_lists(rows: np.ndarray, valid: np.ndarray, value_type: pa.DataType) -> pa.Array:
+def _ragged_lists(rows: np.ndarray | list, valid: np.ndarray, value_type: pa.DataType) -> pa.Array:
     """(N, K) array -> list<...> with K items per valid row and nulls elsewhere."""
-    lengths = np.where(valid, rows.shape[1], 0)
-    return _list_array(lengths, np.asarray(rows)[valid].reshape(-1), valid, value_type)
+    array = np.asarray(rows)
+    lengths = np.where(valid, array.shape[1], 0)
+    return _list_array(lengths, array[valid].reshape(-1), valid, value_type)
 
 
-def _ragged_rows(rows: list, valid: np.ndarray, value_type: pa.DataType) -> pa.Array:
+def _ragged_rows(rows: np.ndarray | list, valid: np.ndarray, value_type: pa.DataType) -> pa.Array:
     """Per-row 1-D arrays of any lengths -> list<...>, null where `valid` is False."""
-    lengths = np.array([len(r) if ok else 0 for r, ok in zip(rows, valid)], dtype=np.int64)
-    kept = [np.asarray(r) for r, ok in zip(rows, valid) if ok]
+    lengths = np.array([len(r) if ok else 0 for r, ok in zip(rows, valid, strict=False)], dtype=np.int64)
+    kept = [np.asarray(r) for r, ok in zip(rows, valid, strict=False) if ok]
     return _list_array(lengths, np.concatenate(kept) if kept else np.zeros(0, np.float16), valid, value_type)
 
 

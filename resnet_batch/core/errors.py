@@ -73,8 +73,9 @@ class SaveFailed(Exception):
         self.cause, self.saved = cause, saved
 
 
-def require(module: str, extra: str, needed_for: str = "this", error: type[Exception] = UsageError,
-            otherwise: str = ""):
+def require(
+    module: str, extra: str, needed_for: str = "this", error: type[Exception] = UsageError, otherwise: str = ""
+):
     """Import an optional dependency, or fail with one line saying how to install it (the
     one wording of every "missing extra" error); `otherwise` adds another way out."""
     import importlib
@@ -82,5 +83,7 @@ def require(module: str, extra: str, needed_for: str = "this", error: type[Excep
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise error(f"{needed_for} needs the {module} package: pip install 'resnet-batch[{extra}]'"
-                    + (f", {otherwise}" if otherwise else "")) from None
+        raise error(
+            f"{needed_for} needs the {module} package: pip install 'resnet-batch[{extra}]'"
+            + (f", {otherwise}" if otherwise else "")
+        ) from None

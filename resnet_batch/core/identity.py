@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 
 __all__ = ["as_text", "from_text", "normalise_local", "member_escapes", "split_member", "TAR_SEPARATOR"]
 
@@ -67,7 +68,7 @@ def member_escapes(name: str) -> bool:
     return name.startswith("/") or ".." in name.split("/")
 
 
-def split_member(path: str, is_file) -> tuple[str, str] | None:
+def split_member(path: str, is_file: Callable[[str], bool]) -> tuple[str, str] | None:
     """(shard, member) when `path` names a member of a tar shard, else None.
 
     `is_file(shard)` tells whether the candidate shard is a regular file: only then is
@@ -77,6 +78,6 @@ def split_member(path: str, is_file) -> tuple[str, str] | None:
     while at >= 0:
         shard = path[: at + len(TAR_SEPARATOR) - 1]
         if is_file(shard):
-            return shard, path[len(shard) + 1:]
+            return shard, path[len(shard) + 1 :]
         at = path.lower().find(TAR_SEPARATOR, at + 1)
     return None

@@ -98,9 +98,15 @@ class Ledger:
         written = np.sort(np.concatenate([self.done if with_done else EMPTY, *self._written]).astype(HASH_DTYPE))
         distinct = np.unique(written)
         missing = sum(int((~isin_sorted(run, distinct)).sum()) for run, _ in self.runs)
-        return {"inputs": self.inputs, "already_done": self.already_done, "missing": missing,
-                "rows": len(written), "duplicates": len(written) - len(distinct), "repeated": self.repeated,
-                "hidden": sum(self.hidden.values())}
+        return {
+            "inputs": self.inputs,
+            "already_done": self.already_done,
+            "missing": missing,
+            "rows": len(written),
+            "duplicates": len(written) - len(distinct),
+            "repeated": self.repeated,
+            "hidden": sum(self.hidden.values()),
+        }
 
 
 def _merge(big: tuple[np.ndarray, np.ndarray], small: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ search and compare bytewise, as one 128-bit number would.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -17,7 +18,7 @@ HASH_DTYPE = np.dtype("S16")
 EMPTY = np.zeros(0, dtype=HASH_DTYPE)
 
 
-def path_hashes(paths) -> np.ndarray:
+def path_hashes(paths: Iterable[str]) -> np.ndarray:
     """128-bit BLAKE2b of each path."""
     digests = b"".join(hashlib.blake2b(str(p).encode(), digest_size=16).digest() for p in paths)
     return np.frombuffer(digests, dtype=HASH_DTYPE).copy()

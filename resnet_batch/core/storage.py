@@ -59,7 +59,7 @@ def check_scheme(uri: str, *, for_output: bool = False) -> str:
     if for_output and scheme in READ_ONLY_SCHEMES:
         raise UsageError(f"{scheme}:// is read-only; write the output to a local path or a bucket")
     module, extra = SCHEMES[scheme]
-    if module is not None:
+    if module is not None and extra is not None:
         require(module, extra, needed_for=f"{scheme}://")
     return scheme
 
@@ -88,8 +88,13 @@ class NotRegularFile(OSError):
         return type(self), (self.path, self.kind)
 
 
-FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
-              stat.S_IFBLK: "a block device", stat.S_IFDIR: "a directory"}
+FILE_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a directory",
+}
 
 
 @contextmanager
@@ -122,7 +127,7 @@ def open_regular(path: str):
         yield f
 
 
-def modified_at(fs, path: str) -> float | None:
+def modified_at(fs: AbstractFileSystem, path: str) -> float | None:
     """When `path` was last written (epoch seconds), as any fsspec file system says it
     (local mtime, S3's LastModified, ...); None where it says nothing usable."""
     info = fs.info(path)
@@ -175,7 +180,7 @@ def replaced_atomically(*paths: str, directory: bool = False):
                 os.chmod(tmp, 0o666 & ~_umask())
             temporaries.append(tmp)
         yield temporaries
-        for tmp, path in zip(temporaries, paths):
+        for tmp, path in zip(temporaries, paths, strict=False):
             os.replace(tmp, path)  # a folder: onto a path that does not exist
     except BaseException:
         for tmp in temporaries:

@@ -21,6 +21,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..core.columns import ERROR, HEIGHT, IMAGE, PATH, SCALE, WIDTH
 from ..core.errors import ImageError, one_line
+from ..core.reporting import DecodeReporter
 from ..core.storage import NotRegularFile, read_bytes_or_raise
 from .manifests import INLINE_BYTES, LIST_ERROR, TAR_OFFSET, TAR_SIZE
 from .preprocessing import Preprocessing, WholeImage, check_resize, resize_center_crop, resize_pad
@@ -143,8 +144,9 @@ class Source:
     list_error: str | None = None
 
 
-def load_one(src: Source, prep: Preprocessing, max_pixels: int, defer_jpeg: bool = False,
-             whole: WholeImage | None = None) -> DecodedImage:
+def load_one(
+    src: Source, prep: Preprocessing, max_pixels: int, defer_jpeg: bool = False, whole: WholeImage | None = None
+) -> DecodedImage:
     width = height = None
     if src.list_error:
         return DecodedImage(None, None, None, src.list_error)
@@ -181,18 +183,25 @@ class DecodeStage:
     Pillow's decoders release the GIL, so a few threads keep one task's core busy.
     """
 
-    def __init__(self, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS, io_threads: int = 4,
-                 defer_jpeg: bool = False, whole: WholeImage | None = None, cpu_share: float | None = 0.0,
-                 progress=None):
+    def __init__(
+        self,
+        prep: Preprocessing,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        io_threads: int = 4,
+        defer_jpeg: bool = False,
+        whole: WholeImage | None = None,
+        cpu_share: float | None = 0.0,
+        reporter: DecodeReporter | None = None,
+    ):
         self.prep = prep
         self.max_pixels = max_pixels
         self.io_threads = io_threads
         self.defer_jpeg = defer_jpeg  # pass JPEG bytes on for the model actor's device decoder
         # With defer_jpeg: the share of device-decodable JPEGs decoded here all the same, so that
-        # a node's cores take part of the decoding off its GPU. None: asked at each block of
-        # `progress` (run/decode_share.DecodeReports), which is told each block's CPU seconds.
+        # a node's cores take part of the decoding off its GPU. None: asked of the reporter at
+        # each block, which is told each block's CPU seconds.
         self.cpu_share = cpu_share
-        self.progress = progress
+        self.reporter = reporter
         self.whole = whole  # --crop none: variable shapes, rows ordered by shape
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -202,16 +211,17 @@ class DecodeStage:
             with ThreadPoolExecutor(min(self.io_threads, len(sources))) as pool:
                 timed = list(pool.map(self._timed_load, sources, deferred))
         else:
-            timed = [self._timed_load(s, d) for s, d in zip(sources, deferred)]
+            timed = [self._timed_load(s, d) for s, d in zip(sources, deferred, strict=False)]
         decoded = [d for d, _ in timed]
-        if self.defer_jpeg and self.progress is not None:
+        if self.defer_jpeg and self.reporter is not None:
             on_cpu = [seconds for d, seconds in timed if d.pixels is not None]
-            self.progress.add_cpu_decode(len(on_cpu), sum(on_cpu))
+            self.reporter.cpu_decoded(len(on_cpu), sum(on_cpu))
         out = {k: v for k, v in batch.items() if k not in (INLINE_BYTES, LIST_ERROR)}
         if self.defer_jpeg:  # bytes only: a block of JPEGs carries no pixels, not even zeros
             out[JPEG_COLUMN] = np.array([d.jpeg or b"" for d in decoded], dtype=object)
-            out[PIXELS_COLUMN] = np.array([b"" if d.pixels is None else d.pixels.tobytes() for d in decoded],
-                                          dtype=object)
+            out[PIXELS_COLUMN] = np.array(
+                [b"" if d.pixels is None else d.pixels.tobytes() for d in decoded], dtype=object
+            )
         else:
             out[IMAGE] = self._images(decoded)
         out[WIDTH] = np.array([d.width if d.width is not None else -1 for d in decoded], dtype=np.int32)
@@ -225,9 +235,9 @@ class DecodeStage:
     def _images(self, decoded: list[DecodedImage]) -> np.ndarray:
         if self.whole is not None:  # one array per row, of its batch shape (an error row: the smallest)
             empty = np.zeros((3, self.whole.PAD, self.whole.PAD), dtype=np.uint8)
-            images = np.empty(len(decoded), dtype=object)
-            images[:] = [d.pixels if d.pixels is not None else empty for d in decoded]
-            return images
+            rows = np.empty(len(decoded), dtype=object)
+            rows[:] = [d.pixels if d.pixels is not None else empty for d in decoded]
+            return rows
         size = self.prep.crop_size
         images = np.zeros((len(decoded), 3, size, size), dtype=np.uint8)
         for i, d in enumerate(decoded):
@@ -238,10 +248,14 @@ class DecodeStage:
     def _whole_image_columns(self, out: dict[str, np.ndarray], decoded: list[DecodedImage]) -> dict[str, np.ndarray]:
         """Adds the resized sizes and scale, and orders the rows by batch shape, so that the
         model's batches (slices of this block) hold few shapes."""
+        whole = self.whole
+        assert whole is not None  # called with --crop none only
         out[RESIZED_COLUMNS[0]] = np.array([d.resized[0] for d in decoded], dtype=np.int32)
         out[RESIZED_COLUMNS[1]] = np.array([d.resized[1] for d in decoded], dtype=np.int32)
-        out[SCALE] = np.array([self.whole.scale(d.width, d.height) if d.pixels is not None else np.nan
-                               for d in decoded], dtype=np.float32)
+        out[SCALE] = np.array(
+            [whole.scale(d.width or 0, d.height or 0) if d.pixels is not None else np.nan for d in decoded],
+            dtype=np.float32,
+        )
         order = sorted(range(len(decoded)), key=lambda i: out[IMAGE][i].shape)
         return {k: v[order] if isinstance(v, np.ndarray) else [v[i] for i in order] for k, v in out.items()}
 
@@ -250,8 +264,9 @@ class DecodeStage:
         (a golden-ratio sequence), so every block and every batch gets its share."""
         if not self.defer_jpeg:
             return [False] * n
-        share = self.cpu_share if self.cpu_share is not None or self.progress is None else \
-            self.progress.cpu_decode_share()
+        share = (
+            self.cpu_share if self.cpu_share is not None or self.reporter is None else self.reporter.cpu_decode_share()
+        )
         return [(i * 0.6180339887) % 1.0 >= (share or 0.0) for i in range(n)]
 
     def _timed_load(self, src: Source, defer_jpeg: bool) -> tuple[DecodedImage, float]:
@@ -269,7 +284,7 @@ def _sources(batch: dict[str, np.ndarray]) -> list[Source]:
     list_errors = batch.get(LIST_ERROR, [None] * n)
     return [
         Source(str(p), int(o), int(s), None if b is None else bytes(b), e or None)
-        for p, o, s, b, e in zip(batch[PATH], offsets, sizes, inline, list_errors)
+        for p, o, s, b, e in zip(batch[PATH], offsets, sizes, inline, list_errors, strict=False)
     ]
 
 
@@ -278,10 +293,10 @@ class LowPriorityDecode(DecodeStage):
 
     Under SCHED_IDLE, decoding (and the I/O threads it starts, which inherit the policy)
     runs only when a core would otherwise idle, e.g. while a model call waits for its next
-    batch, instead of preempting a forward (BENCHMARKS.md, SCHED_IDLE).
+    batch, instead of preempting a forward (BENCHMARKS.md, `bench/bench.py`).
     """
 
-    def __call__(self, batch):
+    def __call__(self, batch: dict[str, np.ndarray]):
         to_idle_priority()
         return super().__call__(batch)
 

@@ -11,9 +11,10 @@ import logging
 import os
 import posixpath
 import stat
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import Iterator
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 from fsspec.asyn import sync
@@ -24,6 +25,10 @@ from ..core.identity import from_text
 from ..core.storage import filesystem, scheme_of
 from .manifests import is_image
 from .sources import files_table, is_tar, to_uri, unlisted, with_internal_columns
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +65,7 @@ def list_directory(uri: str, page: int = PAGE_ENTRIES) -> Iterator[Level]:
         yield Level(unlisted(uri, f"cannot list {uri}: {type(exc).__name__}: {one_line(exc)}"), [])
 
 
-def _pages(fs, path: str, page: int) -> Iterator[list[dict]]:
+def _pages(fs: AbstractFileSystem, path: str, page: int) -> Iterator[list[dict]]:
     if isinstance(fs, LocalFileSystem):
         with os.scandir(path) as entries:  # readdir order: the same on every listing of an unchanged folder
             while chunk := [_local_entry(e) for e in islice(entries, page)]:
@@ -74,12 +79,17 @@ def _pages(fs, path: str, page: int) -> Iterator[list[dict]]:
 def _local_entry(entry: os.DirEntry) -> dict:
     if entry.is_symlink():
         return {"name": entry.path, "type": "other", "islink": True}
-    kind = "directory" if entry.is_dir(follow_symlinks=False) else "file" if entry.is_file(follow_symlinks=False) \
+    kind = (
+        "directory"
+        if entry.is_dir(follow_symlinks=False)
+        else "file"
+        if entry.is_file(follow_symlinks=False)
         else "other"
+    )
     return {"name": entry.path, "type": kind}
 
 
-def _s3_pages(fs, path: str, page: int) -> Iterator[list[dict]]:
+def _s3_pages(fs: AbstractFileSystem, path: str, page: int) -> Iterator[list[dict]]:
     from s3fs.errors import translate_boto_error
 
     bucket, key, _ = fs.split_path(path)
@@ -87,15 +97,17 @@ def _s3_pages(fs, path: str, page: int) -> Iterator[list[dict]]:
     while True:
         try:
             entries = sync(fs.loop, _next_entries, listing, page)
+        except (OSError, ValueError):
+            raise
         except Exception as exc:  # botocore's ClientError: as the OSError s3fs's own calls raise
-            raise translate_boto_error(exc) if not isinstance(exc, (OSError, ValueError)) else exc
+            raise translate_boto_error(exc) from exc
         if entries:
             yield entries
         if len(entries) < page:
             return
 
 
-async def _next_entries(listing, n: int) -> list[dict]:
+async def _next_entries(listing: AsyncIterator, n: int) -> list[dict]:
     entries = []
     async for entry in listing:  # leaving the loop keeps the generator where it stopped
         entries.append(entry)
@@ -104,7 +116,7 @@ async def _next_entries(listing, n: int) -> list[dict]:
     return entries
 
 
-def _level(fs, path: str, uri: str, entries: list[dict]) -> Level:
+def _level(fs: AbstractFileSystem, path: str, uri: str, entries: list[dict]) -> Level:
     found, subdirs, hidden = [], [], 0
     for entry in sorted(entries, key=lambda e: e["name"]):
         name = entry["name"].rstrip("/")

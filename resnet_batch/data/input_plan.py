@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import glob
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any
 
 import pyarrow as pa
 
@@ -45,7 +46,9 @@ class ReadUnit:
     files, or rows the driver holds (memory:// lives in its process only)."""
 
     kind: str
-    source: object  # the root (WALK), a ManifestSplit, a tuple of URIs (FILES), the pattern (GLOB), a pa.Table (TABLE)
+    # By kind: the root (WALK, a str), a ManifestSplit (SPLIT), a tuple of URIs (FILES), the
+    # pattern (GLOB, a str), a pa.Table (TABLE).
+    source: Any
 
     @property
     def key(self) -> str:
@@ -76,11 +79,12 @@ class InputPlan:
         return tuple(f for f in self.schema if f.name != PATH and not f.name.startswith("_"))
 
     @classmethod
-    def of_table(cls, table: pa.Table) -> "InputPlan":
+    def of_table(cls, table: pa.Table) -> InputPlan:
         """Inputs the driver already holds as a table (path + extra columns)."""
         table = with_internal_columns(drop_duplicate_paths(table))
-        units = tuple(ReadUnit(TABLE, table.slice(i, ROWS_PER_TABLE_UNIT))
-                      for i in range(0, table.num_rows, ROWS_PER_TABLE_UNIT))
+        units = tuple(
+            ReadUnit(TABLE, table.slice(i, ROWS_PER_TABLE_UNIT)) for i in range(0, table.num_rows, ROWS_PER_TABLE_UNIT)
+        )
         return cls(units, table.schema, table.column(PATH)[0].as_py() if table.num_rows else None)
 
 
@@ -90,11 +94,14 @@ def plan_inputs(inputs: list[str], path_column: str = PATH) -> InputPlan:
     Manifests are checked and split (read by the tasks); directories and bucket prefixes
     are walked by tasks; memory:// exists only in the driver's process, so it is read here.
     """
-    units, walks, schemas, firsts = [], [], [pa.schema([(PATH, pa.string())])], []
+    units: list[ReadUnit] = []
+    walks: list[str] = []
+    schemas, firsts = [pa.schema([(PATH, pa.string())])], []
     for uri in inputs:
         if scheme_of(uri) == "memory":
-            table = inline_memory_bytes(with_internal_columns(read_manifest(uri, path_column) if is_manifest(uri)
-                                                               else location_table(uri)))
+            table = inline_memory_bytes(
+                with_internal_columns(read_manifest(uri, path_column) if is_manifest(uri) else location_table(uri))
+            )
             units += InputPlan.of_table(table).units
             schemas.append(table.schema)
         elif is_manifest(uri):
@@ -110,13 +117,17 @@ def plan_inputs(inputs: list[str], path_column: str = PATH) -> InputPlan:
             walks.append(_normalised(uri))
         else:
             found = list_location(uri)
-            units += [ReadUnit(FILES, tuple(found[i:i + FILES_PER_UNIT])) for i in range(0, len(found), FILES_PER_UNIT)]
+            units += [
+                ReadUnit(FILES, tuple(found[i : i + FILES_PER_UNIT])) for i in range(0, len(found), FILES_PER_UNIT)
+            ]
             firsts += found[:1]
-    walks = _outermost(walks)
-    units += [ReadUnit(WALK, root) for root in walks]
+    roots = _outermost(walks)
+    units += [ReadUnit(WALK, root) for root in roots]
     schema = with_internal_columns(pa.unify_schemas(schemas, promote_options="permissive").empty_table()).schema
-    first = next((f for f in firsts + [u.source.column(PATH)[0].as_py() for u in units if u.kind == TABLE]
-                  + list(walks) if f), None)
+    first = next(
+        (f for f in firsts + [u.source.column(PATH)[0].as_py() for u in units if u.kind == TABLE] + list(walks) if f),
+        None,
+    )
     return InputPlan(tuple(units), schema, first)
 
 
@@ -151,7 +162,7 @@ def _glob_tables(uri: str) -> Iterator[pa.Table]:
         yield unlisted(uri, str(exc))
         return
     for i in range(0, len(found), FILES_PER_UNIT):
-        yield with_internal_columns(files_table(found[i:i + FILES_PER_UNIT]))
+        yield with_internal_columns(files_table(found[i : i + FILES_PER_UNIT]))
 
 
 def _is_directory(uri: str) -> bool:
@@ -178,5 +189,3 @@ def _outermost(directories: list[str]) -> tuple[str, ...]:
         else:
             kept.append(d)
     return tuple(sorted(kept))
-
-

@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 import posixpath
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -28,9 +28,7 @@ from ..core.errors import UsageError, one_line
 from ..core.identity import as_text, from_text, member_escapes, normalise_local
 from ..core.storage import NotRegularFile, filesystem, is_local, open_regular, read_bytes_or_raise, scheme_of
 
-IMAGE_EXTENSIONS = frozenset(
-    ".jpg .jpeg .jpe .jfif .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .ico".split()
-)
+IMAGE_EXTENSIONS = frozenset(".jpg .jpeg .jpe .jfif .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .ico".split())
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".parquet")
 TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")  # gzip'd ones are listed to say why they cannot be read
 GZIP_TAR_EXTENSIONS = (".tar.gz", ".tgz")
@@ -100,11 +98,12 @@ def _open_manifest(uri: str, path_column: str) -> Manifest:
     lower = uri.lower()
     if lower.endswith(".txt"):
         size = _size(uri)
-        splits = tuple(ManifestSplit(uri, PATH, s, min(size, s + TEXT_SPLIT_BYTES))
-                       for s in range(0, size, TEXT_SPLIT_BYTES))
+        splits = tuple(
+            ManifestSplit(uri, PATH, s, min(size, s + TEXT_SPLIT_BYTES)) for s in range(0, size, TEXT_SPLIT_BYTES)
+        )
         # The first entry (to tell local inputs from remote), from the first MiB.
-        head = ManifestSplit(uri, PATH, 0, min(size, 1 << 20))
-        first = next((t.column(PATH)[0].as_py() for t in read_split(head) if t.num_rows), None)
+        first_mib = ManifestSplit(uri, PATH, 0, min(size, 1 << 20))
+        first = next((t.column(PATH)[0].as_py() for t in read_split(first_mib) if t.num_rows), None)
         return Manifest(splits, pa.schema([]), first)
     with _open(uri) as f:
         if lower.endswith(".csv"):
@@ -115,8 +114,11 @@ def _open_manifest(uri: str, path_column: str) -> Manifest:
             parquet = pq.ParquetFile(f)
             schema = parquet.schema_arrow
             splits = tuple(ManifestSplit(uri, path_column, g, g + 1) for g in range(parquet.num_row_groups))
-            head = next(parquet.iter_batches(batch_size=1, columns=[path_column]), None) \
-                if path_column in schema.names else None
+            head = (
+                next(parquet.iter_batches(batch_size=1, columns=[path_column]), None)
+                if path_column in schema.names
+                else None
+            )
     _check_columns(uri, schema.names, path_column)
     entries = _entries(head.column(path_column)) if head is not None and head.num_rows else []
     first = next((_resolve_entry(e, uri) for e in entries if e), None)
@@ -141,8 +143,9 @@ def _open(uri: str):
 
 def _check_columns(uri: str, names: list[str], path_column: str) -> None:
     if path_column not in names:
-        raise UsageError(f"manifest {uri} has no column {path_column!r}; columns: {', '.join(names)} "
-                         "(choose one with --path-column)")
+        raise UsageError(
+            f"manifest {uri} has no column {path_column!r}; columns: {', '.join(names)} (choose one with --path-column)"
+        )
     clash = RESERVED_COLUMNS.intersection(n for n in names if n != path_column)
     if clash:
         raise UsageError(f"manifest {uri} has columns that clash with output columns: {', '.join(sorted(clash))}")
@@ -150,11 +153,13 @@ def _check_columns(uri: str, names: list[str], path_column: str) -> None:
 
 def _csv_options(path_column: str) -> dict:
     """Its path column read as bytes, so that names in another encoding survive."""
-    return {"read_options": pacsv.ReadOptions(block_size=CSV_BATCH_BYTES),
-            "convert_options": pacsv.ConvertOptions(column_types={path_column: pa.binary()})}
+    return {
+        "read_options": pacsv.ReadOptions(block_size=CSV_BATCH_BYTES),
+        "convert_options": pacsv.ConvertOptions(column_types={path_column: pa.binary()}),
+    }
 
 
-def _entries(column) -> list[str | None]:
+def _entries(column: pa.Array) -> list[str | None]:
     if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
         return [None if e is None else e.decode("utf-8", "surrogateescape") for e in column.to_pylist()]
     return column.cast(pa.string()).to_pylist()
@@ -201,7 +206,7 @@ def _text_lines(split: ManifestSplit) -> list[str]:
         data += more if end < 0 else more[: end + 1]
         at += len(more)
     if split.start > 0:
-        data = data[data.find(b"\n") + 1:] if b"\n" in data else b""
+        data = data[data.find(b"\n") + 1 :] if b"\n" in data else b""
     elif data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     # Undecodable bytes (a Latin-1 manifest) are kept as the bytes of the name they stand for.
@@ -230,8 +235,10 @@ def list_tar_members(uri: str) -> pa.Table:
     the members before the break, and one `list_failed` row of its own says where it broke.
     """
     if uri.lower().endswith(GZIP_TAR_EXTENSIONS):
-        raise UsageError(f"cannot read tar shard {uri}: it is gzip-compressed, so its members cannot be read by "
-                         "byte range; gunzip it to a .tar")
+        raise UsageError(
+            f"cannot read tar shard {uri}: it is gzip-compressed, so its members cannot be read by "
+            "byte range; gunzip it to a .tar"
+        )
     members: dict[str, tuple[int, int, str | None]] = {}
     broken = None
     try:
@@ -242,18 +249,24 @@ def list_tar_members(uri: str) -> pa.Table:
                         members.pop(_member_key(member.name), None)  # the last of a name, in its own place
                         members[_member_key(member.name)] = _member_entry(member)
             except (OSError, EOFError, tarfile.TarError) as exc:
-                broken = (f"cannot read tar shard {uri} past its first {len(members)} image members: "
-                          f"{type(exc).__name__}: {one_line(exc)}")
+                broken = (
+                    f"cannot read tar shard {uri} past its first {len(members)} image members: "
+                    f"{type(exc).__name__}: {one_line(exc)}"
+                )
     except NotRegularFile:
         raise
     except (OSError, EOFError, tarfile.TarError) as exc:
         raise UsageError(f"cannot read tar shard {uri}: {type(exc).__name__}: {one_line(exc)}") from None
     paths = [f"{uri}/{as_text(name)}" for name in members] + ([uri] if broken else [])
     rows = list(members.values()) + ([(-1, -1, f"list_failed: {broken}")] if broken else [])
-    return pa.table({PATH: pa.array(paths, pa.string()),
-                     TAR_OFFSET: pa.array([r[0] for r in rows], pa.int64()),
-                     TAR_SIZE: pa.array([r[1] for r in rows], pa.int64()),
-                     LIST_ERROR: pa.array([r[2] for r in rows], pa.string())})
+    return pa.table(
+        {
+            PATH: pa.array(paths, pa.string()),
+            TAR_OFFSET: pa.array([r[0] for r in rows], pa.int64()),
+            TAR_SIZE: pa.array([r[1] for r in rows], pa.int64()),
+            LIST_ERROR: pa.array([r[2] for r in rows], pa.string()),
+        }
+    )
 
 
 def _member_key(name: str) -> str:
@@ -269,5 +282,3 @@ def _member_entry(member: tarfile.TarInfo) -> tuple[int, int, str | None]:
     if not member.isfile():
         return -1, -1, "not_a_file: a tar member that is a link or a device, not a regular file"
     return member.offset_data, member.size, None
-
-

@@ -27,8 +27,10 @@ PIL_RESAMPLING = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 
-# The resize filters device_decode.py implements on the GPU (named here for the driver).
+# The resize filters device/resize.py implements, and the JPEG decoders device/decoders.py
+# offers (named here for the driver, which imports no torch).
 DEVICE_FILTERS = ("bilinear", "bicubic")
+GPU_DECODERS = ("nvjpeg", "nvimgcodec")
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class Preprocessing:
 
     @property
     def resizes_on_device(self) -> bool:
-        """Whether device_decode.py can resize for this recipe (its filters: DEVICE_FILTERS)."""
+        """Whether device/resize.py can resize for this recipe (its filters: DEVICE_FILTERS)."""
         return self.interpolation in DEVICE_FILTERS
 
     def describe(self) -> dict:
@@ -70,7 +72,9 @@ def check_resize(width: int, height: int, prep: Preprocessing, whole: WholeImage
     it does: a 100000x1 strip is small, but its shorter side at 256 makes it 25600000x256."""
     new_w, new_h = whole.resized_size(width, height) if whole else resized_size(width, height, prep.resize_size)
     if new_w * new_h > max_pixels:
-        raise ImageError("too_large", f"{width}x{height} resizes to {new_w}x{new_h} pixels, over the limit of {max_pixels}")
+        raise ImageError(
+            "too_large", f"{width}x{height} resizes to {new_w}x{new_h} pixels, over the limit of {max_pixels}"
+        )
 
 
 def crop_offset(size: int, crop: int) -> int:
@@ -127,6 +131,7 @@ class WholeImage:
 
     def padded_size(self, width: int, height: int) -> tuple[int, int]:
         """The batch shape (width, height) a resized image is padded to."""
+
         def up(n: int, multiple: int) -> int:
             return -(-n // multiple) * multiple
 
@@ -135,9 +140,13 @@ class WholeImage:
         return up(width, self.PAD), up(height, self.BUCKET)
 
     def describe(self) -> dict:
-        return {"crop": "none", "resize_shorter_side": self.resize, "max_longer_side": self.max_size,
-                "padding": f"zeros (after normalisation) at the right and bottom, sides rounded up to multiples "
-                           f"of {self.PAD}, the longer one to a multiple of {self.BUCKET}"}
+        return {
+            "crop": "none",
+            "resize_shorter_side": self.resize,
+            "max_longer_side": self.max_size,
+            "padding": f"zeros (after normalisation) at the right and bottom, sides rounded up to multiples "
+            f"of {self.PAD}, the longer one to a multiple of {self.BUCKET}",
+        }
 
 
 def resize_pad(img: Image.Image, prep: Preprocessing, whole: WholeImage) -> tuple[np.ndarray, int, int]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import fsspec
 import pyarrow as pa
@@ -29,15 +31,19 @@ from .manifests import (
     read_manifest,
 )
 
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
 log = logging.getLogger(__name__)
 
 GLOB_CHARS = "*?["
+
 
 def is_manifest(uri: str) -> bool:
     return uri.lower().endswith(MANIFEST_EXTENSIONS)
 
 
-def to_uri(fs, path: str, original: str) -> str:
+def to_uri(fs: AbstractFileSystem, path: str, original: str) -> str:
     """An input's identity (core/identity.py): a normalised local path (file:// URIs too),
     or the full URI."""
     if is_local(original):
@@ -46,7 +52,7 @@ def to_uri(fs, path: str, original: str) -> str:
 
 
 def _is_hidden(path: str, root: str) -> bool:
-    rel = path[len(root):].lstrip("/")
+    rel = path[len(root) :].lstrip("/")
     return any(part.startswith(".") for part in rel.split("/"))
 
 
@@ -73,10 +79,7 @@ def _list_location(uri: str) -> list[str]:
             raise UsageError(f"input glob {uri} matches no files")
         return sorted(to_uri(fs, p, uri) for p in found)
     if fs.isdir(path):
-        found = [
-            p for p in fs.find(path)
-            if (is_image(p) or is_tar(p)) and not _is_hidden(p, path)
-        ]
+        found = [p for p in fs.find(path) if (is_image(p) or is_tar(p)) and not _is_hidden(p, path)]
         if not found:
             log.warning("input directory %s holds no image files", uri)
         return sorted(to_uri(fs, p, uri) for p in found)
@@ -120,12 +123,11 @@ def location_table(uri: str) -> pa.Table:
     return files_table(list_location(uri))
 
 
-def files_table(found) -> pa.Table:
+def files_table(found: Iterable[str]) -> pa.Table:
     """Named image files as rows, tar shards among them as their members' rows."""
     tables = [shard_table(u) for u in found if is_tar(u)]
     images = [u for u in found if not is_tar(u)]
-    return pa.concat_tables([pa.table({PATH: pa.array(images, pa.string())}), *tables],
-                            promote_options="default")
+    return pa.concat_tables([pa.table({PATH: pa.array(images, pa.string())}), *tables], promote_options="default")
 
 
 def inline_memory_bytes(table: pa.Table) -> pa.Table:
@@ -151,14 +153,18 @@ def list_inputs(inputs: list[str], path_column: str = PATH) -> pa.Table:
             tables.append(read_manifest(uri, path_column))
         else:
             tables.append(location_table(uri))
-    table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({PATH: pa.array([], pa.string())})
+    table = (
+        pa.concat_tables(tables, promote_options="default") if tables else pa.table({PATH: pa.array([], pa.string())})
+    )
     return inline_memory_bytes(drop_duplicate_paths(with_internal_columns(table)))
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """`table` with exactly `schema`'s columns, nulls for those it lacks."""
-    columns = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
-               for f in schema]
+    columns = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
     return pa.Table.from_arrays(columns, schema=schema)
 
 

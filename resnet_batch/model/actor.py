@@ -10,7 +10,11 @@ from __future__ import annotations
 import os
 import socket
 
+import numpy as np
+import pyarrow as pa
+
 from ..core.errors import ModelStartError, UsageError, WeightsUnavailableError, one_line
+from ..core.reporting import ModelReporter
 from .phases import PhaseClock
 from .registry import NULL_MODEL
 from .settings import InferenceSettings
@@ -20,27 +24,38 @@ OWN_ERRORS = (UsageError, WeightsUnavailableError)
 
 
 class PredictorActor:
-    """An inference.Predictor (null.NullPredictor for --model none), built where the actor runs. A constructor that fails tells
-    the progress counter why, as a typed error the driver then raises (Ray keeps only the
+    """An inference.Predictor (null.NullPredictor for --model none), built where the actor runs.
+    A constructor that fails tells the reporter why, as a typed error the driver then raises (Ray keeps only the
     traceback's text of a failed actor constructor)."""
 
-    def __init__(self, settings: InferenceSettings, schema, progress=None):
+    def __init__(self, settings: InferenceSettings, schema: pa.Schema, reporter: ModelReporter | None = None):
         clock = PhaseClock()
-        if progress is not None:  # it holds its CPU (and GPU) from now: the job is not waiting for them
-            progress.actor_placed.remote(f"{socket.gethostname()}:{os.getpid()}")
+        if reporter is not None:  # it holds its CPU (and GPU) from now: the job is not waiting for them
+            reporter.actor_placed(f"{socket.gethostname()}:{os.getpid()}")
         try:
-            if settings.weights.model == NULL_MODEL:
-                from .null import NullPredictor as Predictor
-            else:
-                from .inference import Predictor
+            predictor_class = _predictor_class(settings)
             clock.done("imports")
-            self.predictor = Predictor(settings, schema, progress, clock)
+            self.predictor = predictor_class(settings, schema, reporter, clock)
         except Exception as exc:
-            failure = exc if isinstance(exc, OWN_ERRORS) else ModelStartError(
-                f"the model actors could not start: {type(exc).__name__}: {one_line(exc)}")
-            if progress is not None:
-                progress.start_failed.remote(failure)
+            failure = (
+                exc
+                if isinstance(exc, OWN_ERRORS)
+                else ModelStartError(f"the model actors could not start: {type(exc).__name__}: {one_line(exc)}")
+            )
+            if reporter is not None:
+                reporter.start_failed(failure)
             raise failure from exc
 
-    def __call__(self, batch):
+    def __call__(self, batch: dict[str, np.ndarray]):
         return self.predictor(batch)
+
+
+def _predictor_class(settings: InferenceSettings) -> type:
+    """The null model's predictor (no torch), or the network's (imports torch and torchvision)."""
+    if settings.weights.model == NULL_MODEL:
+        from .null import NullPredictor
+
+        return NullPredictor
+    from .inference import Predictor
+
+    return Predictor

@@ -76,9 +76,11 @@ def _unwrap(obj: object, uri: str) -> Loaded:
     return Loaded(hf.convert_state_dict(state) if hf.is_hf_state_dict(state) else state, names)
 
 
-def _name(value: object, at, where: str) -> str:
+def _name(value: object, at: object, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise UsageError(f"{where}: class {at} has no name (got {json.dumps(value)}); every class needs a non-empty string")
+        raise UsageError(
+            f"{where}: class {at} has no name (got {json.dumps(value)}); every class needs a non-empty string"
+        )
     return value
 
 
@@ -91,7 +93,7 @@ def _names(value: object, where: str) -> tuple[str, ...]:
             ids = [int(k) for k in value]
         except (TypeError, ValueError):
             raise UsageError(f"{where}: class ids must be integers, got {list(value)[:3]}") from None
-        by_index = {i: _name(v, k, where) for i, (k, v) in zip(ids, value.items())}
+        by_index = {i: _name(v, k, where) for i, (k, v) in zip(ids, value.items(), strict=False)}
         if sorted(by_index) != list(range(len(by_index))):
             raise UsageError(f"{where}: class ids must be 0..{len(by_index) - 1} without gaps")
         return tuple(by_index[i] for i in range(len(by_index)))

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,7 +39,7 @@ TIMM_ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet15
 RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL resample codes in image-processor files
 
 
-def is_hf_state_dict(keys) -> bool:
+def is_hf_state_dict(keys: Iterable[str]) -> bool:
     return any(k.startswith(("resnet.embedder.", "embedder.embedder.")) for k in keys)
 
 
@@ -57,8 +58,13 @@ def _hub_snapshot(repo: str) -> Path:
     cached = _cached_snapshot(repo)
     if cached is not None:
         return cached
-    hub = require("huggingface_hub", "hf", needed_for=f"hf:{repo} is not in the Hugging Face cache; downloading it",
-                  error=WeightsUnavailableError, otherwise="or pass a save_pretrained directory with --weights")
+    hub = require(
+        "huggingface_hub",
+        "hf",
+        needed_for=f"hf:{repo} is not in the Hugging Face cache; downloading it",
+        error=WeightsUnavailableError,
+        otherwise="or pass a save_pretrained directory with --weights",
+    )
     try:
         return Path(hub.snapshot_download(repo, allow_patterns=["*.json", *WEIGHT_FILES]))
     except Exception as exc:
@@ -71,7 +77,7 @@ def _hub_snapshot(repo: str) -> Path:
 def pretrained_dir(weights: str) -> Path | None:
     """The directory holding config.json for a pretrained-folder source, or None when it is not one."""
     if weights.startswith(HF_PREFIX):
-        return _hub_snapshot(weights[len(HF_PREFIX):])
+        return _hub_snapshot(weights[len(HF_PREFIX) :])
     path = Path(weights)
     if path.is_dir():
         if not (path / "config.json").exists():
@@ -104,8 +110,13 @@ def describe_folder(folder: Path) -> FolderInfo:
         arch = config["architecture"]
         if arch not in TIMM_ARCHITECTURES:
             raise UsageError(f"{folder} holds a timm {arch!r}; supported: {', '.join(TIMM_ARCHITECTURES)}")
-        return FolderInfo(arch, _timm_names(config), _timm_preprocessing(config.get("pretrained_cfg") or {}),
-                          weight_file, "config.json pretrained_cfg")
+        return FolderInfo(
+            arch,
+            _timm_names(config),
+            _timm_preprocessing(config.get("pretrained_cfg") or {}),
+            weight_file,
+            "config.json pretrained_cfg",
+        )
     if config.get("model_type") != "resnet":
         raise UsageError(f"{folder} holds a {config.get('model_type')!r} model, not a ResNet")
     values = _processor_preprocessing(folder)
@@ -194,8 +205,8 @@ def convert_key(key: str) -> str | None:
         if match:
             # HF counts stages and layers-within-a-block from 0; torchvision's layerN and convN from 1.
             offsets = (1, 0, 1)
-            names = {n: int(g) + o for n, g, o in zip("sbi", match.groups(), offsets)}
-            return template.format(**names) + key[match.end():]
+            names = {n: int(g) + o for n, g, o in zip("sbi", match.groups(), offsets, strict=False)}
+            return template.format(**names) + key[match.end() :]
     return None
 
 

@@ -9,6 +9,8 @@ padding is zeroed after normalisation and left out of every average.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -31,8 +33,10 @@ from ..core.columns import (
     VALID,
     spatial_column,
 )
+from ..core.reporting import BatchTimes, ModelReporter
 from ..data.decode import JPEG_COLUMN, RESIZED_COLUMNS
-from .feed import DeviceFeed, Fed, timing_event, tiny_jpeg
+from ..device.feed import DeviceFeed, Fed
+from ..device.streams import current_stream, timing_event
 from .models import build_model, fold_batch_norms, forward_stages, pool
 from .outputs import empty_outputs, finished_table
 from .phases import PhaseClock
@@ -55,10 +59,16 @@ def resolve_device(device: str) -> str:
 class Predictor:
     """One model replica: what each model actor runs (actor.PredictorActor)."""
 
-    def __init__(self, settings: InferenceSettings, schema: pa.Schema, progress=None, clock: PhaseClock | None = None):
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        schema: pa.Schema,
+        reporter: ModelReporter | None = None,
+        clock: PhaseClock | None = None,
+    ):
         self.settings = settings
         self.schema = schema
-        self.progress = progress  # a progress.ProgressCounter actor, told of each batch, if any
+        self.reporter = reporter  # told of each batch, if any
         self.clock = clock or PhaseClock()
         self.actor_id = uuid.uuid4().hex
         self.device = torch.device(resolve_device(settings.device))
@@ -83,39 +93,59 @@ class Predictor:
         self._thread = threading.local()
         self._launch_lock = threading.Lock() if settings.compile else nullcontext()
         prep = settings.weights.preprocessing
-        self.feed = DeviceFeed(prep, self.device)
+        self.feed = DeviceFeed(prep, self.device, settings.gpu_decoder)
         self.mean = torch.tensor(prep.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(prep.std, device=self.device).view(1, 3, 1, 1)
         self.embedding_dtype = np.dtype(settings.embedding_dtype)  # "float32" | "float16"
         self.clock.done("build")
         self.warm_up()
         self.clock.done("warm-up")
-        log.info("model %s on %s, precision %s; start: %s", settings.weights.model, self.device, self.precision,
-                 self.clock.report()["seconds"])
-        if progress is not None:
-            progress.actor_ready.remote(self.actor_id, self.resolved(), self.clock.report())
+        log.info(
+            "model %s on %s, precision %s; start: %s",
+            settings.weights.model,
+            self.device,
+            self.precision,
+            self.clock.report()["seconds"],
+        )
+        if reporter is not None:
+            reporter.actor_ready(self.actor_id, self.resolved(), self.clock.report())
 
     def warm_up(self) -> None:
         """What the first batch would otherwise wait for, done while the first blocks are read:
-        cuDNN's autotuning for the batch's shape, nvJPEG's handles, the allocator's pools."""
+        the JPEG path's check (and with it the decoder's handles), cuDNN's autotuning for the
+        batch's shape, the allocator's pools."""
+        self.check_device_path()
         if self.settings.whole_image:  # shapes vary: nothing to tune ahead
             return
         if self.settings.compile and self.device.type != "cuda":  # a batch of 1 would compile a shape never used
             return
         crop = self.settings.weights.preprocessing.crop_size
         n = self.settings.warmup_batch if self.device.type == "cuda" else 1
-        self.run_model(self.feed(np.zeros((n, 3, crop, crop), dtype=np.uint8)).use_here())
-        if self.feed.decoder is not None and self.device.type == "cuda":
-            self.feed.decoder([tiny_jpeg()])
+        self.run_model(self.feed(np.zeros((n, 3, crop, crop), dtype=np.uint8)).images_on_current_stream())
+
+    def check_device_path(self) -> None:
+        """A JPEG path that fails its check is not used: this actor decodes on its CPU, and
+        the job is told which actor and why."""
+        error = self.feed.check()
+        if error is None:
+            return
+        where = f"{socket.gethostname()} (pid {os.getpid()})"
+        log.warning("GPU decoding failed its check on %s: %s; decoding on the CPU instead", where, error)
+        if self.reporter is not None:
+            self.reporter.device_path_failed(where, error)
 
     def resolved(self) -> dict:
         """What this replica runs with, for the run's metadata: "auto" as it came out here."""
         import torchvision
 
         # Plain str: torch.__version__ is a TorchVersion, whose unpickling would import torch in the driver.
-        return {"device": self.device.type, "precision": self.precision, "torch": str(torch.__version__),
-                "torchvision": str(torchvision.__version__),
-                "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None}
+        return {
+            "device": self.device.type,
+            "precision": self.precision,
+            "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__),
+            "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
+        }
 
     def _forward_raw(self, images: torch.Tensor, resized: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Output columns (and `logits`) for a uint8 batch; `resized` (N, 2): each image's
@@ -148,7 +178,9 @@ class Predictor:
         return out
 
     @torch.inference_mode()
-    def run_model(self, images: np.ndarray | torch.Tensor, resized: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    def run_model(
+        self, images: np.ndarray | torch.Tensor, resized: np.ndarray | None = None
+    ) -> dict[str, torch.Tensor]:
         """Outputs on the CPU for a uint8 (N, 3, H, W) batch, splitting on OOM."""
         tensor = images if isinstance(images, torch.Tensor) else self.feed.to_device(images)
         sizes = None if resized is None else torch.from_numpy(np.asarray(resized, dtype=np.int64)).to(self.device)
@@ -164,15 +196,20 @@ class Predictor:
                 torch.cuda.empty_cache()
             half = len(images) // 2
             log.warning("out of memory on a batch of %d; retrying as two halves", len(images))
-            halves = [self.run_model(images[s], None if resized is None else resized[s])
-                      for s in (slice(0, half), slice(half, None))]
+            halves = [
+                self.run_model(images[s], None if resized is None else resized[s])
+                for s in (slice(0, half), slice(half, None))
+            ]
             return {name: torch.cat([halves[0][name], halves[1][name]]) for name in halves[0]}
 
-    def predict(self, images, resized: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def predict(self, images: np.ndarray | torch.Tensor, resized: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Output columns as numpy arrays: topk_ids, topk_probs, embedding, c2..c5, spatial."""
         out = self.run_model(images, resized)
-        result = {name: value.numpy().astype(self.embedding_dtype) for name, value in out.items()
-                  if name not in ("logits", "spatial")}
+        result = {
+            name: value.numpy().astype(self.embedding_dtype)
+            for name, value in out.items()
+            if name not in ("logits", "spatial")
+        }
         if "spatial" in out:
             result["spatial"] = out["spatial"].numpy()
         if "logits" in out:
@@ -216,8 +253,8 @@ class Predictor:
             log.info("first block in")
         with self._stream():
             table = self._label(batch)
-        if self.clock.mark("first forward out") and self.progress is not None:
-            self.progress.actor_ready.remote(self.actor_id, self.resolved(), self.clock.report())
+        if self.clock.mark("first forward out") and self.reporter is not None:
+            self.reporter.actor_ready(self.actor_id, self.resolved(), self.clock.report())
         return table
 
     def _label(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -227,29 +264,31 @@ class Predictor:
             self._label_shapes(batch, errors, outputs)
         else:
             fed = self.feed(batch, errors) if JPEG_COLUMN in batch else self.feed(batch[IMAGE])
-            images = fed.use_here()
+            images = fed.images_on_current_stream()
             ok = np.flatnonzero([not e for e in errors])
             if len(ok):
                 started, clock = self._event(), time.perf_counter()
-                self._scatter(outputs, ok, self.predict(images if len(ok) == len(errors) else images[self.feed.index(ok)]))
+                self._scatter(
+                    outputs, ok, self.predict(images if len(ok) == len(errors) else images[self.feed.index(ok)])
+                )
                 self._report_times(fed, len(ok), started, time.perf_counter() - clock)
-        return finished_table(self.settings, self.schema, batch, errors, outputs, self.progress)
+        return finished_table(self.settings, self.schema, batch, errors, outputs, self.reporter)
 
     def _event(self) -> torch.cuda.Event | None:
         """A timing event on this call's stream (None on a CPU)."""
-        return timing_event(torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None)
+        return timing_event(current_stream(self.device))
 
-    def _report_times(self, fed: Fed, images: int, started, wall_s: float) -> None:
+    def _report_times(self, fed: Fed, images: int, started: torch.cuda.Event | None, wall_s: float) -> None:
         """The batch's device seconds (data path, forward) to the counter, which sets the CPU
         decode share from them. The forward is done: its outputs are in host memory."""
-        if self.progress is None:
+        if self.reporter is None:
             return
         forward_s = wall_s
-        if started is not None:
-            ended = self._event()
+        ended = self._event() if started is not None else None
+        if started is not None and ended is not None:
             ended.synchronize()
             forward_s = started.elapsed_time(ended) / 1000
-        self.progress.add_device_times.remote(fed.device_decoded, fed.data_path_s(), images, forward_s)
+        self.reporter.batch_times(BatchTimes(fed.device_decoded, fed.data_path_s(), images, forward_s))
 
     def _label_shapes(self, batch: dict[str, np.ndarray], errors: np.ndarray, outputs: dict) -> None:
         """--crop none: one forward per padded shape in the batch (rows arrive ordered by shape)."""
@@ -258,22 +297,24 @@ class Predictor:
         by_shape: dict[tuple, list[int]] = {}
         for i in np.flatnonzero([not e for e in errors]):
             by_shape.setdefault(images[i].shape, []).append(i)
-        for rows in by_shape.values():
-            rows = np.array(rows)
+        for shape_rows in by_shape.values():
+            rows = np.array(shape_rows)
             stacked = np.stack([images[i] for i in rows])
             self._scatter(outputs, rows, self.predict(stacked, resized[rows]), resized[rows])
         outputs[SCALE] = batch[SCALE]
 
-    def _scatter(self, outputs: dict, rows: np.ndarray, result: dict[str, np.ndarray],
-                 resized: np.ndarray | None = None) -> None:
+    def _scatter(
+        self, outputs: dict, rows: np.ndarray, result: dict[str, np.ndarray], resized: np.ndarray | None = None
+    ) -> None:
         """Put a forward's results for `rows` into the batch's output arrays."""
         for name, values in result.items():
             if name != "spatial":
                 outputs[name][rows] = values
-        if "spatial" not in result:
+        stage = self.settings.spatial
+        if "spatial" not in result or stage is None:
             return
-        maps, stride = result["spatial"], STAGE_STRIDES[self.settings.spatial]
-        column = outputs[spatial_column(self.settings.spatial)]
+        maps, stride = result["spatial"], STAGE_STRIDES[stage]
+        column = outputs[spatial_column(stage)]
         for j, row in enumerate(rows):
             column[row] = maps[j].reshape(-1)  # C-major: (C, H, W) flattened
         outputs[SPATIAL_SHAPE][rows] = maps.shape[1:]

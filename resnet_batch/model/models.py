@@ -6,9 +6,10 @@ weights.py; this module builds a model for resolved weights and runs it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Callable
+from functools import cache
+from typing import TYPE_CHECKING
 
 import torch
 import torchvision
@@ -31,6 +32,9 @@ from .registry import (
     weights_names,
 )
 
+if TYPE_CHECKING:
+    from .weights import ResolvedWeights
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -52,7 +56,7 @@ def num_classes(state: dict[str, torch.Tensor]) -> int:
     return int(weight.shape[0]) if weight is not None else 1000
 
 
-def build_model(resolved, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+def build_model(resolved: ResolvedWeights, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Build the model for `resolved` (weights.ResolvedWeights) with its weights loaded, in
     eval mode, on the CPU."""
     check_release_tables(resolved)
@@ -67,7 +71,7 @@ def build_model(resolved, state: dict[str, torch.Tensor] | None = None) -> nn.Mo
     return model.eval()
 
 
-def check_release_tables(resolved) -> None:
+def check_release_tables(resolved: ResolvedWeights) -> None:
     """The driver took the recipe and class names of torchvision's releases from registry.py,
     without importing torchvision; here, where it is imported anyway, they must be what this
     torchvision says (a cluster's image may hold another version than the tests ran with)."""
@@ -75,20 +79,31 @@ def check_release_tables(resolved) -> None:
     if member is None:  # a pretrained folder's own recipe
         return
     preset = member.transforms()
-    theirs = (preset.resize_size[0], preset.crop_size[0], tuple(preset.mean), tuple(preset.std),
-              preset.interpolation.value)
-    ours = (TORCHVISION_WEIGHTS[resolved.model][member.name].resize_size, CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD,
-            RECIPE_INTERPOLATION)
+    theirs = (
+        preset.resize_size[0],
+        preset.crop_size[0],
+        tuple(preset.mean),
+        tuple(preset.std),
+        preset.interpolation.value,
+    )
+    ours = (
+        TORCHVISION_WEIGHTS[resolved.model][member.name].resize_size,
+        CROP_SIZE,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        RECIPE_INTERPOLATION,
+    )
     shipped_names = imagenet_categories()
     names_differ = resolved.categories == shipped_names and shipped_names != tuple(member.meta["categories"])
     if theirs != ours or names_differ:
+        what = "its class names" if names_differ else f"its recipe {theirs}, ours {ours}"
         raise WeightsUnavailableError(
-            f"torchvision {torchvision.__version__} describes {resolved.model} {member.name} otherwise than resnet-batch's "
-            f"tables ({'its class names' if names_differ else f'its recipe {theirs}, ours {ours}'}): install the "
-            "torchvision version resnet-batch pins on every node")
+            f"torchvision {torchvision.__version__} describes {resolved.model} {member.name} otherwise than "
+            f"resnet-batch's tables ({what}): install the torchvision version resnet-batch pins on every node"
+        )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _signature_of(name: str) -> tuple:
     with torch.device("meta"):
         return _signature(MODELS[name].builder().state_dict())
@@ -145,14 +160,9 @@ def fold_batch_norms(model: tvm.ResNet) -> tvm.ResNet:
     return model
 
 
-def forward_features(model: tvm.ResNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass through the network: (pooled embedding, logits)."""
-    _, pooled, logits = forward_stages(model, x, deepest=4, logits=True)
-    return pooled, logits
-
-
-def forward_stages(model: tvm.ResNet, x: torch.Tensor, deepest: int, logits: bool, mask: torch.Tensor | None = None
-                   ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+def forward_stages(
+    model: tvm.ResNet, x: torch.Tensor, deepest: int, logits: bool, mask: torch.Tensor | None = None
+) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
     """Stage outputs [c2, ..., c<deepest+1>] and, when asked, the pooled c5 and the logits, in one pass.
 
     Stops after the deepest stage needed. `mask` (N, 1, H, W), 1 on image and 0 on padding,
@@ -187,7 +197,7 @@ def describe_models() -> list[dict]:
             "weights": [*weights_names(spec.name), "none", "PATH-or-URI"],
             "default": spec.weights_enum.DEFAULT.name,
             "embedding_dim": spec.embedding_dim,
-            "stage_widths": dict(zip(STAGES, STAGE_WIDTHS[spec.name])),
+            "stage_widths": dict(zip(STAGES, STAGE_WIDTHS[spec.name], strict=False)),
         }
         for spec in MODELS.values()
     ]

@@ -21,8 +21,10 @@ from ..core.columns import (
     VALID,
     spatial_column,
 )
+from ..core.reporting import ModelReporter
 from ..data.decode import RESIZED_COLUMNS
 from .outputs import empty_outputs, finished_table
+from .phases import PhaseClock
 from .registry import STAGE_STRIDES, stage_width
 from .settings import InferenceSettings
 
@@ -32,15 +34,21 @@ RAN = {"device": "cpu", "precision": "none", "torch": "none", "torchvision": "no
 class NullPredictor:
     """What a model actor holds for --model none: a uniform softmax, zero vectors and maps."""
 
-    def __init__(self, settings: InferenceSettings, schema: pa.Schema, progress=None, clock=None):
-        self.settings, self.schema, self.progress = settings, schema, progress
-        if progress is not None:
-            progress.actor_ready.remote(uuid.uuid4().hex, RAN, clock.report() if clock else None)
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        schema: pa.Schema,
+        reporter: ModelReporter | None = None,
+        clock: PhaseClock | None = None,
+    ):
+        self.settings, self.schema, self.reporter = settings, schema, reporter
+        if reporter is not None:
+            reporter.actor_ready(uuid.uuid4().hex, RAN, clock.report() if clock else None)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         errors = np.array(batch[ERROR], dtype=object)
         outputs = self._outputs(batch, np.flatnonzero([not e for e in errors]), len(errors))
-        return finished_table(self.settings, self.schema, batch, errors, outputs, self.progress)
+        return finished_table(self.settings, self.schema, batch, errors, outputs, self.reporter)
 
     def _outputs(self, batch: dict, ok: np.ndarray, n: int) -> dict:
         s, classes = self.settings, len(self.settings.weights.categories)
@@ -58,10 +66,12 @@ class NullPredictor:
 
     def _maps(self, batch: dict, ok: np.ndarray, out: dict) -> None:
         """Zero maps of the shapes the model's would have: the crop's, or each image's cells."""
-        s = self.settings
-        stride, channels = STAGE_STRIDES[s.spatial], stage_width(s.weights.model, s.spatial)
+        s, stage = self.settings, self.settings.spatial
+        if stage is None:
+            return
+        stride, channels = STAGE_STRIDES[stage], stage_width(s.weights.model, stage)
         crop = -(-s.weights.preprocessing.crop_size // stride)
-        column = out[spatial_column(s.spatial)]
+        column = out[spatial_column(stage)]
         for i in ok:
             if s.whole_image:
                 width, height = (-(-int(batch[c][i]) // stride) for c in RESIZED_COLUMNS)

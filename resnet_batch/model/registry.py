@@ -126,7 +126,9 @@ def check_weights_argument(model: str, weights: str) -> None:
     has started) would refuse: an unknown torchvision weights name, a missing local checkpoint."""
     if model == NULL_MODEL:
         if weights not in ("DEFAULT", NO_WEIGHTS):
-            raise UsageError(f"--model {NULL_MODEL} (the null model, a benchmark aid) takes no --weights, got {weights!r}")
+            raise UsageError(
+                f"--model {NULL_MODEL} (the null model, a benchmark aid) takes no --weights, got {weights!r}"
+            )
         return
     if weights.lower() == NO_WEIGHTS or weights.startswith(HF_PREFIX):
         return

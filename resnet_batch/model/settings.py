@@ -36,6 +36,9 @@ class InferenceSettings:
     channels_last: bool = True
     compile: bool = False
     warmup_batch: int = 1  # on a GPU, the batch size cuDNN is tuned for before the first block
+    # The JPEG decoder where the actor decodes JPEGs (--decode gpu): "auto" or one of
+    # device/decoders.GPU_DECODERS; None: JPEGs arrive decoded.
+    gpu_decoder: str | None = None
 
 
 def cpu_has_native_bf16() -> bool:

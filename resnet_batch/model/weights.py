@@ -154,13 +154,17 @@ class PretrainedFolder:
 
     def info(self) -> hf.FolderInfo:
         # Looked up where it runs: a worker on another node finds hf:ORG/NAME in its own cache.
-        return hf.describe_folder(hf.pretrained_dir(self.uri))
+        folder = hf.pretrained_dir(self.uri)
+        if folder is None:  # it was one when the source was chosen: gone since
+            raise WeightsUnavailableError(f"--weights {self.uri}: the pretrained folder is gone")
+        return hf.describe_folder(folder)
 
     def recipe(self, model: str, preprocess: str | None) -> tuple[Preprocessing, str]:
         info = self.info()
         if info.architecture != model:
-            raise UsageError(f"--weights {self.uri} holds a {info.architecture} checkpoint; "
-                             f"use --model {info.architecture}")
+            raise UsageError(
+                f"--weights {self.uri} holds a {info.architecture} checkpoint; use --model {info.architecture}"
+            )
         if info.preprocessing and not preprocess:
             return Preprocessing(**info.preprocessing), info.config_file
         return _reference_recipe(model, preprocess)
@@ -215,8 +219,9 @@ class ResolvedWeights:
         return self.source.load(self.model).state
 
 
-def resolve_weights(model: str, weights: str, preprocess: str | None = None, labels: str | None = None,
-                    verify: bool = True) -> ResolvedWeights:
+def resolve_weights(
+    model: str, weights: str, preprocess: str | None = None, labels: str | None = None, verify: bool = True
+) -> ResolvedWeights:
     """The weights, their preprocessing and class names, checked as workers will load them.
 
     `verify=False` skips fetching torchvision's weights (their metadata needs no download);
@@ -226,6 +231,7 @@ def resolve_weights(model: str, weights: str, preprocess: str | None = None, lab
     source = weights_source(model, weights)
     preprocessing, preprocess_from = source.recipe(model, preprocess)
     loaded = source.inspect(model, verify)
+    num_classes: int | None
     if loaded.state is not None:
         from .models import check_fits  # torch is imported by now: it read the state dict
 
@@ -233,10 +239,12 @@ def resolve_weights(model: str, weights: str, preprocess: str | None = None, lab
     elif isinstance(source, RandomInit):
         num_classes = None if labels else 1000  # random init: as many outputs as the labels file names
     else:  # a torchvision release, not read here: one output per class it ships
-        num_classes = len(loaded.names)
-    names = read_labels(labels) if labels else loaded.names
-    if labels and num_classes is not None and len(names) != num_classes:
-        raise UsageError(f"--labels {labels} names {len(names)} classes but the weights have {num_classes}")
+        num_classes = len(loaded.names) if loaded.names is not None else None
+    names = loaded.names
+    if labels:
+        names = read_labels(labels)
+        if num_classes is not None and len(names) != num_classes:
+            raise UsageError(f"--labels {labels} names {len(names)} classes but the weights have {num_classes}")
     if names is None:  # random init without labels: the reference recipe's ImageNet names
         names = imagenet_categories()
     if num_classes is not None and len(names) != num_classes:  # a fine-tuned head without its names

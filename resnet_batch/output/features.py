@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -41,8 +41,7 @@ def open_output(output: str) -> tuple[pads.Dataset, dict]:
         raise UsageError(f"{output} does not exist")
     files = out.part_files()
     if not files:
-        raise UsageError(f"{output} is not a resnet-batch output: it holds no resnet-batch part files "
-                         "(part-*.parquet)")
+        raise UsageError(f"{output} is not a resnet-batch output: it holds no resnet-batch part files (part-*.parquet)")
     dataset = pads.dataset(files, filesystem=out.fs, format="parquet")
     meta = read_run_metadata(dataset.schema)
     if meta is None and out.fs.exists(join(out.path, RUN_FILE)):
@@ -59,25 +58,45 @@ def _warn_if_partial(out: OutputDir, output: str) -> None:
     if lease and lease.startswith("held"):
         log.warning("a job is writing %s now (%s): this covers the rows it has saved so far", output, lease[6:])
     elif lease:
-        log.warning("the job that wrote %s died before it finished (%s): some inputs may have no row yet; %s",
-                    output, lease[7:], resume)
+        log.warning(
+            "the job that wrote %s died before it finished (%s): some inputs may have no row yet; %s",
+            output,
+            lease[7:],
+            resume,
+        )
     else:
         record = out.run_record()
         finished = record.get(FINISHED) if record else None
         if record is not None and not isinstance(finished, dict):
-            log.warning("the job that wrote %s was stopped before it finished: some inputs may have no row yet; %s",
-                        output, resume)
+            log.warning(
+                "the job that wrote %s was stopped before it finished: some inputs may have no row yet; %s",
+                output,
+                resume,
+            )
         elif finished and not finished.get("complete", True):
-            log.warning("the job that wrote %s ended INCOMPLETE (%s rows for %s inputs): see its summary; %s",
-                        output, finished.get("rows"), finished.get("inputs"), resume)
+            log.warning(
+                "the job that wrote %s ended INCOMPLETE (%s rows for %s inputs): see its summary; %s",
+                output,
+                finished.get("rows"),
+                finished.get("inputs"),
+                resume,
+            )
     misnamed = out.misnamed_parts()
     if misnamed:
-        log.warning("%s holds part files not named as resnet-batch names them (e.g. %s): copies would count their "
-                    "rows twice; move them out", output, misnamed[0])
+        log.warning(
+            "%s holds part files not named as resnet-batch names them (e.g. %s): copies would count their "
+            "rows twice; move them out",
+            output,
+            misnamed[0],
+        )
 
 
-def batches(dataset: pads.Dataset, columns: list[str], progress: Callable[[int, int], None] | None = None,
-            batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
+def batches(
+    dataset: pads.Dataset,
+    columns: list[str],
+    progress: Callable[[int, int], None] | None = None,
+    batch_rows: int = 65536,
+) -> Iterator[pa.RecordBatch]:
     """Row batches of the wanted columns (those the output has), one row group in flight;
     `progress(rows done, rows in all)` after each."""
     total = dataset.count_rows() if progress else 0
@@ -95,8 +114,15 @@ def info(output: str) -> dict:
     return open_output(output)[1]
 
 
-def read(output: str, columns: list[str] | None = None, *, batch_rows: int = 1024, skip_errors: bool = True,
-         as_torch: bool = False, progress: Callable[[int, int], None] | None = None) -> Iterator[dict]:
+def read(
+    output: str,
+    columns: list[str] | None = None,
+    *,
+    batch_rows: int = 1024,
+    skip_errors: bool = True,
+    as_torch: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Iterator[dict]:
     """Batches of at most `batch_rows` rows as {column: array}; `path` always comes along.
 
     `columns` default to every feature column the output has. Rows with an error are left
@@ -110,8 +136,9 @@ def read(output: str, columns: list[str] | None = None, *, batch_rows: int = 102
         raise UsageError(f"{output} has no column {', '.join(unknown)}; it has: {', '.join(names)}")
     spatial = [c for c in wanted if c.startswith("spatial_c")]
     spatial_shape = (run.get("spatial") or {}).get("shape") if spatial else None
-    read_columns = list(dict.fromkeys([*ALWAYS, *wanted, ERROR]
-                                      + ([SPATIAL_SHAPE] if spatial and spatial_shape is None else [])))
+    read_columns = list(
+        dict.fromkeys([*ALWAYS, *wanted, ERROR] + ([SPATIAL_SHAPE] if spatial and spatial_shape is None else []))
+    )
     for batch in batches(dataset, read_columns, progress, batch_rows):
         if skip_errors:
             batch = batch.filter(pc.is_null(batch.column(ERROR)))
@@ -156,10 +183,11 @@ def _maps(column: pa.ListArray, shapes: list, fixed: bool):
     for i, shape in enumerate(shapes):
         row = column[i]
         maps.append(None if not row.is_valid else row.values.to_numpy(zero_copy_only=False).reshape(shape))
-    return np.stack(maps) if fixed and all(m is not None for m in maps) else maps
+    present = [m for m in maps if m is not None]
+    return np.stack(present) if fixed and len(present) == len(maps) else maps
 
 
-def _torch(value):
+def _torch(value: object):
     import torch
 
     # Arrow's zero-copy arrays are read-only, which torch warns about: those are copied.

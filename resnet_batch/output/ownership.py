@@ -1,7 +1,7 @@
 """One writer per job output, and tool outputs kept out of job outputs.
 
 A job holds a lease on its output for as long as it may write there: the file
-`_resnet_batch.lock`, made by a conditional create (O_EXCL on local disks, S3's
+`_resnet_batch.lock`, made by a conditional create (a hard link on local disks, S3's
 If-None-Match, the same "x" open mode elsewhere) and read back to confirm the job's own
 token is the one there. The holder renews it while it runs; a lease is stale, and
 taken over, when its process is gone (same host) or it has not been renewed for
@@ -22,9 +22,14 @@ import socket
 import threading
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 from ..core.errors import UsageError, one_line
 from ..core.storage import modified_at
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
 
 __all__ = ["LEASE_FILE", "OutputLease", "RUN_FILE", "check_tool_target", "lease_state", "refuse_inside_job_output"]
 
@@ -40,7 +45,7 @@ TAKEOVER_S = 60.0  # a takeover marker older than this was left by a job that di
 class OutputLease:
     """`with OutputLease(fs, path, uri):` the output is this job's until the block ends."""
 
-    def __init__(self, fs, path: str, uri: str, local: bool):
+    def __init__(self, fs: AbstractFileSystem, path: str, uri: str, local: bool):
         self.fs, self.path, self.uri, self.local = fs, path, uri, local
         self.lease = f"{path.rstrip('/')}/{LEASE_FILE}"
         self.token = uuid.uuid4().hex
@@ -50,10 +55,17 @@ class OutputLease:
         self._renewer: threading.Thread | None = None
 
     def _record(self) -> bytes:
-        return json.dumps({"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
-                           "started": self.started, "renewed": time.time()}).encode()
+        return json.dumps(
+            {
+                "token": self.token,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started": self.started,
+                "renewed": time.time(),
+            }
+        ).encode()
 
-    def __enter__(self) -> "OutputLease":
+    def __enter__(self) -> OutputLease:
         try:
             if self.local and not os.path.isdir(self.path):
                 os.makedirs(self.path)
@@ -123,9 +135,7 @@ class OutputLease:
         """Create `path` holding this job's record, only if it does not exist; False if it does."""
         try:
             if self.local:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(self._record())
+                return _create_whole(path, self._record())
             else:
                 with self.fs.open(path, "xb") as f:
                     f.write(self._record())
@@ -149,7 +159,13 @@ class OutputLease:
     def _renew(self) -> None:
         while not self._stop.wait(RENEW_EVERY_S):
             try:
-                with self.fs.open(self.lease, "wb") as f:
+                if self.local:  # replaced whole: a reader never sees it half-written (that reads as stale)
+                    tmp = _beside(self.lease)
+                    with open(tmp, "wb") as f:
+                        f.write(self._record())
+                    os.replace(tmp, self.lease)
+                    continue
+                with self.fs.open(self.lease, "wb") as f:  # one PUT: whole or not at all
                     f.write(self._record())
             except OSError as exc:
                 log.warning("could not renew the lease %s: %s", self.lease, one_line(exc))
@@ -163,7 +179,7 @@ class OutputLease:
                 pass
 
 
-def lease_state(fs, path: str) -> str | None:
+def lease_state(fs: AbstractFileSystem, path: str) -> str | None:
     """For readers: None (no job holds the output), "held: WHO" (a job is writing it now),
     or "stale: WHO" (the job that held it died without releasing it)."""
     holder = _read_lease(fs, f"{path.rstrip('/')}/{LEASE_FILE}")
@@ -172,7 +188,7 @@ def lease_state(fs, path: str) -> str | None:
     return f"{'stale' if _is_stale(holder) else 'held'}: {_describe(holder)}"
 
 
-def _read_lease(fs, lease: str) -> dict | None:
+def _read_lease(fs: AbstractFileSystem, lease: str) -> dict | None:
     """The lease's record; None where there is none, {} where it is unreadable."""
     try:
         if hasattr(fs, "invalidate_cache"):
@@ -183,6 +199,30 @@ def _read_lease(fs, lease: str) -> dict | None:
         return None
     except ValueError:
         return {}  # a half-written or foreign file: stale unless renewed (never, here)
+
+
+def _beside(path: str) -> str:
+    """A temporary name beside `path`, named as ours (the lease file's name, a suffix)."""
+    return f"{path}.new-{uuid.uuid4().hex}"
+
+
+def _create_whole(path: str, data: bytes) -> bool:
+    """Create the local file `path` holding `data`, only if it does not exist; False if it
+    does. Written beside it, then hard-linked into place (a link never replaces a file):
+    no other job ever reads it empty or half-written, which would read as a stale lease."""
+    tmp = _beside(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
 
 
 def _is_stale(holder: dict) -> bool:
@@ -218,8 +258,10 @@ def _describe(holder: dict | None) -> str:
 
 
 def _held_message(uri: str, holder: dict, lease: str) -> str:
-    return (f"--output {uri} is being written by another job ({_describe(holder)}); wait for it to end, "
-            f"or, if that job is gone, remove {lease}")
+    return (
+        f"--output {uri} is being written by another job ({_describe(holder)}); wait for it to end, "
+        f"or, if that job is gone, remove {lease}"
+    )
 
 
 def refuse_inside_job_output(target: str, what: str, *, strictly_inside: bool = False) -> None:
@@ -244,8 +286,10 @@ def refuse_inside_job_output(target: str, what: str, *, strictly_inside: bool = 
             except OSError:
                 found = False
             if found:
-                raise UsageError(f"{what} {target} lies inside the job output {folder}, whose readers would take "
-                                 "it for rows; choose a path outside it")
+                raise UsageError(
+                    f"{what} {target} lies inside the job output {folder}, whose readers would take "
+                    "it for rows; choose a path outside it"
+                )
 
 
 def check_tool_target(target: str, what: str, *, folder: bool) -> None:

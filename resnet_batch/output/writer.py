@@ -41,8 +41,19 @@ DAMAGED_PREFIX = "_damaged-"  # a part file of ours whose footer cannot be read,
 # What a resumed run adds to the run record, kept from earlier runs when this one ran no model.
 RESOLVED_KEYS = ("ran", "device", "precision", "versions")
 # Settings that change the numbers in the output; resuming with other values would mix runs.
-RESUME_KEYS = ("model", "weights", "preprocessing", "labels", "top_k", "embeddings", "embedding_dtype", "features",
-               "spatial", "review", "extra_columns")
+RESUME_KEYS = (
+    "model",
+    "weights",
+    "preprocessing",
+    "labels",
+    "top_k",
+    "embeddings",
+    "embedding_dtype",
+    "features",
+    "spatial",
+    "review",
+    "extra_columns",
+)
 
 
 @dataclass
@@ -51,7 +62,7 @@ class WriteStats:
     files: int = 0
     errors: Counter = field(default_factory=Counter)
 
-    def add(self, other: "WriteStats") -> None:
+    def add(self, other: WriteStats) -> None:
         self.rows += other.rows
         self.files += other.files
         self.errors.update(other.errors)
@@ -89,12 +100,18 @@ class OutputDir:
     def misnamed_parts(self) -> list[str]:
         """Part files not named as write_part names them (its hash of the paths they hold):
         copies, or renamed, whose rows are counted twice where the original is there too."""
-        return [n for n in self._names() if n.startswith(PART_PREFIX) and n.endswith(PART_SUFFIX)
-                and not OUR_PART.fullmatch(n)]
+        return [
+            n
+            for n in self._names()
+            if n.startswith(PART_PREFIX) and n.endswith(PART_SUFFIX) and not OUR_PART.fullmatch(n)
+        ]
 
     def _named_like_ours(self, name: str) -> bool:
-        return name in (RUN_FILE, LEASE_FILE) or bool(OUR_TMP.fullmatch(name)) or (
-            name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)
+        return (
+            name == RUN_FILE
+            or name.startswith(LEASE_FILE)  # the lease, a takeover marker, a lease being written
+            or bool(OUR_TMP.fullmatch(name))
+            or (name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX))
         )
 
     def lease(self) -> OutputLease:
@@ -120,8 +137,13 @@ class OutputDir:
     def _refuse_foreign_data(self, names: list[str], read_ours: bool = True) -> None:
         """Parquet files a reader of this output would read (sub-folders included), that this
         tool did not write: overwrite must not delete them, and resume must not count them."""
+
         def is_foreign(name: str) -> bool:
-            if not name.endswith(PART_SUFFIX) or name.startswith(("_", ".")) or (OUR_PART.fullmatch(name) and not read_ours):
+            if (
+                not name.endswith(PART_SUFFIX)
+                or name.startswith(("_", "."))
+                or (OUR_PART.fullmatch(name) and not read_ours)
+            ):
                 return False
             return not (name.startswith(PART_PREFIX) and self._footer(name) != "foreign")
 
@@ -140,13 +162,13 @@ class OutputDir:
             if name.startswith(("_", ".")) or not self.fs.isdir(join(self.path, name)):
                 continue
             for path in self.fs.find(join(self.path, name)):
-                relative = path[len(self.path.rstrip("/")) + 1:]
+                relative = path[len(self.path.rstrip("/")) + 1 :]
                 if relative.endswith(PART_SUFFIX) and not any(p.startswith(("_", ".")) for p in relative.split("/")):
                     found.append(relative)
         return found
 
     def _footer(self, name: str) -> str:
-        """"ours" (a run description in its footer), "damaged" (named as ours, footer unreadable:
+        """ "ours" (a run description in its footer), "damaged" (named as ours, footer unreadable:
         a truncated write), or "foreign"."""
         part = join(self.path, name)
         if self._run_of(part) is not None:
@@ -169,8 +191,13 @@ class OutputDir:
                 if name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX) and self._footer(name) == "damaged":
                     self.fs.mv(join(self.path, name), join(self.path, DAMAGED_PREFIX + name))
                     self._runs.pop(join(self.path, name), None)
-                    log.warning("%s is damaged (its footer cannot be read, as after a write cut short): moved to "
-                                "%s%s; its rows are labeled again", join(self.uri, name), DAMAGED_PREFIX, name)
+                    log.warning(
+                        "%s is damaged (its footer cannot be read, as after a write cut short): moved to "
+                        "%s%s; its rows are labeled again",
+                        join(self.uri, name),
+                        DAMAGED_PREFIX,
+                        name,
+                    )
 
     def _run_of(self, part: str) -> dict | None:
         """The run description in a part file's footer; None for a file this tool did not write."""
@@ -222,8 +249,12 @@ class OutputDir:
             problem = f"a JSON {type(record).__name__}, not an object"
         except (ValueError, UnicodeDecodeError) as exc:
             problem = one_line(exc)
-        log.warning("the run record %s is damaged (%s): the part files' footers say what made the rows, and this "
-                    "run rewrites it", join(self.uri, RUN_FILE), problem)
+        log.warning(
+            "the run record %s is damaged (%s): the part files' footers say what made the rows, and this "
+            "run rewrites it",
+            join(self.uri, RUN_FILE),
+            problem,
+        )
         return None
 
     @contextmanager
@@ -246,13 +277,17 @@ class OutputDir:
                 records = [(RUN_FILE, record)] if record is not None else []
         for name, previous in records:
             if previous is None:
-                raise UsageError(f"cannot resume {self.uri}: {name} was not written by resnet-batch; "
-                                 "move it, or use --mode overwrite")
+                raise UsageError(
+                    f"cannot resume {self.uri}: {name} was not written by resnet-batch; "
+                    "move it, or use --mode overwrite"
+                )
             changed = [k for k in RESUME_KEYS if previous.get(k) != run_info.get(k)]
             if changed:
                 was = ", ".join(f"{k} {previous.get(k)!r} in {name}, {run_info.get(k)!r} now" for k in changed)
-                raise UsageError(f"cannot resume {self.uri}: it was written with different {', '.join(changed)} "
-                                 f"({was}); use the same settings, or --mode overwrite")
+                raise UsageError(
+                    f"cannot resume {self.uri}: it was written with different {', '.join(changed)} "
+                    f"({was}); use the same settings, or --mode overwrite"
+                )
 
     def write_part(self, table: pa.Table) -> str:
         """Write one part file so that readers never see it half-written.

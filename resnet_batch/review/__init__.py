@@ -4,4 +4,3 @@ The review queue (review.py), the HTML report (report.py), exports to ImageFolde
 Label Studio (export.py), near-duplicates (neighbors.py) and accuracy against a labeled
 folder (evaluate.py). Imports core/, data/, model/ and output/; never Ray.
 """
-

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,6 +21,10 @@ import pyarrow.parquet as pq
 
 from ..core.columns import ERROR, PATH, TOPK_IDS
 from ..core.errors import UsageError
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
 
 WNID = re.compile(r"^(n\d{8})")
 LABEL_COLUMN = "label"
@@ -52,7 +57,7 @@ def label_from_path(path: str) -> int | None:
     return None
 
 
-def parse_label(value) -> int | None:
+def parse_label(value: object) -> int | None:
     if value is None:
         return None
     text = str(value).strip()
@@ -70,7 +75,7 @@ def attach_labels(table: pa.Table, label_column: str | None) -> pa.Table:
         table = table.drop_columns([label_column])
     else:
         labels = [label_from_path(p) for p in table.column(PATH).to_pylist()]
-    missing = [p for p, lab in zip(table.column(PATH).to_pylist(), labels) if lab is None]
+    missing = [p for p, lab in zip(table.column(PATH).to_pylist(), labels, strict=False) if lab is None]
     if missing:
         raise UsageError(
             f"{len(missing)} inputs have no ImageNet label (e.g. {missing[0]}); use class folders named by "
@@ -118,8 +123,10 @@ class EvalReport:
         out = [
             f"{self.model} {self.weights}: {self.scored} images scored, {self.unreadable} unreadable (not scored)",
             f"{'error rate':13}{'this run':>9}  {'95% CI':>15}  {'published':>9}",
-            f"top-1 error  {self.top1():8.2f}%  [{lo1:5.2f}, {hi1:5.2f}]  " + (f"{pub[0]:8.2f}%" if pub else "       -"),
-            f"top-5 error  {self.top5():8.2f}%  [{lo5:5.2f}, {hi5:5.2f}]  " + (f"{pub[1]:8.2f}%" if pub else "       -"),
+            f"top-1 error  {self.top1():8.2f}%  [{lo1:5.2f}, {hi1:5.2f}]  "
+            + (f"{pub[0]:8.2f}%" if pub else "       -"),
+            f"top-5 error  {self.top5():8.2f}%  [{lo5:5.2f}, {hi5:5.2f}]  "
+            + (f"{pub[1]:8.2f}%" if pub else "       -"),
             "torchvision V1 reference (top-1/top-5 error %): "
             + ", ".join(f"{m} {a:.2f}/{b:.2f}" for m, (a, b) in V1_REFERENCE.items()),
         ]
@@ -131,8 +138,10 @@ class EvalReport:
             return []
         ranked = sorted(self.per_class.items(), key=lambda kv: (-kv[1][1] / kv[1][0], -kv[1][0], kv[0]))
         width = max(len(self._name(c)) for c, _ in ranked[:shown])
-        lines = [f"per class, worst first ({min(shown, len(ranked))} of {len(ranked)} classes):",
-                 f"  {'class':{width}}  {'images':>6}  {'top-1 err':>9}  {'top-5 err':>9}"]
+        lines = [
+            f"per class, worst first ({min(shown, len(ranked))} of {len(ranked)} classes):",
+            f"  {'class':{width}}  {'images':>6}  {'top-1 err':>9}  {'top-5 err':>9}",
+        ]
         for cls, (n, miss1, miss5) in ranked[:shown]:
             lines.append(f"  {self._name(cls):{width}}  {n:6d}  {100 * miss1 / n:8.1f}%  {100 * miss5 / n:8.1f}%")
         return lines
@@ -155,7 +164,7 @@ def published_errors(model: str, weights: str) -> tuple[float, float] | None:
     return (round(100 - metrics["acc@1"], 3), round(100 - metrics["acc@5"], 3))
 
 
-def score(output_files: list, fs, model: str, weights: str) -> EvalReport:
+def score(output_files: list, fs: AbstractFileSystem, model: str, weights: str) -> EvalReport:
     """Count top-1/top-5 misses from the written predictions."""
     images = unreadable = top1 = top5 = 0
     per_class: dict[int, list[int]] = {}
@@ -165,8 +174,9 @@ def score(output_files: list, fs, model: str, weights: str) -> EvalReport:
         images += table.num_rows
         failed = pc.is_valid(table[ERROR])
         unreadable += pc.sum(failed).as_py() or 0
-        for ids, error, label in zip(table[TOPK_IDS].to_pylist(), table[ERROR].to_pylist(),
-                                     table[LABEL_COLUMN].to_pylist()):
+        for ids, error, label in zip(
+            table[TOPK_IDS].to_pylist(), table[ERROR].to_pylist(), table[LABEL_COLUMN].to_pylist(), strict=False
+        ):
             if error is None:
                 counts = per_class.setdefault(label, [0, 0, 0])
                 counts[0] += 1
@@ -174,8 +184,17 @@ def score(output_files: list, fs, model: str, weights: str) -> EvalReport:
                 counts[2] += label not in ids[:5]
     top1 = sum(c[1] for c in per_class.values())
     top5 = sum(c[2] for c in per_class.values())
-    return EvalReport(model, weights, images, unreadable, top1, top5, published_errors(model, weights),
-                      {k: tuple(v) for k, v in per_class.items()}, imagenet_names())
+    return EvalReport(
+        model,
+        weights,
+        images,
+        unreadable,
+        top1,
+        top5,
+        published_errors(model, weights),
+        {k: tuple(v) for k, v in per_class.items()},
+        imagenet_names(),
+    )
 
 
 @lru_cache(maxsize=1)

@@ -22,7 +22,8 @@ import os
 import posixpath
 import re
 import shutil
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import pyarrow.compute as pc
@@ -35,6 +36,9 @@ from ..core.storage import filesystem, is_local, replaced_atomically
 from ..data.manifests import TAR_OFFSET, TAR_SIZE, list_tar_members
 from ..output.features import batches, open_output
 from ..output.ownership import check_tool_target
+
+if TYPE_CHECKING:
+    import pyarrow.dataset
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,7 @@ def _open(output: str, rows: str):
     return dataset, run
 
 
-def _rows(dataset, rows: str, progress) -> Iterator[dict]:
+def _rows(dataset: pyarrow.dataset.Dataset, rows: str, progress: Callable[[int, int], None] | None) -> Iterator[dict]:
     for batch in batches(dataset, COLUMNS, progress):
         keep = pc.is_null(batch.column(ERROR))
         if rows == "review":
@@ -67,8 +71,10 @@ def label_studio_image(path: str, local_root: str) -> str:
     its local-files serving, relative to its LOCAL_FILES_DOCUMENT_ROOT (`local_root`), the
     name URL-encoded (a `&`, `#`, `%` or `+` in it would otherwise name another file)."""
     if tar_member(path):
-        raise UsageError(f"{path} is a member of a tar shard, which Label Studio cannot serve; "
-                         "export --format imagefolder (which extracts members) and label that folder")
+        raise UsageError(
+            f"{path} is a member of a tar shard, which Label Studio cannot serve; "
+            "export --format imagefolder (which extracts members) and label that folder"
+        )
     if not is_local(path):
         return path
     relative = os.path.relpath(path.removeprefix("file://"), local_root)
@@ -95,42 +101,53 @@ def tar_member(path: str) -> tuple[str, str] | None:
 
 def label_studio_task(row: dict, model_version: str, local_root: str) -> dict:
     label, prob = row[TOPK_LABELS][0], float(row[TOPK_PROBS][0])
-    data = {"image": label_studio_image(row[PATH], local_root), PATH: row[PATH],
-            "topk": ", ".join(f"{lab} {p:.3f}" for lab, p in zip(row[TOPK_LABELS], row[TOPK_PROBS]))}
+    data = {
+        "image": label_studio_image(row[PATH], local_root),
+        PATH: row[PATH],
+        "topk": ", ".join(f"{lab} {p:.3f}" for lab, p in zip(row[TOPK_LABELS], row[TOPK_PROBS], strict=False)),
+    }
     if row.get(MARGIN) is not None:
         data[MARGIN] = round(float(row[MARGIN]), 6)
     return {
         "data": data,
-        "predictions": [{
-            "model_version": model_version,
-            "score": prob,
-            "result": [{"from_name": "label", "to_name": "image", "type": "choices",
-                        "value": {"choices": [label]}}],
-        }],
+        "predictions": [
+            {
+                "model_version": model_version,
+                "score": prob,
+                "result": [
+                    {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]}}
+                ],
+            }
+        ],
     }
 
 
-def label_studio_config(classes) -> str:
+def label_studio_config(classes: Iterable[str]) -> str:
     """The labeling config the tasks go with: the image, the model's top-k as text, one choice per class."""
     from xml.sax.saxutils import quoteattr
 
     choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in sorted(classes))
-    return (f'<View>\n  <Image name="image" value="$image"/>\n  <Text name="topk" value="$topk"/>\n'
-            f'  <Choices name="label" toName="image" choice="single" showInline="true">\n{choices}\n'
-            "  </Choices>\n</View>\n")
+    return (
+        f'<View>\n  <Image name="image" value="$image"/>\n  <Text name="topk" value="$topk"/>\n'
+        f'  <Choices name="label" toName="image" choice="single" showInline="true">\n{choices}\n'
+        "  </Choices>\n</View>\n"
+    )
 
 
 def config_path(target: str) -> str:
     return os.path.splitext(target)[0] + ".label-config.xml"
 
 
-def export_label_studio(output: str, target: str, rows: str = "all", local_root: str | None = None,
-                        progress: Callable | None = None) -> int:
+def export_label_studio(
+    output: str, target: str, rows: str = "all", local_root: str | None = None, progress: Callable | None = None
+) -> int:
     dataset, run = _open(output, rows)
     if local_root is None:
         local_root = "/"
-        log.warning("local images are referenced relative to / (?d=home/...): pass --local-files-root "
-                    "with Label Studio's LOCAL_FILES_DOCUMENT_ROOT if it is another folder")
+        log.warning(
+            "local images are referenced relative to / (?d=home/...): pass --local-files-root "
+            "with Label Studio's LOCAL_FILES_DOCUMENT_ROOT if it is another folder"
+        )
     model_version = f"{run.get('model', '?')} {run.get('weights', '?')}"
     count, classes = 0, set()
     with replaced_atomically(target, config_path(target)) as (tmp, tmp_config):
@@ -175,8 +192,9 @@ def _file_name(path: str) -> str:
     return prefix + base
 
 
-def export_imagefolder(output: str, target: str, rows: str = "all", copy: bool = False,
-                       progress: Callable | None = None) -> int:
+def export_imagefolder(
+    output: str, target: str, rows: str = "all", copy: bool = False, progress: Callable | None = None
+) -> int:
     if os.path.exists(target):
         raise UsageError(f"--output {target} already exists; choose a new folder")
     dataset, _ = _open(output, rows)
@@ -220,9 +238,16 @@ class _ShardIndex:
             raise UsageError(f"tar member {member!r} of {shard} leaves its shard; not exported")
         if shard not in self.members:
             table = list_tar_members(shard)
-            self.members[shard] = {p[len(shard) + 1:]: (o, n) for p, o, n in zip(
-                table.column(PATH).to_pylist(), table.column(TAR_OFFSET).to_pylist(),
-                table.column(TAR_SIZE).to_pylist()) if o is not None and o >= 0}
+            self.members[shard] = {
+                p[len(shard) + 1 :]: (o, n)
+                for p, o, n in zip(
+                    table.column(PATH).to_pylist(),
+                    table.column(TAR_OFFSET).to_pylist(),
+                    table.column(TAR_SIZE).to_pylist(),
+                    strict=False,
+                )
+                if o is not None and o >= 0
+            }
         if member not in self.members[shard]:
             raise UsageError(f"{shard} no longer holds {member!r}; the output is older than the shard")
         offset, size = self.members[shard][member]
@@ -245,20 +270,31 @@ def export_csv(output: str, target: str, rows: str = "all", progress: Callable |
             writer = csv.writer(f)
             writer.writerow(CSV_HEADER)
             for row in _rows(dataset, rows, progress):
-                writer.writerow([
-                    _cell(row[PATH]), _cell(row[TOPK_LABELS][0]), f"{row[TOPK_PROBS][0]:.6f}",
-                    _cell("|".join(row[TOPK_LABELS])),
-                    "|".join(f"{p:.6f}" for p in row[TOPK_PROBS]),
-                    "" if row.get(MARGIN) is None else f"{row[MARGIN]:.6f}",
-                    "" if row.get(ENTROPY) is None else f"{row[ENTROPY]:.6f}",
-                    "" if row.get(NEEDS_REVIEW) is None else str(row[NEEDS_REVIEW]).lower(),
-                ])
+                writer.writerow(
+                    [
+                        _cell(row[PATH]),
+                        _cell(row[TOPK_LABELS][0]),
+                        f"{row[TOPK_PROBS][0]:.6f}",
+                        _cell("|".join(row[TOPK_LABELS])),
+                        "|".join(f"{p:.6f}" for p in row[TOPK_PROBS]),
+                        "" if row.get(MARGIN) is None else f"{row[MARGIN]:.6f}",
+                        "" if row.get(ENTROPY) is None else f"{row[ENTROPY]:.6f}",
+                        "" if row.get(NEEDS_REVIEW) is None else str(row[NEEDS_REVIEW]).lower(),
+                    ]
+                )
                 count += 1
     return count
 
 
-def export(output: str, fmt: str, target: str, rows: str = "all", copy: bool = False, local_root: str | None = None,
-           progress: Callable | None = None) -> int:
+def export(
+    output: str,
+    fmt: str,
+    target: str,
+    rows: str = "all",
+    copy: bool = False,
+    local_root: str | None = None,
+    progress: Callable | None = None,
+) -> int:
     """Export `output` as `fmt` to `target`; returns the rows exported."""
     checks.one_of("--format", fmt, FORMATS)
     checks.one_of("--rows", rows, ROWS)
@@ -269,4 +305,3 @@ def export(output: str, fmt: str, target: str, rows: str = "all", copy: bool = F
     if fmt == "imagefolder":
         return export_imagefolder(output, target, rows, copy, progress)
     return export_csv(output, target, rows, progress)
-

@@ -18,8 +18,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -62,27 +63,32 @@ class IndexInfo:
     search_s: float = 0.0
 
 
-def load_embeddings(output: str, progress: Callable[[int, int], None] | None = None
-                    ) -> tuple[list[str], np.ndarray]:
+def load_embeddings(output: str, progress: Callable[[int, int], None] | None = None) -> tuple[list[str], np.ndarray]:
     """Paths and L2-normalised float32 embeddings of the rows without an error."""
     dataset, _ = features.open_output(output)
     if EMBEDDING not in dataset.schema.names:
-        raise UsageError(f"{output} has no embeddings (written with --no-embeddings or without 'pooled' in "
-                         "--features): nothing to compare")
+        raise UsageError(
+            f"{output} has no embeddings (written with --no-embeddings or without 'pooled' in "
+            "--features): nothing to compare"
+        )
     paths, chunks = [], []
     for batch in features.read(output, [EMBEDDING], batch_rows=65536, progress=progress):
         paths += batch[PATH]
         chunks.append(batch[EMBEDDING])
-    vectors = np.ascontiguousarray(np.concatenate(chunks).astype(np.float32, copy=False)) if chunks else np.zeros((0, 1), np.float32)
+    vectors = (
+        np.ascontiguousarray(np.concatenate(chunks).astype(np.float32, copy=False))
+        if chunks
+        else np.zeros((0, 1), np.float32)
+    )
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     vectors /= np.maximum(norms, 1e-12)
     return paths, vectors
 
 
-def _search(index, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _search(index: Any, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     sims, ids = [], []
     for start in range(0, len(vectors), QUERY_ROWS):
-        s, i = index.search(vectors[start:start + QUERY_ROWS], k)
+        s, i = index.search(vectors[start : start + QUERY_ROWS], k)
         sims.append(s)
         ids.append(i)
     return np.concatenate(sims), np.concatenate(ids)
@@ -91,7 +97,7 @@ def _search(index, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]
 def recall(found: np.ndarray, exact: np.ndarray) -> float:
     """Share of the exact top-k that the index found, over the sample."""
     k = exact.shape[1]
-    return float(np.mean([len(set(f) & set(e)) / k for f, e in zip(found.tolist(), exact.tolist())]))
+    return float(np.mean([len(set(f) & set(e)) / k for f, e in zip(found.tolist(), exact.tolist(), strict=False)]))
 
 
 def build_index(vectors: np.ndarray, k: int, threshold: float, seed: int = 0):
@@ -105,8 +111,9 @@ def build_index(vectors: np.ndarray, k: int, threshold: float, seed: int = 0):
         return index, IndexInfo("exact (IndexFlatIP)", n, dim, k, threshold, build_s=time.monotonic() - start)
     nlist = int(2 ** round(math.log2(4 * math.sqrt(n))))  # ~4 sqrt(N) lists, a power of two
     quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_fp16,
-                                          faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexIVFScalarQuantizer(
+        quantizer, dim, nlist, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+    )
     index.cp.niter = TRAIN_ITERATIONS
     rng = np.random.default_rng(seed)
     index.train(vectors[rng.choice(n, size=min(n, TRAIN_PER_LIST * nlist), replace=False)])
@@ -122,17 +129,35 @@ def build_index(vectors: np.ndarray, k: int, threshold: float, seed: int = 0):
         if reached >= TARGET_RECALL + RECALL_MARGIN or nprobe >= nlist:
             break
     if reached < TARGET_RECALL:
-        log.warning("recall@%d is only %.3f with nprobe %d of %d lists: the embeddings have no neighbourhood "
-                    "structure an inverted file can use; near-duplicates (very close pairs) are still found, "
-                    "other neighbours are approximate", k, reached, index.nprobe, nlist)
-    info = IndexInfo(f"IVF{nlist},SQfp16", n, dim, k, threshold, nlist=nlist, nprobe=index.nprobe,
-                     recall_at_k=reached, sample=len(rows), build_s=time.monotonic() - start)
+        log.warning(
+            "recall@%d is only %.3f with nprobe %d of %d lists: the embeddings have no neighbourhood "
+            "structure an inverted file can use; near-duplicates (very close pairs) are still found, "
+            "other neighbours are approximate",
+            k,
+            reached,
+            index.nprobe,
+            nlist,
+        )
+    info = IndexInfo(
+        f"IVF{nlist},SQfp16",
+        n,
+        dim,
+        k,
+        threshold,
+        nlist=nlist,
+        nprobe=index.nprobe,
+        recall_at_k=reached,
+        sample=len(rows),
+        build_s=time.monotonic() - start,
+    )
     return index, info
 
 
 def _others(ids: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
     """Each row's first k neighbours other than itself (the row itself is always found)."""
-    return np.array([[j for j in found if j != row][:k] for row, found in zip(rows.tolist(), ids.tolist())])
+    return np.array(
+        [[j for j in found if j != row][:k] for row, found in zip(rows.tolist(), ids.tolist(), strict=False)]
+    )
 
 
 def groups(ids: np.ndarray, sims: np.ndarray, threshold: float) -> np.ndarray:
@@ -147,7 +172,7 @@ def groups(ids: np.ndarray, sims: np.ndarray, threshold: float) -> np.ndarray:
         return i
 
     rows, cols = np.nonzero((sims >= threshold) & (ids >= 0))
-    for a, b in zip(rows.tolist(), ids[rows, cols].tolist()):
+    for a, b in zip(rows.tolist(), ids[rows, cols].tolist(), strict=False):
         ra, rb = find(a), find(b)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
@@ -168,8 +193,9 @@ def all_neighbors(vectors: np.ndarray, k: int, threshold: float) -> tuple[np.nda
     return sims[keep].reshape(len(sims), k), ids[keep].reshape(len(ids), k), info
 
 
-def find_neighbors(output: str, k: int, threshold: float,
-                   progress: Callable[[int, int], None] | None = None) -> tuple[pa.Table, IndexInfo]:
+def find_neighbors(
+    output: str, k: int, threshold: float, progress: Callable[[int, int], None] | None = None
+) -> tuple[pa.Table, IndexInfo]:
     paths, vectors = load_embeddings(output, progress)
     if len(paths) < 2:
         raise UsageError(f"{output} has {len(paths)} rows with an embedding: nothing to compare")
@@ -179,13 +205,16 @@ def find_neighbors(output: str, k: int, threshold: float,
     names = np.asarray(paths, dtype=object)
     valid = ids >= 0
     offsets = pa.array(np.arange(0, len(ids) * k + 1, k, dtype=np.int32))
-    table = pa.table({
-        PATH: pa.array(paths, pa.string()),
-        "neighbors": pa.ListArray.from_arrays(offsets, pa.array(np.where(valid, names[np.maximum(ids, 0)], None)
-                                                                .reshape(-1), pa.string())),
-        "similarities": pa.ListArray.from_arrays(offsets, pa.array(sims.reshape(-1), pa.float32())),
-        "group": pa.array(group, pa.int64(), mask=group < 0),
-    })
+    table = pa.table(
+        {
+            PATH: pa.array(paths, pa.string()),
+            "neighbors": pa.ListArray.from_arrays(
+                offsets, pa.array(np.where(valid, names[np.maximum(ids, 0)], np.array(None)).reshape(-1), pa.string())
+            ),
+            "similarities": pa.ListArray.from_arrays(offsets, pa.array(sims.reshape(-1), pa.float32())),
+            "group": pa.array(group, pa.int64(), mask=group < 0),
+        }
+    )
     return table, info
 
 
@@ -195,9 +224,15 @@ def write(table: pa.Table, info: IndexInfo, folder: str) -> None:
 
     check_tool_target(folder, "--output", folder=True)
     os.makedirs(folder, exist_ok=True)
-    with replaced_atomically(os.path.join(folder, RESULT_FILE), os.path.join(folder, INFO_FILE)) as (table_tmp, info_tmp):
-        pq.write_table(table.replace_schema_metadata({"resnet_batch.neighbors": json.dumps(asdict(info))}),
-                       table_tmp, compression="zstd")
+    with replaced_atomically(os.path.join(folder, RESULT_FILE), os.path.join(folder, INFO_FILE)) as (
+        table_tmp,
+        info_tmp,
+    ):
+        pq.write_table(
+            table.replace_schema_metadata({"resnet_batch.neighbors": json.dumps(asdict(info))}),
+            table_tmp,
+            compression="zstd",
+        )
         with open(info_tmp, "w") as f:
             json.dump(asdict(info), f, indent=1)
 
@@ -212,6 +247,6 @@ def largest_groups(folder: str, limit: int) -> list[list[tuple[str, float]]]:
         return []
     best = pc.list_element(table.column("similarities"), 0).to_pylist()
     members: dict[int, list[tuple[str, float]]] = {}
-    for p, g, s in zip(table.column(PATH).to_pylist(), table.column("group").to_pylist(), best):
+    for p, g, s in zip(table.column(PATH).to_pylist(), table.column("group").to_pylist(), best, strict=False):
         members.setdefault(g, []).append((p, s))
     return sorted(members.values(), key=lambda m: (-len(m), m[0][0]))[:limit]

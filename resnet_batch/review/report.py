@@ -16,8 +16,9 @@ import base64
 import html
 import io
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 
@@ -25,6 +26,10 @@ from ..core.storage import modified_at, replaced_atomically
 from ..output.ownership import check_tool_target
 from ..output.writer import FINISHED, OutputDir
 from .review import Review, collect
+
+if TYPE_CHECKING:
+    import numpy
+
 
 THUMBNAIL_PX = 72
 THUMBNAIL_QUALITY = 70
@@ -50,7 +55,7 @@ def thumbnail(path: str, max_pixels: int = 100_000_000) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _e(value) -> str:
+def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
@@ -76,16 +81,19 @@ window.addEventListener('hashchange', () => {
 """
 
 
-def _histogram_svg(counts) -> str:
+def _histogram_svg(counts: Sequence[int] | numpy.ndarray) -> str:
     width, height, peak = 400, 120, max(int(max(counts)), 1)
     bar = width / len(counts)
     bars = []
     for i, count in enumerate(counts):
         h = (height - 20) * int(count) / peak
-        bars.append(f'<rect x="{i * bar:.1f}" y="{height - 15 - h:.1f}" width="{bar - 2:.1f}" height="{h:.1f}" '
-                    f'fill="#4a7ab8"><title>{i / len(counts):.2f}-{(i + 1) / len(counts):.2f}: {count}</title></rect>')
-    ticks = "".join(f'<text x="{f * width:.0f}" y="{height}" text-anchor="middle">{f:.1f}</text>'
-                    for f in (0.1, 0.3, 0.5, 0.7, 0.9))
+        bars.append(
+            f'<rect x="{i * bar:.1f}" y="{height - 15 - h:.1f}" width="{bar - 2:.1f}" height="{h:.1f}" '
+            f'fill="#4a7ab8"><title>{i / len(counts):.2f}-{(i + 1) / len(counts):.2f}: {count}</title></rect>'
+        )
+    ticks = "".join(
+        f'<text x="{f * width:.0f}" y="{height}" text-anchor="middle">{f:.1f}</text>' for f in (0.1, 0.3, 0.5, 0.7, 0.9)
+    )
     return f'<svg id="histogram" width="{width}" height="{height}">{"".join(bars)}{ticks}</svg>'
 
 
@@ -116,13 +124,18 @@ def _throughput_svg(points: list[tuple[float, int]]) -> str:
     width, height, pad = 480, 160, 36
     end_s, rows = max(p[0] for p in points) or 1.0, max(p[1] for p in points) or 1
     xy = [(pad + (width - pad - 8) * t / end_s, height - pad + 8 - (height - pad) * n / rows) for t, n in points]
-    path = " ".join(f"{'M' if i == 0 else 'L'}{x:.1f},{y:.1f}" for i, (x, y) in enumerate([(pad, height - pad + 8),
-                                                                                           *xy]))
-    dots = "".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="#4a7ab8"><title>{t:.0f} s: {n} rows</title>'
-                   f"</circle>" for (x, y), (t, n) in zip(xy, points))
-    return (f'<svg id="throughput" width="{width}" height="{height}"><path d="{path}" fill="none" stroke="#4a7ab8"/>'
-            f'{dots}<text x="{pad}" y="{height - 4}">0 s</text><text x="{width - 8}" y="{height - 4}" '
-            f'text-anchor="end">{end_s:.0f} s</text><text x="2" y="12">{rows} rows</text></svg>')
+    path = " ".join(
+        f"{'M' if i == 0 else 'L'}{x:.1f},{y:.1f}" for i, (x, y) in enumerate([(pad, height - pad + 8), *xy])
+    )
+    dots = "".join(
+        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="#4a7ab8"><title>{t:.0f} s: {n} rows</title></circle>'
+        for (x, y), (t, n) in zip(xy, points, strict=False)
+    )
+    return (
+        f'<svg id="throughput" width="{width}" height="{height}"><path d="{path}" fill="none" stroke="#4a7ab8"/>'
+        f'{dots}<text x="{pad}" y="{height - 4}">0 s</text><text x="{width - 8}" y="{height - 4}" '
+        f'text-anchor="end">{end_s:.0f} s</text><text x="2" y="12">{rows} rows</text></svg>'
+    )
 
 
 def _phases_svg(phases: dict) -> str:
@@ -131,8 +144,10 @@ def _phases_svg(phases: dict) -> str:
     total, x, bars = sum(max(float(v), 0.0) for v in phases.values()) or 1.0, 0.0, []
     for name, seconds in phases.items():
         w = width * max(float(seconds), 0.0) / total
-        bars.append(f'<rect x="{x:.1f}" y="0" width="{w:.1f}" height="18" fill="{colours.get(name, "#999")}">'
-                    f"<title>{_e(name)}: {float(seconds):.1f} s</title></rect>")
+        bars.append(
+            f'<rect x="{x:.1f}" y="0" width="{w:.1f}" height="18" fill="{colours.get(name, "#999")}">'
+            f"<title>{_e(name)}: {float(seconds):.1f} s</title></rect>"
+        )
         x += w
     legend = ", ".join(f"{_e(name)} {float(seconds):.1f} s" for name, seconds in phases.items())
     return f'<svg id="phases" width="{width}" height="18">{"".join(bars)}</svg><p>{legend}</p>'
@@ -144,8 +159,10 @@ def _run_section(finished: dict, points: list[tuple[float, int]]) -> list[str]:
     if isinstance(phases, dict) and phases:
         steady = float(phases.get("steady", 0))
         rate = (finished.get("processed", 0) / steady) if steady > 0 else 0.0
-        parts += ["<p>where the wall time went" + (f"; steady rate {rate:.1f} images/s" if rate else "") + "</p>",
-                  _phases_svg(phases)]
+        parts += [
+            "<p>where the wall time went" + (f"; steady rate {rate:.1f} images/s" if rate else "") + "</p>",
+            _phases_svg(phases),
+        ]
     else:
         parts.append("<p>the run record does not say how the run went (it has not finished)</p>")
     if points:
@@ -156,12 +173,19 @@ def _run_section(finished: dict, points: list[tuple[float, int]]) -> list[str]:
 def _cell(path: str, caption: str, thumbs: dict[str, str | None]) -> str:
     uri = thumbs.get(path)
     image = f'<img src="{uri}" alt="">' if uri else '<div class="missing"></div>'
-    return f'<div class="cell" title="{_e(path)}">{image}<span class="p">{_e(caption)}</span><br>' \
-           f'{_e(os.path.basename(path))}</div>'
+    return (
+        f'<div class="cell" title="{_e(path)}">{image}<span class="p">{_e(caption)}</span><br>'
+        f"{_e(os.path.basename(path))}</div>"
+    )
 
 
-def render(review: Review, thumbs: dict[str, str | None], duplicates: list[list[tuple[str, float]]],
-           finished: dict | None = None, points: list[tuple[float, int]] | None = None) -> str:
+def render(
+    review: Review,
+    thumbs: dict[str, str | None],
+    duplicates: list[list[tuple[str, float]]],
+    finished: dict | None = None,
+    points: list[tuple[float, int]] | None = None,
+) -> str:
     run = review.run
     classes = sorted(review.classes.values(), key=lambda c: (-c.count, c.name))
     parts = [
@@ -179,22 +203,29 @@ def render(review: Review, thumbs: dict[str, str | None], duplicates: list[list[
         "<h2>Errors by category</h2><table id='error-categories'>",
         *(f"<tr><td>{_e(c)}</td><td class='n'>{n}</td></tr>" for c, n in review.errors.most_common()),
         "</table>" if review.errors else "</table><p>none</p>",
-        "<h2>Top-1 confidence</h2><p>images per top-1 probability, from 0 to 1</p>", _histogram_svg(review.histogram),
+        "<h2>Top-1 confidence</h2><p>images per top-1 probability, from 0 to 1</p>",
+        _histogram_svg(review.histogram),
         "<h2>Classes</h2><table id='classes'><tr><th>class</th><th class='n'>images</th>"
         "<th class='n'>mean top-1</th></tr>",
     ]
     for i, stats in enumerate(classes):
-        parts.append(f"<tr><td><a href='#sheet-{i}'>{_e(stats.name)}</a></td><td class='n'>{stats.count}</td>"
-                     f"<td class='n'>{stats.mean_prob:.3f}</td></tr>")
+        parts.append(
+            f"<tr><td><a href='#sheet-{i}'>{_e(stats.name)}</a></td><td class='n'>{stats.count}</td>"
+            f"<td class='n'>{stats.mean_prob:.3f}</td></tr>"
+        )
     parts.append("</table>")
     for i, stats in enumerate(classes):
         picks = stats.lowest.sorted()
-        parts.append(f"<section class='sheet' id='sheet-{i}'><h2>{_e(stats.name)}: the {len(picks)} least "
-                     f"confident of {stats.count}</h2><div class='grid'>")
+        parts.append(
+            f"<section class='sheet' id='sheet-{i}'><h2>{_e(stats.name)}: the {len(picks)} least "
+            f"confident of {stats.count}</h2><div class='grid'>"
+        )
         parts += [_cell(p.path, f"{p.prob:.3f}", thumbs) for p in picks]
         parts.append("</div></section>")
-    parts.append(f"<h2>Review queue</h2><p>{_e(review.queue_rule)}: {review.flagged} rows; "
-                 f"the {len(review.queue)} least confident shown.</p><div class='grid' id='review-queue'>")
+    parts.append(
+        f"<h2>Review queue</h2><p>{_e(review.queue_rule)}: {review.flagged} rows; "
+        f"the {len(review.queue)} least confident shown.</p><div class='grid' id='review-queue'>"
+    )
     parts += [_cell(p.path, f"{p.label} {p.prob:.3f}", thumbs) for p in review.queue]
     parts.append("</div>")
     if duplicates:
@@ -212,8 +243,15 @@ def render(review: Review, thumbs: dict[str, str | None], duplicates: list[list[
     return "\n".join(parts)
 
 
-def build_report(output: str, html_path: str, per_class: int = 4, queue: int = 200, neighbors: str | None = None,
-                 progress: Callable[[int, int], None] | None = None, io_threads: int = 8) -> Review:
+def build_report(
+    output: str,
+    html_path: str,
+    per_class: int = 4,
+    queue: int = 200,
+    neighbors: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    io_threads: int = 8,
+) -> Review:
     check_tool_target(html_path, "--html", folder=False)
     review = collect(output, per_class=per_class, queue=queue, progress=progress)
     duplicates = []
@@ -225,7 +263,7 @@ def build_report(output: str, html_path: str, per_class: int = 4, queue: int = 2
     wanted |= {p.path for p in review.queue}
     wanted |= {path for group in duplicates for path, _ in group[:DUPLICATE_THUMBNAILS]}
     with ThreadPoolExecutor(io_threads) as pool:
-        thumbs = dict(zip(wanted, pool.map(thumbnail, wanted)))
+        thumbs = dict(zip(wanted, pool.map(thumbnail, wanted), strict=False))
     page = render(review, thumbs, duplicates, *saved_over_time(output))
     with replaced_atomically(html_path) as (tmp,), open(tmp, "w", encoding="utf-8") as f:
         f.write(page)

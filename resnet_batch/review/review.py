@@ -13,8 +13,8 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pyarrow.compute as pc
@@ -42,7 +42,8 @@ class _Lowest:
     """The `size` items with the lowest key, in a bounded max-heap."""
 
     def __init__(self, size: int):
-        self.size, self.heap = size, []
+        self.size = size
+        self.heap: list[tuple] = []
 
     def offer(self, pick: Pick) -> None:
         item = (-pick.sort_key, -pick.tie, pick)
@@ -58,9 +59,9 @@ class _Lowest:
 @dataclass
 class ClassStats:
     name: str
+    lowest: _Lowest
     count: int = 0
     prob_sum: float = 0.0
-    lowest: _Lowest | None = None
 
     @property
     def mean_prob(self) -> float:
@@ -87,22 +88,32 @@ class Review:
 REVIEW_COLUMNS = [PATH, TOPK_LABELS, TOPK_PROBS, MARGIN, NEEDS_REVIEW, ERROR]
 
 
-def collect(output: str, per_class: int = 4, queue: int = 200, max_errors: int = 500,
-            progress: Callable[[int, int], None] | None = None) -> Review:
+def collect(
+    output: str,
+    per_class: int = 4,
+    queue: int = 200,
+    max_errors: int = 500,
+    progress: Callable[[int, int], None] | None = None,
+) -> Review:
     dataset, run = open_output(output)
     if TOPK_LABELS not in dataset.schema.names:
         raise UsageError(f"{output} has no labels (it was written with --top-k 0): nothing to review")
     flagged_column = NEEDS_REVIEW in dataset.schema.names
-    review = Review(run=run, queue_rule="needs_review (top-1 probability under "
-                    f"{(run.get('review') or {}).get('review_below')})" if flagged_column
-                    else "the least confident rows (no --review-below was given)")
+    review = Review(
+        run=run,
+        queue_rule=f"needs_review (top-1 probability under {(run.get('review') or {}).get('review_below')})"
+        if flagged_column
+        else "the least confident rows (no --review-below was given)",
+    )
     lowest_queue = _Lowest(queue)
     counter = itertools.count()
     for batch in batches(dataset, REVIEW_COLUMNS, progress):
         review.rows += batch.num_rows
         errors = batch.column(ERROR)
         failed = pc.is_valid(errors)
-        for path, error in zip(batch.column(PATH).filter(failed).to_pylist(), errors.filter(failed).to_pylist()):
+        for path, error in zip(
+            batch.column(PATH).filter(failed).to_pylist(), errors.filter(failed).to_pylist(), strict=False
+        ):
             review.errors[error_category(error)] += 1
             if len(review.error_rows) < max_errors:
                 review.error_rows.append((path, error))
@@ -114,10 +125,10 @@ def collect(output: str, per_class: int = 4, queue: int = 200, max_errors: int =
         flags = ok.column(NEEDS_REVIEW).to_numpy(zero_copy_only=False) if flagged_column else None
         review.histogram += np.histogram(probs, bins=HISTOGRAM_BINS, range=(0.0, 1.0))[0]
         review.flagged += int(flags.sum()) if flags is not None else 0
-        for i, (path, label, prob) in enumerate(zip(ok.column(PATH).to_pylist(), labels, probs.tolist())):
+        for i, (path, label, prob) in enumerate(zip(ok.column(PATH).to_pylist(), labels, probs.tolist(), strict=False)):
             stats = review.classes.get(label)
             if stats is None:
-                stats = review.classes[label] = ClassStats(label, lowest=_Lowest(per_class))
+                stats = review.classes[label] = ClassStats(label, _Lowest(per_class))
             stats.count += 1
             stats.prob_sum += prob
             pick = Pick(prob, next(counter), path, label, prob)

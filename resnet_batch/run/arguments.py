@@ -8,81 +8,158 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from collections.abc import Sequence
 
 from ..model.registry import MODEL_WIDTHS, NULL_MODEL
 
 
 def _add_label_args(p: argparse.ArgumentParser) -> None:
     # Every default is None so that a config file's value survives unless a flag is given.
-    p.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="directory, image file, glob, fsspec URI, or manifest (.txt/.csv/.parquet)")
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="directory, image file, glob, fsspec URI, or manifest (.txt/.csv/.parquet)",
+    )
     p.add_argument("--output", "-o", help="output Parquet dataset directory (local path or URI) (required)")
     p.add_argument("--config", help="YAML job config with the same option names; flags win (default: none)")
-    p.add_argument("--model", help=f"{', '.join(m for m in MODEL_WIDTHS if m != NULL_MODEL)} (default resnet50), "
-                   f"or {NULL_MODEL}: the null model, a benchmark aid that runs no network and writes resnet50's "
-                   "columns, filled with constants")
+    p.add_argument(
+        "--model",
+        help=f"{', '.join(m for m in MODEL_WIDTHS if m != NULL_MODEL)} (default resnet50), "
+        f"or {NULL_MODEL}: the null model, a benchmark aid that runs no network and writes resnet50's "
+        "columns, filled with constants",
+    )
     p.add_argument("--weights", help="DEFAULT|IMAGENET1K_V1|IMAGENET1K_V2|none|PATH-or-URI (default DEFAULT)")
-    p.add_argument("--preprocess", help="torchvision weights whose transforms() a checkpoint or "
-                   "'none' uses (default IMAGENET1K_V1)")
-    p.add_argument("--batch-size", type=int, help="images per model batch (default: 256 on a GPU, on a CPU 32 "
-                   "(fp32) or 64 (bf16))")
+    p.add_argument(
+        "--preprocess",
+        help="torchvision weights whose transforms() a checkpoint or 'none' uses (default IMAGENET1K_V1)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, help="images per model batch (default: 256 on a GPU, on a CPU 32 (fp32) or 64 (bf16))"
+    )
     p.add_argument("--top-k", type=int, help="labels per image, 0 = no labels (default 5)")
-    p.add_argument("--no-embeddings", dest="embeddings", action="store_const", const=False,
-                   help="do not write the pooled embedding (default: written)")
+    p.add_argument(
+        "--no-embeddings",
+        dest="embeddings",
+        action="store_const",
+        const=False,
+        help="do not write the pooled embedding (default: written)",
+    )
     p.add_argument("--embedding-dtype", help="float32|float16, of the pooled vectors (default float32)")
-    p.add_argument("--features", help="comma-separated: pooled (the `embedding` column), c2, c3, c4, c5 "
-                   "(each stage average-pooled, a column each) (default pooled)")
-    p.add_argument("--spatial", help="c4|c5: also write that stage's whole feature map, float16, "
-                   "as spatial_c4/spatial_c5 (stride 16/32) (default: none)")
-    p.add_argument("--crop", help="center|none: none keeps the whole image (shorter side resized, padded "
-                   "to a few batch shapes; rows record scale and valid cells) (default center)")
-    p.add_argument("--resize", type=int, help="with --crop none: shorter side in pixels (default: the weights' "
-                   "own, e.g. 256)")
+    p.add_argument(
+        "--features",
+        help="comma-separated: pooled (the `embedding` column), c2, c3, c4, c5 "
+        "(each stage average-pooled, a column each) (default pooled)",
+    )
+    p.add_argument(
+        "--spatial",
+        help="c4|c5: also write that stage's whole feature map, float16, "
+        "as spatial_c4/spatial_c5 (stride 16/32) (default: none)",
+    )
+    p.add_argument(
+        "--crop",
+        help="center|none: none keeps the whole image (shorter side resized, padded "
+        "to a few batch shapes; rows record scale and valid cells) (default center)",
+    )
+    p.add_argument(
+        "--resize", type=int, help="with --crop none: shorter side in pixels (default: the weights' own, e.g. 256)"
+    )
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     """How and where the job runs; what it computes is _add_label_args'."""
-    p.add_argument("--review-below", type=float, metavar="P",
-                   help="add needs_review: true where the top-1 probability is under P (0-1) (default: no "
-                        "needs_review column)")
-    p.add_argument("--labels", help="class names for a checkpoint's outputs: a file with one name a line, "
-                   "or JSON (a list or {id: name}) (default: the weights' own, ImageNet's for torchvision's)")
+    p.add_argument(
+        "--review-below",
+        type=float,
+        metavar="P",
+        help="add needs_review: true where the top-1 probability is under P (0-1) (default: no needs_review column)",
+    )
+    p.add_argument(
+        "--labels",
+        help="class names for a checkpoint's outputs: a file with one name a line, "
+        "or JSON (a list or {id: name}) (default: the weights' own, ImageNet's for torchvision's)",
+    )
     p.add_argument("--device", help="auto|cpu|cuda (default auto)")
     p.add_argument("--precision", help="auto|fp32|fp16|bf16 (default auto: bf16/fp16 where fast)")
     p.add_argument("--mode", help="error|overwrite|resume: when OUTPUT holds results (default error)")
-    p.add_argument("--address", help="the Ray cluster to join: HOST:6379, auto (the one `ray start` began on "
-                   "this machine) or ray://HOST:10001 (default: $RAY_ADDRESS, else a Ray of the job's own, "
-                   "started here and stopped at the end)")
+    p.add_argument(
+        "--address",
+        help="the Ray cluster to join: HOST:6379, auto (the one `ray start` began on "
+        "this machine) or ray://HOST:10001 (default: $RAY_ADDRESS, else a Ray of the job's own, "
+        "started here and stopped at the end)",
+    )
     p.add_argument("--path-column", help="manifest column holding image URIs (default path)")
     p.add_argument("--rows-per-file", type=int, help="rows per Parquet part file, at most (default 10000)")
-    p.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
-                   help="save finished rows at least this often, whatever --rows-per-file (default 60)")
-    p.add_argument("--progress-every", type=float, metavar="SECONDS",
-                   help="seconds between progress lines when not in a terminal (default 30)")
-    p.add_argument("--wait-for-resources", type=float, metavar="SECONDS",
-                   help="how long the job may wait for CPUs or GPUs the cluster lacks (the progress line says "
-                        "which), then fail with exit 2 (default 600)")
+    p.add_argument(
+        "--checkpoint-every",
+        type=float,
+        metavar="SECONDS",
+        help="save finished rows at least this often, whatever --rows-per-file (default 60)",
+    )
+    p.add_argument(
+        "--progress-every",
+        type=float,
+        metavar="SECONDS",
+        help="seconds between progress lines when not in a terminal (default 30)",
+    )
+    p.add_argument(
+        "--wait-for-resources",
+        type=float,
+        metavar="SECONDS",
+        help="how long the job may wait for CPUs or GPUs the cluster lacks (the progress line says "
+        "which), then fail with exit 2 (default 600)",
+    )
     p.add_argument("--num-workers", type=int, help="model actors (default one per GPU / CPU node)")
-    p.add_argument("--threads-per-worker", type=int,
-                   help="cores per CPU model actor, one single-threaded forward each (default: the node's); "
-                        "torch threads per GPU actor (default 4)")
-    p.add_argument("--io-threads", type=int, help="file-fetch threads per decode task (default: 1 for "
-                   "local inputs, 16 for remote ones)")
+    p.add_argument(
+        "--threads-per-worker",
+        type=int,
+        help="cores per CPU model actor, one single-threaded forward each (default: the node's); "
+        "torch threads per GPU actor (default 4)",
+    )
+    p.add_argument(
+        "--io-threads",
+        type=int,
+        help="file-fetch threads per decode task (default: 1 for local inputs, 16 for remote ones)",
+    )
     p.add_argument("--max-pixels", type=int, help="refuse images with more pixels (default 100000000)")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model (default: off)")
-    p.add_argument("--decode", help="auto|cpu|gpu: where JPEGs are decoded (gpu: batched nvJPEG, resize and crop "
-                   "in the model actor, within a grey level of the PIL reference; auto: gpu when the model runs "
-                   "on GPUs and --crop center, else cpu) (default auto)")
-    p.add_argument("--cpu-decode-share",
-                   help="auto|FRACTION: with GPU decoding, the fraction of JPEGs CPU tasks decode anyway, so a "
-                        "node's cores and its GPU share the decoding; auto sets it from the decode and forward "
-                        "rates measured as the job runs (default auto)")
+    p.add_argument(
+        "--decode",
+        help="auto|cpu|gpu: where JPEGs are decoded (gpu: batched decode, resize and crop "
+        "in the model actor, within a grey level of the PIL reference; auto: gpu when the model runs "
+        "on GPUs and --crop center, else cpu) (default auto)",
+    )
+    p.add_argument(
+        "--gpu-decoder",
+        help="auto|nvjpeg|nvimgcodec: the decoder of GPU decoding (nvjpeg: "
+        "torchvision's; nvimgcodec: NVIDIA's nvImageCodec, pip install 'resnet-batch[gpu]'; auto: "
+        "nvimgcodec where it is installed, else nvjpeg) (default auto)",
+    )
+    p.add_argument(
+        "--cpu-decode-share",
+        help="auto|FRACTION: with GPU decoding, the fraction of JPEGs CPU tasks decode anyway, so a "
+        "node's cores and its GPU share the decoding; auto sets it from the decode and forward "
+        "rates measured as the job runs (default auto)",
+    )
 
 
-def _command(sub, name: str, summary: str, description: str, example: str, parents=()) -> argparse.ArgumentParser:
+def _command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    summary: str,
+    description: str,
+    example: str,
+    parents: Sequence[argparse.ArgumentParser] = (),
+) -> argparse.ArgumentParser:
     """A subcommand whose --help gives a paragraph on what it does, one example and every default."""
-    return sub.add_parser(name, help=summary, description=description, epilog=f"example:\n  {example}",
-                          formatter_class=argparse.RawDescriptionHelpFormatter, parents=list(parents))
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=list(parents),
+    )
 
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
@@ -96,32 +173,54 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     label = _command(
-        sub, "label", "label images: top-k classes and embeddings to Parquet",
+        sub,
+        "label",
+        "label images: top-k classes and embeddings to Parquet",
         "Label every image the INPUTs name (folders are walked, .tar shards read member by member, manifests "
         "list paths or URIs) with a torchvision ResNet, one Parquet row per image: top-k classes, the pooled "
         "embedding and any --features / --spatial maps. Runs on a Ray of its own, or joins --address. Rows are "
         "saved every --checkpoint-every seconds; a stop keeps them, and --mode resume finishes the rest.",
-        "resnet-batch label ./photos --output ./labels --model resnet50", (common,))
+        "resnet-batch label ./photos --output ./labels --model resnet50",
+        (common,),
+    )
     _add_label_args(label)
     _add_run_args(label)
+    label.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (model actors, GPUs and CPUs per stage, batch, decoder, decode share) for "
+        "the cluster the job would run on, then exit; nothing is listed, read or written (default: off)",
+    )
     models = _command(
-        sub, "models", "list models, weights and embedding widths",
+        sub,
+        "models",
+        "list models, weights and embedding widths",
         "The backbones --model takes, their default and published --weights, the embedding width and the "
         "channels of the c2..c5 stages (--features, --spatial). Nothing is downloaded.",
-        "resnet-batch models --json", (common,))
-    models.add_argument("--json", action="store_true", help="one JSON object per model instead of a table (default: a table)")
+        "resnet-batch models --json",
+        (common,),
+    )
+    models.add_argument(
+        "--json", action="store_true", help="one JSON object per model instead of a table (default: a table)"
+    )
     evaluate = _command(
-        sub, "eval", "top-1/top-5 error on a labeled collection (ImageNet layouts)",
+        sub,
+        "eval",
+        "top-1/top-5 error on a labeled collection (ImageNet layouts)",
         "Label a collection whose true classes are known, then score top-1 and top-5 error with 95% intervals, "
         "beside torchvision's published figures. The class comes from a WordNet id in the image's folder or "
         "file name (val/n01440764/x.JPEG, ImageNet's layouts), or from a manifest's --label-column (a class "
         "index or a WordNet id). "
         "Predictions go to --output (default eval-MODEL-WEIGHTS in the current folder, --mode overwrite).",
-        "resnet-batch eval /data/imagenet/val --model resnet50 --weights IMAGENET1K_V2", (common,))
+        "resnet-batch eval /data/imagenet/val --model resnet50 --weights IMAGENET1K_V2",
+        (common,),
+    )
     _add_label_args(evaluate)
     _add_run_args(evaluate)
-    evaluate.add_argument("--label-column",
-                          help="manifest column with the class index or WordNet id (default: the WordNet id in each path)")
+    evaluate.add_argument(
+        "--label-column",
+        help="manifest column with the class index or WordNet id (default: the WordNet id in each path)",
+    )
     _add_submit(sub, common)
     _add_review_tools(sub, common)
     _add_jobs(sub, common)
@@ -131,88 +230,137 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
 VERBOSE_HELP = "debug logging, with Ray's own logs in the terminal (by default they go to a log file)"
 
 
-def _add_jobs(sub, common) -> None:
+def _add_jobs(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     jobs = _command(
-        sub, "jobs", "list, status, logs or stop of submitted jobs",
+        sub,
+        "jobs",
+        "list, status, logs or stop of submitted jobs",
         "Manage the label jobs `submit` sent to a cluster. The job server is --address, else $RAY_ADDRESS, "
         "else the one the last `submit` on this machine used; the command says which.",
-        "resnet-batch jobs list", (common,))
-    jobs.add_argument("action", choices=["list", "status", "logs", "stop"],
-                      help="list: every job submitted (id, status, start, progress, output); status: one job's state "
-                           "and latest progress line as JSON; logs: its whole log; stop: SIGTERM, then SIGKILL "
-                           "after 45 s (the job saves its finished rows)")
-    jobs.add_argument("job_id", metavar="ID", nargs="?", help="the job's submission id, as `submit` printed it "
-                      "(status, logs and stop)")
-    jobs.add_argument("--address", default=None, help="the cluster's job server, e.g. http://HEAD:8265 "
-                      "(default: $RAY_ADDRESS, else the last submit's)")
+        "resnet-batch jobs list",
+        (common,),
+    )
+    jobs.add_argument(
+        "action",
+        choices=["list", "status", "logs", "stop"],
+        help="list: every job submitted (id, status, start, progress, output); status: one job's state "
+        "and latest progress line as JSON; logs: its whole log; stop: SIGTERM, then SIGKILL "
+        "after 45 s (the job saves its finished rows)",
+    )
+    jobs.add_argument(
+        "job_id",
+        metavar="ID",
+        nargs="?",
+        help="the job's submission id, as `submit` printed it (status, logs and stop)",
+    )
+    jobs.add_argument(
+        "--address",
+        default=None,
+        help="the cluster's job server, e.g. http://HEAD:8265 (default: $RAY_ADDRESS, else the last submit's)",
+    )
 
 
-def _add_submit(sub, common) -> None:
+def _add_submit(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     submit = _command(
-        sub, "submit", "submit a label job to a Ray cluster: submit --address URL -- label ...",
+        sub,
+        "submit",
+        "submit a label job to a Ray cluster: submit --address URL -- label ...",
         "Send a `label` command (everything after --) to a Ray cluster's job server as a Ray job, with this "
         "resnet-batch shipped along; the cluster's image provides torch and Ray. Prints the job id and how to "
         "follow, stop and list it; --wait follows the logs and exits with the job's status.",
         "resnet-batch submit --address http://HEAD:8265 --wait -- label s3://b/images --output s3://b/labels",
-        (common,))
+        (common,),
+    )
     submit.usage = "resnet-batch submit [-h] [--address URL] [--wait] [options] -- label INPUT ... --output OUTPUT"
-    submit.add_argument("--address", default=None,
-                        help="the cluster's job server, e.g. http://HEAD:8265 (default: $RAY_ADDRESS, else the "
-                             "last submit's)")
-    submit.add_argument("--wait", action="store_true", help="follow the logs and exit with the job's status "
-                        "(default: return once submitted)")
+    submit.add_argument(
+        "--address",
+        default=None,
+        help="the cluster's job server, e.g. http://HEAD:8265 (default: $RAY_ADDRESS, else the last submit's)",
+    )
+    submit.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the logs and exit with the job's status (default: return once submitted)",
+    )
     submit.add_argument("--working-dir", help="local directory uploaded as the job's working directory (default: none)")
-    submit.add_argument("--pip", nargs="+", action="extend", default=[],
-                        help="extra pip packages for the job (default: none)")
+    submit.add_argument(
+        "--pip", nargs="+", action="extend", default=[], help="extra pip packages for the job (default: none)"
+    )
     submit.add_argument("--submission-id", help="job id to use (default: generated)")
-    submit.add_argument("--entrypoint-num-cpus", type=float, default=0, help="CPUs reserved for the driver (default 0: it mostly waits)")
+    submit.add_argument(
+        "--entrypoint-num-cpus", type=float, default=0, help="CPUs reserved for the driver (default 0: it mostly waits)"
+    )
     submit.add_argument("--entrypoint-num-gpus", type=float, default=0, help="GPUs reserved for the driver (default 0)")
-    submit.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
-                        help="job metadata, repeatable (default: none)")
+    submit.add_argument(
+        "--metadata", action="append", default=[], metavar="KEY=VALUE", help="job metadata, repeatable (default: none)"
+    )
 
 
-def _add_review_tools(sub, common) -> None:
+def _add_review_tools(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     report = _command(
-        sub, "report", "a self-contained HTML page to review a labeling output",
+        sub,
+        "report",
+        "a self-contained HTML page to review a labeling output",
         "One HTML file (thumbnails inlined) to review a label job's output: the class histogram, the least "
         "confident images of each class, the review queue, the errors, and near-duplicate groups from "
         "`neighbors`.",
-        "resnet-batch report ./labels --html review.html", (common,))
+        "resnet-batch report ./labels --html review.html",
+        (common,),
+    )
     report.add_argument("output", metavar="OUTPUT", help="a label job's --output")
     report.add_argument("--html", required=True, metavar="FILE", help="the page to write")
-    report.add_argument("--per-class", type=int, default=4,
-                        help="thumbnails per class, least confident first (default 4; ~2 KB each)")
+    report.add_argument(
+        "--per-class", type=int, default=4, help="thumbnails per class, least confident first (default 4; ~2 KB each)"
+    )
     report.add_argument("--queue", type=int, default=200, help="review-queue rows shown (default 200)")
-    report.add_argument("--neighbors", metavar="DIR",
-                        help="a `neighbors --output` folder: show duplicate groups (default: none)")
+    report.add_argument(
+        "--neighbors", metavar="DIR", help="a `neighbors --output` folder: show duplicate groups (default: none)"
+    )
 
     export = _command(
-        sub, "export", "export an output to a labeling tool, a class-per-folder tree, or CSV",
+        sub,
+        "export",
+        "export an output to a labeling tool, a class-per-folder tree, or CSV",
         "Turn a label job's output into what the next tool reads: a Label Studio task file with the top-k as "
         "predictions (and its labeling config beside it), an imagefolder tree (one folder per top-1 class, files "
         "linked or copied; tar members extracted), or a flat CSV of path, labels and scores.",
-        "resnet-batch export ./labels --format label-studio --output tasks.json --rows review", (common,))
+        "resnet-batch export ./labels --format label-studio --output tasks.json --rows review",
+        (common,),
+    )
     export.add_argument("output", metavar="OUTPUT", help="a label job's --output")
     export.add_argument("--format", required=True, help="label-studio|imagefolder|csv")
     export.add_argument("--output", dest="target", required=True, metavar="PATH", help="file (folder for imagefolder)")
-    export.add_argument("--rows", default="all", help="all|review: every labeled row, or those with needs_review (default all)")
-    export.add_argument("--copy", action="store_true",
-                        help="imagefolder: copy files instead of linking them (default: symlinks)")
-    export.add_argument("--local-files-root",
-                        help="label-studio: its LOCAL_FILES_DOCUMENT_ROOT; local paths are made relative to it "
-                             "(default /, with a warning)")
+    export.add_argument(
+        "--rows", default="all", help="all|review: every labeled row, or those with needs_review (default all)"
+    )
+    export.add_argument(
+        "--copy", action="store_true", help="imagefolder: copy files instead of linking them (default: symlinks)"
+    )
+    export.add_argument(
+        "--local-files-root",
+        help="label-studio: its LOCAL_FILES_DOCUMENT_ROOT; local paths are made relative to it "
+        "(default /, with a warning)",
+    )
 
     neighbors = _command(
-        sub, "neighbors", "nearest neighbours of every row, and near-duplicate groups",
+        sub,
+        "neighbors",
+        "nearest neighbours of every row, and near-duplicate groups",
         "Find each row's --k nearest neighbours by cosine similarity of the pooled embeddings (exact on small "
         "outputs, an IVF index on large ones, with its measured recall), and group rows at or above --threshold "
         "as near-duplicates. Writes Parquet to its own --output folder, which `report --neighbors` shows.",
-        "resnet-batch neighbors ./labels --output ./labels-neighbors --k 10", (common,))
+        "resnet-batch neighbors ./labels --output ./labels-neighbors --k 10",
+        (common,),
+    )
     neighbors.add_argument("output", metavar="OUTPUT", help="a label job's --output (with embeddings)")
     neighbors.add_argument("--k", type=int, default=10, help="neighbours per row (default 10)")
     neighbors.add_argument("--output", dest="target", required=True, metavar="DIR", help="folder for the results")
-    neighbors.add_argument("--threshold", type=float, default=0.95,
-                           help="cosine similarity from which two rows are near-duplicates (default 0.95)")
+    neighbors.add_argument(
+        "--threshold",
+        type=float,
+        default=0.95,
+        help="cosine similarity from which two rows are near-duplicates (default 0.95)",
+    )
 
 
 def options_markdown() -> str:
@@ -252,5 +400,5 @@ def split_job_command(argv: list[str]) -> tuple[list[str], list[str]]:
     command = next((a for a in argv if not a.startswith("-")), None)
     if command == "submit" and "--" in argv:
         cut = argv.index("--")
-        return argv[:cut], argv[cut + 1:]
+        return argv[:cut], argv[cut + 1 :]
     return argv, []

@@ -72,11 +72,11 @@ class Books:
     errors_loaded: Counter = field(default_factory=Counter)  # their error rows, by category
 
     @classmethod
-    def in_process(cls) -> "Books":
+    def in_process(cls) -> Books:
         return cls((Ledger(),), local=True)
 
     @classmethod
-    def on_ray(cls, start: "Books | None" = None, buckets: int | None = None) -> "Books":
+    def on_ray(cls, start: Books | None = None, buckets: int | None = None) -> Books:
         """Actors on this node: `buckets` of them (default: as many as the cluster's CPUs
         ask for), or the driver's one bucket handed over as it stands."""
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -97,7 +97,7 @@ class Books:
         which = bucket_of(hashes, len(self.buckets))
         shares = [np.flatnonzero(which == b) for b in range(len(self.buckets))]
         calls = [self._call(b, method, hashes[s], *(m[s] for m in more)) for b, s in enumerate(shares)]
-        return list(zip(shares, calls if self.local else ray.get(calls)))
+        return list(zip(shares, calls if self.local else ray.get(calls), strict=False))
 
     def _call(self, bucket: int, method: str, *args):
         if self.local:
@@ -132,7 +132,7 @@ class Books:
 def _hash_parts(out: OutputDir, parts: list[str], books: Books, done: bool) -> tuple[int, Counter]:
     """Read the `path` and `error` columns of `parts`, hand each bucket its hashes; the rows
     read, and their errors by category."""
-    rows, errors = 0, Counter()
+    rows, errors = 0, Counter[str]()
     for part in parts:
         with out.fs.open(part, "rb") as f:
             table = pq.read_table(f, columns=[PATH, ERROR])
@@ -153,9 +153,10 @@ def read_back(out: OutputDir, parts: list[str], books: Books, done: bool) -> Cou
     category."""
     if books.local or out.driver_only or len(parts) <= PARTS_PER_TASK:
         return _hash_parts(out, parts, books, done)[1]
-    groups = [parts[i:i + PARTS_PER_TASK] for i in range(0, len(parts), PARTS_PER_TASK)]
-    return sum((errors for _, errors in ray.get([_hash_parts_task.remote(out, g, books, done) for g in groups])),
-               Counter())
+    groups = [parts[i : i + PARTS_PER_TASK] for i in range(0, len(parts), PARTS_PER_TASK)]
+    return sum(
+        (errors for _, errors in ray.get([_hash_parts_task.remote(out, g, books, done) for g in groups])), Counter()
+    )
 
 
 def load_done(out: OutputDir, books: Books) -> Books:

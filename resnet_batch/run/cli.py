@@ -1,4 +1,5 @@
-"""Label image collections with torchvision ResNets on Ray: top-k classes and pooled embeddings, one Parquet row per image.
+"""Label image collections with torchvision ResNets on Ray: top-k classes and pooled embeddings,
+one Parquet row per image.
 
 Bad arguments exit 2 with one line; a run with an input lacking its row exits 1."""
 
@@ -12,6 +13,8 @@ import shlex
 import signal
 import sys
 import traceback
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from ..core import checks
 from ..core.columns import EMBEDDING
@@ -19,11 +22,14 @@ from ..core.errors import Interrupted, SaveFailed, UsageError, WeightsUnavailabl
 from .arguments import build_parser, resume_command, split_job_command
 from .console import Console, raise_on_signals
 
+if TYPE_CHECKING:
+    from .config import LabelConfig
+
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
 EXIT_SIGNAL_BASE = 128  # a job stopped by signal N exits 128 + N, as shells report it
 
 
-NOT_JOB_OPTIONS = ("command", "config", "verbose", "label_args", "label_column", "json")
+NOT_JOB_OPTIONS = ("command", "config", "verbose", "label_args", "label_column", "json", "dry_run")
 
 
 def _job_config(args: argparse.Namespace, eval_defaults: bool = False):
@@ -42,24 +48,30 @@ def _job_config(args: argparse.Namespace, eval_defaults: bool = False):
     return LabelConfig.from_sources(file_values, flags)
 
 
-def _run_with_progress(run, cfg, console: Console):
+def _run_with_progress(run: Callable, cfg: LabelConfig, console: Console):
     from .. import LAUNCHED_AT
 
     with console.progress(cfg.progress_every, LAUNCHED_AT) as report:
         return run(cfg, launched_at=LAUNCHED_AT, report=report)
 
 
-def _refuse_memory_output(cfg) -> None:
+def _refuse_memory_output(cfg: LabelConfig) -> None:
     if cfg.output.startswith("memory://"):
-        raise UsageError(f"--output {cfg.output}: memory:// lives only in this process and is gone when the command "
-                         "exits; write to a local path or a bucket (memory:// is for the Python API)")
+        raise UsageError(
+            f"--output {cfg.output}: memory:// lives only in this process and is gone when the command "
+            "exits; write to a local path or a bucket (memory:// is for the Python API)"
+        )
 
 
 def cmd_label(args: argparse.Namespace, console: Console) -> int:
-    from .job import run_label
+    from .job import plan_only, run_label
 
     cfg = _job_config(args)
     _refuse_memory_output(cfg)
+    if args.dry_run:
+        for line in plan_only(cfg):
+            console.print(line)
+        return EXIT_OK
     summary = _run_with_progress(run_label, cfg, console)
     for line in summary.lines():
         console.print(line)
@@ -92,20 +104,28 @@ def cmd_models(args: argparse.Namespace, console: Console) -> int:
             console.print(json.dumps(row))
         return EXIT_OK
     table = [("model", "default weights", EMBEDDING, "c2/c3/c4/c5", "--weights")]
-    table += [(r["model"], r["default"], str(r["embedding_dim"]), "/".join(map(str, r["stage_widths"].values())),
-               ", ".join(r["weights"])) for r in rows]
+    table += [
+        (
+            r["model"],
+            r["default"],
+            str(r["embedding_dim"]),
+            "/".join(map(str, r["stage_widths"].values())),
+            ", ".join(r["weights"]),
+        )
+        for r in rows
+    ]
     _print_table(console, table)
     return EXIT_OK
 
 
-def _print_table(console: Console, table: list[tuple[str, ...]]) -> None:
+def _print_table(console: Console, table: Sequence[tuple[str, ...]]) -> None:
     """Columns padded to their widest cell; the last one, often long, as it is."""
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
     for row in table:
-        console.print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[-1]]).rstrip())
+        console.print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]).rstrip())
 
 
-def _job_server(args, console: Console) -> str:
+def _job_server(args: argparse.Namespace, console: Console) -> str:
     from .submit import job_server
 
     address, source = job_server(args.address)
@@ -124,17 +144,26 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
         key, value = item.split("=", 1)
         metadata[key] = value
     sub = submit.Submission(
-        address=_job_server(args, console), label_args=tuple(args.label_args), submission_id=args.submission_id,
-        working_dir=args.working_dir, pip=tuple(args.pip), entrypoint_num_cpus=args.entrypoint_num_cpus,
-        entrypoint_num_gpus=args.entrypoint_num_gpus, metadata=metadata,
+        address=_job_server(args, console),
+        label_args=tuple(args.label_args),
+        submission_id=args.submission_id,
+        working_dir=args.working_dir,
+        pip=tuple(args.pip),
+        entrypoint_num_cpus=args.entrypoint_num_cpus,
+        entrypoint_num_gpus=args.entrypoint_num_gpus,
+        metadata=metadata,
     )
     job_id = submit.submit(sub)
     submit.remember_job_server(sub.address)
     console.print(f"submitted {job_id}")
     if not args.wait:
         at = shlex.quote(sub.address)
-        for what, command in (("follow", f"jobs logs {job_id}"), ("status", f"jobs status {job_id}"),
-                              ("stop", f"jobs stop {job_id}"), ("list", "jobs list")):
+        for what, command in (
+            ("follow", f"jobs logs {job_id}"),
+            ("status", f"jobs status {job_id}"),
+            ("stop", f"jobs stop {job_id}"),
+            ("list", "jobs list"),
+        ):
             console.print(f"  {what + ':':8}resnet-batch {command} --address {at}")
         return EXIT_OK
     final = submit.follow(sub.address, job_id, out=console.out)
@@ -176,8 +205,10 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     checks.whole_number("--queue", args.queue, minimum=0)
     with console.row_progress("report") as progress:
         review = build_report(args.output, args.html, args.per_class, args.queue, args.neighbors, progress)
-    console.print(f"{review.rows} rows, {len(review.classes)} classes, {sum(review.errors.values())} errors, "
-                  f"{review.flagged} to review; report written to {os.path.abspath(args.html)}")
+    console.print(
+        f"{review.rows} rows, {len(review.classes)} classes, {sum(review.errors.values())} errors, "
+        f"{review.flagged} to review; report written to {os.path.abspath(args.html)}"
+    )
     return EXIT_OK
 
 
@@ -206,14 +237,24 @@ def cmd_neighbors(args: argparse.Namespace, console: Console) -> int:
         table, info = neighbors.find_neighbors(args.output, args.k, args.threshold, progress)
     neighbors.write(table, info, args.target)
     grouped = table.column("group").drop_null()
-    console.print(f"{info.rows} rows, index {info.index}, recall@{info.k} {info.recall_at_k:.3f}; "
-                  f"{len(set(grouped.to_pylist()))} near-duplicate groups ({len(grouped)} rows) at >= "
-                  f"{info.threshold}; written to {os.path.abspath(args.target)}")
+    console.print(
+        f"{info.rows} rows, index {info.index}, recall@{info.k} {info.recall_at_k:.3f}; "
+        f"{len(set(grouped.to_pylist()))} near-duplicate groups ({len(grouped)} rows) at >= "
+        f"{info.threshold}; written to {os.path.abspath(args.target)}"
+    )
     return EXIT_OK
 
 
-COMMANDS = {"label": cmd_label, "eval": cmd_eval, "models": cmd_models, "submit": cmd_submit, "jobs": cmd_jobs,
-            "report": cmd_report, "export": cmd_export, "neighbors": cmd_neighbors}
+COMMANDS = {
+    "label": cmd_label,
+    "eval": cmd_eval,
+    "models": cmd_models,
+    "submit": cmd_submit,
+    "jobs": cmd_jobs,
+    "report": cmd_report,
+    "export": cmd_export,
+    "neighbors": cmd_neighbors,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:  # escaped the handlers (a signal while one was handled): still one line
         traceback.print_exc()
         signum = exc.signum if isinstance(exc, Interrupted) else None
-        console.failed(f"stopped by {signal.Signals(signum).name}" if signum else f"{type(exc).__name__}: {one_line(exc)}")
+        console.failed(
+            f"stopped by {signal.Signals(signum).name}" if signum else f"{type(exc).__name__}: {one_line(exc)}"
+        )
         return EXIT_SIGNAL_BASE + signum if signum else EXIT_INCOMPLETE
     finally:
         console.close()
@@ -243,17 +286,21 @@ def _command(args: argparse.Namespace, console: Console, argv: list[str]) -> int
         return EXIT_USAGE
     except Interrupted as stop:
         done = f"{stop.saved} images labeled and saved" + (
-            f", {stop.processed - stop.saved} labeled but not saved" if stop.processed > stop.saved else "")
-        console.print(f"stopped by {signal.Signals(stop.signum).name}: {done}; to finish: {resume_command(argv)}",
-                      error=True)
+            f", {stop.processed - stop.saved} labeled but not saved" if stop.processed > stop.saved else ""
+        )
+        console.print(
+            f"stopped by {signal.Signals(stop.signum).name}: {done}; to finish: {resume_command(argv)}", error=True
+        )
         return EXIT_SIGNAL_BASE + stop.signum
     except BrokenPipeError:  # `... | head` read what it wanted: no error, and nothing more to print
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except SaveFailed as failed:
         traceback.print_exc()  # to the log file
-        console.failed(f"{type(failed.cause).__name__}: {failed}: the output holds the {failed.saved} rows saved "
-                       f"before it; once there is room: {resume_command(argv)}")
+        console.failed(
+            f"{type(failed.cause).__name__}: {failed}: the output holds the {failed.saved} rows saved "
+            f"before it; once there is room: {resume_command(argv)}"
+        )
         return EXIT_INCOMPLETE
     except Exception as exc:  # a bug or an environment failure: one line here, the traceback in the log
         traceback.print_exc()  # to the log file (or the terminal with -v)

@@ -12,11 +12,13 @@ import os
 import posixpath
 import typing
 from dataclasses import dataclass
+from typing import Any
 
 from ..core import checks
 from ..core.columns import EMBEDDING_DTYPES, PATH, SPATIAL_STAGES
 from ..core.errors import UsageError, one_line
 from ..data.decode import DEFAULT_MAX_PIXELS
+from ..data.preprocessing import GPU_DECODERS
 from ..model.registry import FEATURES, POOLED, check_model
 from ..output.writer import MODES
 
@@ -55,7 +57,8 @@ class LabelConfig:
     io_threads: int | None = None  # file-fetch threads per decode task: 1 local, 16 remote
     max_pixels: int = DEFAULT_MAX_PIXELS
     compile: bool = False
-    decode: str = "auto"  # "gpu": JPEGs decoded in the model actor (nvJPEG); auto: gpu on GPU actors
+    decode: str = "auto"  # "gpu": JPEGs decoded in the model actor; auto: gpu on GPU actors
+    gpu_decoder: str = "auto"  # with gpu decoding: nvjpeg, nvimgcodec, or auto (nvimgcodec where installed)
     # With gpu decoding: the share of JPEGs CPU tasks decode all the same; "auto" sets it
     # from the rates measured as the job runs (run/decode_share.py).
     cpu_decode_share: float | str = "auto"
@@ -75,6 +78,7 @@ class LabelConfig:
         checks.one_of("--precision", self.precision, PRECISIONS)
         checks.one_of("--mode", self.mode, MODES)
         checks.one_of("--decode", self.decode, DECODERS)
+        checks.one_of("--gpu-decoder", self.gpu_decoder, ("auto",) + GPU_DECODERS)
         checks.whole_number_or_auto("--batch-size", self.batch_size)
         checks.whole_number("--top-k", self.top_k, minimum=0)
         if self.top_k > 1000:
@@ -131,15 +135,17 @@ class LabelConfig:
         checks.whole_number("--resize", self.resize, minimum=0)
         largest = math.isqrt(self.max_pixels // 2)
         if not 32 <= self.resize <= largest:
-            raise UsageError(f"--resize must be between 32 (the coarsest stride) and {largest} (images up to "
-                             f"{largest}x{2 * largest} pixels, within --max-pixels {self.max_pixels}), got {self.resize}")
+            raise UsageError(
+                f"--resize must be between 32 (the coarsest stride) and {largest} (images up to "
+                f"{largest}x{2 * largest} pixels, within --max-pixels {self.max_pixels}), got {self.resize}"
+            )
 
     @classmethod
     def field_names(cls) -> set[str]:
         return {f.name for f in dataclasses.fields(cls)}
 
     @classmethod
-    def from_sources(cls, file_values: dict, flag_values: dict) -> "LabelConfig":
+    def from_sources(cls, file_values: dict, flag_values: dict) -> LabelConfig:
         """Merge a config file's values with flags (flags win; None means 'not given')."""
         merged: dict = {}
         hints = typing.get_type_hints(cls)
@@ -160,7 +166,7 @@ class LabelConfig:
 TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
-def _typed(key: str, value, hint):
+def _typed(key: str, value: object, hint: Any):
     """A config file's value as the field's type, or a one-line refusal (YAML gives any type)."""
     kinds = set(typing.get_args(hint)) or {hint}
     kinds.discard(type(None))
@@ -213,7 +219,7 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 def _paths_relative_to(base: str, values: dict) -> dict:
     """A config file's relative paths name files beside it, wherever the job is started from."""
 
-    def resolve(value):
+    def resolve(value: object):
         if isinstance(value, str) and value.startswith("~"):
             return os.path.expanduser(value)
         if not isinstance(value, str) or "://" in value or value.startswith(("/", "hf:")):
@@ -232,4 +238,3 @@ def _paths_relative_to(base: str, values: dict) -> dict:
     if isinstance(weights, str) and ("/" in weights or weights.endswith(CHECKPOINT_SUFFIXES)):
         values["weights"] = resolve(weights)
     return values
-

@@ -16,8 +16,13 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from ..core.errors import Interrupted
+
+if TYPE_CHECKING:
+    from types import FrameType
+
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -72,10 +77,13 @@ class Console:
         """A progress reporter for run_label: a bar in a terminal, log lines elsewhere."""
         from .reporters import BarReporter, LogReporter
 
+        reporter: BarReporter | LogReporter
         if self.err.isatty():
             reporter = BarReporter(self.err, launched)
         else:
-            reporter = LogReporter(every_s, emit=lambda line: self.print(f"{time.strftime('%H:%M:%S')} {line}", error=True))
+            reporter = LogReporter(
+                every_s, emit=lambda line: self.print(f"{time.strftime('%H:%M:%S')} {line}", error=True)
+            )
         try:
             yield reporter
         finally:
@@ -90,12 +98,12 @@ class Console:
 
             bar = tqdm(desc=what, unit=" rows", file=self.err, dynamic_ncols=True)
 
-            def report(done: int, total: int) -> None:
+            def bar_report(done: int, total: int) -> None:
                 bar.total = total
                 bar.update(done - bar.n)
 
             try:
-                yield report
+                yield bar_report
             finally:
                 bar.close()
             return
@@ -109,7 +117,7 @@ class Console:
         yield report
 
     def has_logs(self) -> bool:
-        return bool(self.log_path) and os.path.getsize(self.log_path) > 0
+        return self.log_path is not None and os.path.getsize(self.log_path) > 0
 
     def failed(self, message: str) -> None:
         """One line for the person, and where the full logs are when there are any."""
@@ -124,7 +132,7 @@ class Console:
 def raise_on_signals() -> None:
     """SIGINT and SIGTERM raise Interrupted in the main thread, so the job saves and stops cleanly."""
 
-    def handler(signum, frame):
+    def handler(signum: int, frame: FrameType | None):
         raise Interrupted(signum)
 
     signal.signal(signal.SIGINT, handler)

@@ -16,7 +16,7 @@ the decode tasks report their seconds to the progress counter, which holds this.
 
 from __future__ import annotations
 
-import ray
+from ..core.reporting import BatchTimes
 
 INITIAL_SHARE = 0.25  # until both sides have reported (the first few batches)
 DECAY = 0.95  # per report: the rates follow the images as the job moves through them
@@ -30,10 +30,10 @@ class DecodeShare:
         self.device = _Rate()  # GPU seconds per device-decoded JPEG of the data path
         self.cpu = _Rate()  # one core's seconds per JPEG decoded by a decode task
 
-    def add_device_times(self, device_decoded: int, data_path_s: float, images: int, forward_s: float) -> None:
-        self.forward.add(images, forward_s)
-        if device_decoded:
-            self.device.add(device_decoded, data_path_s)
+    def add_device_times(self, times: BatchTimes) -> None:
+        self.forward.add(times.images, times.forward_s)
+        if times.device_decoded:
+            self.device.add(times.device_decoded, times.data_path_s)
 
     def add_cpu_decode(self, images: int, seconds: float) -> None:
         self.cpu.add(images, seconds)
@@ -49,9 +49,14 @@ class DecodeShare:
         return min(1.0, max(0.0, share))
 
     def describe(self) -> dict:
-        return {"share": round(self.share(), 3), "cores": self.cores, "fixed": self.fixed is not None,
-                "forward_ms": _ms(self.forward.per_image), "device_decode_ms": _ms(self.device.per_image),
-                "cpu_decode_ms": _ms(self.cpu.per_image)}
+        return {
+            "share": round(self.share(), 3),
+            "cores": self.cores,
+            "fixed": self.fixed is not None,
+            "forward_ms": _ms(self.forward.per_image),
+            "device_decode_ms": _ms(self.device.per_image),
+            "cpu_decode_ms": _ms(self.cpu.per_image),
+        }
 
 
 class _Rate:
@@ -73,20 +78,3 @@ class _Rate:
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
-
-
-class DecodeReports:
-    """What a decode task tells the counter (its CPU seconds) and asks it (the CPU decode
-    share): best effort, never failing a task."""
-
-    def __init__(self, counter):
-        self.counter = counter
-
-    def cpu_decode_share(self) -> float:
-        try:
-            return float(ray.get(self.counter.cpu_decode_share.remote(), timeout=5))
-        except (ray.exceptions.RayError, TimeoutError):
-            return 0.0  # the device decodes what the cores do not
-
-    def add_cpu_decode(self, images: int, seconds: float) -> None:
-        self.counter.add_cpu_decode.remote(images, seconds)

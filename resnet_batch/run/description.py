@@ -6,6 +6,7 @@ before any work starts.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -15,17 +16,21 @@ from ..data.preprocessing import WholeImage
 from ..model.registry import POOLED, STAGE_STRIDES, STAGES, feature_width, stage_width
 from .config import LabelConfig
 
+if TYPE_CHECKING:
+    from ..model.weights import ResolvedWeights
+
+
 # A part file is one Parquet row group, written by one task that holds it in memory: bound
 # both. Readers then stream a row group at a time, whatever the features' size.
 MAX_FILE_BYTES = 256 * 2**20
 ROW_OVERHEAD_BYTES = 1024  # path, labels, probabilities, error and manifest columns, generously
 
 
-def whole_image(cfg: LabelConfig, resolved) -> WholeImage | None:
+def whole_image(cfg: LabelConfig, resolved: ResolvedWeights) -> WholeImage | None:
     return WholeImage(cfg.resize or resolved.preprocessing.resize_size) if cfg.crop == "none" else None
 
 
-def spatial_info(cfg: LabelConfig, resolved) -> dict | None:
+def spatial_info(cfg: LabelConfig, resolved: ResolvedWeights) -> dict | None:
     """The spatial map's description, kept in the run's metadata."""
     if not cfg.spatial:
         return None
@@ -43,11 +48,11 @@ def spatial_info(cfg: LabelConfig, resolved) -> dict | None:
         "shape_column": SPATIAL_SHAPE if cfg.crop == "none" else None,
         "valid_column": VALID if cfg.crop == "none" else None,
         "cell_centre": "cell (i, j) is centred on resized pixel (stride * j, stride * i); "
-                       "original pixel = resized pixel / scale",
+        "original pixel = resized pixel / scale",
     }
 
 
-def run_info(cfg: LabelConfig, resolved, extra_columns: list[str]) -> dict:
+def run_info(cfg: LabelConfig, resolved: ResolvedWeights, extra_columns: list[str]) -> dict:
     whole = whole_image(cfg, resolved)
     geometry = whole.describe() if whole else {"crop": "center"}
     return {
@@ -72,16 +77,23 @@ def run_info(cfg: LabelConfig, resolved, extra_columns: list[str]) -> dict:
     }
 
 
-def run_schema(cfg: LabelConfig, resolved, extra_fields: tuple[pa.Field, ...], info: dict) -> pa.Schema:
+def run_schema(
+    cfg: LabelConfig, resolved: ResolvedWeights, extra_fields: tuple[pa.Field, ...], info: dict
+) -> pa.Schema:
     schema = output_schema(
-        resolved.embedding_dim if POOLED in cfg.features else None, cfg.embedding_dtype, cfg.top_k > 0,
-        extra_fields, stages=info["stage_dims"], spatial=cfg.spatial, whole_image=cfg.crop == "none",
+        resolved.embedding_dim if POOLED in cfg.features else None,
+        cfg.embedding_dtype,
+        cfg.top_k > 0,
+        extra_fields,
+        stages=info["stage_dims"],
+        spatial=cfg.spatial,
+        whole_image=cfg.crop == "none",
         needs_review=cfg.review_below is not None,
     )
     return with_run_metadata(schema, info)
 
 
-def row_bytes(cfg: LabelConfig, resolved) -> int:
+def row_bytes(cfg: LabelConfig, resolved: ResolvedWeights) -> int:
     """An upper bound on one row's size in memory (and so uncompressed in Parquet)."""
     row = ROW_OVERHEAD_BYTES
     width = EMBEDDING_DTYPES[cfg.embedding_dtype].bit_width // 8
@@ -98,6 +110,6 @@ def row_bytes(cfg: LabelConfig, resolved) -> int:
     return row
 
 
-def rows_per_file(cfg: LabelConfig, resolved) -> int:
+def rows_per_file(cfg: LabelConfig, resolved: ResolvedWeights) -> int:
     """--rows-per-file, lowered so that a part file (one row group) stays within MAX_FILE_BYTES."""
     return max(1, min(cfg.rows_per_file, MAX_FILE_BYTES // row_bytes(cfg, resolved)))

@@ -14,6 +14,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from functools import partial
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -33,11 +34,18 @@ from .reporters import LogReporter, Snapshot
 from .saving import Saver
 from .summary import LabelSummary, Timeline
 
+if TYPE_CHECKING:
+    from ..model.weights import ResolvedWeights
+    from .bookkeeping import OutputCheck
+    from .reporters import Reporter
+
+
 log = logging.getLogger(__name__)
 
 
-def run_label(cfg: LabelConfig, table: pa.Table | None = None, *, launched_at: float | None = None,
-              report=None) -> LabelSummary:
+def run_label(
+    cfg: LabelConfig, table: pa.Table | None = None, *, launched_at: float | None = None, report: Reporter | None = None
+) -> LabelSummary:
     """Label every input; `table` (path + extra columns) replaces listing cfg.inputs.
 
     `report` is called with a reporters.Snapshot a few times a second (default: a log line
@@ -73,12 +81,18 @@ def run_eval(cfg: LabelConfig, label_column: str | None = None, **run_options) -
 def _plan_inputs(cfg: LabelConfig, table: pa.Table | None) -> InputPlan:
     plan = InputPlan.of_table(table) if table is not None else plan_inputs(list(cfg.inputs), cfg.path_column)
     if plan.directories:
-        log.info("%d %s to walk in Ray tasks: %s", len(plan.directories),
-                 "directory" if len(plan.directories) == 1 else "directories", ", ".join(plan.directories[:3]))
+        log.info(
+            "%d %s to walk in Ray tasks: %s",
+            len(plan.directories),
+            "directory" if len(plan.directories) == 1 else "directories",
+            ", ".join(plan.directories[:3]),
+        )
     return plan
 
 
-def _label(cfg: LabelConfig, table: pa.Table | None, timeline: Timeline, report, savers: list) -> LabelSummary:
+def _label(
+    cfg: LabelConfig, table: pa.Table | None, timeline: Timeline, report: Reporter, savers: list
+) -> LabelSummary:
     started_ray = False
     # A checkpoint takes seconds to read (and torch to import): the weights are resolved on
     # a thread while the driver lists its inputs and Ray starts.
@@ -123,20 +137,40 @@ def _label(cfg: LabelConfig, table: pa.Table | None, timeline: Timeline, report,
     timeline.ended = time.time()
     if check.repeated:
         log.warning("%d listed entries named an input listed before; each path is labeled once", check.repeated)
-    return LabelSummary(weights=weights.result().weights, inputs=check.inputs, already_done=check.already_done,
-                        processed=saver.stats.rows, rows_in_output=check.rows, errors=saver.stats.errors,
-                        timeline=timeline, missing=check.missing, duplicates=check.duplicates, hidden=check.hidden,
-                        misnamed=misnamed, errors_before=books.errors_loaded)
+    return LabelSummary(
+        weights=weights.result().weights,
+        inputs=check.inputs,
+        already_done=check.already_done,
+        processed=saver.stats.rows,
+        rows_in_output=check.rows,
+        errors=saver.stats.errors,
+        timeline=timeline,
+        missing=check.missing,
+        duplicates=check.duplicates,
+        hidden=check.hidden,
+        misnamed=misnamed,
+        errors_before=books.errors_loaded,
+    )
 
 
-def _record_finished(out: OutputDir, saver: Saver, check, timeline: Timeline) -> None:
+def _record_finished(out: OutputDir, saver: Saver, check: OutputCheck, timeline: Timeline) -> None:
     """The run record's last word: when the run ended, its counts, and where its time went
     (readers tell a finished output from a partial one by it)."""
     now = time.time()
-    out.record_run({**saver.run_info, FINISHED: {
-        "at": now, "launched": timeline.launched, "inputs": check.inputs, "rows": check.rows,
-        "processed": saver.stats.rows, "complete": not (check.missing or check.duplicates),
-        "phases": {k: round(v, 3) for k, v in timeline.phases(until=now).items()}}})
+    out.record_run(
+        {
+            **saver.run_info,
+            FINISHED: {
+                "at": now,
+                "launched": timeline.launched,
+                "inputs": check.inputs,
+                "rows": check.rows,
+                "processed": saver.stats.rows,
+                "complete": not (check.missing or check.duplicates),
+                "phases": {k: round(v, 3) for k, v in timeline.phases(until=now).items()},
+            },
+        }
+    )
 
 
 def _saver(cfg: LabelConfig, out: OutputDir, weights: Future, plan: InputPlan) -> Saver:
@@ -146,24 +180,52 @@ def _saver(cfg: LabelConfig, out: OutputDir, weights: Future, plan: InputPlan) -
     if cfg.mode == "resume":
         out.check_resumable(info)
     schema = run_schema(cfg, resolved, plan.extra_fields, info)
-    return Saver(out, schema, rows_per_file(cfg, resolved), cfg.checkpoint_every,
-                 begin=partial(out.begin, cfg.mode, info), run_info=info)
+    return Saver(
+        out,
+        schema,
+        rows_per_file(cfg, resolved),
+        cfg.checkpoint_every,
+        begin=partial(out.begin, cfg.mode, info),
+        run_info=info,
+    )
 
 
-def _execute(cfg: LabelConfig, resolved, plan: InputPlan, books: Books, saver: Saver, timeline: Timeline,
-             report) -> None:
+def _execute(
+    cfg: LabelConfig,
+    resolved: ResolvedWeights,
+    plan: InputPlan,
+    books: Books,
+    saver: Saver,
+    timeline: Timeline,
+    report: Reporter,
+) -> None:
     cluster = ray_session.cluster(ask_bf16=cfg.precision == "auto")  # a task per node otherwise asked for nothing
     execution = make_plan(cfg, resolved, cluster, local_inputs=plan.first_input is None or is_local(plan.first_input))
     pipeline.execute(execution, plan, books, saver, timeline, report, cfg.wait_for_resources)
 
 
-def _count_resume(cfg: LabelConfig, out: OutputDir, plan: InputPlan, report) -> tuple[Books, int, bool]:
+def plan_only(cfg: LabelConfig) -> list[str]:
+    """The plan a run of `cfg` would follow on the cluster it would run on (`label --dry-run`):
+    the output's mode is checked and the weights resolved; nothing is listed, read or written."""
+    check_weights_argument(cfg.model, cfg.weights)
+    OutputDir(cfg.output).check(cfg.mode)
+    resolved = _resolve_weights(cfg)
+    started_ray = pipeline.start_ray(cfg.address)
+    try:
+        cluster = ray_session.cluster(ask_bf16=cfg.precision == "auto")
+        return make_plan(cfg, resolved, cluster, local_inputs=is_local(cfg.inputs[0])).lines()
+    finally:
+        if started_ray:
+            ray_session.stop()
+
+
+def _count_resume(cfg: LabelConfig, out: OutputDir, plan: InputPlan, report: Reporter) -> tuple[Books, int, bool]:
     """(books, inputs left to label, whether Ray was started) for a resume: counted in this
     process where it is small and local (a finished one then needs no Ray), else in Ray tasks."""
-    books = load_done(out, Books.in_process()) if counts_here(plan, out) else None
+    books: Books | None = load_done(out, Books.in_process()) if counts_here(plan, out) else None
     pending = count_here(plan, books) if books is not None else None
     started_ray = False
-    if pending is None:
+    if books is None or pending is None:
         report(Snapshot(0, 0, 0, True, 0, 0.0, phase="starting Ray"))
         started_ray = pipeline.start_ray(cfg.address)
         books = load_done(out, Books.on_ray())

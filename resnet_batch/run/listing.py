@@ -10,7 +10,8 @@ tasks the same way (data/input_plan.py); every table a task lists is claimed in 
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +22,13 @@ from ..core.pathset import path_hashes
 from ..data.directories import Level, list_directory
 from ..data.input_plan import WALK, ReadUnit, unit_tables
 from ..data.sources import conform
+from . import ray_compat
+
+if TYPE_CHECKING:
+    from ray.actor import ActorHandle
+
+    from .bookkeeping import Books
+
 
 MAX_LISTINGS_IN_FLIGHT = 32  # concurrent directory listings per walk, at most one per CPU
 PAGES_AHEAD = 2  # listed pages a directory's listing task keeps ready before the walk takes them
@@ -29,7 +37,7 @@ PAGES_AHEAD = 2  # listed pages a directory's listing task keeps ready before th
 # Listing is I/O bound and must never queue behind the decode tasks that consume what it
 # yields, so it asks for no CPU; in-flight listings are bounded per walk instead. Each
 # streams its directory's pages, and stops when it is PAGES_AHEAD ahead of the walk.
-@ray.remote(num_cpus=0, max_retries=3, num_returns="streaming", _generator_backpressure_num_objects=PAGES_AHEAD)
+@ray_compat.streaming_task(ahead=PAGES_AHEAD, num_cpus=0, max_retries=3)
 def _list_pages(uri: str) -> Iterator[Level]:
     yield from list_directory(uri)
 
@@ -71,8 +79,9 @@ def walk_here(root: str) -> Iterator[Level]:
 POSITION_BITS = 32  # a claim's position: (read unit's index << 32) + the entry's rank in the unit
 
 
-def read_unit(unit: ReadUnit, index: int, books, schema: pa.Schema, progress=None, here: bool = False
-              ) -> Iterator[pa.Table]:
+def read_unit(
+    unit: ReadUnit, index: int, books: Books, schema: pa.Schema, progress: ActorHandle | None = None, here: bool = False
+) -> Iterator[pa.Table]:
     """The unit's inputs this run labels: each listed entry claimed in the books, the ones
     it owns and the output lacks passed on with `schema`'s columns.
 
@@ -104,6 +113,6 @@ def _tables(unit: ReadUnit, here: bool) -> Iterator[tuple[pa.Table, int]]:
         yield level.table, level.hidden
 
 
-def count_pending(unit: ReadUnit, index: int, books, schema: pa.Schema, here: bool = False) -> int:
+def count_pending(unit: ReadUnit, index: int, books: Books, schema: pa.Schema, here: bool = False) -> int:
     """How many of the unit's inputs this run would label (claiming them as the run will)."""
     return sum(t.num_rows for t in read_unit(unit, index, books, schema, here=here))

@@ -17,11 +17,11 @@ import threading
 import time
 import warnings
 from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import ray
 import ray.data
 from ray.data import ActorPoolStrategy
-from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from ..core.errors import Interrupted, SaveFailed, root_cause
@@ -29,13 +29,21 @@ from ..data.decode import LowPriorityDecode, to_idle_priority
 from ..data.input_plan import InputPlan
 from ..model.actor import PredictorActor
 from ..model.settings import ALLOCATOR_ENV
-from . import ray_session
-from .decode_share import DecodeReports
+from . import ray_compat, ray_session
 from .listing import read_unit
 from .plan import ExecutionPlan
 from .progress import CounterClient, RunWatch
+from .reports import CounterReports
 from .saving import BlockPart, Saver
 from .summary import Timeline
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from ray.actor import ActorHandle
+
+    from .bookkeeping import Books
+    from .reporters import Reporter
+
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +51,7 @@ log = logging.getLogger(__name__)
 # must end the job with an error instead of restarting it forever. Tasks on an actor
 # retry without bound while it restarts (a lost node makes them fail fast until the
 # replacement is up); the restart budget is what bounds a crash loop.
-ACTOR_RETRY_ARGS = {"max_restarts": 8, "max_task_retries": -1}
+ACTOR_RETRY_ARGS: dict[str, Any] = {"max_restarts": 8, "max_task_retries": -1}
 SAVE_ON_INTERRUPT_S = 30.0  # after a Ctrl-C, how long finished rows may take to be saved
 
 
@@ -51,7 +59,7 @@ class InputsDatasource(Datasource):
     """The inputs: a read task per read unit (data/input_plan.py), each claiming what it
     lists in the books before passing it on (listing.py)."""
 
-    def __init__(self, plan: InputPlan, books, progress):
+    def __init__(self, plan: InputPlan, books: Books, progress: ActorHandle):
         self.plan, self.books, self.progress = plan, books, progress
 
     def estimate_inmemory_data_size(self) -> int | None:
@@ -61,10 +69,16 @@ class InputsDatasource(Datasource):
     def num_read_tasks(self) -> int:
         return max(1, len(self.plan.units))
 
-    def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
-        return [ReadTask(partial(_read_at_idle_priority, unit, index, self.books, self.plan.schema, self.progress),
-                         BlockMetadata(None, None, None))
-                for index, unit in enumerate(self.plan.units)]
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, data_context: object = None
+    ) -> list[ReadTask]:
+        return [
+            ReadTask(
+                partial(_read_at_idle_priority, unit, index, self.books, self.plan.schema, self.progress),
+                ray_compat.unknown_block_metadata(),
+            )
+            for index, unit in enumerate(self.plan.units)
+        ]
 
 
 def _read_at_idle_priority(*args):
@@ -84,25 +98,33 @@ def start_ray(address: str | None) -> bool:
 _END = object()
 
 
-def _feed(ds, into: queue.Queue) -> None:
+def _feed(ds: ray.data.Dataset, into: queue.Queue) -> None:
     """Runs the dataset, passing each finished block's reference (never its rows) to the driver."""
     try:
-        for bundle in ds.iter_internal_ref_bundles():
-            parts = [BlockPart(entry.ref, s.num_rows if s else entry.metadata.num_rows, s and s.start_offset)
-                     for entry, s in zip(bundle.blocks, bundle.slices)]
-            into.put([p for p in parts if p.rows])  # a walk with nothing left to do yields empty blocks
+        for blocks in ray_compat.block_refs(ds):
+            into.put(
+                [BlockPart(ref, rows, offset) for ref, rows, offset in blocks if rows]
+            )  # a walk with nothing left to do yields empty blocks
         into.put(_END)
     except BaseException as exc:  # handed to the driver's loop, which raises it
         into.put(exc)
 
 
-def execute(plan: ExecutionPlan, inputs: InputPlan, books, saver: Saver, timeline: Timeline, report,
-            wait_for_resources: float | None = None) -> None:
+def execute(
+    plan: ExecutionPlan,
+    inputs: InputPlan,
+    books: Books,
+    saver: Saver,
+    timeline: Timeline,
+    report: Reporter,
+    wait_for_resources: float = 600.0,
+) -> None:
     """Run the pipeline, saving as it goes; on an interrupt, save what is done, then raise Interrupted.
 
     `books`: the run's bookkeeping.Books, which the read tasks claim their inputs in.
     """
-    log.info("%s", plan.describe())
+    for line in plan.lines():
+        log.info("%s", line)
     counter = CounterClient()
     counter.actor.share_decoding.remote(plan.decode_cores_per_actor, plan.cpu_decode_share)
     source = InputsDatasource(inputs, books, counter.actor)
@@ -111,12 +133,17 @@ def execute(plan: ExecutionPlan, inputs: InputPlan, books, saver: Saver, timelin
     # tasks at once as the plan says (read_tasks).
     # Ray merges what a read task yields into blocks of up to 128 MiB (about a million
     # paths): re-cut them, streaming, into blocks of a few batches, one per decode task.
-    ds = ray.data.read_datasource(source, num_cpus=0, override_num_blocks=source.num_read_tasks,
-                                  concurrency=min(plan.read_tasks, source.num_read_tasks))
+    ds = ray.data.read_datasource(
+        source,
+        num_cpus=0,
+        override_num_blocks=source.num_read_tasks,
+        concurrency=min(plan.read_tasks, source.num_read_tasks),
+    )
     ds = add_stages(ds.repartition(target_num_rows_per_block=plan.block_rows), plan, saver.schema, counter.actor)
     timeline.executing = time.time()
-    watch = RunWatch(counter, source.num_read_tasks, plan.actors, plan.gpus_per_actor,
-                     plan.cpus_per_actor, wait_for_resources)
+    watch = RunWatch(
+        counter, source.num_read_tasks, plan.actors, plan.gpus_per_actor, plan.cpus_per_actor, wait_for_resources
+    )
     blocks: queue.Queue = queue.Queue()
     threading.Thread(target=_feed, args=(ds, blocks), daemon=True, name="resnet-batch-feed").start()
     done = [0]  # rows received, as the loop counts them
@@ -134,12 +161,19 @@ def execute(plan: ExecutionPlan, inputs: InputPlan, books, saver: Saver, timelin
             raise SaveFailed(root_cause(exc), saver.saved) from exc
         raise
     finally:
-        timeline.actor_phases, timeline.decoding = counter.starts_and_decoding()
+        timeline.actor_phases, timeline.decoding, timeline.placements = counter.starts_and_decoding()
         counter.close()
 
 
-def _drive(blocks: queue.Queue, saver: Saver, counter: CounterClient, watch: RunWatch, timeline: Timeline, report,
-           done: list[int]) -> None:
+def _drive(
+    blocks: queue.Queue,
+    saver: Saver,
+    counter: CounterClient,
+    watch: RunWatch,
+    timeline: Timeline,
+    report: Reporter,
+    done: list[int],
+) -> None:
     """The driver's loop: hands finished blocks to the saver, and reports, until the end."""
     while True:
         try:
@@ -190,16 +224,22 @@ def _save_on_stop(saver: Saver, exc: BaseException, done: int) -> None:
         log.warning("the rows finished before the stop could not be saved", exc_info=True)
 
 
-def add_stages(ds, plan: ExecutionPlan, schema, progress):
+def add_stages(ds: ray.data.Dataset, plan: ExecutionPlan, schema: pa.Schema, progress: ActorHandle):
     """Decode tasks, then the model actor pool, as the plan lays them out; `progress` is the
     counter actor the stages report to."""
     with warnings.catch_warnings():
         # Ray 2.60 names no parameter for retry bounds yet; **ray_remote_args is the way.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
         ds = ds.map_batches(
-            LowPriorityDecode(plan.model.weights.preprocessing, plan.max_pixels, plan.io_threads,
-                              defer_jpeg=plan.decode_on_device, whole=plan.whole_image, cpu_share=plan.cpu_decode_share,
-                              progress=DecodeReports(progress)),
+            LowPriorityDecode(
+                plan.model.weights.preprocessing,
+                plan.max_pixels,
+                plan.io_threads,
+                defer_jpeg=plan.decode_on_device,
+                whole=plan.whole_image,
+                cpu_share=plan.cpu_decode_share,
+                reporter=CounterReports(progress),
+            ),
             batch_size=None,  # one block (BLOCKS_PER_BATCH batches) per decode task
             batch_format="numpy",
             num_cpus=1,  # Ray's default retries (3) bound a decode task's; an argument would stop the fusion below
@@ -210,7 +250,7 @@ def add_stages(ds, plan: ExecutionPlan, schema, progress):
         ds = ds.repartition(target_num_rows_per_block=plan.batch_size)
         return ds.map_batches(
             PredictorActor,
-            fn_constructor_kwargs={"settings": plan.model, "schema": schema, "progress": progress},
+            fn_constructor_kwargs={"settings": plan.model, "schema": schema, "reporter": CounterReports(progress)},
             batch_size=plan.batch_size,
             batch_format="numpy",
             compute=model_pool(plan.actors, plan.calls_per_actor),
@@ -225,5 +265,6 @@ def add_stages(ds, plan: ExecutionPlan, schema, progress):
 
 def model_pool(actors: int, calls_per_actor: int) -> ActorPoolStrategy:
     """Up to `actors` actors, each running `calls_per_actor` calls at once on threads of its own."""
-    return ActorPoolStrategy(min_size=1, max_size=actors, enable_true_multi_threading=True,
-                             max_concurrent_calls_per_actor=calls_per_actor)
+    return ActorPoolStrategy(
+        min_size=1, max_size=actors, enable_true_multi_threading=True, max_concurrent_calls_per_actor=calls_per_actor
+    )

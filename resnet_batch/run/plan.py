@@ -8,6 +8,7 @@ and tests build plans directly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..core.errors import UsageError
 from ..data.preprocessing import DEVICE_FILTERS, WholeImage
@@ -15,6 +16,10 @@ from ..model.registry import NULL_MODEL
 from ..model.settings import InferenceSettings, cpu_has_native_bf16
 from .config import LabelConfig
 from .description import whole_image
+
+if TYPE_CHECKING:
+    from ..model.weights import ResolvedWeights
+
 
 # Two calls at once per GPU actor, so one batch's host work and copies overlap another's
 # compute. CPU actors run one single-threaded call per core instead (InferenceSettings.threads).
@@ -34,6 +39,16 @@ class Cluster:
     cpu_nodes: int  # alive nodes with at least one CPU
     cpus_per_node: int  # the fewest CPUs of those nodes
     cpu_bf16: bool  # every one of those nodes has native bf16 instructions
+    gpu_nodes: int = 0  # alive nodes with at least one GPU
+
+    def describe(self) -> str:
+        cpus = (
+            f"{self.cpu_nodes} node{'s' if self.cpu_nodes != 1 else ''} with CPUs ({self.cpus_per_node} or more each)"
+        )
+        if not self.gpus:
+            return cpus
+        nodes = max(1, self.gpu_nodes)
+        return f"{self.gpus} GPU{'s' if self.gpus != 1 else ''} on {nodes} node{'s' if nodes != 1 else ''}, {cpus}"
 
     @classmethod
     def here(cls, cpus: int, gpus: int = 0) -> Cluster:
@@ -60,12 +75,49 @@ class ExecutionPlan:
     model: InferenceSettings
     read_tasks: int = 1  # read tasks at once (listing, hashing, claiming: CPU that decoding needs too)
     decode_cores_per_actor: int = 1  # the cores a model actor's share of CPU decoding runs on
+    cluster: Cluster | None = None  # what the plan was made for
 
-    def describe(self) -> str:
-        return (f"{self.actors} model actor(s), {'GPU' if self.gpus_per_actor else 'CPU'}, batch {self.batch_size}, "
-                f"{self.calls_per_actor} call(s) at once each, {self.threads_per_call} thread(s) per call, "
-                f"precision {self.precision}; JPEGs decoded "
-                f"{'in the model actors' if self.decode_on_device else 'by CPU tasks'}")
+    def lines(self) -> list[str]:
+        """The plan in words, stage by stage: what a run will hold and where."""
+        return [
+            f"plan for {self.cluster.describe() if self.cluster else 'this machine'}:",
+            f"  model: {self._actors()}; batch {self.batch_size}, precision {self._precision()}",
+            f"  decoding: {self._decoding()}",
+            f"  reading: {self.read_tasks} read task{'s' if self.read_tasks != 1 else ''} at once (0 CPUs, "
+            f"listing and claiming inputs); {self.io_threads} file fetch thread"
+            f"{'s' if self.io_threads != 1 else ''} per decode task",
+            "  saving: part files written by tasks of 0 CPUs as batches finish",
+        ]
+
+    def _actors(self) -> str:
+        actors = f"{self.actors} actor{'s' if self.actors != 1 else ''}"
+        calls = f"{self.calls_per_actor} call{'s' if self.calls_per_actor != 1 else ''} at once"
+        threads = f"{self.threads_per_call} torch thread{'s' if self.threads_per_call != 1 else ''} per call"
+        if self.gpus_per_actor:
+            held = f"{self.gpus_per_actor} GPU and {self.cpus_per_actor} CPU"
+            return f"{actors}, one per GPU, each holding {held}, {calls}, {threads}"
+        held = f"{self.cpus_per_actor} CPU{'s' if self.cpus_per_actor != 1 else ''}"
+        return f"{actors} on CPUs, each holding {held}, {calls}, {threads}"
+
+    def _precision(self) -> str:
+        return "bf16 where the GPU has it, else fp16 (auto)" if self.precision == "auto" else self.precision
+
+    def _decoding(self) -> str:
+        tasks = f"decode tasks of {self.block_rows} rows, 1 CPU each at idle priority"
+        if not self.decode_on_device:
+            return f"on CPUs: {tasks}"
+        decoder = self.model.gpu_decoder or "auto"
+        decoder = "nvimgcodec where installed, else nvjpeg" if decoder == "auto" else decoder
+        share = (
+            "set from the measured rates as the job runs (0.25 at first)"
+            if self.cpu_decode_share is None
+            else f"{self.cpu_decode_share:g}, fixed"
+        )
+        return (
+            f"JPEGs in the model actors by {decoder} (checked at warm-up), the rest and a share of them by "
+            f"{tasks}, on {self.decode_cores_per_actor} core{'s' if self.decode_cores_per_actor != 1 else ''} "
+            f"per model actor; share {share}"
+        )
 
 
 # Read tasks list and hash far ahead of decoding, sharing its idle-priority CPU: each one at
@@ -75,29 +127,49 @@ CPUS_PER_READ_TASK = 8
 MAX_READ_TASKS = 4
 
 
-def make_plan(cfg: LabelConfig, resolved, cluster: Cluster, *, local_inputs: bool = True) -> ExecutionPlan:
+def make_plan(
+    cfg: LabelConfig, resolved: ResolvedWeights, cluster: Cluster, *, local_inputs: bool = True
+) -> ExecutionPlan:
     """The plan for `cfg` on `cluster`; `local_inputs`: the inputs are on local disks."""
     on_gpu = _on_gpu(cfg, cluster)
     precision = cfg.precision if on_gpu else _cpu_precision(cfg.precision, cluster)
     actors, calls, threads = _pool(cfg, cluster, on_gpu)
     batch_size = cfg.batch_size or (GPU_BATCH if on_gpu else CPU_BATCH.get(precision, CPU_BATCH["fp32"]))
+    on_device = decodes_on_device(cfg, resolved, on_gpu)
     settings = InferenceSettings(
-        weights=resolved, top_k=cfg.top_k, features=cfg.features, spatial=cfg.spatial,
-        whole_image=cfg.crop == "none", review_below=cfg.review_below, embedding_dtype=cfg.embedding_dtype,
-        device="cuda" if on_gpu else "cpu", precision=precision, threads=threads, compile=cfg.compile,
+        weights=resolved,
+        top_k=cfg.top_k,
+        features=cfg.features,
+        spatial=cfg.spatial,
+        whole_image=cfg.crop == "none",
+        review_below=cfg.review_below,
+        embedding_dtype=cfg.embedding_dtype,
+        device="cuda" if on_gpu else "cpu",
+        precision=precision,
+        threads=threads,
+        compile=cfg.compile,
         warmup_batch=batch_size,
+        gpu_decoder=cfg.gpu_decoder if on_device else None,
     )
     return ExecutionPlan(
-        actors=actors, gpus_per_actor=int(on_gpu), calls_per_actor=calls, threads_per_call=threads,
+        actors=actors,
+        gpus_per_actor=int(on_gpu),
+        calls_per_actor=calls,
+        threads_per_call=threads,
         cpus_per_actor=0 if cfg.model == NULL_MODEL else 1,
-        device=settings.device, precision=precision, batch_size=batch_size,
+        device=settings.device,
+        precision=precision,
+        batch_size=batch_size,
         block_rows=batch_size * BLOCKS_PER_BATCH,
-        decode_on_device=decodes_on_device(cfg, resolved, on_gpu),
-        cpu_decode_share=None if cfg.cpu_decode_share == "auto" else cfg.cpu_decode_share,
-        io_threads=cfg.io_threads or (1 if local_inputs else REMOTE_IO_THREADS), max_pixels=cfg.max_pixels,
-        whole_image=whole_image(cfg, resolved), model=settings,
+        decode_on_device=on_device,
+        cpu_decode_share=None if cfg.cpu_decode_share == "auto" else float(cfg.cpu_decode_share),
+        io_threads=cfg.io_threads or (1 if local_inputs else REMOTE_IO_THREADS),
+        max_pixels=cfg.max_pixels,
+        whole_image=whole_image(cfg, resolved),
+        model=settings,
         read_tasks=max(1, min(MAX_READ_TASKS, cluster.cpu_nodes * cluster.cpus_per_node // CPUS_PER_READ_TASK)),
         decode_cores_per_actor=max(1, cluster.cpu_nodes * cluster.cpus_per_node // actors - 1),
+        cluster=cluster,
     )
 
 
@@ -109,7 +181,7 @@ def _on_gpu(cfg: LabelConfig, cluster: Cluster) -> bool:
 
 
 def _cpu_precision(precision: str, cluster: Cluster) -> str:
-    """"auto" on CPUs is bf16 only where every node that may run a model actor has native
+    """ "auto" on CPUs is bf16 only where every node that may run a model actor has native
     bf16 (elsewhere bf16 is emulated, several times slower than fp32)."""
     if precision != "auto":
         return precision
@@ -121,7 +193,11 @@ def _pool(cfg: LabelConfig, cluster: Cluster, on_gpu: bool) -> tuple[int, int, i
     running one single-threaded call per core (`--threads-per-worker` cores)."""
     _check_room(cfg, cluster, on_gpu)
     if on_gpu:
-        return cfg.num_workers or cluster.gpus, CONCURRENT_CALLS_PER_GPU_ACTOR, cfg.threads_per_worker or GPU_ACTOR_THREADS
+        return (
+            cfg.num_workers or cluster.gpus,
+            CONCURRENT_CALLS_PER_GPU_ACTOR,
+            cfg.threads_per_worker or GPU_ACTOR_THREADS,
+        )
     cores = cfg.threads_per_worker or cluster.cpus_per_node
     actors = cfg.num_workers or max(1, cluster.cpu_nodes)
     if cfg.compile:  # a compiled forward is not thread-safe: one call on all the cores
@@ -136,17 +212,21 @@ def _check_room(cfg: LabelConfig, cluster: Cluster, on_gpu: bool) -> None:
         return
     room, unit = (cluster.gpus, "GPU") if on_gpu else (max(1, cluster.cpu_nodes * cluster.cpus_per_node), "CPU")
     if cfg.num_workers > room:
-        raise UsageError(f"--num-workers must be between 1 and {room} (one model actor per {unit}; the cluster "
-                         f"has {room} {unit}{'s' if room != 1 else ''} now), got {cfg.num_workers}")
+        raise UsageError(
+            f"--num-workers must be between 1 and {room} (one model actor per {unit}; the cluster "
+            f"has {room} {unit}{'s' if room != 1 else ''} now), got {cfg.num_workers}"
+        )
 
 
-def decodes_on_device(cfg: LabelConfig, resolved, on_gpu: bool) -> bool:
+def decodes_on_device(cfg: LabelConfig, resolved: ResolvedWeights, on_gpu: bool) -> bool:
     """--decode gpu, or auto on GPU actors, passes JPEGs to the model actors to decode."""
     if cfg.decode == "cpu" or cfg.crop == "none":  # (--decode gpu with --crop none is refused earlier)
         return False
     if not resolved.preprocessing.resizes_on_device:
         if cfg.decode == "gpu":
-            raise UsageError(f"--decode gpu resizes with {' or '.join(DEVICE_FILTERS)}, and these weights use "
-                             f"{resolved.preprocessing.interpolation}: use --decode cpu")
+            raise UsageError(
+                f"--decode gpu resizes with {' or '.join(DEVICE_FILTERS)}, and these weights use "
+                f"{resolved.preprocessing.interpolation}: use --decode cpu"
+            )
         return False
     return cfg.decode == "gpu" or on_gpu

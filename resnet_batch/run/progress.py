@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from ..core.reporting import BatchTimes
 from .decode_share import DecodeShare
 from .reporters import Snapshot
 from .resources import nodes_being_added, short_of
@@ -33,6 +34,7 @@ class Counts:
     errors: int = 0
     actors: tuple = ()
     placed: int = 0  # model actors started (ready or not)
+    device_path_failures: tuple = ()  # (where, error) of each actor that decodes on its CPU instead
 
 
 @ray.remote(num_cpus=0)
@@ -47,15 +49,17 @@ class ProgressCounter:
         self.walked: set[str] = set()
         self.actors: dict[str, dict] = {}
         self.placed: set[str] = set()  # model actors whose constructor has begun (they hold their resources)
+        self.placements: dict[str, dict] = {}  # where each is: its node id, the GPU ids Ray gave it
         self.phases: dict[str, dict] = {}  # each model actor's start (model/phases.py)
         self.start_failure: Exception | None = None
+        self.device_path_failures: list[tuple[str, str]] = []
         self.decode_share = DecodeShare()
 
     def share_decoding(self, cores: int, fixed: float | None) -> None:
         self.decode_share = DecodeShare(cores, fixed)
 
-    def add_device_times(self, device_decoded: int, data_path_s: float, images: int, forward_s: float) -> None:
-        self.decode_share.add_device_times(device_decoded, data_path_s, images, forward_s)
+    def add_device_times(self, times: BatchTimes) -> None:
+        self.decode_share.add_device_times(times)
 
     def add_cpu_decode(self, images: int, seconds: float) -> None:
         self.decode_share.add_cpu_decode(images, seconds)
@@ -76,8 +80,9 @@ class ProgressCounter:
         self.labeled += rows
         self.errors += errors
 
-    def actor_placed(self, actor_id: str) -> None:
+    def actor_placed(self, actor_id: str, placement: dict | None = None) -> None:
         self.placed.add(actor_id)
+        self.placements[actor_id] = placement or {}
 
     def actor_ready(self, actor_id: str, resolved: dict, phases: dict | None = None) -> None:
         self.actors[actor_id] = resolved
@@ -87,15 +92,28 @@ class ProgressCounter:
     def actor_phases(self) -> list[dict]:
         return list(self.phases.values())
 
+    def actor_placements(self) -> list[dict]:
+        return list(self.placements.values())
+
     def start_failed(self, failure: Exception) -> None:
         self.start_failure = self.start_failure or failure
+
+    def device_path_failed(self, where: str, error: str) -> None:
+        self.device_path_failures.append((where, error))
 
     def why_start_failed(self) -> Exception | None:
         return self.start_failure
 
     def get(self) -> Counts:
-        return Counts(self.listed, len(self.walked), self.labeled, self.errors, tuple(self.actors.values()),
-                      max(len(self.placed), len(self.actors)))
+        return Counts(
+            self.listed,
+            len(self.walked),
+            self.labeled,
+            self.errors,
+            tuple(self.actors.values()),
+            max(len(self.placed), len(self.actors)),
+            tuple(self.device_path_failures),
+        )
 
 
 class CounterClient:
@@ -139,12 +157,14 @@ class CounterClient:
         except (ray.exceptions.RayError, TimeoutError):
             return None
 
-    def starts_and_decoding(self) -> tuple[list[dict], dict]:
-        """Each model actor's start (model/phases.py) and how decoding was shared, asked now."""
+    def starts_and_decoding(self) -> tuple[list[dict], dict, list[dict]]:
+        """Each model actor's start (model/phases.py), how decoding was shared, and where each
+        model actor was placed, asked now."""
+        asked = [self.actor.actor_phases.remote(), self.actor.decoding.remote(), self.actor.actor_placements.remote()]
         try:
-            return tuple(ray.get([self.actor.actor_phases.remote(), self.actor.decoding.remote()], timeout=10))
+            return tuple(ray.get(asked, timeout=10))
         except (ray.exceptions.RayError, TimeoutError):
-            return [], {}
+            return [], {}, []
 
     def close(self) -> None:
         ray.kill(self.actor)
@@ -164,8 +184,15 @@ class RunWatch:
     `wait_limit_s` it says so in the phase; then `check()` raises ResourcesUnavailable.
     """
 
-    def __init__(self, counter: CounterClient, walks: int, actors: int, gpus_per_actor: int,
-                 cpus_per_actor: int, wait_limit_s: float):
+    def __init__(
+        self,
+        counter: CounterClient,
+        walks: int,
+        actors: int,
+        gpus_per_actor: int,
+        cpus_per_actor: int,
+        wait_limit_s: float,
+    ):
         self.counter, self.walks = counter, walks
         self.actors, self.gpus_per_actor, self.cpus_per_actor = actors, gpus_per_actor, cpus_per_actor
         self.wait_limit_s = wait_limit_s
@@ -176,6 +203,7 @@ class RunWatch:
         self.waiting: str | None = None
         self.waiting_since = 0.0
         self._resources_at = 0.0
+        self.device_path_errors_told: set[str] = set()
 
     def snapshot(self, received: int, saved: int, walking: bool | None = None, errors: int | None = None) -> Snapshot:
         """`errors`: the exact count, once the saver has it (the counter's may miss the last batches')."""
@@ -194,9 +222,17 @@ class RunWatch:
         lasted = now - self.first_at if self.first_at else 0.0
         steady = (done - self.first_done) / lasted if lasted >= STEADY_AFTER_S and done > self.first_done else 0.0
         self._update_waiting(counts, now)
-        return Snapshot(done=done, saved=saved, total=total, walking=walking,
-                        errors=counts.errors if errors is None else errors,
-                        elapsed_s=now - self.started, phase=self._phase(counts, done, walking), steady_rate=steady)
+        self._tell_device_path_failures(counts)
+        return Snapshot(
+            done=done,
+            saved=saved,
+            total=total,
+            walking=walking,
+            errors=counts.errors if errors is None else errors,
+            elapsed_s=now - self.started,
+            phase=self._phase(counts, done, walking),
+            steady_rate=steady,
+        )
 
     def _phase(self, counts: Counts, done: int, walking: bool) -> str:
         if self.waiting:
@@ -204,8 +240,24 @@ class RunWatch:
         if not counts.actors and not done:
             return f"starting {self.actors} model actor{'s' if self.actors > 1 else ''} (0/{self.actors} ready)"
         if not done:
-            return "listing" if walking else f"first batch ({min(len(counts.actors), self.actors)}/{self.actors} actors ready)"
+            return (
+                "listing"
+                if walking
+                else f"first batch ({min(len(counts.actors), self.actors)}/{self.actors} actors ready)"
+            )
         return "labeling"
+
+    def _tell_device_path_failures(self, counts: Counts) -> None:
+        """One warning per distinct reason a model actor's GPU decoding failed its check."""
+        for where, error in counts.device_path_failures:
+            if error not in self.device_path_errors_told:
+                self.device_path_errors_told.add(error)
+                log.warning(
+                    "GPU decoding failed its check on %s: %s; that model actor decodes JPEGs on its CPU "
+                    "for the rest of the job",
+                    where,
+                    error,
+                )
 
     def _update_waiting(self, counts: Counts, now: float) -> None:
         stalled = now - self.last_change >= STALL_S
@@ -215,8 +267,9 @@ class RunWatch:
         if now - self._resources_at < RESOURCE_POLL_S:
             return
         self._resources_at = now
-        waiting = short_of(ray.cluster_resources(), ray.available_resources(), counts.placed,
-                            self.gpus_per_actor, self.cpus_per_actor)
+        waiting = short_of(
+            ray.cluster_resources(), ray.available_resources(), counts.placed, self.gpus_per_actor, self.cpus_per_actor
+        )
         growing = nodes_being_added() if waiting else 0
         if waiting and growing:  # an autoscaler is adding nodes: worth the wait, not counted against the limit
             waiting += f"; the autoscaler is adding {growing} node{'s' if growing > 1 else ''}"
@@ -234,4 +287,6 @@ class RunWatch:
         from ..core.errors import ResourcesUnavailable
 
         if self.waiting and time.monotonic() - self.waiting_since >= self.wait_limit_s:
-            raise ResourcesUnavailable(f"{self.waiting}; gave up after {self.wait_limit_s:.0f} s (--wait-for-resources)")
+            raise ResourcesUnavailable(
+                f"{self.waiting}; gave up after {self.wait_limit_s:.0f} s (--wait-for-resources)"
+            )

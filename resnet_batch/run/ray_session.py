@@ -16,6 +16,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..core.errors import UsageError, one_line, root_cause
 from ..model.settings import cpu_has_native_bf16
+from . import ray_compat
 from .plan import Cluster
 
 # Ray's name for the autoscaler monitor among a local node's processes (ray_constants).
@@ -44,7 +45,11 @@ def join_or_start(address: str | None) -> bool:
         _check_not_a_job_server(target)
         _check_reachable(target)
     started = False
-    with _signals_deferred() as caught, _without_rays_sigterm_handler(), _entrypoint_as_text():
+    # ray.init would install a SIGTERM handler raising SystemExit wherever the signal lands:
+    # inside Ray's start-up that can be swallowed, leave the logging lock held, or end the
+    # start before Ray has recorded the processes it must stop. Kept out, the deferring
+    # handler stays for the whole start.
+    with _signals_deferred() as caught, ray_compat.without_sigterm_handler(), ray_compat.entrypoint_as_text():
         try:
             if target:
                 ray.init(address=target, logging_level=logging.WARNING)
@@ -57,8 +62,10 @@ def join_or_start(address: str | None) -> bool:
         except Exception as exc:
             if ray.is_initialized():
                 ray.shutdown()
-            raise UsageError(f"cannot {'join the Ray cluster at ' + target if target else 'start a local Ray'}: "
-                             f"{type(exc).__name__}: {one_line(exc)}{_why_not_started(target)}") from None
+            raise UsageError(
+                f"cannot {'join the Ray cluster at ' + target if target else 'start a local Ray'}: "
+                f"{type(exc).__name__}: {one_line(exc)}{_why_not_started(target)}"
+            ) from None
         finally:
             if caught:  # stopped before Ray has finished starting: stop what it started
                 _stop_now(started)
@@ -87,20 +94,26 @@ def _check_workers_match(target: str) -> None:
     try:
         theirs = ray.get(_worker_versions.remote(), timeout=60)
     except ray.exceptions.GetTimeoutError:
-        logging.getLogger(__name__).warning("the cluster at %s did not say its resnet-batch version within 60 s", target)
+        logging.getLogger(__name__).warning(
+            "the cluster at %s did not say its resnet-batch version within 60 s", target
+        )
         return
     except ray.exceptions.RayError as exc:
         ray.shutdown()
         cause = root_cause(exc)
-        raise UsageError(f"the workers of the cluster at {target} cannot run resnet-batch: "
-                         f"{type(cause).__name__}: {one_line(cause)}; install it there, "
-                         "or use resnet-batch submit, which ships it with the job") from None
+        raise UsageError(
+            f"the workers of the cluster at {target} cannot run resnet-batch: "
+            f"{type(cause).__name__}: {one_line(cause)}; install it there, "
+            "or use resnet-batch submit, which ships it with the job"
+        ) from None
     ours = (__version__, sys.version.split()[0])
     if tuple(theirs) != ours:
         ray.shutdown()
-        raise UsageError(f"the workers of the cluster at {target} run resnet-batch {theirs[0]} on Python {theirs[1]}, "
-                         f"this driver {ours[0]} on Python {ours[1]}; install the same there, or use "
-                         "resnet-batch submit, which ships this one with the job")
+        raise UsageError(
+            f"the workers of the cluster at {target} run resnet-batch {theirs[0]} on Python {theirs[1]}, "
+            f"this driver {ours[0]} on Python {ours[1]}; install the same there, or use "
+            "resnet-batch submit, which ships this one with the job"
+        )
 
 
 def cluster(ask_bf16: bool = True) -> Cluster:
@@ -110,7 +123,8 @@ def cluster(ask_bf16: bool = True) -> Cluster:
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpu_nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1]
     cpus_per_node = int(min(n["Resources"]["CPU"] for n in cpu_nodes)) if cpu_nodes else 1
-    return Cluster(gpus, len(cpu_nodes), cpus_per_node, ask_bf16 and _all_have_native_bf16(cpu_nodes))
+    gpu_nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU", 0) >= 1)
+    return Cluster(gpus, len(cpu_nodes), cpus_per_node, ask_bf16 and _all_have_native_bf16(cpu_nodes), gpu_nodes)
 
 
 def _all_have_native_bf16(nodes: list[dict]) -> bool:
@@ -121,8 +135,10 @@ def _all_have_native_bf16(nodes: list[dict]) -> bool:
     if all(n["NodeManagerAddress"] == here for n in nodes):
         return cpu_has_native_bf16()
     probe = ray.remote(num_cpus=0)(cpu_has_native_bf16)
-    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
-            for n in nodes]
+    refs = [
+        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+        for n in nodes
+    ]
     return all(ray.get(refs, timeout=60))
 
 
@@ -143,23 +159,29 @@ def _check_reachable(address: str) -> None:
             raise UsageError(f"invalid Ray address {address!r}; expected HOST:PORT, auto, or ray://HOST:PORT") from None
         except OSError as exc:
             if time.monotonic() > deadline:
-                raise UsageError(f"no Ray cluster answers at {address} ({one_line(exc)}) after {JOIN_TIMEOUT_S:.0f} s; "
-                                 "check --address (or RAY_ADDRESS), or give neither to start a local Ray") from None
+                raise UsageError(
+                    f"no Ray cluster answers at {address} ({one_line(exc)}) after {JOIN_TIMEOUT_S:.0f} s; "
+                    "check --address (or RAY_ADDRESS), or give neither to start a local Ray"
+                ) from None
             time.sleep(0.5)
 
 
 def _check_not_a_job_server(address: str) -> None:
     if address.startswith(("http://", "https://")):
-        raise UsageError(f"--address {address} is a job server (for `resnet-batch submit` and `jobs`); a job run "
-                         "here joins a cluster at HOST:6379, auto or ray://HOST:10001, or submits to that server: "
-                         "resnet-batch submit --address URL -- label ...")
+        raise UsageError(
+            f"--address {address} is a job server (for `resnet-batch submit` and `jobs`); a job run "
+            "here joins a cluster at HOST:6379, auto or ray://HOST:10001, or submits to that server: "
+            "resnet-batch submit --address URL -- label ..."
+        )
 
 
 def _why_not_started(target: str | None) -> str:
     """What the usual causes of a failed start or join point at, where they apply here."""
     if target and os.environ.get("RAY_AUTH_MODE") != "token":
-        return ("; if the cluster requires a token (RAY_AUTH_MODE=token on its nodes), set RAY_AUTH_MODE=token and "
-                "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) here too")
+        return (
+            "; if the cluster requires a token (RAY_AUTH_MODE=token on its nodes), set RAY_AUTH_MODE=token and "
+            "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) here too"
+        )
     if not target:
         root = ray_temp_root()
         try:
@@ -167,8 +189,10 @@ def _why_not_started(target: str | None) -> str:
         except OSError:
             return ""
         if free < RAY_TEMP_FREE_BYTES:
-            return (f"; Ray's temporary folder {root} has {free // 2**20} MiB free: make room there, or point "
-                    "RAY_TMPDIR at a disk that has it")
+            return (
+                f"; Ray's temporary folder {root} has {free // 2**20} MiB free: make room there, or point "
+                "RAY_TMPDIR at a disk that has it"
+            )
     return ""
 
 
@@ -194,7 +218,7 @@ def stop() -> None:
     Ray stops a local node's processes one after the other, the GCS before the monitor;
     the monitor's SIGTERM handler then tries to report its end to the GCS that is gone and
     is killed a second later. A job's own local Ray has nothing for the autoscaler to wind
-    down, so the monitor is killed first (BENCHMARKS.md: the stop). A joined cluster is
+    down, so the monitor is killed first (BENCHMARKS.md, `bench/startup.py`). A joined cluster is
     only disconnected from.
     """
     with _signals_deferred():
@@ -202,42 +226,10 @@ def stop() -> None:
 
 
 def _stop_now(started: bool) -> None:
-    node = getattr(ray._private.worker, "_global_node", None) if started else None  # None when Ray was joined
-    for info in getattr(node, "all_processes", {}).get(MONITOR_PROCESS, []):
-        info.process.kill()
+    node = ray_compat.started_node() if started else None  # None when Ray was joined
+    for process in ray_compat.node_processes(node, MONITOR_PROCESS):
+        process.kill()
     ray.shutdown()
-
-
-@contextmanager
-def _without_rays_sigterm_handler():
-    """ray.init, in the main thread, replaces the SIGTERM handler with one that raises
-    SystemExit wherever the signal lands. Inside Ray's start-up that exception can be
-    swallowed (the job then runs on as if never signalled), leave the logging lock held
-    (every other thread then hangs on its next log call), or end the start of the node
-    before Ray has recorded the processes it must stop. Kept out, the deferring handler
-    stays in place for the whole start.
-    """
-    utils = ray._private.utils
-    install = utils.set_sigterm_handler
-    utils.set_sigterm_handler = lambda handler: None
-    try:
-        yield
-    finally:
-        utils.set_sigterm_handler = install
-
-
-@contextmanager
-def _entrypoint_as_text():
-    """ray.init records this process's command line, which Ray sends as UTF-8: a file or
-    folder name that is not UTF-8 in it would end the job (UnicodeEncodeError). Ray gets the
-    command line with those bytes written as `\\xNN`."""
-    utils = ray._private.utils
-    entrypoint = utils.get_entrypoint_name
-    utils.get_entrypoint_name = lambda: entrypoint().encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    try:
-        yield
-    finally:
-        utils.get_entrypoint_name = entrypoint
 
 
 @contextmanager
@@ -251,7 +243,9 @@ def _signals_deferred():
     if threading.current_thread() is not threading.main_thread():
         yield caught
         return
-    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield caught
     finally:

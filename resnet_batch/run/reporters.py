@@ -6,9 +6,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TextIO
 
 log = logging.getLogger(__name__)
+
+
+Reporter = Callable[["Snapshot"], None]  # what a label run tells of its progress, a few times a second
 
 
 @dataclass(frozen=True)
@@ -23,13 +28,12 @@ class Snapshot:
     steady_rate: float = 0.0  # images/s of the steady phase (0 until it has lasted STEADY_AFTER_S)
 
 
-
 class LogReporter:
     """One line every `every_s` seconds (for logs and pipes, where a bar would be noise).
 
     Lines go to `emit` (default: this module's logger, at INFO)."""
 
-    def __init__(self, every_s: float = 30.0, emit=None):
+    def __init__(self, every_s: float = 30.0, emit: Callable[[str], None] | None = None):
         self.every_s = every_s
         self.emit = emit or log.info
         self.last = time.monotonic()
@@ -43,8 +47,10 @@ class LogReporter:
             return
         self.last, self.said_final = time.monotonic(), final
         total = f"{s.total}+" if s.walking else str(s.total)  # + : directories are still being listed
-        self.emit(f"{s.phase}: {s.done}/{total} images ({100 * s.done / max(s.total, 1):.1f}%), {s.saved} saved, "
-                  f"{_errors(s.errors)}, {_rate(s)}{_eta(s)}")
+        self.emit(
+            f"{s.phase}: {s.done}/{total} images ({100 * s.done / max(s.total, 1):.1f}%), {s.saved} saved, "
+            f"{_errors(s.errors)}, {_rate(s)}{_eta(s)}"
+        )
 
     def close(self) -> None:
         pass
@@ -57,7 +63,7 @@ class BarReporter:
 
     REDRAW_S = 0.25  # a frame every quarter second: the clock shows every second even when one is late
 
-    def __init__(self, stream, launched: float):
+    def __init__(self, stream: TextIO, launched: float):
         from tqdm import tqdm
 
         class Bar(tqdm):  # tqdm's bar and terminal handling; every figure after the bar is ours
@@ -68,7 +74,9 @@ class BarReporter:
                 return {**super().format_dict, "counts": self.counts}
 
         self.launched = launched
-        self.bar = Bar(total=1, file=stream, dynamic_ncols=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| {counts}")
+        self.bar = Bar(
+            total=1, file=stream, dynamic_ncols=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| {counts}"
+        )
         self.last = Snapshot(0, 0, 0, True, 0, 0.0, phase="starting")
         self.lock = threading.Lock()
         self.stopped = threading.Event()

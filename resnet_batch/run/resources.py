@@ -22,6 +22,7 @@ def short_of(total: dict, free: dict, actors_placed: int, gpus: int, cpus: int =
     needs `cpus` CPUs and `gpus` GPUs. `actors_placed`: model actors that hold theirs (ready
     or still starting). Decode tasks are waiting only when the CPUs the model actors leave
     are none: CPUs held by the job's own decode tasks come free by themselves."""
+
     def have(kind: str) -> str:
         return f"{free.get(kind, 0):g} free of {total.get(kind, 0):g}"
 
@@ -30,7 +31,9 @@ def short_of(total: dict, free: dict, actors_placed: int, gpus: int, cpus: int =
         short = [(k, n) for k, n in need if free.get(k, 0) < n]
         if short:
             what = " and ".join(f"{n} {k}" for k, n in short)
-            return f"waiting for {what} for a model actor; the cluster has {', '.join(f'{k} {have(k)}' for k, _ in short)}"
+            return (
+                f"waiting for {what} for a model actor; the cluster has {', '.join(f'{k} {have(k)}' for k, _ in short)}"
+            )
         return None
     if free.get("CPU", 0) < 1 and total.get("CPU", 0) - actors_placed * cpus < 1:
         held = f", {actors_placed * cpus} held by model actors" if cpus else ""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -39,20 +40,28 @@ class BlockPart:
 
 
 def _tables(parts: list[BlockPart], blocks: list[pa.Table]) -> list[pa.Table]:
-    return [b if p.start is None else b.slice(p.start, p.rows) for p, b in zip(parts, blocks)]
+    return [b if p.start is None else b.slice(p.start, p.rows) for p, b in zip(parts, blocks, strict=False)]
 
 
 # Encoding and upload are I/O and compression: like reading, writing must not wait behind
 # decode tasks for a CPU while finished rows pile up.
 @ray.remote(num_cpus=0, max_retries=3)
-def _write_task(out: OutputDir, schema: pa.Schema, rows_per_file: int, parts: list[BlockPart],
-                *blocks: pa.Table) -> WriteStats:
+def _write_task(
+    out: OutputDir, schema: pa.Schema, rows_per_file: int, parts: list[BlockPart], *blocks: pa.Table
+) -> WriteStats:
     return out.write_tables(_tables(parts, list(blocks)), schema, rows_per_file)
 
 
 class Saver:
-    def __init__(self, out: OutputDir, schema: pa.Schema, rows_per_file: int, checkpoint_every_s: float,
-                 begin, run_info: dict | None = None):
+    def __init__(
+        self,
+        out: OutputDir,
+        schema: pa.Schema,
+        rows_per_file: int,
+        checkpoint_every_s: float,
+        begin: Callable[[], None],
+        run_info: dict | None = None,
+    ):
         self.out, self.schema, self.rows_per_file = out, schema, rows_per_file
         self.run_info = run_info if run_info is not None else {}  # what begin() records; completed as the run learns
         self.checkpoint_every_s = checkpoint_every_s
@@ -78,8 +87,11 @@ class Saver:
         info["ran"] = [json.loads(r) for r in sorted({json.dumps(a, sort_keys=True) for a in actors})]
         info["precision"] = ",".join(sorted({a["precision"] for a in actors}))
         info["device"] = ",".join(sorted({a["device"] for a in actors}))
-        info["versions"] = {"ray": ray.__version__, "torch": ",".join(sorted({a["torch"] for a in actors})),
-                            "torchvision": ",".join(sorted({a["torchvision"] for a in actors}))}
+        info["versions"] = {
+            "ray": ray.__version__,
+            "torch": ",".join(sorted({a["torch"] for a in actors})),
+            "torchvision": ",".join(sorted({a["torchvision"] for a in actors})),
+        }
         self.schema = with_run_metadata(self.schema, info)
         if self.begun:
             self.out.record_run(info)
@@ -104,8 +116,9 @@ class Saver:
         self.ensure_begun()
         parts, self.buffer, self.buffered_rows = self.buffer, [], 0
         if self.out.driver_only:  # memory:// lives in this process only
-            self.stats.add(self.out.write_tables(_tables(parts, ray.get([p.ref for p in parts])),
-                                                 self.schema, self.rows_per_file))
+            self.stats.add(
+                self.out.write_tables(_tables(parts, ray.get([p.ref for p in parts])), self.schema, self.rows_per_file)
+            )
             return
         while len(self.in_flight) >= MAX_WRITES_IN_FLIGHT:
             self._collect(timeout=None)
@@ -131,8 +144,9 @@ class Saver:
     def _collect(self, timeout: float | None) -> int:
         if not self.in_flight:
             return 0
-        ready, _ = ray.wait(list(self.in_flight), num_returns=1 if timeout is None else len(self.in_flight),
-                            timeout=timeout)
+        ready, _ = ray.wait(
+            list(self.in_flight), num_returns=1 if timeout is None else len(self.in_flight), timeout=timeout
+        )
         for ref in ready:
             # Fetched before it leaves in_flight: a signal raises Interrupted inside ray.get,
             # and a write dropped from in_flight uncounted would be on disk but never "saved".

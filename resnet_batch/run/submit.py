@@ -16,9 +16,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from .. import __version__
 from ..core.errors import UsageError, one_line, require
+
+if TYPE_CHECKING:
+    from ray.job_submission import JobSubmissionClient
+
 
 TERMINAL_OK = "SUCCEEDED"
 
@@ -32,8 +37,10 @@ def _client(address: str):
         if "ray[default]" in reason:
             raise UsageError("submitting jobs needs ray[default]: pip install 'resnet-batch[submit]'") from None
         if "token" in reason.lower() and os.environ.get("RAY_AUTH_MODE") != "token":
-            reason += " (Ray 2.60 heads require token authentication: export RAY_AUTH_MODE=token, with the " \
-                      "cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN)"
+            reason += (
+                " (Ray 2.60 heads require token authentication: export RAY_AUTH_MODE=token, with the "
+                "cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN)"
+            )
         raise UsageError(f"cannot reach the Ray job server at {address}: {reason}") from None
 
 
@@ -51,8 +58,10 @@ def job_server(given: str | None) -> tuple[str, str]:
         remembered = ""
     if remembered:
         return remembered, "the last submit's"
-    raise UsageError("--address is required (the cluster's job server, e.g. http://HEAD:8265); RAY_ADDRESS is "
-                     "not set and no job was submitted from here yet")
+    raise UsageError(
+        "--address is required (the cluster's job server, e.g. http://HEAD:8265); RAY_ADDRESS is "
+        "not set and no job was submitted from here yet"
+    )
 
 
 def submitted_from() -> str | None:
@@ -98,7 +107,9 @@ class Submission:
 
     def __post_init__(self):
         if not self.label_args:
-            raise UsageError("give the label command after --, e.g. submit --address URL -- label s3://b/in --output s3://b/out")
+            raise UsageError(
+                "give the label command after --, e.g. submit --address URL -- label s3://b/in --output s3://b/out"
+            )
         if self.label_args[0] != "label":
             raise UsageError(f"only 'label' jobs can be submitted, got {self.label_args[0]!r}")
 
@@ -107,10 +118,12 @@ class Submission:
 
     def runtime_env(self) -> dict:
         # Ship this package's source with the job; the cluster image provides torch and Ray.
-        env: dict = {"py_modules": [str(Path(__file__).resolve().parent.parent)],  # the package
-                     # `jobs stop` sends SIGTERM, then SIGKILL after this many seconds (Ray's default:
-                     # 3): time for the job to save its finished rows (pipeline.SAVE_ON_INTERRUPT_S).
-                     "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S)}}
+        env: dict = {
+            "py_modules": [str(Path(__file__).resolve().parent.parent)],  # the package
+            # `jobs stop` sends SIGTERM, then SIGKILL after this many seconds (Ray's default:
+            # 3): time for the job to save its finished rows (pipeline.SAVE_ON_INTERRUPT_S).
+            "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S)},
+        }
         if self.working_dir:
             env["working_dir"] = self.working_dir
         if self.pip:
@@ -140,13 +153,13 @@ def submit(sub: Submission) -> str:
             time.sleep(2)
 
 
-async def _follow(client, job_id: str, out) -> None:
+async def _follow(client: JobSubmissionClient, job_id: str, out: TextIO) -> None:
     async for lines in client.tail_job_logs(job_id):
         out.write(lines)
         out.flush()
 
 
-def follow(address: str, job_id: str, out=sys.stdout) -> str:
+def follow(address: str, job_id: str, out: TextIO = sys.stdout) -> str:
     """Stream the job's logs until it ends; returns its final status."""
     client = _client(address)
     asyncio.run(_follow(client, job_id, out))
@@ -160,16 +173,22 @@ def _known_job(address: str, job_id: str):
         yield
     except RuntimeError as exc:
         if "404" in str(exc) or "does not exist" in str(exc):
-            raise UsageError(f"no job {job_id} on {address}; `resnet-batch jobs list --address {address}` "
-                             "lists its jobs") from None
+            raise UsageError(
+                f"no job {job_id} on {address}; `resnet-batch jobs list --address {address}` lists its jobs"
+            ) from None
         raise
 
 
 def status(address: str, job_id: str) -> dict:
     with _known_job(address, job_id):
         info = _client(address).get_job_info(job_id)
-    return {"submission_id": job_id, "status": str(info.status.value), "message": info.message,
-            "entrypoint": info.entrypoint, "metadata": info.metadata}
+    return {
+        "submission_id": job_id,
+        "status": str(info.status.value),
+        "message": info.message,
+        "entrypoint": info.entrypoint,
+        "metadata": info.metadata,
+    }
 
 
 def logs(address: str, job_id: str) -> str:
@@ -193,9 +212,15 @@ def list_jobs(address: str) -> list[dict]:
             progress = last_progress_line(client.get_job_logs(job.submission_id)) or ""
         except RuntimeError:
             progress = ""
-        rows.append({"id": job.submission_id, "status": str(job.status.value),
-                     "start": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((job.start_time or 0) / 1000)),
-                     "progress": progress, "output": output_of(job.entrypoint or "")})
+        rows.append(
+            {
+                "id": job.submission_id,
+                "status": str(job.status.value),
+                "start": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((job.start_time or 0) / 1000)),
+                "progress": progress,
+                "output": output_of(job.entrypoint or ""),
+            }
+        )
     return rows
 
 

@@ -21,6 +21,7 @@ class Timeline:
     ended: float = 0.0  # everything saved and checked, Ray stopped
     actor_phases: list = field(default_factory=list)  # each model actor's start (model/phases.py)
     decoding: dict = field(default_factory=dict)  # how decoding was shared (run/decode_share.py)
+    placements: list = field(default_factory=list)  # each model actor's node id and GPU ids
 
     def phases(self, until: float = 0.0) -> dict[str, float]:
         """Seconds of start-up, first batch, steady and shutdown; they add up to the wall
@@ -77,8 +78,14 @@ class LabelSummary:
             errors += f" in this run; {_by_category(self.errors_before)} among the {self.already_done} rows done before"
         phases = self.timeline.phases()
         steady = f" ({self.steady_images_per_s:.1f} images/s)" if self.steady_images_per_s else ""
-        skipped = [f"not inputs: {self.hidden} hidden entries (names starting with '.') in the walked folders; "
-                   "name them as INPUTs or in a manifest to label them"] if self.hidden else []
+        skipped = (
+            [
+                f"not inputs: {self.hidden} hidden entries (names starting with '.') in the walked folders; "
+                "name them as INPUTs or in a manifest to label them"
+            ]
+            if self.hidden
+            else []
+        )
         return [
             f"inputs {self.inputs}, already done {self.already_done}, processed {self.processed}, "
             f"rows in output {self.rows_in_output}",
@@ -95,27 +102,39 @@ class LabelSummary:
 
     def _verdict(self) -> str:
         if not self.complete:
-            copies = (f" (part files not named as resnet-batch names them, copies of others perhaps: "
-                      f"{', '.join(self.misnamed[:5])}; move them out of the output)") if self.misnamed else ""
+            copies = (
+                (
+                    f" (part files not named as resnet-batch names them, copies of others perhaps: "
+                    f"{', '.join(self.misnamed[:5])}; move them out of the output)"
+                )
+                if self.misnamed
+                else ""
+            )
             return f"INCOMPLETE: {self.missing} inputs without a row, {self.duplicates} duplicate rows{copies}"
         if self.inputs == 0:
-            return ("WARNING: no inputs: nothing the INPUTs name is an image, a .tar shard or a manifest "
-                    "(see `resnet-batch label --help` for what is read); nothing was labeled")
+            return (
+                "WARNING: no inputs: nothing the INPUTs name is an image, a .tar shard or a manifest "
+                "(see `resnet-batch label --help` for what is read); nothing was labeled"
+            )
         return "complete: every input has exactly one row"
 
     def _start_and_decoding(self) -> list[str]:
         """The first model actor's start, phase by phase, and the CPU decode share where the
         device decoded JPEGs."""
         lines, t = [], self.timeline
+        if t.placements:
+            lines.append(f"model actors placed: {describe_placements(t.placements)}")
         started = [p for p in t.actor_phases if "at" in p]
         if started:
             first = min(started, key=lambda p: p["at"].get("first forward out", float("inf")))
             lines.append(f"model actor start (first of {len(t.actor_phases)}): {describe(first, t.launched)}")
         d = t.decoding
         if d.get("device_decode_ms") is not None:
-            lines.append(f"decoding: CPU share {d['share']:.2f} ({'fixed' if d['fixed'] else 'auto'}; per image: "
-                         f"forward {d['forward_ms']} ms and device decode {d['device_decode_ms']} ms on the model's "
-                         f"device, CPU decode {d['cpu_decode_ms']} ms on one of {d['cores']} cores per model actor)")
+            lines.append(
+                f"decoding: CPU share {d['share']:.2f} ({'fixed' if d['fixed'] else 'auto'}; per image: "
+                f"forward {d['forward_ms']} ms and device decode {d['device_decode_ms']} ms on the model's "
+                f"device, CPU decode {d['cpu_decode_ms']} ms on one of {d['cores']} cores per model actor)"
+            )
         return lines
 
 
@@ -133,3 +152,13 @@ def time_bar(phases: dict[str, float], width: int = 40) -> str:
 
 def _by_category(errors: Counter) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(errors.items())) or "none"
+
+
+def describe_placements(placements: list[dict]) -> str:
+    """ "16 on 2 nodes (8 + 8), holding 16 GPUs": how many model actors, on how many nodes."""
+    per_node = Counter(p.get("node") for p in placements)
+    gpus = sum(len(p.get("gpus") or ()) for p in placements)
+    nodes = f"{len(per_node)} node{'s' if len(per_node) != 1 else ''}"
+    held = f", holding {gpus} GPU{'s' if gpus != 1 else ''}" if gpus else ""
+    split = f" ({' + '.join(str(n) for n in sorted(per_node.values(), reverse=True))})" if len(per_node) > 1 else ""
+    return f"{len(placements)} on {nodes}{split}{held}"

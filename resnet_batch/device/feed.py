@@ -16,15 +16,19 @@ from __future__ import annotations
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..core.columns import ERROR
 from ..data.decode import JPEG_COLUMN, PIXELS_COLUMN
-from ..data.device_decode import DeviceDecoder, host_to_device
 from ..data.preprocessing import Preprocessing
+from .decoders import DeviceDecoder, HostDecoder, jpeg_backend
+from .self_check import device_path_error
+from .streams import host_to_device, timing_event
 
 
 @dataclass
@@ -38,7 +42,7 @@ class Fed:
     device_decoded: int = 0  # JPEGs the device decoded for it
     cpu_s: float = 0.0  # on a CPU: the data path's own seconds
 
-    def use_here(self) -> torch.Tensor:
+    def images_on_current_stream(self) -> torch.Tensor:
         """The crops, safe to read on the current stream (which waits for them on the device)."""
         if self.ready is not None:
             stream = torch.cuda.current_stream(self.images.device)
@@ -48,16 +52,21 @@ class Fed:
 
     def data_path_s(self) -> float:
         """GPU seconds of this batch's data path (call once the batch is done)."""
-        return self.started.elapsed_time(self.ready) / 1000 if self.ready is not None else self.cpu_s
+        if self.started is None or self.ready is None:
+            return self.cpu_s
+        return self.started.elapsed_time(self.ready) / 1000
 
 
 class DeviceFeed:
-    """Batches -> uint8 crops on `device`, on a stream of the feed's own."""
+    """Batches -> uint8 crops on `device`, on a stream of the feed's own; `decoder` names
+    the JPEG decoder (decoders.py) where the actor decodes JPEGs, else None."""
 
-    def __init__(self, prep: Preprocessing, device: torch.device):
-        self.crop = prep.crop_size
+    def __init__(self, prep: Preprocessing, device: torch.device, decoder: str | None = None):
+        self.prep, self.crop = prep, prep.crop_size
         self.device = device
-        self.decoder = DeviceDecoder(prep, device) if prep.resizes_on_device else None
+        self.decoder: DeviceDecoder | HostDecoder | None = None
+        if decoder is not None:
+            self.decoder = DeviceDecoder(prep, device, jpeg_backend(decoder, device))
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         # One data path at a time: they share the JPEG engines and a stream, and the forward
         # of the batch before is what they should overlap with, not each other.
@@ -66,13 +75,27 @@ class DeviceFeed:
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray] | np.ndarray, errors: np.ndarray | None = None) -> Fed:
         """A uint8 (N, 3, H, W) array, or a --decode gpu batch (whose decode errors go into `errors`)."""
-        with self.lock, (torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()):
+        with self.lock, torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():
             started, clock = timing_event(self.stream), time.perf_counter()
             if isinstance(batch, np.ndarray):
                 images, decoded = self.to_device(batch), 0
             else:
-                images, decoded = self._decode_batch(batch, errors)
+                images, decoded = self._decode_batch(
+                    batch, np.array(batch[ERROR], dtype=object) if errors is None else errors
+                )
             return Fed(images, timing_event(self.stream), started, decoded, time.perf_counter() - clock)
+
+    def check(self) -> str | None:
+        """Run the JPEG path once on the check images (self_check.py); if it raises or its
+        crops differ from the CPU path's, decode on the host from now on and say why."""
+        if not isinstance(self.decoder, DeviceDecoder):
+            return None
+        with self.lock, torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():
+            error = device_path_error(self.decoder, self.prep)
+        if error is not None:
+            error = f"{self.decoder.name}: {error}"
+            self.decoder = HostDecoder(self.prep, self.device)
+        return error
 
     def to_device(self, images: np.ndarray) -> torch.Tensor:
         with warnings.catch_warnings():
@@ -93,33 +116,15 @@ class DeviceFeed:
         jpeg_rows = [i for i, data in enumerate(batch[JPEG_COLUMN]) if data]
         if not jpeg_rows:
             return images, 0
+        if self.decoder is None:
+            raise RuntimeError("JPEG bytes reached a model actor that decodes none: its plan has no --gpu-decoder")
         decoded = self.decoder([batch[JPEG_COLUMN][i] for i in jpeg_rows])
         for k, error in decoded.errors.items():
             errors[jpeg_rows[k]] = error
         if decoded.ok:
             images.index_copy_(0, self.index([jpeg_rows[k] for k in decoded.ok]), decoded.crops)
-        return images, len(jpeg_rows)
+        return images, len(jpeg_rows) if isinstance(self.decoder, DeviceDecoder) else 0
 
-    def index(self, rows) -> torch.Tensor:
+    def index(self, rows: Sequence[int] | np.ndarray) -> torch.Tensor:
         """Row numbers on the device: from pinned memory, ordered on the current stream."""
         return host_to_device(torch.tensor(rows, dtype=torch.int64), self.device)
-
-
-def timing_event(stream: torch.cuda.Stream | None) -> torch.cuda.Event | None:
-    """A timing event recorded on `stream` now (None on a CPU, which has no stream)."""
-    if stream is None:
-        return None
-    event = torch.cuda.Event(enable_timing=True)
-    event.record(stream)
-    return event
-
-
-def tiny_jpeg() -> bytes:
-    """A 16x16 JPEG: what a warm-up decode needs to start nvJPEG's handles."""
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16), (120, 60, 30)).save(buf, format="JPEG")
-    return buf.getvalue()

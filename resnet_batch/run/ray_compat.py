@@ -1,0 +1,122 @@
+"""Every use of Ray's private and developer APIs, in one module, for the Ray it was written for.
+
+Public API serves everywhere else. What is here has no public form in Ray 2.60: the blocks
+a dataset yields by reference (for saving without pulling rows into the driver), the
+metadata of a read task whose size is unknown, the processes of the node this process
+started (to stop its monitor first), and two start-up hooks (Ray's SIGTERM handler, its
+record of the command line). Under another Ray, importing this module warns once: these
+are the first places to look when a job fails inside Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import ray
+
+RAY_SERIES = "2.60"  # the Ray release series this module was written and tested against
+
+log = logging.getLogger(__name__)
+
+
+def version_warning(version: str = ray.__version__) -> str | None:
+    if version == RAY_SERIES or version.startswith(RAY_SERIES + "."):
+        return None
+    return (
+        f"resnet-batch was written for Ray {RAY_SERIES} and this is Ray {version}: it reaches a few of Ray's "
+        f"private APIs (resnet_batch/run/ray_compat.py); if a job fails inside Ray, install ray=={RAY_SERIES}.*"
+    )
+
+
+if version_warning():
+    log.warning("%s", version_warning())
+
+
+def block_refs(ds: ray.data.Dataset) -> Iterator[list[tuple[ray.ObjectRef, int, int | None]]]:
+    """Per finished bundle of `ds`: (block reference, rows, start offset or None) of each
+    block, running the dataset (Ray Data's developer API: the rows stay in the object store)."""
+    for bundle in ds.iter_internal_ref_bundles():
+        yield [
+            (entry.ref, s.num_rows if s else entry.metadata.num_rows, s and s.start_offset)
+            for entry, s in zip(bundle.blocks, bundle.slices, strict=False)
+        ]
+
+
+def streaming_task(ahead: int, **options: Any) -> Callable:
+    """@ray.remote for a generator task whose items stream back, running at most `ahead`
+    items ahead of its consumer (Ray's private backpressure option for generators)."""
+    options.update(num_returns="streaming", _generator_backpressure_num_objects=ahead)
+    return ray.remote(**options)
+
+
+def unknown_block_metadata():
+    """A read task's metadata when nothing is known ahead (rows, size and files unknown)."""
+    from ray.data.block import BlockMetadata
+
+    return BlockMetadata(None, None, None)
+
+
+def node_class():
+    """The class of a node this process started (its processes, how Ray stops each kind)."""
+    import ray._private.node
+
+    return ray._private.node.Node
+
+
+def started_node():
+    """The node ray.init started in this process, or None (joined a cluster, or not started)."""
+    return getattr(ray._private.worker, "_global_node", None)
+
+
+def node_processes(node: object, kind: str | None = None) -> list:
+    """The subprocess handles of `node`'s processes (of one kind, e.g. "monitor")."""
+    processes = getattr(node, "all_processes", {})
+    infos = processes.get(kind, []) if kind else [i for kind_infos in processes.values() for i in kind_infos]
+    return [info.process for info in infos]
+
+
+@contextmanager
+def without_sigterm_handler():
+    """ray.init without the SIGTERM handler it installs in the main thread (the caller's stays)."""
+    utils = ray._private.utils
+    install = utils.set_sigterm_handler
+    utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        utils.set_sigterm_handler = install
+
+
+@contextmanager
+def entrypoint_as_text():
+    """ray.init records the command line, which it sends as UTF-8: bytes that are not UTF-8
+    in it are given to Ray written as `\\xNN`."""
+    utils = ray._private.utils
+    entrypoint = utils.get_entrypoint_name
+    utils.get_entrypoint_name = lambda: (
+        entrypoint().encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    )
+    try:
+        yield
+    finally:
+        utils.get_entrypoint_name = entrypoint
+
+
+def alive_actor_nodes(class_part: str) -> set[str]:
+    """Node ids hosting a live actor whose class name contains `class_part`, from the GCS
+    (no dashboard needed)."""
+    from ray._private.state import actors
+
+    return {
+        a["Address"]["NodeID"] for a in actors().values() if a["State"] == "ALIVE" and class_part in a["ActorClassName"]
+    }
+
+
+def validate_launcher_config(config: dict) -> None:
+    """What `ray up` does with a cluster launcher config: fill in the defaults, validate."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(config))
