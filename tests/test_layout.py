@@ -231,7 +231,7 @@ def test_stages_report_through_protocols_not_actor_handles():
 
 
 RAY_PRIVATE = re.compile(
-    r"_generator_backpressure|"
+    r"_generator_backpressure|\._create_executor|\._build_bundle_iterator|"
     r"ray\._private|ray\.\w+(\.\w+)*\._internal|_internal\b|iter_internal_ref_bundles|ray\.data\.block\b"
 )
 

@@ -98,10 +98,10 @@ def start_ray(address: str | None) -> bool:
 _END = object()
 
 
-def _feed(ds: ray.data.Dataset, into: queue.Queue) -> None:
+def _feed(run: ray_compat.DatasetRun, into: queue.Queue) -> None:
     """Runs the dataset, passing each finished block's reference (never its rows) to the driver."""
     try:
-        for blocks in ray_compat.block_refs(ds):
+        for blocks in run:
             into.put(
                 [BlockPart(ref, rows, offset) for ref, rows, offset in blocks if rows]
             )  # a walk with nothing left to do yields empty blocks
@@ -145,13 +145,17 @@ def execute(
         counter, source.num_read_tasks, plan.actors, plan.gpus_per_actor, plan.cpus_per_actor, wait_for_resources
     )
     blocks: queue.Queue = queue.Queue()
-    threading.Thread(target=_feed, args=(ds, blocks), daemon=True, name="resnet-batch-feed").start()
+    run = ray_compat.DatasetRun(ds)
+    feed = threading.Thread(target=_feed, args=(run, blocks), daemon=True, name="resnet-batch-feed")
+    feed.start()
     done = [0]  # rows received, as the loop counts them
     try:
         _drive(blocks, saver, counter, watch, timeline, report, done)
     except BaseException as exc:  # a signal or a failure: keep what is finished, for --mode resume
         done[0] += _take_arrived(blocks, saver)
         _save_on_stop(saver, exc, done[0])
+        run.stop()  # before Ray's shutdown, which its threads (and the feed's) would outlive
+        feed.join(timeout=30)
         if isinstance(exc, (KeyboardInterrupt, Interrupted)):
             signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
             raise Interrupted(signum, done[0], saver.saved) from None
