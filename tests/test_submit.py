@@ -58,7 +58,7 @@ def ray_head(tmp_path_factory):
         while subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode != 0:
             assert head.poll() is None and time.monotonic() < deadline, "ray head did not come up"
             time.sleep(1)
-        yield address, env, token
+        yield address, env, token, f"127.0.0.1:{gcs}"
     finally:
         os.killpg(head.pid, signal.SIGKILL)  # SIGTERM would leave raylet and GCS running
         head.wait()
@@ -71,7 +71,7 @@ def cli(env, *args, timeout=400):
 
 
 def test_submit_wait_succeeds_and_writes_output(ray_head, tmp_path):
-    address, env, token = ray_head
+    address, env, token, _ = ray_head
     out = tmp_path / "out"
     result = cli(
         env,
@@ -111,7 +111,7 @@ def test_submit_wait_succeeds_and_writes_output(ray_head, tmp_path):
 
 
 def test_jobs_find_the_last_submits_server_list_and_name_unknown_ids(ray_head, tmp_path):
-    address, env, _ = ray_head
+    address, env, _, _ = ray_head
     env = {**env, "XDG_CONFIG_HOME": str(tmp_path / "config")}
     out = tmp_path / "listed"
     submitted = cli(
@@ -151,7 +151,7 @@ def test_jobs_find_the_last_submits_server_list_and_name_unknown_ids(ray_head, t
 
 
 def test_failing_job_reports_failure(ray_head, tmp_path):
-    address, env, _ = ray_head
+    address, env, _, _ = ray_head
     result = cli(
         env,
         "submit",
@@ -178,3 +178,19 @@ def test_failing_job_reports_failure(ray_head, tmp_path):
 def test_submit_without_label_command(tmp_path):
     result = cli(os.environ.copy(), "submit", "--address", "http://127.0.0.1:9", "--", "models")
     assert result.returncode == 2 and "only 'label' jobs can be submitted" in result.stderr
+
+
+def test_label_joining_a_token_head_without_the_token_says_how(ray_head, tmp_path):
+    """`label --address` to a head that requires a token, from a shell without one: one line
+    that says what to set, exit 2, nothing written."""
+    _, env, _, gcs = ray_head
+    bare = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+    out = tmp_path / "out"
+    result = cli(bare, "label", str(EXAMPLES), "--output", str(out), "--weights", "none", "--address", gcs, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert (
+        "if the cluster requires a token (RAY_AUTH_MODE=token on its nodes), set RAY_AUTH_MODE=token and "
+        "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) here too" in last
+    ), result.stderr[-2000:]
+    assert not out.exists() or not any(out.iterdir())
