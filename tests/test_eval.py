@@ -116,6 +116,9 @@ def test_label_parsing_and_published_figures():
     assert label_from_path("/x/cat.jpg") is None
     meta = tvm.ResNet50_Weights.IMAGENET1K_V2.meta["_metrics"]["ImageNet-1K"]
     assert published_errors("resnet50", "IMAGENET1K_V2") == pytest.approx((100 - meta["acc@1"], 100 - meta["acc@5"]))
+    assert published_errors("resnet50", "DEFAULT") == published_errors("resnet50", "IMAGENET1K_V2")
+    v1 = tvm.ResNet18_Weights.IMAGENET1K_V1.meta["_metrics"]["ImageNet-1K"]
+    assert published_errors("resnet18", "IMAGENET1K_V1") == pytest.approx((100 - v1["acc@1"], 100 - v1["acc@5"]))
     assert published_errors("resnet18", "/some/checkpoint.pth") is None
 
 

@@ -59,7 +59,11 @@ def test_release_table_is_torchvisions(model):
         )
         assert resolved.preprocessing == expected and resolved.preprocess_from == w.name
         assert resolved.categories == tuple(w.meta["categories"])
-        assert TORCHVISION_WEIGHTS[model][w.name].url == w.url
+        record = TORCHVISION_WEIGHTS[model][w.name]
+        assert record.url == w.url and record.recipe == expected
+        assert record.categories == tuple(w.meta["categories"])
+        metrics = w.meta["_metrics"]["ImageNet-1K"]
+        assert (record.acc1, record.acc5) == (metrics["acc@1"], metrics["acc@5"])
         assert hub_checkpoint(w.url).name == os.path.basename(w.url)
 
 
@@ -67,12 +71,11 @@ def test_actors_refuse_tables_their_torchvision_disagrees_with(monkeypatch):
     """A node whose torchvision describes a release otherwise than the driver's tables stops the
     job instead of labeling with another recipe or other class names."""
     import resnet_batch.model.models as models
-    from resnet_batch.model.registry import Published
 
     resolved = resolve_weights("resnet18", "none")
     build_model(resolved)  # the tables agree with the torchvision installed here
     release = TORCHVISION_WEIGHTS["resnet18"]["IMAGENET1K_V1"]
-    monkeypatch.setitem(TORCHVISION_WEIGHTS["resnet18"], "IMAGENET1K_V1", Published(release.url, 232))
+    monkeypatch.setitem(TORCHVISION_WEIGHTS["resnet18"], "IMAGENET1K_V1", dataclasses.replace(release, resize_size=232))
     with pytest.raises(WeightsUnavailableError, match=r"resnet18 IMAGENET1K_V1 otherwise .* recipe \(256, 224"):
         build_model(resolved)
     monkeypatch.undo()

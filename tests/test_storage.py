@@ -303,3 +303,24 @@ def test_a_lease_being_written_is_never_read_as_stale(tmp_path, monkeypatch):
         held.__exit__(None, None, None)
     assert {str(state).split(":")[0] for state in reads} == {"held"}, sorted({str(s) for s in reads})
     assert "took it" not in rivals, rivals.count("took it")
+
+
+@pytest.mark.parametrize("spelling", ["{}", "file://{}", "local://{}"])
+def test_a_fifo_named_as_a_file_is_refused_however_it_is_spelled(tmp_path, spelling):
+    """--labels, --weights and --config are read through one local check: a FIFO is refused
+    at once (a plain read would block forever), whether named as a path or a file:// URI."""
+    import os
+
+    from resnet_batch.core.storage import NotRegularFile, read_bytes_or_raise
+    from resnet_batch.model.checkpoints import read_labels
+    from resnet_batch.run.config import load_config_file
+
+    fifo = tmp_path / "names.txt"
+    os.mkfifo(fifo)
+    uri = spelling.format(fifo)
+    with pytest.raises(NotRegularFile):
+        read_bytes_or_raise(uri)
+    with pytest.raises(UsageError, match=r"^cannot read --labels file .*a FIFO"):
+        read_labels(uri)
+    with pytest.raises(UsageError, match=r"^cannot read config file .*a FIFO"):
+        load_config_file(uri)

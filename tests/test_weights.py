@@ -17,8 +17,6 @@ from resnet_batch.model.models import MODELS, identify_architecture
 from resnet_batch.model.settings import InferenceSettings
 from resnet_batch.model.weights import resolve_weights
 
-timm = pytest.importorskip("timm")
-
 
 def test_every_architecture_is_recognised_from_its_state_dict():
     for name, spec in MODELS.items():
@@ -93,6 +91,8 @@ def test_bad_labels_files_are_one_line_errors(tmp_path, content, needle):
 
 
 def timm_model(name: str, num_classes: int = 1000):
+    """A timm model (its tests skip, saying so, where timm is not installed; the rest run)."""
+    timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, num_classes=num_classes).eval()
     for module in model.modules():
@@ -125,14 +125,14 @@ def test_timm_state_dicts_load_and_equal_timm(tmp_path, reference_images):
 
 
 def test_timm_hub_folder_brings_its_recipe_and_names(tmp_path):
+    model = timm_model("resnet18", num_classes=3)  # skips where timm is not installed
     from timm.models._hub import save_for_hf
 
-    model = timm_model("resnet18", num_classes=3)
     save_for_hf(
         model, str(tmp_path / "folder"), model_config={"label_names": ["ant", "bee", "wasp"]}, safe_serialization=True
     )
     resolved = resolve_weights("resnet18", str(tmp_path / "folder"))
-    config = timm.data.resolve_data_config({}, model=model)
+    config = pytest.importorskip("timm").data.resolve_data_config({}, model=model)
     prep = resolved.preprocessing
     assert resolved.source.kind == "hf" and resolved.categories == ("ant", "bee", "wasp")
     assert prep.crop_size == config["input_size"][-1] and prep.interpolation == config["interpolation"]

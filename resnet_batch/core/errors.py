@@ -37,6 +37,11 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     return " ".join(_ANSI.sub("", str(exc)).split())[:limit]
 
 
+def cannot(action: str, exc: BaseException) -> UsageError:
+    """The one wording of a storage failure the user can act on: "cannot ACTION: Error: why"."""
+    return UsageError(f"cannot {action}: {type(exc).__name__}: {one_line(exc)}")
+
+
 def root_cause(exc: BaseException) -> BaseException:
     """The error a remote task or actor raised, out of Ray's wrappers (whose own message is
     a traceback), e.g. the OSError "No space left on device" of a write task."""

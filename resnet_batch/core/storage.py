@@ -138,9 +138,9 @@ def modified_at(fs: AbstractFileSystem, path: str) -> float | None:
 
 def read_bytes_or_raise(uri: str, offset: int = -1, size: int = -1) -> bytes:
     """Read a whole file, or `size` bytes at `offset`; raises FileNotFoundError / OSError
-    (NotRegularFile for a local FIFO, socket or device)."""
-    if scheme_of(uri) == "":
-        with open_regular(uri) as f:
+    (NotRegularFile for a local FIFO, socket or device: file:// and local:// too)."""
+    if is_local(uri):
+        with open_regular(uri if scheme_of(uri) == "" else filesystem(uri)[1]) as f:
             if offset >= 0:
                 f.seek(offset)
                 return f.read(size)

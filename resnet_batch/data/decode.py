@@ -21,6 +21,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..core.columns import ERROR, HEIGHT, IMAGE, PATH, SCALE, WIDTH
 from ..core.errors import ImageError, one_line
+from ..core.identity import TAR_SEPARATOR
 from ..core.reporting import DecodeReporter
 from ..core.storage import NotRegularFile, read_bytes_or_raise
 from .manifests import INLINE_BYTES, LIST_ERROR, TAR_OFFSET, TAR_SIZE
@@ -41,7 +42,7 @@ Image.MAX_IMAGE_PIXELS = None
 def read_image_bytes(uri: str, offset: int = -1, size: int = -1) -> bytes:
     """Bytes of a file, or of a tar member (`shard.tar/key.jpg` at `offset` in the shard)."""
     if offset >= 0:
-        uri = uri[: uri.lower().rindex(".tar/") + len(".tar")]
+        uri = uri[: uri.lower().rindex(TAR_SEPARATOR) + len(TAR_SEPARATOR) - 1]
     try:
         data = read_bytes_or_raise(uri, offset, size)
     except FileNotFoundError:

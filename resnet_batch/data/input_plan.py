@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from ..core.columns import PATH
-from ..core.errors import UsageError, one_line
+from ..core.errors import UsageError, cannot
 from ..core.storage import filesystem, is_local, scheme_of
 from .manifests import open_manifest, read_manifest, read_split
 from .sources import (
@@ -171,7 +171,7 @@ def _is_directory(uri: str) -> bool:
     try:
         return fs.isdir(path)
     except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot list input {uri}: {type(exc).__name__}: {one_line(exc)}") from None
+        raise cannot(f"list input {uri}", exc) from None
 
 
 def _normalised(uri: str) -> str:

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..core.columns import PATH
-from ..core.errors import UsageError, one_line
+from ..core.errors import UsageError, cannot, one_line
 from ..core.identity import as_text, normalise_local
 from ..core.storage import NotRegularFile, filesystem, is_local, scheme_of
 from .manifests import (
@@ -67,7 +67,7 @@ def list_location(uri: str) -> list[str]:
     except UsageError:
         raise
     except (OSError, ValueError) as exc:  # missing bucket, denied listing, bad endpoint
-        raise UsageError(f"cannot list input {uri}: {type(exc).__name__}: {one_line(exc)}") from None
+        raise cannot(f"list input {uri}", exc) from None
 
 
 def _list_location(uri: str) -> list[str]:

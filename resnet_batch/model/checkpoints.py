@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..core.errors import UsageError, WeightsUnavailableError, one_line
 from . import hf
+from .class_names import class_names
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +67,7 @@ def _unwrap(obj: object, uri: str) -> Loaded:
     names = None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            names = next((_names(obj[k], f"{uri} {k}") for k in CLASS_NAME_KEYS if obj.get(k)), None)
+            names = next((class_names(obj[k], f"{uri} {k}") for k in CLASS_NAME_KEYS if obj.get(k)), None)
             obj = obj[key]
     import torch
 
@@ -74,30 +75,6 @@ def _unwrap(obj: object, uri: str) -> Loaded:
         raise WeightsUnavailableError(f"checkpoint {uri} does not hold a state_dict of tensors")
     state = {k.removeprefix("module."): v for k, v in obj.items()}
     return Loaded(hf.convert_state_dict(state) if hf.is_hf_state_dict(state) else state, names)
-
-
-def _name(value: object, at: object, where: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise UsageError(
-            f"{where}: class {at} has no name (got {json.dumps(value)}); every class needs a non-empty string"
-        )
-    return value
-
-
-def _names(value: object, where: str) -> tuple[str, ...]:
-    """Class names from a list, or a dict of class index -> name whose keys are 0..N-1."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_name(v, i, where) for i, v in enumerate(value))
-    if isinstance(value, dict):
-        try:
-            ids = [int(k) for k in value]
-        except (TypeError, ValueError):
-            raise UsageError(f"{where}: class ids must be integers, got {list(value)[:3]}") from None
-        by_index = {i: _name(v, k, where) for i, (k, v) in zip(ids, value.items(), strict=False)}
-        if sorted(by_index) != list(range(len(by_index))):
-            raise UsageError(f"{where}: class ids must be 0..{len(by_index) - 1} without gaps")
-        return tuple(by_index[i] for i in range(len(by_index)))
-    raise UsageError(f"{where}: expected a list of names or a mapping of class id to name")
 
 
 def read_labels(uri: str) -> tuple[str, ...]:
@@ -115,7 +92,7 @@ def read_labels(uri: str) -> tuple[str, ...]:
             parsed = json.loads(text)
         except ValueError as exc:
             raise UsageError(f"--labels file {uri} is not valid JSON: {one_line(exc)}") from None
-        names = _names(parsed, f"--labels {uri}")
+        names = class_names(parsed, f"--labels {uri}")
     else:
         names = tuple(line.strip() for line in text.strip("\n").splitlines())
     if not names or not all(names):

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core.errors import UsageError, WeightsUnavailableError, require
-from .registry import HF_PREFIX
+from .class_names import class_names
+from .registry import HF_PREFIX, IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
     import torch
@@ -112,7 +113,7 @@ def describe_folder(folder: Path) -> FolderInfo:
             raise UsageError(f"{folder} holds a timm {arch!r}; supported: {', '.join(TIMM_ARCHITECTURES)}")
         return FolderInfo(
             arch,
-            _timm_names(config),
+            _config_names(config, "label_names", folder),
             _timm_preprocessing(config.get("pretrained_cfg") or {}),
             weight_file,
             "config.json pretrained_cfg",
@@ -120,7 +121,8 @@ def describe_folder(folder: Path) -> FolderInfo:
     if config.get("model_type") != "resnet":
         raise UsageError(f"{folder} holds a {config.get('model_type')!r} model, not a ResNet")
     values = _processor_preprocessing(folder)
-    return FolderInfo(_hf_architecture(config), _hf_names(config), values, weight_file, "preprocessor_config.json")
+    names = _config_names(config, "id2label", folder)
+    return FolderInfo(_hf_architecture(config), names, values, weight_file, "preprocessor_config.json")
 
 
 def _hf_architecture(config: dict) -> str:
@@ -133,17 +135,9 @@ def _hf_architecture(config: dict) -> str:
     return ARCHITECTURES[key]
 
 
-def _hf_names(config: dict) -> tuple[str, ...] | None:
-    id2label = config.get("id2label") or {}
-    names = tuple(str(id2label.get(str(i), id2label.get(i, i))) for i in range(len(id2label)))
-    return names or None
-
-
-def _timm_names(config: dict) -> tuple[str, ...] | None:
-    names = config.get("label_names")
-    if isinstance(names, dict):
-        return tuple(str(names.get(str(i), names.get(i, i))) for i in range(len(names)))
-    return tuple(str(n) for n in names) if names else None
+def _config_names(config: dict, key: str, folder: Path) -> tuple[str, ...] | None:
+    """The class names under `key` (transformers' id2label, timm's label_names), if any."""
+    return class_names(config[key], f"{folder} config.json {key}") if config.get(key) else None
 
 
 def _timm_preprocessing(cfg: dict) -> dict | None:
@@ -154,8 +148,8 @@ def _timm_preprocessing(cfg: dict) -> dict | None:
     return {
         "resize_size": math.floor(crop / float(cfg.get("crop_pct", 0.875))),
         "crop_size": crop,
-        "mean": tuple(float(m) for m in cfg.get("mean", (0.485, 0.456, 0.406))),
-        "std": tuple(float(s) for s in cfg.get("std", (0.229, 0.224, 0.225))),
+        "mean": tuple(float(m) for m in cfg.get("mean", IMAGENET_MEAN)),
+        "std": tuple(float(s) for s in cfg.get("std", IMAGENET_STD)),
         "interpolation": cfg.get("interpolation", "bilinear"),
     }
 

@@ -20,11 +20,7 @@ from torchvision.models import WeightsEnum
 
 from ..core.errors import UsageError, WeightsUnavailableError
 from .registry import (
-    CROP_SIZE,
     EMBEDDING_DIMS,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    RECIPE_INTERPOLATION,
     STAGE_WIDTHS,
     STAGES,
     TORCHVISION_WEIGHTS,
@@ -86,13 +82,8 @@ def check_release_tables(resolved: ResolvedWeights) -> None:
         tuple(preset.std),
         preset.interpolation.value,
     )
-    ours = (
-        TORCHVISION_WEIGHTS[resolved.model][member.name].resize_size,
-        CROP_SIZE,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        RECIPE_INTERPOLATION,
-    )
+    recipe = TORCHVISION_WEIGHTS[resolved.model][member.name].recipe
+    ours = (recipe.resize_size, recipe.crop_size, recipe.mean, recipe.std, recipe.interpolation)
     shipped_names = imagenet_categories()
     names_differ = resolved.categories == shipped_names and shipped_names != tuple(member.meta["categories"])
     if theirs != ours or names_differ:

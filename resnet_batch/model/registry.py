@@ -14,6 +14,7 @@ from importlib import resources
 from ..core.columns import EMBEDDING, STAGES
 from ..core.errors import UsageError
 from ..core.storage import filesystem, is_local
+from ..data.preprocessing import Preprocessing
 
 BASIC_WIDTHS = (64, 128, 256, 512)  # output channels of layer1..layer4
 BOTTLENECK_WIDTHS = (256, 512, 1024, 2048)  # ResNeXt and wide ResNets widen inside blocks only
@@ -42,38 +43,60 @@ V1, V2 = "IMAGENET1K_V1", "IMAGENET1K_V2"
 _DOWNLOADS = "https://download.pytorch.org/models/"
 
 
-@dataclass(frozen=True)
-class Published:
-    """A torchvision weights release: its download and the resize before the 224 centre crop."""
-
-    url: str
-    resize_size: int
-
-
-def _releases(model: str, v1: str, v2: str | None = None, v1_resize: int = 256) -> dict[str, Published]:
-    releases = {V1: Published(f"{_DOWNLOADS}{model}-{v1}.pth", v1_resize)}
-    if v2:
-        releases[V2] = Published(f"{_DOWNLOADS}{model}-{v2}.pth", 232)
-    return releases
-
-
-TORCHVISION_WEIGHTS = {
-    "resnet18": _releases("resnet18", "f37072fd"),
-    "resnet34": _releases("resnet34", "b627a593"),
-    "resnet50": _releases("resnet50", "0676ba61", "11ad3fa6"),
-    "resnet101": _releases("resnet101", "63fe2227", "cd907fc2"),
-    "resnet152": _releases("resnet152", "394f9c45", "f82ba261"),
-    "resnext50_32x4d": _releases("resnext50_32x4d", "7cdf4587", "1a0047aa"),
-    "resnext101_32x8d": _releases("resnext101_32x8d", "8ba56ff5", "110c445d"),
-    "resnext101_64x4d": _releases("resnext101_64x4d", "173b62eb", v1_resize=232),
-    "wide_resnet50_2": _releases("wide_resnet50_2", "95faca4d", "9ba9bcbe"),
-    "wide_resnet101_2": _releases("wide_resnet101_2", "32ee1156", "d733dc28"),
-}
 # The evaluation recipe all of them share (torchvision's ImageClassification preset).
 CROP_SIZE = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RECIPE_INTERPOLATION = "bilinear"
+
+
+@dataclass(frozen=True)
+class Published:
+    """A torchvision weights release as its `Weights` enum member describes it: the download,
+    the recipe of its `transforms()`, its categories and its published ImageNet-1K accuracy
+    (%). tests/test_models.py checks every field against torchvision."""
+
+    url: str
+    resize_size: int  # before the 224 centre crop
+    acc1: float
+    acc5: float
+
+    @property
+    def recipe(self) -> Preprocessing:
+        return Preprocessing(self.resize_size, CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, RECIPE_INTERPOLATION)
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return imagenet_categories()
+
+    @property
+    def errors(self) -> tuple[float, float]:
+        """The published top-1 and top-5 error, %."""
+        return round(100 - self.acc1, 3), round(100 - self.acc5, 3)
+
+
+def _releases(
+    model: str, v1: tuple[str, float, float], v2: tuple[str, float, float] | None = None, v1_resize: int = 256
+) -> dict[str, Published]:
+    """Each release from its file hash and top-1/top-5 accuracy; V2 resizes to 232."""
+    releases = {V1: Published(f"{_DOWNLOADS}{model}-{v1[0]}.pth", v1_resize, v1[1], v1[2])}
+    if v2:
+        releases[V2] = Published(f"{_DOWNLOADS}{model}-{v2[0]}.pth", 232, v2[1], v2[2])
+    return releases
+
+
+TORCHVISION_WEIGHTS = {
+    "resnet18": _releases("resnet18", ("f37072fd", 69.758, 89.078)),
+    "resnet34": _releases("resnet34", ("b627a593", 73.314, 91.42)),
+    "resnet50": _releases("resnet50", ("0676ba61", 76.13, 92.862), ("11ad3fa6", 80.858, 95.434)),
+    "resnet101": _releases("resnet101", ("63fe2227", 77.374, 93.546), ("cd907fc2", 81.886, 95.78)),
+    "resnet152": _releases("resnet152", ("394f9c45", 78.312, 94.046), ("f82ba261", 82.284, 96.002)),
+    "resnext50_32x4d": _releases("resnext50_32x4d", ("7cdf4587", 77.618, 93.698), ("1a0047aa", 81.198, 95.34)),
+    "resnext101_32x8d": _releases("resnext101_32x8d", ("8ba56ff5", 79.312, 94.526), ("110c445d", 82.834, 96.228)),
+    "resnext101_64x4d": _releases("resnext101_64x4d", ("173b62eb", 83.246, 96.454), v1_resize=232),
+    "wide_resnet50_2": _releases("wide_resnet50_2", ("95faca4d", 78.468, 94.086), ("9ba9bcbe", 81.602, 95.758)),
+    "wide_resnet101_2": _releases("wide_resnet101_2", ("32ee1156", 78.848, 94.284), ("d733dc28", 82.51, 96.02)),
+}
 NO_WEIGHTS = "none"
 HF_PREFIX = "hf:"
 CHECKPOINT_FORMS = "a .pt/.pth/.safetensors file, a save_pretrained folder or hf:ORG/NAME, local or s3://, gs://, ..."

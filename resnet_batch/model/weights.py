@@ -27,14 +27,10 @@ from ..data.preprocessing import Preprocessing
 from . import hf
 from .checkpoints import CheckpointNotFound, Loaded, read_checkpoint, read_labels
 from .registry import (
-    CROP_SIZE,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     NO_WEIGHTS,
     NULL_MODEL,
     NULL_RECIPE_MODEL,
     POOLED,
-    RECIPE_INTERPOLATION,
     TORCHVISION_WEIGHTS,
     check_model,
     check_weights_argument,
@@ -54,8 +50,7 @@ CLASSIC_RECIPE = "IMAGENET1K_V1"  # the 256/224 recipe most ResNet checkpoints w
 
 def _release_recipe(model: str, name: str) -> Preprocessing:
     """The preprocessing of torchvision's release `name` (its weights' transforms())."""
-    resize = TORCHVISION_WEIGHTS[model][name].resize_size
-    return Preprocessing(resize, CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, RECIPE_INTERPOLATION)
+    return TORCHVISION_WEIGHTS[model][name].recipe
 
 
 def _reference_recipe(model: str, preprocess: str | None) -> tuple[Preprocessing, str]:

@@ -24,7 +24,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
-from ..core.errors import UsageError, one_line
+from ..core.errors import UsageError, cannot, one_line
 from ..core.storage import modified_at
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ class OutputLease:
                 raise UsageError(_held_message(self.uri, holder or {}, self.lease))
         except OSError as exc:
             self._cleanup_dir()
-            raise UsageError(f"cannot write to --output {self.uri}: {type(exc).__name__}: {one_line(exc)}") from None
+            raise cannot(f"write to --output {self.uri}", exc) from None
         except BaseException:
             self._cleanup_dir()
             raise

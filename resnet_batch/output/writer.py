@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from ..core import checks
 from ..core.columns import ERROR, PATH, read_run_metadata
-from ..core.errors import UsageError, one_line
+from ..core.errors import UsageError, cannot, one_line
 from ..core.storage import check_scheme, filesystem, is_local, join, scheme_of
 from .ownership import LEASE_FILE, RUN_FILE, OutputLease, refuse_inside_job_output
 
@@ -264,7 +264,7 @@ class OutputDir:
         except (UsageError, FileExistsError):
             raise
         except OSError as exc:  # missing bucket, no write permission, unreachable endpoint
-            raise UsageError(f"cannot write to --output {self.uri}: {type(exc).__name__}: {one_line(exc)}") from None
+            raise cannot(f"write to --output {self.uri}", exc) from None
 
     def check_resumable(self, run_info: dict) -> None:
         """Refuse to resume a run whose results were computed with other settings: the run

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from ..core.columns import ERROR, PATH, TOPK_IDS
 from ..core.errors import UsageError
+from ..model.registry import TORCHVISION_WEIGHTS, V1
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -29,14 +30,9 @@ if TYPE_CHECKING:
 WNID = re.compile(r"^(n\d{8})")
 LABEL_COLUMN = "label"
 WORST_CLASSES_SHOWN = 10  # rows of the per-class table eval prints
+# The line eval prints beside a run's error: torchvision's V1 ResNets, from the release records.
+V1_REFERENCES = {m: TORCHVISION_WEIGHTS[m] for m in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")}
 # torchvision's published ImageNet-1K figures for the V1 weights (top-1 / top-5 error, %).
-V1_REFERENCE = {
-    "resnet18": (30.24, 10.92),
-    "resnet34": (26.70, 8.58),
-    "resnet50": (23.85, 7.13),
-    "resnet101": (22.63, 6.44),
-    "resnet152": (21.69, 5.94),
-}
 
 
 @lru_cache(maxsize=1)
@@ -128,7 +124,7 @@ class EvalReport:
             f"top-5 error  {self.top5():8.2f}%  [{lo5:5.2f}, {hi5:5.2f}]  "
             + (f"{pub[1]:8.2f}%" if pub else "       -"),
             "torchvision V1 reference (top-1/top-5 error %): "
-            + ", ".join(f"{m} {a:.2f}/{b:.2f}" for m, (a, b) in V1_REFERENCE.items()),
+            + ", ".join(f"{m} {r[V1].errors[0]:.2f}/{r[V1].errors[1]:.2f}" for m, r in V1_REFERENCES.items()),
         ]
         return out + self.worst_classes()
 
@@ -151,17 +147,10 @@ class EvalReport:
 
 
 def published_errors(model: str, weights: str) -> tuple[float, float] | None:
-    """torchvision's published top-1/top-5 error for its own weights."""
-    from torchvision.models import get_model_weights
-
-    try:
-        meta = get_model_weights(model)[weights].meta
-    except KeyError:
-        return None
-    metrics = meta.get("_metrics", {}).get("ImageNet-1K", {})
-    if "acc@1" not in metrics:
-        return None
-    return (round(100 - metrics["acc@1"], 3), round(100 - metrics["acc@5"], 3))
+    """torchvision's published top-1/top-5 error for one of its releases (None for other weights)."""
+    releases = TORCHVISION_WEIGHTS.get(model, {})
+    release = releases.get(list(releases)[-1] if weights == "DEFAULT" and releases else weights)
+    return release.errors if release else None
 
 
 def score(output_files: list, fs: AbstractFileSystem, model: str, weights: str) -> EvalReport:

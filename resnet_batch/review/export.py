@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from ..core import checks
 from ..core.columns import ENTROPY, ERROR, MARGIN, NEEDS_REVIEW, PATH, TOPK_LABELS, TOPK_PROBS
 from ..core.errors import UsageError
-from ..core.identity import from_text, member_escapes, split_member
+from ..core.identity import TAR_SEPARATOR, from_text, member_escapes, split_member
 from ..core.storage import filesystem, is_local, replaced_atomically
 from ..data.manifests import TAR_OFFSET, TAR_SIZE, list_tar_members
 from ..output.features import batches, open_output
@@ -85,7 +85,7 @@ def label_studio_image(path: str, local_root: str) -> str:
 
 def tar_member(path: str) -> tuple[str, str] | None:
     """(shard, member) when a row's path is a member of a tar shard (identity.split_member)."""
-    if ".tar/" not in path.lower():
+    if TAR_SEPARATOR not in path.lower():
         return None
     fs, _ = filesystem(path)
     local = is_local(path)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 
+from ..core.identity import TAR_SEPARATOR
 from ..core.storage import modified_at, replaced_atomically
 from ..output.ownership import check_tool_target
 from ..output.writer import FINISHED, OutputDir
@@ -43,7 +44,7 @@ def thumbnail(path: str, max_pixels: int = 100_000_000) -> str | None:
 
     from ..data.decode import ImageError, decode_rgb, read_image_bytes
 
-    if ".tar/" in path.lower():  # a tar member's offset is not in the output: no thumbnail
+    if TAR_SEPARATOR in path.lower():  # a tar member's offset is not in the output: no thumbnail
         return None
     try:
         img = decode_rgb(read_image_bytes(path), max_pixels)
