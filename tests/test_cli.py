@@ -332,10 +332,11 @@ def test_a_sigterm_during_rays_start_is_the_jobs_own(tmp_path):
     # ray.init installs a handler that raises SystemExit wherever a SIGTERM lands; inside
     # Ray's start-up that was swallowed (the job ran on) or left the logging lock held (the
     # job hung). Watched from another thread: the handler in place all through the start,
-    # and a SIGTERM sent in the middle of it, held until Ray has started and then stopped.
+    # and a SIGTERM sent in the middle of it (as its raylet starts), held until Ray has started
+    # and then stopped.
     code = """
 import json, os, signal, threading, time, ray
-from resnet_batch.run import ray_session
+from resnet_batch.run import ray_compat, ray_session
 ours = lambda *_: None
 signal.signal(signal.SIGTERM, ours)
 seen, handled, starting = set(), [], threading.Event()
@@ -346,11 +347,13 @@ def watch():
         handler = signal.getsignal(signal.SIGTERM)
         seen.add("ours" if handler is ours else getattr(handler, "__qualname__", repr(handler)))
         time.sleep(0.001)
-def signal_soon():
-    time.sleep(1.5)
+Node = ray_compat.node_class()
+start_raylet = Node.start_raylet
+def signalled_start_raylet(self, *args, **kwargs):  # the signal lands in the middle of Ray's start
     os.kill(os.getpid(), signal.SIGTERM)
+    return start_raylet(self, *args, **kwargs)
+Node.start_raylet = signalled_start_raylet
 threading.Thread(target=watch, daemon=True).start()
-threading.Thread(target=signal_soon, daemon=True).start()
 signal.signal(signal.SIGTERM, lambda *_: handled.append(ray.is_initialized()))
 ours = signal.getsignal(signal.SIGTERM)
 starting.set()

@@ -394,14 +394,11 @@ def test_a_job_starts_its_own_ray_and_fails_fast_on_a_dead_address(tmp_path):
         start_new_session=True,
     )
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
-        time.sleep(3)  # the head's raylet registers after its GCS listens
+        # Up once a driver can join it and sees its node (the raylet registers after the GCS listens).
+        probe = f"import ray; ray.init(address='127.0.0.1:{port}', logging_level='ERROR'); assert ray.nodes()"
+        deadline = time.time() + 120
+        while subprocess.run([sys.executable, "-c", probe], env={**os.environ, **env}, capture_output=True).returncode:
+            assert head.poll() is None and time.time() < deadline, "the Ray head did not come up"
         result = cli("label", str(folder), "--output", str(tmp_path / "out"), *JOB, env=env, timeout=180)
         assert result.returncode == 0, result.stderr
         result = cli(
@@ -440,20 +437,35 @@ def test_a_signal_while_ray_starts(tmp_path, signum):
     folder = tmp_path / "in"
     write_jpegs(folder, 2, seed=51)
     job = subprocess.Popen(
-        [sys.executable, "-m", "resnet_batch", "label", str(folder), "--output", str(tmp_path / "out"), *JOB],
+        [
+            sys.executable,
+            "-m",
+            "resnet_batch",
+            "label",
+            str(folder),
+            "--output",
+            str(tmp_path / "out"),
+            *JOB,
+            "--progress-every",
+            "0.1",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "RAY_ADDRESS": ""},
     )
     log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "resnet-batch" / "logs"
-    time.sleep(2.5)  # imports done, Ray starting
+    deadline = time.time() + 60
+    while not ray_processes_of(job.pid):  # Ray's first processes are up: its start is under way
+        assert job.poll() is None and time.time() < deadline, "the job ended before its Ray started"
+        time.sleep(0.05)
     job.send_signal(signum)
     _, err = job.communicate(timeout=60)
     assert job.returncode == 128 + signum, err
     assert f"stopped by {signal.Signals(signum).name}" in err
-    time.sleep(1)
-    left = subprocess.run(["pgrep", "-f", f"session_.*_{job.pid}"], capture_output=True, text=True).stdout.split()
+    deadline = time.time() + 20  # Ray's processes see their raylet go and end
+    while (left := ray_processes_of(job.pid)) and time.time() < deadline:
+        time.sleep(0.2)
     assert not left, f"Ray processes of the job left behind: {left}"
     assert log_dir.exists()
 
@@ -642,3 +654,8 @@ def test_readers_say_when_an_output_is_not_a_finished_runs(tmp_path):
     (tmp_path / "empty").mkdir()
     empty = cli("label", str(tmp_path / "empty"), "--output", str(tmp_path / "o2"), *JOB)
     assert empty.returncode == 0 and "WARNING: no inputs" in empty.stdout and "complete" not in empty.stdout
+
+
+def ray_processes_of(pid: int) -> list[str]:
+    """The processes of the Ray session a job (by its pid) started."""
+    return subprocess.run(["pgrep", "-f", f"session_.*_{pid}"], capture_output=True, text=True).stdout.split()

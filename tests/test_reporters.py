@@ -1,0 +1,24 @@
+"""The progress lines of a job in a log or a pipe, from snapshots fed in (no job, no Ray)."""
+
+from __future__ import annotations
+
+from resnet_batch.run.reporters import LogReporter, Snapshot
+
+
+def snapshot(phase: str, done: int = 0, saved: int = 0, total: int = 10, walking: bool = True) -> Snapshot:
+    return Snapshot(done, saved, total, walking, 0, 1.0, phase=phase)
+
+
+def test_a_line_every_few_seconds_and_the_last_once():
+    lines: list[str] = []
+    report = LogReporter(every_s=3600, emit=lines.append)  # no line before the hour is up...
+    report(snapshot("starting Ray"))
+    report(snapshot("labeling", done=4, saved=2))
+    report(snapshot("labeling", done=10, saved=10, walking=False))  # ...but the last, once all is saved
+    report(snapshot("labeling", done=10, saved=10, walking=False))
+    assert lines == ["labeling: 10/10 images (100.0%), 10 saved, 0 errors, rate not yet known"]
+
+    every = LogReporter(every_s=0.0, emit=(timed := []).append)
+    for done in range(3):
+        every(snapshot("labeling", done=done))
+    assert [line.split(",")[0] for line in timed] == [f"labeling: {d}/10+ images ({10 * d:.1f}%)" for d in range(3)]
