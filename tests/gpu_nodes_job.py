@@ -29,8 +29,8 @@ def plan_on_declared_gpus(make_plan):
     def plan(*args, **kwargs):
         planned = make_plan(*args, **kwargs)
         plan.lines = planned.lines()
-        model = dataclasses.replace(planned.model, device="cpu", precision="fp32", threads=1)
-        return dataclasses.replace(planned, model=model)
+        model = dataclasses.replace(planned.inference, device="cpu", precision="fp32", threads=1)
+        return dataclasses.replace(planned, inference=model)
 
     return plan
 

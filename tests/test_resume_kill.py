@@ -58,7 +58,6 @@ def test_sigkill_driver_then_resume(tmp_path):
             time.sleep(0.1)
         os.kill(driver.pid, signal.SIGKILL)  # the driver only; its Ray is left to notice
         driver.wait(timeout=30)
-        time.sleep(1.0)
     finally:
         try:
             os.killpg(driver.pid, signal.SIGKILL)  # then clean up whatever Ray left behind

@@ -13,6 +13,7 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -52,19 +53,29 @@ def run_label(
     every cfg.progress_every seconds). On SIGINT/SIGTERM (KeyboardInterrupt or Interrupted)
     the finished work is saved first, then errors.Interrupted says how much.
     """
-    timeline = Timeline(launched=launched_at or time.time())
     check_weights_argument(cfg.model, cfg.weights)  # a mistyped name fails now, not after Ray's start
-    savers: list[Saver] = []  # the run's, once made
+    run = LabelRun(cfg, report or LogReporter(cfg.progress_every), Timeline(launched=launched_at or time.time()))
     try:
-        return _label(cfg, table, timeline, report or LogReporter(cfg.progress_every), savers)
+        return _label(run, table)
     except Interrupted as stop:
         # A second signal while stopping (delivered once Ray has stopped) carries no counts:
         # the first one's, if it had any, are what the stop says.
         first = stop.__context__ if not stop.processed and isinstance(stop.__context__, Interrupted) else stop
-        saved = savers[0].saved if savers else 0
+        saved = run.saver.saved if run.saver else 0
         if saved and not first.processed:  # stopped after the pipeline's end: all of it is saved
             first = Interrupted(first.signum, saved, saved)
         raise first from None
+
+
+@dataclass
+class LabelRun:
+    """What a label run holds while it runs: its arguments, where it reports, its timeline,
+    and its saver once made (a stop says how many rows that saved)."""
+
+    cfg: LabelConfig
+    report: Reporter
+    timeline: Timeline
+    saver: Saver | None = None
 
 
 def run_eval(cfg: LabelConfig, label_column: str | None = None, **run_options) -> tuple[LabelSummary, EvalReport]:
@@ -90,9 +101,8 @@ def _plan_inputs(cfg: LabelConfig, table: pa.Table | None) -> InputPlan:
     return plan
 
 
-def _label(
-    cfg: LabelConfig, table: pa.Table | None, timeline: Timeline, report: Reporter, savers: list
-) -> LabelSummary:
+def _label(run: LabelRun, table: pa.Table | None) -> LabelSummary:
+    cfg, timeline, report = run.cfg, run.timeline, run.report
     started_ray = False
     # A checkpoint takes seconds to read (and torch to import): the weights are resolved on
     # a thread while the driver lists its inputs and Ray starts.
@@ -120,7 +130,7 @@ def _label(
             # A resume counted here hands its books over as they stand.
             books = Books.on_ray(books if cfg.mode == "resume" else None)
         saver = _saver(cfg, out, weights, plan)
-        savers.append(saver)
+        run.saver = saver
         if pending:
             _execute(cfg, weights.result(), plan, books, saver, timeline, report)
         saver.ensure_begun()  # a run that labeled nothing still applies --mode (overwrite replaces)

@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -148,17 +149,17 @@ def execute(
     run = ray_compat.DatasetRun(ds)
     feed = threading.Thread(target=_feed, args=(run, blocks), daemon=True, name="resnet-batch-feed")
     feed.start()
-    done = [0]  # rows received, as the loop counts them
+    loop = DriverLoop(blocks, saver, counter, watch, timeline, report)
     try:
-        _drive(blocks, saver, counter, watch, timeline, report, done)
+        loop.run()
     except BaseException as exc:  # a signal or a failure: keep what is finished, for --mode resume
-        done[0] += _take_arrived(blocks, saver)
-        _save_on_stop(saver, exc, done[0])
+        loop.take_arrived()
+        _save_on_stop(saver, exc, loop.received)
         run.stop()  # before Ray's shutdown, which its threads (and the feed's) would outlive
         feed.join(timeout=30)
         if isinstance(exc, (KeyboardInterrupt, Interrupted)):
             signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-            raise Interrupted(signum, done[0], saver.saved) from None
+            raise Interrupted(signum, loop.received, saver.saved) from None
         if isinstance(exc, ray.exceptions.RayActorError) and exc.actor_init_failed:
             raise counter.start_failure() or exc from None
         if isinstance(root_cause(exc), OSError):  # the part files' writes: a full disk, a lost bucket
@@ -169,55 +170,60 @@ def execute(
         counter.close()
 
 
-def _drive(
-    blocks: queue.Queue,
-    saver: Saver,
-    counter: CounterClient,
-    watch: RunWatch,
-    timeline: Timeline,
-    report: Reporter,
-    done: list[int],
-) -> None:
-    """The driver's loop: hands finished blocks to the saver, and reports, until the end."""
-    while True:
-        try:
-            item = blocks.get(timeout=0.2)  # short: the loop also saves on time and reports
-        except queue.Empty:
-            item = None
-        if item is _END:
-            break
-        if isinstance(item, BaseException):
-            raise item
-        if item and "ran" not in saver.run_info:  # before the first save: the footers say what ran
-            saver.record_what_ran(counter.actors())
-        for part in item or ():
-            saver.add(part)
-            done[0] += part.rows
-        if item:
-            timeline.last_batch = time.time()
-            if not timeline.first_batch:
-                timeline.first_batch, timeline.first_batch_rows = timeline.last_batch, done[0]
-        saver.tick()
-        report(watch.snapshot(done[0], saver.saved))
-        watch.check()
-    saver.record_what_ran(counter.actors())
-    saver.finish()
-    report(watch.snapshot(done[0], saver.saved, walking=False, errors=sum(saver.stats.errors.values())))
+@dataclass
+class DriverLoop:
+    """What the driver holds while the pipeline runs: the finished blocks arriving from the
+    feed, the saver they go to, the rows received so far, and where progress is reported."""
 
+    blocks: queue.Queue
+    saver: Saver
+    counter: CounterClient
+    watch: RunWatch
+    timeline: Timeline
+    report: Reporter
+    received: int = 0  # rows whose blocks reached the driver (each is saved, or saved on a stop)
 
-def _take_arrived(blocks: queue.Queue, saver: Saver) -> int:
-    """Hand the saver the finished blocks that reached the driver but not yet its loop;
-    the rows handed over."""
-    rows = 0
-    while True:
-        try:
-            item = blocks.get_nowait()
-        except queue.Empty:
-            return rows
-        if isinstance(item, list):
-            for part in item:
-                saver.add(part)
-                rows += part.rows
+    def run(self) -> None:
+        """Hand finished blocks to the saver, and report, until the end."""
+        saver, timeline = self.saver, self.timeline
+        while True:
+            try:
+                item = self.blocks.get(timeout=0.2)  # short: the loop also saves on time and reports
+            except queue.Empty:
+                item = None
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            if item and "ran" not in saver.run_info:  # before the first save: the footers say what ran
+                saver.record_what_ran(self.counter.actors())
+            self._add(item or [])
+            if item:
+                timeline.last_batch = time.time()
+                if not timeline.first_batch:
+                    timeline.first_batch, timeline.first_batch_rows = timeline.last_batch, self.received
+            saver.tick()
+            self.report(self.watch.snapshot(self.received, saver.saved))
+            self.watch.check()
+        saver.record_what_ran(self.counter.actors())
+        saver.finish()
+        errors = sum(saver.stats.errors.values())
+        self.report(self.watch.snapshot(self.received, saver.saved, walking=False, errors=errors))
+
+    def take_arrived(self) -> None:
+        """Hand the saver the finished blocks that reached the driver but not yet its loop."""
+        while True:
+            try:
+                item = self.blocks.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, list):
+                self._add(item)
+
+    def _add(self, parts: list[BlockPart]) -> None:
+        for part in parts:
+            self.saver.add(part)
+            self.received += part.rows
 
 
 def _save_on_stop(saver: Saver, exc: BaseException, done: int) -> None:
@@ -236,7 +242,7 @@ def add_stages(ds: ray.data.Dataset, plan: ExecutionPlan, schema: pa.Schema, pro
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
         ds = ds.map_batches(
             LowPriorityDecode(
-                plan.model.weights.preprocessing,
+                plan.inference.weights.preprocessing,
                 plan.max_pixels,
                 plan.io_threads,
                 defer_jpeg=plan.decode_on_device,
@@ -254,7 +260,7 @@ def add_stages(ds: ray.data.Dataset, plan: ExecutionPlan, schema: pa.Schema, pro
         ds = ds.repartition(target_num_rows_per_block=plan.batch_size)
         return ds.map_batches(
             PredictorActor,
-            fn_constructor_kwargs={"settings": plan.model, "schema": schema, "reporter": CounterReports(progress)},
+            fn_constructor_kwargs={"settings": plan.inference, "schema": schema, "reporter": CounterReports(progress)},
             batch_size=plan.batch_size,
             batch_format="numpy",
             compute=model_pool(plan.actors, plan.calls_per_actor),

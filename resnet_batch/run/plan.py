@@ -72,7 +72,7 @@ class ExecutionPlan:
     io_threads: int
     max_pixels: int
     whole_image: WholeImage | None
-    model: InferenceSettings
+    inference: InferenceSettings  # what each model actor runs with
     read_tasks: int = 1  # read tasks at once (listing, hashing, claiming: CPU that decoding needs too)
     decode_cores_per_actor: int = 1  # the cores a model actor's share of CPU decoding runs on
     cluster: Cluster | None = None  # what the plan was made for
@@ -106,7 +106,7 @@ class ExecutionPlan:
         tasks = f"decode tasks of {self.block_rows} rows, 1 CPU each at idle priority"
         if not self.decode_on_device:
             return f"on CPUs: {tasks}"
-        decoder = self.model.gpu_decoder or "auto"
+        decoder = self.inference.gpu_decoder or "auto"
         decoder = "nvimgcodec where installed, else nvjpeg" if decoder == "auto" else decoder
         share = (
             "set from the measured rates as the job runs (0.25 at first)"
@@ -166,7 +166,7 @@ def make_plan(
         io_threads=cfg.io_threads or (1 if local_inputs else REMOTE_IO_THREADS),
         max_pixels=cfg.max_pixels,
         whole_image=whole_image(cfg, resolved),
-        model=settings,
+        inference=settings,
         read_tasks=max(1, min(MAX_READ_TASKS, cluster.cpu_nodes * cluster.cpus_per_node // CPUS_PER_READ_TASK)),
         decode_cores_per_actor=max(1, cluster.cpu_nodes * cluster.cpus_per_node // actors - 1),
         cluster=cluster,
