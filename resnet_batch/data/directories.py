@@ -36,7 +36,7 @@ PAGE_ENTRIES = 10_000  # entries of one directory per listed page (S3 pages hold
 
 
 @dataclass(frozen=True)
-class Level:
+class ListedPage:
     """One page of a directory's listing: its inputs, the sub-directories it names, and how
     many hidden entries (names starting with ".") it left out."""
 
@@ -45,7 +45,7 @@ class Level:
     hidden: int = 0
 
 
-def list_directory(uri: str, page: int = PAGE_ENTRIES) -> Iterator[Level]:
+def list_directory(uri: str, page: int = PAGE_ENTRIES) -> Iterator[ListedPage]:
     """A directory's images (tar shards expanded to members) and sub-directories, a page of
     at most `page` entries at a time, each page in name order.
 
@@ -60,9 +60,9 @@ def list_directory(uri: str, page: int = PAGE_ENTRIES) -> Iterator[Level]:
         path = from_text(path)  # a folder whose name is not UTF-8 is walked by its original bytes
     try:
         for entries in _pages(fs, path, page):
-            yield _level(fs, path, uri, entries)
+            yield _listed_page(fs, path, uri, entries)
     except (OSError, ValueError) as exc:
-        yield Level(unlisted(uri, f"cannot list {uri}: {type(exc).__name__}: {one_line(exc)}"), [])
+        yield ListedPage(unlisted(uri, f"cannot list {uri}: {type(exc).__name__}: {one_line(exc)}"), [])
 
 
 def _pages(fs: AbstractFileSystem, path: str, page: int) -> Iterator[list[dict]]:
@@ -116,7 +116,7 @@ async def _next_entries(listing: AsyncIterator, n: int) -> list[dict]:
     return entries
 
 
-def _level(fs: AbstractFileSystem, path: str, uri: str, entries: list[dict]) -> Level:
+def _listed_page(fs: AbstractFileSystem, path: str, uri: str, entries: list[dict]) -> ListedPage:
     found, subdirs, hidden = [], [], 0
     for entry in sorted(entries, key=lambda e: e["name"]):
         name = entry["name"].rstrip("/")
@@ -130,7 +130,7 @@ def _level(fs: AbstractFileSystem, path: str, uri: str, entries: list[dict]) -> 
             subdirs.append(to_uri(fs, name, uri))
         elif is_image(name) or (is_tar(name) and kind == "file"):
             found.append(to_uri(fs, name, uri))
-    return Level(with_internal_columns(files_table(found)), subdirs, hidden)
+    return ListedPage(with_internal_columns(files_table(found)), subdirs, hidden)
 
 
 def _followed_kind(link: str, entry: dict) -> str:

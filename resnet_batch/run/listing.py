@@ -19,7 +19,7 @@ import ray
 
 from ..core.columns import PATH
 from ..core.pathset import path_hashes
-from ..data.directories import Level, list_directory
+from ..data.directories import ListedPage, list_directory
 from ..data.input_plan import WALK, ReadUnit, unit_tables
 from ..data.sources import conform
 from . import ray_compat
@@ -38,11 +38,11 @@ PAGES_AHEAD = 2  # listed pages a directory's listing task keeps ready before th
 # yields, so it asks for no CPU; in-flight listings are bounded per walk instead. Each
 # streams its directory's pages, and stops when it is PAGES_AHEAD ahead of the walk.
 @ray_compat.streaming_task(ahead=PAGES_AHEAD, num_cpus=0, max_retries=3)
-def _list_pages(uri: str) -> Iterator[Level]:
+def _list_pages(uri: str) -> Iterator[ListedPage]:
     yield from list_directory(uri)
 
 
-def walk(root: str) -> Iterator[Level]:
+def walk(root: str) -> Iterator[ListedPage]:
     """The images under `root` (tar shards expanded), a page of a listed directory at a time.
 
     Breadth-first: the root in this process (a flat folder starts no other worker process,
@@ -67,7 +67,7 @@ def walk(root: str) -> Iterator[Level]:
             yield level
 
 
-def walk_here(root: str) -> Iterator[Level]:
+def walk_here(root: str) -> Iterator[ListedPage]:
     """The same walk in this process, one directory after another (local disks)."""
     queue = deque([root])
     while queue:
