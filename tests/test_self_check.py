@@ -23,7 +23,8 @@ from resnet_batch.device.self_check import MAX_MEAN_DIFF, check_jpegs, device_pa
 from resnet_batch.model.inference import Predictor
 from resnet_batch.model.settings import InferenceSettings
 from resnet_batch.model.weights import resolve_weights
-from resnet_batch.run.progress import Counts, RunWatch
+from resnet_batch.run.progress import Counts
+from resnet_batch.run.watch import RunWatch
 
 from .helpers import RecordingReporter
 
@@ -137,7 +138,7 @@ def test_the_driver_warns_once_per_reason(caplog):
         cpus_per_actor=1,
         wait_limit_s=600,
     )
-    with caplog.at_level(logging.WARNING, logger="resnet_batch.run.progress"):
+    with caplog.at_level(logging.WARNING, logger="resnet_batch.run.watch"):
         watch.snapshot(0, 0)
         watch.snapshot(0, 0)
     lines = [r.getMessage() for r in caplog.records]

@@ -33,10 +33,11 @@ from ..model.settings import ALLOCATOR_ENV
 from . import ray_compat, ray_session
 from .listing import read_unit
 from .plan import ExecutionPlan
-from .progress import CounterClient, RunWatch
+from .progress import CounterClient
 from .reports import CounterReports
 from .saving import BlockPart, Saver
 from .summary import Timeline
+from .watch import RunWatch
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -92,7 +93,7 @@ def _read_at_idle_priority(*args):
 def start_ray(address: str | None) -> bool:
     """Join or start Ray (ray_session); True when this job started it."""
     started = ray_session.join_or_start(address)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # ours is in progress.py
+    ray.data.DataContext.get_current().enable_progress_bars = False  # ours: watch.py and reporters.py
     return started
 
 
