@@ -1,4 +1,4 @@
-"""Hostile and careless input, through the command line, as a user meets it (issue #24).
+"""Hostile and careless input, through the command line, as a user meets it.
 
 One job over a folder and a manifest that hold every kind of input the rules in
 ARCHITECTURE.md ("Input identity", "File kinds") name; then the tools over its output;
