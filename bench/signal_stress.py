@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.conftest import write_jpegs  # noqa: E402
+from tests.helpers import ray_processes_of  # noqa: E402
 
 JOB = [
     "--model",
@@ -68,7 +69,7 @@ def one_job(folder: Path, out: Path, delay: float, after_dataset: bool) -> str:
         job.communicate()
         return "HUNG"
     last = ("".join(lines) + rest).strip().splitlines()[-1:]
-    left = subprocess.run(["pgrep", "-f", f"session_.*_{job.pid}"], capture_output=True, text=True).stdout.split()
+    left = ray_processes_of(job.pid)
     if job.returncode != 128 + signal.SIGTERM:
         return f"exit {job.returncode}, last line {last}"
     if not last or not last[0].startswith("stopped by SIGTERM: "):

@@ -23,6 +23,11 @@ def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.C
     )
 
 
+def ray_processes_of(pid: int) -> list[str]:
+    """The processes of the Ray session a job (by its pid) started, by their command lines."""
+    return subprocess.run(["pgrep", "-f", f"session_.*_{pid}"], capture_output=True, text=True).stdout.split()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

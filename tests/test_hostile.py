@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 from .conftest import write_jpegs
-from .helpers import cli
+from .helpers import cli, ray_processes_of
 from .inputs_catalogue import bomb_png
 
 JOB = ["--model", "resnet18", "--weights", "none", "--precision", "fp32", "--batch-size", "8"]
@@ -446,8 +446,6 @@ def test_a_signal_while_ray_starts(tmp_path, signum):
             "--output",
             str(tmp_path / "out"),
             *JOB,
-            "--progress-every",
-            "0.1",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -654,8 +652,3 @@ def test_readers_say_when_an_output_is_not_a_finished_runs(tmp_path):
     (tmp_path / "empty").mkdir()
     empty = cli("label", str(tmp_path / "empty"), "--output", str(tmp_path / "o2"), *JOB)
     assert empty.returncode == 0 and "WARNING: no inputs" in empty.stdout and "complete" not in empty.stdout
-
-
-def ray_processes_of(pid: int) -> list[str]:
-    """The processes of the Ray session a job (by its pid) started."""
-    return subprocess.run(["pgrep", "-f", f"session_.*_{pid}"], capture_output=True, text=True).stdout.split()

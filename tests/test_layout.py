@@ -27,14 +27,14 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def imports(name: str, typing_only: bool = True) -> set[str]:
+def imports(name: str, with_typing: bool = True) -> set[str]:
     """Every module of the package and every outside package `name` imports, at any depth
-    (without `typing_only`: leaving out what it imports under `if TYPE_CHECKING:`)."""
+    (without `with_typing`: leaving out what it imports under `if TYPE_CHECKING:`)."""
     path = MODULES[name]
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     tree = ast.parse(path.read_text())
     skipped = set()
-    if not typing_only:
+    if not with_typing:
         for node in ast.walk(tree):
             if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
                 skipped |= {id(n) for n in ast.walk(node)}
@@ -61,7 +61,7 @@ def layer(name: str) -> str | None:
 
 GRAPH = {name: {m for m in imports(name) if m in MODULES and m != name} for name in MODULES}
 # What runs: a module named only in annotations (under TYPE_CHECKING) is not imported.
-RUNTIME_GRAPH = {name: {m for m in imports(name, typing_only=False) if m in MODULES and m != name} for name in MODULES}
+RUNTIME_GRAPH = {name: {m for m in imports(name, with_typing=False) if m in MODULES and m != name} for name in MODULES}
 
 
 def test_layers_import_only_the_layers_below():

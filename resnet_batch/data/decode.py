@@ -177,6 +177,12 @@ def load_one(
         return DecodedImage(None, width, height, f"decode_error: {type(exc).__name__}: {_short(exc)}")
 
 
+def decode_checked(data: bytes, prep: Preprocessing) -> DecodedImage:
+    """The CPU path for JPEG bytes a decode task already checked against --max-pixels (and
+    passed on): what the device path falls back to, and what its check compares with."""
+    return load_one(Source("", inline=data), prep, max_pixels=2**62)
+
+
 class DecodeStage:
     """Batch callable: {"path": [...], ...} -> adds image, width, height, error.
 

@@ -18,13 +18,14 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import numpy as np
 import torch
 
 from ..core.errors import UsageError, one_line, require
-from ..data.decode import Source, load_one
+from ..data.decode import decode_checked
 from ..data.preprocessing import Preprocessing
 from .resize import resize_crop_chunked
 from .streams import current_stream, host_to_device
@@ -167,8 +168,7 @@ class HostDecoder:
         self.pool = ThreadPoolExecutor(HOST_THREADS, thread_name_prefix="host-decode")
 
     def __call__(self, jpegs: list[bytes]) -> DeviceCrops:
-        # The decode task checked each JPEG's size against --max-pixels before passing it on.
-        decoded = list(self.pool.map(lambda data: load_one(Source("", inline=data), self.prep, 2**62), jpegs))
+        decoded = list(self.pool.map(partial(decode_checked, prep=self.prep), jpegs))
         crops = {i: d.pixels for i, d in enumerate(decoded) if d.pixels is not None}
         errors = {i: d.error or "decode_error" for i, d in enumerate(decoded) if d.pixels is None}
         crop, ok = self.prep.crop_size, list(crops)

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..core.columns import ERROR
 from ..data.decode import JPEG_COLUMN, PIXELS_COLUMN
 from ..data.preprocessing import Preprocessing
 from .decoders import DeviceDecoder, HostDecoder, jpeg_backend
@@ -80,9 +79,9 @@ class DeviceFeed:
             if isinstance(batch, np.ndarray):
                 images, decoded = self.to_device(batch), 0
             else:
-                images, decoded = self._decode_batch(
-                    batch, np.array(batch[ERROR], dtype=object) if errors is None else errors
-                )
+                if errors is None:
+                    raise ValueError("a --decode gpu batch needs `errors`, where its decode errors go")
+                images, decoded = self._decode_batch(batch, errors)
             return Fed(images, timing_event(self.stream), started, decoded, time.perf_counter() - clock)
 
     def check(self) -> str | None:

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..core.errors import one_line
-from ..data.decode import Source, load_one
+from ..data.decode import decode_checked
 from ..data.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def device_path_error(decoder: Callable[[list[bytes]], DeviceCrops], prep: Prepr
         return f"returned crops of shape {tuple(crops.shape)} for images {result.ok}"
     for index, crop in sorted(zip(result.ok, crops, strict=False), key=lambda pair: pair[0]):
         name, data = jpegs[index]
-        want = load_one(Source("", inline=data), prep, 2**62).pixels
+        want = decode_checked(data, prep).pixels
         if want is None:
             return f"the CPU path could not decode the {name} check image"
         diff = float(np.abs(crop.astype(np.int16) - want.astype(np.int16)).mean())

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from ..core.columns import ERROR, PATH, TOPK_IDS
 from ..core.errors import UsageError
-from ..model.registry import TORCHVISION_WEIGHTS, V1
+from ..model.registry import TORCHVISION_WEIGHTS, V1, release_name, weights_names
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -148,9 +148,9 @@ class EvalReport:
 
 def published_errors(model: str, weights: str) -> tuple[float, float] | None:
     """torchvision's published top-1/top-5 error for one of its releases (None for other weights)."""
-    releases = TORCHVISION_WEIGHTS.get(model, {})
-    release = releases.get(list(releases)[-1] if weights == "DEFAULT" and releases else weights)
-    return release.errors if release else None
+    if model not in TORCHVISION_WEIGHTS or weights not in weights_names(model):
+        return None
+    return TORCHVISION_WEIGHTS[model][release_name(model, weights)].errors
 
 
 def score(output_files: list, fs: AbstractFileSystem, model: str, weights: str) -> EvalReport:

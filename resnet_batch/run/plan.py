@@ -67,7 +67,6 @@ class ExecutionPlan:
     precision: str  # as the model's nodes resolve it ("auto" only on GPUs, whose kind decides)
     batch_size: int
     block_rows: int  # rows per decode task
-    decode_on_device: bool  # JPEGs travel to the model actors, which decode them on the GPU
     cpu_decode_share: float | None  # with decode_on_device: the share CPU tasks decode all the same (None: adapts)
     io_threads: int
     max_pixels: int
@@ -76,6 +75,11 @@ class ExecutionPlan:
     read_tasks: int = 1  # read tasks at once (listing, hashing, claiming: CPU that decoding needs too)
     decode_cores_per_actor: int = 1  # the cores a model actor's share of CPU decoding runs on
     cluster: Cluster | None = None  # what the plan was made for
+
+    @property
+    def decode_on_device(self) -> bool:
+        """JPEGs travel to the model actors, which decode them (with inference.gpu_decoder)."""
+        return self.inference.gpu_decoder is not None
 
     def lines(self) -> list[str]:
         """The plan in words, stage by stage: what a run will hold and where."""
@@ -161,7 +165,6 @@ def make_plan(
         precision=precision,
         batch_size=batch_size,
         block_rows=batch_size * BLOCKS_PER_BATCH,
-        decode_on_device=on_device,
         cpu_decode_share=None if cfg.cpu_decode_share == "auto" else float(cfg.cpu_decode_share),
         io_threads=cfg.io_threads or (1 if local_inputs else REMOTE_IO_THREADS),
         max_pixels=cfg.max_pixels,
