@@ -215,7 +215,7 @@ def bare_forward(args) -> dict:
     def run(share):
         with predictor._stream():
             for batch in share:
-                predictor.run_model(batch.to(predictor.device, non_blocking=True))
+                predictor.network.run_model(batch.to(predictor.device, non_blocking=True))
 
     def sync():
         if predictor.device.type == "cuda":
@@ -238,7 +238,7 @@ def bare_forward(args) -> dict:
         "images": len(crops),
         "steady_s": seconds,
         "run_s": seconds,
-        "precision": predictor.precision,
+        "precision": predictor.network.precision,
         "steady_window": layouts[best]["window"],
         "layout": best,
         "layouts": {name: len(crops) / v["seconds"] for name, v in layouts.items()},

@@ -6,7 +6,7 @@
 Times, per batch of --batch-size JPEGs already in memory (median of --repeats after a
 warm-up): the batched decode (nvJPEG on a GPU), the batched resize + center crop
 (device/resize.resize_crop), the whole DeviceDecoder call (--gpu-decoder's backend), and the model's
-forward on the crops (Predictor.run_model, --precision). Against PIL decode + resize on
+forward on the crops (Network.run_model, --precision). Against PIL decode + resize on
 one core for scale. The GPU data path keeps up when decode + resize is a small fraction of
 the forward.
 """
@@ -26,7 +26,7 @@ from bench import DEFAULT_DATA, ensure_images  # noqa: E402
 from resnet_batch.data.decode import Source, load_one  # noqa: E402
 from resnet_batch.device.decoders import DeviceDecoder, jpeg_backend  # noqa: E402
 from resnet_batch.device.resize import resize_crop  # noqa: E402
-from resnet_batch.model.inference import Predictor, resolve_device  # noqa: E402
+from resnet_batch.model.network import Network, resolve_device  # noqa: E402
 from resnet_batch.model.settings import InferenceSettings  # noqa: E402
 from resnet_batch.model.weights import resolve_weights  # noqa: E402
 
@@ -66,22 +66,20 @@ def main() -> None:
     device = torch.device(resolve_device(args.device))
     resolved = resolve_weights(args.model, "none")
     decoder = DeviceDecoder(resolved.preprocessing, device, jpeg_backend(args.gpu_decoder, device))
-    predictor = Predictor(
-        InferenceSettings(weights=resolved, precision=args.precision, device=device.type), schema=None
-    )
+    network = Network(InferenceSettings(weights=resolved, precision=args.precision, device=device.type))
     images, errors = decoder.backend.decode(jpegs)
     assert not errors, errors
     decoded = list(images.values())
     crops = decoder(jpegs).crops
     n = len(jpegs)
-    forward_name = f"forward ({predictor.precision})"
+    forward_name = f"forward ({network.precision})"
     stages = {
         f"decode (batched, {decoder.name})": timed(lambda: decoder.backend.decode(jpegs), device, args.repeats),
         "resize + crop (batched)": timed(
             lambda: resize_crop(decoded, resolved.preprocessing, decoder.dtype), device, args.repeats
         ),
         "DeviceDecoder, whole": timed(lambda: decoder(jpegs), device, args.repeats),
-        forward_name: timed(lambda: predictor.run_model(crops), device, args.repeats),
+        forward_name: timed(lambda: network.run_model(crops), device, args.repeats),
     }
     pil = (
         timed(

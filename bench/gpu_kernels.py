@@ -48,18 +48,18 @@ def run(args) -> dict:
     )
     if device.type == "cuda":
         crops = crops.pin_memory()
-    forward_s = timed(lambda: predictor.run_model(crops.to(device, non_blocking=True)), device, args.batches)
+    forward_s = timed(lambda: predictor.network.run_model(crops.to(device, non_blocking=True)), device, args.batches)
     rows.append(
         row(
             "forward alone (pinned uint8 crops: copy in, normalise, forward, results out)",
             forward_s,
             n,
-            f"{model}, {predictor.precision}",
+            f"{model}, {predictor.network.precision}",
         )
     )
     # --smoke on a CPU: compiling takes a minute there (tests/test_forward_variants.py compiles a small model).
     modes = () if args.smoke else ("default", "max-autotune-no-cudagraphs")
-    rows += variants(predictor.model, n, device, predictor.precision, args.batches, modes)
+    rows += variants(predictor.network.model, n, device, predictor.network.precision, args.batches, modes)
     on_device = DecodeStage(resolved.preprocessing, defer_jpeg=True, cpu_share=0.0)(
         {"path": np.array([str(p) for p in paths], dtype=object)}
     )
@@ -242,10 +242,10 @@ def decode_process_loop(predictor: Predictor, jpegs: list[bytes], batches: int) 
     producer.start()
     try:
         with predictor._stream():
-            predictor.run_model(crops.get(timeout=300))  # the first: the process's start and warm-up
+            predictor.network.run_model(crops.get(timeout=300))  # the first: the process's start and warm-up
             start = time.monotonic()
             for _ in range(batches):
-                predictor.run_model(crops.get(timeout=300))
+                predictor.network.run_model(crops.get(timeout=300))
             return (time.monotonic() - start) / batches
     finally:
         done.set()

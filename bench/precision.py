@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from resnet_batch.data.decode import DecodeStage
-from resnet_batch.model.inference import Predictor
+from resnet_batch.model.network import Network
 from resnet_batch.model.settings import InferenceSettings
 from resnet_batch.model.weights import resolve_weights
 
@@ -40,14 +40,14 @@ def main() -> None:
     resolved = resolve_weights(args.model, args.weights)
     crops = DecodeStage(resolved.preprocessing)({"path": np.array([str(x) for x in paths], dtype=object)})["image"]
     base = InferenceSettings(weights=resolved, precision="fp32", device=args.device)
-    ref = Predictor(base, schema=None)
+    ref = Network(base)
     if args.weights == "none":  # random BN statistics make activations realistic in scale
         torch.manual_seed(1)
         for module in ref.model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 1.5)
-    low = Predictor(dataclasses.replace(base, precision=args.precision), schema=None)
+    low = Network(dataclasses.replace(base, precision=args.precision))
     low.model.load_state_dict(ref.model.state_dict())
 
     outs = {"fp32": [], args.precision: []}

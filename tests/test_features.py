@@ -23,8 +23,8 @@ from resnet_batch.core.columns import SCALE
 from resnet_batch.core.errors import UsageError
 from resnet_batch.data.decode import RESIZED_COLUMNS, DecodeStage
 from resnet_batch.data.preprocessing import WholeImage
-from resnet_batch.model.inference import Predictor
 from resnet_batch.model.models import build_model
+from resnet_batch.model.network import Network
 from resnet_batch.model.registry import STAGE_STRIDES
 from resnet_batch.model.settings import InferenceSettings
 from resnet_batch.model.weights import resolve_weights
@@ -51,11 +51,11 @@ def reference_features(resolved, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return extractor(x)
 
 
-def predictor(resolved, spatial=None, whole_image=False, top_k=5) -> Predictor:
+def network(resolved, spatial=None, whole_image=False, top_k=5) -> Network:
     settings = InferenceSettings(
         weights=resolved, precision="fp32", features=ALL, spatial=spatial, whole_image=whole_image, top_k=top_k
     )
-    return Predictor(settings, schema=None)
+    return Network(settings)
 
 
 @pytest.mark.parametrize("model", ["resnet18", "resnext50_32x4d"])
@@ -63,7 +63,7 @@ def test_stage_features_match_create_feature_extractor(tmp_path, reference_image
     resolved = resolve_weights(model, str(save_random_checkpoint(model, tmp_path / "m.pth")))
     prep = resolved.preprocessing
     batch = DecodeStage(prep)({"path": np.array([str(p) for p in reference_images[:3]], dtype=object)})
-    out = predictor(resolved, spatial="c4").predict(batch["image"])
+    out = network(resolved, spatial="c4").predict(batch["image"])
     x = torch.from_numpy(batch["image"]).float().div(255)
     x = (x - torch.tensor(prep.mean).view(1, 3, 1, 1)) / torch.tensor(prep.std).view(1, 3, 1, 1)
     ref = reference_features(resolved, x)
@@ -84,7 +84,7 @@ def test_whole_image_geometry_and_features_against_unpadded_reference(reference_
     whole = WholeImage(prep.resize_size)
     batch = DecodeStage(prep, whole=whole)({"path": np.array([str(p) for p in reference_images], dtype=object)})
     resize = T.Resize(prep.resize_size, max_size=whole.max_size, antialias=True)
-    model = predictor(resolved, spatial="c5", whole_image=True)
+    model = network(resolved, spatial="c5", whole_image=True)
     for k, path in enumerate(batch["path"]):
         img = reference_image(Path(path))
         resized = T.PILToTensor()(resize(img))
@@ -120,7 +120,7 @@ def test_spatial_cell_maps_back_to_where_the_content_is(tmp_path, resnet18_ckpt)
     sizes = np.stack([batch[c] for c in RESIZED_COLUMNS], axis=1)
     for stage in ("c4", "c5"):
         maps = (
-            predictor(resolved, spatial=stage, whole_image=True, top_k=0)
+            network(resolved, spatial=stage, whole_image=True, top_k=0)
             .predict(np.stack(list(batch["image"])), sizes)["spatial"]
             .astype(np.float32)
         )

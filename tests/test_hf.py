@@ -11,7 +11,7 @@ import torch
 
 from resnet_batch.core.errors import UsageError
 from resnet_batch.data.decode import DecodeStage
-from resnet_batch.model.inference import Predictor
+from resnet_batch.model.network import Network
 from resnet_batch.model.settings import InferenceSettings
 from resnet_batch.model.weights import resolve_weights
 from resnet_batch.run.config import LabelConfig
@@ -73,8 +73,8 @@ def test_converted_weights_match_transformers(tmp_path, reference_images, name):
     prep = resolved.preprocessing
     assert (prep.resize_size, prep.crop_size, prep.interpolation) == (256, 224, "bicubic")
     batch = DecodeStage(prep)({"path": np.array([str(p) for p in reference_images[:4]], dtype=object)})
-    predictor = Predictor(InferenceSettings(weights=resolved, precision="fp32"), schema=None)
-    pooled, logits = predictor.run_model(batch["image"]).values()
+    network = Network(InferenceSettings(weights=resolved, precision="fp32"))
+    pooled, logits = network.run_model(batch["image"]).values()
     x = torch.from_numpy(batch["image"]).float().div(255)
     x = (x - torch.tensor(prep.mean).view(1, 3, 1, 1)) / torch.tensor(prep.std).view(1, 3, 1, 1)
     ref_pooled, ref_logits = hf_outputs(model, x)

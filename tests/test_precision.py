@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from resnet_batch.data.decode import DecodeStage
-from resnet_batch.model.inference import Predictor
+from resnet_batch.model.network import Network
 from resnet_batch.model.settings import InferenceSettings, resolve_precision
 from resnet_batch.model.weights import resolve_weights
 
@@ -26,8 +26,8 @@ def test_bf16_close_to_fp32(reference_images, resnet18_ckpt, precision):
     resolved = resolve_weights("resnet18", str(resnet18_ckpt))
     crops = DecodeStage(resolved.preprocessing)({"path": np.array([str(p) for p in reference_images], dtype=object)})
     base = InferenceSettings(weights=resolved, precision="fp32", top_k=5)
-    e32, l32 = Predictor(base, schema=None).run_model(crops["image"]).values()
-    elo, llo = Predictor(dataclasses.replace(base, precision=precision), schema=None).run_model(crops["image"]).values()
+    e32, l32 = Network(base).run_model(crops["image"]).values()
+    elo, llo = Network(dataclasses.replace(base, precision=precision)).run_model(crops["image"]).values()
     assert elo.dtype == torch.float32 and llo.dtype == torch.float32
     cosine = torch.nn.functional.cosine_similarity(elo, e32, dim=1)
     assert cosine.min() > 0.99

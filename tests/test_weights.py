@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 
 from resnet_batch.core.errors import UsageError
 from resnet_batch.data.decode import DecodeStage
-from resnet_batch.model.inference import Predictor
 from resnet_batch.model.models import MODELS, identify_architecture
+from resnet_batch.model.network import Network
 from resnet_batch.model.settings import InferenceSettings
 from resnet_batch.model.weights import resolve_weights
 
@@ -67,8 +67,8 @@ def test_labels_file_must_fit_a_torchvision_release(tmp_path):
 def test_labels_file_gives_random_init_its_class_count(tmp_path):
     (tmp_path / "labels.txt").write_text("a\nb\n")
     resolved = resolve_weights("resnet18", "none", labels=str(tmp_path / "labels.txt"))
-    predictor = Predictor(InferenceSettings(weights=resolved, top_k=2, precision="fp32"), schema=None)
-    assert resolved.categories == ("a", "b") and predictor.model.fc.out_features == 2
+    network = Network(InferenceSettings(weights=resolved, top_k=2, precision="fp32"))
+    assert resolved.categories == ("a", "b") and network.model.fc.out_features == 2
 
 
 @pytest.mark.parametrize(
@@ -112,7 +112,7 @@ def test_timm_state_dicts_load_and_equal_timm(tmp_path, reference_images):
     batch = DecodeStage(resolved.preprocessing)(
         {"path": np.array([str(p) for p in reference_images[:2]], dtype=object)}
     )
-    out = Predictor(InferenceSettings(weights=resolved, precision="fp32"), schema=None).run_model(batch["image"])
+    out = Network(InferenceSettings(weights=resolved, precision="fp32")).run_model(batch["image"])
     prep = resolved.preprocessing
     x = (torch.from_numpy(batch["image"]).float().div(255) - torch.tensor(prep.mean).view(1, 3, 1, 1)) / torch.tensor(
         prep.std

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import threading
 import time
-import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from ..data.decode import JPEG_COLUMN, PIXELS_COLUMN
 from ..data.preprocessing import Preprocessing
 from .decoders import DeviceDecoder, HostDecoder, jpeg_backend
 from .self_check import device_path_error
-from .streams import host_to_device, timing_event
+from .streams import array_to_device, host_to_device, timing_event
 
 
 @dataclass
@@ -77,7 +76,7 @@ class DeviceFeed:
         with self.lock, torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():
             started, clock = timing_event(self.stream), time.perf_counter()
             if isinstance(batch, np.ndarray):
-                images, decoded = self.to_device(batch), 0
+                images, decoded = array_to_device(batch, self.device), 0
             else:
                 if errors is None:
                     raise ValueError("a --decode gpu batch needs `errors`, where its decode errors go")
@@ -96,13 +95,6 @@ class DeviceFeed:
             self.decoder = HostDecoder(self.prep, self.device)
         return error
 
-    def to_device(self, images: np.ndarray) -> torch.Tensor:
-        with warnings.catch_warnings():
-            # Batches arrive read-only (zero-copy from Arrow); they are only read, never written.
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            tensor = torch.from_numpy(np.ascontiguousarray(images))
-        return host_to_device(tensor, self.device)
-
     def _decode_batch(self, batch: dict[str, np.ndarray], errors: np.ndarray) -> tuple[torch.Tensor, int]:
         """The crops the decode stage made (copied in) and those of the JPEGs it passed on
         (decoded here), in the batch's row order."""
@@ -111,7 +103,7 @@ class DeviceFeed:
         local = [i for i, pixels in enumerate(batch[PIXELS_COLUMN]) if pixels]
         if local:
             pixels = np.stack([np.frombuffer(batch[PIXELS_COLUMN][i], np.uint8) for i in local])
-            images.index_copy_(0, self.index(local), self.to_device(pixels.reshape(-1, 3, crop, crop)))
+            images.index_copy_(0, self.index(local), array_to_device(pixels.reshape(-1, 3, crop, crop), self.device))
         jpeg_rows = [i for i, data in enumerate(batch[JPEG_COLUMN]) if data]
         if not jpeg_rows:
             return images, 0

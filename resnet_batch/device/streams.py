@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
 import torch
 
 
@@ -12,6 +15,15 @@ def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type != "cuda":
         return tensor
     return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def array_to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A uint8 batch from the host (often a read-only view of Arrow memory) on `device`."""
+    with warnings.catch_warnings():
+        # Batches arrive read-only (zero-copy from Arrow); they are only read, never written.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensor = torch.from_numpy(np.ascontiguousarray(images))
+    return host_to_device(tensor, device)
 
 
 def timing_event(stream: torch.cuda.Stream | None) -> torch.cuda.Event | None:

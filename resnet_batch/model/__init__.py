@@ -3,8 +3,9 @@
 The architectures and their feature widths (registry.py, models.py), weights resolved from
 torchvision names, checkpoints (loaded with weights_only=True) or the Hugging Face hub
 (weights.py, hf.py), what a model actor runs with and the precision "auto" stands for
-(settings.py), the class Ray starts as a model actor (actor.py) and the batch predictor it
-holds (inference.py; null.py for --model none). Torch is imported by inference.py and
-models.py, and by checkpoints.py to read a checkpoint; never by the driver otherwise.
-Imports core/ and data/.
+(settings.py), the class Ray starts as a model actor (actor.py), the block predictor it
+holds (inference.py; null.py for --model none) and the network that predictor runs
+(network.py). Torch is imported by inference.py, network.py and models.py, and by
+checkpoints.py to read a checkpoint; never by the driver otherwise. Imports core/, data/
+and device/.
 """

@@ -1,9 +1,8 @@
-"""Model stage: uint8 image batches -> top-k labels, pooled embeddings and stage features, one pass.
+"""Model stage: what a model actor runs on each block. A block's images reach the device
+through the feed (copied in, or decoded there), the network labels them, and the block
+leaves as a finished table; the reporter hears of each batch.
 
-Normalisation happens here, on the model's device, so only uint8 crosses process and
-PCIe boundaries. A batch that runs out of GPU memory is split in halves and retried.
-With --crop none, images arrive padded to a few shapes: each shape is one forward, the
-padding is zeroed after normalisation and left out of every average.
+With --crop none, images arrive padded to a few shapes: each shape is one forward.
 """
 
 from __future__ import annotations
@@ -20,40 +19,18 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..core.columns import (
-    ENTROPY,
-    ERROR,
-    IMAGE,
-    MARGIN,
-    NEEDS_REVIEW,
-    SCALE,
-    SPATIAL_SHAPE,
-    TOPK_IDS,
-    TOPK_PROBS,
-    VALID,
-    spatial_column,
-)
+from ..core.columns import ERROR, IMAGE, SCALE, SPATIAL_SHAPE, VALID, spatial_column
 from ..core.reporting import BatchTimes, ModelReporter
 from ..data.decode import JPEG_COLUMN, RESIZED_COLUMNS
 from ..device.feed import DeviceFeed, Fed
 from ..device.streams import current_stream, timing_event
-from .models import build_model, fold_batch_norms, forward_stages, pool
+from .network import Network, resolve_device
 from .outputs import empty_outputs, finished_table
 from .phases import PhaseClock
-from .registry import POOLED, STAGE_STRIDES, STAGES, column_of
-from .settings import InferenceSettings, resolve_precision
+from .registry import STAGE_STRIDES
+from .settings import InferenceSettings
 
 log = logging.getLogger(__name__)
-
-AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was requested but this worker has no usable CUDA GPU")
-    return device
 
 
 class Predictor:
@@ -71,32 +48,13 @@ class Predictor:
         self.reporter = reporter  # told of each batch, if any
         self.clock = clock or PhaseClock()
         self.actor_id = uuid.uuid4().hex
-        self.device = torch.device(resolve_device(settings.device))
-        self.precision = resolve_precision(settings.precision, self.device.type)
-        torch.set_num_threads(max(1, settings.threads))  # also what threads started later get
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-            torch.empty(1, device=self.device)  # the CUDA context, timed on its own
-        self.clock.done("CUDA init")
-        model = fold_batch_norms(build_model(settings.weights)).to(self.device)
-        if settings.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
-        needed = [len(STAGES) if f == POOLED else STAGES.index(f) + 1 for f in settings.features]
-        needed += [STAGES.index(settings.spatial) + 1] if settings.spatial else []
-        self.deepest = max(needed, default=len(STAGES))  # the forward stops after this layer
-        self.forward = torch.compile(self._forward_raw) if settings.compile else self._forward_raw
+        self.device = start_device(settings, self.clock)
+        self.network = Network(settings, self.device)
         # Actors run several calls at once (pipeline.model_pool), each on a thread and (on a
         # GPU) a CUDA stream of its own; the feed runs their data paths on its stream, so one
-        # batch's copy in, decode and resize overlap another's forward (feed.py). Eager
-        # forwards run unlocked; a compiled one is not thread-safe.
+        # batch's copy in, decode and resize overlap another's forward (feed.py).
         self._thread = threading.local()
-        self._launch_lock = threading.Lock() if settings.compile else nullcontext()
-        prep = settings.weights.preprocessing
-        self.feed = DeviceFeed(prep, self.device, settings.gpu_decoder)
-        self.mean = torch.tensor(prep.mean, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(prep.std, device=self.device).view(1, 3, 1, 1)
-        self.embedding_dtype = np.dtype(settings.embedding_dtype)  # "float32" | "float16"
+        self.feed = DeviceFeed(settings.weights.preprocessing, self.device, settings.gpu_decoder)
         self.clock.done("build")
         self.warm_up()
         self.clock.done("warm-up")
@@ -104,7 +62,7 @@ class Predictor:
             "model %s on %s, precision %s; start: %s",
             settings.weights.model,
             self.device,
-            self.precision,
+            self.network.precision,
             self.clock.report()["seconds"],
         )
         if reporter is not None:
@@ -121,7 +79,7 @@ class Predictor:
             return
         crop = self.settings.weights.preprocessing.crop_size
         n = self.settings.warmup_batch if self.device.type == "cuda" else 1
-        self.run_model(self.feed(np.zeros((n, 3, crop, crop), dtype=np.uint8)).images_on_current_stream())
+        self.network.run_model(self.feed(np.zeros((n, 3, crop, crop), dtype=np.uint8)).images_on_current_stream())
 
     def check_device_path(self) -> None:
         """A JPEG path that fails its check is not used: this actor decodes on its CPU, and
@@ -141,104 +99,11 @@ class Predictor:
         # Plain str: torch.__version__ is a TorchVersion, whose unpickling would import torch in the driver.
         return {
             "device": self.device.type,
-            "precision": self.precision,
+            "precision": self.network.precision,
             "torch": str(torch.__version__),
             "torchvision": str(torchvision.__version__),
             "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
         }
-
-    def _forward_raw(self, images: torch.Tensor, resized: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Output columns (and `logits`) for a uint8 batch; `resized` (N, 2): each image's
-        (width, height) inside its padded tensor, for --crop none."""
-        # Same ops as torchvision's preset: convert_image_dtype (x/255), then normalize.
-        x = images.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
-        mask = None
-        if resized is not None:
-            height, width = x.shape[-2:]
-            inside_x = torch.arange(width, device=x.device)[None, :] < resized[:, :1]
-            inside_y = torch.arange(height, device=x.device)[None, :] < resized[:, 1:]
-            mask = (inside_y[:, None, :, None] & inside_x[:, None, None, :]).to(x.dtype)
-            x.mul_(mask)  # padding is 0 after normalisation, as a convolution's own padding
-        if self.settings.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        dtype = AUTOCAST_DTYPES.get(self.precision)
-        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            stages, pooled, logits = forward_stages(self.model, x, self.deepest, self.settings.top_k > 0, mask)
-            out = {}
-            for feature in self.settings.features:
-                if feature == POOLED and pooled is not None:  # the classifier's input, already averaged
-                    out[column_of(feature)] = pooled.float()
-                else:
-                    stage = stages[-1 if feature == POOLED else STAGES.index(feature)]
-                    out[column_of(feature)] = pool(self.model, stage, mask).float()
-        if self.settings.spatial:
-            out["spatial"] = stages[STAGES.index(self.settings.spatial)].to(torch.float16)
-        if logits is not None:
-            out["logits"] = logits.float()
-        return out
-
-    @torch.inference_mode()
-    def run_model(
-        self, images: np.ndarray | torch.Tensor, resized: np.ndarray | None = None
-    ) -> dict[str, torch.Tensor]:
-        """Outputs on the CPU for a uint8 (N, 3, H, W) batch, splitting on OOM."""
-        tensor = images if isinstance(images, torch.Tensor) else self.feed.to_device(images)
-        sizes = None if resized is None else torch.from_numpy(np.asarray(resized, dtype=np.int64)).to(self.device)
-        try:
-            with self._launch_lock:
-                out = self.forward(tensor, sizes)
-            return self._to_host(out)
-        except torch.OutOfMemoryError:
-            if len(images) <= 1:
-                raise
-            del tensor
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            half = len(images) // 2
-            log.warning("out of memory on a batch of %d; retrying as two halves", len(images))
-            halves = [
-                self.run_model(images[s], None if resized is None else resized[s])
-                for s in (slice(0, half), slice(half, None))
-            ]
-            return {name: torch.cat([halves[0][name], halves[1][name]]) for name in halves[0]}
-
-    def predict(self, images: np.ndarray | torch.Tensor, resized: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Output columns as numpy arrays: topk_ids, topk_probs, embedding, c2..c5, spatial."""
-        out = self.run_model(images, resized)
-        result = {
-            name: value.numpy().astype(self.embedding_dtype)
-            for name, value in out.items()
-            if name not in ("logits", "spatial")
-        }
-        if "spatial" in out:
-            result["spatial"] = out["spatial"].numpy()
-        if "logits" in out:
-            result.update(self._labels(torch.softmax(out["logits"], dim=1)))
-        return result
-
-    def _labels(self, probs: torch.Tensor) -> dict[str, np.ndarray]:
-        """Top-k and the review columns from the full softmax."""
-        top, ids = probs.topk(self.settings.top_k, dim=1)
-        best_two = probs.topk(min(2, probs.shape[1]), dim=1).values
-        second = best_two[:, 1] if best_two.shape[1] > 1 else torch.zeros_like(best_two[:, 0])
-        result = {
-            TOPK_IDS: ids.numpy().astype(np.int32),
-            TOPK_PROBS: top.numpy(),
-            MARGIN: (best_two[:, 0] - second).numpy(),
-            ENTROPY: torch.special.entr(probs).sum(1).numpy(),  # nats; 0 = certain
-        }
-        if self.settings.review_below is not None:
-            result[NEEDS_REVIEW] = (best_two[:, 0] < self.settings.review_below).numpy()
-        return result
-
-    def _to_host(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The outputs in host memory: copied from the device into pinned memory, then this
-        call's stream (alone) waited for."""
-        if self.device.type != "cuda":
-            return out
-        host = {name: value.to("cpu", non_blocking=True) for name, value in out.items()}
-        torch.cuda.current_stream(self.device).synchronize()
-        return host
 
     def _stream(self):
         """This thread's CUDA stream as the current one (nothing to do on CPU)."""
@@ -269,7 +134,7 @@ class Predictor:
             if len(ok):
                 started, clock = self._event(), time.perf_counter()
                 self._scatter(
-                    outputs, ok, self.predict(images if len(ok) == len(errors) else images[self.feed.index(ok)])
+                    outputs, ok, self.network.predict(images if len(ok) == len(errors) else images[self.feed.index(ok)])
                 )
                 self._report_times(fed, len(ok), started, time.perf_counter() - clock)
         return finished_table(self.settings, self.schema, batch, errors, outputs, self.reporter)
@@ -300,7 +165,7 @@ class Predictor:
         for shape_rows in by_shape.values():
             rows = np.array(shape_rows)
             stacked = np.stack([images[i] for i in rows])
-            self._scatter(outputs, rows, self.predict(stacked, resized[rows]), resized[rows])
+            self._scatter(outputs, rows, self.network.predict(stacked, resized[rows]), resized[rows])
         outputs[SCALE] = batch[SCALE]
 
     def _scatter(
@@ -321,3 +186,14 @@ class Predictor:
         # Cell (i, j) is centred on pixel (stride * j, stride * i): it is on the image when that is.
         cells = (maps.shape[3], maps.shape[2]) if resized is None else -(-resized // stride)
         outputs[VALID][rows, 2:] = cells
+
+
+def start_device(settings: InferenceSettings, clock: PhaseClock) -> torch.device:
+    """The actor's device, its torch threads and (on a GPU) the CUDA context, timed on its own."""
+    device = torch.device(resolve_device(settings.device))
+    torch.set_num_threads(max(1, settings.threads))  # also what threads started later get
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.empty(1, device=device)
+    clock.done("CUDA init")
+    return device
