@@ -499,7 +499,7 @@ def print_table(results: dict, args) -> None:
 def job_plan(args, on_cpu: bool):
     from resnet_batch.model.weights import resolve_weights
 
-    cfg = LabelConfig(
+    cfg = LabelConfig.of(
         inputs=("-",),
         output="-",
         model=args.model,

@@ -47,7 +47,7 @@ def main(nodes: int, src: str, out: str) -> None:
         ray.init(address=cluster.address, logging_level="WARNING")
     planned = plan_on_declared_gpus(job.make_plan)
     job.make_plan = planned
-    cfg = LabelConfig(
+    cfg = LabelConfig.of(
         inputs=(src,), output=out, model="resnet18", weights="none", batch_size=2, top_k=1, checkpoint_every=1
     )
     summary = job.run_label(cfg)

@@ -25,7 +25,7 @@ def main(src: str, out: str) -> None:
     workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="WARNING")
-    cfg = LabelConfig(
+    cfg = LabelConfig.of(
         inputs=(src,),
         output=out,
         model="resnet50",

@@ -13,7 +13,7 @@ def test_flags_win_over_file(tmp_path):
     path.write_text("inputs: [a, b]\noutput: out\nmodel: resnet18\ntop-k: 3\nbatch_size: 8\n")
     cfg = LabelConfig.from_sources(load_config_file(str(path)), {"model": "resnet34", "top_k": None, "inputs": None})
     assert cfg.inputs == (str(tmp_path / "a"), str(tmp_path / "b")) and cfg.output == str(tmp_path / "out")
-    assert (cfg.model, cfg.top_k, cfg.batch_size) == ("resnet34", 3, 8)
+    assert (cfg.compute.model, cfg.compute.top_k, cfg.execution.batch_size) == ("resnet34", 3, 8)
 
 
 def test_config_paths_are_relative_to_the_file(tmp_path):
@@ -59,10 +59,14 @@ def test_bad_values(values, needle):
 
 def test_cpu_decode_share_is_auto_or_a_fraction():
     base = {"inputs": ["x"], "output": "o"}
-    assert LabelConfig.from_sources(base, {}).cpu_decode_share == "auto"
-    assert LabelConfig.from_sources(base, {"cpu_decode_share": "0.3"}).cpu_decode_share == 0.3  # from the flag
-    assert LabelConfig.from_sources({**base, "cpu_decode_share": 0}, {}).cpu_decode_share == 0.0
-    assert LabelConfig.from_sources({**base, "cpu_decode_share": "auto"}, {}).cpu_decode_share == "auto"  # a file
+    assert LabelConfig.from_sources(base, {}).execution.cpu_decode_share == "auto"
+    assert (
+        LabelConfig.from_sources(base, {"cpu_decode_share": "0.3"}).execution.cpu_decode_share == 0.3
+    )  # from the flag
+    assert LabelConfig.from_sources({**base, "cpu_decode_share": 0}, {}).execution.cpu_decode_share == 0.0
+    assert (
+        LabelConfig.from_sources({**base, "cpu_decode_share": "auto"}, {}).execution.cpu_decode_share == "auto"
+    )  # a file
 
 
 def test_config_file_errors(tmp_path):

@@ -7,7 +7,6 @@ the gpu-marked test on the device machine).
 
 from __future__ import annotations
 
-import dataclasses
 import io
 
 import numpy as np
@@ -192,19 +191,19 @@ def test_gpu_decoder_path_matches_cpu_path(model, decoder, reference_images, res
 
 
 def test_decode_auto_picks_the_device_only_where_it_pays():
-    cfg = LabelConfig(inputs=("x",), output="y", model="resnet18", weights="none")
+    cfg = LabelConfig.of(inputs=("x",), output="y", model="resnet18", weights="none")
     resolved = resolve_weights("resnet18", "none")
-    assert cfg.decode == "auto"
+    assert cfg.execution.decode == "auto"
     assert decodes_on_device(cfg, resolved, on_gpu=True)
     assert not decodes_on_device(cfg, resolved, on_gpu=False)
-    assert not decodes_on_device(dataclasses.replace(cfg, decode="cpu"), resolved, on_gpu=True)
-    assert not decodes_on_device(dataclasses.replace(cfg, crop="none"), resolved, on_gpu=True)
-    assert decodes_on_device(dataclasses.replace(cfg, decode="gpu"), resolved, on_gpu=False)
+    assert not decodes_on_device(cfg.replace(decode="cpu"), resolved, on_gpu=True)
+    assert not decodes_on_device(cfg.replace(crop="none"), resolved, on_gpu=True)
+    assert decodes_on_device(cfg.replace(decode="gpu"), resolved, on_gpu=False)
 
 
 def test_job_with_device_decode(ray_local, reference_images, tmp_path):
     """Through Ray Data: byte columns cross the object store, every input has its row."""
-    cfg = LabelConfig(
+    cfg = LabelConfig.of(
         inputs=(str(reference_images[0].parent),),
         output=str(tmp_path / "out"),
         model="resnet18",

@@ -83,7 +83,7 @@ def test_eval_layouts(ray_local, known_checkpoint, tmp_path, layout):
         manifest = tmp_path / "labels.csv"
         pacsv.write_csv(pa.table({"file": [p for p, _ in items] + [str(broken)], "cls": values + ["0"]}), manifest)
         inputs, label_column = [manifest], "cls"
-    cfg = LabelConfig(
+    cfg = LabelConfig.of(
         inputs=tuple(map(str, inputs)),
         output=str(tmp_path / "out"),
         model="resnet18",
@@ -101,7 +101,7 @@ def test_eval_layouts(ray_local, known_checkpoint, tmp_path, layout):
 def test_unlabeled_inputs_are_refused(ray_local, tmp_path, known_checkpoint):
     (tmp_path / "cats").mkdir()
     Image.new("RGB", (40, 40)).save(tmp_path / "cats" / "a.jpg")
-    cfg = LabelConfig(
+    cfg = LabelConfig.of(
         inputs=(str(tmp_path / "cats"),), output=str(tmp_path / "o"), model="resnet18", weights=str(known_checkpoint)
     )
     with pytest.raises(UsageError, match="no ImageNet label"):

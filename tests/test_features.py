@@ -144,7 +144,7 @@ def test_spatial_cell_maps_back_to_where_the_content_is(tmp_path, resnet18_ckpt)
 )
 def test_bad_feature_options_are_one_line_errors(values, needle):
     with pytest.raises(UsageError, match=needle.replace("(", r"\(")):
-        LabelConfig(inputs=("x",), output="o", **values)
+        LabelConfig.of(inputs=("x",), output="o", **values)
 
 
 def two_classes(folder: Path, per_class: int = 12) -> None:
@@ -168,7 +168,7 @@ def feature_job(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("features")
     two_classes(root / "images")
     (root / "labels.txt").write_text("\n".join(f"class {i}" for i in range(1000)) + "\n")
-    cfg = LabelConfig(
+    cfg = LabelConfig.of(
         inputs=(str(root / "images"),),
         output=str(root / "out"),
         model="resnet18",
@@ -212,17 +212,17 @@ def test_part_files_stay_within_a_row_group_budget(feature_job):
     """The row-size bound that sizes part files holds for real rows; a resnet50 spatial_c5
     output gets files of at most 256 MB."""
     root, _ = feature_job
-    cfg = LabelConfig(
+    cfg = LabelConfig.of(
         inputs=("x",), output="o", model="resnet18", weights="none", features=ALL, spatial="c4", crop="none", resize=128
     )
     resolved = resolve_weights("resnet18", "none")
     for part in (root / "out").glob("part-*.parquet"):
         meta = pq.ParquetFile(part).metadata
         assert meta.num_row_groups == 1
-        assert meta.row_group(0).total_byte_size <= meta.num_rows * row_bytes(cfg, resolved)
-    big = LabelConfig(inputs=("x",), output="o", model="resnet50", weights="none", spatial="c5")
+        assert meta.row_group(0).total_byte_size <= meta.num_rows * row_bytes(cfg.compute, resolved)
+    big = LabelConfig.of(inputs=("x",), output="o", model="resnet50", weights="none", spatial="c5")
     rows = rows_per_file(big, resolve_weights("resnet50", "none"))
-    assert rows * 2048 * 7 * 7 * 2 <= MAX_FILE_BYTES and rows < big.rows_per_file
+    assert rows * 2048 * 7 * 7 * 2 <= MAX_FILE_BYTES and rows < big.execution.rows_per_file
 
 
 def test_features_stream_from_an_object_store(feature_job, s3_endpoint):

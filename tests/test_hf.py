@@ -86,7 +86,7 @@ def test_safetensors_file_and_job_end_to_end(ray_local, tmp_path, reference_imag
     model = save_hf_model("resnet18", tmp_path / "ckpt", seed=3)
     weights = tmp_path / "ckpt" / "model.safetensors"
     out = tmp_path / "out"
-    cfg = LabelConfig(
+    cfg = LabelConfig.of(
         inputs=(str(reference_images[0].parent),),
         output=str(out),
         model="resnet18",

@@ -65,7 +65,7 @@ def test_label_matches_torchvision_reference(
 ):
     ckpt = request.getfixturevalue(ckpt_fixture)
     out = tmp_path / "out"
-    cfg = LabelConfig(
+    cfg = LabelConfig.of(
         inputs=(str(reference_images[0].parent),),
         output=str(out),
         model=model_name,

@@ -24,7 +24,7 @@ from .conftest import write_jpegs
 
 def config(inputs, out, **kw) -> LabelConfig:
     base = dict(model="resnet18", weights="none", precision="fp32", batch_size=4, top_k=2)
-    return LabelConfig(inputs=tuple(str(i) for i in inputs), output=str(out), **{**base, **kw})
+    return LabelConfig.of(inputs=tuple(str(i) for i in inputs), output=str(out), **{**base, **kw})
 
 
 @pytest.fixture(scope="module")

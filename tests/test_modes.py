@@ -22,7 +22,7 @@ def read_parts(out):
 
 def config(inputs, out, **kw) -> LabelConfig:
     base = dict(model="resnet18", weights="none", precision="fp32", batch_size=4, top_k=2)
-    return LabelConfig(inputs=tuple(str(i) for i in inputs), output=str(out), **{**base, **kw})
+    return LabelConfig.of(inputs=tuple(str(i) for i in inputs), output=str(out), **{**base, **kw})
 
 
 def test_catalogue_end_to_end(ray_local, tmp_path):

@@ -23,7 +23,7 @@ def test_null_model_rows_have_resnet50s_columns(ray_local, tmp_path):
     folder = tmp_path / "in"
     write_jpegs(folder, 5, seed=21)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    cfg = LabelConfig(
+    cfg = LabelConfig.of(
         inputs=(str(folder),),
         output=str(tmp_path / "out"),
         model="none",
@@ -37,9 +37,9 @@ def test_null_model_rows_have_resnet50s_columns(ray_local, tmp_path):
     assert summary.complete and summary.processed == 6 and summary.errors == {"decode_error": 1}
     table = pq.read_table(tmp_path / "out")
     # The schema a real resnet50 run with the same options writes, column for column.
-    real = dict(cfg.__dict__, model="resnet50", weights="none")
+    real = cfg.replace(model="resnet50", weights="none").compute
     resolved = resolve_weights("resnet50", "none")
-    want = run_schema(LabelConfig(**real), resolved, (), run_info(LabelConfig(**real), resolved, []))
+    want = run_schema(real, resolved, (), run_info(real, "fp32", resolved, []))
     assert [(f.name, f.type) for f in table.schema] == [(f.name, f.type) for f in want]
     ok = table.filter(table.column("error").is_null()).to_pylist()
     assert len(ok) == 5
@@ -57,7 +57,7 @@ def test_null_model_rows_have_resnet50s_columns(ray_local, tmp_path):
 
 
 def test_null_model_never_takes_a_gpu():
-    cfg = LabelConfig(inputs=("x",), output="y", model="none")
+    cfg = LabelConfig.of(inputs=("x",), output="y", model="none")
     plan = make_plan(
         cfg, resolve_weights("none", "DEFAULT"), Cluster(gpus=4, cpu_nodes=1, cpus_per_node=8, cpu_bf16=False)
     )

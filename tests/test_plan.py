@@ -11,7 +11,7 @@ from resnet_batch.model.weights import resolve_weights
 from resnet_batch.run.config import LabelConfig
 from resnet_batch.run.plan import BLOCKS_PER_BATCH, Cluster, make_plan
 
-CFG = LabelConfig(inputs=("x",), output="y", model="resnet18", weights="none")
+CFG = LabelConfig.of(inputs=("x",), output="y", model="resnet18", weights="none")
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def test_a_gpu_cluster_gets_an_actor_per_gpu_decoding_jpegs(resolved):
     assert plan.device == plan.inference.device == "cuda" and plan.decode_on_device
     assert plan.batch_size == 256 and plan.block_rows == 256 * BLOCKS_PER_BATCH
     assert plan.precision == plan.inference.precision == "auto"  # the GPU's kind decides, on its node
-    assert not make_plan(dataclasses.replace(CFG, device="cpu"), resolved, Cluster(2, 1, 16, False)).decode_on_device
+    assert not make_plan(CFG.replace(device="cpu"), resolved, Cluster(2, 1, 16, False)).decode_on_device
 
 
 @pytest.mark.parametrize("bf16, precision, batch", [(True, "bf16", 64), (False, "fp32", 32)])
@@ -34,14 +34,11 @@ def test_auto_precision_on_cpus_is_decided_once_by_the_model_nodes(resolved, bf1
     # The actors get the precision the batch size was chosen for, never "auto" to decide again.
     assert plan.precision == plan.inference.precision == precision and plan.batch_size == batch
     assert (plan.actors, plan.calls_per_actor, plan.threads_per_call) == (3, 8, 1)
-    assert (
-        make_plan(dataclasses.replace(CFG, precision="fp32"), resolved, Cluster(0, 3, 8, bf16)).inference.precision
-        == "fp32"
-    )
+    assert make_plan(CFG.replace(precision="fp32"), resolved, Cluster(0, 3, 8, bf16)).inference.precision == "fp32"
 
 
 def test_explicit_arguments_win(resolved):
-    cfg = dataclasses.replace(CFG, batch_size=5, num_workers=7, threads_per_worker=2, io_threads=3)
+    cfg = CFG.replace(batch_size=5, num_workers=7, threads_per_worker=2, io_threads=3)
     plan = make_plan(cfg, resolved, Cluster(0, 2, 4, False), local_inputs=False)
     assert (plan.batch_size, plan.actors, plan.calls_per_actor, plan.io_threads) == (5, 7, 2, 3)
     assert make_plan(CFG, resolved, Cluster(0, 1, 4, False), local_inputs=False).io_threads == 16
@@ -50,21 +47,21 @@ def test_explicit_arguments_win(resolved):
 
 def test_more_model_actors_than_the_cluster_can_place_are_refused(resolved):
     with pytest.raises(UsageError, match=r"--num-workers must be between 1 and 8 \(one model actor per CPU.*got 9"):
-        make_plan(dataclasses.replace(CFG, num_workers=9), resolved, Cluster(0, 2, 4, False))
+        make_plan(CFG.replace(num_workers=9), resolved, Cluster(0, 2, 4, False))
     with pytest.raises(UsageError, match=r"--num-workers must be between 1 and 2 \(one model actor per GPU.*got 3"):
-        make_plan(dataclasses.replace(CFG, num_workers=3), resolved, Cluster(2, 1, 16, False))
-    assert make_plan(dataclasses.replace(CFG, num_workers=8), resolved, Cluster(0, 2, 4, False)).actors == 8
+        make_plan(CFG.replace(num_workers=3), resolved, Cluster(2, 1, 16, False))
+    assert make_plan(CFG.replace(num_workers=8), resolved, Cluster(0, 2, 4, False)).actors == 8
 
 
 def test_refusals(resolved):
     with pytest.raises(UsageError, match="--device cuda was requested but the Ray cluster has no GPUs"):
-        make_plan(dataclasses.replace(CFG, device="cuda"), resolved, Cluster(0, 1, 4, False))
+        make_plan(CFG.replace(device="cuda"), resolved, Cluster(0, 1, 4, False))
     lanczos = dataclasses.replace(
         resolved, preprocessing=dataclasses.replace(resolved.preprocessing, interpolation="lanczos")
     )
     assert not lanczos.preprocessing.resizes_on_device
     with pytest.raises(UsageError, match="--decode gpu resizes with"):
-        make_plan(dataclasses.replace(CFG, decode="gpu"), lanczos, Cluster(1, 1, 4, False))
+        make_plan(CFG.replace(decode="gpu"), lanczos, Cluster(1, 1, 4, False))
     assert not make_plan(CFG, lanczos, Cluster(1, 1, 4, False)).decode_on_device
 
 
@@ -77,9 +74,7 @@ def test_read_tasks_grow_with_the_cluster_but_never_outrun_decoding(resolved, no
 def test_the_plan_in_words_for_two_eight_gpu_nodes(resolved):
     """What `label --dry-run` prints: every stage's actors, GPUs and CPUs, batch, decoder, share."""
     cluster = Cluster(gpus=16, cpu_nodes=2, cpus_per_node=64, cpu_bf16=False, gpu_nodes=2)
-    lines = make_plan(
-        dataclasses.replace(CFG, gpu_decoder="nvimgcodec", cpu_decode_share=0.4), resolved, cluster
-    ).lines()
+    lines = make_plan(CFG.replace(gpu_decoder="nvimgcodec", cpu_decode_share=0.4), resolved, cluster).lines()
     assert lines == [
         "plan for 16 GPUs on 2 nodes, 2 nodes with CPUs (64 or more each):",
         "  model: 16 actors, one per GPU, each holding 1 GPU and 1 CPU, 2 calls at once, 4 torch threads per call; "
@@ -90,7 +85,7 @@ def test_the_plan_in_words_for_two_eight_gpu_nodes(resolved):
         "  reading: 4 read tasks at once (0 CPUs, listing and claiming inputs); 1 file fetch thread per decode task",
         "  saving: part files written by tasks of 0 CPUs as batches finish",
     ]
-    cpu = make_plan(dataclasses.replace(CFG, decode="cpu"), resolved, cluster).lines()
+    cpu = make_plan(CFG.replace(decode="cpu"), resolved, cluster).lines()
     assert cpu[2] == "  decoding: on CPUs: decode tasks of 1024 rows, 1 CPU each at idle priority"
     assert make_plan(CFG, resolved, cluster).inference.gpu_decoder == "auto"
-    assert make_plan(dataclasses.replace(CFG, decode="cpu"), resolved, cluster).inference.gpu_decoder is None
+    assert make_plan(CFG.replace(decode="cpu"), resolved, cluster).inference.gpu_decoder is None

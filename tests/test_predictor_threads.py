@@ -3,7 +3,6 @@ by side on CPU, CUDA streams on a GPU), give the sequential results."""
 
 from __future__ import annotations
 
-import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -89,7 +88,7 @@ def test_pool_layout_cpu(ray_local):
     cores = int(ray_local.cluster_resources()["CPU"])
     cluster = ray_session.cluster()
     assert (cluster.gpus, cluster.cpu_nodes, cluster.cpus_per_node) == (0, 1, cores)
-    cfg = LabelConfig(inputs=("x",), output="y", model="resnet18", weights="none", device="cpu")
+    cfg = LabelConfig.of(inputs=("x",), output="y", model="resnet18", weights="none", device="cpu")
     resolved = resolve_weights("resnet18", "none")
 
     def layout(cfg):
@@ -97,5 +96,5 @@ def test_pool_layout_cpu(ray_local):
         return plan.actors, plan.gpus_per_actor, plan.calls_per_actor, plan.threads_per_call
 
     assert layout(cfg) == (1, 0, cores, 1)
-    assert layout(dataclasses.replace(cfg, threads_per_worker=3))[2] == 3
-    assert layout(dataclasses.replace(cfg, compile=True)) == (1, 0, 1, cores)
+    assert layout(cfg.replace(threads_per_worker=3))[2] == 3
+    assert layout(cfg.replace(compile=True)) == (1, 0, 1, cores)

@@ -42,7 +42,7 @@ def job(ray_local, tmp_path_factory):
     torch.manual_seed(3)
     model = tvm.resnet18(num_classes=len(CLASSES))
     torch.save({"state_dict": model.state_dict(), "classes": list(CLASSES)}, root / "fruit.pt")
-    cfg = LabelConfig(
+    cfg = LabelConfig.of(
         inputs=(str(images),),
         output=str(root / "out"),
         model="resnet18",

@@ -24,7 +24,7 @@ from .conftest import S3_SECRET, write_reference_set
 
 def config(inputs, out, **kw) -> LabelConfig:
     base = dict(model="resnet18", weights="none", precision="fp32", batch_size=4, top_k=3)
-    return LabelConfig(inputs=tuple(str(i) for i in inputs), output=str(out), **{**base, **kw})
+    return LabelConfig.of(inputs=tuple(str(i) for i in inputs), output=str(out), **{**base, **kw})
 
 
 def by_name(table: pa.Table) -> dict[str, dict]:

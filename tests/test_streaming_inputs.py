@@ -61,7 +61,7 @@ def test_a_manifest_split_many_ways_gets_one_row_per_path(ray_local, tmp_path, m
     (tmp_path / "b.txt").write_text("\n".join(images[5:]) + "\n")
     plan = plan_inputs([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")])
     assert sum(u.kind == SPLIT for u in plan.units) > 4
-    cfg = LabelConfig(
+    cfg = LabelConfig.of(
         inputs=(str(tmp_path / "a.txt"), str(tmp_path / "b.txt"), str(tmp_path / "in")),
         output=str(tmp_path / "out"),
         model="none",
@@ -78,6 +78,6 @@ def test_a_manifest_split_many_ways_gets_one_row_per_path(ray_local, tmp_path, m
     lost = sum(pq.read_metadata(p).num_rows for p in parts[:2])
     for p in parts[:2]:
         p.unlink()
-    resumed = run_label(LabelConfig(**{**cfg.__dict__, "mode": "resume"}))
+    resumed = run_label(cfg.replace(mode="resume"))
     assert resumed.complete and resumed.processed == lost and resumed.already_done == 13 - lost
     assert pq.read_table(tmp_path / "out").num_rows == 13

@@ -51,7 +51,7 @@ def _job_config(args: argparse.Namespace, eval_defaults: bool = False):
 def _run_with_progress(run: Callable, cfg: LabelConfig, console: Console):
     from .. import LAUNCHED_AT
 
-    with console.progress(cfg.progress_every, LAUNCHED_AT) as report:
+    with console.progress(cfg.execution.progress_every, LAUNCHED_AT) as report:
         return run(cfg, launched_at=LAUNCHED_AT, report=report)
 
 

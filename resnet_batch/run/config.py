@@ -29,86 +29,35 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
-class LabelConfig:
-    inputs: tuple[str, ...]
-    output: str
+class ComputeOptions:
+    """What the job computes: what each row holds."""
+
     model: str = "resnet50"
     weights: str = "DEFAULT"
     preprocess: str | None = None  # torchvision weights whose transforms() a checkpoint uses
-    batch_size: int | None = None  # automatic, per device: 256 on GPU; on CPU 32 (fp32) or 64 (bf16)
+    labels: str | None = None  # class names for the weights' outputs: one a line, or JSON
     top_k: int = 5
+    review_below: float | None = None  # needs_review = top-1 probability under this
     embeddings: bool = True  # False drops "pooled" from features (--no-embeddings)
     features: tuple[str, ...] = (POOLED,)  # pooled (the `embedding` column) and/or c2..c5; "a,b" in files
+    embedding_dtype: str = "float32"
     spatial: str | None = None  # c4|c5: that stage's whole map per row
     crop: str = "center"  # "none": the whole image, shorter side resized, padded to a few shapes
     resize: int | None = None  # --crop none: shorter side in pixels; None: the weights' own resize
-    labels: str | None = None  # class names for the weights' outputs: one a line, or JSON
-    review_below: float | None = None  # needs_review = top-1 probability under this
-    embedding_dtype: str = "float32"
-    device: str = "auto"
-    precision: str = "auto"
-    mode: str = "error"
-    address: str | None = None
-    path_column: str = PATH
-    rows_per_file: int = 10_000
-    # None below: automatic, as the plan derives it from the cluster and the inputs
-    num_workers: int | None = None  # model actors: one per GPU, or one per CPU node
-    threads_per_worker: int | None = None  # CPU actor: cores, one single-threaded forward each; GPU: torch threads
-    io_threads: int | None = None  # file-fetch threads per decode task: 1 local, 16 remote
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    compile: bool = False
-    decode: str = "auto"  # "gpu": JPEGs decoded in the model actor; auto: gpu on GPU actors
-    gpu_decoder: str = "auto"  # with gpu decoding: nvjpeg, nvimgcodec, or auto (nvimgcodec where installed)
-    # With gpu decoding: the share of JPEGs CPU tasks decode all the same; "auto" sets it
-    # from the rates measured as the job runs (run/decode_share.py).
-    cpu_decode_share: float | str = "auto"
-    checkpoint_every: float = 60.0  # seconds: finished rows wait at most this long to be saved
-    progress_every: float = 30.0  # seconds between progress lines when not in a terminal
-    wait_for_resources: float = 600.0  # seconds a job may wait for CPUs/GPUs it lacks, then fails (exit 2)
 
     def __post_init__(self):
-        if not self.inputs:
-            raise UsageError("give at least one INPUT (directory, file, glob, URI or manifest)")
-        if not self.output:
-            raise UsageError("--output is required")
         check_model(self.model)
         self._check_features()
         checks.one_of("--embedding-dtype", self.embedding_dtype, EMBEDDING_DTYPES)
-        checks.one_of("--device", self.device, DEVICES)
-        checks.one_of("--precision", self.precision, PRECISIONS)
-        checks.one_of("--mode", self.mode, MODES)
-        checks.one_of("--decode", self.decode, DECODERS)
-        checks.one_of("--gpu-decoder", self.gpu_decoder, ("auto",) + GPU_DECODERS)
-        checks.whole_number_or_auto("--batch-size", self.batch_size)
         checks.whole_number("--top-k", self.top_k, minimum=0)
         if self.top_k > 1000:
             raise UsageError(f"--top-k must be at most 1000, got {self.top_k}")
-        checks.whole_number("--rows-per-file", self.rows_per_file)
-        checks.whole_number_or_auto("--num-workers", self.num_workers)
-        checks.whole_number_or_auto("--threads-per-worker", self.threads_per_worker)
-        checks.whole_number_or_auto("--io-threads", self.io_threads)
-        checks.whole_number("--max-pixels", self.max_pixels)
-        checks.seconds("--checkpoint-every", self.checkpoint_every)
-        checks.seconds("--progress-every", self.progress_every)
-        checks.seconds("--wait-for-resources", self.wait_for_resources)
-        self._check_decode_share()
         if self.review_below is not None:
             checks.fraction("--review-below", self.review_below, "probability")
             if self.top_k == 0:
                 raise UsageError("--review-below needs labels: use --top-k 1 or more")
         if self.top_k == 0 and not self.features and not self.spatial:
             raise UsageError("--top-k 0 without --features or --spatial leaves nothing to compute")
-
-    def _check_decode_share(self) -> None:
-        share = self.cpu_decode_share
-        if share == "auto":
-            return
-        try:
-            number = float(share) if isinstance(share, str) else share
-            checks.fraction("--cpu-decode-share", number, allow_zero=True)
-        except (ValueError, UsageError):
-            raise UsageError(f"--cpu-decode-share must be auto or a fraction in [0, 1], got {share!r}") from None
-        object.__setattr__(self, "cpu_decode_share", float(number))
 
     def _check_features(self) -> None:
         features = self.features.split(",") if isinstance(self.features, str) else list(self.features)
@@ -121,34 +70,132 @@ class LabelConfig:
         if self.spatial is not None:
             checks.one_of("--spatial", self.spatial, SPATIAL_STAGES)
         checks.one_of("--crop", self.crop, CROPS)
-        if self.resize is not None and self.crop != "none":
-            raise UsageError("--resize applies to --crop none; --crop center uses the weights' own resize and crop")
+        if self.resize is not None:
+            if self.crop != "none":
+                raise UsageError("--resize applies to --crop none; --crop center uses the weights' own resize and crop")
+            checks.whole_number("--resize", self.resize, minimum=0)
+
+
+@dataclass(frozen=True)
+class ExecutionOptions:
+    """How the job runs: where, on what, in what precision, how it saves and reports.
+    None: automatic, as the plan derives it from the cluster and the inputs."""
+
+    address: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int | None = None  # per device: 256 on GPU; on CPU 32 (fp32) or 64 (bf16)
+    num_workers: int | None = None  # model actors: one per GPU, or one per CPU node
+    threads_per_worker: int | None = None  # CPU actor: cores, one single-threaded forward each; GPU: torch threads
+    io_threads: int | None = None  # file-fetch threads per decode task: 1 local, 16 remote
+    compile: bool = False
+    decode: str = "auto"  # "gpu": JPEGs decoded in the model actor; auto: gpu on GPU actors
+    gpu_decoder: str = "auto"  # with gpu decoding: nvjpeg, nvimgcodec, or auto (nvimgcodec where installed)
+    # With gpu decoding: the share of JPEGs CPU tasks decode all the same; "auto" sets it
+    # from the rates measured as the job runs (run/decode_share.py).
+    cpu_decode_share: float | str = "auto"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    rows_per_file: int = 10_000
+    checkpoint_every: float = 60.0  # seconds: finished rows wait at most this long to be saved
+    progress_every: float = 30.0  # seconds between progress lines when not in a terminal
+    wait_for_resources: float = 600.0  # seconds a job may wait for CPUs/GPUs it lacks, then fails (exit 2)
+
+    def __post_init__(self):
+        checks.one_of("--device", self.device, DEVICES)
+        checks.one_of("--precision", self.precision, PRECISIONS)
+        checks.one_of("--decode", self.decode, DECODERS)
+        checks.one_of("--gpu-decoder", self.gpu_decoder, ("auto",) + GPU_DECODERS)
+        checks.whole_number_or_auto("--batch-size", self.batch_size)
+        checks.whole_number("--rows-per-file", self.rows_per_file)
+        checks.whole_number_or_auto("--num-workers", self.num_workers)
+        checks.whole_number_or_auto("--threads-per-worker", self.threads_per_worker)
+        checks.whole_number_or_auto("--io-threads", self.io_threads)
+        checks.whole_number("--max-pixels", self.max_pixels)
+        checks.seconds("--checkpoint-every", self.checkpoint_every)
+        checks.seconds("--progress-every", self.progress_every)
+        checks.seconds("--wait-for-resources", self.wait_for_resources)
+        self._check_decode_share()
+
+    def _check_decode_share(self) -> None:
+        share = self.cpu_decode_share
+        if share == "auto":
+            return
+        try:
+            number = float(share) if isinstance(share, str) else share
+            checks.fraction("--cpu-decode-share", number, allow_zero=True)
+        except (ValueError, UsageError):
+            raise UsageError(f"--cpu-decode-share must be auto or a fraction in [0, 1], got {share!r}") from None
+        object.__setattr__(self, "cpu_decode_share", float(number))
+
+
+GROUPS = {"compute": ComputeOptions, "execution": ExecutionOptions}
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """A label job: its inputs and output, what it computes and how it runs. The config file
+    and the flags name every option flat (`top_k`, `device`); `of` and `replace` take them so."""
+
+    inputs: tuple[str, ...]
+    output: str
+    mode: str = "error"  # when the output holds results: error | overwrite | resume
+    path_column: str = PATH  # the manifest column holding image paths or URIs
+    compute: ComputeOptions = ComputeOptions()
+    execution: ExecutionOptions = ExecutionOptions()
+
+    def __post_init__(self):
+        if not self.inputs:
+            raise UsageError("give at least one INPUT (directory, file, glob, URI or manifest)")
+        if not self.output:
+            raise UsageError("--output is required")
+        checks.one_of("--mode", self.mode, MODES)
         self._check_resize_fits()
-        if self.crop == "none" and self.decode == "gpu":
+        if self.compute.crop == "none" and self.execution.decode == "gpu":
             raise UsageError("--decode gpu supports --crop center only; use --decode cpu with --crop none")
 
     def _check_resize_fits(self) -> None:
         """--resize between the coarsest stride and the size whose largest output (resize x
         2 * resize, the longer side's cap) stays within --max-pixels."""
-        if self.resize is None:
+        resize, max_pixels = self.compute.resize, self.execution.max_pixels
+        if resize is None:
             return
-        checks.whole_number("--resize", self.resize, minimum=0)
-        largest = math.isqrt(self.max_pixels // 2)
-        if not 32 <= self.resize <= largest:
+        largest = math.isqrt(max_pixels // 2)
+        if not 32 <= resize <= largest:
             raise UsageError(
                 f"--resize must be between 32 (the coarsest stride) and {largest} (images up to "
-                f"{largest}x{2 * largest} pixels, within --max-pixels {self.max_pixels}), got {self.resize}"
+                f"{largest}x{2 * largest} pixels, within --max-pixels {max_pixels}), got {resize}"
             )
 
     @classmethod
+    def of(cls, **values: Any) -> LabelConfig:
+        """A config from flat option names, each routed to its group."""
+        grouped: dict[str, dict] = {group: {} for group in GROUPS}
+        top: dict[str, Any] = {}
+        for name, value in values.items():
+            group = _GROUP_OF.get(name)
+            (grouped[group] if group else top)[name] = value
+        return cls(**top, **{group: GROUPS[group](**fields) for group, fields in grouped.items()})
+
+    def replace(self, **changes: Any) -> LabelConfig:
+        """This config with some options changed, by their flat names."""
+        return LabelConfig.of(**{**self.options(), **changes})
+
+    def options(self) -> dict[str, Any]:
+        """Every option by its flat name."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in GROUPS}
+        for group in GROUPS:
+            values.update(dataclasses.asdict(getattr(self, group)))
+        return values
+
+    @classmethod
     def field_names(cls) -> set[str]:
-        return {f.name for f in dataclasses.fields(cls)}
+        return {f.name for f in dataclasses.fields(cls) if f.name not in GROUPS} | set(_GROUP_OF)
 
     @classmethod
     def from_sources(cls, file_values: dict, flag_values: dict) -> LabelConfig:
         """Merge a config file's values with flags (flags win; None means 'not given')."""
         merged: dict = {}
-        hints = typing.get_type_hints(cls)
+        hints = _option_types()
         for source, values in (("config file", file_values), ("flags", flag_values)):
             for key, value in values.items():
                 name = key.replace("-", "_")
@@ -160,7 +207,18 @@ class LabelConfig:
             merged["inputs"] = [merged["inputs"]]
         merged["inputs"] = tuple(merged.get("inputs") or ())
         merged.setdefault("output", "")
-        return cls(**merged)
+        return cls.of(**merged)
+
+
+_GROUP_OF = {f.name: group for group, kind in GROUPS.items() for f in dataclasses.fields(kind)}
+
+
+def _option_types() -> dict[str, Any]:
+    """Each option's type hint, by its flat name."""
+    hints = {name: hint for name, hint in typing.get_type_hints(LabelConfig).items() if name not in GROUPS}
+    for kind in GROUPS.values():
+        hints.update(typing.get_type_hints(kind))
+    return hints
 
 
 TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")

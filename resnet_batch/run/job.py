@@ -8,7 +8,6 @@ input checked.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -50,11 +49,13 @@ def run_label(
     """Label every input; `table` (path + extra columns) replaces listing cfg.inputs.
 
     `report` is called with a reporters.Snapshot a few times a second (default: a log line
-    every cfg.progress_every seconds). On SIGINT/SIGTERM (KeyboardInterrupt or Interrupted)
+    every cfg.execution.progress_every seconds). On SIGINT/SIGTERM (KeyboardInterrupt or Interrupted)
     the finished work is saved first, then errors.Interrupted says how much.
     """
-    check_weights_argument(cfg.model, cfg.weights)  # a mistyped name fails now, not after Ray's start
-    run = LabelRun(cfg, report or LogReporter(cfg.progress_every), Timeline(launched=launched_at or time.time()))
+    check_weights_argument(cfg.compute.model, cfg.compute.weights)  # a mistyped name fails now, not after Ray's start
+    run = LabelRun(
+        cfg, report or LogReporter(cfg.execution.progress_every), Timeline(launched=launched_at or time.time())
+    )
     try:
         return _label(run, table)
     except Interrupted as stop:
@@ -82,11 +83,11 @@ def run_eval(cfg: LabelConfig, label_column: str | None = None, **run_options) -
     """Top-1/top-5 error through the label pipeline; predictions land in cfg.output.
 
     `run_options` are run_label's (launched_at, report)."""
-    cfg = dataclasses.replace(cfg, top_k=max(5, cfg.top_k))
+    cfg = cfg.replace(top_k=max(5, cfg.compute.top_k))
     table = attach_labels(list_inputs(list(cfg.inputs), cfg.path_column), label_column)
     summary = run_label(cfg, table, **run_options)
     out = OutputDir(cfg.output)
-    return summary, score(out.part_files(), out.fs, cfg.model, summary.weights)
+    return summary, score(out.part_files(), out.fs, cfg.compute.model, summary.weights)
 
 
 def _plan_inputs(cfg: LabelConfig, table: pa.Table | None) -> InputPlan:
@@ -119,14 +120,14 @@ def _label(run: LabelRun, table: pa.Table | None) -> LabelSummary:
             out.set_aside_damaged()
         report(Snapshot(0, 0, 0, True, 0, 0.0, phase="listing the inputs"))
         plan = _plan_inputs(cfg, table)
-        if cfg.labels:
+        if cfg.compute.labels:
             weights.result()  # a --labels file that does not fit is refused before Ray starts
         books, pending = Books.in_process(), len(plan.units)
         if cfg.mode == "resume" and plan.units:
             books, pending, started_ray = _count_resume(cfg, out, plan, report)
         if pending and books.local:  # (books on Ray: a resume counted there, Ray is up)
             report(Snapshot(0, 0, 0, True, 0, 0.0, phase="starting Ray"))
-            started_ray = pipeline.start_ray(cfg.address)
+            started_ray = pipeline.start_ray(cfg.execution.address)
             # A resume counted here hands its books over as they stand.
             books = Books.on_ray(books if cfg.mode == "resume" else None)
         saver = _saver(cfg, out, weights, plan)
@@ -186,15 +187,15 @@ def _record_finished(out: OutputDir, saver: Saver, check: OutputCheck, timeline:
 def _saver(cfg: LabelConfig, out: OutputDir, weights: Future, plan: InputPlan) -> Saver:
     """What saves the run's rows, with the run described in its footers and run record."""
     resolved = weights.result()
-    info = run_info(cfg, resolved, [f.name for f in plan.extra_fields])
+    info = run_info(cfg.compute, cfg.execution.precision, resolved, [f.name for f in plan.extra_fields])
     if cfg.mode == "resume":
         out.check_resumable(info)
-    schema = run_schema(cfg, resolved, plan.extra_fields, info)
+    schema = run_schema(cfg.compute, resolved, plan.extra_fields, info)
     return Saver(
         out,
         schema,
         rows_per_file(cfg, resolved),
-        cfg.checkpoint_every,
+        cfg.execution.checkpoint_every,
         begin=partial(out.begin, cfg.mode, info),
         run_info=info,
     )
@@ -209,20 +210,21 @@ def _execute(
     timeline: Timeline,
     report: Reporter,
 ) -> None:
-    cluster = ray_session.cluster(ask_bf16=cfg.precision == "auto")  # a task per node otherwise asked for nothing
+    # A task per node asks for bf16 only where "auto" needs it; nothing is asked otherwise.
+    cluster = ray_session.cluster(ask_bf16=cfg.execution.precision == "auto")
     execution = make_plan(cfg, resolved, cluster, local_inputs=plan.first_input is None or is_local(plan.first_input))
-    pipeline.execute(execution, plan, books, saver, timeline, report, cfg.wait_for_resources)
+    pipeline.execute(execution, plan, books, saver, timeline, report, cfg.execution.wait_for_resources)
 
 
 def plan_only(cfg: LabelConfig) -> list[str]:
     """The plan a run of `cfg` would follow on the cluster it would run on (`label --dry-run`):
     the output's mode is checked and the weights resolved; nothing is listed, read or written."""
-    check_weights_argument(cfg.model, cfg.weights)
+    check_weights_argument(cfg.compute.model, cfg.compute.weights)
     OutputDir(cfg.output).check(cfg.mode)
     resolved = _resolve_weights(cfg)
-    started_ray = pipeline.start_ray(cfg.address)
+    started_ray = pipeline.start_ray(cfg.execution.address)
     try:
-        cluster = ray_session.cluster(ask_bf16=cfg.precision == "auto")
+        cluster = ray_session.cluster(ask_bf16=cfg.execution.precision == "auto")
         return make_plan(cfg, resolved, cluster, local_inputs=is_local(cfg.inputs[0])).lines()
     finally:
         if started_ray:
@@ -237,7 +239,7 @@ def _count_resume(cfg: LabelConfig, out: OutputDir, plan: InputPlan, report: Rep
     started_ray = False
     if books is None or pending is None:
         report(Snapshot(0, 0, 0, True, 0, 0.0, phase="starting Ray"))
-        started_ray = pipeline.start_ray(cfg.address)
+        started_ray = pipeline.start_ray(cfg.execution.address)
         books = load_done(out, Books.on_ray())
         pending = count_on_ray(plan, books)
     log.info("resume: %d inputs still to label", pending)
@@ -248,7 +250,7 @@ def _resolve_weights(cfg: LabelConfig):
     """The weights, checked as workers will load them; a checkpoint is read (torch: seconds)."""
     from ..model.weights import resolve_weights
 
-    resolved = resolve_weights(cfg.model, cfg.weights, cfg.preprocess, cfg.labels)
-    if cfg.top_k > len(resolved.categories):
-        raise UsageError(f"--top-k {cfg.top_k} exceeds the model's {len(resolved.categories)} classes")
+    resolved = resolve_weights(cfg.compute.model, cfg.compute.weights, cfg.compute.preprocess, cfg.compute.labels)
+    if cfg.compute.top_k > len(resolved.categories):
+        raise UsageError(f"--top-k {cfg.compute.top_k} exceeds the model's {len(resolved.categories)} classes")
     return resolved

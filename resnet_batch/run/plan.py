@@ -14,7 +14,7 @@ from ..core.errors import UsageError
 from ..data.preprocessing import DEVICE_FILTERS, WholeImage
 from ..model.registry import NULL_MODEL
 from ..model.settings import InferenceSettings, cpu_has_native_bf16
-from .config import LabelConfig
+from .config import ExecutionOptions, LabelConfig
 from .description import whole_image
 
 if TYPE_CHECKING:
@@ -135,40 +135,41 @@ def make_plan(
     cfg: LabelConfig, resolved: ResolvedWeights, cluster: Cluster, *, local_inputs: bool = True
 ) -> ExecutionPlan:
     """The plan for `cfg` on `cluster`; `local_inputs`: the inputs are on local disks."""
+    compute, execution = cfg.compute, cfg.execution
     on_gpu = _on_gpu(cfg, cluster)
-    precision = cfg.precision if on_gpu else _cpu_precision(cfg.precision, cluster)
-    actors, calls, threads = _pool(cfg, cluster, on_gpu)
-    batch_size = cfg.batch_size or (GPU_BATCH if on_gpu else CPU_BATCH.get(precision, CPU_BATCH["fp32"]))
+    precision = execution.precision if on_gpu else _cpu_precision(execution.precision, cluster)
+    actors, calls, threads = _pool(execution, cluster, on_gpu)
+    batch_size = execution.batch_size or (GPU_BATCH if on_gpu else CPU_BATCH.get(precision, CPU_BATCH["fp32"]))
     on_device = decodes_on_device(cfg, resolved, on_gpu)
     settings = InferenceSettings(
         weights=resolved,
-        top_k=cfg.top_k,
-        features=cfg.features,
-        spatial=cfg.spatial,
-        whole_image=cfg.crop == "none",
-        review_below=cfg.review_below,
-        embedding_dtype=cfg.embedding_dtype,
+        top_k=compute.top_k,
+        features=compute.features,
+        spatial=compute.spatial,
+        whole_image=compute.crop == "none",
+        review_below=compute.review_below,
+        embedding_dtype=compute.embedding_dtype,
         device="cuda" if on_gpu else "cpu",
         precision=precision,
         threads=threads,
-        compile=cfg.compile,
+        compile=execution.compile,
         warmup_batch=batch_size,
-        gpu_decoder=cfg.gpu_decoder if on_device else None,
+        gpu_decoder=execution.gpu_decoder if on_device else None,
     )
     return ExecutionPlan(
         actors=actors,
         gpus_per_actor=int(on_gpu),
         calls_per_actor=calls,
         threads_per_call=threads,
-        cpus_per_actor=0 if cfg.model == NULL_MODEL else 1,
+        cpus_per_actor=0 if compute.model == NULL_MODEL else 1,
         device=settings.device,
         precision=precision,
         batch_size=batch_size,
         block_rows=batch_size * BLOCKS_PER_BATCH,
-        cpu_decode_share=None if cfg.cpu_decode_share == "auto" else float(cfg.cpu_decode_share),
-        io_threads=cfg.io_threads or (1 if local_inputs else REMOTE_IO_THREADS),
-        max_pixels=cfg.max_pixels,
-        whole_image=whole_image(cfg, resolved),
+        cpu_decode_share=None if execution.cpu_decode_share == "auto" else float(execution.cpu_decode_share),
+        io_threads=execution.io_threads or (1 if local_inputs else REMOTE_IO_THREADS),
+        max_pixels=execution.max_pixels,
+        whole_image=whole_image(compute, resolved),
         inference=settings,
         read_tasks=max(1, min(MAX_READ_TASKS, cluster.cpu_nodes * cluster.cpus_per_node // CPUS_PER_READ_TASK)),
         decode_cores_per_actor=max(1, cluster.cpu_nodes * cluster.cpus_per_node // actors - 1),
@@ -177,10 +178,10 @@ def make_plan(
 
 
 def _on_gpu(cfg: LabelConfig, cluster: Cluster) -> bool:
-    if cfg.device == "cuda" and cluster.gpus == 0:
+    if cfg.execution.device == "cuda" and cluster.gpus == 0:
         raise UsageError("--device cuda was requested but the Ray cluster has no GPUs")
     # The null model runs no network: it would hold a GPU for nothing.
-    return cluster.gpus > 0 and cfg.device != "cpu" and cfg.model != NULL_MODEL
+    return cluster.gpus > 0 and cfg.execution.device != "cpu" and cfg.compute.model != NULL_MODEL
 
 
 def _cpu_precision(precision: str, cluster: Cluster) -> str:
@@ -191,45 +192,46 @@ def _cpu_precision(precision: str, cluster: Cluster) -> str:
     return "bf16" if cluster.cpu_bf16 else "fp32"
 
 
-def _pool(cfg: LabelConfig, cluster: Cluster, on_gpu: bool) -> tuple[int, int, int]:
+def _pool(execution: ExecutionOptions, cluster: Cluster, on_gpu: bool) -> tuple[int, int, int]:
     """(actors, calls per actor, threads per call): one actor per GPU, or one per CPU node
     running one single-threaded call per core (`--threads-per-worker` cores)."""
-    _check_room(cfg, cluster, on_gpu)
+    _check_room(execution, cluster, on_gpu)
     if on_gpu:
         return (
-            cfg.num_workers or cluster.gpus,
+            execution.num_workers or cluster.gpus,
             CONCURRENT_CALLS_PER_GPU_ACTOR,
-            cfg.threads_per_worker or GPU_ACTOR_THREADS,
+            execution.threads_per_worker or GPU_ACTOR_THREADS,
         )
-    cores = cfg.threads_per_worker or cluster.cpus_per_node
-    actors = cfg.num_workers or max(1, cluster.cpu_nodes)
-    if cfg.compile:  # a compiled forward is not thread-safe: one call on all the cores
+    cores = execution.threads_per_worker or cluster.cpus_per_node
+    actors = execution.num_workers or max(1, cluster.cpu_nodes)
+    if execution.compile:  # a compiled forward is not thread-safe: one call on all the cores
         return actors, 1, cores
     return actors, cores, 1
 
 
-def _check_room(cfg: LabelConfig, cluster: Cluster, on_gpu: bool) -> None:
+def _check_room(execution: ExecutionOptions, cluster: Cluster, on_gpu: bool) -> None:
     """--num-workers within what the cluster can place now: a GPU each, or a CPU each
     (an actor that can never start would hold the job until --wait-for-resources)."""
-    if cfg.num_workers is None:
+    if execution.num_workers is None:
         return
     room, unit = (cluster.gpus, "GPU") if on_gpu else (max(1, cluster.cpu_nodes * cluster.cpus_per_node), "CPU")
-    if cfg.num_workers > room:
+    if execution.num_workers > room:
         raise UsageError(
             f"--num-workers must be between 1 and {room} (one model actor per {unit}; the cluster "
-            f"has {room} {unit}{'s' if room != 1 else ''} now), got {cfg.num_workers}"
+            f"has {room} {unit}{'s' if room != 1 else ''} now), got {execution.num_workers}"
         )
 
 
 def decodes_on_device(cfg: LabelConfig, resolved: ResolvedWeights, on_gpu: bool) -> bool:
     """--decode gpu, or auto on GPU actors, passes JPEGs to the model actors to decode."""
-    if cfg.decode == "cpu" or cfg.crop == "none":  # (--decode gpu with --crop none is refused earlier)
+    decode = cfg.execution.decode
+    if decode == "cpu" or cfg.compute.crop == "none":  # (--decode gpu with --crop none is refused earlier)
         return False
     if not resolved.preprocessing.resizes_on_device:
-        if cfg.decode == "gpu":
+        if decode == "gpu":
             raise UsageError(
                 f"--decode gpu resizes with {' or '.join(DEVICE_FILTERS)}, and these weights use "
                 f"{resolved.preprocessing.interpolation}: use --decode cpu"
             )
         return False
-    return cfg.decode == "gpu" or on_gpu
+    return decode == "gpu" or on_gpu
