@@ -15,9 +15,9 @@ import torch
 from device_decode import timed
 from forward_variants import variants
 
-from resnet_batch.core.columns import output_schema
+from resnet_batch.core.columns import OutputColumns
 from resnet_batch.core.errors import UsageError
-from resnet_batch.data.decode import DecodeStage, Source, load_one
+from resnet_batch.data.decode import DecodeStage, JpegHandoff, Source, load_one
 from resnet_batch.data.preprocessing import GPU_DECODERS
 from resnet_batch.device.decoders import DeviceDecoder, jpeg_backend
 from resnet_batch.device.resize import resize_crop
@@ -41,7 +41,7 @@ def run(args) -> dict:
         InferenceSettings(
             weights=resolved, precision=args.precision, device=device.type, warmup_batch=n, gpu_decoder="nvjpeg"
         ),
-        schema=output_schema(feature_width(model, POOLED), with_topk=True),
+        schema=OutputColumns(feature_width(model, POOLED), with_topk=True).schema(),
     )
     crops = torch.from_numpy(
         np.stack([load_one(Source(str(p)), resolved.preprocessing, 10**8).pixels for p in paths[:n]])
@@ -60,10 +60,10 @@ def run(args) -> dict:
     # --smoke on a CPU: compiling takes a minute there (tests/test_forward_variants.py compiles a small model).
     modes = () if args.smoke else ("default", "max-autotune-no-cudagraphs")
     rows += variants(predictor.network.model, n, device, predictor.network.precision, args.batches, modes)
-    on_device = DecodeStage(resolved.preprocessing, defer_jpeg=True, cpu_share=0.0)(
+    on_device = DecodeStage(resolved.preprocessing, handoff=JpegHandoff(0.0))(
         {"path": np.array([str(p) for p in paths], dtype=object)}
     )
-    on_cpu = DecodeStage(resolved.preprocessing, defer_jpeg=True, cpu_share=1.0)(
+    on_cpu = DecodeStage(resolved.preprocessing, handoff=JpegHandoff(1.0))(
         {"path": np.array([str(p) for p in paths], dtype=object)}
     )
     fed = [predictor.feed(dict(on_device), np.array(on_device["error"], dtype=object)) for _ in range(3)]

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from resnet_batch.core.columns import output_schema
+from resnet_batch.core.columns import OutputColumns
 from resnet_batch.core.errors import ModelStartError, WeightsUnavailableError
 from resnet_batch.model.actor import PredictorActor
 from resnet_batch.model.settings import InferenceSettings
@@ -25,7 +25,7 @@ def test_a_foreign_error_becomes_a_model_start_error_told_to_the_reporter():
         match=r"^the model actors could not start: ValueError: tuple\.index\(x\): "
         r"x not in tuple$",
     ):
-        PredictorActor(settings, output_schema(512), reporter)
+        PredictorActor(settings, OutputColumns(512).schema(), reporter)
     ((placed,),), ((told,),) = reporter.named("actor_placed"), reporter.named("start_failed")
     assert placed.startswith(socket.gethostname() + ":")
     assert isinstance(told, ModelStartError) and "x not in tuple" in str(told)
@@ -40,7 +40,7 @@ def test_our_own_errors_travel_as_they_are(tmp_path):
     )
     reporter = RecordingReporter()
     with pytest.raises(WeightsUnavailableError):
-        PredictorActor(broken, output_schema(512), reporter)
+        PredictorActor(broken, OutputColumns(512).schema(), reporter)
     ((told,),) = reporter.named("start_failed")
     assert isinstance(told, WeightsUnavailableError)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_batch.core.columns import output_schema
+from resnet_batch.core.columns import OutputColumns
 from resnet_batch.core.reporting import BatchTimes
 from resnet_batch.data.decode import JPEG_COLUMN, PIXELS_COLUMN
 from resnet_batch.device.decoders import DeviceCrops
@@ -72,7 +72,7 @@ def test_a_batch_decodes_while_the_one_before_runs_its_forward():
     crop = 224
     predictor = Predictor(
         InferenceSettings(weights=resolve_weights("resnet18", "none"), top_k=1, device="cpu"),
-        schema=output_schema(512, with_topk=True),
+        schema=OutputColumns(512).schema(),
     )
     seen = Intervals()
 

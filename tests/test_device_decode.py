@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet_batch.core.columns import output_schema
-from resnet_batch.data.decode import JPEG_COLUMN, PIXELS_COLUMN, DecodeStage
+from resnet_batch.core.columns import OutputColumns
+from resnet_batch.data.decode import JPEG_COLUMN, PIXELS_COLUMN, DecodeStage, JpegHandoff
 from resnet_batch.data.preprocessing import DEVICE_FILTERS, GPU_DECODERS, Preprocessing, resize_center_crop
 from resnet_batch.device import resize
 from resnet_batch.device.decoders import DeviceDecoder, NvJpeg
@@ -110,7 +110,7 @@ def test_routing_and_errors(device, tmp_path, reference_images):
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes(good[:600])
     paths = [str(p) for p in reference_images] + [str(corrupt), str(truncated), str(tmp_path / "missing.jpg")]
-    out = DecodeStage(prep, defer_jpeg=True)({"path": np.array(paths, dtype=object)})
+    out = DecodeStage(prep, handoff=JpegHandoff())({"path": np.array(paths, dtype=object)})
     assert "image" not in out  # no zeros shipped for JPEG rows
     on_device = {p.rsplit("/", 1)[1] for p, b in zip(paths, out[JPEG_COLUMN], strict=False) if b}
     assert on_device - {"corrupt.jpg"} == {
@@ -127,7 +127,7 @@ def test_routing_and_errors(device, tmp_path, reference_images):
 
     predictor = Predictor(
         InferenceSettings(weights=resolve_weights("resnet18", "none"), top_k=1, device=device, gpu_decoder="auto"),
-        schema=output_schema(512, with_topk=True),
+        schema=OutputColumns(512).schema(),
     )
     table = predictor(out).to_pydict()
     errors = dict(zip([p.rsplit("/", 1)[1] for p in table["path"]], table["error"], strict=False))
@@ -143,7 +143,7 @@ def test_cpu_decode_share(share, reference_images):
     CPU task (its crop travels), the rest travel as bytes."""
     prep = resolve_weights("resnet18", "none").preprocessing
     paths = np.array([str(reference_images[0])] * 40, dtype=object)  # landscape.jpg: device-decodable
-    out = DecodeStage(prep, defer_jpeg=True, cpu_share=share)({"path": paths})
+    out = DecodeStage(prep, handoff=JpegHandoff(share))({"path": paths})
     on_cpu = sum(bool(p) for p in out[PIXELS_COLUMN])
     assert on_cpu + sum(bool(b) for b in out[JPEG_COLUMN]) == 40
     assert abs(on_cpu - share * 40) <= 1
@@ -156,12 +156,12 @@ def check_device_path_matches_cpu_path(
     resolved = resolve_weights(model, str(ckpt))
     paths = np.array([str(p) for p in reference_images], dtype=object)
     reference = DecodeStage(resolved.preprocessing)({"path": paths})
-    deferred = DecodeStage(resolved.preprocessing, defer_jpeg=True)({"path": paths})
+    deferred = DecodeStage(resolved.preprocessing, handoff=JpegHandoff())({"path": paths})
     assert sum(bool(b) for b in deferred[JPEG_COLUMN]) >= 5
     width = 512 if model == "resnet18" else 2048
     predictor = Predictor(
         InferenceSettings(weights=resolved, precision="fp32", top_k=3, device=device, gpu_decoder=decoder),
-        schema=output_schema(width, with_topk=True),
+        schema=OutputColumns(width).schema(),
     )
     want, got = predictor(reference).to_pylist(), predictor(deferred).to_pylist()
     for ref, dev in zip(want, got, strict=False):

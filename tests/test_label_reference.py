@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision.models as tvm
 
-from resnet_batch.core.columns import output_schema
+from resnet_batch.core.columns import OutputColumns
 from resnet_batch.run.config import LabelConfig
 from resnet_batch.run.job import run_label
 
@@ -81,7 +81,7 @@ def test_label_matches_torchvision_reference(
 
     table = pq.read_table(out)
     dim = 512 if model_name == "resnet18" else 2048
-    assert table.schema.remove_metadata().equals(output_schema(dim))
+    assert table.schema.remove_metadata().equals(OutputColumns(dim).schema())
     assert table.num_rows == len(reference_images)
     assert table.schema.field("embedding").type.list_size == dim
 

@@ -70,9 +70,9 @@ def test_null_model_imports_no_torch():
         "import sys, numpy as np; from resnet_batch.model.weights import resolve_weights; "
         "from resnet_batch.model.settings import InferenceSettings; "
         "from resnet_batch.model.actor import PredictorActor; "
-        "from resnet_batch.core.columns import output_schema; "
+        "from resnet_batch.core.columns import OutputColumns; "
         "s = InferenceSettings(weights=resolve_weights('none', 'DEFAULT'), top_k=2); "
-        "t = PredictorActor(s, output_schema(2048))({'path': np.array(['a'], object), 'width': np.array([1]), "
+        "t = PredictorActor(s, OutputColumns(2048).schema())({'path': np.array(['a'], object), 'width': np.array([1]), "
         "'height': np.array([1]), 'error': np.array(['decode_error: x'], object)}); "
         "assert t.num_rows == 1; print('torch' in sys.modules)"
     )

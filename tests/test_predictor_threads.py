@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_batch.core.columns import output_schema
+from resnet_batch.core.columns import OutputColumns
 from resnet_batch.data.decode import DecodeStage
 from resnet_batch.model.inference import Predictor
 from resnet_batch.model.settings import InferenceSettings
@@ -23,7 +23,7 @@ def check_concurrent_equals_sequential(device: str, reference_images, ckpt, tole
     batches = [{k: v[:half] for k, v in decoded.items()}, {k: v[half:] for k, v in decoded.items()}]
     predictor = Predictor(
         InferenceSettings(weights=resolved, precision="fp32", top_k=3, device=device),
-        schema=output_schema(512, with_topk=True),
+        schema=OutputColumns(512).schema(),
     )
     expected = [predictor(b).to_pydict() for b in batches]
     with ThreadPoolExecutor(2) as pool:
@@ -56,7 +56,7 @@ def test_concurrent_calls_through_ray_data(ray_local, reference_images, resnet18
     resolved = resolve_weights("resnet18", str(resnet18_ckpt))
     decoded = DecodeStage(resolved.preprocessing)({"path": np.array([str(p) for p in reference_images], dtype=object)})
     settings = InferenceSettings(weights=resolved, precision="fp32", top_k=3, device="cpu", threads=1)
-    schema = output_schema(512, with_topk=True)
+    schema = OutputColumns(512).schema()
     rows = [{k: v[i] for k, v in decoded.items()} for i in range(len(reference_images))] * 4
     out = (
         ray.data.from_items(rows, override_num_blocks=8)

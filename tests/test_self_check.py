@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_batch.core.columns import output_schema
-from resnet_batch.data.decode import DecodeStage
+from resnet_batch.core.columns import OutputColumns
+from resnet_batch.data.decode import DecodeStage, JpegHandoff
 from resnet_batch.device import decoders
 from resnet_batch.device.decoders import DeviceDecoder, HostDecoder, NvJpeg
 from resnet_batch.device.self_check import MAX_MEAN_DIFF, check_jpegs, device_path_error
 from resnet_batch.model.inference import Predictor
 from resnet_batch.model.settings import InferenceSettings
 from resnet_batch.model.weights import resolve_weights
+from resnet_batch.run.plan import PoolNeeds
 from resnet_batch.run.progress import Counts
 from resnet_batch.run.watch import RunWatch
 
@@ -94,17 +95,17 @@ def test_the_actor_falls_back_to_the_cpu_and_labels_as_the_cpu_path(
     resolved = resolve_weights("resnet18", str(resnet18_ckpt))
     reporter = RecordingReporter()
     settings = InferenceSettings(weights=resolved, precision="fp32", top_k=3, device="cpu", gpu_decoder="nvjpeg")
-    predictor = Predictor(settings, output_schema(512, with_topk=True), reporter)
+    predictor = Predictor(settings, OutputColumns(512).schema(), reporter)
     assert isinstance(predictor.feed.decoder, HostDecoder)
     ((where, error),) = reporter.named("device_path_failed")
     assert where.startswith(socket.gethostname()) and error.startswith("nvjpeg: ")
 
     paths = np.array([str(p) for p in reference_images], dtype=object)
-    deferred = DecodeStage(resolved.preprocessing, defer_jpeg=True)({"path": paths})
+    deferred = DecodeStage(resolved.preprocessing, handoff=JpegHandoff())({"path": paths})
     assert sum(bool(b) for b in deferred["_jpeg"]) >= 5  # the JPEGs the device would have decoded
     reference = DecodeStage(resolved.preprocessing)({"path": paths})
     plain = Predictor(
-        InferenceSettings(weights=resolved, precision="fp32", top_k=3, device="cpu"), output_schema(512, with_topk=True)
+        InferenceSettings(weights=resolved, precision="fp32", top_k=3, device="cpu"), OutputColumns(512).schema()
     )
     got, want = predictor(deferred).to_pylist(), plain(reference).to_pylist()
     for g, w in zip(got, want, strict=False):
@@ -130,14 +131,7 @@ def test_the_driver_warns_once_per_reason(caplog):
         ("node-b (pid 2)", "nvjpeg: RuntimeError: boom"),
         ("node-b (pid 3)", "nvimgcodec: its crop differs"),
     )
-    watch = RunWatch(
-        FixedCounter(Counts(device_path_failures=failures)),
-        walks=0,
-        actors=3,
-        gpus_per_actor=1,
-        cpus_per_actor=1,
-        wait_limit_s=600,
-    )
+    watch = RunWatch(FixedCounter(Counts(device_path_failures=failures)), walks=0, needs=PoolNeeds(3, 1, 1, 600))
     with caplog.at_level(logging.WARNING, logger="resnet_batch.run.watch"):
         watch.snapshot(0, 0)
         watch.snapshot(0, 0)

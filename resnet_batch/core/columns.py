@@ -5,7 +5,8 @@ one batch's rows."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -81,43 +82,47 @@ RESERVED_COLUMNS = frozenset([*BY_NAME, IMAGE])
 REVIEW_COLUMNS = {name: BY_NAME[name].doc for name in (MARGIN, ENTROPY, NEEDS_REVIEW)}
 
 
-def output_schema(
-    embedding_dim: int | None,
-    embedding_dtype: str = "float32",
-    with_topk: bool = True,
-    extra_fields: tuple[pa.Field, ...] = (),
-    *,
-    stages: dict[str, int] | None = None,
-    spatial: str | None = None,
-    whole_image: bool = False,
-    needs_review: bool = False,
-) -> pa.Schema:
-    """The columns of COLUMNS a run writes, in their order; `extra_fields` (manifest columns
-    carried through) last.
+@dataclass(frozen=True)
+class OutputColumns:
+    """Which of COLUMNS a run writes, and their widths.
 
     `stages` maps c2..c5 to their widths (pooled per-stage vectors); `spatial` names the
     stage whose map is written, flattened C-major, as float16. With `whole_image`
     (--crop none) shapes vary per row: `spatial_shape` and `valid` say each row's, and
     `scale` how its pixels relate to the original's.
     """
-    value_type = EMBEDDING_DTYPES[embedding_dtype]
-    stages = stages or {}
-    written = {
-        "always": lambda c: True,
-        "topk": lambda c: with_topk,
-        "review_below": lambda c: with_topk and needs_review,
-        "pooled": lambda c: bool(embedding_dim),
-        "stage": lambda c: c.name in stages,
-        "spatial": lambda c: spatial is not None and c.name == spatial_column(spatial),
-        "whole_image": lambda c: whole_image and (c.name == SCALE or bool(spatial)),
-    }
-    widths = {EMBEDDING: embedding_dim, **stages}
-    fields = []
-    for column in COLUMNS:
-        if written[column.when](column):
-            kind = column.type or pa.list_(value_type, widths[column.name])
-            fields.append(pa.field(column.name, kind, nullable=column.name != PATH))
-    return pa.schema([*fields, *extra_fields])
+
+    embedding_dim: int | None
+    embedding_dtype: str = "float32"
+    with_topk: bool = True
+    stages: Mapping[str, int] = field(default_factory=dict)
+    spatial: str | None = None
+    whole_image: bool = False
+    needs_review: bool = False
+
+    def schema(self, extra_fields: tuple[pa.Field, ...] = ()) -> pa.Schema:
+        """The columns written, in COLUMNS' order; `extra_fields` (manifest columns carried
+        through) last."""
+        value_type = EMBEDDING_DTYPES[self.embedding_dtype]
+        widths = {EMBEDDING: self.embedding_dim, **self.stages}
+        fields = []
+        for column in COLUMNS:
+            if self._writes(column):
+                kind = column.type or pa.list_(value_type, widths[column.name])
+                fields.append(pa.field(column.name, kind, nullable=column.name != PATH))
+        return pa.schema([*fields, *extra_fields])
+
+    def _writes(self, column: Column) -> bool:
+        spatial = self.spatial
+        return {
+            "always": True,
+            "topk": self.with_topk,
+            "review_below": self.with_topk and self.needs_review,
+            "pooled": bool(self.embedding_dim),
+            "stage": column.name in self.stages,
+            "spatial": spatial is not None and column.name == spatial_column(spatial),
+            "whole_image": self.whole_image and (column.name == SCALE or bool(spatial)),
+        }[column.when]
 
 
 def with_run_metadata(schema: pa.Schema, run_info: dict) -> pa.Schema:
@@ -200,16 +205,16 @@ def build_table(
         columns[TOPK_IDS] = _ragged_lists(ids, valid, pa.int32())
         columns[TOPK_LABELS] = _ragged_lists(labels, valid, pa.string())
         columns[TOPK_PROBS] = _ragged_lists(outputs[TOPK_PROBS], valid, pa.float32())
-    for field in schema:
-        values = outputs.get(field.name)
-        if field.name in columns:
+    for kind in schema:
+        values = outputs.get(kind.name)
+        if kind.name in columns:
             continue
         if values is None:  # manifest columns, carried through
-            columns[field.name] = pa.array(list(batch[field.name]), type=field.type)
-        elif pa.types.is_fixed_size_list(field.type):
-            columns[field.name] = _fixed_lists(values, valid, field.type.value_type)
-        elif pa.types.is_list(field.type):
-            columns[field.name] = _ragged_rows(values, valid, field.type.value_type)
+            columns[kind.name] = pa.array(list(batch[kind.name]), type=kind.type)
+        elif pa.types.is_fixed_size_list(kind.type):
+            columns[kind.name] = _fixed_lists(values, valid, kind.type.value_type)
+        elif pa.types.is_list(kind.type):
+            columns[kind.name] = _ragged_rows(values, valid, kind.type.value_type)
         else:
-            columns[field.name] = pa.array(np.asarray(values), type=field.type, mask=~valid)
+            columns[kind.name] = pa.array(np.asarray(values), type=kind.type, mask=~valid)
     return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)

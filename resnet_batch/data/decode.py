@@ -183,6 +183,17 @@ def decode_checked(data: bytes, prep: Preprocessing) -> DecodedImage:
     return load_one(Source("", inline=data), prep, max_pixels=2**62)
 
 
+@dataclass(frozen=True)
+class JpegHandoff:
+    """JPEGs passed on, as bytes, to the model actors' device decoder. `cpu_share` of them
+    are decoded here all the same, so that a node's cores take part of the decoding off its
+    GPU; None: the share is asked of the reporter at each block, which is told each block's
+    CPU seconds."""
+
+    cpu_share: float | None = 0.0
+    reporter: DecodeReporter | None = None
+
+
 class DecodeStage:
     """Batch callable: {"path": [...], ...} -> adds image, width, height, error.
 
@@ -195,21 +206,14 @@ class DecodeStage:
         prep: Preprocessing,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         io_threads: int = 4,
-        defer_jpeg: bool = False,
         whole: WholeImage | None = None,
-        cpu_share: float | None = 0.0,
-        reporter: DecodeReporter | None = None,
+        handoff: JpegHandoff | None = None,
     ):
         self.prep = prep
         self.max_pixels = max_pixels
         self.io_threads = io_threads
-        self.defer_jpeg = defer_jpeg  # pass JPEG bytes on for the model actor's device decoder
-        # With defer_jpeg: the share of device-decodable JPEGs decoded here all the same, so that
-        # a node's cores take part of the decoding off its GPU. None: asked of the reporter at
-        # each block, which is told each block's CPU seconds.
-        self.cpu_share = cpu_share
-        self.reporter = reporter
         self.whole = whole  # --crop none: variable shapes, rows ordered by shape
+        self.handoff = handoff
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sources = _sources(batch)
@@ -220,11 +224,12 @@ class DecodeStage:
         else:
             timed = [self._timed_load(s, d) for s, d in zip(sources, deferred, strict=False)]
         decoded = [d for d, _ in timed]
-        if self.defer_jpeg and self.reporter is not None:
+        handoff = self.handoff
+        if handoff is not None and handoff.reporter is not None:
             on_cpu = [seconds for d, seconds in timed if d.pixels is not None]
-            self.reporter.cpu_decoded(len(on_cpu), sum(on_cpu))
+            handoff.reporter.cpu_decoded(len(on_cpu), sum(on_cpu))
         out = {k: v for k, v in batch.items() if k not in (INLINE_BYTES, LIST_ERROR)}
-        if self.defer_jpeg:  # bytes only: a block of JPEGs carries no pixels, not even zeros
+        if handoff is not None:  # bytes only: a block of JPEGs carries no pixels, not even zeros
             out[JPEG_COLUMN] = np.array([d.jpeg or b"" for d in decoded], dtype=object)
             out[PIXELS_COLUMN] = np.array(
                 [b"" if d.pixels is None else d.pixels.tobytes() for d in decoded], dtype=object
@@ -269,11 +274,12 @@ class DecodeStage:
     def _deferred(self, n: int) -> list[bool]:
         """Which rows may go to the device: all but `cpu_share` of them, spread evenly
         (a golden-ratio sequence), so every block and every batch gets its share."""
-        if not self.defer_jpeg:
+        handoff = self.handoff
+        if handoff is None:
             return [False] * n
-        share = (
-            self.cpu_share if self.cpu_share is not None or self.reporter is None else self.reporter.cpu_decode_share()
-        )
+        share = handoff.cpu_share
+        if share is None and handoff.reporter is not None:
+            share = handoff.reporter.cpu_decode_share()
         return [(i * 0.6180339887) % 1.0 >= (share or 0.0) for i in range(n)]
 
     def _timed_load(self, src: Source, defer_jpeg: bool) -> tuple[DecodedImage, float]:

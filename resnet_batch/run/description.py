@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from .. import __version__
-from ..core.columns import EMBEDDING_DTYPES, REVIEW_COLUMNS, SPATIAL_SHAPE, VALID, output_schema, with_run_metadata
+from ..core.columns import EMBEDDING_DTYPES, REVIEW_COLUMNS, SPATIAL_SHAPE, VALID, OutputColumns, with_run_metadata
 from ..data.preprocessing import WholeImage
 from ..model.registry import POOLED, STAGE_STRIDES, STAGES, feature_width, stage_width
 from .config import ComputeOptions, LabelConfig
@@ -80,16 +80,15 @@ def run_info(compute: ComputeOptions, precision: str, resolved: ResolvedWeights,
 def run_schema(
     compute: ComputeOptions, resolved: ResolvedWeights, extra_fields: tuple[pa.Field, ...], info: dict
 ) -> pa.Schema:
-    schema = output_schema(
+    schema = OutputColumns(
         resolved.embedding_dim if POOLED in compute.features else None,
         compute.embedding_dtype,
         compute.top_k > 0,
-        extra_fields,
         stages=info["stage_dims"],
         spatial=compute.spatial,
         whole_image=compute.crop == "none",
         needs_review=compute.review_below is not None,
-    )
+    ).schema(extra_fields)
     return with_run_metadata(schema, info)
 
 

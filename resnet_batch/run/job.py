@@ -12,7 +12,6 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -32,7 +31,7 @@ from .description import rows_per_file, run_info, run_schema
 from .plan import make_plan
 from .reporters import LogReporter, Snapshot
 from .saving import Saver
-from .summary import LabelSummary, Timeline
+from .summary import LabelRun, LabelSummary, Timeline
 
 if TYPE_CHECKING:
     from ..model.weights import ResolvedWeights
@@ -66,17 +65,6 @@ def run_label(
         if saved and not first.processed:  # stopped after the pipeline's end: all of it is saved
             first = Interrupted(first.signum, saved, saved)
         raise first from None
-
-
-@dataclass
-class LabelRun:
-    """What a label run holds while it runs: its arguments, where it reports, its timeline,
-    and its saver once made (a stop says how many rows that saved)."""
-
-    cfg: LabelConfig
-    report: Reporter
-    timeline: Timeline
-    saver: Saver | None = None
 
 
 def run_eval(cfg: LabelConfig, label_column: str | None = None, **run_options) -> tuple[LabelSummary, EvalReport]:
@@ -130,10 +118,9 @@ def _label(run: LabelRun, table: pa.Table | None) -> LabelSummary:
             started_ray = pipeline.start_ray(cfg.execution.address)
             # A resume counted here hands its books over as they stand.
             books = Books.on_ray(books if cfg.mode == "resume" else None)
-        saver = _saver(cfg, out, weights, plan)
-        run.saver = saver
+        saver = run.saver = _saver(cfg, out, weights, plan)
         if pending:
-            _execute(cfg, weights.result(), plan, books, saver, timeline, report)
+            _execute(run, weights.result(), plan, books)
         saver.ensure_begun()  # a run that labeled nothing still applies --mode (overwrite replaces)
         checking = time.time()
         check = check_output(out, books)
@@ -201,19 +188,12 @@ def _saver(cfg: LabelConfig, out: OutputDir, weights: Future, plan: InputPlan) -
     )
 
 
-def _execute(
-    cfg: LabelConfig,
-    resolved: ResolvedWeights,
-    plan: InputPlan,
-    books: Books,
-    saver: Saver,
-    timeline: Timeline,
-    report: Reporter,
-) -> None:
+def _execute(run: LabelRun, resolved: ResolvedWeights, plan: InputPlan, books: Books) -> None:
+    cfg = run.cfg
     # A task per node asks for bf16 only where "auto" needs it; nothing is asked otherwise.
     cluster = ray_session.cluster(ask_bf16=cfg.execution.precision == "auto")
     execution = make_plan(cfg, resolved, cluster, local_inputs=plan.first_input is None or is_local(plan.first_input))
-    pipeline.execute(execution, plan, books, saver, timeline, report, cfg.execution.wait_for_resources)
+    pipeline.execute(execution, plan, books, run)
 
 
 def plan_only(cfg: LabelConfig) -> list[str]:

@@ -26,7 +26,7 @@ from ray.data import ActorPoolStrategy
 from ray.data.datasource import Datasource, ReadTask
 
 from ..core.errors import Interrupted, SaveFailed, root_cause
-from ..data.decode import LowPriorityDecode, to_idle_priority
+from ..data.decode import JpegHandoff, LowPriorityDecode, to_idle_priority
 from ..data.input_plan import InputPlan
 from ..model.actor import PredictorActor
 from ..model.settings import ALLOCATOR_ENV
@@ -36,7 +36,7 @@ from .plan import ExecutionPlan
 from .progress import CounterClient
 from .reports import CounterReports
 from .saving import BlockPart, Saver
-from .summary import Timeline
+from .summary import LabelRun
 from .watch import RunWatch
 
 if TYPE_CHECKING:
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from ray.actor import ActorHandle
 
     from .bookkeeping import Books
-    from .reporters import Reporter
 
 
 log = logging.getLogger(__name__)
@@ -112,21 +111,16 @@ def _feed(run: ray_compat.DatasetRun, into: queue.Queue) -> None:
         into.put(exc)
 
 
-def execute(
-    plan: ExecutionPlan,
-    inputs: InputPlan,
-    books: Books,
-    saver: Saver,
-    timeline: Timeline,
-    report: Reporter,
-    wait_for_resources: float = 600.0,
-) -> None:
-    """Run the pipeline, saving as it goes; on an interrupt, save what is done, then raise Interrupted.
+def execute(plan: ExecutionPlan, inputs: InputPlan, books: Books, run: LabelRun) -> None:
+    """Run the pipeline, saving as it goes (run.saver); on an interrupt, save what is done,
+    then raise Interrupted.
 
     `books`: the run's bookkeeping.Books, which the read tasks claim their inputs in.
     """
     for line in plan.lines():
         log.info("%s", line)
+    saver, timeline = run.saver, run.timeline
+    assert saver is not None, "the run's saver is made before its pipeline runs"
     counter = CounterClient()
     counter.actor.share_decoding.remote(plan.decode_cores_per_actor, plan.cpu_decode_share)
     source = InputsDatasource(inputs, books, counter.actor)
@@ -143,20 +137,17 @@ def execute(
     )
     ds = add_stages(ds.repartition(target_num_rows_per_block=plan.block_rows), plan, saver.schema, counter.actor)
     timeline.executing = time.time()
-    watch = RunWatch(
-        counter, source.num_read_tasks, plan.actors, plan.gpus_per_actor, plan.cpus_per_actor, wait_for_resources
-    )
     blocks: queue.Queue = queue.Queue()
-    run = ray_compat.DatasetRun(ds)
-    feed = threading.Thread(target=_feed, args=(run, blocks), daemon=True, name="resnet-batch-feed")
+    dataset_run = ray_compat.DatasetRun(ds)
+    feed = threading.Thread(target=_feed, args=(dataset_run, blocks), daemon=True, name="resnet-batch-feed")
     feed.start()
-    loop = DriverLoop(blocks, saver, counter, watch, timeline, report)
+    loop = DriverLoop(blocks, saver, counter, RunWatch(counter, source.num_read_tasks, plan.needs), run)
     try:
         loop.run()
     except BaseException as exc:  # a signal or a failure: keep what is finished, for --mode resume
         loop.take_arrived()
         _save_on_stop(saver, exc, loop.received)
-        run.stop()  # before Ray's shutdown, which its threads (and the feed's) would outlive
+        dataset_run.stop()  # before Ray's shutdown, which its threads (and the feed's) would outlive
         feed.join(timeout=30)
         if isinstance(exc, (KeyboardInterrupt, Interrupted)):
             signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
@@ -180,13 +171,12 @@ class DriverLoop:
     saver: Saver
     counter: CounterClient
     watch: RunWatch
-    timeline: Timeline
-    report: Reporter
+    label_run: LabelRun  # its timeline and reporter
     received: int = 0  # rows whose blocks reached the driver (each is saved, or saved on a stop)
 
     def run(self) -> None:
         """Hand finished blocks to the saver, and report, until the end."""
-        saver, timeline = self.saver, self.timeline
+        saver, timeline = self.saver, self.label_run.timeline
         while True:
             try:
                 item = self.blocks.get(timeout=0.2)  # short: the loop also saves on time and reports
@@ -204,12 +194,12 @@ class DriverLoop:
                 if not timeline.first_batch:
                     timeline.first_batch, timeline.first_batch_rows = timeline.last_batch, self.received
             saver.tick()
-            self.report(self.watch.snapshot(self.received, saver.saved))
+            self.label_run.report(self.watch.snapshot(self.received, saver.saved))
             self.watch.check()
         saver.record_what_ran(self.counter.actors())
         saver.finish()
         errors = sum(saver.stats.errors.values())
-        self.report(self.watch.snapshot(self.received, saver.saved, walking=False, errors=errors))
+        self.label_run.report(self.watch.snapshot(self.received, saver.saved, walking=False, errors=errors))
 
     def take_arrived(self) -> None:
         """Hand the saver the finished blocks that reached the driver but not yet its loop."""
@@ -246,10 +236,8 @@ def add_stages(ds: ray.data.Dataset, plan: ExecutionPlan, schema: pa.Schema, pro
                 plan.inference.weights.preprocessing,
                 plan.max_pixels,
                 plan.io_threads,
-                defer_jpeg=plan.decode_on_device,
                 whole=plan.whole_image,
-                cpu_share=plan.cpu_decode_share,
-                reporter=CounterReports(progress),
+                handoff=JpegHandoff(plan.cpu_decode_share, CounterReports(progress)) if plan.decode_on_device else None,
             ),
             batch_size=None,  # one block (BLOCKS_PER_BATCH batches) per decode task
             batch_format="numpy",

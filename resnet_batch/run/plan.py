@@ -57,6 +57,16 @@ class Cluster:
 
 
 @dataclass(frozen=True)
+class PoolNeeds:
+    """What the model actors need of the cluster, and how long the job may wait for it."""
+
+    actors: int
+    gpus_per_actor: int
+    cpus_per_actor: int
+    wait_limit_s: float
+
+
+@dataclass(frozen=True)
 class ExecutionPlan:
     actors: int
     gpus_per_actor: int
@@ -75,6 +85,11 @@ class ExecutionPlan:
     read_tasks: int = 1  # read tasks at once (listing, hashing, claiming: CPU that decoding needs too)
     decode_cores_per_actor: int = 1  # the cores a model actor's share of CPU decoding runs on
     cluster: Cluster | None = None  # what the plan was made for
+    wait_for_resources_s: float = 600.0  # how long the job may wait for what its actors need
+
+    @property
+    def needs(self) -> PoolNeeds:
+        return PoolNeeds(self.actors, self.gpus_per_actor, self.cpus_per_actor, self.wait_for_resources_s)
 
     @property
     def decode_on_device(self) -> bool:
@@ -174,6 +189,7 @@ def make_plan(
         read_tasks=max(1, min(MAX_READ_TASKS, cluster.cpu_nodes * cluster.cpus_per_node // CPUS_PER_READ_TASK)),
         decode_cores_per_actor=max(1, cluster.cpu_nodes * cluster.cpus_per_node // actors - 1),
         cluster=cluster,
+        wait_for_resources_s=execution.wait_for_resources,
     )
 
 

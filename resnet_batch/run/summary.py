@@ -1,11 +1,29 @@
-"""What a label run did, and where its wall time went, as the lines the CLI prints."""
+"""A label run: what it holds while it runs, where its wall time went, and what it did, as the
+lines the CLI prints."""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..model.phases import describe
+
+if TYPE_CHECKING:
+    from .config import LabelConfig
+    from .reporters import Reporter
+    from .saving import Saver
+
+
+@dataclass
+class LabelRun:
+    """What a label run holds while it runs: its arguments, where it reports, its timeline,
+    and its saver once made (a stop says how many rows that saved)."""
+
+    cfg: LabelConfig
+    report: Reporter
+    timeline: Timeline
+    saver: Saver | None = None
 
 
 @dataclass

@@ -9,6 +9,7 @@ import time
 
 import ray
 
+from .plan import PoolNeeds
 from .progress import CounterClient, Counts
 from .reporters import Snapshot
 from .resources import nodes_being_added, short_of
@@ -26,21 +27,11 @@ class RunWatch:
 
     A job waits when the cluster lacks what a model actor needs (its CPU, and a GPU on GPU
     clusters) or, once actors hold theirs, what decode tasks need (1 CPU). Until
-    `wait_limit_s` it says so in the phase; then `check()` raises ResourcesUnavailable.
+    `needs.wait_limit_s` it says so in the phase; then `check()` raises ResourcesUnavailable.
     """
 
-    def __init__(
-        self,
-        counter: CounterClient,
-        walks: int,
-        actors: int,
-        gpus_per_actor: int,
-        cpus_per_actor: int,
-        wait_limit_s: float,
-    ):
-        self.counter, self.walks = counter, walks
-        self.actors, self.gpus_per_actor, self.cpus_per_actor = actors, gpus_per_actor, cpus_per_actor
-        self.wait_limit_s = wait_limit_s
+    def __init__(self, counter: CounterClient, walks: int, needs: PoolNeeds):
+        self.counter, self.walks, self.needs = counter, walks, needs
         self.started = self.last_change = time.monotonic()
         self.first_at = 0.0
         self.first_done = 0
@@ -82,14 +73,11 @@ class RunWatch:
     def _phase(self, counts: Counts, done: int, walking: bool) -> str:
         if self.waiting:
             return self.waiting
+        actors = self.needs.actors
         if not counts.actors and not done:
-            return f"starting {self.actors} model actor{'s' if self.actors > 1 else ''} (0/{self.actors} ready)"
+            return f"starting {actors} model actor{'s' if actors > 1 else ''} (0/{actors} ready)"
         if not done:
-            return (
-                "listing"
-                if walking
-                else f"first batch ({min(len(counts.actors), self.actors)}/{self.actors} actors ready)"
-            )
+            return "listing" if walking else f"first batch ({min(len(counts.actors), actors)}/{actors} actors ready)"
         return "labeling"
 
     def _tell_device_path_failures(self, counts: Counts) -> None:
@@ -113,7 +101,11 @@ class RunWatch:
             return
         self._resources_at = now
         waiting = short_of(
-            ray.cluster_resources(), ray.available_resources(), counts.placed, self.gpus_per_actor, self.cpus_per_actor
+            ray.cluster_resources(),
+            ray.available_resources(),
+            counts.placed,
+            self.needs.gpus_per_actor,
+            self.needs.cpus_per_actor,
         )
         growing = nodes_being_added() if waiting else 0
         if waiting and growing:  # an autoscaler is adding nodes: worth the wait, not counted against the limit
@@ -128,10 +120,10 @@ class RunWatch:
         self.waiting = waiting
 
     def check(self) -> None:
-        """Raise ResourcesUnavailable once the job has waited `wait_limit_s` for resources."""
+        """Raise ResourcesUnavailable once the job has waited `needs.wait_limit_s` for resources."""
         from ..core.errors import ResourcesUnavailable
 
-        if self.waiting and time.monotonic() - self.waiting_since >= self.wait_limit_s:
+        if self.waiting and time.monotonic() - self.waiting_since >= self.needs.wait_limit_s:
             raise ResourcesUnavailable(
-                f"{self.waiting}; gave up after {self.wait_limit_s:.0f} s (--wait-for-resources)"
+                f"{self.waiting}; gave up after {self.needs.wait_limit_s:.0f} s (--wait-for-resources)"
             )
