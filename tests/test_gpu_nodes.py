@@ -11,16 +11,14 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import pytest
-
 from .conftest import write_jpegs
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("nodes", [1, 2])
-def test_a_job_on_eight_gpu_nodes_is_placed_as_planned(nodes, tmp_path):
-    n = 40
+def test_a_job_on_eight_gpu_nodes_is_placed_as_planned(tmp_path):
+    """Two nodes: what one node shows (a GPU each, at most 8 a node) and what only several do."""
+    nodes, n = 2, 40
     write_jpegs(tmp_path / "in", n, seed=8, height=120, width=160)
     run = subprocess.run(
         [sys.executable, "-m", "tests.gpu_nodes_job", str(nodes), str(tmp_path / "in"), str(tmp_path / "out")],
