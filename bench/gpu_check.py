@@ -95,7 +95,7 @@ def bench_contenders(args, gpu: bool) -> dict:
         "--device",
         args.device,
         "--model",
-        "resnet50",
+        "resnet18" if args.smoke else "resnet50",
         "--precision",
         args.precision,
         "--data",
