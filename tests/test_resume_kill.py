@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from .conftest import write_jpegs
+from .helpers import ray_processes_of
 
 pytestmark = pytest.mark.slow
 
@@ -64,6 +66,15 @@ def test_sigkill_driver_then_resume(tmp_path):
         except ProcessLookupError:
             pass
         driver.stdout.close()
+
+    # A write task already running when the driver died may still land its part file (each
+    # lands whole, or not at all): what is on disk counts once no process of the job's Ray is left.
+    deadline = time.monotonic() + 60
+    while ray_processes_of(driver.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in ray_processes_of(driver.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
 
     survivors = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     done = sum(pq.read_metadata(out / name).num_rows for name in survivors)
