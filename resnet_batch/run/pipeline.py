@@ -141,7 +141,7 @@ def execute(plan: ExecutionPlan, inputs: InputPlan, books: Books, run: LabelRun)
     dataset_run = ray_compat.DatasetRun(ds)
     feed = threading.Thread(target=_feed, args=(dataset_run, blocks), daemon=True, name="resnet-batch-feed")
     feed.start()
-    loop = DriverLoop(blocks, saver, counter, RunWatch(counter, source.num_read_tasks, plan.needs), run)
+    loop = DriverLoop(blocks, run, counter, RunWatch(counter, source.num_read_tasks, plan.needs))
     try:
         loop.run()
     except BaseException as exc:  # a signal or a failure: keep what is finished, for --mode resume
@@ -165,14 +165,19 @@ def execute(plan: ExecutionPlan, inputs: InputPlan, books: Books, run: LabelRun)
 @dataclass
 class DriverLoop:
     """What the driver holds while the pipeline runs: the finished blocks arriving from the
-    feed, the saver they go to, the rows received so far, and where progress is reported."""
+    feed, the run they belong to (its saver, timeline and reporter), the rows received so far."""
 
     blocks: queue.Queue
-    saver: Saver
+    label_run: LabelRun
     counter: CounterClient
     watch: RunWatch
-    label_run: LabelRun  # its timeline and reporter
     received: int = 0  # rows whose blocks reached the driver (each is saved, or saved on a stop)
+
+    @property
+    def saver(self) -> Saver:
+        saver = self.label_run.saver
+        assert saver is not None, "the run's saver is made before its pipeline runs"
+        return saver
 
     def run(self) -> None:
         """Hand finished blocks to the saver, and report, until the end."""
