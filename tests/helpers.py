@@ -11,11 +11,13 @@ import sys
 
 from resnet_batch.core.reporting import BatchTimes
 
+RESNET_BATCH = [sys.executable, "-m", "resnet_batch"]  # the command, as this interpreter runs it
+
 
 def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """`resnet-batch ARGS...` in a process of its own, this environment plus `env`."""
     return subprocess.run(
-        [sys.executable, "-m", "resnet_batch", *args],
+        [*RESNET_BATCH, *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from .helpers import cli
+from .helpers import RESNET_BATCH, cli
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "images"
@@ -247,9 +247,7 @@ def test_shipped_job_starts_its_own_ray_and_writes_every_row(tmp_path):
 
     # The wall time is this command's own: a shell's time before it (here 3 s) is not counted.
     resume = [
-        sys.executable,
-        "-m",
-        "resnet_batch",
+        *RESNET_BATCH,
         "label",
         "--config",
         str(ROOT / "jobs" / "cpu-small.yaml"),

@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 from .conftest import write_jpegs
-from .helpers import cli, ray_processes_of
+from .helpers import RESNET_BATCH, cli, ray_processes_of
 from .inputs_catalogue import bomb_png
 
 JOB = ["--model", "resnet18", "--weights", "none", "--precision", "fp32", "--batch-size", "8"]
@@ -340,7 +340,7 @@ def test_one_writer_at_a_time(tmp_path):
     folder = tmp_path / "in"
     write_jpegs(folder, 24, seed=31)
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "resnet_batch", "label", str(folder), "--output", str(out), *PIPELINE_JOB]
+    args = [*RESNET_BATCH, "label", str(folder), "--output", str(out), *PIPELINE_JOB]
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lease = out / "_resnet_batch.lock"
     deadline = time.time() + 60
@@ -441,9 +441,7 @@ def test_a_signal_while_ray_starts(tmp_path, signum):
     write_jpegs(folder, 2, seed=51)
     job = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "resnet_batch",
+            *RESNET_BATCH,
             "label",
             str(folder),
             "--output",

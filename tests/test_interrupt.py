@@ -9,13 +9,13 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
 import time
 
 import pyarrow.parquet as pq
 import pytest
 
 from .conftest import write_jpegs
+from .helpers import RESNET_BATCH
 
 pytestmark = pytest.mark.slow
 
@@ -26,9 +26,7 @@ def label_cmd(src, out, mode):
     # resnet50 fp32 in batches of 4 is slow enough on 2 cores to be stopped mid-job;
     # the default --rows-per-file (10000) would hold every row until the end.
     return [
-        sys.executable,
-        "-m",
-        "resnet_batch",
+        *RESNET_BATCH,
         "label",
         str(src),
         "--output",
@@ -104,7 +102,7 @@ def test_signals_save_work_and_resume_finishes_it(tmp_path):
     # 2. Resume, and press Ctrl-C in the middle of it.
     resume = shlex.split(said.group(3))
     assert resume[:2] == ["resnet-batch", "label"] and resume[-2:] == ["--mode", "resume"]
-    resume_cmd = [sys.executable, "-m", "resnet_batch", *resume[1:]]
+    resume_cmd = [*RESNET_BATCH, *resume[1:]]
     code, stdout, stderr = stop_after_first_saves(resume_cmd, out, signal.SIGINT, whole_group=True, at_least=first + 4)
     assert code == 128 + signal.SIGINT, stderr
     assert "Traceback" not in stdout + stderr and STOPPED.match(stderr.strip()), stderr
@@ -140,9 +138,7 @@ def test_a_run_that_fails_before_any_row_leaves_the_output_untouched(tmp_path):
     )
     kept = (out / "part-kept.parquet").read_bytes()
     base = [
-        sys.executable,
-        "-m",
-        "resnet_batch",
+        *RESNET_BATCH,
         "label",
         str(src),
         "--output",

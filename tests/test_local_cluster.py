@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from .helpers import free_port
+from .helpers import RESNET_BATCH, free_port
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,9 +44,7 @@ def test_start_submit_stop_then_a_local_job(tmp_path):
         out = tmp_path / "out"
         submitted = subprocess.run(
             [
-                sys.executable,
-                "-m",
-                "resnet_batch",
+                *RESNET_BATCH,
                 "submit",
                 "--address",
                 f"http://127.0.0.1:{env['DASHBOARD_PORT']}",
@@ -74,7 +71,7 @@ def test_start_submit_stop_then_a_local_job(tmp_path):
     assert not left, f"process groups left running: {left}"
     assert script("status").stdout.strip() == "not started"
     local = subprocess.run(
-        [sys.executable, "-m", "resnet_batch", "label", str(EXAMPLES), "--output", str(tmp_path / "local"), *JOB],
+        [*RESNET_BATCH, "label", str(EXAMPLES), "--output", str(tmp_path / "local"), *JOB],
         env=env,
         capture_output=True,
         text=True,

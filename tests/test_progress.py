@@ -9,10 +9,10 @@ import re
 import select
 import struct
 import subprocess
-import sys
 import termios
 
 from .conftest import write_jpegs
+from .helpers import RESNET_BATCH
 
 FRAME = re.compile(
     r"(?P<phase>[a-z][^\r\n:|]*): +\d+%\|[^|]*\| (?P<done>\d+)/(?P<total>\d+)\+? "
@@ -35,9 +35,7 @@ def test_the_bar_moves_by_batches(tmp_path):
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a terminal's size
     job = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "resnet_batch",
+            *RESNET_BATCH,
             "label",
             str(folder),
             "--output",

@@ -6,23 +6,20 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pyarrow.parquet as pq
 import pytest
 
 from .conftest import write_jpegs
-from .helpers import ray_processes_of
+from .helpers import RESNET_BATCH, ray_processes_of
 
 pytestmark = pytest.mark.slow
 
 
 def label_cmd(src, out, mode):
     return [
-        sys.executable,
-        "-m",
-        "resnet_batch",
+        *RESNET_BATCH,
         "label",
         str(src),
         "--output",
