@@ -1,5 +1,5 @@
-"""What several test modules share beyond fixtures: the command line as a subprocess, a
-free port, and a reporter that records what the stages tell the job, in memory, in place
+"""What several test modules share beyond fixtures: the command line as a subprocess or
+in this process, a free port, and a reporter that records what the stages tell the job, in memory, in place
 of the run's counter actor."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 
 from resnet_batch.core.reporting import BatchTimes
 
@@ -23,6 +24,53 @@ def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.C
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def in_process(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`resnet-batch ARGS...` through main() in this process, this environment plus `env`:
+    its exit status and what it printed on descriptors 1 and 2, which is what a person sees
+    (main() sends the rest to its log file, as the command does). Jobs run on the Ray this
+    process is connected to (the suite's, `ray_local`): no interpreter, Ray or worker start.
+    Starting and stopping its own Ray, and exiting, are the command's, which `cli` runs."""
+    from resnet_batch.run.cli import main
+
+    before = {key: os.environ.get(key) for key in env or {}}
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        streams, fds = (sys.stdout, sys.stderr), (os.dup(1), os.dup(2))
+        os.dup2(out.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        # As in a process of its own, Python's streams write to the descriptors.
+        sys.stdout, sys.stderr = (open(fd, "w", buffering=1, closefd=False) for fd in (1, 2))
+        os.environ.update(env or {})
+        try:
+            try:
+                code = main(list(args))
+            except SystemExit as exit:  # argparse's refusals
+                code = exit.code if isinstance(exit.code, int) else 1
+        finally:
+            for key, value in before.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            sys.stdout.close()
+            sys.stderr.close()
+            sys.stdout, sys.stderr = streams
+            for fd, saved in enumerate(fds, start=1):
+                os.dup2(saved, fd)
+                os.close(saved)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(list(args), code, out.read(), err.read())
+
+
+def session_processes(sid: int) -> list[str]:
+    """Live processes of a session (a job started with start_new_session=True, by its pid), as
+    "SID PID STAT COMMAND": its Ray's processes included, whatever names Ray gave its workers."""
+    ps = subprocess.run(["ps", "-eo", "sid=,pid=,stat=,args="], capture_output=True, text=True).stdout
+    return [line for line in ps.splitlines() if line.split()[0] == str(sid) and not line.split()[2].startswith("Z")]
 
 
 def ray_processes_of(pid: int) -> list[str]:

@@ -28,7 +28,7 @@ def main(src: str, out: str) -> None:
     cfg = LabelConfig.of(
         inputs=(src,),
         output=out,
-        model="resnet50",
+        model="resnet18",
         weights="none",
         precision="fp32",
         batch_size=2,

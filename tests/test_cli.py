@@ -1,4 +1,5 @@
-"""The command line as a user runs it: a fresh process that starts its own local Ray."""
+"""The command line as a user runs it: a fresh process that starts its own local Ray, and
+its refusals (through main() in this process, jobs on the suite's Ray)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from .helpers import RESNET_BATCH, cli
+from .helpers import RESNET_BATCH, cli, in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "images"
@@ -47,19 +48,19 @@ EXAMPLES = ROOT / "examples" / "images"
         (["/definitely/not/here"], "does not exist"),
     ],
 )
-def test_bad_arguments_give_one_line(tmp_path, args, needle):
+def test_bad_arguments_give_one_line(ray_local, tmp_path, args, needle):
     base = ["label", str(EXAMPLES), "--output", str(tmp_path / "o")]
     if not args[0].startswith("--"):
         base = ["label", args[0], "--output", str(tmp_path / "o")]
         args = []
-    result = cli(*base, *args)
+    result = in_process(*base, *args)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], result.stderr
 
 
 def test_missing_weights_download_is_one_clear_line(tmp_path):
-    result = cli(
+    result = in_process(
         "label",
         str(EXAMPLES),
         "--output",
@@ -75,7 +76,8 @@ def test_missing_weights_download_is_one_clear_line(tmp_path):
     assert not (tmp_path / "o").exists(), "a job that failed before any row leaves no output behind"
 
     # A release in the hub cache is left to the model actors (the driver imports no torch):
-    # a corrupt one fails there, and says so as clearly.
+    # a corrupt one fails there, and says so as clearly. (A job of its own: the actors of
+    # the suite's Ray do not see this TORCH_HOME.)
     cache = tmp_path / "torch" / "hub" / "checkpoints"
     cache.mkdir(parents=True, exist_ok=True)  # the failed download above made it
     (cache / "resnet18-f37072fd.pth").write_bytes(b"half a download")
@@ -94,9 +96,9 @@ def test_missing_weights_download_is_one_clear_line(tmp_path):
     assert "UnpicklingError" in lines[0] and "hub/checkpoints" in lines[0]
 
 
-def test_a_dry_run_prints_the_plan_and_touches_nothing(tmp_path):
+def test_a_dry_run_prints_the_plan_and_touches_nothing(ray_local, tmp_path):
     out = tmp_path / "out"
-    result = cli(
+    result = in_process(
         "label",
         str(EXAMPLES),
         "--output",
@@ -117,16 +119,16 @@ def test_a_dry_run_prints_the_plan_and_touches_nothing(tmp_path):
     assert not out.exists()
     out.mkdir()
     (out / "x.txt").write_text("someone's")
-    refused = cli("label", str(EXAMPLES), "--output", str(out), "--weights", "none", "--dry-run")
+    refused = in_process("label", str(EXAMPLES), "--output", str(out), "--weights", "none", "--dry-run")
     assert refused.returncode == 2 and "already holds 1 other files" in refused.stderr, refused.stderr
 
 
-def test_an_explicit_gpu_decoder_that_is_not_installed_is_one_line(tmp_path):
+def test_an_explicit_gpu_decoder_that_is_not_installed_is_one_line(ray_local, tmp_path):
     """The model actor cannot start: its typed error reaches the driver as one line, exit 2."""
     pytest.importorskip("torch")
     if __import__("importlib").util.find_spec("nvidia.nvimgcodec") is not None:
         pytest.skip("nvImageCodec is installed here")
-    result = cli(
+    result = in_process(
         "label",
         str(EXAMPLES),
         "--output",
@@ -154,7 +156,7 @@ def test_an_explicit_gpu_decoder_that_is_not_installed_is_one_line(tmp_path):
 def test_models_table_and_json():
     import json
 
-    table = cli("models").stdout.splitlines()
+    table = in_process("models").stdout.splitlines()
     assert table[0].split()[:2] == ["model", "default"] and len(table) == 11
     widths = {line.split()[0]: line.split()[2] for line in table[1:]}
     assert widths == {
@@ -171,7 +173,7 @@ def test_models_table_and_json():
     }
     assert table[1].split()[3] == "64/128/256/512" and table[3].split()[3] == "256/512/1024/2048"
     assert table[1].index("512") == table[3].index("2048"), "columns are aligned"
-    rows = [json.loads(line) for line in cli("models", "--json").stdout.splitlines()]
+    rows = [json.loads(line) for line in in_process("models", "--json").stdout.splitlines()]
     assert [r["model"] for r in rows] == list(widths) and rows[2]["default"] == "IMAGENET1K_V2"
 
 
@@ -274,7 +276,8 @@ def test_shipped_job_starts_its_own_ray_and_writes_every_row(tmp_path):
     wall = float(re.search(r"wall ([\d.]+)s", late.stdout).group(1))
     assert wall <= took - 3 + 0.5, (wall, took)
 
-    # The default --mode error refuses to touch the result, before doing any work.
+    # The default --mode error refuses to touch the result, before doing any work: exit 2
+    # and one line, from a process of its own (the contract every refusal keeps).
     again = cli("label", str(EXAMPLES), "--output", str(out), "--model", "resnet18", "--weights", "none")
     assert again.returncode == 2
     assert "already holds" in again.stderr and "--mode resume" in again.stderr

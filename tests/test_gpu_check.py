@@ -47,7 +47,7 @@ def test_gpu_check_runs_every_section_on_the_cpu(tmp_path):
     assert profile["cpu_top"] and profile["batches"] == 3
     assert set(results["bench"]["results"]) == {"bare"}  # --smoke: label runs in its own section
     assert all(r["rate"] > 0 for r in results["bench"]["results"].values())
-    label = results["label"]["resnet18"]
+    label = results["label"]["none"]
     assert label["exit"] == 0
     assert any(line.startswith("model actor start (first of 1): imports ") for line in label["summary"])
     assert results["pytest"] == {"skipped": "no GPU here"}

@@ -3,6 +3,8 @@
 One job over a folder and a manifest that hold every kind of input the rules in
 ARCHITECTURE.md ("Input identity", "File kinds") name; then the tools over its output;
 then the refusals that need no Ray (config files, `--`, memory:// outputs, labels).
+Commands run through main() in this process, jobs on the suite's Ray; in processes of
+their own where the process is what a test is about: its own Ray, signals, its arguments.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ import pytest
 from PIL import Image
 
 from .conftest import write_jpegs
-from .helpers import RESNET_BATCH, cli, ray_processes_of
+from .helpers import RESNET_BATCH, cli, in_process, ray_processes_of
 from .inputs_catalogue import bomb_png
 
 JOB = ["--model", "resnet18", "--weights", "none", "--precision", "fp32", "--batch-size", "8"]
@@ -62,7 +63,7 @@ def _tar(path: Path, members: dict[str, bytes] | list[tuple[str, bytes]]) -> Non
 
 
 @pytest.fixture(scope="module")
-def hostile(tmp_path_factory):
+def hostile(tmp_path_factory, ray_local):
     """The inputs, the paths each must produce exactly once, and the labeled output."""
     root = tmp_path_factory.mktemp("hostile")
     folder, elsewhere, loose = root / "in", root / "elsewhere", root / "loose"
@@ -144,7 +145,7 @@ def hostile(tmp_path_factory):
         }
     )
     out = root / "out"
-    result = cli("label", str(folder), str(manifest), "--output", str(out), *JOB, timeout=240)
+    result = in_process("label", str(folder), str(manifest), "--output", str(out), *JOB)
     return folder, expected, out, result
 
 
@@ -206,7 +207,7 @@ def test_pixel_limit_is_max_pixels_alone():
 def test_absurd_resize_is_refused_up_front(tmp_path):
     write_jpegs(tmp_path / "in", 1, seed=1)
     for resize in ("100000", "8"):
-        result = cli(
+        result = in_process(
             "label", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *JOB, "--crop", "none", "--resize", resize
         )
         one_line_error(
@@ -223,7 +224,7 @@ def test_imagefolder_exports_stay_in_their_shard(hostile, tmp_path):
         a_bytes = tar.extractfile("a.jpg").read()
     for copy in (False, True):
         target = tmp_path / f"export-{copy}"
-        result = cli(
+        result = in_process(
             "export", str(out), "--format", "imagefolder", "--output", str(target), *(["--copy"] if copy else [])
         )
         assert result.returncode == 0, result.stderr
@@ -242,7 +243,7 @@ def test_imagefolder_exports_stay_in_their_shard(hostile, tmp_path):
         assert not any(p.endswith("escape.jpg") for p in exported), "a member that leaves its shard is never exported"
         assert all(b"never labeled" not in p.read_bytes() for p in files)
 
-    result = cli(
+    result = in_process(
         "export", str(out), "--format", "label-studio", "--output", str(tmp_path / "ls.json"), "--local-files-root", "/"
     )
     one_line_error(result, "member of a tar shard, which Label Studio cannot serve")
@@ -251,13 +252,15 @@ def test_imagefolder_exports_stay_in_their_shard(hostile, tmp_path):
 def test_tool_outputs_never_land_inside_a_job_output(hostile, tmp_path):
     _, _, out, _ = hostile
     before = sorted(os.listdir(out))
-    one_line_error(cli("neighbors", str(out), "--output", str(out)), "lies inside the job output")
+    one_line_error(in_process("neighbors", str(out), "--output", str(out)), "lies inside the job output")
     one_line_error(
-        cli("export", str(out), "--format", "csv", "--output", str(out / "x.csv")), "lies inside the job output"
+        in_process("export", str(out), "--format", "csv", "--output", str(out / "x.csv")), "lies inside the job output"
     )
-    one_line_error(cli("report", str(out), "--html", str(out / "r.html")), "lies inside the job output")
-    one_line_error(cli("report", str(out), "--html", str(tmp_path)), "is a folder")
-    one_line_error(cli("label", str(tmp_path), "--output", str(out / "nested"), *JOB), "lies inside the job output")
+    one_line_error(in_process("report", str(out), "--html", str(out / "r.html")), "lies inside the job output")
+    one_line_error(in_process("report", str(out), "--html", str(tmp_path)), "is a folder")
+    one_line_error(
+        in_process("label", str(tmp_path), "--output", str(out / "nested"), *JOB), "lies inside the job output"
+    )
     assert sorted(os.listdir(out)) == before
 
 
@@ -268,7 +271,7 @@ def test_resume_refuses_other_settings_without_the_run_record(hostile, tmp_path)
     for part in out.glob("part-*.parquet"):
         (copy / part.name).write_bytes(part.read_bytes())  # the run record is lost
     folder = hostile[0]
-    result = cli(
+    result = in_process(
         "label",
         str(folder / "shard.tar"),
         "--output",
@@ -289,18 +292,18 @@ def test_foreign_parquet_is_neither_deleted_nor_resumed_over(tmp_path):
     spark = out / "part-00000-1b2c3d.snappy.parquet"
     pq.write_table(pa.table({"id": [1, 2]}), spark)
     for mode in ("overwrite", "resume", "error"):  # error: no advice to use a mode that refuses too
-        result = cli("label", str(tmp_path / "none.jpg"), "--output", str(out), *JOB, "--mode", mode)
+        result = in_process("label", str(tmp_path / "none.jpg"), "--output", str(out), *JOB, "--mode", mode)
         one_line_error(result, "Parquet files resnet-batch did not write (e.g. part-00000-1b2c3d.snappy.parquet)")
     assert spark.exists()
     spark.unlink()
     (out / "year=2024").mkdir()
     pq.write_table(pa.table({"id": [3]}), out / "year=2024" / "data.parquet")  # a reader would read it too
     for mode in ("overwrite", "resume"):
-        result = cli("label", str(tmp_path / "none.jpg"), "--output", str(out), *JOB, "--mode", mode)
+        result = in_process("label", str(tmp_path / "none.jpg"), "--output", str(out), *JOB, "--mode", mode)
         one_line_error(result, "Parquet files resnet-batch did not write (e.g. year=2024/data.parquet)")
 
 
-def test_names_that_mean_something_elsewhere(tmp_path):
+def test_names_that_mean_something_elsewhere(tmp_path, ray_local):
     """&, #, %, + in file names; names near the length limit; class names that are
     spreadsheet formulas or too long for a folder name."""
     folder = tmp_path / "in"
@@ -311,32 +314,32 @@ def test_names_that_mean_something_elsewhere(tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(f"={'x' * 300}{i}" for i in range(1000)) + "\n")
     out = tmp_path / "out"
-    result = cli("label", str(folder), "--output", str(out), *JOB, "--labels", str(labels), "--top-k", "2")
+    result = in_process("label", str(folder), "--output", str(out), *JOB, "--labels", str(labels), "--top-k", "2")
     assert result.returncode == 0, result.stderr
 
     ls = tmp_path / "ls.json"
-    assert cli("export", str(out), "--format", "label-studio", "--output", str(ls)).returncode == 0
+    assert in_process("export", str(out), "--format", "label-studio", "--output", str(ls)).returncode == 0
     from urllib.parse import parse_qs, urlsplit
 
     refs = {parse_qs(urlsplit(t["data"]["image"]).query)["d"][0] for t in json.loads(ls.read_text())}
     assert refs == {str(folder / n).lstrip("/") for n in names}, "each ?d= names its own file"
 
     target = tmp_path / "folders"
-    result = cli("export", str(out), "--format", "imagefolder", "--output", str(target))
+    result = in_process("export", str(out), "--format", "imagefolder", "--output", str(target))
     assert result.returncode == 0, result.stderr
     links = [p for p in target.rglob("*") if p.is_symlink()]
     assert len(links) == 3 and all(len(p.name.encode()) <= 255 and p.exists() for p in links)
     assert all(len(p.parent.name.encode()) <= 255 for p in links)
 
     csv_path = tmp_path / "x.csv"
-    assert cli("export", str(out), "--format", "csv", "--output", str(csv_path)).returncode == 0
+    assert in_process("export", str(out), "--format", "csv", "--output", str(csv_path)).returncode == 0
     import csv
 
     cells = [c for row in list(csv.reader(csv_path.open()))[1:] for c in row]
     assert cells and not any(c[:1] in "=+-@" for c in cells if c), "no cell a spreadsheet runs as a formula"
 
 
-def test_one_writer_at_a_time(tmp_path):
+def test_one_writer_at_a_time(tmp_path, ray_local):
     folder = tmp_path / "in"
     write_jpegs(folder, 24, seed=31)
     out = tmp_path / "out"
@@ -347,7 +350,7 @@ def test_one_writer_at_a_time(tmp_path):
     while not lease.exists() and first.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert lease.exists(), "the first job holds a lease while it runs"
-    second = cli("label", str(folder), "--output", str(out), *PIPELINE_JOB)
+    second = in_process("label", str(folder), "--output", str(out), *PIPELINE_JOB)
     one_line_error(second, "is being written by another job (pid")
     assert first.wait(timeout=240) == 0, first.stderr.read()
     assert not lease.exists(), "the lease is released at the end"
@@ -361,7 +364,7 @@ def test_one_writer_at_a_time(tmp_path):
             {"token": "x", "host": os.uname().nodename, "pid": dead.pid, "started": time.time(), "renewed": time.time()}
         )
     )
-    result = cli("label", str(folder), "--output", str(out), *PIPELINE_JOB, "--mode", "resume")
+    result = in_process("label", str(folder), "--output", str(out), *PIPELINE_JOB, "--mode", "resume")
     assert result.returncode == 0 and "already done 24" in result.stdout, result.stderr
 
 
@@ -375,6 +378,7 @@ def test_a_job_starts_its_own_ray_and_fails_fast_on_a_dead_address(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {"RAY_AUTH_MODE": "token", "RAY_ADDRESS": ""}
+    said = tmp_path / "ray-start.txt"
     # (a short --temp-dir: Ray's socket paths must fit in 107 bytes)
     head = subprocess.Popen(
         [
@@ -391,18 +395,17 @@ def test_a_job_starts_its_own_ray_and_fails_fast_on_a_dead_address(tmp_path):
             "--temp-dir",
             f"/tmp/rb-head-{os.getpid()}",
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=said.open("w"),
+        stderr=subprocess.STDOUT,
         env={**os.environ, **env},
         start_new_session=True,
     )
     try:
-        # Up once a driver can join it and sees its node (the raylet registers after the GCS listens).
-        probe = f"import ray; ray.init(address='127.0.0.1:{port}', logging_level='ERROR'); assert ray.nodes()"
         deadline = time.time() + 120
-        while subprocess.run([sys.executable, "-c", probe], env={**os.environ, **env}, capture_output=True).returncode:
+        while "Ray runtime started." not in said.read_text():  # `ray start`'s line once its node is up
             assert head.poll() is None and time.time() < deadline, "the Ray head did not come up"
-        result = cli("label", str(folder), "--output", str(tmp_path / "out"), *JOB, env=env, timeout=180)
+            time.sleep(0.1)
+        result = cli("label", str(folder), "--output", str(tmp_path / "out"), *PIPELINE_JOB, env=env, timeout=180)
         assert result.returncode == 0, result.stderr
         result = cli(
             "label",
@@ -472,11 +475,12 @@ def test_a_signal_while_ray_starts(tmp_path, signum):
 def test_refusals_before_any_work(tmp_path):
     # Inputs after `--` are inputs (not dropped): a missing one is named.
     one_line_error(
-        cli("label", "--output", str(tmp_path / "o"), *JOB, "--", str(tmp_path / "nope.jpg") + "x"), "does not exist"
+        in_process("label", "--output", str(tmp_path / "o"), *JOB, "--", str(tmp_path / "nope.jpg") + "x"),
+        "does not exist",
     )
     # memory:// is gone when the command exits.
     one_line_error(
-        cli("label", str(tmp_path), "--output", "memory://out", *JOB), "memory:// lives only in this process"
+        in_process("label", str(tmp_path), "--output", "memory://out", *JOB), "memory:// lives only in this process"
     )
     # Config files: ~ expanded, a quoted "false" is false, wrong types and folders are one line.
     home = tmp_path / "home"
@@ -485,7 +489,7 @@ def test_refusals_before_any_work(tmp_path):
     config = tmp_path / "job.yaml"
     config.write_text(f"inputs: [{tmp_path}]\noutput: ~/taken\nmodel: resnet18\nweights: none\ncompile: 'false'\n")
     one_line_error(
-        cli("label", "--config", str(config), env={"HOME": str(home)}), f"--output {home}/taken already holds"
+        in_process("label", "--config", str(config), env={"HOME": str(home)}), f"--output {home}/taken already holds"
     )
     for text, needle in [
         ("inputs: 5\noutput: o\n", "config key 'inputs' must be a string or a list of strings"),
@@ -493,19 +497,19 @@ def test_refusals_before_any_work(tmp_path):
         ("inputs: [x]\noutput: o\ncompile: maybe\n", "config key 'compile' must be true or false"),
     ]:
         config.write_text(text)
-        one_line_error(cli("label", "--config", str(config)), needle)
-    one_line_error(cli("label", "--config", str(tmp_path)), "cannot read config file")
+        one_line_error(in_process("label", "--config", str(config)), needle)
+    one_line_error(in_process("label", "--config", str(tmp_path)), "cannot read config file")
     # A class name that is null is not the label "None".
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps(["cat", None] + [f"c{i}" for i in range(998)]))
     line = one_line_error(
-        cli("label", str(tmp_path), "--output", str(tmp_path / "o"), *JOB, "--labels", str(labels)),
+        in_process("label", str(tmp_path), "--output", str(tmp_path / "o"), *JOB, "--labels", str(labels)),
         "class 1 has no name (got null)",
     )
     assert "not valid JSON" not in line, "valid JSON with a null in it is a missing name, not bad JSON"
 
 
-def test_disk_full_is_one_line_naming_it(tmp_path):
+def test_disk_full_is_one_line_naming_it(tmp_path, ray_local):
     """The write task's own OSError, not Ray's traceback around it (a tmpfs of 12 KB: the
     run record fits, the first part file does not)."""
     disk = tmp_path / "disk"
@@ -521,7 +525,7 @@ def test_disk_full_is_one_line_naming_it(tmp_path):
     try:
         folder = tmp_path / "in"
         write_jpegs(folder, 6, seed=61)
-        result = cli("label", str(folder), "--output", str(disk / "out"), *JOB)
+        result = in_process("label", str(folder), "--output", str(disk / "out"), *JOB)
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
     lines = [line for line in result.stderr.strip().splitlines() if not line[:2].isdigit()]  # not progress lines
@@ -561,19 +565,19 @@ def test_non_utf8_arguments_and_blank_manifest_entries(tmp_path):
     }
 
 
-def test_resume_deletes_only_its_own_and_repairs_what_it_can(tmp_path):
+def test_resume_deletes_only_its_own_and_repairs_what_it_can(tmp_path, ray_local):
     """Resume deletes only the temporary files it names, keeps the provenance earlier runs
     recorded, reads past a damaged run record, and relabels the rows of a truncated part."""
     photos = write_jpegs(tmp_path / "in", 6, seed=8)
     out = tmp_path / "out"
     label = ["label", str(tmp_path / "in"), "--output", str(out), *JOB, "--rows-per-file", "2"]
-    assert cli(*label).returncode == 0
+    assert in_process(*label).returncode == 0
     record = json.loads((out / "_resnet_batch.json").read_text())
     assert {"ran", "device", "versions"} <= set(record) and record["precision"] == "fp32"
     (out / "_tmp-precious.txt").write_text("mine")
     (out / "_tmp-x.parquet").write_text("mine too")
 
-    nothing_to_do = cli(*label[:-2], "--mode", "resume")
+    nothing_to_do = in_process(*label[:-2], "--mode", "resume")
     assert nothing_to_do.returncode == 0, nothing_to_do.stderr
     assert (out / "_tmp-precious.txt").exists() and (out / "_tmp-x.parquet").exists()
     again = json.loads((out / "_resnet_batch.json").read_text())
@@ -586,7 +590,7 @@ def test_resume_deletes_only_its_own_and_repairs_what_it_can(tmp_path):
     said = []
     for damaged in ('{"model": 5}', "[1]", "{not json"):
         (out / "_resnet_batch.json").write_text(damaged)
-        result = cli(*label[:-2], "--mode", "resume")
+        result = in_process(*label[:-2], "--mode", "resume")
         assert result.returncode == 0, result.stderr
         assert "complete: every input has exactly one row" in result.stdout
         said.append(result.stderr)
@@ -599,7 +603,7 @@ def test_resume_deletes_only_its_own_and_repairs_what_it_can(tmp_path):
     assert "ran" in json.loads((out / "_resnet_batch.json").read_text())
 
 
-def test_readers_say_when_an_output_is_not_a_finished_runs(tmp_path):
+def test_readers_say_when_an_output_is_not_a_finished_runs(tmp_path, ray_local):
     """A copied part file is named by the job's summary and by the readers; an output whose
     run is still going, died, or was stopped is said to be partial; a path that does not
     exist says so; INPUTs without an image end with a warning, not "complete"."""
@@ -607,26 +611,28 @@ def test_readers_say_when_an_output_is_not_a_finished_runs(tmp_path):
     (tmp_path / "in" / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     out = tmp_path / "out"
     label = ["label", str(tmp_path / "in"), "--output", str(out), *PIPELINE_JOB]
-    assert cli(*label).returncode == 0
+    assert in_process(*label).returncode == 0
     record = json.loads((out / "_resnet_batch.json").read_text())
     assert record["finished"]["complete"] is True and record["finished"]["inputs"] == 5
-    again = cli(*label, "--mode", "resume")  # nothing left: the errors are those of the rows done before
+    again = in_process(*label, "--mode", "resume")  # nothing left: the errors are those of the rows done before
     assert "errors: none in this run; decode_error 1 among the 5 rows done before" in again.stdout, again.stdout
 
     def report_warnings() -> str:
-        result = cli("report", str(out), "--html", str(tmp_path / "r.html"))
+        result = in_process("report", str(out), "--html", str(tmp_path / "r.html"))
         assert result.returncode == 0, result.stderr
         return "\n".join(line for line in result.stderr.splitlines() if "WARNING" in line)
 
     assert report_warnings() == "", "a finished run's output reads without a warning"
     one_line_error(
-        cli("export", str(out), "--format", "label-studio", "--output", str(tmp_path / "t.json"), "--rows", "review"),
+        in_process(
+            "export", str(out), "--format", "label-studio", "--output", str(tmp_path / "t.json"), "--rows", "review"
+        ),
         "--rows review needs a needs_review column",
     )
     part = next(out.glob("part-*.parquet"))
     copy = out / f"{part.stem} (1).parquet"
     copy.write_bytes(part.read_bytes())
-    resumed = cli(*label, "--mode", "resume")
+    resumed = in_process(*label, "--mode", "resume")
     assert resumed.returncode == 1 and "INCOMPLETE: 0 inputs without a row, 5 duplicate rows" in resumed.stdout
     assert copy.name in resumed.stdout and "move them out of the output" in resumed.stdout
     assert copy.name in report_warnings()
@@ -653,9 +659,9 @@ def test_readers_say_when_an_output_is_not_a_finished_runs(tmp_path):
     )
     assert "died before it finished" in report_warnings()
 
-    missing = cli("report", str(tmp_path / "nowhere"), "--html", str(tmp_path / "r.html"))
+    missing = in_process("report", str(tmp_path / "nowhere"), "--html", str(tmp_path / "r.html"))
     one_line_error(missing, f"{tmp_path / 'nowhere'} does not exist")
 
     (tmp_path / "empty").mkdir()
-    empty = cli("label", str(tmp_path / "empty"), "--output", str(tmp_path / "o2"), *PIPELINE_JOB)
+    empty = in_process("label", str(tmp_path / "empty"), "--output", str(tmp_path / "o2"), *PIPELINE_JOB)
     assert empty.returncode == 0 and "WARNING: no inputs" in empty.stdout and "complete" not in empty.stdout

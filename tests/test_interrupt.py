@@ -14,17 +14,23 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
+from resnet_batch.model.null import BATCH_SECONDS_VARIABLE
+
 from .conftest import write_jpegs
-from .helpers import RESNET_BATCH
+from .helpers import RESNET_BATCH, session_processes
 
 pytestmark = pytest.mark.slow
 
 STOPPED = re.compile(r"^stopped by (SIG\w+): (\d+) images labeled and saved; to finish: (.+ --mode resume)$")
 
 
+# Slow by construction, on any machine: one null-model actor whose batches of 4 take a
+# quarter of a second each (asleep). The default --rows-per-file (10000) would hold every
+# row until the end: --checkpoint-every 1 saves them as the job goes.
+SLOW_MODEL = {BATCH_SECONDS_VARIABLE: "0.25"}
+
+
 def label_cmd(src, out, mode):
-    # resnet50 fp32 in batches of 4 is slow enough on 2 cores to be stopped mid-job;
-    # the default --rows-per-file (10000) would hold every row until the end.
     return [
         *RESNET_BATCH,
         "label",
@@ -32,11 +38,9 @@ def label_cmd(src, out, mode):
         "--output",
         str(out),
         "--model",
-        "resnet50",
-        "--weights",
         "none",
-        "--precision",
-        "fp32",
+        "--num-workers",
+        "1",
         "--batch-size",
         "4",
         "--top-k",
@@ -50,18 +54,24 @@ def label_cmd(src, out, mode):
     ]
 
 
+def start(cmd) -> subprocess.Popen:
+    """The job in a session of its own (its Ray's processes too), the slow model where they run."""
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, **SLOW_MODEL},
+    )
+
+
 def saved_rows(out) -> int:
     return sum(pq.read_metadata(p).num_rows for p in out.glob("part-*.parquet"))
 
 
-def session_processes(sid: int) -> list[str]:
-    """Live processes of the session the job started (its Ray processes included)."""
-    ps = subprocess.run(["ps", "-eo", "sid=,stat=,args="], capture_output=True, text=True).stdout
-    return [line for line in ps.splitlines() if line.split()[0] == str(sid) and not line.split()[1].startswith("Z")]
-
-
 def stop_after_first_saves(cmd, out, signum, whole_group: bool, at_least: int):
-    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    job = start(cmd)
     deadline = time.monotonic() + 240
     while saved_rows(out) < at_least:
         assert job.poll() is None, job.communicate()
@@ -110,7 +120,7 @@ def test_signals_save_work_and_resume_finishes_it(tmp_path):
     assert int(STOPPED.match(stderr.strip()).group(2)) == second - first and first < second < n
 
     # 3. Resume to the end: only what is not on disk is labeled.
-    done = subprocess.run(resume_cmd, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(resume_cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **SLOW_MODEL})
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"inputs {n}, already done {second}, processed {n - second}, rows in output {n}" in done.stdout
     paths = pq.read_table(out, columns=["path"]).column("path").to_pylist()
@@ -118,7 +128,7 @@ def test_signals_save_work_and_resume_finishes_it(tmp_path):
 
 
 def test_a_run_that_fails_before_any_row_leaves_the_output_untouched(tmp_path):
-    """--device cuda on a machine without one fails cleanly; the corrected command then just works."""
+    """--device cuda where Ray has no GPU fails cleanly, leaving the output as it was."""
     from .conftest import write_jpegs as make
 
     src = tmp_path / "in"
@@ -150,7 +160,14 @@ def test_a_run_that_fails_before_any_row_leaves_the_output_untouched(tmp_path):
         "--mode",
         "overwrite",
     ]
-    failed = subprocess.run([*base, "--device", "cuda"], capture_output=True, text=True, timeout=300)
+    # No GPU for its Ray, whatever the machine has.
+    failed = subprocess.run(
+        [*base, "--device", "cuda"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert failed.returncode == 2 and "no GPUs" in failed.stderr, failed.stderr
     assert [p.name for p in out.iterdir()] == ["part-kept.parquet"]
     assert (out / "part-kept.parquet").read_bytes() == kept
@@ -167,7 +184,7 @@ def test_a_stop_keeps_every_row_the_progress_lines_counted(tmp_path):
     out = tmp_path / "out"
     cmd = label_cmd(src, out, "error")
     cmd[cmd.index("--progress-every") + 1] = "1"
-    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    job = start(cmd)
     counted, saved_while_running, lines = 0, 0, []
     try:
         for line in job.stderr:  # one progress line a second: wait on them, never on time
@@ -211,7 +228,7 @@ def test_a_sigterm_as_the_dataset_starts_says_what_it_saved(tmp_path, moment):
     out = tmp_path / "out"
     cmd = label_cmd(src, out, "error")
     cmd[cmd.index("--progress-every") + 1] = "0.1"
-    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    job = start(cmd)
     lines = []
     try:
         for line in job.stderr:  # wait on the job's own lines, never on time

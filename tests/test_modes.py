@@ -51,20 +51,21 @@ def test_overwrite_replaces_only_our_files_and_resume_skips_done(ray_local, tmp_
 
     images = write_reference_set(tmp_path / "in")
     out = tmp_path / "out"
-    first = run_label(config([tmp_path / "in"], out, rows_per_file=3))
+    null = dict(model="none")  # which files and rows, not what they hold
+    first = run_label(config([tmp_path / "in"], out, rows_per_file=3, **null))
     assert first.complete and first.processed == len(images)
     parts = sorted(out.glob("part-*.parquet"))
     assert len(parts) >= 2 and all(pq.read_metadata(p).num_rows <= 3 for p in parts)
     (out / "NOTES.md").write_text("kept")
 
     with pytest.raises(UsageError, match="already holds"):
-        run_label(config([tmp_path / "in"], out))
+        run_label(config([tmp_path / "in"], out, **null))
 
     # Resume with nothing left: no work, same files, and a local directory is counted
     # without Ray.
     with monkeypatch.context() as m:
         m.setattr(ray_session, "join_or_start", lambda address: pytest.fail("Ray started for a finished resume"))
-        resumed = run_label(config([tmp_path / "in"], out, mode="resume"))
+        resumed = run_label(config([tmp_path / "in"], out, mode="resume", **null))
     assert resumed.complete and resumed.processed == 0 and resumed.already_done == len(images)
     assert sorted(out.glob("part-*.parquet")) == parts
 
@@ -73,16 +74,16 @@ def test_overwrite_replaces_only_our_files_and_resume_skips_done(ray_local, tmp_
     parts[0].unlink(), parts[1].unlink()
     temporary = out / f"_tmp-{'de' * 16}.parquet"  # as the writer names them
     temporary.write_bytes(b"half a file")
-    resumed = run_label(config([tmp_path / "in"], out, mode="resume"))
+    resumed = run_label(config([tmp_path / "in"], out, mode="resume", **null))
     assert resumed.complete and resumed.processed == lost and resumed.already_done == len(images) - lost
     assert not temporary.exists()
     assert read_parts(out).num_rows == len(images)
 
     # Resuming with settings that change the numbers is refused.
     with pytest.raises(UsageError, match="different top_k"):
-        run_label(config([tmp_path / "in"], out, mode="resume", top_k=7))
+        run_label(config([tmp_path / "in"], out, mode="resume", top_k=7, **null))
 
-    again = run_label(config([tmp_path / "in"], out, mode="overwrite", top_k=1))
+    again = run_label(config([tmp_path / "in"], out, mode="overwrite", top_k=1, **null))
     assert again.complete and again.processed == len(images)
     assert (out / "NOTES.md").read_text() == "kept"
     table = read_parts(out)

@@ -78,3 +78,19 @@ def test_null_model_imports_no_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr
+
+
+def test_the_null_models_batch_time_is_read_from_its_variable(monkeypatch):
+    import pytest
+
+    from resnet_batch.model.null import BATCH_SECONDS_VARIABLE, batch_seconds
+
+    monkeypatch.delenv(BATCH_SECONDS_VARIABLE, raising=False)
+    assert batch_seconds() == 0
+    for value, seconds in (("0.25", 0.25), (" 2 ", 2.0), ("", 0.0)):
+        monkeypatch.setenv(BATCH_SECONDS_VARIABLE, value)
+        assert batch_seconds() == seconds
+    for value in ("fast", "-1", "inf", "nan"):
+        monkeypatch.setenv(BATCH_SECONDS_VARIABLE, value)
+        with pytest.raises(ValueError, match=f"{BATCH_SECONDS_VARIABLE} must be a number of seconds"):
+            batch_seconds()

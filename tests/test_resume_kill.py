@@ -11,8 +11,10 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
+from resnet_batch.model.null import BATCH_SECONDS_VARIABLE
+
 from .conftest import write_jpegs
-from .helpers import RESNET_BATCH, ray_processes_of
+from .helpers import RESNET_BATCH, session_processes
 
 pytestmark = pytest.mark.slow
 
@@ -25,11 +27,9 @@ def label_cmd(src, out, mode):
         "--output",
         str(out),
         "--model",
-        "resnet50",
-        "--weights",
         "none",
-        "--precision",
-        "fp32",
+        "--num-workers",
+        "1",
         "--batch-size",
         "2",
         "--rows-per-file",
@@ -46,8 +46,13 @@ def test_sigkill_driver_then_resume(tmp_path):
     write_jpegs(src, n, seed=5)
     out = tmp_path / "out"
 
+    # Slow by construction: the null model's batches of 2 take a quarter of a second each.
     driver = subprocess.Popen(
-        label_cmd(src, out, "error"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        label_cmd(src, out, "error"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, BATCH_SECONDS_VARIABLE: "0.25"},
     )
     try:
         deadline = time.monotonic() + 240
@@ -65,13 +70,14 @@ def test_sigkill_driver_then_resume(tmp_path):
         driver.stdout.close()
 
     # A write task already running when the driver died may still land its part file (each
-    # lands whole, or not at all): what is on disk counts once no process of the job's Ray is left.
+    # lands whole, or not at all): what is on disk counts once no process of the job's Ray
+    # (its session's) is left.
     deadline = time.monotonic() + 60
-    while ray_processes_of(driver.pid) and time.monotonic() < deadline:
+    while session_processes(driver.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    for pid in ray_processes_of(driver.pid):
+    for line in session_processes(driver.pid):
         with contextlib.suppress(ProcessLookupError):
-            os.kill(int(pid), signal.SIGKILL)
+            os.kill(int(line.split()[1]), signal.SIGKILL)
 
     survivors = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     done = sum(pq.read_metadata(out / name).num_rows for name in survivors)

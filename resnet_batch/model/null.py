@@ -1,10 +1,16 @@
 """The null model (`--model none`), a benchmark aid: no network and no torch. Every readable
 image gets a row with the same columns a resnet50 run writes, holding constant values, so
-that a job measures what the pipeline itself costs: listing, decoding, moving, writing."""
+that a job measures what the pipeline itself costs: listing, decoding, moving, writing.
+
+RESNET_BATCH_NULL_BATCH_SECONDS, where the model actors run, makes each batch take that
+long (asleep, using no CPU): a stand-in for a model of a given speed, to see how the
+pipeline behaves around it, and a job that is slow by construction wherever it runs."""
 
 from __future__ import annotations
 
 import math
+import os
+import time
 import uuid
 
 import numpy as np
@@ -29,6 +35,19 @@ from .registry import STAGE_STRIDES, stage_width
 from .settings import InferenceSettings
 
 RAN = {"device": "cpu", "precision": "none", "torch": "none", "torchvision": "none", "gpu": None}
+BATCH_SECONDS_VARIABLE = "RESNET_BATCH_NULL_BATCH_SECONDS"
+
+
+def batch_seconds() -> float:
+    """What RESNET_BATCH_NULL_BATCH_SECONDS asks each batch to take (0 when unset)."""
+    value = os.environ.get(BATCH_SECONDS_VARIABLE, "")
+    try:
+        seconds = float(value) if value.strip() else 0.0
+    except ValueError:
+        raise ValueError(f"{BATCH_SECONDS_VARIABLE} must be a number of seconds, got {value!r}") from None
+    if not 0 <= seconds < math.inf:
+        raise ValueError(f"{BATCH_SECONDS_VARIABLE} must be a number of seconds >= 0, got {value!r}")
+    return seconds
 
 
 class NullPredictor:
@@ -42,10 +61,13 @@ class NullPredictor:
         clock: PhaseClock | None = None,
     ):
         self.settings, self.schema, self.reporter = settings, schema, reporter
+        self.batch_seconds = batch_seconds()
         if reporter is not None:
             reporter.actor_ready(uuid.uuid4().hex, RAN, clock.report() if clock else None)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        if self.batch_seconds:
+            time.sleep(self.batch_seconds)
         errors = np.array(batch[ERROR], dtype=object)
         outputs = self._outputs(batch, np.flatnonzero([not e for e in errors]), len(errors))
         return finished_table(self.settings, self.schema, batch, errors, outputs, self.reporter)

@@ -20,7 +20,7 @@ from ..core import checks
 from ..core.columns import EMBEDDING
 from ..core.errors import Interrupted, SaveFailed, UsageError, WeightsUnavailableError, one_line, root_cause
 from .arguments import build_parser, resume_command, split_job_command
-from .console import Console, raise_on_signals
+from .console import Console, raising_on_signals
 
 if TYPE_CHECKING:
     from .config import LabelConfig
@@ -258,23 +258,32 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    raise_on_signals()  # first: a signal at any later moment stops the job the same way
-    argv = list(sys.argv[1:] if argv is None else argv)
-    argv, label_args = split_job_command(argv)
-    args = build_parser(__doc__).parse_args(argv)
-    args.label_args = label_args
-    console = Console(args.command, args.verbose)
-    try:
-        return _command(args, console, argv)
-    except BaseException as exc:  # escaped the handlers (a signal while one was handled): still one line
-        traceback.print_exc()
-        signum = exc.signum if isinstance(exc, Interrupted) else None
-        console.failed(
-            f"stopped by {signal.Signals(signum).name}" if signum else f"{type(exc).__name__}: {one_line(exc)}"
-        )
-        return EXIT_SIGNAL_BASE + signum if signum else EXIT_INCOMPLETE
-    finally:
-        console.close()
+    """The command in this process, which it leaves as found: signal handlers, descriptors,
+    and no connection to a Ray it joined."""
+    with raising_on_signals():  # first: a signal at any later moment stops the job the same way
+        argv = list(sys.argv[1:] if argv is None else argv)
+        argv, label_args = split_job_command(argv)
+        args = build_parser(__doc__).parse_args(argv)
+        args.label_args = label_args
+        joined_before = _ray_connected()
+        console = Console(args.command, args.verbose)
+        try:
+            return _command(args, console, argv)
+        except BaseException as exc:  # escaped the handlers (a signal while one was handled): still one line
+            traceback.print_exc()
+            signum = exc.signum if isinstance(exc, Interrupted) else None
+            console.failed(
+                f"stopped by {signal.Signals(signum).name}" if signum else f"{type(exc).__name__}: {one_line(exc)}"
+            )
+            return EXIT_SIGNAL_BASE + signum if signum else EXIT_INCOMPLETE
+        finally:
+            if not joined_before and _ray_connected():
+                sys.modules["ray"].shutdown()  # a cluster this command joined: disconnect cleanly
+            console.close()
+
+
+def _ray_connected() -> bool:
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
 def _command(args: argparse.Namespace, console: Console, argv: list[str]) -> int:
@@ -316,8 +325,6 @@ def run() -> None:
     would still do is tear down torch's and Ray's modules, ~1.1 s on 2 cores for nothing.
     """
     code = main()
-    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-        sys.modules["ray"].shutdown()  # a cluster this process joined: disconnect cleanly
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -46,28 +46,47 @@ def default_log_path(command: str) -> str:
 
 
 class Console:
+    """Opened by main() and closed before it returns, leaving the process's descriptors and
+    logging as it found them (main() can run again in the same process)."""
+
     def __init__(self, command: str, verbose: bool):
         self.verbose = verbose
         self.log_path: str | None = None
+        self._saved_fds: tuple[int, int] | None = None
+        self._attached: list[tuple[logging.Logger, logging.Handler]] = []
+        self._root_level = logging.getLogger().level
         if verbose:
             self.out, self.err = sys.stdout, sys.stderr
-            logging.basicConfig(level=logging.DEBUG, format=FORMAT)
+            self._log_everything_to(sys.stderr, logging.DEBUG)
             return
         sys.stdout.flush()
         sys.stderr.flush()
         self.out = os.fdopen(os.dup(1), "w", buffering=1)
         self.err = os.fdopen(os.dup(2), "w", buffering=1)
         self.log_path = default_log_path(command)
+        self._saved_fds = (os.dup(1), os.dup(2))
         log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         os.close(log_fd)
-        logging.basicConfig(level=logging.INFO, format=FORMAT, stream=sys.stderr)  # -> the log file
+        self._log_everything_to(sys.stderr, logging.INFO)  # -> the log file
         handler = _BarSafeHandler(self.err)
         handler.setLevel(logging.WARNING)  # the start-up details are in the log file
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-        ours = logging.getLogger("resnet_batch")
-        ours.addHandler(handler)  # and propagates to the log file
+        self._attach(logging.getLogger("resnet_batch"), handler)  # and propagates to the log file
+
+    def _log_everything_to(self, stream, level: int) -> None:
+        """As logging.basicConfig: only where the process has not set up logging itself."""
+        root = logging.getLogger()
+        if not root.handlers:
+            handler = logging.StreamHandler(stream)
+            handler.setFormatter(logging.Formatter(FORMAT))
+            self._attach(root, handler)
+            root.setLevel(level)
+
+    def _attach(self, logger: logging.Logger, handler: logging.Handler) -> None:
+        logger.addHandler(handler)
+        self._attached.append((logger, handler))
 
     def print(self, line: str = "", error: bool = False) -> None:
         print(line, file=self.err if error else self.out, flush=True)
@@ -125,15 +144,32 @@ class Console:
         self.print(f"resnet-batch: error: {message}{where}", error=True)
 
     def close(self) -> None:
+        for logger, handler in self._attached:
+            logger.removeHandler(handler)
+        logging.getLogger().setLevel(self._root_level)
+        if self._saved_fds is not None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, saved in enumerate(self._saved_fds, start=1):
+                os.dup2(saved, fd)
+                os.close(saved)
+            self.out.close()
+            self.err.close()
         if self.log_path and not self.has_logs():
             os.remove(self.log_path)
 
 
-def raise_on_signals() -> None:
-    """SIGINT and SIGTERM raise Interrupted in the main thread, so the job saves and stops cleanly."""
+@contextmanager
+def raising_on_signals():
+    """SIGINT and SIGTERM raise Interrupted in the main thread, so the job saves and stops
+    cleanly; the handlers found are put back on the way out."""
 
     def handler(signum: int, frame: FrameType | None):
         raise Interrupted(signum)
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    found = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, previous in found.items():
+            signal.signal(signum, previous)

@@ -38,11 +38,12 @@ def join_or_start(address: str | None) -> bool:
     leave its processes orphaned. (Ray's own processes block SIGINT themselves, so a
     terminal's Ctrl-C reaches only this driver.)
     """
-    if ray.is_initialized():
-        return False
     target = address or os.environ.get("RAY_ADDRESS") or None
     if target:
         _check_not_a_job_server(target)
+    if ray.is_initialized():
+        return False
+    if target:
         _check_reachable(target)
     started = False
     # ray.init would install a SIGTERM handler raising SystemExit wherever the signal lands:
