@@ -147,10 +147,10 @@ def resnet50_ckpt(tmp_path_factory) -> Path:
     return save_random_checkpoint("resnet50", tmp_path_factory.mktemp("ckpt") / "resnet50.pth", seed=1)
 
 
-# The end-to-end tier: test modules that run `resnet-batch` in processes of their own (each
-# starting a Ray) or start clusters, and every test that runs on the shared local Ray (whole
-# jobs through Ray Data). The rest runs in this process without Ray: the fast tier a
-# developer runs after every change, pytest -m "not e2e".
+# The end-to-end tier: test modules that run `resnet-batch` (in processes of their own, each
+# starting a Ray, or through main() on the shared local Ray) or start clusters, and every test
+# that runs on the shared local Ray (whole jobs through Ray Data). The rest runs in this
+# process without Ray: the fast tier a developer runs after every change, pytest -m "not e2e".
 END_TO_END = {
     "test_cli",
     "test_gpu_nodes",

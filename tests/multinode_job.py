@@ -21,7 +21,10 @@ from resnet_batch.run.job import run_label
 
 
 def main(src: str, out: str) -> None:
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    # A lost node is declared dead after 3 missed health checks half a second apart (Ray's
+    # defaults wait 3 s between checks, 5 of them): the recovery, not the wait, is under test.
+    health = {"health_check_period_ms": 500, "health_check_timeout_ms": 1000, "health_check_failure_threshold": 3}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": health})
     workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="WARNING")

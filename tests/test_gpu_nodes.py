@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_a_job_on_eight_gpu_nodes_is_placed_as_planned(tmp_path):
     """Two nodes: what one node shows (a GPU each, at most 8 a node) and what only several do."""
-    nodes, n = 2, 40
+    nodes, n = 2, 16
     write_jpegs(tmp_path / "in", n, seed=8, height=120, width=160)
     run = subprocess.run(
         [sys.executable, "-m", "tests.gpu_nodes_job", str(nodes), str(tmp_path / "in"), str(tmp_path / "out")],

@@ -1,4 +1,5 @@
-"""SIGKILL the driver mid-job, then --mode resume: every input exactly once, done work not redone."""
+"""SIGKILL the driver and its Ray mid-job, then --mode resume: every input exactly once, done
+work not redone."""
 
 from __future__ import annotations
 
@@ -41,6 +42,16 @@ def label_cmd(src, out, mode):
     ]
 
 
+def kill_session(sid: int) -> None:
+    deadline = time.monotonic() + 30
+    while left := session_processes(sid):
+        for line in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(line.split()[1]), signal.SIGKILL)
+        assert time.monotonic() < deadline, left
+        time.sleep(0.1)
+
+
 def test_sigkill_driver_then_resume(tmp_path):
     src, n = tmp_path / "in", 48
     write_jpegs(src, n, seed=5)
@@ -60,24 +71,13 @@ def test_sigkill_driver_then_resume(tmp_path):
             assert driver.poll() is None, driver.stdout.read().decode()[-3000:]
             assert time.monotonic() < deadline, "no output appeared"
             time.sleep(0.1)
-        os.kill(driver.pid, signal.SIGKILL)  # the driver only; its Ray is left to notice
+        os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
-        try:
-            os.killpg(driver.pid, signal.SIGKILL)  # then clean up whatever Ray left behind
-        except ProcessLookupError:
-            pass
+        # Then every process of its Ray (its session: workers Ray renamed included), at
+        # whatever point each is, a write task's too: what is on disk is what survives.
+        kill_session(driver.pid)
         driver.stdout.close()
-
-    # A write task already running when the driver died may still land its part file (each
-    # lands whole, or not at all): what is on disk counts once no process of the job's Ray
-    # (its session's) is left.
-    deadline = time.monotonic() + 60
-    while session_processes(driver.pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for line in session_processes(driver.pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(line.split()[1]), signal.SIGKILL)
 
     survivors = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     done = sum(pq.read_metadata(out / name).num_rows for name in survivors)
