@@ -17,7 +17,7 @@ import pytest
 from resnet_batch.model.null import BATCH_SECONDS_VARIABLE
 
 from .conftest import write_jpegs
-from .helpers import RESNET_BATCH, session_processes
+from .helpers import RESNET_BATCH, in_process, session_processes
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +90,7 @@ def stop_after_first_saves(cmd, out, signum, whole_group: bool, at_least: int):
     return job.returncode, stdout, stderr
 
 
-def test_signals_save_work_and_resume_finishes_it(tmp_path):
+def test_signals_save_work_and_resume_finishes_it(ray_local, tmp_path):
     src, n = tmp_path / "in", 120
     write_jpegs(src, n, seed=7)
     out = tmp_path / "out"
@@ -119,8 +119,9 @@ def test_signals_save_work_and_resume_finishes_it(tmp_path):
     second = saved_rows(out)
     assert int(STOPPED.match(stderr.strip()).group(2)) == second - first and first < second < n
 
-    # 3. Resume to the end: only what is not on disk is labeled.
-    done = subprocess.run(resume_cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **SLOW_MODEL})
+    # 3. Resume to the end (no signal: through main() on the suite's Ray): only what is not on
+    # disk is labeled.
+    done = in_process(*resume[1:])
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"inputs {n}, already done {second}, processed {n - second}, rows in output {n}" in done.stdout
     paths = pq.read_table(out, columns=["path"]).column("path").to_pylist()
