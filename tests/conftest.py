@@ -126,8 +126,10 @@ def ray_local(s3_endpoint):
     import ray
 
     if not ray.is_initialized():
-        # "local": a Ray of the suite's own, whatever `ray start` left running on the machine
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        # "local": a Ray of the suite's own, whatever `ray start` left running on the machine.
+        # Its workers' output stays in its log files: forwarded, it would land, at any moment,
+        # in what a command run through main() here is seen to print (helpers.in_process).
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     yield ray
     ray.shutdown()
 

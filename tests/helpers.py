@@ -1,14 +1,18 @@
-"""What several test modules share beyond fixtures: the command line as a subprocess or
-in this process, a free port, and a reporter that records what the stages tell the job, in memory, in place
-of the run's counter actor."""
+"""What several test modules share beyond fixtures: the command line as a subprocess or in
+this process, the processes of a job's session, a free port, and a reporter that records
+what the stages tell the job, in memory, in place of the run's counter actor."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
+from unittest import mock
 
 from resnet_batch.core.reporting import BatchTimes
 
@@ -34,8 +38,11 @@ def in_process(*args: str, env: dict | None = None) -> subprocess.CompletedProce
     Starting and stopping its own Ray, and exiting, are the command's, which `cli` runs."""
     from resnet_batch.run.cli import main
 
-    before = {key: os.environ.get(key) for key in env or {}}
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    with (
+        tempfile.TemporaryFile("w+") as out,
+        tempfile.TemporaryFile("w+") as err,
+        mock.patch.dict(os.environ, env or {}),
+    ):
         sys.stdout.flush()
         sys.stderr.flush()
         streams, fds = (sys.stdout, sys.stderr), (os.dup(1), os.dup(2))
@@ -43,18 +50,12 @@ def in_process(*args: str, env: dict | None = None) -> subprocess.CompletedProce
         os.dup2(err.fileno(), 2)
         # As in a process of its own, Python's streams write to the descriptors.
         sys.stdout, sys.stderr = (open(fd, "w", buffering=1, closefd=False) for fd in (1, 2))
-        os.environ.update(env or {})
         try:
             try:
                 code = main(list(args))
             except SystemExit as exit:  # argparse's refusals
                 code = exit.code if isinstance(exit.code, int) else 1
         finally:
-            for key, value in before.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
             sys.stdout.close()
             sys.stderr.close()
             sys.stdout, sys.stderr = streams
@@ -66,16 +67,22 @@ def in_process(*args: str, env: dict | None = None) -> subprocess.CompletedProce
         return subprocess.CompletedProcess(list(args), code, out.read(), err.read())
 
 
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of a session, until none is left (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while left := session_processes(sid):
+        for line in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(line.split()[1]), signal.SIGKILL)
+        assert time.monotonic() < deadline, left
+        time.sleep(0.1)
+
+
 def session_processes(sid: int) -> list[str]:
     """Live processes of a session (a job started with start_new_session=True, by its pid), as
     "SID PID STAT COMMAND": its Ray's processes included, whatever names Ray gave its workers."""
     ps = subprocess.run(["ps", "-eo", "sid=,pid=,stat=,args="], capture_output=True, text=True).stdout
     return [line for line in ps.splitlines() if line.split()[0] == str(sid) and not line.split()[2].startswith("Z")]
-
-
-def ray_processes_of(pid: int) -> list[str]:
-    """The processes of the Ray session a job (by its pid) started, by their command lines."""
-    return subprocess.run(["pgrep", "-f", f"session_.*_{pid}"], capture_output=True, text=True).stdout.split()
 
 
 def free_port() -> int:

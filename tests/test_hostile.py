@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 
 from .conftest import write_jpegs
-from .helpers import RESNET_BATCH, cli, in_process, ray_processes_of
+from .helpers import RESNET_BATCH, cli, in_process, kill_session, session_processes
 from .inputs_catalogue import bomb_png
 
 JOB = ["--model", "resnet18", "--weights", "none", "--precision", "fp32", "--batch-size", "8"]
@@ -455,19 +455,23 @@ def test_a_signal_while_ray_starts(tmp_path, signum):
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "RAY_ADDRESS": ""},
+        start_new_session=True,
     )
     log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "resnet-batch" / "logs"
     deadline = time.time() + 60
-    while not ray_processes_of(job.pid):  # Ray's first processes are up: its start is under way
+    # A process of its session beside the job's own: Ray's start is under way.
+    while not [line for line in session_processes(job.pid) if line.split()[1] != str(job.pid)]:
         assert job.poll() is None and time.time() < deadline, "the job ended before its Ray started"
         time.sleep(0.05)
     job.send_signal(signum)
     _, err = job.communicate(timeout=60)
     assert job.returncode == 128 + signum, err
     assert f"stopped by {signal.Signals(signum).name}" in err
-    deadline = time.time() + 20  # Ray's processes see their raylet go and end
-    while (left := ray_processes_of(job.pid)) and time.time() < deadline:
+    deadline = time.time() + 20  # Ray's processes (its session's, workers Ray renamed included) end
+    while (left := session_processes(job.pid)) and time.time() < deadline:
         time.sleep(0.2)
+    if left:  # clean up before failing
+        kill_session(job.pid)
     assert not left, f"Ray processes of the job left behind: {left}"
     assert log_dir.exists()
 

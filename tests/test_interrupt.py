@@ -17,7 +17,7 @@ import pytest
 from resnet_batch.model.null import BATCH_SECONDS_VARIABLE
 
 from .conftest import write_jpegs
-from .helpers import RESNET_BATCH, in_process, session_processes
+from .helpers import RESNET_BATCH, in_process, kill_session, session_processes
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +85,7 @@ def stop_after_first_saves(cmd, out, signum, whole_group: bool, at_least: int):
         time.sleep(0.5)
     left = session_processes(job.pid)
     if left:  # clean up before failing
-        os.killpg(job.pid, signal.SIGKILL)
+        kill_session(job.pid)
     assert not left, left
     return job.returncode, stdout, stderr
 
@@ -206,7 +206,7 @@ def test_a_stop_keeps_every_row_the_progress_lines_counted(tmp_path):
         job.wait(timeout=120)
     finally:
         if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
+            kill_session(job.pid)
     assert job.returncode == 128 + signal.SIGTERM, rest
     said = next((m for m in map(STOPPED.match, rest.splitlines()) if m), None)
     assert said, rest
@@ -244,7 +244,7 @@ def test_a_sigterm_as_the_dataset_starts_says_what_it_saved(tmp_path, moment):
         job.wait(timeout=120)
     finally:
         if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
+            kill_session(job.pid)
     assert job.returncode == 128 + signal.SIGTERM, "".join(lines[-5:]) + rest
     assert "Traceback" not in rest
     last = rest.strip().splitlines()[-1]

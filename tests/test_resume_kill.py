@@ -3,7 +3,6 @@ work not redone."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import pytest
 from resnet_batch.model.null import BATCH_SECONDS_VARIABLE
 
 from .conftest import write_jpegs
-from .helpers import RESNET_BATCH, session_processes
+from .helpers import RESNET_BATCH, kill_session
 
 pytestmark = pytest.mark.slow
 
@@ -40,16 +39,6 @@ def label_cmd(src, out, mode):
         "--top-k",
         "1",
     ]
-
-
-def kill_session(sid: int) -> None:
-    deadline = time.monotonic() + 30
-    while left := session_processes(sid):
-        for line in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(line.split()[1]), signal.SIGKILL)
-        assert time.monotonic() < deadline, left
-        time.sleep(0.1)
 
 
 def test_sigkill_driver_then_resume(tmp_path):
