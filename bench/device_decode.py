@@ -67,14 +67,14 @@ def main() -> None:
     resolved = resolve_weights(args.model, "none")
     decoder = DeviceDecoder(resolved.preprocessing, device, jpeg_backend(args.gpu_decoder, device))
     network = Network(InferenceSettings(weights=resolved, precision=args.precision, device=device.type))
-    images, errors = decoder.backend.decode(jpegs)
+    images, errors = decoder.decode(jpegs)
     assert not errors, errors
     decoded = list(images.values())
     crops = decoder(jpegs).crops
     n = len(jpegs)
     forward_name = f"forward ({network.precision})"
     stages = {
-        f"decode (batched, {decoder.name})": timed(lambda: decoder.backend.decode(jpegs), device, args.repeats),
+        f"decode (batched, {decoder.name})": timed(lambda: decoder.decode(jpegs), device, args.repeats),
         "resize + crop (batched)": timed(
             lambda: resize_crop(decoded, resolved.preprocessing, decoder.dtype), device, args.repeats
         ),

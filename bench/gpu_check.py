@@ -10,6 +10,9 @@ every section:
     python bench/gpu_check.py --smoke --out /tmp/gpu-check
 
 Writes a compact Markdown report to stdout and `gpu_check.json` to --out. Sections:
+  corruption  (first, in the kernels child) the decoder hazard: each GPU decoder, baseline and
+            progressive JPEGs, with and without the barrier: queued work, tensors freed with their
+            reductions pending, a decode, the reductions checked against the host's: "corrupted N of M"
   kernels   each of the job's GPU decoders (nvjpeg, nvimgcodec where installed) alone and with the
             batched crop, torchcodec where installed, PIL on one core and on the node's cores, the
             batched resize alone, the forward alone (from pinned uint8 crops: copy in and
@@ -57,7 +60,7 @@ def kernels_and_profile(args) -> dict:
 DEADLINE = [float("inf")]  # time.monotonic() by which the whole check ends (--budget-s)
 
 
-def timed_run(cmd: list[str], limit_s: float, gpu: bool, env: dict | None = None) -> dict:
+def timed_run(cmd: list[str], limit_s: float, gpu: bool, env: dict | None = None, whole_stdout: bool = False) -> dict:
     """A command's exit code, output tail and seconds, with SM/NVJPG use over its run on a GPU;
     it gets at most `limit_s`, and never past the check's deadline."""
     limit_s = min(limit_s, DEADLINE[0] - time.monotonic())
@@ -75,7 +78,12 @@ def timed_run(cmd: list[str], limit_s: float, gpu: bool, env: dict | None = None
     finally:
         if monitor:
             monitor.stop()
-    result = {"exit": code, "seconds": round(time.monotonic() - start, 1), "stdout": out[-4000:], "stderr": err[-2000:]}
+    result = {
+        "exit": code,
+        "seconds": round(time.monotonic() - start, 1),
+        "stdout": out if whole_stdout else out[-4000:],
+        "stderr": err[-2000:],
+    }
     if monitor:
         result["sm_mean"] = round(monitor.mean(wall_start, time.time(), 1), 1)
         result["jpg_mean"] = round(monitor.mean(wall_start, time.time(), 2), 1)
@@ -167,6 +175,10 @@ def gpu_tests(args, gpu: bool) -> dict:
 def report(results: dict) -> str:
     lines = [f"# gpu_check: {results['device']}", ""]
     kernels = results.get("kernels", {})
+    for c in kernels.get("corruption", []):
+        barrier = "with the barrier" if c["barrier"] else "without the barrier"
+        lines.append(f"corruption: {c['decoder']}, {c['kind']} JPEGs, {barrier}: {c['result']}")
+    lines.append("")
     if kernels.get("rows"):
         lines += ["| stage (per batch) | ms | images/s | note |", "| --- | --- | --- | --- |"]
         lines += [f"| {r['what']} | {r['ms']} | {r['images_per_s']} | {r.get('note', '')} |" for r in kernels["rows"]]
@@ -229,6 +241,7 @@ def parse_args(argv=None):
     p.add_argument("--models", default="resnet18,resnet50", help="label runs")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--batches", type=int, default=20, help="kernels/profile: batches per timed loop")
+    p.add_argument("--corruption-trials", type=int, default=50, help="trials per decoder, JPEG kind and barrier")
     p.add_argument("--bench-images", type=int, default=10000)
     p.add_argument("--limit-s", type=float, default=150, help="each subprocess's time limit")
     p.add_argument(
@@ -246,6 +259,7 @@ def parse_args(argv=None):
     if args.smoke:
         # the label section's own machinery, on the null model: what a row holds is the tests' business
         args.batch_size, args.batches, args.bench_images, args.models = 8, 3, 24, "none"
+        args.corruption_trials = 2
         args.precision = "fp32" if args.precision == "auto" else args.precision
     args.device = device_of(args.device)
     if args.data is None:
@@ -267,7 +281,10 @@ def main(argv=None) -> None:
     sections = args.sections.split(",")
     if "kernels" in sections:
         child = timed_run(
-            [sys.executable, __file__, "--_child", *(sys.argv[1:] if argv is None else argv)], args.limit_s, gpu=False
+            [sys.executable, __file__, "--_child", *(sys.argv[1:] if argv is None else argv)],
+            args.limit_s,
+            gpu=False,
+            whole_stdout=True,  # its last line is the sections' JSON
         )
         try:
             results["kernels"] = json.loads(child["stdout"].strip().splitlines()[-1])

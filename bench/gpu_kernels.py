@@ -4,6 +4,7 @@ gpu_check runs it in a child process."""
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 import time
@@ -14,12 +15,14 @@ import numpy as np
 import torch
 from device_decode import timed
 from forward_variants import variants
+from PIL import Image
 
 from resnet_batch.core.columns import OutputColumns
 from resnet_batch.core.errors import UsageError
 from resnet_batch.data.decode import DecodeStage, JpegHandoff, Source, load_one
 from resnet_batch.data.preprocessing import GPU_DECODERS
-from resnet_batch.device.decoders import DeviceDecoder, jpeg_backend
+from resnet_batch.device.decoders import DecodeBarrier, DeviceDecoder, jpeg_backend
+from resnet_batch.device.hazard import corruption_trials, decoded_sizes
 from resnet_batch.device.resize import resize_crop
 from resnet_batch.model.inference import Predictor
 from resnet_batch.model.registry import POOLED, feature_width
@@ -36,6 +39,7 @@ def run(args) -> dict:
     jpegs = [p.read_bytes() for p in paths]
     n = len(jpegs)
     decoders = available_decoders(resolved.preprocessing, device)
+    hazard_rows = corruption(args, device, resolved.preprocessing, paths[:32])
     rows = decode_rows(args, device, resolved.preprocessing, jpegs, paths, decoders)
     predictor = Predictor(
         InferenceSettings(
@@ -103,10 +107,42 @@ def run(args) -> dict:
     overlapped = decoder_loops(predictor, decoders, on_device, args.batches, forward_s, n)
     rows += overlapped
     return {
+        "corruption": hazard_rows,
         "rows": rows,
         "profile": profile(predictor, on_device, args.batches, device),
         "decoder_choice": decoder_choice(overlapped),
     }
+
+
+JPEG_KINDS = {"baseline": {}, "progressive": {"progressive": True}}
+
+
+def corruption(args, device, prep, paths) -> list[dict]:
+    """The write-before-read hazard (resnet_batch/device/hazard.py) per decoder, JPEG kind,
+    and with and without the barrier: "corrupted N of M" each."""
+    found = []
+    for kind, options in JPEG_KINDS.items():
+        jpegs = [_reencoded(p, options) for p in paths]
+        sizes = decoded_sizes(jpegs)
+        for name in GPU_DECODERS:
+            for barrier in (True, False):
+                entry = {"decoder": name, "kind": kind, "barrier": barrier}
+                try:
+                    backend = jpeg_backend(name, device)
+                except (UsageError, RuntimeError) as exc:
+                    found.append({**entry, "result": f"not available: {str(exc)[:100]}"})
+                    continue
+                decoder = DeviceDecoder(prep, device, backend, None if barrier else DecodeBarrier.off())
+                trials = corruption_trials(decoder.decode, device, jpegs, sizes, args.corruption_trials)
+                found.append({**entry, "corrupted": trials.corrupted, "trials": trials.trials, "result": str(trials)})
+    return found
+
+
+def _reencoded(path: Path, options: dict) -> bytes:
+    buf = io.BytesIO()
+    with Image.open(path) as image:
+        image.convert("RGB").save(buf, format="JPEG", quality=90, **options)
+    return buf.getvalue()
 
 
 def available_decoders(prep, device) -> dict:
@@ -174,7 +210,7 @@ def decode_rows(args, device, prep, jpegs: list[bytes], paths, decoders: dict) -
                 row(f"decode + resize + crop, {name} (DeviceDecoder)", 0.0, n, decoder),
             ]
             continue
-        decode_only = partial(decoder.backend.decode, jpegs)
+        decode_only = partial(decoder.decode, jpegs)
         rows.append(row(f"decode: {name} batched", timed(decode_only, device, args.batches), n))
         whole = partial(decoder, jpegs)
         rows.append(row(f"decode + resize + crop, {name} (DeviceDecoder)", timed(whole, device, args.batches), n))
@@ -183,7 +219,7 @@ def decode_rows(args, device, prep, jpegs: list[bytes], paths, decoders: dict) -
             rows.append(row(f"decode: {name}", 0.0, n, decode))
         else:
             rows.append(row(f"decode: {name}", timed(partial(decode, jpegs), device, args.batches), n))
-    images = list(decoders["nvjpeg"].backend.decode(jpegs)[0].values())
+    images = list(decoders["nvjpeg"].decode(jpegs)[0].values())
     dtype = decoders["nvjpeg"].dtype
     rows.append(row("resize + crop, batched", timed(lambda: resize_crop(images, prep, dtype), device, args.batches), n))
     sample = paths[: min(32, n)]

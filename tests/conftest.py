@@ -165,6 +165,7 @@ END_TO_END = {
     "test_submit",
     "test_gpu_check",
     "test_allocator",
+    "test_takeover",
 }
 
 

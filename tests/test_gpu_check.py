@@ -22,6 +22,13 @@ def test_gpu_check_runs_every_section_on_the_cpu(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "gpu_check.json").read_text())
+    found = {(c["decoder"], c["kind"], c["barrier"]): c["result"] for c in results["kernels"]["corruption"]}
+    assert len(found) == 8  # each decoder, baseline and progressive, with and without the barrier
+    for kind in ("baseline", "progressive"):
+        for barrier in (True, False):
+            assert found["nvjpeg", kind, barrier] == "corrupted 0 of 2"  # a CPU queues nothing
+            assert found["nvimgcodec", kind, barrier].startswith("not available")
+    assert "corruption: nvjpeg, progressive JPEGs, with the barrier: corrupted 0 of 2" in result.stdout
     rows = {r["what"]: r for r in results["kernels"]["rows"]}
     for stage in (
         "decode: nvjpeg batched",

@@ -69,6 +69,20 @@ class Interrupted(BaseException):
         self.signum, self.processed, self.saved = signum, processed, saved
 
 
+class LeaseLost(Exception):
+    """This job no longer holds its output's lease (another job took it over while this one
+    was paused or cut off): nothing it writes from now on may become part of the output."""
+
+    def __init__(self, uri: str, holder: str | None):
+        now = f"another job took it over ({holder})" if holder else "its lease was removed"
+        super().__init__(
+            f"--output {uri} is no longer this job's: {now} while this job was paused or cut off. "
+            "This job stops here; the rows it saved before are kept, and the job holding the output "
+            "(or a later --mode resume) labels the rest"
+        )
+        self.uri, self.holder = uri, holder
+
+
 class SaveFailed(Exception):
     """Finished rows could not be written (a full disk, a lost bucket); `saved` rows were
     on disk before, and `--mode resume` carries on from them."""

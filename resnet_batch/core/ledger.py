@@ -44,6 +44,11 @@ class Ledger:
         self.done = np.sort(np.concatenate([self.done, *self._done_chunks]))
         self._done_chunks = []
 
+    def repeated_done(self) -> np.ndarray:
+        """The inputs the output held more than one row of before this run (once each)."""
+        done = self.done
+        return np.unique(done[1:][done[1:] == done[:-1]])
+
     def claim(self, hashes: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Which entries go to the pipeline: those that own their input (first claimed, at
         this position) and whose input the output did not hold before."""

@@ -7,16 +7,28 @@ Two GPU decoders give (3, H, W) uint8 images that resize.py crops as one batch:
 - "nvimgcodec": NVIDIA's nvImageCodec (`pip install "resnet-batch[gpu]"`): the hardware
   JPEG engines where the GPU has them, CUDA otherwise, on the caller's stream, with
   libjpeg's "fancy" chroma upsampling (the CPU path's).
-"auto" takes nvImageCodec where it imports and nvJPEG otherwise. HostDecoder is what an
-actor falls back to when its device path fails the warm-up check (self_check.py): the CPU
-path's own decode and geometry (data/decode.py), crops copied in.
+"auto" takes nvImageCodec where it imports and passes the warm-up's checks (self_check.py),
+nvJPEG otherwise. HostDecoder is what an actor falls back to when its device path fails the
+warm-up check: the CPU path's own decode and geometry (data/decode.py), crops copied in.
+
+Every backend call goes through a DecodeBarrier, here and nowhere else. On H100-class GPUs
+the JPEG engines do not honour the stream they are given, and torchvision decodes on a
+private stream: a decode may write its output before work queued ahead of it has run. The
+outputs come from PyTorch's caching allocator, which hands a block back out as soon as it
+is freed on its stream, so without the barrier a decode can overwrite a tensor that queued
+kernels still read (a silently wrong row). The barrier (1) drains, on the host, the streams
+that read what decodes allocate (the caller's stream, where the previous batch's resize
+may still be queued, and the default stream), and (2) on a GPU, serves every allocation a
+decode makes from a memory pool of the decoder's own, so no block of the forward's (whose
+streams are not drained, and keep overlapping) is ever handed to a decoder.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
@@ -49,6 +61,61 @@ class JpegBackend(Protocol):
     def decode(self, jpegs: list[bytes]) -> tuple[dict[int, torch.Tensor], dict[int, str]]:
         """(3, H, W) uint8 images on the device by input index, and an error per other index."""
         ...
+
+
+class Drainable(Protocol):
+    """What the barrier drains: a CUDA stream, or a test's stand-in for one."""
+
+    def synchronize(self) -> None: ...
+
+
+class DecodeBarrier:
+    """`barrier.decode(backend, jpegs)`: the backend's decode, once every stream that may
+    still read a block the decode could be handed is drained (module docstring).
+
+    `streams` gives the streams to drain at each call (on a GPU: the caller's current stream
+    and the default stream); `pool` is the decoder's own memory pool (None on a CPU).
+    `DecodeBarrier.off()` decodes without it: only the corruption check uses that, to show
+    what the barrier prevents.
+    """
+
+    def __init__(
+        self,
+        streams: Callable[[], Sequence[Drainable]],
+        pool: torch.cuda.MemPool | None = None,
+        device: torch.device | None = None,
+        enabled: bool = True,
+    ):
+        self.streams, self.pool, self.device, self.enabled = streams, pool, device, enabled
+        self.drains = 0  # calls that drained first (the warm-up's check reads it)
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> DecodeBarrier:
+        if device.type != "cuda":
+            return cls(lambda: ())
+        return cls(partial(_streams_to_drain, device), torch.cuda.MemPool(), device)
+
+    @classmethod
+    def off(cls) -> DecodeBarrier:
+        return cls(lambda: (), enabled=False)
+
+    def decode(self, backend: JpegBackend, jpegs: list[bytes]) -> tuple[dict[int, torch.Tensor], dict[int, str]]:
+        if self.enabled:
+            for stream in self.streams():
+                stream.synchronize()
+            self.drains += 1
+        with self._own_pool():
+            return backend.decode(jpegs)
+
+    def _own_pool(self):
+        if self.pool is None or not self.enabled:
+            return nullcontext()
+        return torch.cuda.use_mem_pool(self.pool, self.device)
+
+
+def _streams_to_drain(device: torch.device) -> tuple[torch.cuda.Stream, ...]:
+    current, default = torch.cuda.current_stream(device), torch.cuda.default_stream(device)
+    return (current,) if current == default else (current, default)
 
 
 class NvJpeg:
@@ -142,14 +209,21 @@ def jpeg_backend(name: str, device: torch.device) -> JpegBackend:
 class DeviceDecoder:
     """A JPEG backend's batch decode, then the batched resize and center crop."""
 
-    def __init__(self, prep: Preprocessing, device: torch.device, backend: JpegBackend):
-        self.prep, self.device, self.backend = prep, device, backend
+    def __init__(
+        self, prep: Preprocessing, device: torch.device, backend: JpegBackend, barrier: DecodeBarrier | None = None
+    ):
+        self.prep, self.device, self._backend = prep, device, backend
         self.name = backend.name
+        self.barrier = barrier if barrier is not None else DecodeBarrier.for_device(device)
         # float16 holds 0..255 exactly and GEMMs accumulate in float32; CPUs lack fast float16.
         self.dtype = torch.float16 if device.type == "cuda" else torch.float32
 
+    def decode(self, jpegs: list[bytes]) -> tuple[dict[int, torch.Tensor], dict[int, str]]:
+        """The backend's images and errors, behind the barrier (no resize)."""
+        return self.barrier.decode(self._backend, jpegs)
+
     def __call__(self, jpegs: list[bytes]) -> DeviceCrops:
-        images, errors = self.backend.decode(jpegs)
+        images, errors = self.decode(jpegs)
         keys = list(images)
         if not keys:
             crop = self.prep.crop_size

@@ -25,7 +25,7 @@ import torch
 from ..data.decode import JPEG_COLUMN, PIXELS_COLUMN
 from ..data.preprocessing import Preprocessing
 from .decoders import DeviceDecoder, HostDecoder, jpeg_backend
-from .self_check import device_path_error
+from .self_check import device_path_error, hazard_error
 from .streams import array_to_device, host_to_device, timing_event
 
 
@@ -63,6 +63,7 @@ class DeviceFeed:
         self.prep, self.crop = prep, prep.crop_size
         self.device = device
         self.decoder: DeviceDecoder | HostDecoder | None = None
+        self.requested = decoder
         if decoder is not None:
             self.decoder = DeviceDecoder(prep, device, jpeg_backend(decoder, device))
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -84,15 +85,28 @@ class DeviceFeed:
             return Fed(images, timing_event(self.stream), started, decoded, time.perf_counter() - clock)
 
     def check(self) -> str | None:
-        """Run the JPEG path once on the check images (self_check.py); if it raises or its
-        crops differ from the CPU path's, decode on the host from now on and say why."""
+        """Run the JPEG path once on the check images, and on a GPU the hazard trials
+        (self_check.py); if it raises, its crops differ from the CPU path's or it corrupts,
+        decode on the host from now on and say why. Under "auto", nvImageCodec failing
+        hands over to nvJPEG, checked in turn."""
         if not isinstance(self.decoder, DeviceDecoder):
             return None
-        with self.lock, torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():
-            error = device_path_error(self.decoder, self.prep)
+        error = self._check_decoder(self.decoder)
+        if error is not None and self.requested == "auto" and self.decoder.name != "nvjpeg":
+            nvjpeg = DeviceDecoder(self.prep, self.device, jpeg_backend("nvjpeg", self.device))
+            if self._check_decoder(nvjpeg) is None:
+                self.decoder = nvjpeg
+                return None
         if error is not None:
             error = f"{self.decoder.name}: {error}"
             self.decoder = HostDecoder(self.prep, self.device)
+        return error
+
+    def _check_decoder(self, decoder: DeviceDecoder) -> str | None:
+        with self.lock, torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():
+            error = device_path_error(decoder, self.prep)
+            if error is None and self.device.type == "cuda":
+                error = hazard_error(decoder)
         return error
 
     def _decode_batch(self, batch: dict[str, np.ndarray], errors: np.ndarray) -> tuple[torch.Tensor, int]:

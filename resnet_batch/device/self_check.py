@@ -5,7 +5,9 @@ here: colour and grey, 4:2:0 and 4:4:4 chroma, progressive, restart markers, odd
 smaller than the crop. Each crop is compared with the CPU path's (data/decode.py, Pillow,
 the reference geometry). A device path that raises, drops an image or differs by more than
 MAX_MEAN_DIFF grey levels on average is not used: the actor decodes on its CPU instead
-(feed.DeviceFeed.check), and the job says so.
+(feed.DeviceFeed.check), and the job says so. On a GPU the decoder must also pass a few
+trials of the write-before-read hazard (hazard.py), behind its barrier, on a busy stream:
+the check images alone decode on an idle one, where the hazard cannot show.
 """
 
 from __future__ import annotations
@@ -20,14 +22,18 @@ from PIL import Image
 from ..core.errors import one_line
 from ..data.decode import decode_checked
 from ..data.preprocessing import Preprocessing
+from .hazard import corruption_trials, decoded_sizes
 
 if TYPE_CHECKING:
-    from .decoders import DeviceCrops
+    from .decoders import DeviceCrops, DeviceDecoder
 
 
 # nvJPEG's IDCT and the float resize move some pixels by a grey level or two, the average by
 # less than one; a wrong decode (colour order, chroma, geometry) moves it by tens.
 MAX_MEAN_DIFF = 1.0
+
+HAZARD_TRIALS = 4  # each queues HAZARD_BUSY_MS of work first: the warm-up pays ~0.1 s
+HAZARD_BUSY_MS = 25.0
 
 # (name, width, height, grey, Pillow's JPEG options)
 CHECK_IMAGES: list[tuple[str, int, int, bool, dict]] = [
@@ -78,4 +84,19 @@ def device_path_error(decoder: Callable[[list[bytes]], DeviceCrops], prep: Prepr
                 f"its crop of the {name} check image differs from the CPU path's by {diff:.1f} grey "
                 f"levels on average (at most {MAX_MEAN_DIFF})"
             )
+    return None
+
+
+def hazard_error(decoder: DeviceDecoder) -> str | None:
+    """None when `decoder`, behind its barrier, left every tensor still being read intact in
+    HAZARD_TRIALS trials on a busy stream (hazard.py); otherwise how many it corrupted."""
+    jpegs = [data for _, data in check_jpegs()]
+    try:
+        found = corruption_trials(
+            decoder.decode, decoder.device, jpegs, decoded_sizes(jpegs), HAZARD_TRIALS, HAZARD_BUSY_MS
+        )
+    except Exception as exc:
+        return f"{type(exc).__name__}: {one_line(exc, 200)}"
+    if found.corrupted:
+        return f"it wrote into memory still being read ({found} trials, behind the barrier)"
     return None

@@ -11,6 +11,16 @@ A takeover is atomic: of the jobs that find the same stale lease, only the one t
 creates `_resnet_batch.lock.takeover-TOKEN` (TOKEN: the stale lease's) may remove it, with
 the same conditional create, so two jobs can never both hold the output; it removes the
 marker once the stale lease is gone.
+
+A lease is also a fence. A job paused past STALE_AFTER_S (SIGSTOP, a closed laptop, a
+partitioned host) wakes up believing it still holds the output. So each writer confirms,
+before each file of its becomes visible, that the lease still holds its token (`Fence`),
+and its renewer never rewrites a lease that is no longer its own. A check and the write
+after it are two steps, so a part is also marked with its writer's fence (the first 16 hex
+digits of its token, in its name), and the job that takes over seals the stale writer's
+parts as it found them (`_resnet_batch.fenced-MARK.json`, before it removes the lease): a
+part of that mark that is not in the seal was made visible after the takeover, and is
+never counted (writer.OutputDir sets it aside).
 """
 
 from __future__ import annotations
@@ -22,16 +32,28 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..core.errors import UsageError, cannot, one_line
+from ..core.errors import LeaseLost, UsageError, cannot, one_line
 from ..core.storage import modified_at
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
 
-__all__ = ["LEASE_FILE", "OutputLease", "RUN_FILE", "check_tool_target", "lease_state", "refuse_inside_job_output"]
+__all__ = [
+    "FENCE_PREFIX",
+    "Fence",
+    "LEASE_FILE",
+    "OutputLease",
+    "RUN_FILE",
+    "check_tool_target",
+    "lease_state",
+    "read_seals",
+    "refuse_inside_job_output",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +61,47 @@ LEASE_FILE = "_resnet_batch.lock"
 RUN_FILE = "_resnet_batch.json"
 RENEW_EVERY_S = 60.0
 STALE_AFTER_S = 600.0
+# How long a lease may go unrenewed before another job takes it over (seconds; renewed ten
+# times as often): a cluster whose hosts can pause longer than this sets it higher.
+STALE_VARIABLE = "RESNET_BATCH_LEASE_STALE_S"
 TAKEOVER_S = 60.0  # a takeover marker older than this was left by a job that died taking over
+FENCE_PREFIX = "_resnet_batch.fenced-"  # + MARK.json: the parts of a writer whose lease was taken over
+MARK_DIGITS = 16
+
+
+@dataclass(frozen=True)
+class Fence:
+    """What a writer carries into its write tasks: the lease that must still hold its token
+    when one of its files becomes visible, and the mark its part files bear."""
+
+    lease: str
+    token: str
+    uri: str
+
+    @property
+    def mark(self) -> str:
+        return self.token[:MARK_DIGITS]
+
+    def confirm(self, fs: AbstractFileSystem) -> None:
+        """Return if the lease is still this writer's; else raise LeaseLost."""
+        holder = _read_lease(fs, self.lease)
+        if not holder or holder.get("token") != self.token:
+            raise LeaseLost(self.uri, _describe(holder) if holder else None)
+
+
+Seal = Callable[[str], list[str]]  # a stale writer's mark -> the names of its parts there now
 
 
 class OutputLease:
     """`with OutputLease(fs, path, uri):` the output is this job's until the block ends."""
 
-    def __init__(self, fs: AbstractFileSystem, path: str, uri: str, local: bool):
+    def __init__(self, fs: AbstractFileSystem, path: str, uri: str, local: bool, seal: Seal):
         self.fs, self.path, self.uri, self.local = fs, path, uri, local
         self.lease = f"{path.rstrip('/')}/{LEASE_FILE}"
         self.token = uuid.uuid4().hex
+        self.fence = Fence(self.lease, self.token, uri)
+        self.seal = seal
+        self.lost: str | None = None  # why the renewer found the lease no longer this job's
         self.started = time.time()
         self.created_dir = False
         self._stop = threading.Event()
@@ -120,9 +173,19 @@ class OutputLease:
         try:
             if self._read() == stale:
                 log.warning("taking over the stale lease of %s (%s)", self.uri, _describe(stale))
+                self._seal_parts_of(stale)
                 self._remove()
         finally:
             self._remove(marker)
+
+    def _seal_parts_of(self, stale: dict) -> None:
+        """The stale writer's parts as they are now, recorded before its lease goes: any
+        other part of its mark was made visible after this, and is never counted."""
+        mark = _safe_token(stale)[:MARK_DIGITS]
+        record = {"mark": mark, "token": stale.get("token"), "by": self.token, "at": time.time()}
+        record["parts"] = sorted(self.seal(mark))
+        with self.fs.open(f"{self.path.rstrip('/')}/{FENCE_PREFIX}{mark}.json", "wb") as f:
+            f.write(json.dumps(record).encode())
 
     def _age_s(self, path: str) -> float:
         try:
@@ -157,7 +220,16 @@ class OutputLease:
             pass
 
     def _renew(self) -> None:
-        while not self._stop.wait(RENEW_EVERY_S):
+        while not self._stop.wait(min(RENEW_EVERY_S, stale_after_s() / 10)):
+            try:
+                self.fence.confirm(self.fs)  # never rewrite a lease that another job now holds
+            except LeaseLost as lost:
+                self.lost = str(lost)  # the job's next write stops it, with this line
+                log.debug("%s", lost)
+                return
+            except OSError as exc:
+                log.warning("could not read the lease %s: %s", self.lease, one_line(exc))
+                continue
             try:
                 if self.local:  # replaced whole: a reader never sees it half-written (that reads as stale)
                     tmp = _beside(self.lease)
@@ -201,6 +273,22 @@ def _read_lease(fs: AbstractFileSystem, lease: str) -> dict | None:
         return {}  # a half-written or foreign file: stale unless renewed (never, here)
 
 
+def read_seals(fs: AbstractFileSystem, path: str, names: list[str]) -> dict[str, frozenset[str]]:
+    """The seals among `names` (an output's file names): a stale writer's mark -> its parts
+    as the job that took over found them."""
+    seals = {}
+    for name in names:
+        if not (name.startswith(FENCE_PREFIX) and name.endswith(".json")):
+            continue
+        try:
+            with fs.open(f"{path.rstrip('/')}/{name}", "rb") as f:
+                record = json.loads(f.read())
+            seals[str(record["mark"])] = frozenset(record["parts"])
+        except (ValueError, KeyError, TypeError, FileNotFoundError):
+            log.warning("the fence record %s/%s is damaged; it is ignored", path.rstrip("/"), name)
+    return seals
+
+
 def _beside(path: str) -> str:
     """A temporary name beside `path`, named as ours (the lease file's name, a suffix)."""
     return f"{path}.new-{uuid.uuid4().hex}"
@@ -225,10 +313,22 @@ def _create_whole(path: str, data: bytes) -> bool:
             pass
 
 
+def stale_after_s() -> float:
+    """STALE_AFTER_S, or what RESNET_BATCH_LEASE_STALE_S says."""
+    value = os.environ.get(STALE_VARIABLE, "")
+    try:
+        seconds = float(value) if value else STALE_AFTER_S
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise UsageError(f"{STALE_VARIABLE}={value!r}: give the seconds a lease may go unrenewed, e.g. 600")
+    return seconds
+
+
 def _is_stale(holder: dict) -> bool:
     """Its process is gone (same host), or it has not been renewed for STALE_AFTER_S."""
     renewed = holder.get("renewed")
-    if not isinstance(renewed, (int, float)) or time.time() - renewed > STALE_AFTER_S:
+    if not isinstance(renewed, (int, float)) or time.time() - renewed > stale_after_s():
         return True
     if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
         try:

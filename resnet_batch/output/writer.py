@@ -2,7 +2,10 @@
 
 The output is its own checkpoint: every part file lists the inputs it holds in `path`,
 and a part file becomes visible only once it is complete (rename on local disks; object
-stores publish an object only when its upload completes). Readers skip the `_`-prefixed
+stores publish an object only when its upload completes) and its writer has confirmed it
+still holds the output's lease (ownership.Fence). A part is named by an injective digest of
+the paths it holds and by its writer's fence mark: `part-DIGEST-MARK.parquet`. A retried
+write rewrites the same file; two writers never write the same name. Readers skip the `_`-prefixed
 temporary files and the run description `_resnet_batch.json`, as pyarrow, pandas, polars
 and DuckDB do by default.
 """
@@ -18,14 +21,25 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..core import checks
 from ..core.columns import ERROR, PATH, read_run_metadata
 from ..core.errors import UsageError, cannot, one_line
+from ..core.pathset import isin_sorted, path_hashes
 from ..core.storage import check_scheme, filesystem, is_local, join, scheme_of
-from .ownership import LEASE_FILE, RUN_FILE, OutputLease, refuse_inside_job_output
+from .ownership import (
+    FENCE_PREFIX,
+    LEASE_FILE,
+    MARK_DIGITS,
+    RUN_FILE,
+    Fence,
+    OutputLease,
+    read_seals,
+    refuse_inside_job_output,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +49,12 @@ PART_SUFFIX = ".parquet"
 TMP_PREFIX = "_tmp-"
 # Exactly the names write_part gives: a resume deletes temporary files of these names only.
 OUR_TMP = re.compile(r"_tmp-[0-9a-f]{32}\.parquet")
-OUR_PART = re.compile(r"part-[0-9a-f]{24}\.parquet")
+# With the writer's fence mark; without one, as written before parts carried it.
+OUR_PART = re.compile(rf"part-[0-9a-f]{{24}}(?:-(?P<mark>[0-9a-f]{{{MARK_DIGITS}}}))?\.parquet")
 FINISHED = "finished"  # the run record's key once its run has ended: when, and how it ended
 DAMAGED_PREFIX = "_damaged-"  # a part file of ours whose footer cannot be read, set aside by a resume
+FENCED_PREFIX = "_fenced-"  # a part made visible after its writer lost the lease, set aside
+REPEATS_PREFIX = "_repeats-"  # a part whose rows another part holds too, set aside by a resume
 # What a resumed run adds to the run record, kept from earlier runs when this one ran no model.
 RESOLVED_KEYS = ("ran", "device", "precision", "versions")
 # Settings that change the numbers in the output; resuming with other values would mix runs.
@@ -72,6 +89,18 @@ def error_category(error: str) -> str:
     return error.split(":", 1)[0]
 
 
+def part_name(paths: list[str], mark: str | None) -> str:
+    """The part holding `paths`: a digest of their length-prefixed encodings (injective: no
+    path, whatever characters it holds, can pass for two, or two for one), and the writer's
+    fence mark."""
+    digest = hashlib.sha1()
+    for path in paths:
+        data = path.encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return f"{PART_PREFIX}{digest.hexdigest()[:24]}{'-' + mark if mark else ''}{PART_SUFFIX}"
+
+
 class OutputDir:
     def __init__(self, uri: str):
         check_scheme(uri, for_output=True)
@@ -83,6 +112,7 @@ class OutputDir:
         # Part files never change once visible (named by what they hold): each footer is read once.
         self._runs: dict[str, dict | None] = {}
         self.earlier_run: dict | None = None  # a resume's: the run record as it found it
+        self.fence: Fence | None = None  # the lease this job's writes confirm (set by lease())
 
     def _names(self) -> list[str]:
         self.fs.invalidate_cache()  # object-store listings are cached per process
@@ -93,9 +123,30 @@ class OutputDir:
         return [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.path, detail=False)]
 
     def part_files(self) -> list[str]:
-        return sorted(
-            join(self.path, n) for n in self._names() if n.startswith(PART_PREFIX) and n.endswith(PART_SUFFIX)
-        )
+        """The parts whose rows count: every part, less those made visible after their writer
+        lost the lease (fenced_parts)."""
+        names = self._names()
+        fenced = set(self._fenced(names))
+        return sorted(join(self.path, n) for n in names if _is_part(n) and n not in fenced)
+
+    def fenced_parts(self) -> list[str]:
+        return self._fenced(self._names())
+
+    def _fenced(self, names: list[str]) -> list[str]:
+        """Parts of a writer whose lease was taken over, that were not there when it was."""
+        if not any(n.startswith(FENCE_PREFIX) for n in names):
+            return []
+        seals = read_seals(self.fs, self.path, names)
+        fenced = []
+        for name in names:
+            match = OUR_PART.fullmatch(name)
+            mark = match.group("mark") if match else None
+            if mark in seals and name not in seals[mark]:
+                fenced.append(name)
+        return fenced
+
+    def _parts_marked(self, mark: str) -> list[str]:
+        return [n for n in self._names() if (m := OUR_PART.fullmatch(n)) and m.group("mark") == mark]
 
     def misnamed_parts(self) -> list[str]:
         """Part files not named as write_part names them (its hash of the paths they hold):
@@ -110,13 +161,22 @@ class OutputDir:
         return (
             name == RUN_FILE
             or name.startswith(LEASE_FILE)  # the lease, a takeover marker, a lease being written
+            or name.startswith(FENCE_PREFIX)
             or bool(OUR_TMP.fullmatch(name))
             or (name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX))
         )
 
     def lease(self) -> OutputLease:
-        """The output as this job's alone while the lease is held (output/ownership.py)."""
-        return OutputLease(self.fs, self.path, self.uri, self.atomic_rename)
+        """The output as this job's alone while the lease is held (output/ownership.py); from
+        now on every file this OutputDir (and its copies in write tasks) makes visible first
+        confirms the lease is still this job's."""
+        lease = OutputLease(self.fs, self.path, self.uri, self.atomic_rename, seal=self._parts_marked)
+        self.fence = lease.fence
+        return lease
+
+    def _confirm_fence(self) -> None:
+        if self.fence is not None:
+            self.fence.confirm(self.fs)
 
     def check(self, mode: str) -> None:
         """Refuse, before any work, what --mode does not allow; changes nothing."""
@@ -183,9 +243,59 @@ class OutputDir:
         except (OSError, pa.ArrowException, ValueError):
             return True
 
+    def set_aside_fenced(self) -> None:
+        """Parts made visible after their writer lost the lease are renamed `_fenced-...`
+        (readers skip them); the inputs they hold are labeled by the job holding the lease."""
+        with self._as_usage_error():
+            fenced = self.fenced_parts()
+            for name in fenced:
+                self.fs.mv(join(self.path, name), join(self.path, FENCED_PREFIX + name))
+        if fenced:
+            log.warning(
+                "%d part files of %s were written by a job after it had lost the output's lease: moved to %s..., "
+                "never counted",
+                len(fenced),
+                self.uri,
+                FENCED_PREFIX,
+            )
+
+    def set_aside_repeats(self, repeated: np.ndarray) -> int:
+        """Keep one row of each input in `repeated` (path hashes: inputs the output holds more
+        than one row of), the first in part-name order; a part holding later ones is written
+        again without them (a new name), then renamed `_repeats-...` (readers skip it). A
+        stop half-way leaves repeats that the next resume sets aside. The rows set aside."""
+        kept: set[bytes] = set()
+        dropped = 0
+        with self._as_usage_error():
+            for part in self.part_files():
+                with self.fs.open(part, "rb") as f:
+                    table = pq.read_table(f)
+                hashes = path_hashes(table.column(PATH).to_pylist())
+                drop = np.zeros(len(hashes), dtype=bool)
+                for i in np.flatnonzero(isin_sorted(hashes, repeated)):
+                    drop[i] = hashes[i] in kept
+                    kept.add(hashes[i])
+                if not drop.any():
+                    continue
+                if not drop.all():
+                    self.write_part(table.filter(pa.array(~drop)))
+                name = part.rsplit("/", 1)[-1]
+                self.fs.mv(part, join(self.path, REPEATS_PREFIX + name))
+                dropped += int(drop.sum())
+        log.warning(
+            "%s held %d rows beyond the first for %d inputs: one row of each is kept, and the parts that held "
+            "the others were set aside as %s... (their other rows written again)",
+            self.uri,
+            dropped,
+            len(repeated),
+            REPEATS_PREFIX,
+        )
+        return dropped
+
     def set_aside_damaged(self) -> None:
         """Resume: part files of ours that cannot be read are renamed `_damaged-...` (readers
         skip them) and their rows are labeled again."""
+        self.set_aside_fenced()
         with self._as_usage_error():
             for name in self._names():
                 if name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX) and self._footer(name) == "damaged":
@@ -234,6 +344,7 @@ class OutputDir:
         elif isinstance(earlier.get("ran"), list):
             record["ran"] = earlier["ran"] + [r for r in record["ran"] if r not in earlier["ran"]]
         with self._as_usage_error():
+            self._confirm_fence()
             with self.fs.open(join(self.path, RUN_FILE), "w") as f:
                 json.dump(record, f, indent=1, sort_keys=True)
 
@@ -290,19 +401,25 @@ class OutputDir:
                 )
 
     def write_part(self, table: pa.Table) -> str:
-        """Write one part file so that readers never see it half-written.
-
-        The name hashes the paths it holds: a retried write task rewrites the same
-        file instead of adding a duplicate.
-        """
-        digest = hashlib.sha1("\n".join(table.column(PATH).to_pylist()).encode()).hexdigest()[:24]
-        name = f"{PART_PREFIX}{digest}{PART_SUFFIX}"
+        """Write one part file so that readers never see it half-written, and only while this
+        job holds the output (else LeaseLost): a retried write task rewrites the same file
+        instead of adding a duplicate."""
+        name = part_name(table.column(PATH).to_pylist(), self.fence.mark if self.fence else None)
         final = join(self.path, name)
-        target = join(self.path, f"{TMP_PREFIX}{uuid.uuid4().hex}{PART_SUFFIX}") if self.atomic_rename else final
+        if not self.atomic_rename:  # an object appears whole when its upload ends: confirm first
+            self._confirm_fence()
+            with self.fs.open(final, "wb") as f:
+                pq.write_table(table, f, compression="zstd")
+            return name
+        target = join(self.path, f"{TMP_PREFIX}{uuid.uuid4().hex}{PART_SUFFIX}")
         with self.fs.open(target, "wb") as f:
             pq.write_table(table, f, compression="zstd")
-        if target != final:
-            self.fs.mv(target, final)
+        try:
+            self._confirm_fence()
+        except BaseException:
+            self.fs.rm(target)
+            raise
+        self.fs.mv(target, final)
         return name
 
     def write_tables(self, tables: list[pa.Table], schema: pa.Schema, rows_per_file: int) -> WriteStats:
@@ -317,3 +434,7 @@ class OutputDir:
             stats.rows += chunk.num_rows
             stats.errors.update(error_category(e) for e in chunk.column(ERROR).to_pylist() if e is not None)
         return stats
+
+
+def _is_part(name: str) -> bool:
+    return name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -119,6 +120,10 @@ class Books:
     def seal_done(self) -> None:
         self._wait(*(self._call(b, "seal_done") for b in range(len(self.buckets))))
 
+    def repeated_done(self) -> np.ndarray:
+        found = [self._call(b, "repeated_done") for b in range(len(self.buckets))]
+        return np.concatenate(found if self.local else ray.get(found))
+
     def tally(self, with_done: bool) -> dict:
         tallies = [self._call(b, "tally", with_done) for b in range(len(self.buckets))]
         tallies = tallies if self.local else ray.get(tallies)
@@ -166,6 +171,17 @@ def load_done(out: OutputDir, books: Books) -> Books:
     books.seal_done()
     books.loaded = frozenset(parts)
     return books
+
+
+def load_done_once(out: OutputDir, make_books: Callable[[], Books]) -> Books:
+    """load_done, after setting aside the rows beyond the first of any input the output
+    holds twice (writer.OutputDir.set_aside_repeats): a resume leaves one row per input."""
+    books = load_done(out, make_books())
+    repeated = books.repeated_done()
+    if not len(repeated):
+        return books
+    out.set_aside_repeats(repeated)
+    return load_done(out, make_books())
 
 
 def counts_here(plan: InputPlan, out: OutputDir) -> bool:

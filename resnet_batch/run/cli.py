@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING
 
 from ..core import checks
 from ..core.columns import EMBEDDING
-from ..core.errors import Interrupted, SaveFailed, UsageError, WeightsUnavailableError, one_line, root_cause
+from ..core.errors import (
+    Interrupted,
+    LeaseLost,
+    SaveFailed,
+    UsageError,
+    WeightsUnavailableError,
+    one_line,
+    root_cause,
+)
 from .arguments import build_parser, resume_command, split_job_command
 from .console import Console, raising_on_signals
 
@@ -304,6 +312,9 @@ def _command(args: argparse.Namespace, console: Console, argv: list[str]) -> int
     except BrokenPipeError:  # `... | head` read what it wanted: no error, and nothing more to print
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except LeaseLost as lost:
+        console.failed(str(lost))
+        return EXIT_INCOMPLETE
     except SaveFailed as failed:
         traceback.print_exc()  # to the log file
         console.failed(

@@ -25,7 +25,7 @@ from ..model.registry import check_weights_argument
 from ..output.writer import FINISHED, OutputDir
 from ..review.evaluate import EvalReport, attach_labels, score
 from . import pipeline, ray_session
-from .bookkeeping import Books, check_output, count_here, count_on_ray, counts_here, load_done
+from .bookkeeping import Books, check_output, count_here, count_on_ray, counts_here, load_done_once
 from .config import LabelConfig
 from .description import rows_per_file, run_info, run_schema
 from .plan import make_plan
@@ -122,6 +122,7 @@ def _label(run: LabelRun, table: pa.Table | None) -> LabelSummary:
         if pending:
             _execute(run, weights.result(), plan, books)
         saver.ensure_begun()  # a run that labeled nothing still applies --mode (overwrite replaces)
+        out.set_aside_fenced()  # parts a job that lost the lease made visible during this run
         checking = time.time()
         check = check_output(out, books)
         timeline.check_s = time.time() - checking
@@ -214,13 +215,13 @@ def plan_only(cfg: LabelConfig) -> list[str]:
 def _count_resume(cfg: LabelConfig, out: OutputDir, plan: InputPlan, report: Reporter) -> tuple[Books, int, bool]:
     """(books, inputs left to label, whether Ray was started) for a resume: counted in this
     process where it is small and local (a finished one then needs no Ray), else in Ray tasks."""
-    books: Books | None = load_done(out, Books.in_process()) if counts_here(plan, out) else None
+    books: Books | None = load_done_once(out, Books.in_process) if counts_here(plan, out) else None
     pending = count_here(plan, books) if books is not None else None
     started_ray = False
     if books is None or pending is None:
         report(Snapshot(0, 0, 0, True, 0, 0.0, phase="starting Ray"))
         started_ray = pipeline.start_ray(cfg.execution.address)
-        books = load_done(out, Books.on_ray())
+        books = load_done_once(out, Books.on_ray)
         pending = count_on_ray(plan, books)
     log.info("resume: %d inputs still to label", pending)
     return books, pending, started_ray

@@ -25,7 +25,7 @@ import ray.data
 from ray.data import ActorPoolStrategy
 from ray.data.datasource import Datasource, ReadTask
 
-from ..core.errors import Interrupted, SaveFailed, root_cause
+from ..core.errors import Interrupted, LeaseLost, SaveFailed, root_cause
 from ..data.decode import JpegHandoff, LowPriorityDecode, to_idle_priority
 from ..data.input_plan import InputPlan
 from ..model.actor import PredictorActor
@@ -146,6 +146,10 @@ def execute(plan: ExecutionPlan, inputs: InputPlan, books: Books, run: LabelRun)
         loop.run()
     except BaseException as exc:  # a signal or a failure: keep what is finished, for --mode resume
         loop.take_arrived()
+        if isinstance(root_cause(exc), LeaseLost):  # the output is another job's now: write nothing more
+            dataset_run.stop()
+            feed.join(timeout=30)
+            raise root_cause(exc) from None
         _save_on_stop(saver, exc, loop.received)
         dataset_run.stop()  # before Ray's shutdown, which its threads (and the feed's) would outlive
         feed.join(timeout=30)
