@@ -194,6 +194,7 @@ def bare_forward(args) -> dict:
     import torch
 
     from resnet_batch.data.decode import Source, load_one
+    from resnet_batch.data.limits import Limits
     from resnet_batch.model.inference import Predictor
     from resnet_batch.model.settings import InferenceSettings
     from resnet_batch.model.weights import resolve_weights
@@ -202,7 +203,7 @@ def bare_forward(args) -> dict:
     paths = sorted(Path(args.data).glob("*.jpg"))[: min(args.images, BARE_DISTINCT)]
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         crops = np.stack(
-            list(pool.map(lambda p: load_one(Source(str(p)), resolved.preprocessing, 10**8).pixels, paths))
+            list(pool.map(lambda p: load_one(Source(str(p)), resolved.preprocessing, Limits()).pixels, paths))
         )
     settings = InferenceSettings(weights=resolved, top_k=5, precision=args.precision, device=args.device)
     predictor = Predictor(settings, schema=None)

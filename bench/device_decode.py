@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import DEFAULT_DATA, ensure_images  # noqa: E402
 from resnet_batch.data.decode import Source, load_one  # noqa: E402
+from resnet_batch.data.limits import Limits  # noqa: E402
 from resnet_batch.device.decoders import DeviceDecoder, jpeg_backend  # noqa: E402
 from resnet_batch.device.resize import resize_crop  # noqa: E402
 from resnet_batch.model.network import Network, resolve_device  # noqa: E402
@@ -83,7 +84,7 @@ def main() -> None:
     }
     pil = (
         timed(
-            lambda: [load_one(Source(str(path)), resolved.preprocessing, 10**8) for path in paths[:32]],
+            lambda: [load_one(Source(str(path)), resolved.preprocessing, Limits()) for path in paths[:32]],
             torch.device("cpu"),
             1,
         )

@@ -20,6 +20,7 @@ from PIL import Image
 from resnet_batch.core.columns import OutputColumns
 from resnet_batch.core.errors import UsageError
 from resnet_batch.data.decode import DecodeStage, JpegHandoff, Source, load_one
+from resnet_batch.data.limits import Limits
 from resnet_batch.data.preprocessing import GPU_DECODERS
 from resnet_batch.device.decoders import DecodeBarrier, DeviceDecoder, jpeg_backend
 from resnet_batch.device.hazard import corruption_trials, decoded_sizes
@@ -48,7 +49,7 @@ def run(args) -> dict:
         schema=OutputColumns(feature_width(model, POOLED), with_topk=True).schema(),
     )
     crops = torch.from_numpy(
-        np.stack([load_one(Source(str(p)), resolved.preprocessing, 10**8).pixels for p in paths[:n]])
+        np.stack([load_one(Source(str(p)), resolved.preprocessing, Limits()).pixels for p in paths[:n]])
     )
     if device.type == "cuda":
         crops = crops.pin_memory()
@@ -223,7 +224,7 @@ def decode_rows(args, device, prep, jpegs: list[bytes], paths, decoders: dict) -
     dtype = decoders["nvjpeg"].dtype
     rows.append(row("resize + crop, batched", timed(lambda: resize_crop(images, prep, dtype), device, args.batches), n))
     sample = paths[: min(32, n)]
-    one_core = timed(lambda: [load_one(Source(str(p)), prep, 10**8) for p in sample], torch.device("cpu"), 1)
+    one_core = timed(lambda: [load_one(Source(str(p)), prep, Limits()) for p in sample], torch.device("cpu"), 1)
     per_batch = one_core * n / len(sample)
     cores = max(1, (os.cpu_count() or 2) - 1)
     rows.append(row("decode: PIL decode + resize, one core", per_batch, n))

@@ -166,6 +166,7 @@ END_TO_END = {
     "test_gpu_check",
     "test_allocator",
     "test_takeover",
+    "test_names_and_stops",
 }
 
 

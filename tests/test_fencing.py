@@ -13,6 +13,7 @@ import pytest
 
 from resnet_batch.core.errors import LeaseLost
 from resnet_batch.output import ownership
+from resnet_batch.output.repair import set_aside_fenced
 from resnet_batch.output.writer import FENCED_PREFIX, OUR_PART, OutputDir, part_name
 
 
@@ -93,7 +94,7 @@ def test_a_part_made_visible_after_the_takeover_is_never_counted(tmp_path):
         pq.write_table(_table(["b"]), tmp_path / "out" / late)
         assert [p.rsplit("/", 1)[-1] for p in taker.part_files()] == [kept]
         assert taker.fenced_parts() == [late]
-        taker.set_aside_fenced()
+        set_aside_fenced(taker)
         assert (tmp_path / "out" / f"{FENCED_PREFIX}{late}").exists()
     paused_lease._stop.set()
     assert pq.read_table(tmp_path / "out").column("path").to_pylist() == ["a"]

@@ -20,6 +20,7 @@ import tarfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
@@ -535,7 +536,7 @@ def test_disk_full_is_one_line_naming_it(tmp_path, ray_local):
     lines = [line for line in result.stderr.strip().splitlines() if not line[:2].isdigit()]  # not progress lines
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert "No space left on device" in lines[0] and "(logs: " in lines[0] and "Traceback" not in lines[0]
-    assert "the output holds the 0 rows saved before it" in lines[0] and "--mode resume" in lines[0], lines[0]
+    assert "the output holds 0 rows; once there is room" in lines[0] and "--mode resume" in lines[0], lines[0]
 
 
 def test_non_utf8_arguments_and_blank_manifest_entries(tmp_path):
@@ -636,11 +637,12 @@ def test_readers_say_when_an_output_is_not_a_finished_runs(tmp_path, ray_local):
     part = next(out.glob("part-*.parquet"))
     copy = out / f"{part.stem} (1).parquet"
     copy.write_bytes(part.read_bytes())
-    resumed = in_process(*label, "--mode", "resume")
-    assert resumed.returncode == 1 and "INCOMPLETE: 0 inputs without a row, 5 duplicate rows" in resumed.stdout
-    assert copy.name in resumed.stdout and "move them out of the output" in resumed.stdout
     assert copy.name in report_warnings()
-    copy.unlink()
+    resumed = in_process(*label, "--mode", "resume")  # keeps the part named as ours, sets the copy aside
+    assert resumed.returncode == 0 and "held 5 rows beyond the first for 5 inputs" in resumed.stderr
+    assert "complete: every input has exactly one row" in resumed.stdout, resumed.stdout
+    assert not copy.exists() and (out / f"_repeats-{copy.name}").exists() and part.exists()
+    assert report_warnings() == ""
 
     record = json.loads((out / "_resnet_batch.json").read_text())
     del record["finished"]
@@ -669,3 +671,32 @@ def test_readers_say_when_an_output_is_not_a_finished_runs(tmp_path, ray_local):
     (tmp_path / "empty").mkdir()
     empty = in_process("label", str(tmp_path / "empty"), "--output", str(tmp_path / "o2"), *PIPELINE_JOB)
     assert empty.returncode == 0 and "WARNING: no inputs" in empty.stdout and "complete" not in empty.stdout
+
+
+def test_memory_is_bounded_before_it_is_spent(tmp_path, ray_local):
+    """A sparse 8 GiB file is refused by its size, unread; a 16-bit image by its bytes per
+    sample; a batch or a --resize no model actor can hold is refused up front, saying what fits."""
+    folder = tmp_path / "in"
+    write_jpegs(folder, 2, seed=12)
+    with open(folder / "big.jpg", "wb") as f:
+        f.truncate(8 * 2**30)
+    Image.fromarray(np.zeros((3000, 3000), np.uint16)).save(folder / "deep.png")  # 9M pixels, 16-bit
+    out = tmp_path / "out"
+    result = in_process("label", str(folder), "--output", str(out), *JOB, "--max-pixels", "10000000")
+    assert result.returncode == 0 and "complete: every input has exactly one row" in result.stdout, result.stderr
+    errors = dict(zip(rows(out).column("path").to_pylist(), rows(out).column("error").to_pylist(), strict=True))
+    assert errors[str(folder / "big.jpg")] == (
+        "too_large: the file holds 8589934592 bytes than --max-bytes 536870912 allows"
+    )
+    assert errors[str(folder / "deep.png")] == (
+        "too_large: 3000x3000 pixels of 16-bit samples (I;16) count as 18000000 8-bit pixels, "
+        "over the limit of 10000000"
+    )
+    assert sum(e is None for e in errors.values()) == 2
+    refused = in_process("label", str(folder), "--output", str(tmp_path / "b"), *JOB, "--batch-size", "4096")
+    one_line_error(refused, "--batch-size 4096 cannot fit: ")
+    assert "use --batch-size " in refused.stderr
+    huge = in_process("label", str(folder), "--output", str(tmp_path / "c"), *JOB, "--crop", "none", "--resize", "7071")
+    one_line_error(huge, "use a smaller --resize")
+    plan = in_process("label", str(folder), "--output", str(tmp_path / "d"), *JOB, "--dry-run")
+    assert plan.returncode == 0 and "memory: each model actor ~" in plan.stdout + plan.stderr, plan.stderr

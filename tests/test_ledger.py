@@ -50,6 +50,22 @@ def test_a_later_entry_never_takes_an_owned_input():
     assert ledger.claim(hashes[:1], np.array([10])).tolist() == [True]  # the owner's replay
 
 
+def test_a_folder_that_changed_since_the_count_is_claimed_as_it_is_now():
+    """A resume counts what is left, then its pipeline lists the folder again: an image added
+    in between moves every later rank, and none of them may read as a repeat."""
+    before = [f"/d/{i:03d}.jpg" for i in range(0, 200, 2)]
+    now = sorted(before + [f"/d/{i:03d}.jpg" for i in range(1, 200, 2)])
+    ledger = Ledger()
+    ledger.add_done(path_hashes(before[:50]))
+    ledger.seal_done()
+    assert ledger.claim(path_hashes(before), np.arange(100, dtype=np.int64)).sum() == 50  # the count
+    ledger.forget_claims()
+    goes = ledger.claim(path_hashes(now), np.arange(200, dtype=np.int64))
+    assert goes.sum() == 150 and ledger.repeated == 0 and (ledger.inputs, ledger.already_done) == (200, 50)
+    ledger.add_written(path_hashes([p for p, g in zip(now, goes, strict=True) if g]))
+    assert ledger.tally()["missing"] == 0
+
+
 def test_tally_counts_missing_and_duplicate_rows():
     paths = [f"/x/{i}.jpg" for i in range(100)]
     ledger = Ledger()

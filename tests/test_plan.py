@@ -84,6 +84,8 @@ def test_the_plan_in_words_for_two_eight_gpu_nodes(resolved):
         "decode tasks of 1024 rows, 1 CPU each at idle priority, on 7 cores per model actor; share 0.4, fixed",
         "  reading: 4 read tasks at once (0 CPUs, listing and claiming inputs); 1 file fetch thread per decode task",
         "  saving: part files written by tasks of 0 CPUs as batches finish",
+        # The batch lives on the GPU: the actor's host side, and a decode task's 1024 crops.
+        "  memory: each model actor ~0.5 GiB, each decode task ~1.1 GiB",
     ]
     cpu = make_plan(CFG.replace(decode="cpu"), resolved, cluster).lines()
     assert cpu[2] == "  decoding: on CPUs: decode tasks of 1024 rows, 1 CPU each at idle priority"

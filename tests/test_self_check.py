@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from resnet_batch.core.columns import OutputColumns
-from resnet_batch.data.decode import DecodeStage, JpegHandoff
+from resnet_batch.data.decode import JPEG_COLUMN, DecodeStage, JpegHandoff
 from resnet_batch.device import decoders
 from resnet_batch.device.decoders import DeviceDecoder, HostDecoder, NvJpeg
 from resnet_batch.device.self_check import MAX_MEAN_DIFF, check_jpegs, device_path_error
@@ -102,7 +102,7 @@ def test_the_actor_falls_back_to_the_cpu_and_labels_as_the_cpu_path(
 
     paths = np.array([str(p) for p in reference_images], dtype=object)
     deferred = DecodeStage(resolved.preprocessing, handoff=JpegHandoff())({"path": paths})
-    assert sum(bool(b) for b in deferred["_jpeg"]) >= 5  # the JPEGs the device would have decoded
+    assert sum(bool(b) for b in deferred[JPEG_COLUMN]) >= 5  # the JPEGs the device would have decoded
     reference = DecodeStage(resolved.preprocessing)({"path": paths})
     plain = Predictor(
         InferenceSettings(weights=resolved, precision="fp32", top_k=3, device="cpu"), OutputColumns(512).schema()

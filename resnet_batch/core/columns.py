@@ -79,6 +79,10 @@ BY_NAME = {c.name: c for c in COLUMNS}
 # Names a manifest's own columns may not take: every column a run can write, and the
 # decoded image that travels between stages.
 RESERVED_COLUMNS = frozenset([*BY_NAME, IMAGE])
+# The pipeline's own columns between stages (tar offsets, listing errors, bytes carried in
+# the row, GPU decoding's hand-off): named under this prefix, which a manifest may not use,
+# so that no input's column can pass for one.
+INTERNAL_PREFIX = "__resnet_batch_"
 REVIEW_COLUMNS = {name: BY_NAME[name].doc for name in (MARGIN, ENTROPY, NEEDS_REVIEW)}
 
 

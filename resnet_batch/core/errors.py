@@ -84,12 +84,12 @@ class LeaseLost(Exception):
 
 
 class SaveFailed(Exception):
-    """Finished rows could not be written (a full disk, a lost bucket); `saved` rows were
-    on disk before, and `--mode resume` carries on from them."""
+    """Finished rows could not be written (a full disk, a lost bucket); the output holds
+    `on_disk` rows (None: the output itself is gone), and `--mode resume` carries on from them."""
 
-    def __init__(self, cause: BaseException, saved: int):
+    def __init__(self, cause: BaseException, on_disk: int | None):
         super().__init__(one_line(cause))
-        self.cause, self.saved = cause, saved
+        self.cause, self.on_disk = cause, on_disk
 
 
 def require(

@@ -44,6 +44,12 @@ class Ledger:
         self.done = np.sort(np.concatenate([self.done, *self._done_chunks]))
         self._done_chunks = []
 
+    def forget_claims(self) -> None:
+        """Start the claims again, keeping the rows done before: a resume counts what it has
+        left with the same claims its pipeline then makes, and a folder that changed between
+        the two (an image added, so every later rank moves) must not read as repeats."""
+        self.runs, self.inputs, self.already_done, self.repeated = [], 0, 0, 0
+
     def repeated_done(self) -> np.ndarray:
         """The inputs the output held more than one row of before this run (once each)."""
         done = self.done

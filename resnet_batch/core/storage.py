@@ -136,19 +136,49 @@ def modified_at(fs: AbstractFileSystem, path: str) -> float | None:
     return float(when) if isinstance(when, (int, float)) else None
 
 
-def read_bytes_or_raise(uri: str, offset: int = -1, size: int = -1) -> bytes:
+class TooManyBytes(OSError):
+    """A file larger than the bytes a reader allows; it was not read whole."""
+
+    def __init__(self, path: str, limit: int, size: int | None):
+        what = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+        super().__init__(f"{path} holds {what}")
+        self.path, self.limit, self.size = path, limit, size
+
+    def __reduce__(self):
+        return type(self), (self.path, self.limit, self.size)
+
+
+# Stores whose reads take a byte range (one request, never more than asked for).
+RANGED = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory")
+
+
+def read_bytes_or_raise(uri: str, offset: int = -1, size: int = -1, limit: int | None = None) -> bytes:
     """Read a whole file, or `size` bytes at `offset`; raises FileNotFoundError / OSError
-    (NotRegularFile for a local FIFO, socket or device: file:// and local:// too)."""
+    (NotRegularFile for a local FIFO, socket or device: file:// and local:// too), and
+    TooManyBytes, having read at most `limit` + 1 bytes, for a file larger than `limit`."""
+    if limit is not None and size > limit:
+        raise TooManyBytes(uri, limit, size)
     if is_local(uri):
         with open_regular(uri if scheme_of(uri) == "" else filesystem(uri)[1]) as f:
             if offset >= 0:
                 f.seek(offset)
                 return f.read(size)
+            if limit is not None and os.fstat(f.fileno()).st_size > limit:
+                raise TooManyBytes(uri, limit, os.fstat(f.fileno()).st_size)
             return f.read()
     fs, path = filesystem(uri)
     if offset >= 0:
         return fs.cat_file(path, start=offset, end=offset + size)
-    return fs.cat_file(path)
+    if limit is None:
+        return fs.cat_file(path)
+    if scheme_of(uri) in RANGED:
+        data = fs.cat_file(path, start=0, end=limit + 1)
+    else:  # HTTP and the rest: a stream, read no further than the limit
+        with fs.open(path, "rb") as f:
+            data = f.read(limit + 1)
+    if len(data) > limit:
+        raise TooManyBytes(uri, limit, None)
+    return data
 
 
 def _umask() -> int:
@@ -157,17 +187,30 @@ def _umask() -> int:
     return mask
 
 
+def is_special_file(path: str) -> bool:
+    """An existing file that is neither a regular file nor a folder (a device, a FIFO)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 @contextmanager
 def replaced_atomically(*paths: str, directory: bool = False):
     """Temporary local paths beside `paths`, to write; each becomes its path when the block
     ends without an error, and all are removed when it fails: never a partial file behind.
 
     They get the modes a plain open() or mkdir() would give (not mkstemp's private ones).
-    `directory=True` makes them folders (whose path must not exist yet).
+    `directory=True` makes them folders (whose path must not exist yet). A path that is a
+    special file (/dev/stdout, a FIFO, a terminal) is written through, never replaced.
     """
     temporaries = []
     try:
         for path in paths:
+            if is_special_file(path) and not directory:
+                temporaries.append(path)
+                continue
             folder = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(folder):
                 raise UsageError(f"--output {path}: folder {folder} does not exist")
@@ -181,9 +224,12 @@ def replaced_atomically(*paths: str, directory: bool = False):
             temporaries.append(tmp)
         yield temporaries
         for tmp, path in zip(temporaries, paths, strict=False):
-            os.replace(tmp, path)  # a folder: onto a path that does not exist
+            if tmp != path:
+                os.replace(tmp, path)  # a folder: onto a path that does not exist
     except BaseException:
-        for tmp in temporaries:
+        for tmp, path in zip(temporaries, paths, strict=False):
+            if tmp == path:
+                continue  # a special file written through: nothing of ours to remove
             if os.path.isdir(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
             elif os.path.exists(tmp):

@@ -10,27 +10,39 @@ Every input yields one output row; failures become an `error` string "category: 
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from ..core.columns import ERROR, HEIGHT, IMAGE, PATH, SCALE, WIDTH
+from ..core.columns import ERROR, HEIGHT, IMAGE, INTERNAL_PREFIX, PATH, SCALE, WIDTH
 from ..core.errors import ImageError, one_line
-from ..core.identity import TAR_SEPARATOR
+from ..core.identity import TAR_SEPARATOR, from_text, split_member
 from ..core.reporting import DecodeReporter
-from ..core.storage import NotRegularFile, read_bytes_or_raise
+from ..core.storage import NotRegularFile, TooManyBytes, filesystem, is_local, read_bytes_or_raise
+from .limits import (
+    DECODE_TASK_BYTES,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DecodeMemory,
+    Limits,
+    decode_bytes,
+    sample_bytes,
+)
 from .manifests import INLINE_BYTES, LIST_ERROR, TAR_OFFSET, TAR_SIZE
 from .preprocessing import Preprocessing, WholeImage, check_resize, resize_center_crop, resize_pad
 
-DEFAULT_MAX_PIXELS = 100_000_000  # ~10k x 10k; larger inputs are refused before decoding
-JPEG_COLUMN = "_jpeg"  # --decode gpu: undecoded JPEG bytes for the device decoder (b"" = decoded here)
-PIXELS_COLUMN = "_pixels"  # --decode gpu: the crop's uint8 bytes where decoded here (b"" = a JPEG, or an error)
-RESIZED_COLUMNS = ("_resized_w", "_resized_h")  # --crop none: the image's part of its padded tensor
+# --decode gpu: undecoded JPEG bytes for the device decoder (b"" = decoded here), and the
+# crop's uint8 bytes where decoded here (b"" = a JPEG, or an error)
+JPEG_COLUMN, PIXELS_COLUMN = f"{INTERNAL_PREFIX}jpeg", f"{INTERNAL_PREFIX}pixels"
+# --crop none: the image's part of its padded tensor
+RESIZED_COLUMNS = (f"{INTERNAL_PREFIX}resized_w", f"{INTERNAL_PREFIX}resized_h")
 
 # A truncated file must fail loudly, never decode into grey padding.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -39,12 +51,16 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = None
 
 
-def read_image_bytes(uri: str, offset: int = -1, size: int = -1) -> bytes:
-    """Bytes of a file, or of a tar member (`shard.tar/key.jpg` at `offset` in the shard)."""
+def read_image_bytes(uri: str, offset: int = -1, size: int = -1, max_bytes: int | None = None) -> bytes:
+    """Bytes of a file, or of a tar member (`shard.tar/key.jpg` at `offset` in the shard);
+    a file over `max_bytes` is a too_large error, read no further than that."""
     if offset >= 0:
-        uri = uri[: uri.lower().rindex(TAR_SEPARATOR) + len(TAR_SEPARATOR) - 1]
+        uri = _shard_of(uri)
     try:
-        data = read_bytes_or_raise(uri, offset, size)
+        data = read_bytes_or_raise(uri, offset, size, max_bytes)
+    except TooManyBytes as exc:
+        held = f"{exc.size} bytes" if exc.size is not None else "more bytes"
+        raise ImageError("too_large", f"the file holds {held} than --max-bytes {exc.limit} allows") from None
     except FileNotFoundError:
         raise ImageError("not_found", "no such file") from None
     except IsADirectoryError:
@@ -60,8 +76,27 @@ def read_image_bytes(uri: str, offset: int = -1, size: int = -1) -> bytes:
     return data
 
 
+def _shard_of(member: str) -> str:
+    """The shard a tar member's path names: the first `.tar/` prefix that is a file (a member
+    may be named `inner.tar/x.jpg`)."""
+    found = split_member(member, _is_file)
+    return found[0] if found else member[: member.lower().index(TAR_SEPARATOR) + len(TAR_SEPARATOR) - 1]
+
+
+@functools.lru_cache(maxsize=256)  # a decode task reads many members of a few shards
+def _is_file(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    try:
+        return os.path.isfile(from_text(path)) if is_local(uri) else fs.isfile(path)
+    except OSError:
+        return False
+
+
 def _short(exc: BaseException, limit: int = 200) -> str:
     return one_line(exc, limit) or type(exc).__name__
+
+
+CONVERT_ROWS = 256  # 16- and 32-bit greys are scaled to 8 bits this many rows at a time
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -69,11 +104,16 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # 16-bit (or 32-bit int) grayscale: scale the full range to 8 bits instead of clipping.
-        arr = np.asarray(img, dtype=np.float64)
+        # 16-bit (or 32-bit int) grayscale: scale the full range to 8 bits instead of clipping,
+        # a band of rows at a time (a float64 copy of the whole image costs 8 bytes a pixel).
+        arr = np.asarray(img)
         peak = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        arr = np.clip(np.rint(arr * (255.0 / peak)), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, mode="L").convert("RGB")
+        grey = np.empty(arr.shape, dtype=np.uint8)
+        for top in range(0, arr.shape[0], CONVERT_ROWS):
+            rows = arr[top : top + CONVERT_ROWS].astype(np.float64)
+            grey[top : top + CONVERT_ROWS] = np.clip(np.rint(rows * (255.0 / peak)), 0, 255)
+        del arr
+        return Image.fromarray(grey, mode="L").convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")  # palette transparency must go through RGBA to be dropped cleanly
     return img.convert("RGB")
@@ -81,6 +121,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def decode_rgb(data: bytes, max_pixels: int) -> Image.Image:
     """Bytes -> RGB image with EXIF orientation applied; checks size before allocating."""
+    return to_rgb_oriented(open_checked(data, max_pixels))
+
+
+def open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    """The image's header, checked: at most `max_pixels` 8-bit pixels (a 16-bit sample counts
+    twice, a 32-bit one four times: what decoding holds grows with it), nothing decoded yet."""
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
@@ -88,10 +134,22 @@ def decode_rgb(data: bytes, max_pixels: int) -> Image.Image:
     except Exception as exc:
         raise ImageError("decode_error", _short(exc)) from None
     width, height = img.size
-    if width * height > max_pixels:
-        raise ImageError("too_large", f"{width}x{height} pixels exceeds the limit of {max_pixels}")
+    weight = sample_bytes(img.mode)
+    if width * height * weight > max_pixels:
+        if weight == 1:
+            raise ImageError("too_large", f"{width}x{height} pixels exceeds the limit of {max_pixels}")
+        raise ImageError(
+            "too_large",
+            f"{width}x{height} pixels of {8 * weight}-bit samples ({img.mode}) count as "
+            f"{width * height * weight} 8-bit pixels, over the limit of {max_pixels}",
+        )
     if width == 0 or height == 0:
         raise ImageError("decode_error", f"empty image {width}x{height}")
+    return img
+
+
+def to_rgb_oriented(img: Image.Image) -> Image.Image:
+    """A checked image decoded, turned by its EXIF orientation, in 8-bit RGB."""
     try:
         img.seek(0)  # first frame of animations and multi-page files
         img.load()
@@ -146,8 +204,14 @@ class Source:
 
 
 def load_one(
-    src: Source, prep: Preprocessing, max_pixels: int, defer_jpeg: bool = False, whole: WholeImage | None = None
+    src: Source,
+    prep: Preprocessing,
+    limits: Limits,
+    defer_jpeg: bool = False,
+    whole: WholeImage | None = None,
 ) -> DecodedImage:
+    """One input's row; `limits` bound what it may cost."""
+    max_pixels = limits.max_pixels
     width = height = None
     if src.list_error:
         return DecodedImage(None, None, None, src.list_error)
@@ -157,18 +221,21 @@ def load_one(
             if not data:
                 raise ImageError("empty_file", "file has 0 bytes")
         else:
-            data = read_image_bytes(src.path, src.offset, src.size)
+            data = read_image_bytes(src.path, src.offset, src.size, limits.max_bytes)
         size = device_decodable_size(data, max_pixels) if defer_jpeg else None
         if size is not None:
             check_resize(*size, prep, whole, max_pixels)
             return DecodedImage(None, size[0], size[1], None, jpeg=data)
-        img = decode_rgb(data, max_pixels)
-        width, height = img.size
+        header = open_checked(data, max_pixels)
+        width, height = header.size
         check_resize(width, height, prep, whole, max_pixels)
-        if whole is not None:
-            pixels, resized_w, resized_h = resize_pad(img, prep, whole)
-            return DecodedImage(pixels, width, height, None, resized=(resized_w, resized_h))
-        return DecodedImage(resize_center_crop(img, prep), width, height, None)
+        with limits.holding(decode_bytes(width, height, header.mode)):
+            img = to_rgb_oriented(header)
+            width, height = img.size
+            if whole is not None:
+                pixels, resized_w, resized_h = resize_pad(img, prep, whole)
+                return DecodedImage(pixels, width, height, None, resized=(resized_w, resized_h))
+            return DecodedImage(resize_center_crop(img, prep), width, height, None)
     except ImageError as exc:
         return DecodedImage(None, width, height, str(exc))
     except MemoryError:
@@ -180,7 +247,7 @@ def load_one(
 def decode_checked(data: bytes, prep: Preprocessing) -> DecodedImage:
     """The CPU path for JPEG bytes a decode task already checked against --max-pixels (and
     passed on): what the device path falls back to, and what its check compares with."""
-    return load_one(Source("", inline=data), prep, max_pixels=2**62)
+    return load_one(Source("", inline=data), prep, Limits(max_pixels=2**62, max_bytes=None))
 
 
 @dataclass(frozen=True)
@@ -208,9 +275,11 @@ class DecodeStage:
         io_threads: int = 4,
         whole: WholeImage | None = None,
         handoff: JpegHandoff | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        memory_bytes: int = DECODE_TASK_BYTES,
     ):
         self.prep = prep
-        self.max_pixels = max_pixels
+        self.max_pixels, self.max_bytes, self.memory_bytes = max_pixels, max_bytes, memory_bytes
         self.io_threads = io_threads
         self.whole = whole  # --crop none: variable shapes, rows ordered by shape
         self.handoff = handoff
@@ -218,11 +287,13 @@ class DecodeStage:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sources = _sources(batch)
         deferred = self._deferred(len(sources))
+        limits = Limits(self.max_pixels, self.max_bytes, DecodeMemory(self.memory_bytes))
+        load = partial(self._timed_load, limits)
         if self.io_threads > 1 and len(sources) > 1:
             with ThreadPoolExecutor(min(self.io_threads, len(sources))) as pool:
-                timed = list(pool.map(self._timed_load, sources, deferred))
+                timed = list(pool.map(load, sources, deferred))
         else:
-            timed = [self._timed_load(s, d) for s, d in zip(sources, deferred, strict=False)]
+            timed = [load(s, d) for s, d in zip(sources, deferred, strict=False)]
         decoded = [d for d, _ in timed]
         handoff = self.handoff
         if handoff is not None and handoff.reporter is not None:
@@ -282,10 +353,10 @@ class DecodeStage:
             share = handoff.reporter.cpu_decode_share()
         return [(i * 0.6180339887) % 1.0 >= (share or 0.0) for i in range(n)]
 
-    def _timed_load(self, src: Source, defer_jpeg: bool) -> tuple[DecodedImage, float]:
+    def _timed_load(self, limits: Limits, src: Source, defer_jpeg: bool) -> tuple[DecodedImage, float]:
         """The row, and this thread's CPU seconds for it (I/O waits are not counted)."""
         started = time.thread_time()
-        decoded = load_one(src, self.prep, self.max_pixels, defer_jpeg, self.whole)
+        decoded = load_one(src, self.prep, limits, defer_jpeg, self.whole)
         return decoded, time.thread_time() - started
 
 

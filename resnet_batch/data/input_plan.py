@@ -16,15 +16,15 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..core.columns import PATH
+from ..core.columns import INTERNAL_PREFIX, PATH
 from ..core.errors import UsageError, cannot
 from ..core.storage import filesystem, is_local, scheme_of
 from .manifests import open_manifest, read_manifest, read_split
 from .sources import (
-    GLOB_CHARS,
     drop_duplicate_paths,
     files_table,
     inline_memory_bytes,
+    is_glob,
     is_manifest,
     list_location,
     location_table,
@@ -76,7 +76,7 @@ class InputPlan:
 
     @property
     def extra_fields(self) -> tuple[pa.Field, ...]:
-        return tuple(f for f in self.schema if f.name != PATH and not f.name.startswith("_"))
+        return tuple(f for f in self.schema if f.name != PATH and not f.name.startswith(INTERNAL_PREFIX))
 
     @classmethod
     def of_table(cls, table: pa.Table) -> InputPlan:
@@ -109,7 +109,7 @@ def plan_inputs(inputs: list[str], path_column: str = PATH) -> InputPlan:
             units += [ReadUnit(SPLIT, s) for s in manifest.splits]
             schemas.append(manifest.extras)
             firsts.append(manifest.first_entry)
-        elif any(c in uri for c in GLOB_CHARS):
+        elif is_glob(uri):
             _refuse_empty_local_glob(uri)
             units.append(ReadUnit(GLOB, uri))  # expanded by its read task: the driver holds no match
             firsts.append(uri)

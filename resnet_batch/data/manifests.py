@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from ..core.columns import PATH, RESERVED_COLUMNS
+from ..core.columns import INTERNAL_PREFIX, PATH, RESERVED_COLUMNS
 from ..core.errors import UsageError, one_line
 from ..core.identity import as_text, from_text, member_escapes, normalise_local
 from ..core.storage import NotRegularFile, filesystem, is_local, open_regular, read_bytes_or_raise, scheme_of
@@ -35,7 +35,9 @@ GZIP_TAR_EXTENSIONS = (".tar.gz", ".tgz")
 # Internal columns (dropped before writing): where a tar member's bytes lie in its shard,
 # the bytes themselves for memory:// inputs, which live only in the driver's process, and
 # why a walked directory or shard could not be listed (its row carries that error).
-TAR_OFFSET, TAR_SIZE, INLINE_BYTES, LIST_ERROR = "_tar_offset", "_tar_size", "_bytes", "_list_error"
+TAR_OFFSET, TAR_SIZE, INLINE_BYTES, LIST_ERROR = (
+    f"{INTERNAL_PREFIX}{name}" for name in ("tar_offset", "tar_size", "bytes", "list_error")
+)
 TEXT_SPLIT_BYTES = 4 << 20  # ~50,000 lines: a split is listed, hashed and claimed in a fraction of a second
 CSV_BATCH_BYTES = 4 << 20
 
@@ -108,7 +110,7 @@ def _open_manifest(uri: str, path_column: str) -> Manifest:
     with _open(uri) as f:
         if lower.endswith(".csv"):
             reader = pacsv.open_csv(f, **_csv_options(path_column))
-            schema, head = reader.schema, reader.read_next_batch()
+            schema, head = reader.schema, next(iter(reader), None)  # a header alone: no rows
             splits = (ManifestSplit(uri, path_column),)
         else:
             parquet = pq.ParquetFile(f)
@@ -149,6 +151,54 @@ def _check_columns(uri: str, names: list[str], path_column: str) -> None:
     clash = RESERVED_COLUMNS.intersection(n for n in names if n != path_column)
     if clash:
         raise UsageError(f"manifest {uri} has columns that clash with output columns: {', '.join(sorted(clash))}")
+    internal = [n for n in names if n.startswith(INTERNAL_PREFIX)]
+    if internal:
+        raise UsageError(
+            f"manifest {uri} has columns named as resnet-batch's own ({', '.join(internal)}): "
+            f"rename them (names starting {INTERNAL_PREFIX!r} are reserved)"
+        )
+
+
+def _csv_batches(f, split: ManifestSplit) -> Iterator[pa.RecordBatch]:
+    """A CSV manifest's batches; a column whose values change type past the first block
+    (where Arrow infers its type) is a UsageError naming the column, the row and the value."""
+    reader = pacsv.open_csv(f, **_csv_options(split.path_column))
+    rows = 0
+    try:
+        for batch in reader:
+            rows += batch.num_rows
+            yield batch
+    except pa.ArrowInvalid as exc:
+        raise UsageError(_conversion_error(split, reader.schema, rows, exc)) from None
+
+
+def _conversion_error(split: ManifestSplit, schema: pa.Schema, rows: int, exc: Exception) -> str:
+    """Which column, row and value a CSV block failed to convert (read again as text)."""
+    bad = [f for f in schema if f.name != split.path_column and not pa.types.is_string(f.type)]
+    text = {f.name: pa.string() for f in bad}
+    with _open(split.uri) as f:
+        options = _csv_options(split.path_column)
+        options["convert_options"] = pacsv.ConvertOptions(column_types={split.path_column: pa.binary(), **text})
+        row = 0
+        for batch in pacsv.open_csv(f, **options):
+            for field in bad:
+                column = batch.column(field.name)
+                for i, value in enumerate(column.to_pylist()):
+                    if row + i >= rows and value is not None and not _converts(value, field.type):
+                        return (
+                            f"manifest {split.uri}: column {field.name!r} holds {value!r} on row {row + i + 1}, where "
+                            f"its first rows made it {field.type}; give the column one type (or quote its values)"
+                        )
+            row += batch.num_rows
+    return f"manifest {split.uri} cannot be read past row {rows}: {one_line(exc)}"
+
+
+def _converts(value: str, type_: pa.DataType) -> bool:
+    try:
+        pa.array([value]).cast(type_)
+        return True
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
 
 
 def _csv_options(path_column: str) -> dict:
@@ -173,15 +223,17 @@ def read_split(split: ManifestSplit) -> Iterator[pa.Table]:
         return
     with _open(split.uri) as f:
         if lower.endswith(".csv"):
-            batches = pacsv.open_csv(f, **_csv_options(split.path_column))
+            batches = _csv_batches(f, split)
         else:
             batches = pq.ParquetFile(f).iter_batches(row_groups=range(split.start, split.stop))
         for batch in batches:
             table = pa.Table.from_batches([batch])
-            entries = [(e or "").strip() for e in _entries(table.column(split.path_column))]
-            if not all(entries):  # as a .txt manifest's blank lines: no input (with its other columns)
-                table = table.filter(pa.array([bool(e) for e in entries]))
-                entries = [e for e in entries if e]
+            # An entry is taken as it is, spaces and all: only a blank one is no input (with
+            # its other columns), as a .txt manifest's blank lines.
+            entries = [e or "" for e in _entries(table.column(split.path_column))]
+            if not all(e.strip() for e in entries):
+                table = table.filter(pa.array([bool(e.strip()) for e in entries]))
+                entries = [e for e in entries if e.strip()]
             yield _with_paths(table.drop_columns([split.path_column]), entries, split.uri)
 
 
@@ -210,8 +262,9 @@ def _text_lines(split: ManifestSplit) -> list[str]:
     elif data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     # Undecodable bytes (a Latin-1 manifest) are kept as the bytes of the name they stand for.
-    lines = (line.decode("utf-8", "surrogateescape").strip() for line in data.split(b"\n"))
-    return [line for line in lines if line and not line.startswith("#")]
+    # A line is its entry, spaces and all, less a CRLF file's "\r"; a blank one is no input.
+    lines = (line.decode("utf-8", "surrogateescape").removesuffix("\r") for line in data.split(b"\n"))
+    return [line for line in lines if line.strip() and not line.startswith("#")]
 
 
 def read_manifest(uri: str, path_column: str = PATH) -> pa.Table:
@@ -245,9 +298,12 @@ def list_tar_members(uri: str) -> pa.Table:
         with _open(uri) as f, tarfile.open(fileobj=f, mode="r:") as tar:
             try:
                 for member in tar:
-                    if is_image(member.name) and not member.isdir():
+                    if (is_image(member.name) or member.name.lower().endswith(TAR_EXTENSIONS)) and not member.isdir():
                         members.pop(_member_key(member.name), None)  # the last of a name, in its own place
                         members[_member_key(member.name)] = _member_entry(member)
+                cut = _cut_header(f, tar.offset)
+                if cut:
+                    raise tarfile.ReadError(cut)
             except (OSError, EOFError, tarfile.TarError) as exc:
                 broken = (
                     f"cannot read tar shard {uri} past its first {len(members)} image members: "
@@ -275,10 +331,23 @@ def _member_key(name: str) -> str:
     return ("/" if name.startswith("/") else "") + "/".join(parts)
 
 
+def _cut_header(f, end: int) -> str | None:
+    """Why a shard whose members ended at `end` was cut inside a header, or None: Python's
+    tarfile takes a header cut short for the end of the archive, where a whole one would
+    be followed by zero blocks (or nothing)."""
+    f.seek(end)
+    rest = f.read(1024)
+    if rest.strip(b"\0"):
+        return f"a member's header is cut short at byte {end} ({len(rest)} bytes left)"
+    return None
+
+
 def _member_entry(member: tarfile.TarInfo) -> tuple[int, int, str | None]:
     """(offset, size, error) of an image member; an error where it cannot be read as one."""
     if member_escapes(member.name):
         return -1, -1, "unsafe_member: its name leaves the shard (absolute, or with ..); not read"
     if not member.isfile():
         return -1, -1, "not_a_file: a tar member that is a link or a device, not a regular file"
+    if member.name.lower().endswith(TAR_EXTENSIONS):
+        return -1, -1, "nested_shard: a tar shard inside a tar shard is not read; extract it and label it as a shard"
     return member.offset_data, member.size, None

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from ..core.columns import PATH
 from ..core.errors import UsageError, cannot, one_line
-from ..core.identity import as_text, normalise_local
+from ..core.identity import as_text, from_text, normalise_local
 from ..core.storage import NotRegularFile, filesystem, is_local, scheme_of
 from .manifests import (
     INLINE_BYTES,
@@ -37,6 +37,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GLOB_CHARS = "*?["
+
+
+def is_glob(uri: str) -> bool:
+    """A pattern only where nothing by that name exists: `photos[2024]` is that folder when
+    there is one, and `q[1].jpg` that file, never the names their brackets would match."""
+    if not any(c in uri for c in GLOB_CHARS):
+        return False
+    fs, path = filesystem(uri)
+    try:
+        return not (os.path.lexists(from_text(path)) if scheme_of(uri) == "" else fs.exists(path))
+    except (OSError, ValueError):
+        return True  # the pattern's own listing says what is wrong
 
 
 def is_manifest(uri: str) -> bool:
@@ -72,7 +84,7 @@ def list_location(uri: str) -> list[str]:
 
 def _list_location(uri: str) -> list[str]:
     fs, path = filesystem(uri)
-    if any(c in uri for c in GLOB_CHARS):
+    if is_glob(uri):
         # Anything but a folder: a FIFO or a broken link gets its row (and its error).
         found = [p for p in fs.glob(path) if not fs.isdir(p)]
         if not found:

@@ -31,6 +31,10 @@ STAGE_WIDTHS = {
     "wide_resnet101_2": BOTTLENECK_WIDTHS,
 }
 EMBEDDING_DIMS = {name: widths[-1] for name, widths in STAGE_WIDTHS.items()}
+# Peak memory of one 224x224 image's forward on a CPU, fp32, channels_last, inference mode
+# (MiB, measured by peak RSS at batch 16 and 64); it grows with the input's pixels, bf16
+# holds about half, wide ResNets twice.
+ACTIVATION_MIB_224 = {BASIC_WIDTHS: 6.0, BOTTLENECK_WIDTHS: 10.0}
 # --model none: no network, rows of zeros with resnet50's columns and sizes, so that a
 # benchmark measures what the pipeline itself costs (listing, decoding, moving, writing).
 NULL_MODEL = "none"
@@ -105,6 +109,15 @@ CHECKPOINT_FORMS = "a .pt/.pth/.safetensors file, a save_pretrained folder or hf
 STAGE_STRIDES = {stage: 2 ** int(stage[1]) for stage in STAGES}
 POOLED = "pooled"  # the classifier's input: c5 average-pooled, written as `embedding`
 FEATURES = (POOLED, *STAGES)
+
+
+def activation_bytes(model: str, pixels: int, precision: str) -> int:
+    """About what a CPU forward holds per image of `pixels` input pixels (0: the null model)."""
+    if model == NULL_MODEL:
+        return 0
+    mib = ACTIVATION_MIB_224.get(STAGE_WIDTHS.get(model, BOTTLENECK_WIDTHS), 10.0)
+    mib *= (2 if model.startswith("wide_") else 1) * (0.5 if precision in ("bf16", "fp16") else 1)
+    return int(mib * 2**20 * pixels / CROP_SIZE**2)
 
 
 def check_model(name: str) -> str:

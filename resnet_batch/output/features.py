@@ -14,7 +14,6 @@ size. Only pyarrow and numpy are needed; torch only for `as_torch=True`.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator
 
@@ -25,9 +24,9 @@ import pyarrow.dataset as pads
 
 from ..core.columns import ERROR, PATH, SCALE, SPATIAL_SHAPE, read_run_metadata
 from ..core.errors import UsageError
-from ..core.storage import join
 from .ownership import lease_state
-from .writer import FINISHED, RUN_FILE, OutputDir
+from .repair import copied_parts, damaged_parts
+from .writer import FINISHED, OutputDir
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +41,38 @@ def open_output(output: str) -> tuple[pads.Dataset, dict]:
     files = out.part_files()
     if not files:
         raise UsageError(f"{output} is not a resnet-batch output: it holds no resnet-batch part files (part-*.parquet)")
+    files = _readable(out, output, files)
     dataset = pads.dataset(files, filesystem=out.fs, format="parquet")
-    meta = read_run_metadata(dataset.schema)
-    if meta is None and out.fs.exists(join(out.path, RUN_FILE)):
-        with out.fs.open(join(out.path, RUN_FILE)) as f:
-            meta = json.load(f)
+    meta = read_run_metadata(dataset.schema) or out.run_record()
     _warn_if_partial(out, output)
     return dataset, meta or {}
+
+
+def _readable(out: OutputDir, output: str, files: list[str]) -> list[str]:
+    """The part files to read: less the damaged (a footer cut short) and the copies of
+    another (counted twice otherwise), each named in a warning."""
+    damaged = damaged_parts(out, files)
+    if damaged:
+        log.warning(
+            "%d part files of %s are damaged (e.g. %s: its footer cannot be read, as after a write cut short) and "
+            "are left out; `resnet-batch label ... --mode resume` sets them aside and labels their rows again",
+            len(damaged),
+            output,
+            damaged[0].rsplit("/", 1)[-1],
+        )
+    files = [f for f in files if f not in damaged]
+    copies = copied_parts(out, files)
+    if copies:
+        log.warning(
+            "%s holds copies of its part files (%s: named for other paths than those it holds) and they are left "
+            "out; move them out of the output",
+            output,
+            ", ".join(c.rsplit("/", 1)[-1] for c in copies[:3]),
+        )
+    files = [f for f in files if f not in copies]
+    if not files:
+        raise UsageError(f"{output} holds no readable part file")
+    return files
 
 
 def _warn_if_partial(out: OutputDir, output: str) -> None:

@@ -95,8 +95,18 @@ Seal = Callable[[str], list[str]]  # a stale writer's mark -> the names of its p
 class OutputLease:
     """`with OutputLease(fs, path, uri):` the output is this job's until the block ends."""
 
-    def __init__(self, fs: AbstractFileSystem, path: str, uri: str, local: bool, seal: Seal):
+    def __init__(
+        self,
+        fs: AbstractFileSystem,
+        path: str,
+        uri: str,
+        local: bool,
+        seal: Seal,
+        on_takeover: Callable[[dict], None] | None = None,
+    ):
         self.fs, self.path, self.uri, self.local = fs, path, uri, local
+        self.on_takeover = on_takeover  # told of each stale lease this job removed (what it recorded)
+        self.notes: dict = {}  # what the holder adds to its record (e.g. the Ray it started)
         self.lease = f"{path.rstrip('/')}/{LEASE_FILE}"
         self.token = uuid.uuid4().hex
         self.fence = Fence(self.lease, self.token, uri)
@@ -115,6 +125,7 @@ class OutputLease:
                 "pid": os.getpid(),
                 "started": self.started,
                 "renewed": time.time(),
+                **self.notes,
             }
         ).encode()
 
@@ -175,8 +186,16 @@ class OutputLease:
                 log.warning("taking over the stale lease of %s (%s)", self.uri, _describe(stale))
                 self._seal_parts_of(stale)
                 self._remove()
+                if self.on_takeover:
+                    self.on_takeover(stale)
         finally:
             self._remove(marker)
+
+    def note(self, **fields: str) -> None:
+        """Add `fields` to this job's lease record now (and at each renewal)."""
+        self.notes.update(fields)
+        self.fence.confirm(self.fs)
+        self._write_record()
 
     def _seal_parts_of(self, stale: dict) -> None:
         """The stale writer's parts as they are now, recorded before its lease goes: any
@@ -231,16 +250,19 @@ class OutputLease:
                 log.warning("could not read the lease %s: %s", self.lease, one_line(exc))
                 continue
             try:
-                if self.local:  # replaced whole: a reader never sees it half-written (that reads as stale)
-                    tmp = _beside(self.lease)
-                    with open(tmp, "wb") as f:
-                        f.write(self._record())
-                    os.replace(tmp, self.lease)
-                    continue
-                with self.fs.open(self.lease, "wb") as f:  # one PUT: whole or not at all
-                    f.write(self._record())
+                self._write_record()
             except OSError as exc:
                 log.warning("could not renew the lease %s: %s", self.lease, one_line(exc))
+
+    def _write_record(self) -> None:
+        if self.local:  # replaced whole: a reader never sees it half-written (that reads as stale)
+            tmp = _beside(self.lease)
+            with open(tmp, "wb") as f:
+                f.write(self._record())
+            os.replace(tmp, self.lease)
+            return
+        with self.fs.open(self.lease, "wb") as f:  # one PUT: whole or not at all
+            f.write(self._record())
 
     def _cleanup_dir(self) -> None:
         """A folder this job made for its lease, and left empty, is removed again."""

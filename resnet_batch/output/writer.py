@@ -18,17 +18,16 @@ import logging
 import re
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..core import checks
 from ..core.columns import ERROR, PATH, read_run_metadata
 from ..core.errors import UsageError, cannot, one_line
-from ..core.pathset import isin_sorted, path_hashes
 from ..core.storage import check_scheme, filesystem, is_local, join, scheme_of
 from .ownership import (
     FENCE_PREFIX,
@@ -114,7 +113,7 @@ class OutputDir:
         self.earlier_run: dict | None = None  # a resume's: the run record as it found it
         self.fence: Fence | None = None  # the lease this job's writes confirm (set by lease())
 
-    def _names(self) -> list[str]:
+    def names(self) -> list[str]:
         self.fs.invalidate_cache()  # object-store listings are cached per process
         if not self.fs.exists(self.path):
             return []
@@ -125,12 +124,25 @@ class OutputDir:
     def part_files(self) -> list[str]:
         """The parts whose rows count: every part, less those made visible after their writer
         lost the lease (fenced_parts)."""
-        names = self._names()
+        names = self.names()
         fenced = set(self._fenced(names))
         return sorted(join(self.path, n) for n in names if _is_part(n) and n not in fenced)
 
+    def rows_on_disk(self) -> int | None:
+        """The rows the output's readable part files hold now; None where the output is gone."""
+        try:
+            if not self.fs.exists(self.path):
+                return None
+            rows = 0
+            for part in self.part_files():
+                with self.fs.open(part, "rb") as f:
+                    rows += pq.read_metadata(f).num_rows
+            return rows
+        except (OSError, pa.ArrowException):
+            return None
+
     def fenced_parts(self) -> list[str]:
-        return self._fenced(self._names())
+        return self._fenced(self.names())
 
     def _fenced(self, names: list[str]) -> list[str]:
         """Parts of a writer whose lease was taken over, that were not there when it was."""
@@ -146,14 +158,14 @@ class OutputDir:
         return fenced
 
     def _parts_marked(self, mark: str) -> list[str]:
-        return [n for n in self._names() if (m := OUR_PART.fullmatch(n)) and m.group("mark") == mark]
+        return [n for n in self.names() if (m := OUR_PART.fullmatch(n)) and m.group("mark") == mark]
 
     def misnamed_parts(self) -> list[str]:
         """Part files not named as write_part names them (its hash of the paths they hold):
         copies, or renamed, whose rows are counted twice where the original is there too."""
         return [
             n
-            for n in self._names()
+            for n in self.names()
             if n.startswith(PART_PREFIX) and n.endswith(PART_SUFFIX) and not OUR_PART.fullmatch(n)
         ]
 
@@ -166,11 +178,14 @@ class OutputDir:
             or (name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX))
         )
 
-    def lease(self) -> OutputLease:
+    def lease(self, on_takeover: Callable[[dict], None] | None = None) -> OutputLease:
         """The output as this job's alone while the lease is held (output/ownership.py); from
         now on every file this OutputDir (and its copies in write tasks) makes visible first
-        confirms the lease is still this job's."""
-        lease = OutputLease(self.fs, self.path, self.uri, self.atomic_rename, seal=self._parts_marked)
+        confirms the lease is still this job's. `on_takeover(record)`: told of a stale lease
+        this job removed."""
+        lease = OutputLease(
+            self.fs, self.path, self.uri, self.atomic_rename, seal=self._parts_marked, on_takeover=on_takeover
+        )
         self.fence = lease.fence
         return lease
 
@@ -182,8 +197,8 @@ class OutputDir:
         """Refuse, before any work, what --mode does not allow; changes nothing."""
         checks.one_of("--mode", mode, MODES)
         refuse_inside_job_output(self.uri, "--output", strictly_inside=True)
-        with self._as_usage_error():
-            names = [n for n in self._names() if n != LEASE_FILE]
+        with self.as_usage_error():
+            names = [n for n in self.names() if n != LEASE_FILE]
             ours = [n for n in names if self._named_like_ours(n)]
             # Foreign data, which no mode would help with (error mode reads no footer of a part named as ours)
             self._refuse_foreign_data(names, read_ours=mode != "error")
@@ -205,7 +220,7 @@ class OutputDir:
                 or (OUR_PART.fullmatch(name) and not read_ours)
             ):
                 return False
-            return not (name.startswith(PART_PREFIX) and self._footer(name) != "foreign")
+            return not (name.startswith(PART_PREFIX) and self.footer(name) != "foreign")
 
         foreign = [n for n in names if is_foreign(n)]
         foreign += self._nested_parquet(names)
@@ -227,15 +242,15 @@ class OutputDir:
                     found.append(relative)
         return found
 
-    def _footer(self, name: str) -> str:
+    def footer(self, name: str) -> str:
         """ "ours" (a run description in its footer), "damaged" (named as ours, footer unreadable:
         a truncated write), or "foreign"."""
         part = join(self.path, name)
         if self._run_of(part) is not None:
             return "ours"
-        return "damaged" if OUR_PART.fullmatch(name) and self._unreadable(part) else "foreign"
+        return "damaged" if OUR_PART.fullmatch(name) and self.unreadable(part) else "foreign"
 
-    def _unreadable(self, part: str) -> bool:
+    def unreadable(self, part: str) -> bool:
         try:
             with self.fs.open(part, "rb") as f:
                 pq.read_schema(f)
@@ -243,71 +258,9 @@ class OutputDir:
         except (OSError, pa.ArrowException, ValueError):
             return True
 
-    def set_aside_fenced(self) -> None:
-        """Parts made visible after their writer lost the lease are renamed `_fenced-...`
-        (readers skip them); the inputs they hold are labeled by the job holding the lease."""
-        with self._as_usage_error():
-            fenced = self.fenced_parts()
-            for name in fenced:
-                self.fs.mv(join(self.path, name), join(self.path, FENCED_PREFIX + name))
-        if fenced:
-            log.warning(
-                "%d part files of %s were written by a job after it had lost the output's lease: moved to %s..., "
-                "never counted",
-                len(fenced),
-                self.uri,
-                FENCED_PREFIX,
-            )
-
-    def set_aside_repeats(self, repeated: np.ndarray) -> int:
-        """Keep one row of each input in `repeated` (path hashes: inputs the output holds more
-        than one row of), the first in part-name order; a part holding later ones is written
-        again without them (a new name), then renamed `_repeats-...` (readers skip it). A
-        stop half-way leaves repeats that the next resume sets aside. The rows set aside."""
-        kept: set[bytes] = set()
-        dropped = 0
-        with self._as_usage_error():
-            for part in self.part_files():
-                with self.fs.open(part, "rb") as f:
-                    table = pq.read_table(f)
-                hashes = path_hashes(table.column(PATH).to_pylist())
-                drop = np.zeros(len(hashes), dtype=bool)
-                for i in np.flatnonzero(isin_sorted(hashes, repeated)):
-                    drop[i] = hashes[i] in kept
-                    kept.add(hashes[i])
-                if not drop.any():
-                    continue
-                if not drop.all():
-                    self.write_part(table.filter(pa.array(~drop)))
-                name = part.rsplit("/", 1)[-1]
-                self.fs.mv(part, join(self.path, REPEATS_PREFIX + name))
-                dropped += int(drop.sum())
-        log.warning(
-            "%s held %d rows beyond the first for %d inputs: one row of each is kept, and the parts that held "
-            "the others were set aside as %s... (their other rows written again)",
-            self.uri,
-            dropped,
-            len(repeated),
-            REPEATS_PREFIX,
-        )
-        return dropped
-
-    def set_aside_damaged(self) -> None:
-        """Resume: part files of ours that cannot be read are renamed `_damaged-...` (readers
-        skip them) and their rows are labeled again."""
-        self.set_aside_fenced()
-        with self._as_usage_error():
-            for name in self._names():
-                if name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX) and self._footer(name) == "damaged":
-                    self.fs.mv(join(self.path, name), join(self.path, DAMAGED_PREFIX + name))
-                    self._runs.pop(join(self.path, name), None)
-                    log.warning(
-                        "%s is damaged (its footer cannot be read, as after a write cut short): moved to "
-                        "%s%s; its rows are labeled again",
-                        join(self.uri, name),
-                        DAMAGED_PREFIX,
-                        name,
-                    )
+    def forget(self, part: str) -> None:
+        """A part file moved away: its footer is no longer this output's."""
+        self._runs.pop(part, None)
 
     def _run_of(self, part: str) -> dict | None:
         """The run description in a part file's footer; None for a file this tool did not write."""
@@ -322,8 +275,8 @@ class OutputDir:
     def begin(self, mode: str, run_info: dict) -> None:
         """Apply --mode and record the run: called when the first rows are about to be saved,
         so that a job that fails before then leaves the output as it found it."""
-        with self._as_usage_error():
-            for name in self._names():
+        with self.as_usage_error():
+            for name in self.names():
                 if name == LEASE_FILE or not self._named_like_ours(name):
                     continue  # our lease, and files that are not ours (check() refused foreign Parquet)
                 if mode == "overwrite" or OUR_TMP.fullmatch(name):
@@ -343,14 +296,18 @@ class OutputDir:
             record.update({k: earlier[k] for k in RESOLVED_KEYS if k in earlier})
         elif isinstance(earlier.get("ran"), list):
             record["ran"] = earlier["ran"] + [r for r in record["ran"] if r not in earlier["ran"]]
-        with self._as_usage_error():
+        with self.as_usage_error():
             self._confirm_fence()
-            with self.fs.open(join(self.path, RUN_FILE), "w") as f:
+            run_file = join(self.path, RUN_FILE)
+            if self.fs.isdir(run_file):  # in the way of the record: set aside, never deleted
+                self.fs.mv(run_file, join(self.path, DAMAGED_PREFIX + RUN_FILE), recursive=True)
+                log.warning("%s was a folder: moved to %s%s", join(self.uri, RUN_FILE), DAMAGED_PREFIX, RUN_FILE)
+            with self.fs.open(run_file, "w") as f:
                 json.dump(record, f, indent=1, sort_keys=True)
 
     def run_record(self) -> dict | None:
         """The run record as an object, or None where there is none or it is damaged (said once)."""
-        if RUN_FILE not in self._names():
+        if RUN_FILE not in self.names():
             return None
         try:
             with self.fs.open(join(self.path, RUN_FILE), "r") as f:
@@ -360,6 +317,8 @@ class OutputDir:
             problem = f"a JSON {type(record).__name__}, not an object"
         except (ValueError, UnicodeDecodeError) as exc:
             problem = one_line(exc)
+        except IsADirectoryError:
+            problem = "a folder, not a file"
         log.warning(
             "the run record %s is damaged (%s): the part files' footers say what made the rows, and this "
             "run rewrites it",
@@ -369,7 +328,7 @@ class OutputDir:
         return None
 
     @contextmanager
-    def _as_usage_error(self):
+    def as_usage_error(self):
         try:
             yield
         except (UsageError, FileExistsError):
@@ -381,7 +340,7 @@ class OutputDir:
         """Refuse to resume a run whose results were computed with other settings: the run
         record says what the first run was, and every part file's footer what made its rows
         (a run record can be lost; the rows cannot lie)."""
-        with self._as_usage_error():
+        with self.as_usage_error():
             records = [(part.rsplit("/", 1)[-1], self._run_of(part)) for part in self.part_files()]
             if not records:  # no rows yet: the run record is all there is (the footers decide otherwise)
                 record = self.run_record()

@@ -32,7 +32,7 @@ from ..core import checks
 from ..core.columns import ENTROPY, ERROR, MARGIN, NEEDS_REVIEW, PATH, TOPK_LABELS, TOPK_PROBS
 from ..core.errors import UsageError
 from ..core.identity import TAR_SEPARATOR, from_text, member_escapes, split_member
-from ..core.storage import filesystem, is_local, replaced_atomically
+from ..core.storage import filesystem, is_local, is_special_file, replaced_atomically
 from ..data.manifests import TAR_OFFSET, TAR_SIZE, list_tar_members
 from ..output.features import batches, open_output
 from ..output.ownership import check_tool_target
@@ -69,7 +69,7 @@ def _rows(dataset: pyarrow.dataset.Dataset, rows: str, progress: Callable[[int, 
 def label_studio_image(path: str, local_root: str) -> str:
     """The image reference Label Studio resolves: cloud URIs as they are; local files through
     its local-files serving, relative to its LOCAL_FILES_DOCUMENT_ROOT (`local_root`), the
-    name URL-encoded (a `&`, `#`, `%` or `+` in it would otherwise name another file)."""
+    name's bytes URL-encoded (a `&`, `#`, `%` or `+` in it would otherwise name another file)."""
     if tar_member(path):
         raise UsageError(
             f"{path} is a member of a tar shard, which Label Studio cannot serve; "
@@ -77,8 +77,10 @@ def label_studio_image(path: str, local_root: str) -> str:
         )
     if not is_local(path):
         return path
-    relative = os.path.relpath(path.removeprefix("file://"), local_root)
-    if relative.startswith(".."):
+    # The file's own bytes, not the `\xNN` spelling of a non-UTF-8 name (identity.as_text):
+    # a file literally named like that spelling would open instead.
+    relative = os.path.relpath(os.fsencode(from_text(path.removeprefix("file://"))), os.fsencode(local_root))
+    if relative.startswith(b".."):
         raise UsageError(f"{path} is outside --local-files-root {local_root}")
     return f"/data/local-files/?d={quote(relative, safe='/')}"
 
@@ -141,6 +143,11 @@ def config_path(target: str) -> str:
 def export_label_studio(
     output: str, target: str, rows: str = "all", local_root: str | None = None, progress: Callable | None = None
 ) -> int:
+    if is_special_file(target):
+        raise UsageError(
+            f"--output {target} is not a regular file, and --format label-studio writes its labeling config "
+            "beside its tasks: name a file (--format csv writes through a pipe or /dev/stdout)"
+        )
     dataset, run = _open(output, rows)
     if local_root is None:
         local_root = "/"

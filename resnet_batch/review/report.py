@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..core.identity import TAR_SEPARATOR
@@ -107,8 +108,11 @@ def saved_over_time(output: str) -> tuple[dict, list[tuple[float, int]]]:
     stamps = []
     for part in out.part_files():
         when = modified_at(out.fs, part)
-        with out.fs.open(part, "rb") as f:
-            rows = pq.ParquetFile(f).metadata.num_rows
+        try:
+            with out.fs.open(part, "rb") as f:
+                rows = pq.ParquetFile(f).metadata.num_rows
+        except (OSError, pa.ArrowException):
+            continue  # damaged: open_output has said so
         if when is not None:
             stamps.append((when, rows))
     stamps.sort()

@@ -7,6 +7,7 @@ values and the flags are checked alike.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 from collections.abc import Sequence
 
@@ -122,7 +123,17 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
         "node's cores and its GPU share the decoding; auto sets it from the decode and forward "
         "rates measured as the job runs (default auto)",
     )
-    run.add_argument("--max-pixels", type=int, help="refuse images with more pixels (default 100000000)")
+    run.add_argument(
+        "--max-pixels",
+        type=int,
+        help="refuse images with more pixels, a 16-bit sample counting as two pixels, a 32-bit one as four "
+        "(default 100000000)",
+    )
+    run.add_argument(
+        "--max-bytes",
+        type=int,
+        help="refuse (too_large) a file larger than this many bytes, before it is read whole (default 536870912)",
+    )
     run.add_argument(
         "--checkpoint-every",
         type=float,
@@ -386,12 +397,34 @@ def resume_command(argv: list[str]) -> str:
         if not argv[i].startswith("--mode="):
             args.append(argv[i])
         i += 1
+    # Before a `--`, after which every word is an INPUT.
+    at = args.index("--") if "--" in args else len(args)
+    args[at:at] = ["--mode", "resume"]
     from .submit import submitted_from
 
     server = submitted_from()
     if server:  # a job on a cluster is resumed there, as it was started
-        return shlex.join(["resnet-batch", "submit", "--address", server, "--", *args, "--mode", "resume"])
-    return shlex.join(["resnet-batch", *args, "--mode", "resume"])
+        return shell_join(["resnet-batch", "submit", "--address", server, "--", *args])
+    return shell_join(["resnet-batch", *args])
+
+
+def shell_join(words: list[str]) -> str:
+    """A command line a shell runs as `words`: a word whose bytes are not UTF-8 (a name's
+    undecodable bytes, carried as surrogates) in bash's $'...' quoting, byte for byte."""
+    return " ".join(shlex.quote(w) if w.isprintable() and _utf8(w) else _ansi_c(w) for w in words)
+
+
+def _utf8(word: str) -> bool:
+    try:
+        word.encode()
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _ansi_c(word: str) -> str:
+    raw = os.fsencode(word)
+    return "$'" + "".join(chr(b) if 32 <= b < 127 and b not in b"'\\" else f"\\x{b:02x}" for b in raw) + "'"
 
 
 def split_job_command(argv: list[str]) -> tuple[list[str], list[str]]:

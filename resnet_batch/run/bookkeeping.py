@@ -28,6 +28,7 @@ from ..core.ledger import Ledger, bucket_of
 from ..core.pathset import path_hashes
 from ..core.storage import is_local
 from ..data.input_plan import WALK, InputPlan
+from ..output.repair import set_aside_repeats
 from ..output.writer import OutputDir
 from .listing import count_pending, read_unit
 
@@ -120,6 +121,9 @@ class Books:
     def seal_done(self) -> None:
         self._wait(*(self._call(b, "seal_done") for b in range(len(self.buckets))))
 
+    def forget_claims(self) -> None:
+        self._wait(*(self._call(b, "forget_claims") for b in range(len(self.buckets))))
+
     def repeated_done(self) -> np.ndarray:
         found = [self._call(b, "repeated_done") for b in range(len(self.buckets))]
         return np.concatenate(found if self.local else ray.get(found))
@@ -180,7 +184,7 @@ def load_done_once(out: OutputDir, make_books: Callable[[], Books]) -> Books:
     repeated = books.repeated_done()
     if not len(repeated):
         return books
-    out.set_aside_repeats(repeated)
+    set_aside_repeats(out, repeated)
     return load_done(out, make_books())
 
 

@@ -299,7 +299,8 @@ def _command(args: argparse.Namespace, console: Console, argv: list[str]) -> int
     try:
         return COMMANDS[args.command](args, console)
     except (UsageError, WeightsUnavailableError) as exc:
-        console.failed(str(exc))
+        # Raised in a Ray task: its own words (one line), not the traceback and advice Ray adds.
+        console.failed(str(root_cause(exc)).splitlines()[0])
         return EXIT_USAGE
     except Interrupted as stop:
         done = f"{stop.saved} images labeled and saved" + (
@@ -317,10 +318,13 @@ def _command(args: argparse.Namespace, console: Console, argv: list[str]) -> int
         return EXIT_INCOMPLETE
     except SaveFailed as failed:
         traceback.print_exc()  # to the log file
-        console.failed(
-            f"{type(failed.cause).__name__}: {failed}: the output holds the {failed.saved} rows saved "
-            f"before it; once there is room: {resume_command(argv)}"
-        )
+        if failed.on_disk is None:
+            console.failed(f"{type(failed.cause).__name__}: {failed}: the output is gone (removed during the run?)")
+        else:
+            console.failed(
+                f"{type(failed.cause).__name__}: {failed}: the output holds {failed.on_disk} rows; once there is "
+                f"room: {resume_command(argv)}"
+            )
         return EXIT_INCOMPLETE
     except Exception as exc:  # a bug or an environment failure: one line here, the traceback in the log
         traceback.print_exc()  # to the log file (or the terminal with -v)

@@ -17,7 +17,7 @@ from typing import Any
 from ..core import checks
 from ..core.columns import EMBEDDING_DTYPES, PATH, SPATIAL_STAGES
 from ..core.errors import UsageError, one_line
-from ..data.decode import DEFAULT_MAX_PIXELS
+from ..data.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from ..data.preprocessing import GPU_DECODERS
 from ..model.registry import FEATURES, POOLED, check_model
 from ..output.writer import MODES
@@ -95,6 +95,7 @@ class ExecutionOptions:
     # from the rates measured as the job runs (run/decode_share.py).
     cpu_decode_share: float | str = "auto"
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
     rows_per_file: int = 10_000
     checkpoint_every: float = 60.0  # seconds: finished rows wait at most this long to be saved
     progress_every: float = 30.0  # seconds between progress lines when not in a terminal
@@ -111,6 +112,7 @@ class ExecutionOptions:
         checks.whole_number_or_auto("--threads-per-worker", self.threads_per_worker)
         checks.whole_number_or_auto("--io-threads", self.io_threads)
         checks.whole_number("--max-pixels", self.max_pixels)
+        checks.whole_number("--max-bytes", self.max_bytes)
         checks.seconds("--checkpoint-every", self.checkpoint_every)
         checks.seconds("--progress-every", self.progress_every)
         checks.seconds("--wait-for-resources", self.wait_for_resources)

@@ -34,7 +34,7 @@ class _BarSafeHandler(logging.StreamHandler):
         from tqdm import tqdm
 
         try:
-            tqdm.write(self.format(record), file=self.stream)
+            tqdm.write(printable(self.format(record)), file=self.stream)
         except Exception:  # logging must never raise into the job
             self.handleError(record)
 
@@ -61,8 +61,9 @@ class Console:
             return
         sys.stdout.flush()
         sys.stderr.flush()
-        self.out = os.fdopen(os.dup(1), "w", buffering=1)
-        self.err = os.fdopen(os.dup(2), "w", buffering=1)
+        # As Python's own stderr: a character the terminal's encoding lacks never raises.
+        self.out = os.fdopen(os.dup(1), "w", buffering=1, errors="backslashreplace")
+        self.err = os.fdopen(os.dup(2), "w", buffering=1, errors="backslashreplace")
         self.log_path = default_log_path(command)
         self._saved_fds = (os.dup(1), os.dup(2))
         log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -89,7 +90,7 @@ class Console:
         self._attached.append((logger, handler))
 
     def print(self, line: str = "", error: bool = False) -> None:
-        print(line, file=self.err if error else self.out, flush=True)
+        print(printable(line), file=self.err if error else self.out, flush=True)
 
     @contextmanager
     def progress(self, every_s: float, launched: float):
@@ -157,6 +158,11 @@ class Console:
             self.err.close()
         if self.log_path and not self.has_logs():
             os.remove(self.log_path)
+
+
+def printable(line: str) -> str:
+    """A line a UTF-8 terminal takes: a name's undecodable bytes (surrogates) as \\xNN."""
+    return line.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @contextmanager

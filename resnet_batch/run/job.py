@@ -22,6 +22,8 @@ from ..core.storage import is_local
 from ..data.input_plan import InputPlan, plan_inputs
 from ..data.sources import list_inputs
 from ..model.registry import check_weights_argument
+from ..output import repair
+from ..output.ownership import OutputLease
 from ..output.writer import FINISHED, OutputDir
 from ..review.evaluate import EvalReport, attach_labels, score
 from . import pipeline, ray_session
@@ -102,10 +104,10 @@ def _label(run: LabelRun, table: pa.Table | None) -> LabelSummary:
         report(Snapshot(0, 0, 0, True, 0, 0.0, phase="checking the output"))
         out = OutputDir(cfg.output)
         out.check(cfg.mode)
-        held.enter_context(out.lease())  # one writer at a time, until the run has ended
+        lease = held.enter_context(out.lease(on_takeover=ray_session.end_leftovers))  # one writer at a time
         out.check(cfg.mode)  # again: another job may have written there before it let go
         if cfg.mode == "resume":
-            out.set_aside_damaged()
+            repair.set_aside_damaged(out)
         report(Snapshot(0, 0, 0, True, 0, 0.0, phase="listing the inputs"))
         plan = _plan_inputs(cfg, table)
         if cfg.compute.labels:
@@ -113,21 +115,24 @@ def _label(run: LabelRun, table: pa.Table | None) -> LabelSummary:
         books, pending = Books.in_process(), len(plan.units)
         if cfg.mode == "resume" and plan.units:
             books, pending, started_ray = _count_resume(cfg, out, plan, report)
+            _note_ray(lease, started_ray)
         if pending and books.local:  # (books on Ray: a resume counted there, Ray is up)
             report(Snapshot(0, 0, 0, True, 0, 0.0, phase="starting Ray"))
             started_ray = pipeline.start_ray(cfg.execution.address)
+            _note_ray(lease, started_ray)
             # A resume counted here hands its books over as they stand.
             books = Books.on_ray(books if cfg.mode == "resume" else None)
         saver = run.saver = _saver(cfg, out, weights, plan)
         if pending:
             _execute(run, weights.result(), plan, books)
         saver.ensure_begun()  # a run that labeled nothing still applies --mode (overwrite replaces)
-        out.set_aside_fenced()  # parts a job that lost the lease made visible during this run
+        repair.set_aside_fenced(out)  # parts a job that lost the lease made visible during this run
         checking = time.time()
-        check = check_output(out, books)
-        timeline.check_s = time.time() - checking
-        misnamed = out.misnamed_parts() if check.duplicates else []
-        _record_finished(out, saver, check, timeline)
+        with ray_session.signals_deferred():  # every row is saved: a stop now waits for the check's end
+            check = check_output(out, books)
+            timeline.check_s = time.time() - checking
+            misnamed = out.misnamed_parts() if check.duplicates else []
+            _record_finished(out, saver, check, timeline)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         if started_ray:
@@ -150,6 +155,14 @@ def _label(run: LabelRun, table: pa.Table | None) -> LabelSummary:
         misnamed=misnamed,
         errors_before=books.errors_loaded,
     )
+
+
+def _note_ray(lease: OutputLease, started: bool) -> None:
+    """The local Ray this job started, in its lease: if the job dies, the job that takes the
+    output over ends what its Ray left running (ray_session.end_leftovers)."""
+    session = ray_session.own_session() if started else None
+    if session:
+        lease.note(ray_session=session)
 
 
 def _record_finished(out: OutputDir, saver: Saver, check: OutputCheck, timeline: Timeline) -> None:
@@ -224,6 +237,8 @@ def _count_resume(cfg: LabelConfig, out: OutputDir, plan: InputPlan, report: Rep
         books = load_done_once(out, Books.on_ray)
         pending = count_on_ray(plan, books)
     log.info("resume: %d inputs still to label", pending)
+    if pending:
+        books.forget_claims()  # the pipeline's listing claims them again, as it finds them then
     return books, pending, started_ray
 
 

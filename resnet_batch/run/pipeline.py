@@ -25,7 +25,7 @@ import ray.data
 from ray.data import ActorPoolStrategy
 from ray.data.datasource import Datasource, ReadTask
 
-from ..core.errors import Interrupted, LeaseLost, SaveFailed, root_cause
+from ..core.errors import Interrupted, LeaseLost, SaveFailed, one_line, root_cause
 from ..data.decode import JpegHandoff, LowPriorityDecode, to_idle_priority
 from ..data.input_plan import InputPlan
 from ..model.actor import PredictorActor
@@ -159,7 +159,7 @@ def execute(plan: ExecutionPlan, inputs: InputPlan, books: Books, run: LabelRun)
         if isinstance(exc, ray.exceptions.RayActorError) and exc.actor_init_failed:
             raise counter.start_failure() or exc from None
         if isinstance(root_cause(exc), OSError):  # the part files' writes: a full disk, a lost bucket
-            raise SaveFailed(root_cause(exc), saver.saved) from exc
+            raise SaveFailed(root_cause(exc), saver.out.rows_on_disk()) from exc
         raise
     finally:
         timeline.actor_phases, timeline.decoding, timeline.placements = counter.starts_and_decoding()
@@ -227,11 +227,18 @@ class DriverLoop:
 
 
 def _save_on_stop(saver: Saver, exc: BaseException, done: int) -> None:
+    """Save what is finished (at most SAVE_ON_INTERRUPT_S); a second signal meanwhile waits
+    for it, so that the stop's count is what the output holds."""
     log.debug("stopping (%s): saving %d finished rows", type(exc).__name__, done - saver.saved)
-    try:
-        saver.finish(timeout_s=SAVE_ON_INTERRUPT_S)
-    except Exception:
-        log.warning("the rows finished before the stop could not be saved", exc_info=True)
+    with ray_session.signals_deferred(redeliver=False):
+        try:
+            saver.finish(timeout_s=SAVE_ON_INTERRUPT_S)
+        except Exception as failed:
+            log.debug("saving on stop", exc_info=True)
+            if not isinstance(root_cause(exc), OSError):  # a failed save says so in the job's last line
+                log.warning(
+                    "the rows finished before the stop could not be saved: %s", one_line(root_cause(failed), 300)
+                )
 
 
 def add_stages(ds: ray.data.Dataset, plan: ExecutionPlan, schema: pa.Schema, progress: ActorHandle):
@@ -247,10 +254,12 @@ def add_stages(ds: ray.data.Dataset, plan: ExecutionPlan, schema: pa.Schema, pro
                 plan.io_threads,
                 whole=plan.whole_image,
                 handoff=JpegHandoff(plan.cpu_decode_share, CounterReports(progress)) if plan.decode_on_device else None,
+                max_bytes=plan.max_bytes,
             ),
             batch_size=None,  # one block (BLOCKS_PER_BATCH batches) per decode task
             batch_format="numpy",
             num_cpus=1,  # Ray's default retries (3) bound a decode task's; an argument would stop the fusion below
+            memory=plan.memory.decode_task if plan.memory else None,  # as many at once as a node holds
         )
         # A decode task's block leaves it cut into batches (Ray fuses this into the task), so
         # each model call is one batch and its rows reach the driver, the saver and the bar

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..core.errors import UsageError
+from ..data.limits import DEFAULT_MAX_BYTES
 from ..data.preprocessing import DEVICE_FILTERS, WholeImage
 from ..model.registry import NULL_MODEL
 from ..model.settings import InferenceSettings, cpu_has_native_bf16
 from .config import ExecutionOptions, LabelConfig
 from .description import whole_image
+from .memory import MemoryPlan, plan_memory
 
 if TYPE_CHECKING:
     from ..model.weights import ResolvedWeights
@@ -40,6 +42,7 @@ class Cluster:
     cpus_per_node: int  # the fewest CPUs of those nodes
     cpu_bf16: bool  # every one of those nodes has native bf16 instructions
     gpu_nodes: int = 0  # alive nodes with at least one GPU
+    memory_per_node: int = 0  # bytes Ray may give workers on the smallest CPU node (0: unknown)
 
     def describe(self) -> str:
         cpus = (
@@ -86,6 +89,8 @@ class ExecutionPlan:
     decode_cores_per_actor: int = 1  # the cores a model actor's share of CPU decoding runs on
     cluster: Cluster | None = None  # what the plan was made for
     wait_for_resources_s: float = 600.0  # how long the job may wait for what its actors need
+    max_bytes: int = DEFAULT_MAX_BYTES  # bytes read per input at most
+    memory: MemoryPlan | None = None  # what the actors and decode tasks hold
 
     @property
     def needs(self) -> PoolNeeds:
@@ -106,6 +111,7 @@ class ExecutionPlan:
             f"listing and claiming inputs); {self.io_threads} file fetch thread"
             f"{'s' if self.io_threads != 1 else ''} per decode task",
             "  saving: part files written by tasks of 0 CPUs as batches finish",
+            *([self.memory.line()] if self.memory else []),
         ]
 
     def _actors(self) -> str:
@@ -171,6 +177,18 @@ def make_plan(
         warmup_batch=batch_size,
         gpu_decoder=execution.gpu_decoder if on_device else None,
     )
+    whole = whole_image(compute, resolved)
+    memory = plan_memory(
+        compute.model,
+        precision,
+        whole.resize * whole.max_size if whole else resolved.preprocessing.crop_size**2,
+        batch_size,
+        calls,
+        batch_size * BLOCKS_PER_BATCH,
+        on_gpu,
+        cluster.memory_per_node,
+        -(-actors // max(1, cluster.gpu_nodes if on_gpu else cluster.cpu_nodes)),
+    )
     return ExecutionPlan(
         actors=actors,
         gpus_per_actor=int(on_gpu),
@@ -184,12 +202,14 @@ def make_plan(
         cpu_decode_share=None if execution.cpu_decode_share == "auto" else float(execution.cpu_decode_share),
         io_threads=execution.io_threads or (1 if local_inputs else REMOTE_IO_THREADS),
         max_pixels=execution.max_pixels,
-        whole_image=whole_image(compute, resolved),
+        whole_image=whole,
         inference=settings,
         read_tasks=max(1, min(MAX_READ_TASKS, cluster.cpu_nodes * cluster.cpus_per_node // CPUS_PER_READ_TASK)),
         decode_cores_per_actor=max(1, cluster.cpu_nodes * cluster.cpus_per_node // actors - 1),
         cluster=cluster,
         wait_for_resources_s=execution.wait_for_resources,
+        max_bytes=execution.max_bytes,
+        memory=memory,
     )
 
 

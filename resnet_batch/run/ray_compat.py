@@ -92,6 +92,11 @@ def started_node():
     return getattr(ray._private.worker, "_global_node", None)
 
 
+def session_name(node: object) -> str | None:
+    """The session of a node this process started (`session_...`, in its processes' command lines)."""
+    return getattr(node, "session_name", None)
+
+
 def node_processes(node: object, kind: str | None = None) -> list:
     """The subprocess handles of `node`'s processes (of one kind, e.g. "monitor")."""
     processes = getattr(node, "all_processes", {})

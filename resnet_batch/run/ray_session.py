@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -18,6 +19,8 @@ from ..core.errors import UsageError, one_line, root_cause
 from ..model.settings import cpu_has_native_bf16
 from . import ray_compat
 from .plan import Cluster
+
+log = logging.getLogger(__name__)
 
 # Ray's name for the autoscaler monitor among a local node's processes (ray_constants).
 MONITOR_PROCESS = "monitor"
@@ -50,7 +53,7 @@ def join_or_start(address: str | None) -> bool:
     # inside Ray's start-up that can be swallowed, leave the logging lock held, or end the
     # start before Ray has recorded the processes it must stop. Kept out, the deferring
     # handler stays for the whole start.
-    with _signals_deferred() as caught, ray_compat.without_sigterm_handler(), ray_compat.entrypoint_as_text():
+    with signals_deferred() as caught, ray_compat.without_sigterm_handler(), ray_compat.entrypoint_as_text():
         try:
             if target:
                 ray.init(address=target, logging_level=logging.WARNING)
@@ -95,9 +98,7 @@ def _check_workers_match(target: str) -> None:
     try:
         theirs = ray.get(_worker_versions.remote(), timeout=60)
     except ray.exceptions.GetTimeoutError:
-        logging.getLogger(__name__).warning(
-            "the cluster at %s did not say its resnet-batch version within 60 s", target
-        )
+        log.warning("the cluster at %s did not say its resnet-batch version within 60 s", target)
         return
     except ray.exceptions.RayError as exc:
         ray.shutdown()
@@ -125,7 +126,9 @@ def cluster(ask_bf16: bool = True) -> Cluster:
     cpu_nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1]
     cpus_per_node = int(min(n["Resources"]["CPU"] for n in cpu_nodes)) if cpu_nodes else 1
     gpu_nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU", 0) >= 1)
-    return Cluster(gpus, len(cpu_nodes), cpus_per_node, ask_bf16 and _all_have_native_bf16(cpu_nodes), gpu_nodes)
+    memory = int(min(n["Resources"].get("memory", 0) for n in cpu_nodes)) if cpu_nodes else 0
+    bf16 = ask_bf16 and _all_have_native_bf16(cpu_nodes)
+    return Cluster(gpus, len(cpu_nodes), cpus_per_node, bf16, gpu_nodes, memory_per_node=memory)
 
 
 def _all_have_native_bf16(nodes: list[dict]) -> bool:
@@ -222,7 +225,7 @@ def stop() -> None:
     down, so the monitor is killed first (BENCHMARKS.md, `bench/startup.py`). A joined cluster is
     only disconnected from.
     """
-    with _signals_deferred():
+    with signals_deferred():
         _stop_now(True)
 
 
@@ -234,11 +237,13 @@ def _stop_now(started: bool) -> None:
 
 
 @contextmanager
-def _signals_deferred():
-    """SIGINT and SIGTERM wait until the block ends, then reach the handlers they would have.
+def signals_deferred(redeliver: bool = True):
+    """SIGINT and SIGTERM wait until the block ends, then reach the handlers they would have
+    (with `redeliver=False`: are dropped, the block itself being the stop they ask for).
 
     A job's handlers raise; raised inside ray.shutdown(), that would leave the processes
-    after the interrupted one running, orphaned, once the driver exits.
+    after the interrupted one running, orphaned, once the driver exits; raised inside a C
+    call (pyarrow, numpy) it surfaces as a SystemError.
     """
     caught: list[int] = []
     if threading.current_thread() is not threading.main_thread():
@@ -252,5 +257,74 @@ def _signals_deferred():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        if caught:
+        if caught and redeliver:
             signal.raise_signal(caught[0])
+
+
+def own_session() -> str | None:
+    """The session of the local Ray this process started (None when it joined one)."""
+    node = ray_compat.started_node()
+    return ray_compat.session_name(node) if node is not None else None
+
+
+def end_leftovers(stale: dict) -> None:
+    """A dead job's own Ray, which outlives its driver for a minute or so, ended: the
+    processes of its session (recorded in its lease) and their children, on this host and
+    only when the job's process is gone."""
+    session = stale.get("ray_session")
+    if not session or stale.get("host") != socket.gethostname() or _alive(stale.get("pid")):
+        return
+    pids = _session_processes(str(session))
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10
+    while pids and time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    if pids:
+        log.warning(
+            "ended %d processes of the Ray the dead job (pid %s) left running (%s)",
+            len(pids),
+            stale.get("pid"),
+            session,
+        )
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):  # a zombie is gone, whatever kill(0) says
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def _session_processes(session: str) -> list[int]:
+    """The live processes of a Ray session: those whose command line names it, or that hold
+    a file of its folder open (its agents and workers rename themselves, and keep their log
+    files open); read from /proc (Linux)."""
+    found = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit() and int(entry) != os.getpid() and _alive(int(entry)) and _of_session(entry, session):
+            found.append(int(entry))
+    return found
+
+
+def _of_session(pid: str, session: str) -> bool:
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if session.encode() in f.read():
+                return True
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if f"/{session}/" in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                    return True
+    return False

@@ -1,0 +1,230 @@
+"""Inputs lost or swapped by their names, and how a job stops and speaks, through the
+command line: brackets that are names, spaces that are names, tar members named like
+shards, manifest columns named like the pipeline's own; special files as export targets,
+a CSV that changes type, an output removed or damaged under the job, a run record that is
+a folder, and the Ray a killed driver leaves behind."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from .conftest import write_jpegs
+from .helpers import RESNET_BATCH, in_process, kill_session
+
+PIPELINE_JOB = ["--model", "none", "--precision", "fp32", "--batch-size", "8"]
+
+
+def _label(*args: str, env: dict | None = None):
+    return in_process("label", *args, *PIPELINE_JOB, env=env)
+
+
+def _errors(out: Path) -> dict:
+    table = pq.read_table(out)
+    return dict(zip(table.column("path").to_pylist(), table.column("error").to_pylist(), strict=True))
+
+
+def _lines(stderr: str) -> list[str]:
+    return [line for line in stderr.strip().splitlines() if not line[:2].isdigit()]  # not progress lines
+
+
+def test_an_existing_path_is_never_a_glob(tmp_path, ray_local):
+    photos = write_jpegs(tmp_path / "photos[2024]", 2, seed=1)
+    (tmp_path / "q1.jpg").write_bytes(photos[0].read_bytes())
+    (tmp_path / "q[1].jpg").write_bytes(photos[1].read_bytes())
+    result = _label(str(tmp_path / "photos[2024]"), str(tmp_path / "q[1].jpg"), "--output", str(tmp_path / "out"))
+    assert result.returncode == 0 and "complete: every input has exactly one row" in result.stdout, result.stderr
+    assert _errors(tmp_path / "out") == {str(p): None for p in [*photos, tmp_path / "q[1].jpg"]}
+    # Where nothing by that name exists, brackets still make a pattern.
+    result = _label(str(tmp_path / "q[0-9].jpg"), "--output", str(tmp_path / "glob"))
+    assert result.returncode == 0 and list(_errors(tmp_path / "glob")) == [str(tmp_path / "q1.jpg")]
+
+
+def test_names_are_taken_as_they_are(tmp_path, ray_local):
+    """A manifest entry ending in a space is that file; a tar member named `inner.tar/x.jpg`
+    is read from its shard; a tar in a tar, and a shard cut inside a header, get rows saying
+    so; manifest columns named like the pipeline's internal ones are the manifest's own."""
+    photos = write_jpegs(tmp_path / "in", 2, seed=2)
+    spaced = tmp_path / "in" / "a.jpg "
+    spaced.write_bytes(photos[0].read_bytes())
+    jpeg = photos[1].read_bytes()
+    with tarfile.open(tmp_path / "inner.tar", "w") as inner:
+        inner.addfile(_info("x.jpg", jpeg), io.BytesIO(jpeg))
+    with tarfile.open(tmp_path / "outer.tar", "w") as outer:
+        outer.addfile(_info("inner.tar/x.jpg", jpeg), io.BytesIO(jpeg))
+        nested = (tmp_path / "inner.tar").read_bytes()
+        outer.addfile(_info("nested.tar", nested), io.BytesIO(nested))
+        outer.addfile(_info("y.jpg", jpeg), io.BytesIO(jpeg))
+    whole = (tmp_path / "outer.tar").read_bytes()
+    (tmp_path / "cut.tar").write_bytes(whole[: whole.index(b"y.jpg") + 200])  # inside y.jpg's header
+    manifest = tmp_path / "list.csv"
+    manifest.write_text(f'path,_list_error,_bytes\n"{spaced}",fake error,xx\n{photos[1]},,\n')
+    result = _label(
+        str(manifest), str(tmp_path / "outer.tar"), str(tmp_path / "cut.tar"), "--output", str(tmp_path / "o")
+    )
+    assert result.returncode == 0 and "complete: every input has exactly one row" in result.stdout, result.stderr
+    errors = _errors(tmp_path / "o")
+    assert errors[str(spaced)] is None and errors[str(photos[1])] is None
+    assert errors[f"{tmp_path}/outer.tar/inner.tar/x.jpg"] is None
+    assert errors[f"{tmp_path}/outer.tar/y.jpg"] is None
+    assert errors[f"{tmp_path}/outer.tar/nested.tar"].startswith("nested_shard: a tar shard inside a tar shard")
+    assert errors[f"{tmp_path}/cut.tar/inner.tar/x.jpg"] is None
+    assert errors[str(tmp_path / "cut.tar")].startswith("list_failed: cannot read tar shard")
+    assert "header is cut short" in errors[str(tmp_path / "cut.tar")]
+    table = pq.read_table(tmp_path / "o")
+    assert sorted(v for v in table.column("_list_error").to_pylist() if v) == ["fake error"]
+
+
+def _info(name: str, data: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info
+
+
+def test_csv_manifests_that_say_nothing_or_change_type(tmp_path, ray_local):
+    (tmp_path / "empty.csv").write_text("path,label\n")
+    empty = _label(str(tmp_path / "empty.csv"), "--output", str(tmp_path / "e"))
+    assert empty.returncode == 0 and "StopIteration" not in empty.stderr, empty.stderr
+    assert "WARNING: no inputs" in empty.stdout + empty.stderr
+    photo = write_jpegs(tmp_path / "in", 1, seed=3)[0]
+    rows = [f"{photo},{i}" for i in range(400_000)] + [f"{photo}.x,abc"]
+    (tmp_path / "typed.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    typed = _label(str(tmp_path / "typed.csv"), "--output", str(tmp_path / "t"))
+    lines = _lines(typed.stderr)
+    assert typed.returncode in (1, 2) and len(lines) == 1, typed.stderr
+    assert "column 'label' holds 'abc' on row 400001, where its first rows made it int64" in lines[0]
+
+
+def test_special_files_are_written_through_never_replaced(tmp_path, ray_local):
+    write_jpegs(tmp_path / "in", 3, seed=4)
+    assert _label(str(tmp_path / "in"), "--output", str(tmp_path / "out")).returncode == 0
+    fifo = tmp_path / "rows.fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    result = in_process("export", str(tmp_path / "out"), "--format", "csv", "--output", str(fifo))
+    reader.join(timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert fifo.is_fifo() and got and got[0].count(b"\n") == 4  # a header and three rows
+    refused = in_process("export", str(tmp_path / "out"), "--format", "label-studio", "--output", str(fifo))
+    assert refused.returncode == 2 and "is not a regular file" in refused.stderr and fifo.is_fifo()
+
+
+def test_readers_and_resume_survive_a_damaged_output(tmp_path, ray_local):
+    """A run record replaced by a folder, a truncated part and a copy under a valid-looking
+    name: readers leave out what they cannot trust, naming it; resume repairs the rest."""
+    photos = write_jpegs(tmp_path / "in", 12, seed=5)
+    out = tmp_path / "out"
+    label = [str(tmp_path / "in"), "--output", str(out), "--rows-per-file", "4"]
+    assert _label(*label).returncode == 0
+    parts = sorted(out.glob("part-*.parquet"))
+    (out / "_resnet_batch.json").unlink()
+    (out / "_resnet_batch.json").mkdir()
+    shutil.copy(parts[0], out / f"part-{'0' * 24}-{'0' * 16}.parquet")  # a valid-looking name, others' paths
+    exported = in_process("export", str(out), "--format", "csv", "--output", str(tmp_path / "rows.csv"))
+    assert exported.returncode == 0, exported.stderr
+    assert (tmp_path / "rows.csv").read_text().count("\n") == 1 + len(photos)
+    assert f"part-{'0' * 24}-{'0' * 16}.parquet" in exported.stderr and "copies of its part files" in exported.stderr
+    assert "IsADirectoryError" not in exported.stderr
+    parts[1].write_bytes(parts[1].read_bytes()[:-50])
+    report = in_process("report", str(out), "--html", str(tmp_path / "r.html"))
+    assert report.returncode == 0 and f"{parts[1].name}: its footer cannot be read" in report.stderr, report.stderr
+    resumed = _label(*label, "--mode", "resume")
+    assert resumed.returncode == 0 and "complete: every input has exactly one row" in resumed.stdout, resumed.stderr
+    assert (out / "_resnet_batch.json").is_file() and (out / "_damaged-_resnet_batch.json").is_dir()
+    assert sorted(pq.read_table(out).column("path").to_pylist()) == sorted(str(p) for p in photos)
+
+
+def _wait_for(ready, process: subprocess.Popen, limit_s: float = 180) -> None:
+    deadline = time.monotonic() + limit_s
+    while not ready():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def _slow_job(tmp_path: Path, images: int = 200) -> tuple[list[str], dict]:
+    write_jpegs(tmp_path / "in", images, seed=6, height=8, width=8)
+    args = [*RESNET_BATCH, "label", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *PIPELINE_JOB]
+    args += ["--checkpoint-every", "1", "--rows-per-file", "16"]
+    return args, {**os.environ, "RESNET_BATCH_NULL_BATCH_SECONDS": "0.2"}
+
+
+def test_the_output_removed_under_a_job(tmp_path):
+    args, env = _slow_job(tmp_path)
+    job = subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        _wait_for(lambda: len(list((tmp_path / "out").glob("part-*.parquet"))) >= 2, job)
+        shutil.rmtree(tmp_path / "out")
+        _, err = job.communicate(timeout=240)
+    finally:
+        kill_session(job.pid)
+    lines = _lines(err)
+    assert job.returncode == 1 and len(lines) == 1, err
+    assert "the output is gone (removed during the run?)" in lines[0] and "Traceback" not in err, err
+
+
+def test_a_resume_ends_the_ray_a_killed_driver_left(tmp_path):
+    args, env = _slow_job(tmp_path, images=120)
+    job = subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        _wait_for(lambda: '"ray_session"' in _read(tmp_path / "out" / "_resnet_batch.lock"), job)
+        os.kill(job.pid, signal.SIGKILL)  # the driver alone: its Ray lives on for a while
+        job.wait()
+        left = _session_pids(job.pid)
+        assert left, "the dead driver's Ray is still running"
+        resumed = subprocess.run([*args, "--mode", "resume"], env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        kill_session(job.pid)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"processes of the Ray the dead job (pid {job.pid}) left running" in resumed.stderr
+    assert not [pid for pid in left if _running(pid)]
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (FileNotFoundError, ValueError):
+        return ""
+
+
+def _session_pids(sid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid:
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_resume_commands_and_names_a_terminal_cannot_print(tmp_path, ray_local):
+    """A missing input whose name is not UTF-8 is a row, and the lines that name it print."""
+    missing = os.path.join(os.fsencode(tmp_path), b"caf\xe9.jpg")
+    result = in_process("label", os.fsdecode(missing), "--output", str(tmp_path / "o"), *PIPELINE_JOB)
+    assert result.returncode == 0 and "UnicodeEncodeError" not in result.stderr, result.stderr
+    assert list(_errors(tmp_path / "o").values())[0].startswith("not_found")
