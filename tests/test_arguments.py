@@ -78,3 +78,28 @@ def test_the_readmes_options_table_is_the_parsers():
         "python -c 'from resnet_batch.run.arguments import options_markdown as m; "
         "print(m())'"
     )
+
+
+def test_the_resume_command_runs_as_printed(tmp_path):
+    """`--mode resume` before a `--` (after it, every word is an INPUT); a name whose bytes
+    are not UTF-8 in bash's $'...' quoting, which the shell turns back into those bytes."""
+    import subprocess
+
+    argv = ["label", "--output", "o", "--", "-dash.jpg", "caf\udce9.jpg", "it's"]
+    line = resume_command(argv)
+    assert line == "resnet-batch label --output o --mode resume -- -dash.jpg $'caf\\xe9.jpg' 'it'\"'\"'s'"
+    echoed = subprocess.run(["bash", "-c", f"printf '%s\\0' {line}"], capture_output=True, check=True, cwd=tmp_path)
+    words = echoed.stdout.split(b"\0")[:-1]
+    assert words == [b"resnet-batch", b"label", b"--output", b"o", b"--mode", b"resume", b"--", b"-dash.jpg"] + [
+        b"caf\xe9.jpg",
+        b"it's",
+    ]
+
+
+def test_label_studio_opens_the_file_named_not_its_spelling():
+    from resnet_batch.review.export import label_studio_image
+
+    latin1, spelled = "/data/caf\\xe9.jpg", "/data/caf\\\\xe9.jpg"  # identity.as_text's spellings
+    assert label_studio_image(latin1, "/") == "/data/local-files/?d=data/caf%E9.jpg"
+    assert label_studio_image(spelled, "/") == "/data/local-files/?d=data/caf%5Cxe9.jpg"
+    assert label_studio_image("/data/a b&c.jpg", "/data") == "/data/local-files/?d=a%20b%26c.jpg"

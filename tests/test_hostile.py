@@ -284,7 +284,8 @@ def test_resume_refuses_other_settings_without_the_run_record(hostile, tmp_path)
         "--mode",
         "resume",
     )
-    one_line_error(result, "written with different model (model 'resnet18' in part-")
+    one_line_error(result, "cannot resume")
+    assert "--model was resnet18, now resnet34 (in part-" in result.stderr
 
 
 def test_foreign_parquet_is_neither_deleted_nor_resumed_over(tmp_path):

@@ -75,6 +75,7 @@ def test_tally_counts_missing_and_duplicate_rows():
     ledger.add_written(path_hashes(paths[10:95]))
     ledger.set_hidden("/x", 3)
     assert ledger.tally() == {
+        "outside": 0,
         "inputs": 100,
         "already_done": 10,
         "missing": 5,

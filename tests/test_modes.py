@@ -80,8 +80,10 @@ def test_overwrite_replaces_only_our_files_and_resume_skips_done(ray_local, tmp_
     assert read_parts(out).num_rows == len(images)
 
     # Resuming with settings that change the numbers is refused.
-    with pytest.raises(UsageError, match="different top_k"):
+    with pytest.raises(UsageError, match=r"--top-k was \d+, now 7 \(in part-"):
         run_label(config([tmp_path / "in"], out, mode="resume", top_k=7, **null))
+    with pytest.raises(UsageError, match="--review-below was unset, now 0.5"):
+        run_label(config([tmp_path / "in"], out, mode="resume", review_below=0.5, **null))
 
     again = run_label(config([tmp_path / "in"], out, mode="overwrite", top_k=1, **null))
     assert again.complete and again.processed == len(images)

@@ -228,3 +228,38 @@ def test_resume_commands_and_names_a_terminal_cannot_print(tmp_path, ray_local):
     result = in_process("label", os.fsdecode(missing), "--output", str(tmp_path / "o"), *PIPELINE_JOB)
     assert result.returncode == 0 and "UnicodeEncodeError" not in result.stderr, result.stderr
     assert list(_errors(tmp_path / "o").values())[0].startswith("not_found")
+
+
+def test_a_resume_of_another_jobs_output_is_refused_unless_asked(tmp_path, ray_local):
+    first = write_jpegs(tmp_path / "a", 5, seed=7)
+    other = write_jpegs(tmp_path / "b", 3, seed=8)
+    out = tmp_path / "out"
+    assert _label(str(tmp_path / "a"), "--output", str(out)).returncode == 0
+    refused = _label(str(tmp_path / "b"), "--output", str(out), "--mode", "resume")
+    lines = _lines(refused.stderr)
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr
+    assert f"holds {len(first)} rows of inputs this run does not list" in lines[0] and "--add-to-output" in lines[0]
+    assert sorted(pq.read_table(out).column("path").to_pylist()) == sorted(str(p) for p in first)
+    added = _label(str(tmp_path / "b"), "--output", str(out), "--mode", "resume", "--add-to-output")
+    assert added.returncode == 0, added.stderr
+    assert (
+        f"complete: every input of this run has exactly one row; the output also holds {len(first)} rows of "
+        "inputs this run does not list"
+    ) in added.stdout
+    assert pq.read_table(out).num_rows == len(first) + len(other)
+    summary = tmp_path / "summary.json"
+    again = _label(
+        str(tmp_path / "a"),
+        str(tmp_path / "b"),
+        "--output",
+        str(out),
+        "--mode",
+        "resume",
+        "--summary-json",
+        str(summary),
+    )
+    import json
+
+    said = json.loads(summary.read_text())
+    assert again.returncode == 0 and said["complete"] and said["inputs"] == 8 and said["already_done"] == 8
+    assert said["outside"] == 0 and said["output"] == str(out) and set(said["seconds"]) >= {"wall", "steady"}

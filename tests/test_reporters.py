@@ -21,4 +21,8 @@ def test_a_line_every_few_seconds_and_the_last_once():
     every = LogReporter(every_s=0.0, emit=(timed := []).append)
     for done in range(3):
         every(snapshot("labeling", done=done))
-    assert [line.split(",")[0] for line in timed] == [f"labeling: {d}/10+ images ({10 * d:.1f}%)" for d in range(3)]
+    assert [line.split(",")[0] for line in timed] == [f"labeling: {d} images of 10+ listed so far" for d in range(3)]
+    # A total below what is done (a bucket still being listed by tasks): no total, no percentage.
+    unknown = LogReporter(every_s=0.0, emit=(said := []).append)
+    unknown(snapshot("labeling", done=450, saved=450, total=0, walking=False))
+    assert said == ["labeling: 450 images so far, 450 saved, 0 errors, rate not yet known"]

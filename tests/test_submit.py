@@ -102,10 +102,14 @@ def test_submit_wait_succeeds_and_writes_output(ray_head, tmp_path):
     status = cli(env, "jobs", "status", "rb-ok-1", "--address", address)
     assert status.returncode == 0 and '"status": "SUCCEEDED"' in status.stdout and '"owner": "tests"' in status.stdout
     n = len(list(EXAMPLES.iterdir()))
-    assert f'"progress": "labeling: {n}/{n} images' in status.stdout, status.stdout  # what it did last, from its log
-    assert f"{n} saved" in status.stdout, "the last line is said once every row is saved"
+    # An ended job's last word, from its log: the summary's counts (every saved row).
+    assert f'"progress": "inputs {n}, already done 0, processed {n}, rows in output {n}"' in status.stdout, (
+        status.stdout
+    )
     logs = cli(env, "jobs", "logs", "rb-ok-1", "--address", address)
-    assert "errors: decode_error 1" in logs.stdout and token not in logs.stdout
+    assert "errors: decode_error 1" in logs.stdout and token not in logs.stdout and logs.stdout.endswith("\n")
+    followed = cli(env, "jobs", "logs", "rb-ok-1", "--follow", "--address", address)
+    assert followed.returncode == 0 and followed.stdout.rstrip().endswith("job rb-ok-1 SUCCEEDED"), followed.stdout
 
 
 def test_jobs_find_the_last_submits_server_list_and_name_unknown_ids(ray_head, tmp_path):
@@ -129,7 +133,7 @@ def test_jobs_find_the_last_submits_server_list_and_name_unknown_ids(ray_head, t
     )
     assert submitted.returncode == 0, submitted.stderr
     for hint in (
-        f"resnet-batch jobs logs rb-list-1 --address {address}",
+        f"resnet-batch jobs logs rb-list-1 --follow --address {address}",
         f"resnet-batch jobs stop rb-list-1 --address {address}",
         f"resnet-batch jobs list --address {address}",
     ):
@@ -192,3 +196,18 @@ def test_label_joining_a_token_head_without_the_token_says_how(ray_head, tmp_pat
         "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) here too" in last
     ), result.stderr[-2000:]
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_jobs_progress_is_its_last_word_or_its_latest_line_with_its_time():
+    from resnet_batch.run.submit import last_progress_line
+
+    running = "12:00:01 labeling: 10 images so far, 8 saved, 0 errors, rate not yet known\n"
+    running += "12:00:31 labeling: 224/500 images (44.8%), 224 saved, 0 errors, 7.1 images/s, ETA 0:00:39\n"
+    assert last_progress_line(running) == (
+        "labeling: 224/500 images (44.8%), 224 saved, 0 errors, 7.1 images/s, ETA 0:00:39 (at 12:00:31)"
+    )
+    stopped = running + "stopped by SIGTERM: 288 images labeled and saved; to finish: resnet-batch label ...\n"
+    assert last_progress_line(stopped) == "stopped by SIGTERM: 288 images labeled and saved"
+    ended = running + "inputs 500, already done 0, processed 500, rows in output 500 (0 errors)\n"
+    assert last_progress_line(ended) == "inputs 500, already done 0, processed 500, rows in output 500"
+    assert last_progress_line("nothing yet\n") is None

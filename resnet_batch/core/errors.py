@@ -82,6 +82,9 @@ class LeaseLost(Exception):
         )
         self.uri, self.holder = uri, holder
 
+    def __reduce__(self):  # raised in write tasks: pickled with its own arguments
+        return type(self), (self.uri, self.holder)
+
 
 class SaveFailed(Exception):
     """Finished rows could not be written (a full disk, a lost bucket); the output holds

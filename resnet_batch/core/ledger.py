@@ -109,7 +109,10 @@ class Ledger:
         written = np.sort(np.concatenate([self.done if with_done else EMPTY, *self._written]).astype(HASH_DTYPE))
         distinct = np.unique(written)
         missing = sum(int((~isin_sorted(run, distinct)).sum()) for run, _ in self.runs)
+        done = np.unique(self.done)
+        claimed_done = sum(int(isin_sorted(run, done).sum()) for run, _ in self.runs)
         return {
+            "outside": len(done) - claimed_done,  # inputs the output held a row of, that this run does not list
             "inputs": self.inputs,
             "already_done": self.already_done,
             "missing": missing,

@@ -121,9 +121,10 @@ def activation_bytes(model: str, pixels: int, precision: str) -> int:
 
 
 def check_model(name: str) -> str:
-    if name not in MODEL_WIDTHS:
+    """The model `name` names, in any case (ResNet18 is resnet18)."""
+    if name.lower() not in MODEL_WIDTHS:
         raise UsageError(f"unknown model {name!r}; valid: {', '.join(MODEL_WIDTHS)}")
-    return name
+    return name.lower()
 
 
 def weights_names(model: str) -> list[str]:

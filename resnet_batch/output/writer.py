@@ -202,11 +202,16 @@ class OutputDir:
             ours = [n for n in names if self._named_like_ours(n)]
             # Foreign data, which no mode would help with (error mode reads no footer of a part named as ours)
             self._refuse_foreign_data(names, read_ours=mode != "error")
-            if mode == "error" and names:
-                what = f"{len(ours)} resnet-batch files" if ours else f"{len(names)} other files"
+            if mode == "error" and names and not ours:  # a folder of images, say: no run to finish
                 raise UsageError(
-                    f"--output {self.uri} already holds {what}; use --mode resume to finish that run, "
-                    "--mode overwrite to replace it, or choose another output"
+                    f"--output {self.uri} already holds {len(names)} file{'s' if len(names) != 1 else ''} and is not "
+                    "an output of resnet-batch "
+                    "(no run record, no part files): choose a new or empty folder"
+                )
+            if mode == "error" and names:
+                raise UsageError(
+                    f"--output {self.uri} already holds {len(ours)} resnet-batch files; use --mode resume to finish "
+                    "that run, --mode overwrite to replace it, or choose another output"
                 )
 
     def _refuse_foreign_data(self, names: list[str], read_ours: bool = True) -> None:
@@ -353,10 +358,9 @@ class OutputDir:
                 )
             changed = [k for k in RESUME_KEYS if previous.get(k) != run_info.get(k)]
             if changed:
-                was = ", ".join(f"{k} {previous.get(k)!r} in {name}, {run_info.get(k)!r} now" for k in changed)
+                was = "; ".join(_flag_change(k, previous.get(k), run_info.get(k)) for k in changed)
                 raise UsageError(
-                    f"cannot resume {self.uri}: it was written with different {', '.join(changed)} "
-                    f"({was}); use the same settings, or --mode overwrite"
+                    f"cannot resume {self.uri}: {was} (in {name}); use the same settings, or --mode overwrite"
                 )
 
     def write_part(self, table: pa.Table) -> str:
@@ -397,3 +401,44 @@ class OutputDir:
 
 def _is_part(name: str) -> bool:
     return name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)
+
+
+# How each setting a resume must keep is given on the command line, and how its recorded value reads.
+RESUME_FLAGS = {
+    "model": "--model",
+    "weights": "--weights",
+    "labels": "--labels",
+    "top_k": "--top-k",
+    "embeddings": "--no-embeddings",
+    "embedding_dtype": "--embedding-dtype",
+    "features": "--features",
+    "spatial": "--spatial",
+    "review": "--review-below",
+    "extra_columns": "the manifest's columns",
+}
+
+
+def _flag_change(key: str, was: object, now: object) -> str:
+    """ "--review-below was 0.5, now unset": a setting that differs, as the flag that sets it."""
+    if key == "preprocessing":
+        old, new = (v if isinstance(v, dict) else {} for v in (was, now))
+        parts = [
+            f"{k} was {_shown(old.get(k))}, now {_shown(new.get(k))}"
+            for k in sorted({*old, *new})
+            if old.get(k) != new.get(k)
+        ]
+        return "preprocessing (--resize, --crop, --weights' recipe): " + ", ".join(parts)
+    if key == "review":  # the review columns follow --top-k; --review-below is the setting
+        was = (was or {}).get("review_below") if isinstance(was, dict) else was
+        now = (now or {}).get("review_below") if isinstance(now, dict) else now
+    if key == "embeddings":
+        return f"--no-embeddings was {'off' if was else 'on'}, now {'off' if now else 'on'}"
+    return f"{RESUME_FLAGS.get(key, key)} was {_shown(was)}, now {_shown(now)}"
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value)) or "none"
+    return str(value)

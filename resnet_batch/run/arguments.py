@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from ..model.registry import MODEL_WIDTHS, NULL_MODEL
 
@@ -29,6 +31,13 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
     io.add_argument("--config", help="YAML job config with the same option names; flags win (default: none)")
     io.add_argument("--mode", help="error|overwrite|resume: when OUTPUT holds results (default error)")
     io.add_argument("--path-column", help="manifest column holding image URIs (default path)")
+    io.add_argument(
+        "--add-to-output",
+        action="store_true",
+        default=None,
+        help="with --mode resume: label these INPUTs into an output that holds rows of other inputs "
+        "(without it, such a resume is refused as another job's) (default: off)",
+    )
     io.add_argument("--rows-per-file", type=int, help="rows per Parquet part file, at most (default 10000)")
     compute = p.add_argument_group("what is computed")
     compute.add_argument(
@@ -174,15 +183,60 @@ def _command(
     )
 
 
+class _SuggestingParser(argparse.ArgumentParser):
+    """An unknown option names the subcommand's nearest one ("--modle: did you mean --model?")."""
+
+    given: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        words = message.removeprefix("unrecognized arguments: ").split() if "unrecognized" in message else []
+        unknown = next((w.split("=")[0] for w in words if w.startswith("--")), None)
+        if unknown:
+            command = next((c for c in self.given if c in self._subcommands()), None)
+            parser = self._subcommands()[command] if command else self
+            near = _nearest(unknown, [o for o in parser._option_string_actions if o.startswith("--")])
+            hint = f"; did you mean {near}?" if near else f"; `resnet-batch {command or ''} --help` lists them"
+            self.exit(2, f"resnet-batch{' ' + command if command else ''}: error: unknown option {unknown}{hint}\n")
+        super().error(message)
+
+    def _subcommands(self) -> dict[str, argparse.ArgumentParser]:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return dict(action.choices)
+        return {}
+
+
+def _nearest(word: str, options: list[str]) -> str | None:
+    """The option within two edits of `word` (a swap of two letters is one), the same length first."""
+    scored = sorted((_edits(word, o), abs(len(o) - len(word)), o) for o in options)
+    return scored[0][2] if scored and scored[0][0] <= 2 else None
+
+
+def _edits(a: str, b: str) -> int:
+    """Insertions, deletions, substitutions and swaps of neighbours that make `a` into `b`."""
+    d = [[i + j if not i * j else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[len(a)][len(b)]
+
+
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(prog="resnet-batch", description=description)
+    parser = _SuggestingParser(prog="resnet-batch", description=description)
     parser.add_argument("--version", action="version", version=f"resnet-batch {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
-    # The same flag after the subcommand; SUPPRESS keeps it from undoing one given before it.
+    # The same flags after the subcommand; SUPPRESS keeps -v from undoing one given before it.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+    common.add_argument("--version", action="version", version=f"resnet-batch {__version__}", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
     label = _command(
         sub,
@@ -196,6 +250,12 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         (common,),
     )
     _add_job_args(label)
+    label.add_argument(
+        "--summary-json",
+        metavar="FILE",
+        help="also write the summary as JSON to FILE (counts, errors by kind, seconds per phase, images/s, "
+        "the output), for pipelines that call this command (default: none)",
+    )
     label.add_argument(
         "--dry-run",
         action="store_true",
@@ -254,7 +314,8 @@ def _add_jobs(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) 
         "action",
         choices=["list", "status", "logs", "stop"],
         help="list: every job submitted (id, status, start, progress, output); status: one job's state "
-        "and latest progress line as JSON; logs: its whole log; stop: SIGTERM, then SIGKILL "
+        "and latest progress line (with its time) as JSON; logs: its whole log (--follow: to its end); stop: "
+        "SIGTERM, then SIGKILL "
         "after 45 s (the job saves its finished rows)",
     )
     jobs.add_argument(
@@ -267,6 +328,11 @@ def _add_jobs(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) 
         "--address",
         default=None,
         help="the cluster's job server, e.g. http://HEAD:8265 (default: $RAY_ADDRESS, else the last submit's)",
+    )
+    jobs.add_argument(
+        "--follow",
+        action="store_true",
+        help="with logs: stream the log until the job ends, then say how it ended (default: what it has so far)",
     )
 
 
@@ -317,7 +383,9 @@ def _add_review_tools(sub: argparse._SubParsersAction, common: argparse.Argument
         "resnet-batch report ./labels --html review.html",
         (common,),
     )
-    report.add_argument("output", metavar="OUTPUT", help="a label job's --output")
+    report.add_argument(
+        "output", metavar="LABELS", help="the folder (or bucket prefix) a label job wrote: its --output"
+    )
     report.add_argument("--html", required=True, metavar="FILE", help="the page to write")
     report.add_argument(
         "--per-class", type=int, default=4, help="thumbnails per class, least confident first (default 4; ~2 KB each)"
@@ -337,7 +405,9 @@ def _add_review_tools(sub: argparse._SubParsersAction, common: argparse.Argument
         "resnet-batch export ./labels --format label-studio --output tasks.json --rows review",
         (common,),
     )
-    export.add_argument("output", metavar="OUTPUT", help="a label job's --output")
+    export.add_argument(
+        "output", metavar="LABELS", help="the folder (or bucket prefix) a label job wrote: its --output"
+    )
     export.add_argument("--format", required=True, help="label-studio|imagefolder|csv")
     export.add_argument("--output", dest="target", required=True, metavar="PATH", help="file (folder for imagefolder)")
     export.add_argument(
@@ -362,7 +432,11 @@ def _add_review_tools(sub: argparse._SubParsersAction, common: argparse.Argument
         "resnet-batch neighbors ./labels --output ./labels-neighbors --k 10",
         (common,),
     )
-    neighbors.add_argument("output", metavar="OUTPUT", help="a label job's --output (with embeddings)")
+    neighbors.add_argument(
+        "output",
+        metavar="LABELS",
+        help="the folder (or bucket prefix) a label job wrote, with embeddings: its --output",
+    )
     neighbors.add_argument("--k", type=int, default=10, help="neighbours per row (default 10)")
     neighbors.add_argument("--output", dest="target", required=True, metavar="DIR", help="folder for the results")
     neighbors.add_argument(

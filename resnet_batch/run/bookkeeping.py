@@ -50,6 +50,7 @@ class OutputCheck:
     duplicates: int = 0
     hidden: int = 0  # entries of walked directories left out for starting with "."
     repeated: int = 0  # entries that named an input listed before (labeled once)
+    outside: int = 0  # inputs the output held rows of before this run, that this run does not list
 
 
 class _Bucket(Ledger):

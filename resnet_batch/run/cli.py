@@ -37,7 +37,7 @@ EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
 EXIT_SIGNAL_BASE = 128  # a job stopped by signal N exits 128 + N, as shells report it
 
 
-NOT_JOB_OPTIONS = ("command", "config", "verbose", "label_args", "label_column", "json", "dry_run")
+NOT_JOB_OPTIONS = ("command", "config", "verbose", "label_args", "label_column", "json", "dry_run", "summary_json")
 
 
 def _job_config(args: argparse.Namespace, eval_defaults: bool = False):
@@ -83,7 +83,18 @@ def cmd_label(args: argparse.Namespace, console: Console) -> int:
     summary = _run_with_progress(run_label, cfg, console)
     for line in summary.lines():
         console.print(line)
+    if args.summary_json:
+        _write_summary(args.summary_json, summary.as_json(cfg.output))
     return EXIT_OK if summary.complete else EXIT_INCOMPLETE
+
+
+def _write_summary(path: str, summary: dict) -> None:
+    """--summary-json: written whole or not at all (a special file, e.g. /dev/stdout, written through)."""
+    from ..core.storage import replaced_atomically
+
+    with replaced_atomically(path) as (tmp,), open(tmp, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1)
+        f.write("\n")
 
 
 def cmd_eval(args: argparse.Namespace, console: Console) -> int:
@@ -167,7 +178,7 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
     if not args.wait:
         at = shlex.quote(sub.address)
         for what, command in (
-            ("follow", f"jobs logs {job_id}"),
+            ("follow", f"jobs logs {job_id} --follow"),
             ("status", f"jobs status {job_id}"),
             ("stop", f"jobs stop {job_id}"),
             ("list", "jobs list"),
@@ -199,7 +210,12 @@ def cmd_jobs(args: argparse.Namespace, console: Console) -> int:
         console.print(json.dumps(info))
         return EXIT_OK
     if args.action == "logs":
-        console.out.write(submit.logs(address, args.job_id))
+        if args.follow:  # to its end, as submit --wait does
+            final = submit.follow(address, args.job_id, out=console.out)
+            console.print(f"job {args.job_id} {final}")
+            return EXIT_OK if final == submit.TERMINAL_OK else EXIT_INCOMPLETE
+        text = submit.logs(address, args.job_id)
+        console.out.write(text if not text or text.endswith("\n") else text + "\n")
         return EXIT_OK
     stopped = submit.stop(address, args.job_id)
     console.print(f"job {args.job_id}: stop requested" if stopped else f"job {args.job_id} was not running")
@@ -311,7 +327,7 @@ def _command(args: argparse.Namespace, console: Console, argv: list[str]) -> int
         )
         return EXIT_SIGNAL_BASE + stop.signum
     except BrokenPipeError:  # `... | head` read what it wanted: no error, and nothing more to print
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        os.dup2(os.open(os.devnull, os.O_WRONLY), console.out.fileno())
         return EXIT_OK
     except LeaseLost as lost:
         console.failed(str(lost))
@@ -341,8 +357,11 @@ def run() -> None:
     """
     code = main()
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:  # a reader that closed the pipe: nothing more to say
+            pass
     os._exit(code)
 
 

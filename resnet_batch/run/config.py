@@ -46,7 +46,7 @@ class ComputeOptions:
     resize: int | None = None  # --crop none: shorter side in pixels; None: the weights' own resize
 
     def __post_init__(self):
-        check_model(self.model)
+        object.__setattr__(self, "model", check_model(self.model))  # as written or in any case: ResNet18
         self._check_features()
         checks.one_of("--embedding-dtype", self.embedding_dtype, EMBEDDING_DTYPES)
         checks.whole_number("--top-k", self.top_k, minimum=0)
@@ -142,6 +142,7 @@ class LabelConfig:
     output: str
     mode: str = "error"  # when the output holds results: error | overwrite | resume
     path_column: str = PATH  # the manifest column holding image paths or URIs
+    add_to_output: bool = False  # resume: the output may hold rows of inputs this run does not list
     compute: ComputeOptions = ComputeOptions()
     execution: ExecutionOptions = ExecutionOptions()
 

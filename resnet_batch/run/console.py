@@ -154,8 +154,11 @@ class Console:
             for fd, saved in enumerate(self._saved_fds, start=1):
                 os.dup2(saved, fd)
                 os.close(saved)
-            self.out.close()
-            self.err.close()
+            for stream in (self.out, self.err):
+                try:
+                    stream.close()
+                except BrokenPipeError:  # `| head` read what it wanted: a normal end
+                    pass
         if self.log_path and not self.has_logs():
             os.remove(self.log_path)
 

@@ -154,6 +154,7 @@ def _label(run: LabelRun, table: pa.Table | None) -> LabelSummary:
         hidden=check.hidden,
         misnamed=misnamed,
         errors_before=books.errors_loaded,
+        outside=check.outside,
     )
 
 
@@ -237,6 +238,13 @@ def _count_resume(cfg: LabelConfig, out: OutputDir, plan: InputPlan, report: Rep
         books = load_done_once(out, Books.on_ray)
         pending = count_on_ray(plan, books)
     log.info("resume: %d inputs still to label", pending)
+    outside = books.tally(with_done=True)["outside"]
+    if pending and outside and not cfg.add_to_output:
+        raise UsageError(
+            f"--output {cfg.output} holds {outside} rows of inputs this run does not list: it is another job's "
+            "output, or its inputs moved; resume it with its own INPUTs, choose another --output, or pass "
+            "--add-to-output to add these INPUTs to it"
+        )
     if pending:
         books.forget_claims()  # the pipeline's listing claims them again, as it finds them then
     return books, pending, started_ray

@@ -46,9 +46,12 @@ class LogReporter:
         if time.monotonic() - self.last < self.every_s and not final:
             return
         self.last, self.said_final = time.monotonic(), final
-        total = f"{s.total}+" if s.walking else str(s.total)  # + : directories are still being listed
+        if not _total_known(s):  # inputs still being listed: no total, no percentage
+            listed = f" of {s.total}+ listed so far" if s.total >= max(s.done, 1) else " so far"
+            self.emit(f"{s.phase}: {s.done} images{listed}, {s.saved} saved, {_errors(s.errors)}, {_rate(s)}")
+            return
         self.emit(
-            f"{s.phase}: {s.done}/{total} images ({100 * s.done / max(s.total, 1):.1f}%), {s.saved} saved, "
+            f"{s.phase}: {s.done}/{s.total} images ({100 * s.done / max(s.total, 1):.1f}%), {s.saved} saved, "
             f"{_errors(s.errors)}, {_rate(s)}{_eta(s)}"
         )
 
@@ -110,10 +113,15 @@ class BarReporter:
             self.bar.close()
 
 
+def _total_known(s: Snapshot) -> bool:
+    """Every input is listed: what walks and listing tasks count until then is a lower bound."""
+    return not s.walking and s.total >= s.done
+
+
 def bar_counts(s: Snapshot, elapsed_s: float) -> str:
     """The bar's text after it: "done/total [clock<ETA, rate] errors, saved"."""
-    total = f"{s.total}+" if s.walking else str(s.total)
-    eta = _clock((s.total - s.done) / s.steady_rate) if _eta(s) else "?"
+    total = str(s.total) if _total_known(s) else (f"{s.total}+" if s.total >= s.done else "?")
+    eta = _clock((s.total - s.done) / s.steady_rate) if _eta(s) and _total_known(s) else "?"
     rate = f"{s.steady_rate:.1f} img/s" if s.steady_rate else "? img/s"
     return f"{s.done}/{total} [{_clock(elapsed_s)}<{eta}, {rate}] {_errors(s.errors)}, {s.saved} saved"
 

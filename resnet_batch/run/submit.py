@@ -238,13 +238,23 @@ def output_of(entrypoint: str) -> str:
     return ""
 
 
-PROGRESS_LINE = re.compile(r"^\d\d:\d\d:\d\d (.+: \d+/\d+\+? images.*)$")
+PROGRESS_LINE = re.compile(r"^(\d\d:\d\d:\d\d) (.+: \d+(/\d+ images| images).*)$")
+# A job's last word: the stop line, or its summary's first line ("inputs N, ... rows in output M").
+FINAL_LINE = re.compile(
+    r"^(stopped by SIG\w+: .*?);|^(inputs \d+, already done \d+, processed \d+, rows in output \d+)"
+)
 
 
 def last_progress_line(log_text: str) -> str | None:
-    """The job's latest progress line (phase, counts, what it waits for), without its time."""
+    """What the job says of its progress: its last word once it has ended (the stop line or
+    the summary's counts, which count every saved row), else its latest progress line with
+    the time it was printed ("at HH:MM:SS")."""
     for line in reversed(log_text.splitlines()):
-        match = PROGRESS_LINE.match(line.strip())
+        line = line.strip().removeprefix("resnet-batch: ")
+        final = FINAL_LINE.match(line)
+        if final:
+            return final.group(1) or final.group(2)
+        match = PROGRESS_LINE.match(line)
         if match:
-            return match.group(1)
+            return f"{match.group(2)} (at {match.group(1)})"
     return None

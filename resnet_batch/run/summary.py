@@ -74,6 +74,7 @@ class LabelSummary:
     hidden: int = 0  # hidden entries the directory walks left out (not inputs)
     misnamed: list = field(default_factory=list)  # part files not named as the writer names them (copies?)
     errors_before: Counter = field(default_factory=Counter)  # error rows among those done before (resume)
+    outside: int = 0  # rows of the output whose inputs this run does not list (--add-to-output)
 
     @property
     def steady_images_per_s(self) -> float:
@@ -118,6 +119,31 @@ class LabelSummary:
             self._verdict(),
         ]
 
+    def as_json(self, output: str) -> dict:
+        """What `label --summary-json FILE` writes, for the pipelines that call this tool."""
+        phases = self.timeline.phases()
+        return {
+            "output": output,
+            "complete": self.complete and self.inputs > 0,
+            "weights": self.weights,
+            "inputs": self.inputs,
+            "already_done": self.already_done,
+            "processed": self.processed,
+            "rows_in_output": self.rows_in_output,
+            "missing": self.missing,
+            "duplicates": self.duplicates,
+            "hidden": self.hidden,
+            "outside": self.outside,
+            "errors": dict(sorted(self.errors.items())),
+            "errors_before": dict(sorted(self.errors_before.items())),
+            "seconds": {
+                "wall": round(self.timeline.wall_s, 3),
+                **{name: round(v, 3) for name, v in phases.items()},
+                "final check": round(self.timeline.check_s, 3),
+            },
+            "images_per_s": {"overall": round(self.images_per_s, 2), "steady": round(self.steady_images_per_s, 2)},
+        }
+
     def _verdict(self) -> str:
         if not self.complete:
             copies = (
@@ -133,6 +159,11 @@ class LabelSummary:
             return (
                 "WARNING: no inputs: nothing the INPUTs name is an image, a .tar shard or a manifest "
                 "(see `resnet-batch label --help` for what is read); nothing was labeled"
+            )
+        if self.outside:
+            return (
+                f"complete: every input of this run has exactly one row; the output also holds {self.outside} "
+                "rows of inputs this run does not list"
             )
         return "complete: every input has exactly one row"
 
