@@ -263,3 +263,32 @@ def test_a_resume_of_another_jobs_output_is_refused_unless_asked(tmp_path, ray_l
     said = json.loads(summary.read_text())
     assert again.returncode == 0 and said["complete"] and said["inputs"] == 8 and said["already_done"] == 8
     assert said["outside"] == 0 and said["output"] == str(out) and set(said["seconds"]) >= {"wall", "steady"}
+
+
+def test_a_dry_run_counts_and_estimates_without_weights(tmp_path, ray_local):
+    """Pretrained weights (not on this machine, and no network) are resolved by name only;
+    the inputs are counted; the estimate says how it was obtained, measured with --calibrate."""
+    write_jpegs(tmp_path / "in", 40, seed=9)
+    plan = in_process(
+        "label",
+        str(tmp_path / "in"),
+        "--output",
+        str(tmp_path / "o"),
+        "--model",
+        "resnet50",
+        "--dry-run",
+        env={"TORCH_HOME": str(tmp_path / "no-weights")},
+    )
+    assert plan.returncode == 0, plan.stderr
+    assert "  inputs: 40 listed in " in plan.stdout
+    assert "  estimate: " in plan.stdout and "a rough guide: resnet50's forward" in plan.stdout
+    assert not (tmp_path / "no-weights").exists() and not (tmp_path / "o").exists()
+    measured = in_process(
+        "label", str(tmp_path / "in"), "--output", str(tmp_path / "o"), *PIPELINE_JOB, "--dry-run", "--calibrate", "32"
+    )
+    assert measured.returncode == 0, measured.stderr
+    line = next(x for x in measured.stdout.splitlines() if x.startswith("  estimate: "))
+    assert "measured here: 32 inputs labeled into a temporary folder (--calibrate)" in line, line
+    assert float(line.split("estimate: ")[1].split(" images/s")[0]) > 0 and not (tmp_path / "o").exists()
+    refused = in_process("label", str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--calibrate", "8")
+    assert refused.returncode == 2 and "--calibrate N goes with --dry-run" in refused.stderr

@@ -88,6 +88,18 @@ def test_the_plan_in_words_for_two_eight_gpu_nodes(resolved):
         "  memory: each model actor ~0.5 GiB, each decode task ~1.1 GiB",
     ]
     cpu = make_plan(CFG.replace(decode="cpu"), resolved, cluster).lines()
-    assert cpu[2] == "  decoding: on CPUs: decode tasks of 1024 rows, 1 CPU each at idle priority"
+    assert cpu[2] == (
+        "  decoding: on CPUs: decode tasks of 1024 rows, 1 CPU each at idle priority, up to 112 at once "
+        "(the CPUs the model actors leave)"
+    )
     assert make_plan(CFG, resolved, cluster).inference.gpu_decoder == "auto"
     assert make_plan(CFG.replace(decode="cpu"), resolved, cluster).inference.gpu_decoder is None
+
+
+def test_a_cpu_cluster_leaves_its_decoding_a_cpu(resolved):
+    """The README's local cluster (two 1-CPU workers): one model actor, and the other CPU decodes."""
+    small = make_plan(CFG, resolved, Cluster(gpus=0, cpu_nodes=2, cpus_per_node=1, cpu_bf16=False))
+    assert small.actors == 1 and small.lines()[2].endswith("up to 1 at once (the CPUs the model actors leave)")
+    wide = make_plan(CFG, resolved, Cluster(gpus=0, cpu_nodes=3, cpus_per_node=8, cpu_bf16=False))
+    assert wide.actors == 3 and "up to 21 at once" in wide.lines()[2]
+    assert make_plan(CFG, resolved, Cluster(gpus=0, cpu_nodes=1, cpus_per_node=1, cpu_bf16=False)).actors == 1

@@ -259,8 +259,16 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     label.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the plan (model actors, GPUs and CPUs per stage, batch, decoder, decode share) for "
-        "the cluster the job would run on, then exit; nothing is listed, read or written (default: off)",
+        help="print the plan (model actors, GPUs and CPUs per stage, batch, decoder, decode share, memory) for "
+        "the cluster the job would run on, how many inputs there are (listed for at most 20 s) and an "
+        "estimate of the time, then exit; no weights are downloaded and nothing is written (default: off)",
+    )
+    label.add_argument(
+        "--calibrate",
+        type=int,
+        metavar="N",
+        help="with --dry-run: measure the rate by labeling the first N inputs into a temporary folder, "
+        "and estimate the time from it (default: a rough guide from measured forward rates)",
     )
     models = _command(
         sub,

@@ -37,7 +37,10 @@ EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
 EXIT_SIGNAL_BASE = 128  # a job stopped by signal N exits 128 + N, as shells report it
 
 
-NOT_JOB_OPTIONS = ("command", "config", "verbose", "label_args", "label_column", "json", "dry_run", "summary_json")
+# The command line's own arguments, beside the job's options (LabelConfig's).
+NOT_JOB_OPTIONS = frozenset(
+    ("command", "config", "verbose", "label_args", "label_column", "json", "dry_run", "summary_json", "calibrate")
+)
 
 
 def _job_config(args: argparse.Namespace, eval_defaults: bool = False):
@@ -76,8 +79,11 @@ def cmd_label(args: argparse.Namespace, console: Console) -> int:
 
     cfg = _job_config(args)
     _refuse_memory_output(cfg)
+    if args.calibrate is not None and not args.dry_run:
+        raise UsageError("--calibrate N goes with --dry-run: it measures the rate the plan's estimate uses")
     if args.dry_run:
-        for line in plan_only(cfg):
+        checks.whole_number("--calibrate", args.calibrate or 0, minimum=0)
+        for line in plan_only(cfg, calibrate=args.calibrate or 0):
             console.print(line)
         return EXIT_OK
     summary = _run_with_progress(run_label, cfg, console)

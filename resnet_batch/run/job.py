@@ -26,7 +26,7 @@ from ..output import repair
 from ..output.ownership import OutputLease
 from ..output.writer import FINISHED, OutputDir
 from ..review.evaluate import EvalReport, attach_labels, score
-from . import pipeline, ray_session
+from . import estimate, pipeline, ray_session
 from .bookkeeping import Books, check_output, count_here, count_on_ray, counts_here, load_done_once
 from .config import LabelConfig
 from .description import rows_per_file, run_info, run_schema
@@ -211,16 +211,26 @@ def _execute(run: LabelRun, resolved: ResolvedWeights, plan: InputPlan, books: B
     pipeline.execute(execution, plan, books, run)
 
 
-def plan_only(cfg: LabelConfig) -> list[str]:
-    """The plan a run of `cfg` would follow on the cluster it would run on (`label --dry-run`):
-    the output's mode is checked and the weights resolved; nothing is listed, read or written."""
+def plan_only(cfg: LabelConfig, calibrate: int = 0) -> list[str]:
+    """What a run of `cfg` would do (`label --dry-run`): the plan on the cluster it would run
+    on, how many inputs there are and how long they would take. The output's mode is
+    checked and the weights resolved by name (nothing downloaded); the inputs are listed;
+    nothing is written, but `calibrate` inputs labeled into a temporary folder to measure
+    the rate."""
     check_weights_argument(cfg.compute.model, cfg.compute.weights)
     OutputDir(cfg.output).check(cfg.mode)
-    resolved = _resolve_weights(cfg)
+    resolved = _resolve_weights(cfg, verify=False)
     started_ray = pipeline.start_ray(cfg.execution.address)
     try:
         cluster = ray_session.cluster(ask_bf16=cfg.execution.precision == "auto")
-        return make_plan(cfg, resolved, cluster, local_inputs=is_local(cfg.inputs[0])).lines()
+        plan = make_plan(cfg, resolved, cluster, local_inputs=is_local(cfg.inputs[0]))
+        count = estimate.count_inputs(_plan_inputs(cfg, None), sample=calibrate)
+        rate = (
+            estimate.calibrated_rate(cfg, count.sample, run_label, plan.batch_size)
+            if calibrate and count.sample
+            else estimate.guessed_rate(plan, cfg.compute.model)
+        )
+        return [*plan.lines(), count.line(), estimate.estimate_line(count, rate)]
     finally:
         if started_ray:
             ray_session.stop()
@@ -250,11 +260,13 @@ def _count_resume(cfg: LabelConfig, out: OutputDir, plan: InputPlan, report: Rep
     return books, pending, started_ray
 
 
-def _resolve_weights(cfg: LabelConfig):
-    """The weights, checked as workers will load them; a checkpoint is read (torch: seconds)."""
+def _resolve_weights(cfg: LabelConfig, verify: bool = True):
+    """The weights, checked as workers will load them; a checkpoint is read (torch: seconds).
+    `verify=False`: a torchvision release by its name only (nothing downloaded)."""
     from ..model.weights import resolve_weights
 
-    resolved = resolve_weights(cfg.compute.model, cfg.compute.weights, cfg.compute.preprocess, cfg.compute.labels)
+    compute = cfg.compute
+    resolved = resolve_weights(compute.model, compute.weights, compute.preprocess, compute.labels, verify=verify)
     if cfg.compute.top_k > len(resolved.categories):
         raise UsageError(f"--top-k {cfg.compute.top_k} exceeds the model's {len(resolved.categories)} classes")
     return resolved

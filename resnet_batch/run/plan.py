@@ -124,13 +124,18 @@ class ExecutionPlan:
         held = f"{self.cpus_per_actor} CPU{'s' if self.cpus_per_actor != 1 else ''}"
         return f"{actors} on CPUs, each holding {held}, {calls}, {threads}"
 
+    def _free_cpus(self) -> int:
+        if self.cluster is None:
+            return 1
+        return max(1, self.cluster.cpu_nodes * self.cluster.cpus_per_node - self.actors * self.cpus_per_actor)
+
     def _precision(self) -> str:
         return "bf16 where the GPU has it, else fp16 (auto)" if self.precision == "auto" else self.precision
 
     def _decoding(self) -> str:
         tasks = f"decode tasks of {self.block_rows} rows, 1 CPU each at idle priority"
         if not self.decode_on_device:
-            return f"on CPUs: {tasks}"
+            return f"on CPUs: {tasks}, up to {self._free_cpus()} at once (the CPUs the model actors leave)"
         decoder = self.inference.gpu_decoder or "auto"
         decoder = "nvimgcodec where installed, else nvjpeg" if decoder == "auto" else decoder
         share = (
@@ -239,7 +244,10 @@ def _pool(execution: ExecutionOptions, cluster: Cluster, on_gpu: bool) -> tuple[
             execution.threads_per_worker or GPU_ACTOR_THREADS,
         )
     cores = execution.threads_per_worker or cluster.cpus_per_node
-    actors = execution.num_workers or max(1, cluster.cpu_nodes)
+    # One actor per CPU node, but never all of the cluster's CPUs: decode tasks need one at least
+    # (two 1-CPU workers: one actor, and the other worker's CPU decodes).
+    total = cluster.cpu_nodes * cluster.cpus_per_node
+    actors = execution.num_workers or max(1, min(cluster.cpu_nodes, total - 1))
     if execution.compile:  # a compiled forward is not thread-safe: one call on all the cores
         return actors, 1, cores
     return actors, cores, 1
