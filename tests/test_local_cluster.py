@@ -16,7 +16,9 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "cluster" / "local-cluster.sh"
 EXAMPLES = ROOT / "examples" / "images"
-JOB = ["--model", "none"]  # the whole pipeline on the cluster; what a row holds is tested elsewhere
+JOB = ["--model", "none"]  # the whole pipeline; what a row holds is tested elsewhere
+# The README's example: model actors that hold a CPU each, which must leave decoding one.
+MODEL_JOB = ["--model", "resnet18", "--weights", "none", "--precision", "fp32", "--batch-size", "8"]
 
 
 def test_start_submit_stop_then_a_local_job(tmp_path):
@@ -54,7 +56,7 @@ def test_start_submit_stop_then_a_local_job(tmp_path):
                 str(EXAMPLES),
                 "--output",
                 str(out),
-                *JOB,
+                *MODEL_JOB,
             ],
             env=env,
             capture_output=True,
@@ -63,6 +65,8 @@ def test_start_submit_stop_then_a_local_job(tmp_path):
         )
         assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-2000:]
         assert pq.read_table(out).num_rows == len(list(EXAMPLES.iterdir()))
+        # The plan leaves decoding a CPU of the two: no wait for the decode tasks' CPU.
+        assert "waiting for 1 CPU for the decode tasks" not in submitted.stdout, submitted.stdout[-3000:]
     finally:
         pids = [int(p.read_text()) for p in state.glob("*.pid")]
         stopped = script("stop")

@@ -179,9 +179,12 @@ def test_report_shows_where_the_time_went_and_rows_saved_over_time(job, tmp_path
     throughput = re.search(r'<svg id="throughput".*?</svg>', text).group(0)
     saved = [int(n) for n in re.findall(r"<title>\d+ s: (\d+) rows</title>", throughput)]
     assert saved == list(np.cumsum([pq.read_metadata(p).num_rows for p in parts])) and saved[-1] == 20
-    phases = re.search(r'<svg id="phases".*?</svg><p>(.*?)</p>', text).group(1)
+    legend = re.findall(r'<text class="legend" [^>]*>(.*?)</text>', text)
+    assert [item.rsplit(" ", 2)[0] for item in legend] == ["start-up", "first batch", "steady", "shutdown"]
     for name, seconds in finished["phases"].items():
-        assert f"{name} {seconds:.1f} s" in phases
+        assert f"{name} {seconds:.1f} s" in legend
+    rate = finished["steady_images_per_s"]
+    assert (f"steady rate {rate:.1f} images/s" in text) == (rate > 0)
 
 
 @pytest.mark.skipif(not CHROMIUM, reason="Chromium is not installed (apt-get install chromium); CI has it")
@@ -244,3 +247,67 @@ def test_report_in_a_real_browser(job, tmp_path):
 
     pixels = np.asarray(Image.open(io.BytesIO(shot)).convert("L"))
     assert pixels.std() > 10 and (pixels < 128).mean() > 0.01  # text and thumbnails, not a blank page
+
+
+@pytest.fixture(scope="module")
+def resumed(ray_local, tmp_path_factory):
+    """An output of two runs with random weights: 12 images, then 6 more labeled by a resume."""
+    root = tmp_path_factory.mktemp("resumed")
+    write_jpegs(root / "in" / "a", 12, seed=21)
+    cfg = LabelConfig.of(
+        inputs=(str(root / "in"),),
+        output=str(root / "out"),
+        model="resnet18",
+        weights="none",
+        precision="fp32",
+        batch_size=4,
+        rows_per_file=4,
+    )
+    first = run_label(cfg)
+    write_jpegs(root / "in" / "b", 6, seed=22)
+    second = run_label(cfg.replace(mode="resume"))
+    assert first.complete and second.complete and second.processed == 6
+    return root, (first, second)
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="Chromium is not installed (apt-get install chromium); CI has it")
+def test_the_reports_charts_read_right_in_a_browser(resumed, tmp_path):
+    """The values a person reads off the charts: phases in time order with their seconds, the
+    steady rate the summary printed, ticked axes with units, a line per run, and random
+    weights said to be random."""
+    from playwright.sync_api import sync_playwright
+
+    root, (first, second) = resumed
+    record = json.loads((root / "out" / "_resnet_batch.json").read_text())
+    assert [r["processed"] for r in record["runs"]] == [12, 6]
+    page_file = tmp_path / "report.html"
+    build_report(str(root / "out"), str(page_file))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.goto(page_file.as_uri())
+        legend = page.locator("#phases-legend text").all_text_contents()
+        assert [t.rsplit(" ", 2)[0] for t in legend] == ["start-up", "first batch", "steady", "shutdown"]
+        shown = {t.rsplit(" ", 2)[0]: float(t.rsplit(" ", 2)[1]) for t in legend}
+        assert shown == pytest.approx({k: round(v, 1) for k, v in record["finished"]["phases"].items()}, abs=0.051)
+        summary_rate = f"{second.steady_images_per_s:.1f} images/s"
+        assert record["finished"]["steady_images_per_s"] == pytest.approx(second.steady_images_per_s, abs=1e-3)
+        if second.steady_images_per_s:
+            assert summary_rate in page.inner_text("#run-summary")
+        x_ticks = page.locator("#throughput text.x-tick").all_text_contents()
+        y_ticks = [float(t) for t in page.locator("#throughput text.y-tick").all_text_contents()]
+        assert len(x_ticks) >= 2 and all(t.endswith(" s") for t in x_ticks) and x_ticks[0] == "0 s"
+        assert y_ticks == sorted(y_ticks) and y_ticks[0] == 0 and y_ticks[-1] >= 12
+        assert page.locator("#throughput path.run").count() == 2
+        assert page.locator("#runs-legend li").all_inner_texts()[1].endswith(": 6 rows saved")
+        for run, rows in ((1, 12), (2, 6)):
+            dots = page.locator(f"#throughput circle[data-run='{run}']")
+            assert int(dots.last.get_attribute("data-rows")) == rows
+            # Each run against its own launch: none of its points lies before it, or at 0 s for all.
+            seconds = [float(dots.nth(i).get_attribute("data-seconds")) for i in range(dots.count())]
+            assert max(seconds) > 0
+        assert page.is_visible("#random-weights") and "random weights" in page.inner_text("#random-weights")
+        wrap = page.evaluate("getComputedStyle(document.querySelector('.cell .p')).wordBreak")
+        assert wrap == "normal"
+        browser.close()
+    assert any("random weights and mean nothing" in line for line in second.lines())

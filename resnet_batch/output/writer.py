@@ -51,6 +51,7 @@ OUR_TMP = re.compile(r"_tmp-[0-9a-f]{32}\.parquet")
 # With the writer's fence mark; without one, as written before parts carried it.
 OUR_PART = re.compile(rf"part-[0-9a-f]{{24}}(?:-(?P<mark>[0-9a-f]{{{MARK_DIGITS}}}))?\.parquet")
 FINISHED = "finished"  # the run record's key once its run has ended: when, and how it ended
+RUNS = "runs"  # every run of the output (resumes included), each its `finished`, oldest first
 DAMAGED_PREFIX = "_damaged-"  # a part file of ours whose footer cannot be read, set aside by a resume
 FENCED_PREFIX = "_fenced-"  # a part made visible after its writer lost the lease, set aside
 REPEATS_PREFIX = "_repeats-"  # a part whose rows another part holds too, set aside by a resume

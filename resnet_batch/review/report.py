@@ -16,23 +16,24 @@ import base64
 import html
 import io
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..core.identity import TAR_SEPARATOR
 from ..core.storage import modified_at, replaced_atomically
+from ..model.registry import NO_WEIGHTS
 from ..output.ownership import check_tool_target
-from ..output.writer import FINISHED, OutputDir
+from ..output.writer import FINISHED, RUNS, OutputDir
+from .charts import RunSeries, histogram_svg, phases_svg, runs_svg
 from .review import Review, collect
 
-if TYPE_CHECKING:
-    import numpy
-
-
+RANDOM_WEIGHTS_NOTE = (
+    "--weights none: these labels come from random weights and mean nothing; give pretrained --weights or a "
+    "checkpoint for real labels"
+)
 THUMBNAIL_PX = 72
 THUMBNAIL_QUALITY = 70
 MAX_DUPLICATE_GROUPS = 20
@@ -68,7 +69,9 @@ table{border-collapse:collapse}td,th{padding:3px 10px;text-align:left;border-bot
 td.n,th.n{text-align:right}.counts td{font-size:16px}
 .grid{display:flex;flex-wrap:wrap;gap:8px}.cell{width:90px;font-size:11px;word-break:break-all}
 .cell img{display:block;max-width:72px;max-height:72px;background:#eee}
-.cell .p{font-weight:bold;font-size:12px}.missing{width:72px;height:48px;background:#eee}
+.cell .p{font-weight:bold;font-size:12px;word-break:normal;overflow-wrap:break-word;hyphens:auto}
+.warn{background:#fff3cd;padding:6px 10px;border-left:4px solid #e0b15a}
+#runs-legend{list-style:none;padding:0;font-size:12px}.missing{width:72px;height:48px;background:#eee}
 .sheet{display:none}.sheet:target{display:block}
 svg text{font-size:10px}
 """
@@ -83,28 +86,11 @@ window.addEventListener('hashchange', () => {
 """
 
 
-def _histogram_svg(counts: Sequence[int] | numpy.ndarray) -> str:
-    width, height, peak = 400, 120, max(int(max(counts)), 1)
-    bar = width / len(counts)
-    bars = []
-    for i, count in enumerate(counts):
-        h = (height - 20) * int(count) / peak
-        bars.append(
-            f'<rect x="{i * bar:.1f}" y="{height - 15 - h:.1f}" width="{bar - 2:.1f}" height="{h:.1f}" '
-            f'fill="#4a7ab8"><title>{i / len(counts):.2f}-{(i + 1) / len(counts):.2f}: {count}</title></rect>'
-        )
-    ticks = "".join(
-        f'<text x="{f * width:.0f}" y="{height}" text-anchor="middle">{f:.1f}</text>' for f in (0.1, 0.3, 0.5, 0.7, 0.9)
-    )
-    return f'<svg id="histogram" width="{width}" height="{height}">{"".join(bars)}{ticks}</svg>'
-
-
-def saved_over_time(output: str) -> tuple[dict, list[tuple[float, int]]]:
-    """The run's end record (its `finished`: phases, launch) and the rows saved against
-    seconds since the launch, one point per part file (its time and row count)."""
+def saved_over_time(output: str) -> tuple[dict, list[RunSeries]]:
+    """The run record, and for each run of the output (resumes included) the rows it saved
+    against seconds since its launch: a point per part file, the file's time and rows."""
     out = OutputDir(output)
-    finished = (out.run_record() or {}).get(FINISHED)
-    finished = finished if isinstance(finished, dict) else {}
+    record = out.run_record() or {}
     stamps = []
     for part in out.part_files():
         when = modified_at(out.fs, part)
@@ -116,62 +102,38 @@ def saved_over_time(output: str) -> tuple[dict, list[tuple[float, int]]]:
         if when is not None:
             stamps.append((when, rows))
     stamps.sort()
-    start = finished.get("launched") or (stamps[0][0] if stamps else 0.0)
-    points, total = [], 0
+    runs = [r for r in record.get(RUNS, []) if isinstance(r, dict) and r.get("launched")]
+    if not runs:
+        finished = record.get(FINISHED)
+        runs = [finished] if isinstance(finished, dict) and finished.get("launched") else []
+    launches = [float(r["launched"]) for r in runs] or [stamps[0][0] if stamps else 0.0]
+    series = [RunSeries(launched, []) for launched in launches]
     for when, rows in stamps:
-        total += rows
-        points.append((max(when - start, 0.0), total))
-    return finished, points
+        run = max((i for i, launched in enumerate(launches) if launched <= when), default=0)
+        points = series[run].points
+        points.append((max(when - launches[run], 0.0), (points[-1][1] if points else 0) + rows))
+    return record, [s for s in series if s.points]
 
 
-def _throughput_svg(points: list[tuple[float, int]]) -> str:
-    """Rows saved against seconds: a flat stretch is a stall."""
-    width, height, pad = 480, 160, 36
-    end_s, rows = max(p[0] for p in points) or 1.0, max(p[1] for p in points) or 1
-    xy = [(pad + (width - pad - 8) * t / end_s, height - pad + 8 - (height - pad) * n / rows) for t, n in points]
-    path = " ".join(
-        f"{'M' if i == 0 else 'L'}{x:.1f},{y:.1f}" for i, (x, y) in enumerate([(pad, height - pad + 8), *xy])
-    )
-    dots = "".join(
-        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="#4a7ab8"><title>{t:.0f} s: {n} rows</title></circle>'
-        for (x, y), (t, n) in zip(xy, points, strict=False)
-    )
-    return (
-        f'<svg id="throughput" width="{width}" height="{height}"><path d="{path}" fill="none" stroke="#4a7ab8"/>'
-        f'{dots}<text x="{pad}" y="{height - 4}">0 s</text><text x="{width - 8}" y="{height - 4}" '
-        f'text-anchor="end">{end_s:.0f} s</text><text x="2" y="12">{rows} rows</text></svg>'
-    )
-
-
-def _phases_svg(phases: dict) -> str:
-    """The wall time split into start-up, first batch, steady and shutdown, to scale."""
-    width, colours = 480, {"start-up": "#c9c9c9", "first batch": "#e0b15a", "steady": "#4a7ab8", "shutdown": "#8c8c8c"}
-    total, x, bars = sum(max(float(v), 0.0) for v in phases.values()) or 1.0, 0.0, []
-    for name, seconds in phases.items():
-        w = width * max(float(seconds), 0.0) / total
-        bars.append(
-            f'<rect x="{x:.1f}" y="0" width="{w:.1f}" height="18" fill="{colours.get(name, "#999")}">'
-            f"<title>{_e(name)}: {float(seconds):.1f} s</title></rect>"
-        )
-        x += w
-    legend = ", ".join(f"{_e(name)} {float(seconds):.1f} s" for name, seconds in phases.items())
-    return f'<svg id="phases" width="{width}" height="18">{"".join(bars)}</svg><p>{legend}</p>'
-
-
-def _run_section(finished: dict, points: list[tuple[float, int]]) -> list[str]:
+def _run_section(record: dict, series: list[RunSeries]) -> list[str]:
     parts = ["<h2>The run</h2>"]
+    finished = record.get(FINISHED)
+    finished = finished if isinstance(finished, dict) else {}
     phases = finished.get("phases")
     if isinstance(phases, dict) and phases:
-        steady = float(phases.get("steady", 0))
-        rate = (finished.get("processed", 0) / steady) if steady > 0 else 0.0
+        rate = finished.get("steady_images_per_s")
+        steady = f"; steady rate {float(rate):.1f} images/s" if rate else ""
+        wall = sum(max(float(v), 0.0) for v in phases.values())
         parts += [
-            "<p>where the wall time went" + (f"; steady rate {rate:.1f} images/s" if rate else "") + "</p>",
-            _phases_svg(phases),
+            f"<p id='run-summary'>the last run: wall {wall:.1f} s{steady}, as its summary said</p>",
+            phases_svg(phases),
         ]
     else:
         parts.append("<p>the run record does not say how the run went (it has not finished)</p>")
-    if points:
-        parts += ["<p>rows saved against seconds since the launch, a point per part file</p>", _throughput_svg(points)]
+    if series:
+        runs = f"{len(series)} runs (resumes) wrote this output; " if len(series) > 1 else ""
+        parts += [f"<p>{runs}rows saved against seconds since each run's launch, a point per part file</p>"]
+        parts.append(runs_svg(series))
     return parts
 
 
@@ -188,10 +150,11 @@ def render(
     review: Review,
     thumbs: dict[str, str | None],
     duplicates: list[list[tuple[str, float]]],
-    finished: dict | None = None,
-    points: list[tuple[float, int]] | None = None,
+    record: dict | None = None,
+    series: list[RunSeries] | None = None,
 ) -> str:
     run = review.run
+    random = run.get("weights") == NO_WEIGHTS
     classes = sorted(review.classes.values(), key=lambda c: (-c.count, c.name))
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -204,12 +167,13 @@ def render(
         f"<tr><td>errors</td><td class='n' id='count-errors'>{sum(review.errors.values())}</td></tr>",
         f"<tr><td>classes</td><td class='n' id='count-classes'>{len(classes)}</td></tr>",
         f"<tr><td>to review</td><td class='n' id='count-review'>{review.flagged}</td></tr></table>",
-        *_run_section(finished or {}, points or []),
+        *([f"<p id='random-weights' class='warn'>{_e(RANDOM_WEIGHTS_NOTE)}</p>"] if random else []),
+        *_run_section(record or {}, series or []),
         "<h2>Errors by category</h2><table id='error-categories'>",
         *(f"<tr><td>{_e(c)}</td><td class='n'>{n}</td></tr>" for c, n in review.errors.most_common()),
         "</table>" if review.errors else "</table><p>none</p>",
         "<h2>Top-1 confidence</h2><p>images per top-1 probability, from 0 to 1</p>",
-        _histogram_svg(review.histogram),
+        histogram_svg(review.histogram),
         "<h2>Classes</h2><table id='classes'><tr><th>class</th><th class='n'>images</th>"
         "<th class='n'>mean top-1</th></tr>",
     ]
@@ -233,7 +197,9 @@ def render(
     )
     parts += [_cell(p.path, f"{p.label} {p.prob:.3f}", thumbs) for p in review.queue]
     parts.append("</div>")
-    if duplicates:
+    if duplicates and random:
+        parts.append("<h2>Largest near-duplicate groups</h2><p>not shown: random weights' embeddings group nothing</p>")
+    elif duplicates:
         parts.append("<h2>Largest near-duplicate groups</h2>")
         for group in duplicates:
             parts.append(f"<p>{len(group)} images</p><div class='grid'>")

@@ -24,7 +24,7 @@ from ..data.sources import list_inputs
 from ..model.registry import check_weights_argument
 from ..output import repair
 from ..output.ownership import OutputLease
-from ..output.writer import FINISHED, OutputDir
+from ..output.writer import FINISHED, RUNS, OutputDir
 from ..review.evaluate import EvalReport, attach_labels, score
 from . import estimate, pipeline, ray_session
 from .bookkeeping import Books, check_output, count_here, count_on_ray, counts_here, load_done_once
@@ -170,20 +170,26 @@ def _record_finished(out: OutputDir, saver: Saver, check: OutputCheck, timeline:
     """The run record's last word: when the run ended, its counts, and where its time went
     (readers tell a finished output from a partial one by it)."""
     now = time.time()
-    out.record_run(
-        {
-            **saver.run_info,
-            FINISHED: {
-                "at": now,
-                "launched": timeline.launched,
-                "inputs": check.inputs,
-                "rows": check.rows,
-                "processed": saver.stats.rows,
-                "complete": not (check.missing or check.duplicates),
-                "phases": {k: round(v, 3) for k, v in timeline.phases(until=now).items()},
-            },
-        }
-    )
+    finished = {
+        "at": now,
+        "launched": timeline.launched,
+        "inputs": check.inputs,
+        "rows": check.rows,
+        "processed": saver.stats.rows,
+        "complete": not (check.missing or check.duplicates),
+        "phases": {k: round(v, 3) for k, v in timeline.phases(until=now).items()},
+        "steady_images_per_s": round(timeline.steady_rate(saver.stats.rows), 3),
+    }
+    out.record_run({**saver.run_info, FINISHED: finished, RUNS: [*_earlier_runs(out), finished]})
+
+
+def _earlier_runs(out: OutputDir) -> list[dict]:
+    """The runs a resumed output recorded before this one (each run's `finished`)."""
+    earlier = out.earlier_run or {}
+    runs = earlier.get(RUNS)
+    if isinstance(runs, list):
+        return [r for r in runs if isinstance(r, dict)]
+    return [earlier[FINISHED]] if isinstance(earlier.get(FINISHED), dict) else []
 
 
 def _saver(cfg: LabelConfig, out: OutputDir, weights: Future, plan: InputPlan) -> Saver:

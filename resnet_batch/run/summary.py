@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..model.phases import describe
+from ..model.registry import NO_WEIGHTS
 
 if TYPE_CHECKING:
     from .config import LabelConfig
@@ -24,6 +25,9 @@ class LabelRun:
     report: Reporter
     timeline: Timeline
     saver: Saver | None = None
+
+
+STEADY_MIN_S = 1.0  # a steady phase shorter than this gives no rate (a few batches over milliseconds)
 
 
 @dataclass
@@ -55,6 +59,13 @@ class Timeline:
             "shutdown": ended - last,
         }
 
+    def steady_rate(self, processed: int) -> float:
+        """Images/s of the steady phase: the rows after the first batch, over the seconds from
+        the first batch to the last (0 when it lasted under STEADY_MIN_S). The one definition
+        the summary, the run record and the report show."""
+        steady = self.last_batch - self.first_batch
+        return (processed - self.first_batch_rows) / steady if self.first_batch and steady >= STEADY_MIN_S else 0.0
+
     @property
     def wall_s(self) -> float:
         return self.ended - self.launched
@@ -78,10 +89,8 @@ class LabelSummary:
 
     @property
     def steady_images_per_s(self) -> float:
-        """Between the first and the last model batch; 0 when there was no steady phase."""
-        t = self.timeline
-        steady = t.last_batch - t.first_batch
-        return (self.processed - t.first_batch_rows) / steady if t.first_batch and steady > 0 else 0.0
+        """Between the first and the last model batch (Timeline.steady_rate); 0 when there was none."""
+        return self.timeline.steady_rate(self.processed)
 
     @property
     def images_per_s(self) -> float:
@@ -116,6 +125,7 @@ class LabelSummary:
             f"{self.images_per_s:.1f} images/s overall",
             f"where the time went: {time_bar(phases)}",
             *self._start_and_decoding(),
+            *([RANDOM_WEIGHTS] if self.weights == NO_WEIGHTS else []),
             self._verdict(),
         ]
 
@@ -187,7 +197,11 @@ class LabelSummary:
         return lines
 
 
-PHASE_MARKS = {"start-up": ".", "first batch": "-", "steady": "#", "shutdown": "~"}
+PHASE_MARKS = {"start-up": ".", "first batch": "-", "steady": "#", "shutdown": "~"}  # in time order
+RANDOM_WEIGHTS = (
+    "note: --weights none: the labels come from random weights and mean nothing (nor do near-duplicates by "
+    "embedding); give pretrained --weights or a checkpoint for real labels"
+)
 
 
 def time_bar(phases: dict[str, float], width: int = 40) -> str:
