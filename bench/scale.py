@@ -131,10 +131,11 @@ def run_measured(cmd: list[str], timeout: float) -> dict:
     return {"wall": time.time() - started, "rss_mib": peak[0] / 1024, "stdout": out}
 
 
-def measure(workdir: Path, size: int, timeout: float) -> dict:
+def measure(workdir: Path, size: int, timeout: float, rows_per_file: int = 200_000) -> dict:
     manifest = collection(workdir, size)
     out = workdir / f"out-{size}"
     label = [sys.executable, "-m", "resnet_batch", "label", str(manifest), "--output", str(out), *NULL_JOB]
+    label[label.index("--rows-per-file") + 1] = str(rows_per_file)
     first = run_measured([*label, "--mode", "overwrite"], timeout)
     split = parse_summary(first["stdout"])
     result = {
@@ -192,11 +193,14 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=Path("/tmp/resnet-batch-scale256"))
     p.add_argument("--timeout", type=float, default=4 * 3600, help="seconds per run")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument(
+        "--rows-per-file", type=int, default=200_000, help="part file size: smaller, more parts (what fencing costs)"
+    )
     args = p.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = []
     for size in sorted(args.sizes):
-        results.append(measure(args.workdir, size, args.timeout))
+        results.append(measure(args.workdir, size, args.timeout, args.rows_per_file))
         print(json.dumps(results[-1]), flush=True)
     print(f"\n{os.cpu_count()} cores; null model, {TINY_IMAGES} distinct 256x256 JPEGs behind hard links\n")
     print(table(results))

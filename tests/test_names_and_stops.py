@@ -292,3 +292,29 @@ def test_a_dry_run_counts_and_estimates_without_weights(tmp_path, ray_local):
     assert float(line.split("estimate: ")[1].split(" images/s")[0]) > 0 and not (tmp_path / "o").exists()
     refused = in_process("label", str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--calibrate", "8")
     assert refused.returncode == 2 and "--calibrate N goes with --dry-run" in refused.stderr
+
+
+def test_a_second_signal_does_not_cut_the_save_short(tmp_path):
+    """SIGTERM, then another a moment later, while finished rows are being saved: the stop's
+    line says what the output holds, not what was saved before the second signal."""
+    args, env = _slow_job(tmp_path, images=160)
+    args[args.index("--rows-per-file") + 1] = "4"
+    job = subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        parts = lambda: len(list((tmp_path / "out").glob("part-*.parquet")))  # noqa: E731
+        _wait_for(lambda: parts() >= 2, job)
+        os.kill(job.pid, signal.SIGTERM)
+        seen = parts()
+        while job.poll() is None:  # another SIGTERM each time a part lands while the job stops
+            if parts() > seen:
+                seen = parts()
+                os.kill(job.pid, signal.SIGTERM)
+            time.sleep(0.01)
+        _, err = job.communicate(timeout=240)
+    finally:
+        kill_session(job.pid)
+    stop = next(line for line in err.splitlines() if line.startswith("stopped by SIGTERM: "))
+    said = int(stop.split(": ")[1].split(" ")[0])
+    assert job.returncode == 143 and said == pq.read_table(tmp_path / "out").num_rows, (stop, err[-2000:])

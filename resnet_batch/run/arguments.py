@@ -460,7 +460,11 @@ def options_markdown() -> str:
     label = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["label"]
     rows = ["| option | what it sets (default) |", "| --- | --- |"]
     for group in label._action_groups:
-        options = [a for a in group._group_actions if a.option_strings and "--help" not in a.option_strings]
+        options = [
+            a
+            for a in group._group_actions
+            if a.option_strings and "--help" not in a.option_strings and a.help != argparse.SUPPRESS
+        ]
         if options and group.title != "options":
             rows.append(f"| **{group.title}** | |")
         for action in options:

@@ -171,9 +171,17 @@ def printable(line: str) -> str:
 @contextmanager
 def raising_on_signals():
     """SIGINT and SIGTERM raise Interrupted in the main thread, so the job saves and stops
-    cleanly; the handlers found are put back on the way out."""
+    cleanly; the handlers found are put back on the way out. Only the first one raises: the
+    stop it starts saves what is finished (at most 30 s) and says how many rows the output
+    holds, and a second signal, raised in the middle of that, would cut the save short and
+    make the count a guess."""
+
+    def stopping(signum: int, frame: FrameType | None):
+        pass
 
     def handler(signum: int, frame: FrameType | None):
+        for each in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(each, stopping)
         raise Interrupted(signum)
 
     found = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
