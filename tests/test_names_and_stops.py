@@ -318,3 +318,84 @@ def test_a_second_signal_does_not_cut_the_save_short(tmp_path):
     stop = next(line for line in err.splitlines() if line.startswith("stopped by SIGTERM: "))
     said = int(stop.split(": ")[1].split(" ")[0])
     assert job.returncode == 143 and said == pq.read_table(tmp_path / "out").num_rows, (stop, err[-2000:])
+
+
+def test_paths_holding_the_old_separator_each_keep_their_row(tmp_path, ray_local):
+    """A path with a newline in it (a file so named, in a quoted CSV cell) and the two paths
+    the newline separates: three inputs, three rows, and resumes that find nothing to do."""
+    photos = write_jpegs(tmp_path / "in", 2, seed=10)
+    joined = tmp_path / "in" / f"{photos[0].name}\n{photos[1]}"  # one file: its name has a newline
+    joined.parent.mkdir(parents=True)
+    joined.write_bytes(photos[0].read_bytes())
+    assert str(joined) == "\n".join(str(p) for p in photos)  # what named parts once, for both
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("path\n" + "".join(f'"{p}"\n' for p in (photos[0], photos[1], joined)))
+    label = [
+        str(manifest),
+        "--output",
+        str(tmp_path / "o"),
+        "--rows-per-file",
+        "1",
+        "--model",
+        "resnet18",
+        "--weights",
+        "none",
+    ]
+    first = _label(*label)
+    assert first.returncode == 0 and "complete: every input has exactly one row" in first.stdout, first.stderr
+    assert sorted(pq.read_table(tmp_path / "o").column("path").to_pylist()) == sorted(str(p) for p in (*photos, joined))
+    for _ in range(2):
+        again = _label(*label, "--mode", "resume")
+        assert again.returncode == 0 and "already done 3, processed 0, rows in output 3" in again.stdout
+
+
+def test_a_signal_during_the_final_check_stops_cleanly(tmp_path):
+    """SIGINT once the final check has begun: it waits for the check, then the job stops,
+    saying the rows it saved (never a SystemError from inside pyarrow)."""
+    args, env = _slow_job(tmp_path, images=120)
+    args[args.index("--rows-per-file") + 1] = "1"  # many parts: a check of some length
+    job = subprocess.Popen(
+        [*args, "-v"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        for line in job.stderr:
+            if "final check: every input has exactly one row?" in line:
+                os.kill(job.pid, signal.SIGINT)
+                break
+        out, err = job.communicate(timeout=240)
+    finally:
+        kill_session(job.pid)
+    assert "SystemError" not in err and "Traceback" not in err.split("final check")[-1], err[-3000:]
+    assert job.returncode in (0, 130), err[-3000:]
+    if job.returncode == 130:
+        stop = next(line for line in err.splitlines() if line.startswith("stopped by SIGINT: "))
+        assert int(stop.split(": ")[1].split(" ")[0]) == pq.read_table(tmp_path / "out").num_rows == 120
+
+
+def test_a_folder_that_changes_during_a_resume_is_finished_by_that_resume(tmp_path):
+    """Images added to a walked folder between the resume's count and its pipeline's walk
+    (which moves every later rank): the one resume labels them all, exactly once."""
+    args, env = _slow_job(tmp_path, images=40)
+    env["RESNET_BATCH_NULL_BATCH_SECONDS"] = "0"
+    assert subprocess.run(args, env=env, capture_output=True, timeout=300).returncode == 0
+    write_jpegs(tmp_path / "in" / "later", 20, seed=30, height=8, width=8)  # what the resume has to do
+    resume = subprocess.Popen(
+        [*args, "--mode", "resume", "-v"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        for line in resume.stderr:
+            if "resume: 20 inputs still to label" in line:  # counted; the pipeline's walk is still to come
+                write_jpegs(tmp_path / "in" / "early", 10, seed=31, height=8, width=8)  # ranks before the rest
+                break
+        out, err = resume.communicate(timeout=300)
+    finally:
+        kill_session(resume.pid)
+    assert resume.returncode == 0 and "complete: every input has exactly one row" in out, err[-3000:]
+    assert "named an input listed before" not in err
+    paths = pq.read_table(tmp_path / "out").column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == 70

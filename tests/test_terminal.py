@@ -44,3 +44,10 @@ def test_version_after_a_subcommand():
 
 def test_a_models_name_in_any_case():
     assert LabelConfig.of(inputs=("x",), output="y", model="ResNet18").compute.model == "resnet18"
+
+
+def test_a_tools_job_folder_is_not_called_output():
+    """report, export and neighbors take the job's folder (LABELS) and write to --output/--html."""
+    for command in ("report", "export", "neighbors"):
+        usage = subprocess.run([*RESNET_BATCH, command, "--help"], capture_output=True, text=True).stdout
+        assert " LABELS" in usage and "OUTPUT" not in usage.replace("--output OUTPUT", ""), (command, usage)

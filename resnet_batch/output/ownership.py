@@ -287,8 +287,7 @@ def _read_lease(fs: AbstractFileSystem, lease: str) -> dict | None:
     try:
         if hasattr(fs, "invalidate_cache"):
             fs.invalidate_cache(lease)
-        with fs.open(lease, "rb") as f:
-            return json.loads(f.read() or b"{}")
+        return json.loads(fs.cat_file(lease) or b"{}")  # one request (an open is a HEAD, then a GET)
     except FileNotFoundError:
         return None
     except ValueError:

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from ..core.columns import EMBEDDING, PATH
 from ..core.errors import UsageError, require
 from ..core.storage import replaced_atomically
+from ..model.registry import NO_WEIGHTS
 from ..output import features
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,13 @@ class IndexInfo:
 
 def load_embeddings(output: str, progress: Callable[[int, int], None] | None = None) -> tuple[list[str], np.ndarray]:
     """Paths and L2-normalised float32 embeddings of the rows without an error."""
-    dataset, _ = features.open_output(output)
+    dataset, run = features.open_output(output)
+    if run.get("weights") == NO_WEIGHTS:
+        log.warning(
+            "%s was labeled with --weights none: random weights' embeddings make every image look alike, and "
+            "the groups found here mean nothing",
+            output,
+        )
     if EMBEDDING not in dataset.schema.names:
         raise UsageError(
             f"{output} has no embeddings (written with --no-embeddings or without 'pooled' in "

@@ -128,6 +128,7 @@ def _label(run: LabelRun, table: pa.Table | None) -> LabelSummary:
         saver.ensure_begun()  # a run that labeled nothing still applies --mode (overwrite replaces)
         repair.set_aside_fenced(out)  # parts a job that lost the lease made visible during this run
         checking = time.time()
+        log.info("final check: every input has exactly one row?")
         with ray_session.signals_deferred():  # every row is saved: a stop now waits for the check's end
             check = check_output(out, books)
             timeline.check_s = time.time() - checking
