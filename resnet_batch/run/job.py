@@ -126,14 +126,7 @@ def _label(run: LabelRun, table: pa.Table | None) -> LabelSummary:
         if pending:
             _execute(run, weights.result(), plan, books)
         saver.ensure_begun()  # a run that labeled nothing still applies --mode (overwrite replaces)
-        repair.set_aside_fenced(out)  # parts a job that lost the lease made visible during this run
-        checking = time.time()
-        log.info("final check: every input has exactly one row?")
-        with ray_session.signals_deferred():  # every row is saved: a stop now waits for the check's end
-            check = check_output(out, books)
-            timeline.check_s = time.time() - checking
-            misnamed = out.misnamed_parts() if check.duplicates else []
-            _record_finished(out, saver, check, timeline)
+        check, misnamed = _final_check(out, books, saver, timeline)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         if started_ray:
@@ -157,6 +150,20 @@ def _label(run: LabelRun, table: pa.Table | None) -> LabelSummary:
         errors_before=books.errors_loaded,
         outside=check.outside,
     )
+
+
+def _final_check(out: OutputDir, books: Books, saver: Saver, timeline: Timeline) -> tuple[OutputCheck, list]:
+    """Every input exactly once? Then the run record's last word. Every row is saved by now:
+    a signal waits for the check's end (raised inside pyarrow it would be a SystemError)."""
+    repair.set_aside_fenced(out)  # parts a job that lost the lease made visible during this run
+    checking = time.time()
+    log.info("final check: every input has exactly one row?")
+    with ray_session.signals_deferred():
+        check = check_output(out, books)
+        timeline.check_s = time.time() - checking
+        misnamed = out.misnamed_parts() if check.duplicates else []
+        _record_finished(out, saver, check, timeline)
+    return check, misnamed
 
 
 def _note_ray(lease: OutputLease, started: bool) -> None:
