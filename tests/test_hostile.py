@@ -588,6 +588,7 @@ def test_resume_deletes_only_its_own_and_repairs_what_it_can(tmp_path, ray_local
     assert (out / "_tmp-precious.txt").exists() and (out / "_tmp-x.parquet").exists()
     again = json.loads((out / "_resnet_batch.json").read_text())
     assert again.pop("finished")["at"] > record.pop("finished")["at"], "the run record says when this run ended"
+    assert again.pop("runs")[:-1] == record.pop("runs"), "each run of the output, the earlier ones as they were"
     assert again == record, "provenance is never lost"
 
     parts = sorted(out.glob("part-*.parquet"))
