@@ -136,6 +136,19 @@ def modified_at(fs: AbstractFileSystem, path: str) -> float | None:
     return float(when) if isinstance(when, (int, float)) else None
 
 
+def is_file(uri: str) -> bool:
+    """Whether `uri` names a regular file (local: by its original bytes) or an object."""
+    fs, path = filesystem(uri)
+    try:
+        if is_local(uri):
+            from .identity import from_text
+
+            return os.path.isfile(from_text(path))
+        return bool(fs.isfile(path))
+    except OSError:
+        return False
+
+
 class TooManyBytes(OSError):
     """A file larger than the bytes a reader allows; it was not read whole."""
 
@@ -163,8 +176,9 @@ def read_bytes_or_raise(uri: str, offset: int = -1, size: int = -1, limit: int |
             if offset >= 0:
                 f.seek(offset)
                 return f.read(size)
-            if limit is not None and os.fstat(f.fileno()).st_size > limit:
-                raise TooManyBytes(uri, limit, os.fstat(f.fileno()).st_size)
+            held = os.fstat(f.fileno()).st_size
+            if limit is not None and held > limit:
+                raise TooManyBytes(uri, limit, held)
             return f.read()
     fs, path = filesystem(uri)
     if offset >= 0:

@@ -23,9 +23,9 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..core.columns import ERROR, HEIGHT, IMAGE, INTERNAL_PREFIX, PATH, SCALE, WIDTH
 from ..core.errors import ImageError, one_line
-from ..core.identity import TAR_SEPARATOR, from_text, split_member
+from ..core.identity import TAR_SEPARATOR, split_member
 from ..core.reporting import DecodeReporter
-from ..core.storage import NotRegularFile, TooManyBytes, filesystem, is_local, read_bytes_or_raise
+from ..core.storage import NotRegularFile, TooManyBytes, is_file, read_bytes_or_raise
 from .limits import (
     DECODE_TASK_BYTES,
     DEFAULT_MAX_BYTES,
@@ -83,13 +83,7 @@ def _shard_of(member: str) -> str:
     return found[0] if found else member[: member.lower().index(TAR_SEPARATOR) + len(TAR_SEPARATOR) - 1]
 
 
-@functools.lru_cache(maxsize=256)  # a decode task reads many members of a few shards
-def _is_file(uri: str) -> bool:
-    fs, path = filesystem(uri)
-    try:
-        return os.path.isfile(from_text(path)) if is_local(uri) else fs.isfile(path)
-    except OSError:
-        return False
+_is_file = functools.lru_cache(maxsize=256)(is_file)  # a decode task reads many members of a few shards
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:

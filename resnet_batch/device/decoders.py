@@ -87,7 +87,6 @@ class DecodeBarrier:
         enabled: bool = True,
     ):
         self.streams, self.pool, self.device, self.enabled = streams, pool, device, enabled
-        self.drains = 0  # calls that drained first (the warm-up's check reads it)
 
     @classmethod
     def for_device(cls, device: torch.device) -> DecodeBarrier:
@@ -103,7 +102,6 @@ class DecodeBarrier:
         if self.enabled:
             for stream in self.streams():
                 stream.synchronize()
-            self.drains += 1
         with self._own_pool():
             return backend.decode(jpegs)
 

@@ -102,6 +102,11 @@ TORCHVISION_WEIGHTS = {
     "wide_resnet101_2": _releases("wide_resnet101_2", ("32ee1156", 78.848, 94.284), ("d733dc28", 82.51, 96.02)),
 }
 NO_WEIGHTS = "none"
+# What the summary and the report say of an output labeled with NO_WEIGHTS.
+RANDOM_WEIGHTS_NOTE = (
+    "--weights none: the labels come from random weights and mean nothing (nor do near-duplicates by "
+    "embedding); give pretrained --weights or a checkpoint for real labels"
+)
 HF_PREFIX = "hf:"
 CHECKPOINT_FORMS = "a .pt/.pth/.safetensors file, a save_pretrained folder or hf:ORG/NAME, local or s3://, gs://, ..."
 

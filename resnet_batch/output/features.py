@@ -25,7 +25,7 @@ import pyarrow.dataset as pads
 from ..core.columns import ERROR, PATH, SCALE, SPATIAL_SHAPE, read_run_metadata
 from ..core.errors import UsageError
 from .ownership import lease_state
-from .repair import copied_parts, damaged_parts
+from .repair import untrusted_parts
 from .writer import FINISHED, OutputDir
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def open_output(output: str) -> tuple[pads.Dataset, dict]:
 def _readable(out: OutputDir, output: str, files: list[str]) -> list[str]:
     """The part files to read: less the damaged (a footer cut short) and the copies of
     another (counted twice otherwise), each named in a warning."""
-    damaged = damaged_parts(out, files)
+    damaged, copies = untrusted_parts(out, files)
     if damaged:
         log.warning(
             "%d part files of %s are damaged (e.g. %s: its footer cannot be read, as after a write cut short) and "
@@ -60,8 +60,6 @@ def _readable(out: OutputDir, output: str, files: list[str]) -> list[str]:
             output,
             damaged[0].rsplit("/", 1)[-1],
         )
-    files = [f for f in files if f not in damaged]
-    copies = copied_parts(out, files)
     if copies:
         log.warning(
             "%s holds copies of its part files (%s: named for other paths than those it holds) and they are left "
@@ -69,7 +67,7 @@ def _readable(out: OutputDir, output: str, files: list[str]) -> list[str]:
             output,
             ", ".join(c.rsplit("/", 1)[-1] for c in copies[:3]),
         )
-    files = [f for f in files if f not in copies]
+    files = [f for f in files if f not in damaged and f not in copies]
     if not files:
         raise UsageError(f"{output} holds no readable part file")
     return files

@@ -24,23 +24,28 @@ from .writer import (
     PART_SUFFIX,
     REPEATS_PREFIX,
     OutputDir,
+    is_part,
     part_name,
 )
 
 log = logging.getLogger(__name__)
 
 
-def copied_parts(out: OutputDir, parts: list[str]) -> list[str]:
-    """Of `parts`, copies of another: parts whose footers agree (rows, first and last path)
-    are read, and the one whose name is not the digest of the paths it holds is the copy."""
+def untrusted_parts(out: OutputDir, parts: list[str]) -> tuple[list[str], list[str]]:
+    """Of `parts`, each footer read once: the damaged (a footer that cannot be read, as after
+    a write cut short) and the copies of another (parts whose footers agree on rows, first and
+    last path are read, and the one whose name is not the digest of the paths it holds is
+    the copy)."""
     groups: dict[tuple, list[str]] = {}
+    damaged = []
     for part in parts:
         try:
             with out.fs.open(part, "rb") as f:
                 meta = pq.read_metadata(f)
             stats = [meta.row_group(g).column(0).statistics for g in range(meta.num_row_groups)]
             key = (meta.num_rows, *((s.min, s.max) if s is not None and s.has_min_max else None for s in stats))
-        except (OSError, pa.ArrowException):
+        except (OSError, pa.ArrowException, ValueError):
+            damaged.append(part)
             continue
         groups.setdefault(key, []).append(part)
     copies = []
@@ -50,12 +55,7 @@ def copied_parts(out: OutputDir, parts: list[str]) -> list[str]:
                 paths = pq.read_table(f, columns=[PATH]).column(PATH).to_pylist()
             if not _named_for(part.rsplit("/", 1)[-1], paths):
                 copies.append(part)
-    return copies
-
-
-def damaged_parts(out: OutputDir, parts: list[str]) -> list[str]:
-    """Of `parts`, those whose footer cannot be read (a write cut short, a truncated copy)."""
-    return [part for part in parts if out.unreadable(part)]
+    return damaged, copies
 
 
 def set_aside_fenced(out: OutputDir) -> None:
@@ -114,10 +114,9 @@ def set_aside_repeats(out: OutputDir, repeated: np.ndarray) -> int:
 def set_aside_damaged(out: OutputDir) -> None:
     """Resume: part files of ours that cannot be read are renamed `_damaged-...` (readers
     skip them) and their rows are labeled again."""
-    set_aside_fenced(out)
     with out.as_usage_error():
         for name in out.names():
-            if name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX) and out.footer(name) == "damaged":
+            if is_part(name) and out.footer(name) == "damaged":
                 out.fs.mv(join(out.path, name), join(out.path, DAMAGED_PREFIX + name))
                 out.forget(join(out.path, name))
                 log.warning(

@@ -127,7 +127,7 @@ class OutputDir:
         lost the lease (fenced_parts)."""
         names = self.names()
         fenced = set(self._fenced(names))
-        return sorted(join(self.path, n) for n in names if _is_part(n) and n not in fenced)
+        return sorted(join(self.path, n) for n in names if is_part(n) and n not in fenced)
 
     def rows_on_disk(self) -> int | None:
         """The rows the output's readable part files hold now; None where the output is gone."""
@@ -164,11 +164,7 @@ class OutputDir:
     def misnamed_parts(self) -> list[str]:
         """Part files not named as write_part names them (its hash of the paths they hold):
         copies, or renamed, whose rows are counted twice where the original is there too."""
-        return [
-            n
-            for n in self.names()
-            if n.startswith(PART_PREFIX) and n.endswith(PART_SUFFIX) and not OUR_PART.fullmatch(n)
-        ]
+        return [n for n in self.names() if is_part(n) and not OUR_PART.fullmatch(n)]
 
     def _named_like_ours(self, name: str) -> bool:
         return (
@@ -176,7 +172,7 @@ class OutputDir:
             or name.startswith(LEASE_FILE)  # the lease, a takeover marker, a lease being written
             or name.startswith(FENCE_PREFIX)
             or bool(OUR_TMP.fullmatch(name))
-            or (name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX))
+            or is_part(name)
         )
 
     def lease(self, on_takeover: Callable[[dict], None] | None = None) -> OutputLease:
@@ -254,9 +250,9 @@ class OutputDir:
         part = join(self.path, name)
         if self._run_of(part) is not None:
             return "ours"
-        return "damaged" if OUR_PART.fullmatch(name) and self.unreadable(part) else "foreign"
+        return "damaged" if OUR_PART.fullmatch(name) and self._unreadable(part) else "foreign"
 
-    def unreadable(self, part: str) -> bool:
+    def _unreadable(self, part: str) -> bool:
         try:
             with self.fs.open(part, "rb") as f:
                 pq.read_schema(f)
@@ -400,7 +396,8 @@ class OutputDir:
         return stats
 
 
-def _is_part(name: str) -> bool:
+def is_part(name: str) -> bool:
+    """A part file's name, ours or not (`part-*.parquet`)."""
     return name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)
 
 
@@ -430,8 +427,8 @@ def _flag_change(key: str, was: object, now: object) -> str:
         ]
         return "preprocessing (--resize, --crop, --weights' recipe): " + ", ".join(parts)
     if key == "review":  # the review columns follow --top-k; --review-below is the setting
-        was = (was or {}).get("review_below") if isinstance(was, dict) else was
-        now = (now or {}).get("review_below") if isinstance(now, dict) else now
+        was = was.get("review_below") if isinstance(was, dict) else was
+        now = now.get("review_below") if isinstance(now, dict) else now
     if key == "embeddings":
         return f"--no-embeddings was {'off' if was else 'on'}, now {'off' if now else 'on'}"
     return f"{RESUME_FLAGS.get(key, key)} was {_shown(was)}, now {_shown(now)}"

@@ -32,7 +32,7 @@ from ..core import checks
 from ..core.columns import ENTROPY, ERROR, MARGIN, NEEDS_REVIEW, PATH, TOPK_LABELS, TOPK_PROBS
 from ..core.errors import UsageError
 from ..core.identity import TAR_SEPARATOR, from_text, member_escapes, split_member
-from ..core.storage import filesystem, is_local, is_special_file, replaced_atomically
+from ..core.storage import filesystem, is_file, is_local, is_special_file, replaced_atomically
 from ..data.manifests import TAR_OFFSET, TAR_SIZE, list_tar_members
 from ..output.features import batches, open_output
 from ..output.ownership import check_tool_target
@@ -89,16 +89,7 @@ def tar_member(path: str) -> tuple[str, str] | None:
     """(shard, member) when a row's path is a member of a tar shard (identity.split_member)."""
     if TAR_SEPARATOR not in path.lower():
         return None
-    fs, _ = filesystem(path)
-    local = is_local(path)
-
-    def is_shard(candidate: str) -> bool:
-        try:
-            return os.path.isfile(from_text(candidate.removeprefix("file://"))) if local else fs.isfile(candidate)
-        except OSError:
-            return False
-
-    return split_member(path, is_shard)
+    return split_member(path, is_file)
 
 
 def label_studio_task(row: dict, model_version: str, local_root: str) -> dict:

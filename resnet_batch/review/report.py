@@ -24,16 +24,12 @@ import pyarrow.parquet as pq
 
 from ..core.identity import TAR_SEPARATOR
 from ..core.storage import modified_at, replaced_atomically
-from ..model.registry import NO_WEIGHTS
+from ..model.registry import NO_WEIGHTS, RANDOM_WEIGHTS_NOTE
 from ..output.ownership import check_tool_target
 from ..output.writer import FINISHED, RUNS, OutputDir
 from .charts import RunSeries, histogram_svg, phases_svg, runs_svg
 from .review import Review, collect
 
-RANDOM_WEIGHTS_NOTE = (
-    "--weights none: these labels come from random weights and mean nothing; give pretrained --weights or a "
-    "checkpoint for real labels"
-)
 THUMBNAIL_PX = 72
 THUMBNAIL_QUALITY = 70
 MAX_DUPLICATE_GROUPS = 20

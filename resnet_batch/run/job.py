@@ -107,6 +107,7 @@ def _label(run: LabelRun, table: pa.Table | None) -> LabelSummary:
         lease = held.enter_context(out.lease(on_takeover=ray_session.end_leftovers))  # one writer at a time
         out.check(cfg.mode)  # again: another job may have written there before it let go
         if cfg.mode == "resume":
+            repair.set_aside_fenced(out)
             repair.set_aside_damaged(out)
         report(Snapshot(0, 0, 0, True, 0, 0.0, phase="listing the inputs"))
         plan = _plan_inputs(cfg, table)

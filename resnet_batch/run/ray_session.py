@@ -269,7 +269,7 @@ def own_session() -> str | None:
 
 def end_leftovers(stale: dict) -> None:
     """A dead job's own Ray, which outlives its driver for a minute or so, ended: the
-    processes of its session (recorded in its lease) and their children, on this host and
+    processes of its session (recorded in its lease; _session_processes), on this host and
     only when the job's process is gone."""
     session = stale.get("ray_session")
     if not session or stale.get("host") != socket.gethostname() or _alive(stale.get("pid")):

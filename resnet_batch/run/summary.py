@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..model.phases import describe
-from ..model.registry import NO_WEIGHTS
+from ..model.registry import NO_WEIGHTS, RANDOM_WEIGHTS_NOTE
 
 if TYPE_CHECKING:
     from .config import LabelConfig
@@ -125,7 +125,7 @@ class LabelSummary:
             f"{self.images_per_s:.1f} images/s overall",
             f"where the time went: {time_bar(phases)}",
             *self._start_and_decoding(),
-            *([RANDOM_WEIGHTS] if self.weights == NO_WEIGHTS else []),
+            *([f"note: {RANDOM_WEIGHTS_NOTE}"] if self.weights == NO_WEIGHTS else []),
             self._verdict(),
         ]
 
@@ -198,10 +198,6 @@ class LabelSummary:
 
 
 PHASE_MARKS = {"start-up": ".", "first batch": "-", "steady": "#", "shutdown": "~"}  # in time order
-RANDOM_WEIGHTS = (
-    "note: --weights none: the labels come from random weights and mean nothing (nor do near-duplicates by "
-    "embedding); give pretrained --weights or a checkpoint for real labels"
-)
 
 
 def time_bar(phases: dict[str, float], width: int = 40) -> str:
