@@ -9,6 +9,7 @@ import re
 import shlex
 import signal
 import subprocess
+import threading
 import time
 
 import pyarrow.parquet as pq
@@ -255,3 +256,40 @@ def test_a_sigterm_as_the_dataset_starts_says_what_it_saved(tmp_path, moment):
     while session_processes(job.pid) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not session_processes(job.pid)
+
+
+def test_a_signal_during_a_ray_wait_stops_the_wait_with_its_own_name(tmp_path, ray_local):
+    """Ray's wait loop runs the job's signal handler itself: what the handler raises must stop
+    ray.get at once and still say which signal it was, not surface as a SystemError once the
+    awaited task ends (the stop lost, every later signal ignored)."""
+    from resnet_batch.core.errors import Interrupted
+    from resnet_batch.run.console import raising_on_signals
+
+    started, release = tmp_path / "started", tmp_path / "release"
+
+    @ray_local.remote
+    def waits_for_release() -> str:
+        started.touch()
+        deadline = time.monotonic() + 60
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return "ended"
+
+    def signal_once_started():
+        while not started.exists():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    ref = waits_for_release.remote()
+    sender = threading.Thread(target=signal_once_started, daemon=True)
+    with raising_on_signals():
+        sender.start()
+        try:
+            with pytest.raises(KeyboardInterrupt) as raised:
+                ray_local.get(ref)
+            task_ended = release.exists()
+        finally:
+            release.touch()
+    sender.join()
+    assert not task_ended and Interrupted.of(raised.value).signum == signal.SIGTERM
+    assert ray_local.get(ref) == "ended"

@@ -316,7 +316,8 @@ def test_a_second_signal_does_not_cut_the_save_short(tmp_path):
         _, err = job.communicate(timeout=240)
     finally:
         kill_session(job.pid)
-    stop = next(line for line in err.splitlines() if line.startswith("stopped by SIGTERM: "))
+    stop = next((line for line in err.splitlines() if line.startswith("stopped by SIGTERM: ")), None)
+    assert stop, err[-3000:]
     said = int(stop.split(": ")[1].split(" ")[0])
     assert job.returncode == 143 and said == pq.read_table(tmp_path / "out").num_rows, (stop, err[-2000:])
 

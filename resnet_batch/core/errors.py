@@ -1,6 +1,10 @@
 """Exceptions that carry a one-line message meant for the user."""
 
+from __future__ import annotations
+
 import re
+import signal
+from typing import ClassVar
 
 
 class UsageError(ValueError):
@@ -57,16 +61,26 @@ def root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-class Interrupted(BaseException):
+class Interrupted(KeyboardInterrupt):
     """The job was stopped by a signal (SIGINT/SIGTERM) after saving what it had done.
 
-    A BaseException, like KeyboardInterrupt, so that no `except Exception` swallows it.
+    A KeyboardInterrupt, so that no `except Exception` swallows it, and so that a signal
+    handled while the driver waits in ray.get/ray.wait stops the wait at once: Ray's wait
+    loop passes a KeyboardInterrupt on (as a bare one, without the signal), and any other
+    exception raised there becomes a SystemError when the wait ends, the stop lost.
     `processed` and `saved` are filled in by the pipeline once the finished work is on disk.
     """
+
+    last_signum: ClassVar[int] = signal.SIGINT  # what a bare KeyboardInterrupt stands for
 
     def __init__(self, signum: int, processed: int = 0, saved: int = 0):
         super().__init__(signum)
         self.signum, self.processed, self.saved = signum, processed, saved
+
+    @classmethod
+    def of(cls, exc: KeyboardInterrupt) -> Interrupted:
+        """`exc` itself, or the stop a bare KeyboardInterrupt (Ray's, in place of ours) stands for."""
+        return exc if isinstance(exc, cls) else cls(cls.last_signum)
 
 
 class LeaseLost(Exception):

@@ -92,9 +92,9 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
     run = p.add_argument_group("how it runs")
     run.add_argument(
         "--address",
-        help="the Ray cluster to join: HOST:6379, auto (the one `ray start` began on "
-        "this machine) or ray://HOST:10001 (default: $RAY_ADDRESS, else a Ray of the job's own, "
-        "started here and stopped at the end)",
+        help="the Ray cluster to join, from one of its nodes: HOST:6379 or auto (the one `ray start` "
+        "began on this machine) (default: $RAY_ADDRESS, else a Ray of the job's own, started here and "
+        "stopped at the end); from off the cluster, use submit",
     )
     run.add_argument("--device", help="auto|cpu|cuda (default auto)")
     run.add_argument("--precision", help="auto|fp32|fp16|bf16 (default auto: bf16/fp16 where fast)")

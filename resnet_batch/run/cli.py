@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             return _command(args, console, argv)
         except BaseException as exc:  # escaped the handlers (a signal while one was handled): still one line
             traceback.print_exc()
-            signum = exc.signum if isinstance(exc, Interrupted) else None
+            signum = Interrupted.of(exc).signum if isinstance(exc, KeyboardInterrupt) else None
             console.failed(
                 f"stopped by {signal.Signals(signum).name}" if signum else f"{type(exc).__name__}: {one_line(exc)}"
             )
@@ -324,7 +324,8 @@ def _command(args: argparse.Namespace, console: Console, argv: list[str]) -> int
         # Raised in a Ray task: its own words (one line), not the traceback and advice Ray adds.
         console.failed(str(root_cause(exc)).splitlines()[0])
         return EXIT_USAGE
-    except Interrupted as stop:
+    except KeyboardInterrupt as caught:
+        stop = Interrupted.of(caught)
         done = f"{stop.saved} images labeled and saved" + (
             f", {stop.processed - stop.saved} labeled but not saved" if stop.processed > stop.saved else ""
         )

@@ -182,6 +182,7 @@ def raising_on_signals():
     def handler(signum: int, frame: FrameType | None):
         for each in (signal.SIGINT, signal.SIGTERM):
             signal.signal(each, stopping)
+        Interrupted.last_signum = signum
         raise Interrupted(signum)
 
     found = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}

@@ -59,10 +59,12 @@ def run_label(
     )
     try:
         return _label(run, table)
-    except Interrupted as stop:
+    except KeyboardInterrupt as caught:
+        stop = Interrupted.of(caught)
         # A second signal while stopping (delivered once Ray has stopped) carries no counts:
         # the first one's, if it had any, are what the stop says.
-        first = stop.__context__ if not stop.processed and isinstance(stop.__context__, Interrupted) else stop
+        earlier = caught.__context__
+        first = earlier if not stop.processed and isinstance(earlier, Interrupted) else stop
         saved = run.saver.saved if run.saver else 0
         if saved and not first.processed:  # stopped after the pipeline's end: all of it is saved
             first = Interrupted(first.signum, saved, saved)

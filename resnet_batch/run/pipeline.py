@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import signal
 import threading
 import time
 import warnings
@@ -153,9 +152,8 @@ def execute(plan: ExecutionPlan, inputs: InputPlan, books: Books, run: LabelRun)
         _save_on_stop(saver, exc, loop.received)
         dataset_run.stop()  # before Ray's shutdown, which its threads (and the feed's) would outlive
         feed.join(timeout=30)
-        if isinstance(exc, (KeyboardInterrupt, Interrupted)):
-            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-            raise Interrupted(signum, loop.received, saver.saved) from None
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(Interrupted.of(exc).signum, loop.received, saver.saved) from None
         if isinstance(exc, ray.exceptions.RayActorError) and exc.actor_init_failed:
             raise counter.start_failure() or exc from None
         if isinstance(root_cause(exc), OSError):  # the part files' writes: a full disk, a lost bucket

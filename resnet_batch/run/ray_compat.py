@@ -141,6 +141,14 @@ def alive_actor_nodes(class_part: str) -> set[str]:
     }
 
 
+def alive_node_addresses(gcs_address: str, timeout_s: float = 10.0) -> set[str]:
+    """The addresses of the cluster's live nodes, asked of its GCS before joining it."""
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]
+
+    nodes = GcsClient(address=gcs_address).get_all_node_info(timeout=timeout_s)
+    return {info.node_manager_address for info in nodes.values() if info.state == 0}  # 0: ALIVE
+
+
 def validate_launcher_config(config: dict) -> None:
     """What `ray up` does with a cluster launcher config: fill in the defaults, validate."""
     from ray.autoscaler._private.util import prepare_config, validate_config

@@ -48,6 +48,7 @@ def join_or_start(address: str | None) -> bool:
         return False
     if target:
         _check_reachable(target)
+        _check_on_a_node(target)
     started = False
     # ray.init would install a SIGTERM handler raising SystemExit wherever the signal lands:
     # inside Ray's start-up that can be swallowed, leave the logging lock held, or end the
@@ -152,7 +153,7 @@ def _check_reachable(address: str) -> None:
     if address == "auto":
         address = _current_cluster()
     if "://" in address or ":" not in address:
-        return  # ray:// clients and named addresses: ray.init's own checks
+        return  # named addresses: ray.init's own checks
     host, _, port = address.rpartition(":")
     deadline = time.monotonic() + JOIN_TIMEOUT_S
     while True:
@@ -160,7 +161,7 @@ def _check_reachable(address: str) -> None:
             with socket.create_connection((host, int(port)), timeout=2):
                 return
         except ValueError:
-            raise UsageError(f"invalid Ray address {address!r}; expected HOST:PORT, auto, or ray://HOST:PORT") from None
+            raise UsageError(f"invalid Ray address {address!r}; expected HOST:PORT or auto") from None
         except OSError as exc:
             if time.monotonic() > deadline:
                 raise UsageError(
@@ -170,12 +171,40 @@ def _check_reachable(address: str) -> None:
             time.sleep(0.5)
 
 
+def _check_on_a_node(address: str) -> None:
+    """A Ray driver runs on a node of its cluster (Ray's core worker, finding no node here,
+    ends the process without a word): from elsewhere the way in is the job server."""
+    if address == "auto":
+        return  # a cluster this machine runs
+    try:
+        nodes = ray_compat.alive_node_addresses(address)
+    except Exception as exc:  # an older head, or a token it wants: ray.init says what is wrong
+        log.debug("could not list the nodes of %s: %s", address, one_line(exc))
+        return
+    if nodes & {ray.util.get_node_ip_address(), "127.0.0.1"}:  # the node ray.init would attach to
+        return
+    head = address.rpartition(":")[0]
+    raise UsageError(
+        f"this machine runs no node of the Ray cluster at {address} (its nodes: {', '.join(sorted(nodes))}), "
+        f"and a Ray driver must run on one; from here, submit the job to the cluster's job server: "
+        f"resnet-batch submit --address http://{head}:8265 -- label ...; Ray Client (ray://{head}:10001) "
+        "cannot run label"
+    )
+
+
 def _check_not_a_job_server(address: str) -> None:
     if address.startswith(("http://", "https://")):
         raise UsageError(
             f"--address {address} is a job server (for `resnet-batch submit` and `jobs`); a job run "
-            "here joins a cluster at HOST:6379, auto or ray://HOST:10001, or submits to that server: "
+            "here joins a cluster at HOST:6379 or auto, or submits to that server: "
             "resnet-batch submit --address URL -- label ..."
+        )
+    if address.startswith("ray://"):
+        head = address.removeprefix("ray://").rpartition(":")[0] or "HEAD"
+        raise UsageError(
+            f"--address {address}: Ray Client cannot run label (its driver reads Ray Data's blocks by "
+            "reference and must run on a node of the cluster); from off the cluster, submit the job to "
+            f"the cluster's job server: resnet-batch submit --address http://{head}:8265 -- label ..."
         )
 
 
