@@ -368,6 +368,12 @@ def _add_submit(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     )
     submit.add_argument("--working-dir", help="local directory uploaded as the job's working directory (default: none)")
     submit.add_argument(
+        "--paths-on-cluster",
+        action="store_true",
+        help="the job's local paths are mounted at the same place on every node: send them as they are "
+        "(default: a job server on another machine gets small local files shipped, and local data refused)",
+    )
+    submit.add_argument(
         "--pip", nargs="+", action="extend", default=[], help="extra pip packages for the job (default: none)"
     )
     submit.add_argument("--submission-id", help="job id to use (default: generated)")

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import signal
 import sys
 import traceback
@@ -160,7 +161,7 @@ def _job_server(args: argparse.Namespace, console: Console) -> str:
 
 
 def cmd_submit(args: argparse.Namespace, console: Console) -> int:
-    from . import submit
+    from . import shipping, submit
 
     metadata = {}
     for item in args.metadata:
@@ -168,17 +169,25 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
             raise UsageError(f"--metadata takes KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         metadata[key] = value
+    address = _job_server(args, console)
+    shipment = shipping.Shipment(list(args.label_args), args.working_dir)
+    if args.label_args and not args.paths_on_cluster and not shipping.job_server_is_here(address):
+        shipment = shipping.prepare(list(args.label_args), address, args.working_dir)
     sub = submit.Submission(
-        address=_job_server(args, console),
-        label_args=tuple(args.label_args),
+        address=address,
+        label_args=tuple(shipment.label_args),
         submission_id=args.submission_id,
-        working_dir=args.working_dir,
+        working_dir=shipment.working_dir,
         pip=tuple(args.pip),
         entrypoint_num_cpus=args.entrypoint_num_cpus,
         entrypoint_num_gpus=args.entrypoint_num_gpus,
         metadata=metadata,
     )
-    job_id = submit.submit(sub)
+    try:
+        job_id = submit.submit(sub)
+    finally:
+        if shipment.working_dir != args.working_dir:  # the upload is done: the shipped copies go
+            shutil.rmtree(shipment.working_dir or "", ignore_errors=True)
     submit.remember_job_server(sub.address)
     console.print(f"submitted {job_id}")
     if not args.wait:
