@@ -102,11 +102,12 @@ class LeaseLost(Exception):
 
 class SaveFailed(Exception):
     """Finished rows could not be written (a full disk, a lost bucket); the output holds
-    `on_disk` rows (None: the output itself is gone), and `--mode resume` carries on from them."""
+    `on_disk` rows (None: the output itself is gone), and `--mode resume` carries on from them.
+    `unreachable`: the store stopped answering, and `on_disk` counts what this run saved."""
 
-    def __init__(self, cause: BaseException, on_disk: int | None):
+    def __init__(self, cause: BaseException, on_disk: int | None, *, unreachable: bool = False):
         super().__init__(one_line(cause))
-        self.cause, self.on_disk = cause, on_disk
+        self.cause, self.on_disk, self.unreachable = cause, on_disk, unreachable
 
 
 def require(

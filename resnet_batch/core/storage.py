@@ -8,17 +8,24 @@ takes or logs them.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import stat
 import tempfile
+import time
+from collections.abc import Callable
 from contextlib import contextmanager
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import fsspec
 from fsspec import AbstractFileSystem
 
 from .errors import UsageError, require
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # scheme -> (python module the fsspec implementation needs, extra that installs it)
 SCHEMES: dict[str, tuple[str | None, str | None]] = {
@@ -36,6 +43,41 @@ SCHEMES: dict[str, tuple[str | None, str | None]] = {
     "https": ("aiohttp", "http"),
 }
 READ_ONLY_SCHEMES = {"http", "https"}
+# A store that does not answer, as its clients raise it: an OSError of the connection, or
+# one of these (botocore's connection errors, aiohttp's), which the fsspec clients let through.
+UNREACHABLE_ERRORS = frozenset(("ConnectionError", "HTTPClientError", "ClientConnectionError", "ServerTimeoutError"))
+FINAL_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """`exc` says the store did not answer (worth retrying), not what it answered."""
+    if isinstance(exc, FINAL_ERRORS):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)) or getattr(exc, "errno", None) in UNREACHABLE_ERRNOS:
+        return True
+    return any(kind.__name__ in UNREACHABLE_ERRORS for kind in type(exc).__mro__)
+
+
+UNREACHABLE_ERRNOS = frozenset((errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNREFUSED, errno.ETIMEDOUT))
+# How long a read or write is retried while its store does not answer (a blip, a failover),
+# beyond the client's own retries. Each try also waits out the client's timeouts (botocore:
+# 60 s to connect or read), so a call gives up within about this + 60 s.
+STORAGE_RETRY_S = float(os.environ.get("RESNET_BATCH_STORAGE_RETRY_S", "120"))
+
+
+def retrying(call: Callable[[], T], what: str) -> T:
+    """`call()`, tried again while the store does not answer, for at most STORAGE_RETRY_S;
+    any other error, and the last one, is raised."""
+    deadline, pause = time.monotonic() + STORAGE_RETRY_S, 1.0
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not is_unreachable(exc) or time.monotonic() + pause > deadline:
+                raise
+            log.warning("%s: the store does not answer (%s); trying again in %.0f s", what, exc, pause)
+            time.sleep(pause)
+            pause = min(2 * pause, 15.0)
 
 
 def scheme_of(uri: str) -> str:

@@ -25,7 +25,7 @@ from ..core.columns import ERROR, HEIGHT, IMAGE, INTERNAL_PREFIX, PATH, SCALE, W
 from ..core.errors import ImageError, one_line
 from ..core.identity import TAR_SEPARATOR, split_member
 from ..core.reporting import DecodeReporter
-from ..core.storage import NotRegularFile, TooManyBytes, is_file, read_bytes_or_raise
+from ..core.storage import NotRegularFile, TooManyBytes, is_file, read_bytes_or_raise, retrying
 from .limits import (
     DECODE_TASK_BYTES,
     DEFAULT_MAX_BYTES,
@@ -57,7 +57,7 @@ def read_image_bytes(uri: str, offset: int = -1, size: int = -1, max_bytes: int 
     if offset >= 0:
         uri = _shard_of(uri)
     try:
-        data = read_bytes_or_raise(uri, offset, size, max_bytes)
+        data = retrying(lambda: read_bytes_or_raise(uri, offset, size, max_bytes), f"reading {uri}")
     except TooManyBytes as exc:
         held = f"{exc.size} bytes" if exc.size is not None else "more bytes"
         raise ImageError("too_large", f"the file holds {held} than --max-bytes {exc.limit} allows") from None

@@ -164,7 +164,7 @@ class OutputLease:
             holder = self._read()
             if holder and holder.get("token") == self.token:
                 self._remove()
-        except OSError as error:
+        except Exception as error:  # best effort: the lease goes stale if it cannot be removed
             log.warning("could not release the lease %s: %s", self.lease, one_line(error))
         self._cleanup_dir()
 
@@ -246,12 +246,12 @@ class OutputLease:
                 self.lost = str(lost)  # the job's next write stops it, with this line
                 log.debug("%s", lost)
                 return
-            except OSError as exc:
+            except Exception as exc:  # the store not answering (a connection error of any client's)
                 log.warning("could not read the lease %s: %s", self.lease, one_line(exc))
                 continue
             try:
                 self._write_record()
-            except OSError as exc:
+            except Exception as exc:
                 log.warning("could not renew the lease %s: %s", self.lease, one_line(exc))
 
     def _write_record(self) -> None:

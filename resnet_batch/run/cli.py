@@ -350,7 +350,12 @@ def _command(args: argparse.Namespace, console: Console, argv: list[str]) -> int
         return EXIT_INCOMPLETE
     except SaveFailed as failed:
         traceback.print_exc()  # to the log file
-        if failed.on_disk is None:
+        if failed.unreachable:
+            console.failed(
+                f"{type(failed.cause).__name__}: {failed}: the store stopped answering; this run saved "
+                f"{failed.on_disk} rows before it stopped; once it answers: {resume_command(argv)}"
+            )
+        elif failed.on_disk is None:
             console.failed(f"{type(failed.cause).__name__}: {failed}: the output is gone (removed during the run?)")
         else:
             console.failed(

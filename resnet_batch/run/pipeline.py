@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ from ray.data import ActorPoolStrategy
 from ray.data.datasource import Datasource, ReadTask
 
 from ..core.errors import Interrupted, LeaseLost, SaveFailed, one_line, root_cause
+from ..core.storage import is_unreachable
 from ..data.decode import JpegHandoff, LowPriorityDecode, to_idle_priority
 from ..data.input_plan import InputPlan
 from ..model.actor import PredictorActor
@@ -156,6 +157,8 @@ def execute(plan: ExecutionPlan, inputs: InputPlan, books: Books, run: LabelRun)
             raise Interrupted(Interrupted.of(exc).signum, loop.received, saver.saved) from None
         if isinstance(exc, ray.exceptions.RayActorError) and exc.actor_init_failed:
             raise counter.start_failure() or exc from None
+        if is_unreachable(root_cause(exc)):  # past the writes' retries: what this run saved is known
+            raise SaveFailed(root_cause(exc), saver.saved, unreachable=True) from exc
         if isinstance(root_cause(exc), OSError):  # the part files' writes: a full disk, a lost bucket
             raise SaveFailed(root_cause(exc), saver.out.rows_on_disk()) from exc
         raise
@@ -184,6 +187,7 @@ class DriverLoop:
     def run(self) -> None:
         """Hand finished blocks to the saver, and report, until the end."""
         saver, timeline = self.saver, self.label_run.timeline
+        saver.while_waiting = self._report_storage_wait
         while True:
             try:
                 item = self.blocks.get(timeout=0.2)  # short: the loop also saves on time and reports
@@ -207,6 +211,11 @@ class DriverLoop:
         saver.finish()
         errors = sum(saver.stats.errors.values())
         self.label_run.report(self.watch.snapshot(self.received, saver.saved, walking=False, errors=errors))
+
+    def _report_storage_wait(self, waited_s: float) -> None:
+        pending = len(self.saver.in_flight)
+        phase = f"waiting for storage ({pending} part writes pending for {waited_s:.0f} s)"
+        self.label_run.report(replace(self.watch.snapshot(self.received, self.saver.saved), phase=phase))
 
     def take_arrived(self) -> None:
         """Hand the saver the finished blocks that reached the driver but not yet its loop."""

@@ -23,6 +23,7 @@ import pyarrow as pa
 import ray
 
 from ..core.columns import with_run_metadata
+from ..core.storage import retrying
 from ..output.writer import OutputDir, WriteStats
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ def _tables(parts: list[BlockPart], blocks: list[pa.Table]) -> list[pa.Table]:
 def _write_task(
     out: OutputDir, schema: pa.Schema, rows_per_file: int, parts: list[BlockPart], *blocks: pa.Table
 ) -> WriteStats:
-    return out.write_tables(_tables(parts, list(blocks)), schema, rows_per_file)
+    tables = _tables(parts, list(blocks))
+    return retrying(lambda: out.write_tables(tables, schema, rows_per_file), f"writing to {out.uri}")
 
 
 class Saver:
@@ -72,6 +74,7 @@ class Saver:
         self.oldest = 0.0
         self.in_flight: dict[ray.ObjectRef, int] = {}
         self.stats = WriteStats()
+        self.while_waiting: Callable[[float], None] = lambda waited_s: None  # told each second the writes hold it
 
     @property
     def saved(self) -> int:
@@ -120,8 +123,10 @@ class Saver:
                 self.out.write_tables(_tables(parts, ray.get([p.ref for p in parts])), self.schema, self.rows_per_file)
             )
             return
+        waiting_since = time.monotonic()
         while len(self.in_flight) >= MAX_WRITES_IN_FLIGHT:
-            self._collect(timeout=None)
+            if not self._collect(timeout=1.0):
+                self.while_waiting(time.monotonic() - waiting_since)
         ref = _write_task.remote(self.out, self.schema, self.rows_per_file, parts, *[p.ref for p in parts])
         self.in_flight[ref] = sum(p.rows for p in parts)
 

@@ -21,6 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from ..core.columns import PATH
 from ..core.errors import UsageError
 from ..core.storage import is_local
 
@@ -91,7 +92,7 @@ def _refuse_data_here(args: argparse.Namespace, config: dict) -> None:
             fix = FIX.format("copy it to")
             raise UsageError(f"submit: {what} is on this machine, not on the cluster's nodes; {fix}")
         if _is_manifest_file(value):
-            _refuse_entries_here(value, args.path_column or config.get("path_column") or "path")
+            _refuse_entries_here(value, args.path_column or config.get("path_column") or PATH)
     if output and is_local(output):
         raise UsageError(
             f"submit: --output {output} is a local path, and the cluster's nodes would each write their "
@@ -109,7 +110,7 @@ def _refuse_data_here(args: argparse.Namespace, config: dict) -> None:
 def _refuse_entries_here(manifest: str, path_column: str) -> None:
     from ..data.manifests import read_manifest
 
-    entries = read_manifest(manifest, path_column).column("path").to_pylist()[:MANIFEST_ENTRIES_CHECKED]
+    entries = read_manifest(manifest, path_column).column(PATH).to_pylist()[:MANIFEST_ENTRIES_CHECKED]
     for entry in entries:
         if entry and _exists_here(entry):
             raise UsageError(

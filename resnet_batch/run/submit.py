@@ -122,13 +122,18 @@ class Submission:
             "py_modules": [str(Path(__file__).resolve().parent.parent)],  # the package
             # `jobs stop` sends SIGTERM, then SIGKILL after this many seconds (Ray's default:
             # 3): time for the job to save its finished rows (pipeline.SAVE_ON_INTERRUPT_S).
-            "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S)},
+            # and this machine's RESNET_BATCH_* settings, which the job's processes read there.
+            "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S), **_own_settings()},
         }
         if self.working_dir:
             env["working_dir"] = self.working_dir
         if self.pip:
             env["pip"] = list(self.pip)
         return env
+
+
+def _own_settings() -> dict[str, str]:
+    return {name: value for name, value in os.environ.items() if name.startswith("RESNET_BATCH_")}
 
 
 AGENT_WAIT_S = 60  # a head that has just started may not have its job agent up yet
