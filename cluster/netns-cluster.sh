@@ -56,12 +56,13 @@ storage_env() {
 
 # A command on a host: its network, its /tmp, the storage environment; run from this folder.
 on_host() {
-  local host=$1
-  shift
+  local host=$1 exe
+  exe=$(command -v "$2" || echo "$2")  # found here: the host sees the same files
+  shift 2
   # shellcheck disable=SC2046
   nsenter --net="/var/run/netns/$PREFIX-$host" --mount="$STATE_DIR/ns/$host" --uts="$STATE_DIR/ns/$host.uts" \
     --wd="$PWD" \
-    env $(storage_env) "$@"
+    env $(storage_env) "$exe" "$@"
 }
 
 add_host() {
@@ -83,7 +84,7 @@ add_host() {
 }
 
 start_storage() {
-  on_host s3 setsid python -m moto.server -H "$(address_of s3)" -p "$S3_PORT" \
+  on_host s3 setsid "$(command -v python)" -m moto.server -H "$(address_of s3)" -p "$S3_PORT" \
     >"$STATE_DIR/hosts/s3/tmp/moto.log" 2>&1 </dev/null &
   for _ in $(seq 60); do
     on_host s3 python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
@@ -97,10 +98,10 @@ start_node() {
   local host=$1 log
   log="$STATE_DIR/hosts/$host/tmp/ray-start.log"
   if [ "$host" = head ]; then
-    on_host head setsid ray start --head --node-ip-address="$(address_of head)" --port="$HEAD_PORT" \
+    on_host head setsid "$(command -v ray)" start --head --node-ip-address="$(address_of head)" --port="$HEAD_PORT" \
       --dashboard-host=0.0.0.0 --dashboard-port="$DASHBOARD_PORT" --num-cpus=0 --block >"$log" 2>&1 </dev/null &
   else
-    on_host "$host" setsid ray start --address="$(address_of head):$HEAD_PORT" \
+    on_host "$host" setsid "$(command -v ray)" start --address="$(address_of head):$HEAD_PORT" \
       --node-ip-address="$(address_of "$host")" --num-cpus="$(cat "$STATE_DIR/cpus")" --block \
       >"$log" 2>&1 </dev/null &
   fi

@@ -200,7 +200,26 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
         ):
             console.print(f"  {what + ':':8}resnet-batch {command} --address {at}")
         return EXIT_OK
-    final = submit.follow(sub.address, job_id, out=console.out)
+    return _follow_to_the_end(console, sub.address, job_id)
+
+
+def _follow_to_the_end(console: Console, address: str, job_id: str) -> int:
+    """The job's log until it ends, then its status; stopping this follower stops only it."""
+    from . import submit
+
+    try:
+        final = submit.follow(address, job_id, out=console.out)
+    except KeyboardInterrupt as caught:
+        at = shlex.quote(address)
+        console.print(
+            f"stopped following {job_id}, which keeps running on the cluster; follow it: resnet-batch jobs logs "
+            f"{job_id} --follow --address {at}; stop it: resnet-batch jobs stop {job_id} --address {at}",
+            error=True,
+        )
+        return EXIT_SIGNAL_BASE + Interrupted.of(caught).signum
+    except submit.JobServerLost as lost:
+        console.failed(str(lost))
+        return EXIT_INCOMPLETE
     console.print(f"job {job_id} {final}")
     return EXIT_OK if final == submit.TERMINAL_OK else EXIT_INCOMPLETE
 
@@ -226,9 +245,7 @@ def cmd_jobs(args: argparse.Namespace, console: Console) -> int:
         return EXIT_OK
     if args.action == "logs":
         if args.follow:  # to its end, as submit --wait does
-            final = submit.follow(address, args.job_id, out=console.out)
-            console.print(f"job {args.job_id} {final}")
-            return EXIT_OK if final == submit.TERMINAL_OK else EXIT_INCOMPLETE
+            return _follow_to_the_end(console, address, args.job_id)
         text = submit.logs(address, args.job_id)
         console.out.write(text if not text or text.endswith("\n") else text + "\n")
         return EXIT_OK

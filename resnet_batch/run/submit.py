@@ -8,6 +8,7 @@ or ~/.ray/auth_token; this module never reads or prints the token itself.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import shlex
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 
 TERMINAL_OK = "SUCCEEDED"
+
+log = logging.getLogger(__name__)
 
 
 def _client(address: str):
@@ -158,17 +161,48 @@ def submit(sub: Submission) -> str:
             time.sleep(2)
 
 
-async def _follow(client: JobSubmissionClient, job_id: str, out: TextIO) -> None:
-    async for lines in client.tail_job_logs(job_id):
-        out.write(lines)
-        out.flush()
+FOLLOW_RECONNECT_S = 300  # how long a follower waits for a job server that stopped answering
+
+
+class JobServerLost(Exception):
+    """The job server stopped answering a follower for FOLLOW_RECONNECT_S; the job runs on."""
+
+
+async def _follow(client: JobSubmissionClient, job_id: str, out: TextIO, written: list[int]) -> None:
+    """The job's log past its first written[0] characters: the log server replays it from
+    the start on each connection, and what a lost connection had shown is not shown twice."""
+    seen = 0
+    async for chunk in client.tail_job_logs(job_id):
+        new = chunk[max(0, written[0] - seen) :]
+        seen += len(chunk)
+        if new:
+            out.write(new)
+            out.flush()
+            written[0] = seen
 
 
 def follow(address: str, job_id: str, out: TextIO = sys.stdout) -> str:
-    """Stream the job's logs until it ends; returns its final status."""
+    """Stream the job's logs until it ends; returns its final status. A job server that stops
+    answering (a network blip, a restarted head) is reconnected to for FOLLOW_RECONNECT_S."""
     client = _client(address)
-    asyncio.run(_follow(client, job_id, out))
-    return client.get_job_status(job_id).value
+    written, lost_at = [0], None
+    while True:
+        try:
+            asyncio.run(_follow(client, job_id, out, written))
+            status = client.get_job_status(job_id)
+            if status.is_terminal():
+                return status.value
+            lost_at = None  # the log ended early: the server restarted, and answers again
+        except Exception as exc:  # the server, not the job: the job runs on the cluster meanwhile
+            if lost_at is None:
+                lost_at = time.monotonic()
+                log.warning("the job server at %s stopped answering (%s); reconnecting", address, one_line(exc))
+            elif time.monotonic() - lost_at > FOLLOW_RECONNECT_S:
+                raise JobServerLost(
+                    f"the job server at {address} has not answered for {FOLLOW_RECONNECT_S} s; job {job_id} "
+                    f"may still be running: resnet-batch jobs logs {job_id} --follow --address {address}"
+                ) from None
+        time.sleep(2)
 
 
 @contextmanager
