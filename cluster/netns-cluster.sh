@@ -11,7 +11,7 @@
 #   kill HOST            SIGKILL every process of the host (its Ray node, its object store)
 #   link-down HOST       a partition: the host's link to the bridge goes down; link-up HOST heals it
 #   pause HOST           SIGSTOP every process of the host; resume HOST sends SIGCONT
-#   restart HOST         a killed worker host (or the S3 server) starts again and rejoins
+#   restart HOST         a killed worker host starts again, as after a reboot, and rejoins (or the S3 server starts)
 # `start` returns when every host has joined; `stop` leaves no namespace, link, mount or process.
 # Each host's /tmp is $STATE_DIR/hosts/HOST/tmp here (what its Ray and its jobs wrote).
 set -euo pipefail
@@ -114,18 +114,22 @@ import sys
 import ray
 
 ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
-print(sum(1 for n in ray.nodes() if n["Alive"]))
+print(" ".join(sorted(n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"])))
 EOF
 }
 
-wait_for_nodes() {
-  local want=$1 nodes=0
+wait_for_nodes() {  # until every host named has a live Ray node
+  local host alive missing
   for _ in $(seq "$JOIN_TIMEOUT_S"); do
-    nodes=$(alive_nodes 2>/dev/null || echo 0)
-    [ "$nodes" -ge "$want" ] && return 0
+    alive=" $(alive_nodes 2>/dev/null || true) "
+    missing=""
+    for host in "$@"; do
+      [[ "$alive" == *" $(address_of "$host") "* ]] || missing="$host"
+    done
+    [ -z "$missing" ] && return 0
     sleep 1
   done
-  fail "$nodes of $want Ray nodes joined within ${JOIN_TIMEOUT_S}s" "$STATE_DIR/hosts/head/tmp/ray-start.log"
+  fail "$missing did not join within ${JOIN_TIMEOUT_S}s" "$STATE_DIR/hosts/$missing/tmp/ray-start.log"
 }
 
 start() {
@@ -144,11 +148,24 @@ start() {
   ray get-auth-token --generate >/dev/null 2>&1 || true
   start_storage
   start_node head
-  wait_for_nodes 1
+  wait_for_nodes head
   for host in $(seq -f "worker-%g" "$workers"); do start_node "$host"; done
-  wait_for_nodes $((workers + 1))
+  # shellcheck disable=SC2046
+  wait_for_nodes head $(seq -f "worker-%g" "$workers")
   echo "up: head + $workers workers ($((workers * cpus)) CPUs), S3 at http://$(address_of s3):$S3_PORT"
   echo "Ray $(address_of head):$HEAD_PORT, job server http://$(address_of head):$DASHBOARD_PORT"
+}
+
+reboot_node() {  # a killed Ray host comes back as after a reboot: its Ray files gone, then it rejoins
+  local host=$1
+  [ -z "$(ip netns pids "$PREFIX-$host")" ] || fail "$host is running; kill it first"
+  for _ in $(seq "$JOIN_TIMEOUT_S"); do  # the head has seen the old node go (else two nodes share an address)
+    [[ " $(alive_nodes 2>/dev/null || true) " == *" $(address_of "$host") "* ]] || break
+    sleep 1
+  done
+  on_host "$host" sh -c 'rm -rf /tmp/ray /dev/shm/*'
+  start_node "$host"
+  wait_for_nodes "$host"
 }
 
 status() {
@@ -192,14 +209,19 @@ case "${1:-}" in
   status) status ;;
   stop) stop ;;
   run) known "$2"; host=$2; shift 2; on_host "$host" "$@" ;;
-  kill) known "$2"; signal_host CONT "$2"; signal_host KILL "$2" ;;
+  kill)  # again until none is left: a process forked while the others die is killed too
+    known "$2"
+    for _ in $(seq 40); do
+      [ -z "$(ip netns pids "$PREFIX-$2")" ] && break
+      signal_host CONT "$2"; signal_host KILL "$2"; sleep 0.25
+    done ;;
   pause) known "$2"; signal_host STOP "$2" ;;
   resume) known "$2"; signal_host CONT "$2" ;;
   link-down) known "$2"; ip link set "${PREFIX}v-${2/worker-/w}" down ;;
   link-up) known "$2"; ip link set "${PREFIX}v-${2/worker-/w}" up ;;
   restart)
     known "$2"
-    if [ "$2" = s3 ]; then start_storage; else start_node "$2"; fi ;;
+    if [ "$2" = s3 ]; then start_storage; else reboot_node "$2"; fi ;;
   *) echo "usage: $0 start [WORKERS] [CPUS_PER_WORKER] | status | stop | run HOST CMD... |" \
     "kill|pause|resume|link-down|link-up|restart HOST" >&2; exit 2 ;;
 esac

@@ -144,8 +144,12 @@ def test_what_a_starved_job_waits_for():
     assert short_of({"CPU": 2}, {"CPU": 0}, 0, 0) == (
         "waiting for 1 CPU for a model actor; the cluster has CPU 0 free of 2"
     )
-    # The null model's actors hold no CPU: they never wait for one, and hold none from decoding.
-    assert short_of({"CPU": 0}, {"CPU": 0}, 0, 0, cpus=0) is None
+    # The null model's actors hold no CPU: they never wait for one, and hold none from decoding;
+    # with no CPU left in the cluster (its worker hosts lost), decoding waits, placed or not.
+    assert short_of({"CPU": 2}, {"CPU": 0}, 0, 0, cpus=0) is None
+    assert short_of({"CPU": 0}, {"CPU": 0}, 0, 0, cpus=0) == (
+        "waiting for 1 CPU for the decode tasks; the cluster has CPU 0 free of 0"
+    )
     assert short_of({"CPU": 0}, {"CPU": 0}, 1, 0, cpus=0) == (
         "waiting for 1 CPU for the decode tasks; the cluster has CPU 0 free of 0"
     )

@@ -26,3 +26,16 @@ def test_a_line_every_few_seconds_and_the_last_once():
     unknown = LogReporter(every_s=0.0, emit=(said := []).append)
     unknown(snapshot("labeling", done=450, saved=450, total=0, walking=False))
     assert said == ["labeling: 450 images so far, 450 saved, 0 errors, rate not yet known"]
+
+
+def test_the_summary_says_what_a_lost_node_made_the_job_redo():
+    """Rows through the model beyond the rows received: blocks Ray ran again after a node died."""
+    from resnet_batch.run.summary import LabelSummary, Timeline
+
+    def summary(labeled: int) -> LabelSummary:
+        return LabelSummary("none", 100, 0, 100, 100, Timeline(launched=1.0, ended=9.0, labeled=labeled))
+
+    redone = summary(116)
+    assert "redone: 16 rows labeled twice (their first result was lost)" in redone.lines()
+    assert redone.as_json("out")["labeled"] == 116
+    assert not [line for line in summary(100).lines() if line.startswith("redone")]

@@ -65,10 +65,11 @@ UNREACHABLE_ERRNOS = frozenset((errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECO
 STORAGE_RETRY_S = float(os.environ.get("RESNET_BATCH_STORAGE_RETRY_S", "120"))
 
 
-def retrying(call: Callable[[], T], what: str) -> T:
-    """`call()`, tried again while the store does not answer, for at most STORAGE_RETRY_S;
-    any other error, and the last one, is raised."""
-    deadline, pause = time.monotonic() + STORAGE_RETRY_S, 1.0
+def retrying(call: Callable[[], T], what: str, budget_s: float | None = None, pause: float = 1.0) -> T:
+    """`call()`, tried again while the store does not answer, for at most `budget_s`
+    (default STORAGE_RETRY_S), the pauses doubling from `pause` up to 15 s; any other
+    error, and the last one, is raised."""
+    deadline = time.monotonic() + (STORAGE_RETRY_S if budget_s is None else budget_s)
     while True:
         try:
             return call()

@@ -379,9 +379,14 @@ def _describe(holder: dict | None) -> str:
 
 
 def _held_message(uri: str, holder: dict, lease: str) -> str:
+    renewed = holder.get("renewed")
+    when = ""
+    if isinstance(renewed, (int, float)):  # a job that died (its host with it) stops renewing
+        at = time.strftime("%H:%M:%S", time.localtime(renewed + stale_after_s()))
+        when = f"once its lease is {stale_after_s():.0f} s unrenewed ({at}), or "
     return (
-        f"--output {uri} is being written by another job ({_describe(holder)}); wait for it to end, "
-        f"or, if that job is gone, remove {lease}"
+        f"--output {uri} is being written by another job ({_describe(holder)}); wait for it to end; "
+        f"if that job is gone, the output is free {when}at once if you remove {lease}"
     )
 
 

@@ -164,6 +164,7 @@ def execute(plan: ExecutionPlan, inputs: InputPlan, books: Books, run: LabelRun)
         raise
     finally:
         timeline.actor_phases, timeline.decoding, timeline.placements = counter.starts_and_decoding()
+        timeline.labeled = loop.watch.last_labeled
         counter.close()
 
 

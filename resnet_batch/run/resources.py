@@ -34,7 +34,7 @@ def short_of(total: dict, free: dict, actors_placed: int, gpus: int, cpus: int =
             return (
                 f"waiting for {what} for a model actor; the cluster has {', '.join(f'{k} {have(k)}' for k, _ in short)}"
             )
-        return None
+    # Decode tasks need a CPU, also where the model actors hold none (or are not placed yet).
     if free.get("CPU", 0) < 1 and total.get("CPU", 0) - actors_placed * cpus < 1:
         held = f", {actors_placed * cpus} held by model actors" if cpus else ""
         return f"waiting for 1 CPU for the decode tasks; the cluster has CPU {have('CPU')}{held}"

@@ -44,6 +44,7 @@ class Timeline:
     actor_phases: list = field(default_factory=list)  # each model actor's start (model/phases.py)
     decoding: dict = field(default_factory=dict)  # how decoding was shared (run/decode_share.py)
     placements: list = field(default_factory=list)  # each model actor's node id and GPU ids
+    labeled: int = 0  # rows through the model, a block redone after a lost node counted again
 
     def phases(self, until: float = 0.0) -> dict[str, float]:
         """Seconds of start-up, first batch, steady and shutdown; they add up to the wall
@@ -139,6 +140,7 @@ class LabelSummary:
             "inputs": self.inputs,
             "already_done": self.already_done,
             "processed": self.processed,
+            "labeled": self.timeline.labeled,
             "rows_in_output": self.rows_in_output,
             "missing": self.missing,
             "duplicates": self.duplicates,
@@ -181,6 +183,8 @@ class LabelSummary:
         """The first model actor's start, phase by phase, and the CPU decode share where the
         device decoded JPEGs."""
         lines, t = [], self.timeline
+        if t.labeled > self.processed:  # Ray redid the lost blocks of a node (or a worker) that died
+            lines.append(f"redone: {t.labeled - self.processed} rows labeled twice (their first result was lost)")
         if t.placements:
             lines.append(f"model actors placed: {describe_placements(t.placements)}")
         started = [p for p in t.actor_phases if "at" in p]

@@ -36,6 +36,7 @@ class RunWatch:
         self.first_at = 0.0
         self.first_done = 0
         self.last_done = 0
+        self.last_labeled = 0  # rows through the model, as the counter last said (redone blocks again)
         self.waiting: str | None = None
         self.waiting_since = 0.0
         self._resources_at = 0.0
@@ -44,6 +45,7 @@ class RunWatch:
     def snapshot(self, received: int, saved: int, walking: bool | None = None, errors: int | None = None) -> Snapshot:
         """`errors`: the exact count, once the saver has it (the counter's may miss the last batches')."""
         counts = self.counter.poll(wait=walking is False)  # the last one: exact
+        self.last_labeled = counts.labeled
         now = time.monotonic()
         walking = counts.walks_done < self.walks if walking is None else walking
         total = counts.listed
