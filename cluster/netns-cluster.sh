@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A Ray cluster of separate hosts on this machine (root only): each host has a network
 # namespace of its own (a veth on one bridge, an address in 198.18.0.0/24, no route out)
-# a mount namespace with a private /tmp and /dev/shm, and a hostname of its own. The hosts are a Ray head, N
+# a mount namespace with a private /tmp and /dev/shm, a process table and a hostname of its own
+# (Ray finds a driver's node among the raylets it can see). The hosts are a Ray head, N
 # workers, an S3-protocol server (moto) that is the only storage they share, and a
 # "laptop" that runs no Ray node: a driver's view of a cluster it is not part of.
 #   cluster/netns-cluster.sh start [WORKERS=2] [CPUS_PER_WORKER=1]
@@ -11,7 +12,7 @@
 #   kill HOST            SIGKILL every process of the host (its Ray node, its object store)
 #   link-down HOST       a partition: the host's link to the bridge goes down; link-up HOST heals it
 #   pause HOST           SIGSTOP every process of the host; resume HOST sends SIGCONT
-#   restart HOST         a killed worker host starts again, as after a reboot, and rejoins (or the S3 server starts)
+#   restart HOST         a killed host starts again, as after a reboot: a worker rejoins, the S3 server starts
 # `start` returns when every host has joined; `stop` leaves no namespace, link, mount or process.
 # Each host's /tmp is $STATE_DIR/hosts/HOST/tmp here (what its Ray and its jobs wrote).
 set -euo pipefail
@@ -54,15 +55,41 @@ storage_env() {
     "AWS_SECRET_ACCESS_KEY=netns-cluster-secret AWS_DEFAULT_REGION=us-east-1"
 }
 
-# A command on a host: its network, its /tmp, the storage environment; run from this folder.
+# A command on a host: its network, its /tmp, its processes, the storage environment; run from this folder.
 on_host() {
-  local host=$1 exe
+  local host=$1 exe init
   exe=$(command -v "$2" || echo "$2")  # found here: the host sees the same files
   shift 2
+  init=$(cat "$STATE_DIR/ns/$host.init" 2>/dev/null) && [ -e "/proc/$init/ns/pid_for_children" ] ||
+    fail "$host is down (killed); run: $0 restart $host"
   # shellcheck disable=SC2046
-  nsenter --net="/var/run/netns/$PREFIX-$host" --mount="$STATE_DIR/ns/$host" --uts="$STATE_DIR/ns/$host.uts" \
-    --wd="$PWD" \
+  nsenter --net="/var/run/netns/$PREFIX-$host" --mount="/proc/$init/ns/mnt" --uts="$STATE_DIR/ns/$host.uts" \
+    --pid="/proc/$init/ns/pid_for_children" --wd="$PWD" \
     env $(storage_env) "$exe" "$@"
+}
+
+# The host's first process: a process table of its own (with /proc to match) whose PID 1
+# reaps orphans; killing every process of the host ends it, and a reboot starts another.
+boot_host() {
+  local host=$1
+  nsenter --net="/var/run/netns/$PREFIX-$host" --mount="$STATE_DIR/ns/$host" --uts="$STATE_DIR/ns/$host.uts" \
+    unshare --pid --fork --mount-proc "$(command -v python)" -c '
+import os, signal
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+while True:
+    signal.sigwait({signal.SIGCHLD})
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+' </dev/null >/dev/null 2>&1 &
+  echo $! >"$STATE_DIR/ns/$host.init"  # unshare itself: its children are the host's processes
+  for _ in $(seq 40); do
+    [ -e "/proc/$!/ns/pid_for_children" ] && [ "$(readlink "/proc/$!/ns/pid_for_children")" != "$(readlink /proc/self/ns/pid)" ] && return 0
+    sleep 0.05
+  done
+  fail "$host did not boot"
 }
 
 add_host() {
@@ -81,6 +108,7 @@ add_host() {
   unshare --mount="$STATE_DIR/ns/$host" --uts="$STATE_DIR/ns/$host.uts" --propagation private -- sh -c \
     "hostname $PREFIX-$host && mount --bind '$STATE_DIR/hosts/$host/tmp' /tmp && mount -t tmpfs -o size=4g shm /dev/shm"
   echo "$host" >>"$STATE_DIR/hosts.txt"
+  boot_host "$host"
 }
 
 start_storage() {
@@ -158,7 +186,6 @@ start() {
 
 reboot_node() {  # a killed Ray host comes back as after a reboot: its Ray files gone, then it rejoins
   local host=$1
-  [ -z "$(ip netns pids "$PREFIX-$host")" ] || fail "$host is running; kill it first"
   for _ in $(seq "$JOIN_TIMEOUT_S"); do  # the head has seen the old node go (else two nodes share an address)
     [[ " $(alive_nodes 2>/dev/null || true) " == *" $(address_of "$host") "* ]] || break
     sleep 1
@@ -221,7 +248,9 @@ case "${1:-}" in
   link-up) known "$2"; ip link set "${PREFIX}v-${2/worker-/w}" up ;;
   restart)
     known "$2"
-    if [ "$2" = s3 ]; then start_storage; else reboot_node "$2"; fi ;;
+    [ -z "$(ip netns pids "$PREFIX-$2")" ] || fail "$2 is running; kill it first"
+    boot_host "$2"
+    if [ "$2" = s3 ]; then start_storage; elif [ "$2" != laptop ]; then reboot_node "$2"; fi ;;
   *) echo "usage: $0 start [WORKERS] [CPUS_PER_WORKER] | status | stop | run HOST CMD... |" \
     "kill|pause|resume|link-down|link-up|restart HOST" >&2; exit 2 ;;
 esac

@@ -37,6 +37,11 @@ ERROR = "error"
 IMAGE = "image"  # the decoded image, between the decode and model stages; never written
 
 
+def error_category(error: str) -> str:
+    """An error value's category: the part before its first colon ("decode_error: ...")."""
+    return error.split(":", 1)[0]
+
+
 def spatial_column(stage: str) -> str:
     return f"spatial_{stage}"
 

@@ -1,4 +1,4 @@
-"""One writer per job output, and tool outputs kept out of job outputs.
+"""One writer per job output.
 
 A job holds a lease on its output for as long as it may write there: the file
 `_resnet_batch.lock`, made by a conditional create (a hard link on local disks, S3's
@@ -49,10 +49,8 @@ __all__ = [
     "LEASE_FILE",
     "OutputLease",
     "RUN_FILE",
-    "check_tool_target",
     "lease_state",
     "read_seals",
-    "refuse_inside_job_output",
 ]
 
 log = logging.getLogger(__name__)
@@ -388,44 +386,3 @@ def _held_message(uri: str, holder: dict, lease: str) -> str:
         f"--output {uri} is being written by another job ({_describe(holder)}); wait for it to end; "
         f"if that job is gone, the output is free {when}at once if you remove {lease}"
     )
-
-
-def refuse_inside_job_output(target: str, what: str, *, strictly_inside: bool = False) -> None:
-    """A tool's output (or a job's) never lands inside a job output: readers of that
-    output would take its files for rows. Checks `target` and the folders above it for a
-    job's run record or lease."""
-    from ..core.storage import filesystem, scheme_of
-
-    fs, path = filesystem(target)
-    path = path.rstrip("/")
-    folders = []
-    folder = path if not strictly_inside else _parent(path)
-    while folder and folder not in folders:
-        folders.append(folder)
-        folder = _parent(folder)
-    if scheme_of(target) not in ("", "file", "local"):
-        folders = folders[:8]  # object stores: the nearest prefixes are enough, each costs a request
-    for folder in folders:
-        for marker in (RUN_FILE, LEASE_FILE):
-            try:
-                found = fs.exists(f"{folder}/{marker}")
-            except OSError:
-                found = False
-            if found:
-                raise UsageError(
-                    f"{what} {target} lies inside the job output {folder}, whose readers would take "
-                    "it for rows; choose a path outside it"
-                )
-
-
-def check_tool_target(target: str, what: str, *, folder: bool) -> None:
-    """Where a tool (report, export, neighbors) may write: outside every job output, and a
-    file where a file is meant (not an existing folder)."""
-    refuse_inside_job_output(target, what)
-    if not folder and os.path.isdir(target):
-        raise UsageError(f"{what} {target} is a folder; name the file to write, e.g. {os.path.join(target, 'out')}")
-
-
-def _parent(path: str) -> str:
-    parent = path.rsplit("/", 1)[0] if "/" in path.strip("/") else ("/" if path.startswith("/") else "")
-    return "" if parent == path else parent

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..core import checks
-from ..core.columns import ERROR, PATH, read_run_metadata
+from ..core.columns import ERROR, PATH, error_category, read_run_metadata
 from ..core.errors import UsageError, cannot, one_line
 from ..core.storage import check_scheme, filesystem, is_local, join, scheme_of
 from .ownership import (
@@ -37,8 +37,8 @@ from .ownership import (
     Fence,
     OutputLease,
     read_seals,
-    refuse_inside_job_output,
 )
+from .targets import refuse_inside_job_output
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,6 @@ class WriteStats:
         self.rows += other.rows
         self.files += other.files
         self.errors.update(other.errors)
-
-
-def error_category(error: str) -> str:
-    return error.split(":", 1)[0]
 
 
 def part_name(paths: list[str], mark: str | None) -> str:

@@ -35,7 +35,7 @@ from ..core.identity import TAR_SEPARATOR, from_text, member_escapes, split_memb
 from ..core.storage import filesystem, is_file, is_local, is_special_file, replaced_atomically
 from ..data.manifests import TAR_OFFSET, TAR_SIZE, list_tar_members
 from ..output.features import batches, open_output
-from ..output.ownership import check_tool_target
+from ..output.targets import check_tool_target
 
 if TYPE_CHECKING:
     import pyarrow.dataset

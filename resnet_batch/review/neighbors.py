@@ -227,7 +227,7 @@ def find_neighbors(
 
 def write(table: pa.Table, info: IndexInfo, folder: str) -> None:
     """Both files whole or not at all (temporary names, then renamed)."""
-    from ..output.ownership import check_tool_target
+    from ..output.targets import check_tool_target
 
     check_tool_target(folder, "--output", folder=True)
     os.makedirs(folder, exist_ok=True)

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from ..core.identity import TAR_SEPARATOR
 from ..core.storage import modified_at, replaced_atomically
 from ..model.registry import NO_WEIGHTS, RANDOM_WEIGHTS_NOTE
-from ..output.ownership import check_tool_target
+from ..output.targets import check_tool_target
 from ..output.writer import FINISHED, RUNS, OutputDir
 from .charts import RunSeries, histogram_svg, phases_svg, runs_svg
 from .review import Review, collect

@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow.compute as pc
 
-from ..core.columns import ERROR, MARGIN, NEEDS_REVIEW, PATH, TOPK_LABELS, TOPK_PROBS
+from ..core.columns import ERROR, MARGIN, NEEDS_REVIEW, PATH, TOPK_LABELS, TOPK_PROBS, error_category
 from ..core.errors import UsageError
 from ..output.features import batches, open_output
-from ..output.writer import error_category
 
 HISTOGRAM_BINS = 20
 

@@ -286,7 +286,7 @@ def cmd_neighbors(args: argparse.Namespace, console: Console) -> int:
 
     checks.whole_number("--k", args.k)
     checks.fraction("--threshold", args.threshold, "cosine similarity")
-    from ..output.ownership import check_tool_target
+    from ..output.targets import check_tool_target
 
     check_tool_target(args.target, "--output", folder=True)  # before the search, not after it
     with console.row_progress("neighbors: reading embeddings") as progress:
