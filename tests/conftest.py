@@ -100,7 +100,8 @@ S3_SECRET = "s3cr3t-never-logged"
 def s3_endpoint():
     """A real S3-protocol server (moto) on 127.0.0.1, configured through the standard AWS variables.
 
-    Started before Ray so that Ray's worker processes inherit the same environment.
+    Started before Ray so that Ray's worker processes inherit the same environment (as are
+    the GCS and Azure servers).
     """
     import socket
 
@@ -121,8 +122,35 @@ def s3_endpoint():
     server.stop()
 
 
+def _store_server(start):
+    """A bucket store's server (tests/stores.py) configured through the environment, or None
+    where it is not installed."""
+    server = start()
+    if server is not None:
+        os.environ.update(server.env)
+    yield server
+    if server is not None:
+        server.stop()
+        for name in server.env:
+            os.environ.pop(name, None)
+
+
 @pytest.fixture(scope="session")
-def ray_local(s3_endpoint):
+def gcs_server():
+    from .stores import start_gcs
+
+    yield from _store_server(start_gcs)
+
+
+@pytest.fixture(scope="session")
+def azure_server():
+    from .stores import start_azure
+
+    yield from _store_server(start_azure)
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_endpoint, gcs_server, azure_server):
     import ray
 
     if not ray.is_initialized():

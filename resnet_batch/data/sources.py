@@ -60,7 +60,10 @@ def to_uri(fs: AbstractFileSystem, path: str, original: str) -> str:
     or the full URI."""
     if is_local(original):
         return as_text(normalise_local(path))
-    return fs.unstrip_protocol(path)  # object keys are UTF-8 text already
+    uri = fs.unstrip_protocol(path)  # object keys are UTF-8 text already
+    given, found = scheme_of(original), scheme_of(uri)
+    # In the scheme the user wrote: adlfs names az:// objects abfs://, gcsfs gcs:// ones gs://.
+    return f"{given}{uri[len(found) :]}" if given and found and given != found else uri
 
 
 def _is_hidden(path: str, root: str) -> bool:

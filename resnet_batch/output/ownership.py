@@ -2,7 +2,7 @@
 
 A job holds a lease on its output for as long as it may write there: the file
 `_resnet_batch.lock`, made by a conditional create (a hard link on local disks, S3's
-If-None-Match, the same "x" open mode elsewhere) and read back to confirm the job's own
+If-None-Match, GCS's ifGenerationMatch=0, Azure's If-None-Match) and read back to confirm the job's own
 token is the one there. The holder renews it while it runs; a lease is stale, and
 taken over, when its process is gone (same host) or it has not been renewed for
 STALE_AFTER_S seconds (another host). Readers skip it, as they skip every `_` file.
@@ -216,9 +216,9 @@ class OutputLease:
         try:
             if self.local:
                 return _create_whole(path, self._record())
-            else:
-                with self.fs.open(path, "xb") as f:
-                    f.write(self._record())
+            # Each store's conditional create: S3 If-None-Match, GCS ifGenerationMatch=0, Azure
+            # overwrite=False (gcsfs's "xb" open sends no condition for a small file).
+            self.fs.pipe_file(path, self._record(), mode="create")
             return True
         except FileExistsError:
             return False
