@@ -10,7 +10,8 @@ job's progress lines, one a second), the wall time against the same job without 
 the rows labeled twice (the summary's `redone`), and whether every input has exactly one
 row. The killed driver's job is resumed from another host once its lease is stale.
 Scaling: steady images/s of the null model (no sleep), and the CPU seconds per 1000 rows of
-the head host (the driver, the GCS, the job server) and of the whole cluster.
+the driver (the books, the saves, the progress), of the head host (the driver, the GCS, the
+job server) and of every Ray host.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class CpuMeter:
 
     def __init__(self, hosts: Hosts, names: list[str]):
         self.hosts, self.names, self.most = hosts, names, {}
+        self.drivers: set[str] = set()  # the job's driver: `resnet-batch label`, run by the job server
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -76,6 +78,8 @@ class CpuMeter:
                         continue
                     used = (int(fields[11]) + int(fields[12])) / TICKS
                     self.most[(name, pid)] = max(self.most.get((name, pid), 0.0), used)
+                    if pid not in self.drivers and _is_driver(pid):
+                        self.drivers.add(pid)
 
     def __enter__(self) -> CpuMeter:
         self.thread.start()
@@ -87,6 +91,18 @@ class CpuMeter:
 
     def seconds(self, name: str | None = None) -> float:
         return sum(v for (host, _), v in self.most.items() if name is None or host == name)
+
+    def driver_seconds(self) -> float:
+        return sum(v for (_, pid), v in self.most.items() if pid in self.drivers)
+
+
+def _is_driver(pid: str) -> bool:
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    # `python -m resnet_batch label ...`, as submit runs it (or the resnet-batch script)
+    return any(w == b"resnet_batch" or w.endswith(b"/resnet-batch") for w in words) and b"label" in words
 
 
 def submit(hosts: Hosts, output: str, *extra: str, env: dict | None = None) -> Job:
@@ -174,8 +190,8 @@ def run_driver_killed(hosts: Hosts, inputs: list[str]) -> None:
 
 
 def run_scaling(workers: list[int], images: int) -> None:
-    print("| worker hosts | steady images/s | head CPU s per 1000 rows | cluster CPU s per 1000 rows |")
-    print("| --- | --- | --- | --- |")
+    print("| worker hosts | steady images/s | CPU s per 1000 rows: driver | head host | all hosts |")
+    print("| --- | --- | --- | --- | --- |")
     for count in workers:
         with tempfile.TemporaryDirectory(prefix="rb-bench-hosts-") as state:
             hosts = Hosts(Path(state), prefix="rbb", null_batch_s=0)
@@ -187,8 +203,8 @@ def run_scaling(workers: list[int], images: int) -> None:
                     log = submit(hosts, "s3://rbc-data/scaling").end()
                 steady = re.search(r"steady [\d.]+s \(([\d.]+) images/s\)", log)
                 per_k = 1000 / images
-                print(f"| {count} | {steady[1] if steady else '?'} | {cpu.seconds('head') * per_k:.2f} | "
-                      f"{cpu.seconds() * per_k:.2f} |", flush=True)  # fmt: skip
+                print(f"| {count} | {steady[1] if steady else '?'} | {cpu.driver_seconds() * per_k:.2f} | "
+                      f"{cpu.seconds('head') * per_k:.2f} | {cpu.seconds() * per_k:.2f} |", flush=True)  # fmt: skip
             finally:
                 hosts.script("stop", timeout=120)
 

@@ -96,30 +96,48 @@ def save_random_checkpoint(model_name: str, path: Path, seed: int = 0) -> Path:
 S3_SECRET = "s3cr3t-never-logged"
 
 
+class MotoServer:
+    """A real S3-protocol server (moto, in this process) on 127.0.0.1; an outage is `down`
+    then `up` on the same port (moto keeps its buckets in this process meanwhile)."""
+
+    def __init__(self):
+        from .helpers import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = None
+
+    def up(self) -> MotoServer:
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+        return self
+
+    def down(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
 @pytest.fixture(scope="session")
-def s3_endpoint():
-    """A real S3-protocol server (moto) on 127.0.0.1, configured through the standard AWS variables.
-
-    Started before Ray so that Ray's worker processes inherit the same environment (as are
-    the GCS and Azure servers).
-    """
-    import socket
-
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+def moto_server():
+    """Configured through the standard AWS variables. Started before Ray so that Ray's
+    worker processes inherit the same environment (as are the GCS and Azure servers)."""
+    server = MotoServer().up()
     os.environ.update(
-        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        AWS_ENDPOINT_URL=server.url,
         AWS_ACCESS_KEY_ID="testing-key-id",
         AWS_SECRET_ACCESS_KEY=S3_SECRET,
         AWS_DEFAULT_REGION="us-east-1",
     )
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    yield server
+    server.down()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(moto_server):
+    return moto_server.url
 
 
 def _store_server(start):

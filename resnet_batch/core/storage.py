@@ -22,7 +22,8 @@ from urllib.parse import urlsplit
 import fsspec
 from fsspec import AbstractFileSystem
 
-from .errors import UsageError, require
+from . import web
+from .errors import UsageError, one_line, require
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,7 +46,18 @@ SCHEMES: dict[str, tuple[str | None, str | None]] = {
 READ_ONLY_SCHEMES = {"http", "https"}
 # A store that does not answer, as its clients raise it: an OSError of the connection, or
 # one of these (botocore's connection errors, aiohttp's), which the fsspec clients let through.
-UNREACHABLE_ERRORS = frozenset(("ConnectionError", "HTTPClientError", "ClientConnectionError", "ServerTimeoutError"))
+UNREACHABLE_ERRORS = frozenset(
+    (
+        "ConnectionError",  # botocore
+        "HTTPClientError",  # botocore
+        "ClientConnectionError",  # aiohttp (gcsfs, adlfs)
+        "ServerTimeoutError",  # aiohttp
+        "ServiceRequestError",  # azure-core: the request never reached the service
+        "ServiceResponseError",  # azure-core: the connection broke before the answer
+    )
+)
+# The store clients whose errors are not OSErrors (by module): a failure of the store, not of this code.
+STORE_CLIENTS = ("botocore.", "aiobotocore.", "azure.", "google.", "aiohttp.", "gcsfs.", "adlfs.", "s3fs.")
 FINAL_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
@@ -53,7 +65,11 @@ def is_unreachable(exc: BaseException) -> bool:
     """`exc` says the store did not answer (worth retrying), not what it answered."""
     if isinstance(exc, FINAL_ERRORS):
         return False
-    if isinstance(exc, (ConnectionError, TimeoutError)) or getattr(exc, "errno", None) in UNREACHABLE_ERRNOS:
+    # web.ServerBusy: an HTTP server that is there but cannot answer now (5xx, 429)
+    if (
+        isinstance(exc, (ConnectionError, TimeoutError, web.ServerBusy))
+        or getattr(exc, "errno", None) in UNREACHABLE_ERRNOS
+    ):
         return True
     return any(kind.__name__ in UNREACHABLE_ERRORS for kind in type(exc).__mro__)
 
@@ -65,17 +81,38 @@ UNREACHABLE_ERRNOS = frozenset((errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECO
 STORAGE_RETRY_S = float(os.environ.get("RESNET_BATCH_STORAGE_RETRY_S", "120"))
 
 
+class StoreUnreachable(ConnectionError):
+    """A store that stopped answering, past the retries, as an error every process can carry."""
+
+
+def is_store_error(exc: BaseException) -> bool:
+    """A failure of the storage (an OSError, or a store client's own error), not of this code."""
+    return isinstance(exc, OSError) or type(exc).__module__.startswith(STORE_CLIENTS)
+
+
+def portable(exc: Exception) -> Exception:
+    """A store client's error as an OSError of the same words (some, Azure's, cannot be
+    pickled, so a Ray task could not raise them); any other error as it is."""
+    if isinstance(exc, OSError) or not is_store_error(exc):
+        return exc
+    kind = StoreUnreachable if is_unreachable(exc) else OSError
+    return kind(f"{type(exc).__name__}: {one_line(exc)}")
+
+
 def retrying(call: Callable[[], T], what: str, budget_s: float | None = None, pause: float = 1.0) -> T:
     """`call()`, tried again while the store does not answer, for at most `budget_s`
     (default STORAGE_RETRY_S), the pauses doubling from `pause` up to 15 s; any other
-    error, and the last one, is raised."""
+    error, and the last one, is raised (a store client's as `portable` makes it)."""
     deadline = time.monotonic() + (STORAGE_RETRY_S if budget_s is None else budget_s)
     while True:
         try:
             return call()
         except Exception as exc:
             if not is_unreachable(exc) or time.monotonic() + pause > deadline:
-                raise
+                carried = portable(exc)
+                if carried is exc:
+                    raise
+                raise carried from exc
             log.warning("%s: the store does not answer (%s); trying again in %.0f s", what, exc, pause)
             time.sleep(pause)
             pause = min(2 * pause, 15.0)
@@ -224,16 +261,20 @@ def read_bytes_or_raise(uri: str, offset: int = -1, size: int = -1, limit: int |
                 raise TooManyBytes(uri, limit, held)
             return f.read()
     fs, path = filesystem(uri)
-    if offset >= 0:
+    if scheme_of(uri) in READ_ONLY_SCHEMES:  # HTTP(S): what each status means, a body cut short
+        data = web.read(uri, offset, size, limit)
+        if offset >= 0:
+            return data
+    elif offset >= 0:
         return fs.cat_file(path, start=offset, end=offset + size)
-    if limit is None:
+    elif limit is None:
         return fs.cat_file(path)
-    if scheme_of(uri) in RANGED:
+    elif scheme_of(uri) in RANGED:
         data = fs.cat_file(path, start=0, end=limit + 1)
-    else:  # HTTP and the rest: a stream, read no further than the limit
+    else:  # the rest: a stream, read no further than the limit
         with fs.open(path, "rb") as f:
             data = f.read(limit + 1)
-    if len(data) > limit:
+    if limit is not None and len(data) > limit:
         raise TooManyBytes(uri, limit, None)
     return data
 

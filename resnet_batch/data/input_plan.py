@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from ..core.columns import INTERNAL_PREFIX, PATH
 from ..core.errors import UsageError, cannot
-from ..core.storage import filesystem, is_local, scheme_of
+from ..core.storage import filesystem, is_local, is_store_error, scheme_of
 from .manifests import open_manifest, read_manifest, read_split
 from .sources import (
     drop_duplicate_paths,
@@ -170,7 +170,9 @@ def _is_directory(uri: str) -> bool:
     fs, path = filesystem(uri)
     try:
         return fs.isdir(path)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # missing bucket, wrong credentials, bad endpoint
+        if not (is_store_error(exc) or isinstance(exc, ValueError)):
+            raise
         raise cannot(f"list input {uri}", exc) from None
 
 

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from ..core.columns import PATH
 from ..core.errors import UsageError, cannot, one_line
 from ..core.identity import as_text, from_text, normalise_local
-from ..core.storage import NotRegularFile, filesystem, is_local, scheme_of
+from ..core.storage import NotRegularFile, filesystem, is_local, is_store_error, scheme_of
 from .manifests import (
     INLINE_BYTES,
     LIST_ERROR,
@@ -81,7 +81,9 @@ def list_location(uri: str) -> list[str]:
         return _list_location(uri)
     except UsageError:
         raise
-    except (OSError, ValueError) as exc:  # missing bucket, denied listing, bad endpoint
+    except Exception as exc:  # missing bucket, denied listing, bad endpoint
+        if not (is_store_error(exc) or isinstance(exc, ValueError)):
+            raise
         raise cannot(f"list input {uri}", exc) from None
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..core.errors import LeaseLost, UsageError, cannot, one_line
-from ..core.storage import modified_at
+from ..core.storage import is_store_error, modified_at
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -144,11 +144,10 @@ class OutputLease:
             holder = self._read()
             if not holder or holder.get("token") != self.token:  # a store without conditional creates
                 raise UsageError(_held_message(self.uri, holder or {}, self.lease))
-        except OSError as exc:
+        except BaseException as exc:
             self._cleanup_dir()
-            raise cannot(f"write to --output {self.uri}", exc) from None
-        except BaseException:
-            self._cleanup_dir()
+            if isinstance(exc, Exception) and is_store_error(exc):  # a missing bucket, no permission
+                raise cannot(f"write to --output {self.uri}", exc) from None
             raise
         self._renewer = threading.Thread(target=self._renew, daemon=True, name="resnet-batch-lease")
         self._renewer.start()

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from ..core import checks
 from ..core.columns import ERROR, PATH, error_category, read_run_metadata
 from ..core.errors import UsageError, cannot, one_line
-from ..core.storage import check_scheme, filesystem, is_local, join, scheme_of
+from ..core.storage import check_scheme, filesystem, is_local, is_store_error, join, scheme_of
 from .ownership import (
     FENCE_PREFIX,
     LEASE_FILE,
@@ -329,9 +329,9 @@ class OutputDir:
     def as_usage_error(self):
         try:
             yield
-        except (UsageError, FileExistsError):
-            raise
-        except OSError as exc:  # missing bucket, no write permission, unreachable endpoint
+        except Exception as exc:  # missing bucket, no write permission, unreachable endpoint
+            if isinstance(exc, (UsageError, FileExistsError)) or not is_store_error(exc):
+                raise
             raise cannot(f"write to --output {self.uri}", exc) from None
 
     def check_resumable(self, run_info: dict) -> None:

@@ -145,7 +145,10 @@ def execute(plan: ExecutionPlan, inputs: InputPlan, books: Books, run: LabelRun)
     try:
         loop.run()
     except BaseException as exc:  # a signal or a failure: keep what is finished, for --mode resume
-        loop.take_arrived()
+        try:
+            loop.take_arrived()
+        except Exception:  # the same store failing again: the first error says what happened
+            log.debug("taking the arrived blocks on stop", exc_info=True)
         if isinstance(root_cause(exc), LeaseLost):  # the output is another job's now: write nothing more
             dataset_run.stop()
             feed.join(timeout=30)
