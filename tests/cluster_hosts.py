@@ -49,6 +49,15 @@ class Hosts:
         assert done.returncode == 0, done.stderr[-3000:]
         return json.loads(done.stdout.splitlines()[-1])
 
+    def whole(self, workers: int = 2) -> None:
+        """Every worker host a live Ray node again. A host partitioned long enough for Ray to
+        declare its node dead comes back without one (a dead node never rejoins): reboot it."""
+        alive = self.script("status").split("Ray nodes alive:", 1)[1].splitlines()[0].split()
+        for n in range(1, workers + 1):
+            if f"198.18.0.{10 + n}" not in alive:
+                self.script("kill", f"worker-{n}")
+                self.script("restart", f"worker-{n}", timeout=200)
+
     def tmp(self, host: str) -> Path:
         """The host's /tmp, as this machine sees it."""
         return self.state / "hosts" / host / "tmp"

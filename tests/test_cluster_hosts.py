@@ -37,8 +37,15 @@ pytestmark = [
 ]
 
 
+@pytest.fixture()
+def hosts(cluster):
+    """The module's cluster, each worker host a live node at the start of each test."""
+    cluster.whole()
+    return cluster
+
+
 @pytest.fixture(scope="module")
-def hosts():
+def cluster():
     # Not under pytest's own temporary folders, which another pytest run may prune: the
     # hosts' /tmp folders are in it, mounted.
     state = Path(tempfile.mkdtemp(prefix="resnet-batch-hosts-"))

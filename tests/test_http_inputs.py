@@ -10,8 +10,10 @@ import io
 import os
 import tarfile
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torchvision.models as tvm
 from PIL import Image
 
 from resnet_batch.core import storage
@@ -19,8 +21,9 @@ from resnet_batch.core.errors import ImageError
 from resnet_batch.data.decode import read_image_bytes
 
 from .conftest import write_jpegs
-from .helpers import cli
+from .helpers import cli, in_process
 from .http_server import FaultyFiles, self_signed
+from .test_label_reference import check_against_reference, reference_outputs
 
 WAYS = ("files", "whole", "moved", "gone", "broken", "flaky", "slow", "cut", "short")
 FINE = ("files", "whole", "moved", "flaky", "slow")
@@ -111,3 +114,37 @@ def test_https_with_a_trusted_certificate_and_without(tmp_path, monkeypatch):
             read_image_bytes(url)
         monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))
         assert read_image_bytes(url) == images[0].read_bytes()
+
+
+@pytest.mark.e2e
+def test_values_equal_the_reference_with_weights_labels_and_config_over_http(
+    ray_local, reference_images, resnet18_ckpt, tmp_path
+):
+    """Images, checkpoint, class names and the job's config all served over HTTP."""
+    site = tmp_path / "site"
+    site.mkdir()
+    for image in reference_images:
+        (site / image.name).write_bytes(image.read_bytes())
+    (site / "resnet18.pth").write_bytes(resnet18_ckpt.read_bytes())
+    (site / "classes.txt").write_text("".join(f"class-{i}\n" for i in range(1000)))
+    with FaultyFiles(site) as server:
+        base = f"{server.url}/files"
+        (site / "job.yaml").write_text(
+            f"model: resnet18\nweights: {base}/resnet18.pth\nlabels: {base}/classes.txt\n"
+            "precision: fp32\ntop_k: 3\nbatch_size: 4\n"
+        )
+        (site / "urls.txt").write_text("".join(f"{base}/{image.name}\n" for image in reference_images))
+        out = str(tmp_path / "out")
+        done = in_process("label", f"{base}/urls.txt", "--config", f"{base}/job.yaml", "--output", out)
+        assert done.returncode == 0, done.stderr[-3000:]
+    table = pq.read_table(tmp_path / "out")
+    for row in table.to_pylist():  # the served class names, in the checkpoint's order
+        assert row["topk_labels"] == [f"class-{i}" for i in row["topk_ids"]], row["path"]
+    categories = tvm.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
+    names = [[categories[i] for i in ids] for ids in table.column("topk_ids").to_pylist()]
+    table = table.set_column(table.schema.get_field_index("topk_labels"), "topk_labels", pa.array(names))
+    embeddings, logits = reference_outputs("resnet18", resnet18_ckpt, "IMAGENET1K_V1", reference_images)
+    urls = {str(image): f"{base}/{image.name}" for image in reference_images}
+    check_against_reference(
+        table, {urls[p]: v for p, v in embeddings.items()}, {urls[p]: v for p, v in logits.items()}, top_k=3
+    )

@@ -396,3 +396,36 @@ def test_the_store_stopped_mid_job_then_resumed(store, tmp_path):
     resumed = subprocess.run(again, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     assert sorted(store.table(output).column("path").to_pylist()) == sorted(str(p) for p in images)
+
+
+def test_the_store_down_while_the_job_reads_it(store, tmp_path):
+    """Inputs on the store (named by a local manifest), its server down: past the retry
+    budget the job stops, saying so, instead of saving a `read_error` row for each input
+    (which no resume would read again); with the server back, the resume reads them all."""
+    root = store.bucket("readout")
+    images = write_jpegs(tmp_path / "in", 24, seed=8)
+    uris = [store.put(image.read_bytes(), f"{root}/in/{image.name}") for image in images]
+    manifest = tmp_path / "inputs.txt"
+    manifest.write_text("".join(f"{u}\n" for u in uris))
+    output = tmp_path / "out"
+    env = {**os.environ, "RESNET_BATCH_STORAGE_RETRY_S": "3"}
+    store.server.down()
+    try:
+        stopped = subprocess.run(
+            _label_command(str(manifest), str(output), "error"), capture_output=True, text=True, timeout=400, env=env
+        )
+    finally:
+        store.server.up()
+    said = stopped.stdout + stopped.stderr
+    assert stopped.returncode not in (0, None), said[-3000:]
+    assert "the store stopped answering" in said and "--mode resume" in said, said[-3000:]
+    saved = pq.read_table(output).column("error").to_pylist() if list(output.glob("part-*.parquet")) else []
+    assert not any(saved), saved  # no row says "read_error" for an input that was never read
+
+    resumed = subprocess.run(
+        _label_command(str(manifest), str(output), "resume"), capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    rows = pq.read_table(output)
+    assert sorted(rows.column("path").to_pylist()) == sorted(uris)
+    assert not any(rows.column("error").to_pylist())

@@ -25,7 +25,17 @@ from ..core.columns import ERROR, HEIGHT, IMAGE, INTERNAL_PREFIX, PATH, SCALE, W
 from ..core.errors import ImageError, one_line
 from ..core.identity import TAR_SEPARATOR, split_member
 from ..core.reporting import DecodeReporter
-from ..core.storage import NotRegularFile, TooManyBytes, is_file, read_bytes_or_raise, retrying
+from ..core.storage import (
+    READ_ONLY_SCHEMES,
+    NotRegularFile,
+    StoreUnreachable,
+    TooManyBytes,
+    is_file,
+    is_unreachable,
+    read_bytes_or_raise,
+    retrying,
+    scheme_of,
+)
 from .limits import (
     DECODE_TASK_BYTES,
     DEFAULT_MAX_BYTES,
@@ -70,6 +80,10 @@ def read_image_bytes(uri: str, offset: int = -1, size: int = -1, max_bytes: int 
     except PermissionError:
         raise ImageError("read_error", "permission denied") from None
     except OSError as exc:
+        if is_unreachable(exc) and scheme_of(uri) not in READ_ONLY_SCHEMES:
+            # The store every input is read from stopped answering, past the retries: no row
+            # could be read; the job stops and a resume reads them (one dead web host is a row).
+            raise StoreUnreachable(f"reading {uri}: {_short(exc)}") from None
         raise ImageError("read_error", _short(exc)) from None
     if not data:
         raise ImageError("empty_file", "file has 0 bytes")
@@ -232,6 +246,8 @@ def load_one(
             return DecodedImage(resize_center_crop(img, prep), width, height, None)
     except ImageError as exc:
         return DecodedImage(None, width, height, str(exc))
+    except StoreUnreachable:
+        raise
     except MemoryError:
         return DecodedImage(None, width, height, "too_large: out of memory while decoding")
     except Exception as exc:  # a decoder bug must cost one row, not the job

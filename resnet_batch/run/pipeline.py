@@ -92,7 +92,11 @@ def _read_at_idle_priority(*args):
 def start_ray(address: str | None) -> bool:
     """Join or start Ray (ray_session); True when this job started it."""
     started = ray_session.join_or_start(address)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # ours: watch.py and reporters.py
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # ours: watch.py and reporters.py
+    # A stage's own error, not Ray Data's UserCodeException around it (whose cause a task's
+    # pickling drops): the job tells a store that stopped answering from a bug by it.
+    context.raise_original_map_exception = True
     return started
 
 
