@@ -203,6 +203,16 @@ def _label_command(inputs: str, output: str, mode: str) -> list[str]:
     ]  # fmt: skip
 
 
+def _until_two_parts(store: Store, output: str, job: subprocess.Popen) -> None:
+    """Returns once two part files of the running job are on the store (the job mid-run)."""
+    deadline = time.monotonic() + 240
+    while len(store.fs.glob(f"{store.key(output)}/part-*.parquet")) < 2:
+        assert job.poll() is None, job.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no part file appeared"
+        store.fs.invalidate_cache()
+        time.sleep(0.2)
+
+
 def test_a_job_killed_mid_run_resumes_to_exactly_once(store, on_the_store):
     """SIGKILL of the driver and its Ray: the parts already on the store stay, the lease a
     dead process holds is taken over, and the resume adds exactly the rest."""
@@ -211,15 +221,10 @@ def test_a_job_killed_mid_run_resumes_to_exactly_once(store, on_the_store):
     slow = {**os.environ, BATCH_SECONDS_VARIABLE: "0.3"}
     job = subprocess.Popen(
         _label_command(f"{root}/photos", output, "error"),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=slow,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=slow,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 240
-        while len(store.fs.glob(f"{store.key(output)}/part-*.parquet")) < 2:
-            assert job.poll() is None, job.stdout.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "no part file appeared"
-            store.fs.invalidate_cache()
-            time.sleep(0.2)
+        _until_two_parts(store, output, job)
         os.kill(job.pid, signal.SIGKILL)
         job.wait(timeout=30)
     finally:
@@ -374,12 +379,7 @@ def test_the_store_stopped_mid_job_then_resumed(store, tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 240
-        while len(store.fs.glob(f"{store.key(output)}/part-*.parquet")) < 2:
-            assert job.poll() is None, job.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "no part file appeared"
-            store.fs.invalidate_cache()
-            time.sleep(0.2)
+        _until_two_parts(store, output, job)
         store.server.down()
         try:
             said = job.communicate(timeout=400)[0]
