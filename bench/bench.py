@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from resnet_batch.config.label_config import LabelConfig
+from resnet_batch.config.plan import Cluster, make_plan
 from resnet_batch.model.settings import ALLOCATOR_ENV
-from resnet_batch.run.config import LabelConfig
-from resnet_batch.run.plan import Cluster, make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / "bench" / "data"

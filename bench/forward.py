@@ -30,7 +30,8 @@ VARIANTS = {
 
 CHILD = """
 import json, resource, sys, threading, time, torch
-from resnet_batch.model.models import build_model, fold_batch_norms, forward_stages
+from resnet_batch.model.models import fold_batch_norms, forward_stages
+from resnet_batch.model.weights import build_model
 from resnet_batch.model.weights import resolve_weights
 model_name, precision, batch, threads, fold, passes = sys.argv[1:7]
 torch.set_num_threads(int(threads))

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import DEFAULT_DATA, SUMMARY, ensure_images, linked_folder  # noqa: E402
 
 COMPONENTS = {
-    "python + driver imports (cli, config, pipeline, ray.data)": "import resnet_batch.run.cli, "
-    "resnet_batch.run.config, resnet_batch.run.pipeline",
+    "python + driver imports (cli, config, pipeline, ray.data)": "import resnet_batch.cli.main, "
+    "resnet_batch.config.label_config, resnet_batch.run.pipeline",
     "torch + torchvision (weights thread, model actors)": "import torch, torchvision",
     "decode stage imports (decode workers)": "import resnet_batch.data.decode",
     "ray.init (local, no dashboard)": "import ray, time; t = time.time(); "
@@ -41,7 +41,7 @@ COMPONENTS = {
     "ray.shutdown": "import ray, time; ray.init(include_dashboard=False, logging_level='ERROR'); "
     "ray.get(ray.remote(lambda: 1).remote()); t = time.time(); ray.shutdown(); print(time.time() - t)",
     "build resnet18 + fold BN (after imports)": "import time; "
-    "from resnet_batch.model.models import build_model, fold_batch_norms; "
+    "from resnet_batch.model.models import fold_batch_norms; from resnet_batch.model.weights import build_model; "
     "from resnet_batch.model.weights import resolve_weights; "
     "t = time.time(); fold_batch_norms(build_model(resolve_weights('resnet18', 'none'))); print(time.time() - t)",
 }

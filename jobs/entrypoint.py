@@ -8,7 +8,7 @@ take a plain Python command (KubeRay RayJob, Anyscale, CI).
 
 import sys
 
-from resnet_batch.run.cli import main
+from resnet_batch.cli.main import main
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:

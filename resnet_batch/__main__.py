@@ -1,6 +1,6 @@
 """`python -m resnet_batch`: the resnet-batch command."""
 
-from .run.cli import run
+from .cli.main import run
 
 if __name__ == "__main__":
     run()

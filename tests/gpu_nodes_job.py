@@ -15,8 +15,9 @@ import sys
 import ray
 from ray.cluster_utils import Cluster
 
+from resnet_batch.cli.summary_text import summary_lines
+from resnet_batch.config.label_config import LabelConfig
 from resnet_batch.run import job
-from resnet_batch.run.config import LabelConfig
 
 GPUS_PER_NODE = 8
 CPUS_PER_NODE = 12  # declared: a model actor's CPU each, and a few for decode tasks
@@ -60,7 +61,7 @@ def main(nodes: int, src: str, out: str) -> None:
                 "rows": summary.rows_in_output,
                 "errors": summary.errors,
                 "placements": summary.timeline.placements,
-                "lines": summary.lines(),
+                "lines": summary_lines(summary),
             }
         )
     )

@@ -36,7 +36,7 @@ def in_process(*args: str, env: dict | None = None) -> subprocess.CompletedProce
     (main() sends the rest to its log file, as the command does). Jobs run on the Ray this
     process is connected to (the suite's, `ray_local`): no interpreter, Ray or worker start.
     Starting and stopping its own Ray, and exiting, are the command's, which `cli` runs."""
-    from resnet_batch.run.cli import main
+    from resnet_batch.cli.main import main
 
     with (
         tempfile.TemporaryFile("w+") as out,

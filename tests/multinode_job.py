@@ -15,9 +15,9 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
-from resnet_batch.run import ray_compat
-from resnet_batch.run.config import LabelConfig
+from resnet_batch.config.label_config import LabelConfig
 from resnet_batch.run.job import run_label
+from tests import ray_internals
 
 
 def main(src: str, out: str) -> None:
@@ -53,7 +53,7 @@ def main(src: str, out: str) -> None:
     while len(list(Path(out).glob("part-*.parquet"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     files_before_kill = len(list(Path(out).glob("part-*.parquet")))
-    actor_nodes = ray_compat.alive_actor_nodes("Predictor")
+    actor_nodes = ray_internals.alive_actor_nodes("Predictor")
     victim = next(w for w in workers if w.node_id in actor_nodes)
     cluster.remove_node(victim, allow_graceful=False)
     cluster.add_node(num_cpus=2)  # what an autoscaler would do

@@ -47,8 +47,7 @@ def test_our_own_errors_travel_as_they_are(tmp_path):
 
 def test_the_counter_keeps_the_first_failure(ray_local):
     """What the driver asks after a failed start: the counter actor behind the reporter."""
-    from resnet_batch.run.progress import ProgressCounter
-    from resnet_batch.run.reports import CounterReports
+    from resnet_batch.run.progress.counter import CounterReports, ProgressCounter
 
     counter = ProgressCounter.remote()
     reports = CounterReports(counter)

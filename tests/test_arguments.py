@@ -9,7 +9,8 @@ import json
 import pytest
 
 import resnet_batch
-from resnet_batch.run.arguments import build_parser, resume_command
+from resnet_batch.cli.arguments import build_parser
+from resnet_batch.cli.command_line import resume_command
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -69,13 +70,13 @@ def test_a_stopped_cluster_job_is_resumed_where_it_ran(monkeypatch):
 def test_the_readmes_options_table_is_the_parsers():
     from pathlib import Path
 
-    from resnet_batch.run.arguments import options_markdown
+    from resnet_batch.cli.arguments import options_markdown
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    table = readme.split("(resnet_batch/run/arguments.py options_markdown) -->\n", 1)[1].split("\n<!-- end", 1)[0]
+    table = readme.split("(resnet_batch/cli/arguments.py options_markdown) -->\n", 1)[1].split("\n<!-- end", 1)[0]
     assert table == options_markdown(), (
         "the README's label options differ from `label --help`: paste "
-        "python -c 'from resnet_batch.run.arguments import options_markdown as m; "
+        "python -c 'from resnet_batch.cli.arguments import options_markdown as m; "
         "print(m())'"
     )
 

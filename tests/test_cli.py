@@ -187,7 +187,7 @@ def test_shipped_job_starts_its_own_ray_and_writes_every_row(tmp_path):
     # As `python -m resnet_batch`, noting at exit whether the driver imported torch.
     modules = tmp_path / "driver-modules"
     launcher = (
-        "import atexit, sys; from resnet_batch.run.cli import main; "
+        "import atexit, sys; from resnet_batch.cli.main import main; "
         f"atexit.register(lambda: open({str(modules)!r}, 'w').write(' '.join(sorted(sys.modules)))); "
         "sys.exit(main())"
     )
@@ -293,8 +293,9 @@ def test_stopping_the_jobs_own_ray_ends_all_its_processes(tmp_path):
     code = """
 import json, os, signal, ray
 from resnet_batch.run import ray_compat, ray_session
+from tests.ray_internals import node_class
 alive = {}
-Node = ray_compat.node_class()
+Node = node_class()
 kill = Node._kill_process_type
 def recording(self, kind, *args, **kwargs):
     alive[kind] = any(p.poll() is None for p in ray_compat.node_processes(self, kind))
@@ -319,7 +320,7 @@ print(json.dumps({"alive": alive, "ended": sum(p.wait(5) is not None for p in pr
         text=True,
         timeout=120,
         cwd=tmp_path,
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)},
     )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.splitlines()[-1])
@@ -340,6 +341,7 @@ def test_a_sigterm_during_rays_start_is_the_jobs_own(tmp_path):
     code = """
 import json, os, signal, threading, time, ray
 from resnet_batch.run import ray_compat, ray_session
+from tests.ray_internals import node_class
 ours = lambda *_: None
 signal.signal(signal.SIGTERM, ours)
 seen, handled, starting = set(), [], threading.Event()
@@ -350,7 +352,7 @@ def watch():
         handler = signal.getsignal(signal.SIGTERM)
         seen.add("ours" if handler is ours else getattr(handler, "__qualname__", repr(handler)))
         time.sleep(0.001)
-Node = ray_compat.node_class()
+Node = node_class()
 start_raylet = Node.start_raylet
 def signalled_start_raylet(self, *args, **kwargs):  # the signal lands in the middle of Ray's start
     os.kill(os.getpid(), signal.SIGTERM)
@@ -372,7 +374,7 @@ print(json.dumps({"seen": sorted(seen), "handled": handled, "initialized_after":
         text=True,
         timeout=120,
         cwd=tmp_path,
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)},
     )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.splitlines()[-1])

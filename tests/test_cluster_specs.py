@@ -10,7 +10,7 @@ import pytest
 import ray
 import yaml
 
-from resnet_batch.run.config import LabelConfig, load_config_file
+from resnet_batch.config.label_config import LabelConfig, load_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ def test_cluster_launcher_yaml_validates_against_rays_schema():
     gpu_types = [n for n, t in config["available_node_types"].items() if n.startswith("gpu")]
     assert gpu_types and config["available_node_types"]["head"]["resources"] == {"CPU": 0}
     # And what `ray up` itself does: fill in the provider's defaults, then validate.
-    from resnet_batch.run.ray_compat import validate_launcher_config
+    from tests.ray_internals import validate_launcher_config
 
     validate_launcher_config(config)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from resnet_batch.config.label_config import LabelConfig, load_config_file
 from resnet_batch.core.errors import UsageError
-from resnet_batch.run.config import LabelConfig, load_config_file
 
 
 def test_flags_win_over_file(tmp_path):

@@ -18,7 +18,7 @@ from resnet_batch.device.decoders import DeviceCrops
 from resnet_batch.model.inference import Predictor
 from resnet_batch.model.settings import InferenceSettings
 from resnet_batch.model.weights import resolve_weights
-from resnet_batch.run.decode_share import INITIAL_SHARE, DecodeShare
+from resnet_batch.run.progress.decode_share import INITIAL_SHARE, DecodeShare
 
 
 def balanced(share: float, cores: int, forward: float, device: float, cpu: float) -> tuple[float, float]:

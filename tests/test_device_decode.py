@@ -15,6 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
+from resnet_batch.cli.summary_text import summary_lines
+from resnet_batch.config.label_config import LabelConfig
+from resnet_batch.config.plan import decodes_on_device
 from resnet_batch.core.columns import OutputColumns
 from resnet_batch.data.decode import JPEG_COLUMN, PIXELS_COLUMN, DecodeStage, JpegHandoff
 from resnet_batch.data.preprocessing import DEVICE_FILTERS, GPU_DECODERS, Preprocessing, resize_center_crop
@@ -25,9 +28,7 @@ from resnet_batch.model.inference import Predictor
 from resnet_batch.model.phases import EVENTS, PHASES
 from resnet_batch.model.settings import InferenceSettings
 from resnet_batch.model.weights import resolve_weights
-from resnet_batch.run.config import LabelConfig
 from resnet_batch.run.job import run_label
-from resnet_batch.run.plan import decodes_on_device
 from tests.conftest import smooth_image
 
 # (height, width): landscape, portrait, a strip, smaller than the crop (padded), exactly the
@@ -227,4 +228,4 @@ def test_job_with_device_decode(ray_local, reference_images, tmp_path):
         / (d["cpu_decode_ms"] + d["cores"] * d["device_decode_ms"])
     )
     assert d["share"] == pytest.approx(min(1.0, rule), abs=0.01)
-    assert any(line.startswith("model actor start (first of 1): imports ") for line in summary.lines())
+    assert any(line.startswith("model actor start (first of 1): imports ") for line in summary_lines(summary))

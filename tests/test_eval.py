@@ -11,9 +11,9 @@ import torch
 import torchvision.models as tvm
 from PIL import Image
 
+from resnet_batch.config.label_config import LabelConfig
 from resnet_batch.core.errors import UsageError
 from resnet_batch.review.evaluate import label_from_path, published_errors, wilson_interval, wnid_to_index
-from resnet_batch.run.config import LabelConfig
 from resnet_batch.run.job import run_eval
 
 from .conftest import smooth_image

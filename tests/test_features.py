@@ -19,18 +19,17 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from resnet_batch.config.description import MAX_FILE_BYTES, row_bytes, rows_per_file
+from resnet_batch.config.label_config import LabelConfig
 from resnet_batch.core.columns import SCALE
 from resnet_batch.core.errors import UsageError
 from resnet_batch.data.decode import RESIZED_COLUMNS, DecodeStage
 from resnet_batch.data.preprocessing import WholeImage
-from resnet_batch.model.models import build_model
 from resnet_batch.model.network import Network
 from resnet_batch.model.registry import STAGE_STRIDES
 from resnet_batch.model.settings import InferenceSettings
-from resnet_batch.model.weights import resolve_weights
+from resnet_batch.model.weights import build_model, resolve_weights
 from resnet_batch.output import features
-from resnet_batch.run.config import LabelConfig
-from resnet_batch.run.description import MAX_FILE_BYTES, row_bytes, rows_per_file
 from resnet_batch.run.job import run_label
 
 from .conftest import reference_image, save_random_checkpoint, smooth_image

@@ -9,12 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from resnet_batch.config.label_config import LabelConfig
 from resnet_batch.core.errors import UsageError
 from resnet_batch.data.decode import DecodeStage
 from resnet_batch.model.network import Network
 from resnet_batch.model.settings import InferenceSettings
 from resnet_batch.model.weights import resolve_weights
-from resnet_batch.run.config import LabelConfig
 from resnet_batch.run.job import run_label
 
 transformers = pytest.importorskip("transformers")

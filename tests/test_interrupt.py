@@ -262,8 +262,8 @@ def test_a_signal_during_a_ray_wait_stops_the_wait_with_its_own_name(tmp_path, r
     """Ray's wait loop runs the job's signal handler itself: what the handler raises must stop
     ray.get at once and still say which signal it was, not surface as a SystemError once the
     awaited task ends (the stop lost, every later signal ignored)."""
+    from resnet_batch.cli.console import raising_on_signals
     from resnet_batch.core.errors import Interrupted
-    from resnet_batch.run.console import raising_on_signals
 
     started, release = tmp_path / "started", tmp_path / "release"
 

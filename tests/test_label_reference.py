@@ -9,8 +9,8 @@ import pytest
 import torch
 import torchvision.models as tvm
 
+from resnet_batch.config.label_config import LabelConfig
 from resnet_batch.core.columns import OutputColumns
-from resnet_batch.run.config import LabelConfig
 from resnet_batch.run.job import run_label
 
 from .conftest import reference_image

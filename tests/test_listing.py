@@ -9,13 +9,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from resnet_batch.config.label_config import LabelConfig
 from resnet_batch.core.pathset import isin_sorted, path_hashes
 from resnet_batch.data.directories import list_directory
 from resnet_batch.data.input_plan import WALK, plan_inputs
 from resnet_batch.data.sources import list_inputs
 from resnet_batch.output.writer import OutputDir
 from resnet_batch.run.bookkeeping import Books, check_output, count_here
-from resnet_batch.run.config import LabelConfig
 from resnet_batch.run.job import run_label
 from resnet_batch.run.listing import walk, walk_here
 

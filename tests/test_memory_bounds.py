@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from resnet_batch.config.label_config import LabelConfig
+from resnet_batch.config.plan import Cluster, make_plan
 from resnet_batch.core.errors import UsageError
 from resnet_batch.core.storage import TooManyBytes, read_bytes_or_raise
 from resnet_batch.data.decode import DecodeStage, ImageError, decode_rgb
 from resnet_batch.data.limits import DecodeMemory, decode_bytes
 from resnet_batch.model.weights import resolve_weights
-from resnet_batch.run.config import LabelConfig
-from resnet_batch.run.plan import Cluster, make_plan
 
 GiB = 2**30
 

@@ -16,9 +16,9 @@ import torchvision.models as tvm
 
 from resnet_batch.core.errors import UsageError, WeightsUnavailableError
 from resnet_batch.data.preprocessing import Preprocessing
-from resnet_batch.model.models import MODELS, build_model, describe_models, fold_batch_norms, forward_stages
-from resnet_batch.model.registry import EMBEDDING_DIMS, TORCHVISION_WEIGHTS, release_name
-from resnet_batch.model.weights import hub_checkpoint, resolve_weights
+from resnet_batch.model.models import MODELS, fold_batch_norms, forward_stages
+from resnet_batch.model.registry import ARCHITECTURES, describe_models
+from resnet_batch.model.weights import build_model, hub_checkpoint, resolve_weights
 
 
 def test_registry_widths_and_weights():
@@ -37,16 +37,17 @@ def test_registry_widths_and_weights():
     ]
     for name, row in rows.items():  # the torch-free registry agrees with torchvision's builders
         with torch.device("meta"):
-            assert row["embedding_dim"] == EMBEDDING_DIMS[name] == MODELS[name].builder().fc.in_features
+            assert row["embedding_dim"] == ARCHITECTURES[name].embedding_dim == MODELS[name].builder().fc.in_features
     assert "IMAGENET1K_V2" in rows["resnet101"]["weights"] and "IMAGENET1K_V2" not in rows["resnet34"]["weights"]
 
 
-@pytest.mark.parametrize("model", list(TORCHVISION_WEIGHTS))
+@pytest.mark.parametrize("model", list(ARCHITECTURES))
 def test_release_table_is_torchvisions(model):
     """What the driver knows without torch (registry.py) is what torchvision's enums say."""
     enum = tvm.get_model_weights(model)
-    assert list(TORCHVISION_WEIGHTS[model]) == [w.name for w in enum]
-    assert release_name(model, "DEFAULT") == enum.DEFAULT.name
+    arch = ARCHITECTURES[model]
+    assert [r.name for r in arch.releases] == [w.name for w in enum]
+    assert arch.default == arch.release("DEFAULT").name == enum.DEFAULT.name
     for w in enum:
         resolved = resolve_weights(model, w.name, verify=False)
         preset = w.transforms()
@@ -59,7 +60,7 @@ def test_release_table_is_torchvisions(model):
         )
         assert resolved.preprocessing == expected and resolved.preprocess_from == w.name
         assert resolved.categories == tuple(w.meta["categories"])
-        record = TORCHVISION_WEIGHTS[model][w.name]
+        record = arch.release(w.name)
         assert record.url == w.url and record.recipe == expected
         assert record.categories == tuple(w.meta["categories"])
         metrics = w.meta["_metrics"]["ImageNet-1K"]
@@ -74,8 +75,9 @@ def test_actors_refuse_tables_their_torchvision_disagrees_with(monkeypatch):
 
     resolved = resolve_weights("resnet18", "none")
     build_model(resolved)  # the tables agree with the torchvision installed here
-    release = TORCHVISION_WEIGHTS["resnet18"]["IMAGENET1K_V1"]
-    monkeypatch.setitem(TORCHVISION_WEIGHTS["resnet18"], "IMAGENET1K_V1", dataclasses.replace(release, resize_size=232))
+    arch = ARCHITECTURES["resnet18"]
+    stale = dataclasses.replace(arch, releases=(dataclasses.replace(arch.releases[0], resize_size=232),))
+    monkeypatch.setitem(ARCHITECTURES, "resnet18", stale)
     with pytest.raises(WeightsUnavailableError, match=r"resnet18 IMAGENET1K_V1 otherwise .* recipe \(256, 224"):
         build_model(resolved)
     monkeypatch.undo()
@@ -86,7 +88,7 @@ def test_actors_refuse_tables_their_torchvision_disagrees_with(monkeypatch):
 
 
 def test_hub_checkpoint_is_where_torch_hub_looks(tmp_path, monkeypatch):
-    url = TORCHVISION_WEIGHTS["resnet18"]["IMAGENET1K_V1"].url
+    url = ARCHITECTURES["resnet18"].release("IMAGENET1K_V1").url
     for env in (
         {"TORCH_HOME": str(tmp_path / "th")},
         {"XDG_CACHE_HOME": str(tmp_path / "xdg")},

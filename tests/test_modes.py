@@ -7,9 +7,9 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
+from resnet_batch.config.label_config import LabelConfig
 from resnet_batch.core.errors import UsageError
 from resnet_batch.run import ray_session
-from resnet_batch.run.config import LabelConfig
 from resnet_batch.run.job import run_label
 
 from .inputs_catalogue import write_catalogue

@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 
+from resnet_batch.config.description import run_info, run_schema
+from resnet_batch.config.label_config import LabelConfig
+from resnet_batch.config.plan import Cluster, make_plan
 from resnet_batch.core.columns import read_run_metadata
 from resnet_batch.model.weights import resolve_weights
-from resnet_batch.run.config import LabelConfig
-from resnet_batch.run.description import run_info, run_schema
 from resnet_batch.run.job import run_label
-from resnet_batch.run.plan import Cluster, make_plan
 
 from .conftest import write_jpegs
 

@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
+from resnet_batch.config.label_config import LabelConfig
+from resnet_batch.config.plan import BLOCKS_PER_BATCH, Cluster, make_plan
 from resnet_batch.core.errors import UsageError
 from resnet_batch.model.weights import resolve_weights
-from resnet_batch.run.config import LabelConfig
-from resnet_batch.run.plan import BLOCKS_PER_BATCH, Cluster, make_plan
 
 CFG = LabelConfig.of(inputs=("x",), output="y", model="resnet18", weights="none")
 

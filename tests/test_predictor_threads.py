@@ -80,10 +80,10 @@ def test_pool_layout_cpu(ray_local):
     """CPU nodes, as the plan reads them from the running cluster: one actor per node, one
     single-threaded call per core; a compiled forward (not thread-safe) gets one call on all
     the cores instead."""
+    from resnet_batch.config.label_config import LabelConfig
+    from resnet_batch.config.plan import make_plan
     from resnet_batch.model.weights import resolve_weights
     from resnet_batch.run import ray_session
-    from resnet_batch.run.config import LabelConfig
-    from resnet_batch.run.plan import make_plan
 
     cores = int(ray_local.cluster_resources()["CPU"])
     cluster = ray_session.cluster()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from resnet_batch.run.reporters import LogReporter, Snapshot
+from resnet_batch.cli.summary_text import summary_json, summary_lines
+from resnet_batch.run.progress.snapshot import LogReporter, Snapshot
 
 
 def snapshot(phase: str, done: int = 0, saved: int = 0, total: int = 10, walking: bool = True) -> Snapshot:
@@ -36,6 +37,6 @@ def test_the_summary_says_what_a_lost_node_made_the_job_redo():
         return LabelSummary("none", 100, 0, 100, 100, Timeline(launched=1.0, ended=9.0, labeled=labeled))
 
     redone = summary(116)
-    assert "redone: 16 rows labeled twice (their first result was lost)" in redone.lines()
-    assert redone.as_json("out")["labeled"] == 116
-    assert not [line for line in summary(100).lines() if line.startswith("redone")]
+    assert "redone: 16 rows labeled twice (their first result was lost)" in summary_lines(redone)
+    assert summary_json(redone, "out")["labeled"] == 116
+    assert not [line for line in summary_lines(summary(100)) if line.startswith("redone")]

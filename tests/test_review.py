@@ -16,11 +16,12 @@ import pytest
 import torch
 import torchvision.models as tvm
 
+from resnet_batch.cli.summary_text import summary_lines
+from resnet_batch.config.label_config import LabelConfig
 from resnet_batch.core.errors import UsageError
 from resnet_batch.review import neighbors
 from resnet_batch.review.export import export
 from resnet_batch.review.report import build_report
-from resnet_batch.run.config import LabelConfig
 from resnet_batch.run.job import run_label
 
 from .conftest import write_jpegs
@@ -310,4 +311,4 @@ def test_the_reports_charts_read_right_in_a_browser(resumed, tmp_path):
         wrap = page.evaluate("getComputedStyle(document.querySelector('.cell .p')).wordBreak")
         assert wrap == "normal"
         browser.close()
-    assert any("random weights and mean nothing" in line for line in second.lines())
+    assert any("random weights and mean nothing" in line for line in summary_lines(second))

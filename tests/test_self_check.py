@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from resnet_batch.config.plan import PoolNeeds
 from resnet_batch.core.columns import OutputColumns
 from resnet_batch.data.decode import JPEG_COLUMN, DecodeStage, JpegHandoff
 from resnet_batch.device import decoders
@@ -23,9 +24,8 @@ from resnet_batch.device.self_check import MAX_MEAN_DIFF, check_jpegs, device_pa
 from resnet_batch.model.inference import Predictor
 from resnet_batch.model.settings import InferenceSettings
 from resnet_batch.model.weights import resolve_weights
-from resnet_batch.run.plan import PoolNeeds
-from resnet_batch.run.progress import Counts
-from resnet_batch.run.watch import RunWatch
+from resnet_batch.run.progress.counter import Counts
+from resnet_batch.run.progress.watch import RunWatch
 
 from .helpers import RecordingReporter
 
@@ -132,7 +132,7 @@ def test_the_driver_warns_once_per_reason(caplog):
         ("node-b (pid 3)", "nvimgcodec: its crop differs"),
     )
     watch = RunWatch(FixedCounter(Counts(device_path_failures=failures)), walks=0, needs=PoolNeeds(3, 1, 1, 600))
-    with caplog.at_level(logging.WARNING, logger="resnet_batch.run.watch"):
+    with caplog.at_level(logging.WARNING, logger="resnet_batch.run.progress.watch"):
         watch.snapshot(0, 0)
         watch.snapshot(0, 0)
     lines = [r.getMessage() for r in caplog.records]

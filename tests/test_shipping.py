@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from resnet_batch.cli import shipping
 from resnet_batch.core.errors import UsageError
-from resnet_batch.run import shipping
 
 from .conftest import write_jpegs
 

@@ -14,10 +14,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+from resnet_batch.config.label_config import LabelConfig
 from resnet_batch.core.errors import UsageError
 from resnet_batch.data.directories import list_directory
 from resnet_batch.data.input_plan import GLOB, WALK, ReadUnit, plan_inputs
-from resnet_batch.run.config import LabelConfig
 from resnet_batch.run.job import run_label
 
 from .conftest import S3_SECRET, write_reference_set
@@ -301,9 +301,9 @@ def test_a_fifo_named_as_a_file_is_refused_however_it_is_spelled(tmp_path, spell
     at once (a plain read would block forever), whether named as a path or a file:// URI."""
     import os
 
+    from resnet_batch.config.label_config import load_config_file
     from resnet_batch.core.storage import NotRegularFile, read_bytes_or_raise
     from resnet_batch.model.checkpoints import read_labels
-    from resnet_batch.run.config import load_config_file
 
     fifo = tmp_path / "names.txt"
     os.mkfifo(fifo)

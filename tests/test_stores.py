@@ -25,12 +25,12 @@ import pyarrow.parquet as pq
 import pytest
 import torchvision.models as tvm
 
+from resnet_batch.config.label_config import LabelConfig
 from resnet_batch.core.errors import UsageError
 from resnet_batch.core.storage import filesystem
 from resnet_batch.model.null import BATCH_SECONDS_VARIABLE
 from resnet_batch.output.ownership import LEASE_FILE
 from resnet_batch.output.writer import OutputDir
-from resnet_batch.run.config import LabelConfig
 from resnet_batch.run.job import run_label
 
 from .conftest import write_jpegs

@@ -8,10 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from resnet_batch.config.label_config import LabelConfig
 from resnet_batch.data import manifests
 from resnet_batch.data.input_plan import SPLIT, plan_inputs
 from resnet_batch.data.manifests import open_manifest, read_split
-from resnet_batch.run.config import LabelConfig
 from resnet_batch.run.job import run_label
 
 from .conftest import write_jpegs

@@ -199,7 +199,7 @@ def test_label_joining_a_token_head_without_the_token_says_how(ray_head, tmp_pat
 
 
 def test_a_jobs_progress_is_its_last_word_or_its_latest_line_with_its_time():
-    from resnet_batch.run.submit import last_progress_line
+    from resnet_batch.cli.cluster_jobs import last_progress_line
 
     running = "12:00:01 labeling: 10 images so far, 8 saved, 0 errors, rate not yet known\n"
     running += "12:00:31 labeling: 224/500 images (44.8%), 224 saved, 0 errors, 7.1 images/s, ETA 0:00:39\n"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import subprocess
 
-from resnet_batch.run.config import LabelConfig
+from resnet_batch.config.label_config import LabelConfig
 
 from .helpers import RESNET_BATCH
 

@@ -20,23 +20,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core.errors import UsageError, WeightsUnavailableError, require
+from ..data.preprocessing import Preprocessing
 from .class_names import class_names
-from .registry import HF_PREFIX, IMAGENET_MEAN, IMAGENET_STD
+from .registry import ARCHITECTURES, HF_PREFIX, IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
     import torch
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-# (layer_type, depths) -> torchvision model
-ARCHITECTURES = {
-    ("basic", (2, 2, 2, 2)): "resnet18",
-    ("basic", (3, 4, 6, 3)): "resnet34",
-    ("bottleneck", (3, 4, 6, 3)): "resnet50",
-    ("bottleneck", (3, 4, 23, 3)): "resnet101",
-    ("bottleneck", (3, 8, 36, 3)): "resnet152",
-}
+# (layer_type, depths) of a transformers ResNet config -> torchvision model (registry.py)
+HF_LAYOUTS = {a.hf_layout: a.name for a in ARCHITECTURES.values() if a.hf_layout}
 # timm's ResNets with torchvision's block layout (its "d" stems and others differ).
-TIMM_ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+TIMM_ARCHITECTURES = tuple(a.name for a in ARCHITECTURES.values() if a.timm_layout)
 RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL resample codes in image-processor files
 
 
@@ -93,7 +88,7 @@ def pretrained_dir(weights: str) -> Path | None:
 class FolderInfo:
     architecture: str  # the torchvision model name
     names: tuple[str, ...] | None  # class names, by class index
-    preprocessing: dict | None  # Preprocessing's fields, when the folder says
+    preprocessing: Preprocessing | None  # when the folder says
     weight_file: Path
     config_file: str  # where the preprocessing came from, for the run's metadata
 
@@ -127,12 +122,12 @@ def describe_folder(folder: Path) -> FolderInfo:
 
 def _hf_architecture(config: dict) -> str:
     key = (config.get("layer_type"), tuple(config.get("depths", ())))
-    if key not in ARCHITECTURES or config.get("downsample_in_bottleneck") or config.get("embedding_size", 64) != 64:
+    if key not in HF_LAYOUTS or config.get("downsample_in_bottleneck") or config.get("embedding_size", 64) != 64:
         raise UsageError(
             f"Hugging Face ResNet config {key} does not match a torchvision ResNet; supported: "
-            + ", ".join(f"{t} {list(d)} ({m})" for (t, d), m in ARCHITECTURES.items())
+            + ", ".join(f"{t} {list(d)} ({m})" for (t, d), m in HF_LAYOUTS.items())
         )
-    return ARCHITECTURES[key]
+    return HF_LAYOUTS[key]
 
 
 def _config_names(config: dict, key: str, folder: Path) -> tuple[str, ...] | None:
@@ -140,21 +135,21 @@ def _config_names(config: dict, key: str, folder: Path) -> tuple[str, ...] | Non
     return class_names(config[key], f"{folder} config.json {key}") if config.get(key) else None
 
 
-def _timm_preprocessing(cfg: dict) -> dict | None:
+def _timm_preprocessing(cfg: dict) -> Preprocessing | None:
     """timm's eval transform: resize the shorter side to floor(crop / crop_pct), center-crop."""
     if not cfg.get("input_size"):
         return None
     crop = int(cfg["input_size"][-1])
-    return {
-        "resize_size": math.floor(crop / float(cfg.get("crop_pct", 0.875))),
-        "crop_size": crop,
-        "mean": tuple(float(m) for m in cfg.get("mean", IMAGENET_MEAN)),
-        "std": tuple(float(s) for s in cfg.get("std", IMAGENET_STD)),
-        "interpolation": cfg.get("interpolation", "bilinear"),
-    }
+    return Preprocessing(
+        resize_size=math.floor(crop / float(cfg.get("crop_pct", 0.875))),
+        crop_size=crop,
+        mean=tuple(float(m) for m in cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(float(s) for s in cfg.get("std", IMAGENET_STD)),
+        interpolation=cfg.get("interpolation", "bilinear"),
+    )
 
 
-def _processor_preprocessing(folder: Path) -> dict | None:
+def _processor_preprocessing(folder: Path) -> Preprocessing | None:
     """Resize/crop/mean/std/interpolation from preprocessor_config.json (ConvNext/ViT processors)."""
     path = folder / "preprocessor_config.json"
     if not path.exists():
@@ -172,13 +167,13 @@ def _processor_preprocessing(folder: Path) -> dict | None:
         resize, crop = size["shortest_edge"], crop or size["shortest_edge"]
     else:
         resize = crop = size.get("height", 224)
-    return {
-        "resize_size": int(resize),
-        "crop_size": int(crop),
-        "mean": tuple(float(m) for m in cfg.get("image_mean", (0.485, 0.456, 0.406))),
-        "std": tuple(float(s) for s in cfg.get("image_std", (0.229, 0.224, 0.225))),
-        "interpolation": RESAMPLE.get(cfg.get("resample", 2), "bilinear"),
-    }
+    return Preprocessing(
+        resize_size=int(resize),
+        crop_size=int(crop),
+        mean=tuple(float(m) for m in cfg.get("image_mean", IMAGENET_MEAN)),
+        std=tuple(float(s) for s in cfg.get("image_std", IMAGENET_STD)),
+        interpolation=RESAMPLE.get(cfg.get("resample", 2), "bilinear"),
+    )
 
 
 _RULES = [

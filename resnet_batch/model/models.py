@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING
 
 import torch
 import torchvision
@@ -19,17 +18,7 @@ from torchvision import models as tvm
 from torchvision.models import WeightsEnum
 
 from ..core.errors import UsageError, WeightsUnavailableError
-from .registry import (
-    EMBEDDING_DIMS,
-    STAGE_WIDTHS,
-    STAGES,
-    TORCHVISION_WEIGHTS,
-    imagenet_categories,
-    weights_names,
-)
-
-if TYPE_CHECKING:
-    from .weights import ResolvedWeights
+from .registry import ARCHITECTURES, imagenet_categories
 
 
 @dataclass(frozen=True)
@@ -41,7 +30,8 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {
-    name: ModelSpec(name, getattr(tvm, name), tvm.get_model_weights(name), dim) for name, dim in EMBEDDING_DIMS.items()
+    name: ModelSpec(name, getattr(tvm, name), tvm.get_model_weights(name), arch.embedding_dim)
+    for name, arch in ARCHITECTURES.items()
 }
 
 RANDOM_INIT_SEED = 0
@@ -52,26 +42,23 @@ def num_classes(state: dict[str, torch.Tensor]) -> int:
     return int(weight.shape[0]) if weight is not None else 1000
 
 
-def build_model(resolved: ResolvedWeights, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
-    """Build the model for `resolved` (weights.ResolvedWeights) with its weights loaded, in
+def build_network(model_name: str, classes: int, state: dict[str, torch.Tensor] | None) -> nn.Module:
+    """`model_name` with `classes` outputs and `state` loaded (None: seeded random init), in
     eval mode, on the CPU."""
-    check_release_tables(resolved)
-    if state is None:
-        state = resolved.state_dict()
     with torch.random.fork_rng(devices=[]):
         # Random init (--weights none) must be the same in every actor of a job and across runs.
         torch.manual_seed(RANDOM_INIT_SEED)
-        model = MODELS[resolved.model].builder(weights=None, num_classes=len(resolved.categories))
+        model = MODELS[model_name].builder(weights=None, num_classes=classes)
     if state is not None:
         model.load_state_dict(state, strict=True)
     return model.eval()
 
 
-def check_release_tables(resolved: ResolvedWeights) -> None:
+def check_release_tables(model: str, preprocess_from: str, categories: tuple[str, ...]) -> None:
     """The driver took the recipe and class names of torchvision's releases from registry.py,
     without importing torchvision; here, where it is imported anyway, they must be what this
     torchvision says (a cluster's image may hold another version than the tests ran with)."""
-    member = MODELS[resolved.model].weights_enum.__members__.get(resolved.preprocess_from)
+    member = MODELS[model].weights_enum.__members__.get(preprocess_from)
     if member is None:  # a pretrained folder's own recipe
         return
     preset = member.transforms()
@@ -82,14 +69,14 @@ def check_release_tables(resolved: ResolvedWeights) -> None:
         tuple(preset.std),
         preset.interpolation.value,
     )
-    recipe = TORCHVISION_WEIGHTS[resolved.model][member.name].recipe
+    recipe = ARCHITECTURES[model].release(member.name).recipe
     ours = (recipe.resize_size, recipe.crop_size, recipe.mean, recipe.std, recipe.interpolation)
     shipped_names = imagenet_categories()
-    names_differ = resolved.categories == shipped_names and shipped_names != tuple(member.meta["categories"])
+    names_differ = categories == shipped_names and shipped_names != tuple(member.meta["categories"])
     if theirs != ours or names_differ:
         what = "its class names" if names_differ else f"its recipe {theirs}, ours {ours}"
         raise WeightsUnavailableError(
-            f"torchvision {torchvision.__version__} describes {resolved.model} {member.name} otherwise than "
+            f"torchvision {torchvision.__version__} describes {model} {member.name} otherwise than "
             f"resnet-batch's tables ({what}): install the torchvision version resnet-batch pins on every node"
         )
 
@@ -179,16 +166,3 @@ def masked_mean(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Average over the cells whose centre lies on the image: (N, C, h, w) -> (N, C)."""
     cells = nn.functional.interpolate(mask, size=features.shape[-2:], mode="nearest")
     return (features * cells).sum((2, 3)) / cells.sum((2, 3)).clamp_min(1)
-
-
-def describe_models() -> list[dict]:
-    return [
-        {
-            "model": spec.name,
-            "weights": [*weights_names(spec.name), "none", "PATH-or-URI"],
-            "default": spec.weights_enum.DEFAULT.name,
-            "embedding_dim": spec.embedding_dim,
-            "stage_widths": dict(zip(STAGES, STAGE_WIDTHS[spec.name], strict=False)),
-        }
-        for spec in MODELS.values()
-    ]

@@ -19,9 +19,10 @@ import torch
 
 from ..core.columns import ENTROPY, MARGIN, NEEDS_REVIEW, TOPK_IDS, TOPK_PROBS
 from ..device.streams import array_to_device
-from .models import build_model, fold_batch_norms, forward_stages, pool
+from .models import fold_batch_norms, forward_stages, pool
 from .registry import POOLED, STAGES, column_of
 from .settings import InferenceSettings, resolve_precision
+from .weights import build_model
 
 log = logging.getLogger(__name__)
 

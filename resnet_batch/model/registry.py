@@ -1,4 +1,5 @@
-"""The models, weights names and feature stages the job accepts, known without importing torch.
+"""The models, their releases and feature stages the job accepts, known without importing torch:
+one `Architecture` record per backbone and one `Release` record per torchvision release.
 
 Builders and weights come from torchvision (models.py, weights.py), in the model actors;
 the driver, which runs no model, checks its arguments, picks the preprocessing and names
@@ -18,36 +19,11 @@ from ..data.preprocessing import Preprocessing
 
 BASIC_WIDTHS = (64, 128, 256, 512)  # output channels of layer1..layer4
 BOTTLENECK_WIDTHS = (256, 512, 1024, 2048)  # ResNeXt and wide ResNets widen inside blocks only
-STAGE_WIDTHS = {
-    "resnet18": BASIC_WIDTHS,
-    "resnet34": BASIC_WIDTHS,
-    "resnet50": BOTTLENECK_WIDTHS,
-    "resnet101": BOTTLENECK_WIDTHS,
-    "resnet152": BOTTLENECK_WIDTHS,
-    "resnext50_32x4d": BOTTLENECK_WIDTHS,
-    "resnext101_32x8d": BOTTLENECK_WIDTHS,
-    "resnext101_64x4d": BOTTLENECK_WIDTHS,
-    "wide_resnet50_2": BOTTLENECK_WIDTHS,
-    "wide_resnet101_2": BOTTLENECK_WIDTHS,
-}
-EMBEDDING_DIMS = {name: widths[-1] for name, widths in STAGE_WIDTHS.items()}
-# Peak memory of one 224x224 image's forward on a CPU, fp32, channels_last, inference mode
-# (MiB, measured by peak RSS at batch 16 and 64); it grows with the input's pixels, bf16
-# holds about half, wide ResNets twice.
-ACTIVATION_MIB_224 = {BASIC_WIDTHS: 6.0, BOTTLENECK_WIDTHS: 10.0}
-# --model none: no network, rows of zeros with resnet50's columns and sizes, so that a
-# benchmark measures what the pipeline itself costs (listing, decoding, moving, writing).
-NULL_MODEL = "none"
-MODEL_WIDTHS = {**STAGE_WIDTHS, NULL_MODEL: BOTTLENECK_WIDTHS}
-NULL_RECIPE_MODEL = "resnet50"  # whose reference recipe the null model's decoding follows
-# torchvision's pretrained weights per model (its enums, which tests check this against):
-# each release's file and the resize of its evaluation recipe, so that the driver, which
-# runs no model, never imports torch. DEFAULT is the last one listed.
 V1, V2 = "IMAGENET1K_V1", "IMAGENET1K_V2"
+DEFAULT = "DEFAULT"  # --weights DEFAULT: the architecture's `default` release
 _DOWNLOADS = "https://download.pytorch.org/models/"
 
-
-# The evaluation recipe all of them share (torchvision's ImageClassification preset).
+# The evaluation recipe all of torchvision's releases share (its ImageClassification preset).
 CROP_SIZE = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -55,11 +31,12 @@ RECIPE_INTERPOLATION = "bilinear"
 
 
 @dataclass(frozen=True)
-class Published:
+class Release:
     """A torchvision weights release as its `Weights` enum member describes it: the download,
     the recipe of its `transforms()`, its categories and its published ImageNet-1K accuracy
     (%). tests/test_models.py checks every field against torchvision."""
 
+    name: str  # the enum member's name: IMAGENET1K_V1
     url: str
     resize_size: int  # before the 224 centre crop
     acc1: float
@@ -79,28 +56,104 @@ class Published:
         return round(100 - self.acc1, 3), round(100 - self.acc5, 3)
 
 
-def _releases(
-    model: str, v1: tuple[str, float, float], v2: tuple[str, float, float] | None = None, v1_resize: int = 256
-) -> dict[str, Published]:
-    """Each release from its file hash and top-1/top-5 accuracy; V2 resizes to 232."""
-    releases = {V1: Published(f"{_DOWNLOADS}{model}-{v1[0]}.pth", v1_resize, v1[1], v1[2])}
+@dataclass(frozen=True)
+class Architecture:
+    """One backbone: its stages' widths, its torchvision releases and which one DEFAULT
+    means, its layout in a Hugging Face config, whether timm's model of that name has
+    torchvision's layout, and what its forward holds per image."""
+
+    name: str
+    stage_widths: tuple[int, int, int, int]  # channels of c2..c5
+    releases: tuple[Release, ...] = ()
+    default: str = V1  # the release --weights DEFAULT names (torchvision's DEFAULT)
+    hf_layout: tuple[str, tuple[int, ...]] | None = None  # (layer_type, depths) in a transformers config
+    timm_layout: bool = False  # timm's model of this name keeps torchvision's layout and key names
+    # Peak memory of one 224x224 image's forward on a CPU, fp32, channels_last, inference
+    # mode (MiB, measured by peak RSS at batch 16 and 64); it grows with the pixels.
+    activation_mib_224: float = 10.0
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.stage_widths[-1]
+
+    def weights_names(self) -> list[str]:
+        return [DEFAULT, *(r.name for r in self.releases)]
+
+    def release(self, name: str) -> Release:
+        """The release `name` means (DEFAULT: the default one), or a one-line refusal."""
+        wanted = self.default if name == DEFAULT else name
+        found = next((r for r in self.releases if r.name == wanted), None)
+        if found is None:
+            raise UsageError(f"unknown weights {name!r} for {self.name}; {valid_weights(self.name)}")
+        return found
+
+
+def _resnet(
+    name: str,
+    widths: tuple[int, int, int, int],
+    v1: tuple[str, float, float],
+    v2: tuple[str, float, float] | None = None,
+    v1_resize: int = 256,
+    **more,
+) -> Architecture:
+    """An architecture from each release's file hash and top-1/top-5 accuracy; V2 resizes to
+    232 and is the default where there is one, as in torchvision."""
+    releases = [Release(V1, f"{_DOWNLOADS}{name}-{v1[0]}.pth", v1_resize, v1[1], v1[2])]
     if v2:
-        releases[V2] = Published(f"{_DOWNLOADS}{model}-{v2[0]}.pth", 232, v2[1], v2[2])
-    return releases
+        releases.append(Release(V2, f"{_DOWNLOADS}{name}-{v2[0]}.pth", 232, v2[1], v2[2]))
+    mib = 6.0 if widths == BASIC_WIDTHS else 20.0 if name.startswith("wide_") else 10.0
+    return Architecture(name, widths, tuple(releases), V2 if v2 else V1, activation_mib_224=mib, **more)
 
 
-TORCHVISION_WEIGHTS = {
-    "resnet18": _releases("resnet18", ("f37072fd", 69.758, 89.078)),
-    "resnet34": _releases("resnet34", ("b627a593", 73.314, 91.42)),
-    "resnet50": _releases("resnet50", ("0676ba61", 76.13, 92.862), ("11ad3fa6", 80.858, 95.434)),
-    "resnet101": _releases("resnet101", ("63fe2227", 77.374, 93.546), ("cd907fc2", 81.886, 95.78)),
-    "resnet152": _releases("resnet152", ("394f9c45", 78.312, 94.046), ("f82ba261", 82.284, 96.002)),
-    "resnext50_32x4d": _releases("resnext50_32x4d", ("7cdf4587", 77.618, 93.698), ("1a0047aa", 81.198, 95.34)),
-    "resnext101_32x8d": _releases("resnext101_32x8d", ("8ba56ff5", 79.312, 94.526), ("110c445d", 82.834, 96.228)),
-    "resnext101_64x4d": _releases("resnext101_64x4d", ("173b62eb", 83.246, 96.454), v1_resize=232),
-    "wide_resnet50_2": _releases("wide_resnet50_2", ("95faca4d", 78.468, 94.086), ("9ba9bcbe", 81.602, 95.758)),
-    "wide_resnet101_2": _releases("wide_resnet101_2", ("32ee1156", 78.848, 94.284), ("d733dc28", 82.51, 96.02)),
+B, N = BASIC_WIDTHS, BOTTLENECK_WIDTHS
+ARCHITECTURES = {
+    a.name: a
+    for a in (
+        _resnet("resnet18", B, ("f37072fd", 69.758, 89.078), hf_layout=("basic", (2, 2, 2, 2)), timm_layout=True),
+        _resnet("resnet34", B, ("b627a593", 73.314, 91.42), hf_layout=("basic", (3, 4, 6, 3)), timm_layout=True),
+        _resnet(
+            "resnet50",
+            N,
+            ("0676ba61", 76.13, 92.862),
+            ("11ad3fa6", 80.858, 95.434),
+            hf_layout=("bottleneck", (3, 4, 6, 3)),
+            timm_layout=True,
+        ),
+        _resnet(
+            "resnet101",
+            N,
+            ("63fe2227", 77.374, 93.546),
+            ("cd907fc2", 81.886, 95.78),
+            hf_layout=("bottleneck", (3, 4, 23, 3)),
+            timm_layout=True,
+        ),
+        _resnet(
+            "resnet152",
+            N,
+            ("394f9c45", 78.312, 94.046),
+            ("f82ba261", 82.284, 96.002),
+            hf_layout=("bottleneck", (3, 8, 36, 3)),
+            timm_layout=True,
+        ),
+        _resnet("resnext50_32x4d", N, ("7cdf4587", 77.618, 93.698), ("1a0047aa", 81.198, 95.34)),
+        _resnet("resnext101_32x8d", N, ("8ba56ff5", 79.312, 94.526), ("110c445d", 82.834, 96.228)),
+        _resnet("resnext101_64x4d", N, ("173b62eb", 83.246, 96.454), v1_resize=232),
+        _resnet("wide_resnet50_2", N, ("95faca4d", 78.468, 94.086), ("9ba9bcbe", 81.602, 95.758)),
+        _resnet("wide_resnet101_2", N, ("32ee1156", 78.848, 94.284), ("d733dc28", 82.51, 96.02)),
+    )
 }
+# --model none: no network, rows of zeros with resnet50's columns and sizes, so that a
+# benchmark measures what the pipeline itself costs (listing, decoding, moving, writing).
+NULL_MODEL = "none"
+NULL_RECIPE_MODEL = "resnet50"  # whose columns and reference recipe the null model follows
+MODEL_NAMES = (*ARCHITECTURES, NULL_MODEL)
+
+
+def architecture(model: str) -> Architecture:
+    """The architecture of a checked model name; the null model has resnet50's."""
+    return ARCHITECTURES[NULL_RECIPE_MODEL if model == NULL_MODEL else model]
+
+
 NO_WEIGHTS = "none"
 # What the summary and the report say of an output labeled with NO_WEIGHTS.
 RANDOM_WEIGHTS_NOTE = (
@@ -120,41 +173,27 @@ def activation_bytes(model: str, pixels: int, precision: str) -> int:
     """About what a CPU forward holds per image of `pixels` input pixels (0: the null model)."""
     if model == NULL_MODEL:
         return 0
-    mib = ACTIVATION_MIB_224.get(STAGE_WIDTHS.get(model, BOTTLENECK_WIDTHS), 10.0)
-    mib *= (2 if model.startswith("wide_") else 1) * (0.5 if precision in ("bf16", "fp16") else 1)
+    mib = architecture(model).activation_mib_224 * (0.5 if precision in ("bf16", "fp16") else 1)
     return int(mib * 2**20 * pixels / CROP_SIZE**2)
 
 
 def check_model(name: str) -> str:
     """The model `name` names, in any case (ResNet18 is resnet18)."""
-    if name.lower() not in MODEL_WIDTHS:
-        raise UsageError(f"unknown model {name!r}; valid: {', '.join(MODEL_WIDTHS)}")
+    if name.lower() not in MODEL_NAMES:
+        raise UsageError(f"unknown model {name!r}; valid: {', '.join(MODEL_NAMES)}")
     return name.lower()
-
-
-def weights_names(model: str) -> list[str]:
-    return ["DEFAULT", *TORCHVISION_WEIGHTS[model]]
 
 
 def valid_weights(model: str) -> str:
     """What --weights takes for `model`, for error messages."""
-    return f"valid: {', '.join([*weights_names(model), NO_WEIGHTS, 'PATH-or-URI'])} ({CHECKPOINT_FORMS})"
+    return (
+        f"valid: {', '.join([*ARCHITECTURES[model].weights_names(), NO_WEIGHTS, 'PATH-or-URI'])} ({CHECKPOINT_FORMS})"
+    )
 
 
 def looks_like_weights_name(value: str) -> bool:
     """IMAGENET1K_V2, DEFAULT: what --weights means as a torchvision name rather than a path."""
     return value.replace("_", "").isalnum() and value.upper() == value
-
-
-def check_weights_name(model: str, name: str) -> str:
-    if name not in weights_names(model):
-        raise UsageError(f"unknown weights {name!r} for {model}; {valid_weights(model)}")
-    return name
-
-
-def release_name(model: str, name: str) -> str:
-    """A torchvision weights name as the release it means: DEFAULT is the newest."""
-    return list(TORCHVISION_WEIGHTS[model])[-1] if check_weights_name(model, name) == "DEFAULT" else name
 
 
 @cache
@@ -163,21 +202,40 @@ def imagenet_categories() -> tuple[str, ...]:
     return tuple(resources.files("resnet_batch").joinpath("imagenet_classes.txt").read_text().splitlines())
 
 
-def check_weights_argument(model: str, weights: str) -> None:
-    """Refuses, before Ray starts, what resolving the weights (on a thread, awaited only once Ray
-    has started) would refuse: an unknown torchvision weights name, a missing local checkpoint."""
+@dataclass(frozen=True)
+class WeightsChoice:
+    """What --weights names, from its form alone (nothing read): random init, a torchvision
+    release (DEFAULT resolved), a pretrained folder or hf:ORG/NAME, or a checkpoint file."""
+
+    kind: str  # "none" | "release" | "pretrained" | "checkpoint"
+    value: str  # the release's name, or the path or URI as given
+    release: Release | None = None
+
+
+def choose_weights(model: str, weights: str) -> WeightsChoice:
+    """The one reading of --weights for `model` (an unknown release name refused), for the
+    driver's early check and for weights.py, which resolves the choice."""
     if model == NULL_MODEL:
-        if weights not in ("DEFAULT", NO_WEIGHTS):
+        if weights not in (DEFAULT, NO_WEIGHTS):
             raise UsageError(
                 f"--model {NULL_MODEL} (the null model, a benchmark aid) takes no --weights, got {weights!r}"
             )
-        return
-    if weights.lower() == NO_WEIGHTS or weights.startswith(HF_PREFIX):
-        return
-    if looks_like_weights_name(weights):
-        check_weights_name(model, weights)
-    elif is_local(weights) and not _exists(weights):
+        return WeightsChoice("none", NO_WEIGHTS)
+    if weights.lower() == NO_WEIGHTS:
+        return WeightsChoice("none", NO_WEIGHTS)
+    if weights == DEFAULT or looks_like_weights_name(weights):
+        release = ARCHITECTURES[model].release(weights)
+        return WeightsChoice("release", release.name, release)
+    return WeightsChoice("pretrained" if weights.startswith(HF_PREFIX) else "checkpoint", weights)
+
+
+def check_weights_argument(model: str, weights: str) -> WeightsChoice:
+    """What resolving the weights (on a thread, awaited only once Ray has started) would
+    refuse, refused now: an unknown release name, a missing local checkpoint."""
+    choice = choose_weights(model, weights)
+    if choice.kind == "checkpoint" and is_local(weights) and not _exists(weights):
         raise UsageError(f"checkpoint not found: {weights}; --weights {valid_weights(model)}")
+    return choice
 
 
 def _exists(uri: str) -> bool:
@@ -191,9 +249,23 @@ def column_of(feature: str) -> str:
 
 
 def stage_width(model: str, stage: str) -> int:
-    return MODEL_WIDTHS[model][STAGES.index(stage)]
+    return architecture(model).stage_widths[STAGES.index(stage)]
 
 
 def feature_width(model: str, feature: str) -> int:
     """Values in a --features value's vector (`pooled` is c5's average)."""
-    return MODEL_WIDTHS[model][-1] if feature == POOLED else stage_width(model, feature)
+    return architecture(model).embedding_dim if feature == POOLED else stage_width(model, feature)
+
+
+def describe_models() -> list[dict]:
+    """What `resnet-batch models` lists: each backbone, its releases and default, its widths."""
+    return [
+        {
+            "model": arch.name,
+            "weights": [*arch.weights_names(), NO_WEIGHTS, "PATH-or-URI"],
+            "default": arch.default,
+            "embedding_dim": arch.embedding_dim,
+            "stage_widths": dict(zip(STAGES, arch.stage_widths, strict=True)),
+        }
+        for arch in ARCHITECTURES.values()
+    ]

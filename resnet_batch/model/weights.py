@@ -28,21 +28,18 @@ from . import hf
 from .checkpoints import CheckpointNotFound, Loaded, read_checkpoint, read_labels
 from .registry import (
     NO_WEIGHTS,
-    NULL_MODEL,
-    NULL_RECIPE_MODEL,
     POOLED,
-    TORCHVISION_WEIGHTS,
+    architecture,
     check_model,
-    check_weights_argument,
+    choose_weights,
     feature_width,
     imagenet_categories,
-    looks_like_weights_name,
-    release_name,
     valid_weights,
 )
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
 
 CLASSIC_RECIPE = "IMAGENET1K_V1"  # the 256/224 recipe most ResNet checkpoints were trained with
@@ -50,13 +47,12 @@ CLASSIC_RECIPE = "IMAGENET1K_V1"  # the 256/224 recipe most ResNet checkpoints w
 
 def _release_recipe(model: str, name: str) -> Preprocessing:
     """The preprocessing of torchvision's release `name` (its weights' transforms())."""
-    return TORCHVISION_WEIGHTS[model][name].recipe
+    return architecture(model).release(name).recipe
 
 
 def _reference_recipe(model: str, preprocess: str | None) -> tuple[Preprocessing, str]:
-    model = NULL_RECIPE_MODEL if model == NULL_MODEL else model
-    name = release_name(model, preprocess or CLASSIC_RECIPE)
-    return _release_recipe(model, name), name
+    release = architecture(model).release(preprocess or CLASSIC_RECIPE)
+    return release.recipe, release.name
 
 
 def hub_checkpoint(url: str) -> Path:
@@ -97,7 +93,7 @@ class TorchvisionWeights:
     def load(self, model: str) -> Loaded:
         from .models import MODELS
 
-        url = TORCHVISION_WEIGHTS[model][self.name].url
+        url = architecture(model).release(self.name).url
         try:
             state = MODELS[model].weights_enum[self.name].get_state_dict(progress=False, check_hash=True)
         except Exception as exc:  # URLError, HTTPError, socket errors, hash mismatch
@@ -111,7 +107,7 @@ class TorchvisionWeights:
 
     def inspect(self, model: str, verify: bool) -> Loaded:
         """The class names; with `verify`, the release downloaded now unless torch's cache has it."""
-        if verify and not hub_checkpoint(TORCHVISION_WEIGHTS[model][self.name].url).is_file():
+        if verify and not hub_checkpoint(architecture(model).release(self.name).url).is_file():
             self.load(model)
         return Loaded(None, imagenet_categories())
 
@@ -161,7 +157,7 @@ class PretrainedFolder:
                 f"--weights {self.uri} holds a {info.architecture} checkpoint; use --model {info.architecture}"
             )
         if info.preprocessing and not preprocess:
-            return Preprocessing(**info.preprocessing), info.config_file
+            return info.preprocessing, info.config_file
         return _reference_recipe(model, preprocess)
 
     def load(self, model: str) -> Loaded:
@@ -179,13 +175,11 @@ WeightsSource = RandomInit | TorchvisionWeights | CheckpointFile | PretrainedFol
 
 def weights_source(model: str, weights: str) -> WeightsSource:
     """What --weights names, decided from its form alone (nothing is read yet)."""
-    if model == NULL_MODEL:
-        check_weights_argument(model, weights)  # none or DEFAULT: the null model takes no weights
+    choice = choose_weights(model, weights)
+    if choice.kind == "none":
         return RandomInit()
-    if weights.lower() == NO_WEIGHTS:
-        return RandomInit()
-    if weights == "DEFAULT" or looks_like_weights_name(weights):
-        return TorchvisionWeights(release_name(model, weights))
+    if choice.kind == "release":
+        return TorchvisionWeights(choice.value)
     if hf.pretrained_dir(weights) is not None:
         return PretrainedFolder(weights)
     return CheckpointFile(weights)
@@ -245,3 +239,12 @@ def resolve_weights(
     if num_classes is not None and len(names) != num_classes:  # a fine-tuned head without its names
         names = tuple(str(i) for i in range(num_classes))
     return ResolvedWeights(model, source, preprocessing, preprocess_from, tuple(names))
+
+
+def build_model(resolved: ResolvedWeights, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """The model for `resolved` with its weights loaded (its own state dict unless `state`),
+    in eval mode, on the CPU; the release tables checked against the torchvision installed."""
+    from .models import build_network, check_release_tables
+
+    check_release_tables(resolved.model, resolved.preprocess_from, resolved.categories)
+    return build_network(resolved.model, len(resolved.categories), resolved.state_dict() if state is None else state)

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from ..core.columns import ERROR, PATH, TOPK_IDS
 from ..core.errors import UsageError
-from ..model.registry import TORCHVISION_WEIGHTS, V1, release_name, weights_names
+from ..model.registry import ARCHITECTURES, V1
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -31,7 +31,9 @@ WNID = re.compile(r"^(n\d{8})")
 LABEL_COLUMN = "label"
 WORST_CLASSES_SHOWN = 10  # rows of the per-class table eval prints
 # The line eval prints beside a run's error: torchvision's V1 ResNets, from the release records.
-V1_REFERENCES = {m: TORCHVISION_WEIGHTS[m] for m in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")}
+V1_REFERENCES = {
+    m: ARCHITECTURES[m].release(V1) for m in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+}
 # torchvision's published ImageNet-1K figures for the V1 weights (top-1 / top-5 error, %).
 
 
@@ -124,7 +126,7 @@ class EvalReport:
             f"top-5 error  {self.top5():8.2f}%  [{lo5:5.2f}, {hi5:5.2f}]  "
             + (f"{pub[1]:8.2f}%" if pub else "       -"),
             "torchvision V1 reference (top-1/top-5 error %): "
-            + ", ".join(f"{m} {r[V1].errors[0]:.2f}/{r[V1].errors[1]:.2f}" for m, r in V1_REFERENCES.items()),
+            + ", ".join(f"{m} {r.errors[0]:.2f}/{r.errors[1]:.2f}" for m, r in V1_REFERENCES.items()),
         ]
         return out + self.worst_classes()
 
@@ -148,9 +150,9 @@ class EvalReport:
 
 def published_errors(model: str, weights: str) -> tuple[float, float] | None:
     """torchvision's published top-1/top-5 error for one of its releases (None for other weights)."""
-    if model not in TORCHVISION_WEIGHTS or weights not in weights_names(model):
+    if model not in ARCHITECTURES or weights not in ARCHITECTURES[model].weights_names():
         return None
-    return TORCHVISION_WEIGHTS[model][release_name(model, weights)].errors
+    return ARCHITECTURES[model].release(weights).errors
 
 
 def score(output_files: list, fs: AbstractFileSystem, model: str, weights: str) -> EvalReport:

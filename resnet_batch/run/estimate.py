@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..config.label_config import LabelConfig
+from ..config.plan import ExecutionPlan
 from ..core.columns import PATH
 from ..data.input_plan import WALK, InputPlan, unit_tables
-from ..model.registry import BASIC_WIDTHS, NULL_MODEL, STAGE_WIDTHS
-from .config import LabelConfig
+from ..model.registry import BASIC_WIDTHS, NULL_MODEL, architecture
 from .listing import walk_here
-from .plan import ExecutionPlan
 
 COUNT_LIMIT_S = 20.0
 # Images/s per core of a CPU forward at 224x224, channels_last (measured: resnet50 21.8 img/s
@@ -75,7 +75,7 @@ def guessed_rate(plan: ExecutionPlan, model: str) -> Rate | None:
     if model == NULL_MODEL:
         per_core, what = NULL_RATE_PER_CORE, "decoding alone (the null model)"
     else:
-        family = "basic" if STAGE_WIDTHS.get(model) == BASIC_WIDTHS else "bottleneck"
+        family = "basic" if architecture(model).stage_widths == BASIC_WIDTHS else "bottleneck"
         precision = "bf16" if plan.precision == "bf16" else "fp32"
         per_core, what = CPU_RATE_PER_CORE[(family, precision)], f"{model}'s forward in {precision}"
     return Rate(

@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from ..config.description import rows_per_file, run_info, run_schema
+from ..config.label_config import LabelConfig
+from ..config.plan import make_plan
 from ..core.errors import Interrupted, UsageError
 from ..core.storage import is_local
 from ..data.input_plan import InputPlan, plan_inputs
@@ -28,17 +31,14 @@ from ..output.writer import FINISHED, RUNS, OutputDir
 from ..review.evaluate import EvalReport, attach_labels, score
 from . import estimate, pipeline, ray_session
 from .bookkeeping import Books, check_output, count_here, count_on_ray, counts_here, load_done_once
-from .config import LabelConfig
-from .description import rows_per_file, run_info, run_schema
-from .plan import make_plan
-from .reporters import LogReporter, Snapshot
+from .progress.snapshot import LogReporter, Snapshot
 from .saving import Saver
 from .summary import LabelRun, LabelSummary, Timeline
 
 if TYPE_CHECKING:
     from ..model.weights import ResolvedWeights
     from .bookkeeping import OutputCheck
-    from .reporters import Reporter
+    from .progress.snapshot import Reporter
 
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def _label(run: LabelRun, table: pa.Table | None) -> LabelSummary:
     weights = pool.submit(_resolve_weights, cfg)
     held = ExitStack()
     try:
-        report(Snapshot(0, 0, 0, True, 0, 0.0, phase="checking the output"))
+        report(Snapshot.before("checking the output"))
         out = OutputDir(cfg.output)
         out.check(cfg.mode)
         lease = held.enter_context(out.lease(on_takeover=ray_session.end_leftovers))  # one writer at a time
@@ -111,7 +111,7 @@ def _label(run: LabelRun, table: pa.Table | None) -> LabelSummary:
         if cfg.mode == "resume":
             repair.set_aside_fenced(out)
             repair.set_aside_damaged(out)
-        report(Snapshot(0, 0, 0, True, 0, 0.0, phase="listing the inputs"))
+        report(Snapshot.before("listing the inputs"))
         plan = _plan_inputs(cfg, table)
         if cfg.compute.labels:
             weights.result()  # a --labels file that does not fit is refused before Ray starts
@@ -120,7 +120,7 @@ def _label(run: LabelRun, table: pa.Table | None) -> LabelSummary:
             books, pending, started_ray = _count_resume(cfg, out, plan, report)
             _note_ray(lease, started_ray)
         if pending and books.local:  # (books on Ray: a resume counted there, Ray is up)
-            report(Snapshot(0, 0, 0, True, 0, 0.0, phase="starting Ray"))
+            report(Snapshot.before("starting Ray"))
             started_ray = pipeline.start_ray(cfg.execution.address)
             _note_ray(lease, started_ray)
             # A resume counted here hands its books over as they stand.
@@ -260,7 +260,7 @@ def _count_resume(cfg: LabelConfig, out: OutputDir, plan: InputPlan, report: Rep
     pending = count_here(plan, books) if books is not None else None
     started_ray = False
     if books is None or pending is None:
-        report(Snapshot(0, 0, 0, True, 0, 0.0, phase="starting Ray"))
+        report(Snapshot.before("starting Ray"))
         started_ray = pipeline.start_ray(cfg.execution.address)
         books = load_done_once(out, Books.on_ray)
         pending = count_on_ray(plan, books)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +27,14 @@ from . import ray_compat
 if TYPE_CHECKING:
     from ray.actor import ActorHandle
 
-    from .bookkeeping import Books
+
+class Claims(Protocol):
+    """What listing asks of the run's books (bookkeeping.Books): which of these paths are
+    this listing's to pass on, and how many hidden entries a walk left out."""
+
+    def claim(self, hashes: np.ndarray, positions: np.ndarray) -> np.ndarray: ...
+
+    def set_hidden(self, key: str, count: int) -> None: ...
 
 
 MAX_LISTINGS_IN_FLIGHT = 32  # concurrent directory listings per walk, at most one per CPU
@@ -80,7 +87,12 @@ POSITION_BITS = 32  # a claim's position: (read unit's index << 32) + the entry'
 
 
 def read_unit(
-    unit: ReadUnit, index: int, books: Books, schema: pa.Schema, progress: ActorHandle | None = None, here: bool = False
+    unit: ReadUnit,
+    index: int,
+    books: Claims,
+    schema: pa.Schema,
+    progress: ActorHandle | None = None,
+    here: bool = False,
 ) -> Iterator[pa.Table]:
     """The unit's inputs this run labels: each listed entry claimed in the books, the ones
     it owns and the output lacks passed on with `schema`'s columns.
@@ -113,6 +125,6 @@ def _tables(unit: ReadUnit, here: bool) -> Iterator[tuple[pa.Table, int]]:
         yield level.table, level.hidden
 
 
-def count_pending(unit: ReadUnit, index: int, books: Books, schema: pa.Schema, here: bool = False) -> int:
+def count_pending(unit: ReadUnit, index: int, books: Claims, schema: pa.Schema, here: bool = False) -> int:
     """How many of the unit's inputs this run would label (claiming them as the run will)."""
     return sum(t.num_rows for t in read_unit(unit, index, books, schema, here=here))

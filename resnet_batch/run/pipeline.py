@@ -24,6 +24,7 @@ import ray.data
 from ray.data import ActorPoolStrategy
 from ray.data.datasource import Datasource, ReadTask
 
+from ..config.plan import ExecutionPlan
 from ..core.errors import Interrupted, LeaseLost, SaveFailed, one_line, root_cause
 from ..core.storage import is_unreachable
 from ..data.decode import JpegHandoff, LowPriorityDecode, to_idle_priority
@@ -32,12 +33,10 @@ from ..model.actor import PredictorActor
 from ..model.settings import ALLOCATOR_ENV
 from . import ray_compat, ray_session
 from .listing import read_unit
-from .plan import ExecutionPlan
-from .progress import CounterClient
-from .reports import CounterReports
+from .progress.counter import CounterClient, CounterReports
+from .progress.watch import RunWatch
 from .saving import BlockPart, Saver
 from .summary import LabelRun
-from .watch import RunWatch
 
 if TYPE_CHECKING:
     import pyarrow as pa

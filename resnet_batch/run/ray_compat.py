@@ -80,13 +80,6 @@ def unknown_block_metadata():
     return BlockMetadata(None, None, None)
 
 
-def node_class():
-    """The class of a node this process started (its processes, how Ray stops each kind)."""
-    import ray._private.node
-
-    return ray._private.node.Node
-
-
 def started_node():
     """The node ray.init started in this process, or None (joined a cluster, or not started)."""
     return getattr(ray._private.worker, "_global_node", None)
@@ -131,16 +124,6 @@ def entrypoint_as_text():
         utils.get_entrypoint_name = entrypoint
 
 
-def alive_actor_nodes(class_part: str) -> set[str]:
-    """Node ids hosting a live actor whose class name contains `class_part`, from the GCS
-    (no dashboard needed)."""
-    from ray._private.state import actors
-
-    return {
-        a["Address"]["NodeID"] for a in actors().values() if a["State"] == "ALIVE" and class_part in a["ActorClassName"]
-    }
-
-
 def alive_node_addresses(gcs_address: str, timeout_s: float = 10.0) -> set[str]:
     """The addresses of the cluster's live nodes, asked of its GCS before joining it."""
     from ray._raylet import GcsClient  # type: ignore[attr-defined]
@@ -149,8 +132,9 @@ def alive_node_addresses(gcs_address: str, timeout_s: float = 10.0) -> set[str]:
     return {info.node_manager_address for info in nodes.values() if info.state == 0}  # 0: ALIVE
 
 
-def validate_launcher_config(config: dict) -> None:
-    """What `ray up` does with a cluster launcher config: fill in the defaults, validate."""
-    from ray.autoscaler._private.util import prepare_config, validate_config
+def pending_node_launches() -> int:
+    """Nodes an autoscaler is launching now, from its v2 SDK."""
+    from ray.autoscaler.v2.sdk import get_cluster_status
 
-    validate_config(prepare_config(config))
+    status = get_cluster_status(ray.get_runtime_context().gcs_address)
+    return len(status.pending_launches) + len(status.pending_nodes)

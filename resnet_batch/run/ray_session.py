@@ -15,10 +15,10 @@ from contextlib import contextmanager
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from ..config.plan import Cluster
 from ..core.errors import UsageError, one_line, root_cause
 from ..model.settings import cpu_has_native_bf16
 from . import ray_compat
-from .plan import Cluster
 
 log = logging.getLogger(__name__)
 

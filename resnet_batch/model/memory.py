@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ..core.errors import UsageError
 from ..data.limits import DECODE_TASK_BYTES
-from ..model.registry import activation_bytes
+from .registry import activation_bytes
 
 GiB = 2**30
 MODEL_BYTES = GiB // 2  # the network's weights, torch's own and the actor's Python: about, for a ResNet-152

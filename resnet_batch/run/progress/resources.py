@@ -3,16 +3,13 @@ adding nodes for it (RunWatch's resource check)."""
 
 from __future__ import annotations
 
-import ray
+from .. import ray_compat
 
 
 def nodes_being_added() -> int:
     """Nodes an autoscaler is launching now (0 without one, or when it cannot be asked)."""
     try:
-        from ray.autoscaler.v2.sdk import get_cluster_status
-
-        status = get_cluster_status(ray.get_runtime_context().gcs_address)
-        return len(status.pending_launches) + len(status.pending_nodes)
+        return ray_compat.pending_node_launches()
     except Exception:  # an older or unreachable autoscaler: say nothing about it
         return 0
 

@@ -7,13 +7,11 @@ values and the flags are checked alike.
 from __future__ import annotations
 
 import argparse
-import os
-import shlex
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from ..model.registry import MODEL_WIDTHS, NULL_MODEL
+from ..model.registry import ARCHITECTURES, NULL_MODEL
 
 
 def _add_job_args(p: argparse.ArgumentParser) -> None:
@@ -42,7 +40,7 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
     compute = p.add_argument_group("what is computed")
     compute.add_argument(
         "--model",
-        help=f"{', '.join(m for m in MODEL_WIDTHS if m != NULL_MODEL)} (default resnet50), "
+        help=f"{', '.join(ARCHITECTURES)} (default resnet50), "
         f"or {NULL_MODEL}: the null model, a benchmark aid that runs no network and writes resnet50's "
         "columns, filled with constants",
     )
@@ -477,54 +475,3 @@ def options_markdown() -> str:
             flags = ", ".join(f"`{flag}`" for flag in action.option_strings)
             rows.append(f"| {flags} | {(action.help or '').replace('|', chr(92) + '|')} |")
     return "\n".join(rows)
-
-
-def resume_command(argv: list[str]) -> str:
-    """The command line that finishes an interrupted run: the same one, with --mode resume."""
-    args, i = [], 0
-    while i < len(argv):
-        if argv[i] == "--mode":
-            i += 2
-            continue
-        if not argv[i].startswith("--mode="):
-            args.append(argv[i])
-        i += 1
-    # Before a `--`, after which every word is an INPUT.
-    at = args.index("--") if "--" in args else len(args)
-    args[at:at] = ["--mode", "resume"]
-    from .submit import submitted_from
-
-    server = submitted_from()
-    if server:  # a job on a cluster is resumed there, as it was started
-        return shell_join(["resnet-batch", "submit", "--address", server, "--", *args])
-    return shell_join(["resnet-batch", *args])
-
-
-def shell_join(words: list[str]) -> str:
-    """A command line a shell runs as `words`: a word whose bytes are not UTF-8 (a name's
-    undecodable bytes, carried as surrogates) in bash's $'...' quoting, byte for byte."""
-    return " ".join(shlex.quote(w) if w.isprintable() and _utf8(w) else _ansi_c(w) for w in words)
-
-
-def _utf8(word: str) -> bool:
-    try:
-        word.encode()
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
-def _ansi_c(word: str) -> str:
-    raw = os.fsencode(word)
-    return "$'" + "".join(chr(b) if 32 <= b < 127 and b not in b"'\\" else f"\\x{b:02x}" for b in raw) + "'"
-
-
-def split_job_command(argv: list[str]) -> tuple[list[str], list[str]]:
-    """submit ... -- label ...: what follows `--` is the submitted job's command line. For
-    every other command `--` keeps its usual meaning (the rest are INPUTs, even if they
-    start with a dash), which argparse gives it."""
-    command = next((a for a in argv if not a.startswith("-")), None)
-    if command == "submit" and "--" in argv:
-        cut = argv.index("--")
-        return argv[:cut], argv[cut + 1 :]
-    return argv, []

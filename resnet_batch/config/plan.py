@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 from ..core.errors import UsageError
 from ..data.limits import DEFAULT_MAX_BYTES
 from ..data.preprocessing import DEVICE_FILTERS, WholeImage
+from ..model.memory import MemoryPlan, plan_memory
 from ..model.registry import NULL_MODEL
 from ..model.settings import InferenceSettings, cpu_has_native_bf16
-from .config import ExecutionOptions, LabelConfig
 from .description import whole_image
-from .memory import MemoryPlan, plan_memory
+from .label_config import ExecutionOptions, LabelConfig
 
 if TYPE_CHECKING:
     from ..model.weights import ResolvedWeights

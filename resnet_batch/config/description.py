@@ -14,7 +14,7 @@ from .. import __version__
 from ..core.columns import EMBEDDING_DTYPES, REVIEW_COLUMNS, SPATIAL_SHAPE, VALID, OutputColumns, with_run_metadata
 from ..data.preprocessing import WholeImage
 from ..model.registry import POOLED, STAGE_STRIDES, STAGES, feature_width, stage_width
-from .config import ComputeOptions, LabelConfig
+from .label_config import ComputeOptions, LabelConfig
 
 if TYPE_CHECKING:
     from ..model.weights import ResolvedWeights

@@ -9,12 +9,10 @@ import argparse
 import json
 import logging
 import os
-import shlex
-import shutil
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..core import checks
@@ -28,11 +26,14 @@ from ..core.errors import (
     one_line,
     root_cause,
 )
-from .arguments import build_parser, resume_command, split_job_command
-from .console import Console, raising_on_signals
+from . import cluster_jobs, review_commands
+from .arguments import build_parser
+from .command_line import resume_command, split_job_command
+from .console import Console, print_table, raising_on_signals
+from .summary_text import summary_json, summary_lines
 
 if TYPE_CHECKING:
-    from .config import LabelConfig
+    from ..config.label_config import LabelConfig
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
 EXIT_SIGNAL_BASE = 128  # a job stopped by signal N exits 128 + N, as shells report it
@@ -46,7 +47,7 @@ NOT_JOB_OPTIONS = frozenset(
 
 def _job_config(args: argparse.Namespace, eval_defaults: bool = False):
     """LabelConfig from --config and flags (flags win)."""
-    from .config import LabelConfig, load_config_file
+    from ..config.label_config import LabelConfig, load_config_file
 
     flags = {k: v for k, v in vars(args).items() if k not in NOT_JOB_OPTIONS}
     flags["inputs"] = flags["inputs"] or None
@@ -76,7 +77,7 @@ def _refuse_memory_output(cfg: LabelConfig) -> None:
 
 
 def cmd_label(args: argparse.Namespace, console: Console) -> int:
-    from .job import plan_only, run_label
+    from ..run.job import plan_only, run_label
 
     cfg = _job_config(args)
     _refuse_memory_output(cfg)
@@ -88,10 +89,10 @@ def cmd_label(args: argparse.Namespace, console: Console) -> int:
             console.print(line)
         return EXIT_OK
     summary = _run_with_progress(run_label, cfg, console)
-    for line in summary.lines():
+    for line in summary_lines(summary):
         console.print(line)
     if args.summary_json:
-        _write_summary(args.summary_json, summary.as_json(cfg.output))
+        _write_summary(args.summary_json, summary_json(summary, cfg.output))
     return EXIT_OK if summary.complete else EXIT_INCOMPLETE
 
 
@@ -107,12 +108,12 @@ def _write_summary(path: str, summary: dict) -> None:
 def cmd_eval(args: argparse.Namespace, console: Console) -> int:
     from functools import partial
 
-    from .job import run_eval
+    from ..run.job import run_eval
 
     cfg = _job_config(args, eval_defaults=True)
     _refuse_memory_output(cfg)
     summary, report = _run_with_progress(partial(run_eval, label_column=args.label_column), cfg, console)
-    for line in [*summary.lines(), *report.lines(), f"predictions written to {_shown_path(cfg.output)}"]:
+    for line in [*summary_lines(summary), *report.lines(), f"predictions written to {_shown_path(cfg.output)}"]:
         console.print(line)
     return EXIT_OK if summary.complete else EXIT_INCOMPLETE
 
@@ -122,7 +123,7 @@ def _shown_path(uri: str) -> str:
 
 
 def cmd_models(args: argparse.Namespace, console: Console) -> int:
-    from ..model.models import describe_models
+    from ..model.registry import describe_models
 
     rows = describe_models()
     if args.json:
@@ -140,164 +141,7 @@ def cmd_models(args: argparse.Namespace, console: Console) -> int:
         )
         for r in rows
     ]
-    _print_table(console, table)
-    return EXIT_OK
-
-
-def _print_table(console: Console, table: Sequence[tuple[str, ...]]) -> None:
-    """Columns padded to their widest cell; the last one, often long, as it is."""
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
-    for row in table:
-        console.print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]).rstrip())
-
-
-def _job_server(args: argparse.Namespace, console: Console) -> str:
-    from .submit import job_server
-
-    address, source = job_server(args.address)
-    if source != "--address":
-        console.print(f"job server {address} ({source})", error=True)
-    return address
-
-
-def cmd_submit(args: argparse.Namespace, console: Console) -> int:
-    from . import shipping, submit
-
-    metadata = {}
-    for item in args.metadata:
-        if "=" not in item:
-            raise UsageError(f"--metadata takes KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        metadata[key] = value
-    address = _job_server(args, console)
-    shipment = shipping.Shipment(list(args.label_args), args.working_dir)
-    if args.label_args and not args.paths_on_cluster and not shipping.job_server_is_here(address):
-        shipment = shipping.prepare(list(args.label_args), address, args.working_dir)
-    sub = submit.Submission(
-        address=address,
-        label_args=tuple(shipment.label_args),
-        submission_id=args.submission_id,
-        working_dir=shipment.working_dir,
-        pip=tuple(args.pip),
-        entrypoint_num_cpus=args.entrypoint_num_cpus,
-        entrypoint_num_gpus=args.entrypoint_num_gpus,
-        metadata=metadata,
-    )
-    try:
-        job_id = submit.submit(sub)
-    finally:
-        if shipment.working_dir != args.working_dir:  # the upload is done: the shipped copies go
-            shutil.rmtree(shipment.working_dir or "", ignore_errors=True)
-    submit.remember_job_server(sub.address)
-    console.print(f"submitted {job_id}")
-    if not args.wait:
-        at = shlex.quote(sub.address)
-        for what, command in (
-            ("follow", f"jobs logs {job_id} --follow"),
-            ("status", f"jobs status {job_id}"),
-            ("stop", f"jobs stop {job_id}"),
-            ("list", "jobs list"),
-        ):
-            console.print(f"  {what + ':':8}resnet-batch {command} --address {at}")
-        return EXIT_OK
-    return _follow_to_the_end(console, sub.address, job_id)
-
-
-def _follow_to_the_end(console: Console, address: str, job_id: str) -> int:
-    """The job's log until it ends, then its status; stopping this follower stops only it."""
-    from . import submit
-
-    try:
-        final = submit.follow(address, job_id, out=console.out)
-    except KeyboardInterrupt as caught:
-        at = shlex.quote(address)
-        console.print(
-            f"stopped following {job_id}, which keeps running on the cluster; follow it: resnet-batch jobs logs "
-            f"{job_id} --follow --address {at}; stop it: resnet-batch jobs stop {job_id} --address {at}",
-            error=True,
-        )
-        return EXIT_SIGNAL_BASE + Interrupted.of(caught).signum
-    except submit.JobServerLost as lost:
-        console.failed(str(lost))
-        return EXIT_INCOMPLETE
-    console.print(f"job {job_id} {final}")
-    return EXIT_OK if final == submit.TERMINAL_OK else EXIT_INCOMPLETE
-
-
-def cmd_jobs(args: argparse.Namespace, console: Console) -> int:
-    from . import submit
-
-    if args.action != "list" and not args.job_id:
-        raise UsageError(f"jobs {args.action} needs the job's ID (`resnet-batch jobs list` shows them)")
-    address = _job_server(args, console)
-    if args.action == "list":
-        rows = submit.list_jobs(address)
-        table = [("ID", "STATUS", "START", "PROGRESS", "OUTPUT")]
-        table += [(r["id"], r["status"], r["start"], r["progress"] or "-", r["output"] or "-") for r in rows]
-        _print_table(console, table)
-        return EXIT_OK
-    if args.action == "status":
-        info = submit.status(address, args.job_id)
-        progress = submit.last_progress_line(submit.logs(address, args.job_id))
-        if progress:  # what the job is doing (or waiting for) now, from its own log
-            info["progress"] = progress
-        console.print(json.dumps(info))
-        return EXIT_OK
-    if args.action == "logs":
-        if args.follow:  # to its end, as submit --wait does
-            return _follow_to_the_end(console, address, args.job_id)
-        text = submit.logs(address, args.job_id)
-        console.out.write(text if not text or text.endswith("\n") else text + "\n")
-        return EXIT_OK
-    stopped = submit.stop(address, args.job_id)
-    console.print(f"job {args.job_id}: stop requested" if stopped else f"job {args.job_id} was not running")
-    return EXIT_OK if stopped else EXIT_INCOMPLETE
-
-
-def cmd_report(args: argparse.Namespace, console: Console) -> int:
-    from ..review.report import build_report
-
-    checks.whole_number("--per-class", args.per_class)
-    checks.whole_number("--queue", args.queue, minimum=0)
-    with console.row_progress("report") as progress:
-        review = build_report(args.output, args.html, args.per_class, args.queue, args.neighbors, progress)
-    console.print(
-        f"{review.rows} rows, {len(review.classes)} classes, {sum(review.errors.values())} errors, "
-        f"{review.flagged} to review; report written to {os.path.abspath(args.html)}"
-    )
-    return EXIT_OK
-
-
-def cmd_export(args: argparse.Namespace, console: Console) -> int:
-    from ..review.export import export
-
-    with console.row_progress("export") as progress:
-        count = export(args.output, args.format, args.target, args.rows, args.copy, args.local_files_root, progress)
-    console.print(f"{count} rows exported as {args.format} to {os.path.abspath(args.target)}")
-    if args.format == "label-studio":
-        from ..review.export import config_path
-
-        console.print(f"its labeling config (create the project with it): {os.path.abspath(config_path(args.target))}")
-    return EXIT_OK
-
-
-def cmd_neighbors(args: argparse.Namespace, console: Console) -> int:
-    from ..review import neighbors
-
-    checks.whole_number("--k", args.k)
-    checks.fraction("--threshold", args.threshold, "cosine similarity")
-    from ..output.targets import check_tool_target
-
-    check_tool_target(args.target, "--output", folder=True)  # before the search, not after it
-    with console.row_progress("neighbors: reading embeddings") as progress:
-        table, info = neighbors.find_neighbors(args.output, args.k, args.threshold, progress)
-    neighbors.write(table, info, args.target)
-    grouped = table.column("group").drop_null()
-    console.print(
-        f"{info.rows} rows, index {info.index}, recall@{info.k} {info.recall_at_k:.3f}; "
-        f"{len(set(grouped.to_pylist()))} near-duplicate groups ({len(grouped)} rows) at >= "
-        f"{info.threshold}; written to {os.path.abspath(args.target)}"
-    )
+    print_table(console, table)
     return EXIT_OK
 
 
@@ -305,11 +149,11 @@ COMMANDS = {
     "label": cmd_label,
     "eval": cmd_eval,
     "models": cmd_models,
-    "submit": cmd_submit,
-    "jobs": cmd_jobs,
-    "report": cmd_report,
-    "export": cmd_export,
-    "neighbors": cmd_neighbors,
+    "submit": cluster_jobs.cmd_submit,
+    "jobs": cluster_jobs.cmd_jobs,
+    "report": review_commands.cmd_report,
+    "export": review_commands.cmd_export,
+    "neighbors": review_commands.cmd_neighbors,
 }
 
 

@@ -9,10 +9,10 @@ import time
 
 import ray
 
-from .plan import PoolNeeds
-from .progress import CounterClient, Counts
-from .reporters import Snapshot
+from ...config.plan import PoolNeeds
+from .counter import CounterClient, Counts
 from .resources import nodes_being_added, short_of
+from .snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class RunWatch:
 
     def check(self) -> None:
         """Raise ResourcesUnavailable once the job has waited `needs.wait_limit_s` for resources."""
-        from ..core.errors import ResourcesUnavailable
+        from ...core.errors import ResourcesUnavailable
 
         if self.waiting and time.monotonic() - self.waiting_since >= self.needs.wait_limit_s:
             raise ResourcesUnavailable(

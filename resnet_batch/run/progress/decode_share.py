@@ -16,7 +16,7 @@ the decode tasks report their seconds to the progress counter, which holds this.
 
 from __future__ import annotations
 
-from ..core.reporting import BatchTimes
+from ...core.reporting import BatchTimes
 
 INITIAL_SHARE = 0.25  # until both sides have reported (the first few batches)
 DECAY = 0.95  # per report: the rates follow the images as the job moves through them

@@ -15,6 +15,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -95,7 +96,8 @@ class Console:
     @contextmanager
     def progress(self, every_s: float, launched: float):
         """A progress reporter for run_label: a bar in a terminal, log lines elsewhere."""
-        from .reporters import BarReporter, LogReporter
+        from ..run.progress.snapshot import LogReporter
+        from .progress_bar import BarReporter
 
         reporter: BarReporter | LogReporter
         if self.err.isatty():
@@ -191,3 +193,10 @@ def raising_on_signals():
     finally:
         for signum, previous in found.items():
             signal.signal(signum, previous)
+
+
+def print_table(console: Console, table: Sequence[tuple[str, ...]]) -> None:
+    """Columns padded to their widest cell; the last one, often long, as it is."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    for row in table:
+        console.print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]).rstrip())
