@@ -13,6 +13,7 @@ import pytest
 
 from resnet_batch.core.errors import LeaseLost
 from resnet_batch.output import ownership
+from resnet_batch.output.record import RunRecord
 from resnet_batch.output.repair import set_aside_fenced
 from resnet_batch.output.writer import FENCED_PREFIX, OUR_PART, OutputDir, part_name
 
@@ -72,7 +73,7 @@ def test_a_writer_that_lost_the_lease_makes_nothing_visible(tmp_path):
         with pytest.raises(LeaseLost, match="is no longer this job's: another job took it over"):
             paused.write_part(_table(["after"]))
         with pytest.raises(LeaseLost):
-            paused.record_run({"model": "none"})
+            paused.record_run(RunRecord(model="none"))
         assert not list((tmp_path / "out").glob("_tmp-*")), "a refused part leaves no temporary file"
         taker.write_part(_table(["after"]))
     paused_lease._stop.set()  # its renewer: the lease is gone, and it never rewrites one not its own

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 
-from resnet_batch.config.description import run_info, run_schema
+from resnet_batch.config.description import run_record, run_schema
 from resnet_batch.config.label_config import LabelConfig
 from resnet_batch.config.plan import Cluster, make_plan
 from resnet_batch.core.columns import read_run_metadata
@@ -39,7 +39,7 @@ def test_null_model_rows_have_resnet50s_columns(ray_local, tmp_path):
     # The schema a real resnet50 run with the same options writes, column for column.
     real = cfg.replace(model="resnet50", weights="none").compute
     resolved = resolve_weights("resnet50", "none")
-    want = run_schema(real, resolved, (), run_info(real, "fp32", resolved, []))
+    want = run_schema(real, resolved, (), run_record(real, "fp32", resolved, []))
     assert [(f.name, f.type) for f in table.schema] == [(f.name, f.type) for f in want]
     ok = table.filter(table.column("error").is_null()).to_pylist()
     assert len(ok) == 5

@@ -14,6 +14,7 @@ from .. import __version__
 from ..core.columns import EMBEDDING_DTYPES, REVIEW_COLUMNS, SPATIAL_SHAPE, VALID, OutputColumns, with_run_metadata
 from ..data.preprocessing import WholeImage
 from ..model.registry import POOLED, STAGE_STRIDES, STAGES, feature_width, stage_width
+from ..output.record import RunRecord
 from .label_config import ComputeOptions, LabelConfig
 
 if TYPE_CHECKING:
@@ -52,44 +53,47 @@ def spatial_info(compute: ComputeOptions, resolved: ResolvedWeights) -> dict | N
     }
 
 
-def run_info(compute: ComputeOptions, precision: str, resolved: ResolvedWeights, extra_columns: list[str]) -> dict:
+def run_record(
+    compute: ComputeOptions, precision: str, resolved: ResolvedWeights, extra_columns: list[str]
+) -> RunRecord:
+    """The record of a run with these settings, before anything ran."""
     whole = whole_image(compute, resolved)
     geometry = whole.describe() if whole else {"crop": "center"}
-    return {
-        "model": compute.model,
-        "weights": resolved.weights,
-        "weights_source": resolved.source.kind,
-        "preprocessing": {"from_weights": resolved.preprocess_from, **resolved.preprocessing.describe(), **geometry},
-        "classes": len(resolved.categories),
-        "labels": compute.labels,
-        "top_k": compute.top_k,
-        "embeddings": POOLED in compute.features,
-        "embedding_dtype": compute.embedding_dtype,
-        "embedding_dim": resolved.embedding_dim if POOLED in compute.features else 0,
-        "features": list(compute.features),
-        "stage_dims": {s: stage_width(compute.model, s) for s in compute.features if s in STAGES},
-        "spatial": spatial_info(compute, resolved),
-        "review": REVIEW_COLUMNS | {"review_below": compute.review_below} if compute.top_k else None,
-        "precision": precision,
-        "extra_columns": extra_columns,
-        "package": "resnet-batch",
-        "package_version": __version__,
-    }
+    return RunRecord(
+        model=compute.model,
+        weights=resolved.weights,
+        weights_source=resolved.source.kind,
+        preprocessing={"from_weights": resolved.preprocess_from, **resolved.preprocessing.describe(), **geometry},
+        classes=len(resolved.categories),
+        labels=compute.labels,
+        top_k=compute.top_k,
+        embeddings=POOLED in compute.features,
+        embedding_dtype=compute.embedding_dtype,
+        embedding_dim=resolved.embedding_dim if POOLED in compute.features else 0,
+        features=list(compute.features),
+        stage_dims={s: stage_width(compute.model, s) for s in compute.features if s in STAGES},
+        spatial=spatial_info(compute, resolved),
+        review=REVIEW_COLUMNS | {"review_below": compute.review_below} if compute.top_k else None,
+        precision=precision,
+        extra_columns=extra_columns,
+        package="resnet-batch",
+        package_version=__version__,
+    )
 
 
 def run_schema(
-    compute: ComputeOptions, resolved: ResolvedWeights, extra_fields: tuple[pa.Field, ...], info: dict
+    compute: ComputeOptions, resolved: ResolvedWeights, extra_fields: tuple[pa.Field, ...], record: RunRecord
 ) -> pa.Schema:
     schema = OutputColumns(
         resolved.embedding_dim if POOLED in compute.features else None,
         compute.embedding_dtype,
         compute.top_k > 0,
-        stages=info["stage_dims"],
+        stages=record.stage_dims or {},
         spatial=compute.spatial,
         whole_image=compute.crop == "none",
         needs_review=compute.review_below is not None,
     ).schema(extra_fields)
-    return with_run_metadata(schema, info)
+    return with_run_metadata(schema, record.to_json())
 
 
 def row_bytes(compute: ComputeOptions, resolved: ResolvedWeights) -> int:

@@ -134,9 +134,9 @@ class OutputColumns:
         }[column.when]
 
 
-def with_run_metadata(schema: pa.Schema, run_info: dict) -> pa.Schema:
+def with_run_metadata(schema: pa.Schema, record: dict) -> pa.Schema:
     """Attach the run description as one JSON value plus flat keys for quick lookups."""
-    info = {"version": __version__, **run_info}
+    info = {"version": __version__, **record}
     meta = {METADATA_KEY: json.dumps(info, sort_keys=True).encode()}
     for key in ("model", "weights", "top_k", "embedding_dtype", "precision"):
         if key in info:

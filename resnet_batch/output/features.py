@@ -25,15 +25,16 @@ import pyarrow.dataset as pads
 from ..core.columns import ERROR, PATH, SCALE, SPATIAL_SHAPE, read_run_metadata
 from ..core.errors import UsageError
 from .ownership import lease_state
+from .record import RunRecord
 from .repair import untrusted_parts
-from .writer import FINISHED, OutputDir
+from .writer import OutputDir
 
 log = logging.getLogger(__name__)
 
 ALWAYS = (PATH,)
 
 
-def open_output(output: str) -> tuple[pads.Dataset, dict]:
+def open_output(output: str) -> tuple[pads.Dataset, RunRecord]:
     """A job output's part files as one dataset, and its run description; one-line errors."""
     out = OutputDir(output)
     if not out.fs.exists(out.path):
@@ -43,9 +44,9 @@ def open_output(output: str) -> tuple[pads.Dataset, dict]:
         raise UsageError(f"{output} is not a resnet-batch output: it holds no resnet-batch part files (part-*.parquet)")
     files = _readable(out, output, files)
     dataset = pads.dataset(files, filesystem=out.fs, format="parquet")
-    meta = read_run_metadata(dataset.schema) or out.run_record()
+    record = RunRecord.from_json(read_run_metadata(dataset.schema)) or out.run_record()
     _warn_if_partial(out, output)
-    return dataset, meta or {}
+    return dataset, record or RunRecord()
 
 
 def _readable(out: OutputDir, output: str, files: list[str]) -> list[str]:
@@ -88,7 +89,7 @@ def _warn_if_partial(out: OutputDir, output: str) -> None:
         )
     else:
         record = out.run_record()
-        finished = record.get(FINISHED) if record else None
+        finished = record.finished if record else None
         if record is not None and not isinstance(finished, dict):
             log.warning(
                 "the job that wrote %s was stopped before it finished: some inputs may have no row yet; %s",
@@ -133,7 +134,7 @@ def batches(
 
 def info(output: str) -> dict:
     """The run's description: model, weights, preprocessing, features, spatial map layout."""
-    return open_output(output)[1]
+    return open_output(output)[1].to_json()
 
 
 def read(
@@ -157,7 +158,7 @@ def read(
     if unknown:
         raise UsageError(f"{output} has no column {', '.join(unknown)}; it has: {', '.join(names)}")
     spatial = [c for c in wanted if c.startswith("spatial_c")]
-    spatial_shape = (run.get("spatial") or {}).get("shape") if spatial else None
+    spatial_shape = (run.spatial or {}).get("shape") if spatial else None
     read_columns = list(
         dict.fromkeys([*ALWAYS, *wanted, ERROR] + ([SPATIAL_SHAPE] if spatial and spatial_shape is None else []))
     )

@@ -38,6 +38,7 @@ from .ownership import (
     OutputLease,
     read_seals,
 )
+from .record import RESUME_FIELDS, RunRecord
 from .targets import refuse_inside_job_output
 
 log = logging.getLogger(__name__)
@@ -50,27 +51,9 @@ TMP_PREFIX = "_tmp-"
 OUR_TMP = re.compile(r"_tmp-[0-9a-f]{32}\.parquet")
 # With the writer's fence mark; without one, as written before parts carried it.
 OUR_PART = re.compile(rf"part-[0-9a-f]{{24}}(?:-(?P<mark>[0-9a-f]{{{MARK_DIGITS}}}))?\.parquet")
-FINISHED = "finished"  # the run record's key once its run has ended: when, and how it ended
-RUNS = "runs"  # every run of the output (resumes included), each its `finished`, oldest first
 DAMAGED_PREFIX = "_damaged-"  # a part file of ours whose footer cannot be read, set aside by a resume
 FENCED_PREFIX = "_fenced-"  # a part made visible after its writer lost the lease, set aside
 REPEATS_PREFIX = "_repeats-"  # a part whose rows another part holds too, set aside by a resume
-# What a resumed run adds to the run record, kept from earlier runs when this one ran no model.
-RESOLVED_KEYS = ("ran", "device", "precision", "versions")
-# Settings that change the numbers in the output; resuming with other values would mix runs.
-RESUME_KEYS = (
-    "model",
-    "weights",
-    "preprocessing",
-    "labels",
-    "top_k",
-    "embeddings",
-    "embedding_dtype",
-    "features",
-    "spatial",
-    "review",
-    "extra_columns",
-)
 
 
 @dataclass
@@ -106,8 +89,8 @@ class OutputDir:
         # memory:// lives in one process: only the driver can write there.
         self.driver_only = scheme_of(uri) == "memory"
         # Part files never change once visible (named by what they hold): each footer is read once.
-        self._runs: dict[str, dict | None] = {}
-        self.earlier_run: dict | None = None  # a resume's: the run record as it found it
+        self._runs: dict[str, RunRecord | None] = {}
+        self.earlier_run: RunRecord | None = None  # a resume's: the run record as it found it
         self.fence: Fence | None = None  # the lease this job's writes confirm (set by lease())
 
     def names(self) -> list[str]:
@@ -260,17 +243,17 @@ class OutputDir:
         """A part file moved away: its footer is no longer this output's."""
         self._runs.pop(part, None)
 
-    def _run_of(self, part: str) -> dict | None:
+    def _run_of(self, part: str) -> RunRecord | None:
         """The run description in a part file's footer; None for a file this tool did not write."""
         if part not in self._runs:
             try:
                 with self.fs.open(part, "rb") as f:
-                    self._runs[part] = read_run_metadata(pq.read_schema(f))
+                    self._runs[part] = RunRecord.from_json(read_run_metadata(pq.read_schema(f)))
             except (OSError, pa.ArrowException, ValueError):
                 self._runs[part] = None
         return self._runs[part]
 
-    def begin(self, mode: str, run_info: dict) -> None:
+    def begin(self, mode: str, record: RunRecord) -> None:
         """Apply --mode and record the run: called when the first rows are about to be saved,
         so that a job that fails before then leaves the output as it found it."""
         with self.as_usage_error():
@@ -283,17 +266,12 @@ class OutputDir:
                 self.fs.makedirs(self.path, exist_ok=True)
         if mode == "resume":  # a damaged run record: a footer says what ran as well
             self.earlier_run = self.run_record() or next(filter(None, map(self._run_of, self.part_files())), None)
-        self.record_run(run_info)
+        self.record_run(record)
 
-    def record_run(self, run_info: dict) -> None:
+    def record_run(self, record: RunRecord) -> None:
         """The run record `_resnet_batch.json` (what made the rows, for readers and resume). A
         resume keeps what the earlier runs recorded of the models that ran."""
-        earlier = self.earlier_run or {}
-        record = dict(run_info)
-        if "ran" not in record:
-            record.update({k: earlier[k] for k in RESOLVED_KEYS if k in earlier})
-        elif isinstance(earlier.get("ran"), list):
-            record["ran"] = earlier["ran"] + [r for r in record["ran"] if r not in earlier["ran"]]
+        record = record.keeping_what_ran(self.earlier_run)
         with self.as_usage_error():
             self._confirm_fence()
             run_file = join(self.path, RUN_FILE)
@@ -301,18 +279,19 @@ class OutputDir:
                 self.fs.mv(run_file, join(self.path, DAMAGED_PREFIX + RUN_FILE), recursive=True)
                 log.warning("%s was a folder: moved to %s%s", join(self.uri, RUN_FILE), DAMAGED_PREFIX, RUN_FILE)
             with self.fs.open(run_file, "w") as f:
-                json.dump(record, f, indent=1, sort_keys=True)
+                json.dump(record.to_json(), f, indent=1, sort_keys=True)
 
-    def run_record(self) -> dict | None:
+    def run_record(self) -> RunRecord | None:
         """The run record as an object, or None where there is none or it is damaged (said once)."""
         if RUN_FILE not in self.names():
             return None
         try:
             with self.fs.open(join(self.path, RUN_FILE), "r") as f:
-                record = json.load(f)
-            if isinstance(record, dict):
+                value = json.load(f)
+            record = RunRecord.from_json(value)
+            if record is not None:
                 return record
-            problem = f"a JSON {type(record).__name__}, not an object"
+            problem = f"a JSON {type(value).__name__}, not an object"
         except (ValueError, UnicodeDecodeError) as exc:
             problem = one_line(exc)
         except IsADirectoryError:
@@ -334,24 +313,24 @@ class OutputDir:
                 raise
             raise cannot(f"write to --output {self.uri}", exc) from None
 
-    def check_resumable(self, run_info: dict) -> None:
+    def check_resumable(self, record: RunRecord) -> None:
         """Refuse to resume a run whose results were computed with other settings: the run
         record says what the first run was, and every part file's footer what made its rows
         (a run record can be lost; the rows cannot lie)."""
         with self.as_usage_error():
             records = [(part.rsplit("/", 1)[-1], self._run_of(part)) for part in self.part_files()]
             if not records:  # no rows yet: the run record is all there is (the footers decide otherwise)
-                record = self.run_record()
-                records = [(RUN_FILE, record)] if record is not None else []
+                found = self.run_record()
+                records = [(RUN_FILE, found)] if found is not None else []
         for name, previous in records:
             if previous is None:
                 raise UsageError(
                     f"cannot resume {self.uri}: {name} was not written by resnet-batch; "
                     "move it, or use --mode overwrite"
                 )
-            changed = [k for k in RESUME_KEYS if previous.get(k) != run_info.get(k)]
+            changed = previous.differences(record)
             if changed:
-                was = "; ".join(_flag_change(k, previous.get(k), run_info.get(k)) for k in changed)
+                was = "; ".join(_flag_change(k, getattr(previous, k), getattr(record, k)) for k in changed)
                 raise UsageError(
                     f"cannot resume {self.uri}: {was} (in {name}); use the same settings, or --mode overwrite"
                 )
@@ -398,20 +377,6 @@ def is_part(name: str) -> bool:
 
 
 # How each setting a resume must keep is given on the command line, and how its recorded value reads.
-RESUME_FLAGS = {
-    "model": "--model",
-    "weights": "--weights",
-    "labels": "--labels",
-    "top_k": "--top-k",
-    "embeddings": "--no-embeddings",
-    "embedding_dtype": "--embedding-dtype",
-    "features": "--features",
-    "spatial": "--spatial",
-    "review": "--review-below",
-    "extra_columns": "the manifest's columns",
-}
-
-
 def _flag_change(key: str, was: object, now: object) -> str:
     """ "--review-below was 0.5, now unset": a setting that differs, as the flag that sets it."""
     if key == "preprocessing":
@@ -421,13 +386,13 @@ def _flag_change(key: str, was: object, now: object) -> str:
             for k in sorted({*old, *new})
             if old.get(k) != new.get(k)
         ]
-        return "preprocessing (--resize, --crop, --weights' recipe): " + ", ".join(parts)
+        return f"{RESUME_FIELDS[key]}: " + ", ".join(parts)
     if key == "review":  # the review columns follow --top-k; --review-below is the setting
         was = was.get("review_below") if isinstance(was, dict) else was
         now = now.get("review_below") if isinstance(now, dict) else now
     if key == "embeddings":
         return f"--no-embeddings was {'off' if was else 'on'}, now {'off' if now else 'on'}"
-    return f"{RESUME_FLAGS.get(key, key)} was {_shown(was)}, now {_shown(now)}"
+    return f"{RESUME_FIELDS[key]} was {_shown(was)}, now {_shown(now)}"
 
 
 def _shown(value: object) -> str:

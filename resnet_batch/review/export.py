@@ -146,7 +146,7 @@ def export_label_studio(
             "local images are referenced relative to / (?d=home/...): pass --local-files-root "
             "with Label Studio's LOCAL_FILES_DOCUMENT_ROOT if it is another folder"
         )
-    model_version = f"{run.get('model', '?')} {run.get('weights', '?')}"
+    model_version = f"{run.model or '?'} {run.weights or '?'}"
     count, classes = 0, set()
     with replaced_atomically(target, config_path(target)) as (tmp, tmp_config):
         with open(tmp, "w", encoding="utf-8") as f:

@@ -67,7 +67,7 @@ class IndexInfo:
 def load_embeddings(output: str, progress: Callable[[int, int], None] | None = None) -> tuple[list[str], np.ndarray]:
     """Paths and L2-normalised float32 embeddings of the rows without an error."""
     dataset, run = features.open_output(output)
-    if run.get("weights") == NO_WEIGHTS:
+    if run.weights == NO_WEIGHTS:
         log.warning(
             "%s was labeled with --weights none: random weights' embeddings make every image look alike, and "
             "the groups found here mean nothing",

@@ -25,8 +25,9 @@ import pyarrow.parquet as pq
 from ..core.identity import TAR_SEPARATOR
 from ..core.storage import modified_at, replaced_atomically
 from ..model.registry import NO_WEIGHTS, RANDOM_WEIGHTS_NOTE
+from ..output.record import RunRecord
 from ..output.targets import check_tool_target
-from ..output.writer import FINISHED, RUNS, OutputDir
+from ..output.writer import OutputDir
 from .charts import RunSeries, histogram_svg, phases_svg, runs_svg
 from .review import Review, collect
 
@@ -82,11 +83,11 @@ window.addEventListener('hashchange', () => {
 """
 
 
-def saved_over_time(output: str) -> tuple[dict, list[RunSeries]]:
+def saved_over_time(output: str) -> tuple[RunRecord, list[RunSeries]]:
     """The run record, and for each run of the output (resumes included) the rows it saved
     against seconds since its launch: a point per part file, the file's time and rows."""
     out = OutputDir(output)
-    record = out.run_record() or {}
+    record = out.run_record() or RunRecord()
     stamps = []
     for part in out.part_files():
         when = modified_at(out.fs, part)
@@ -98,10 +99,7 @@ def saved_over_time(output: str) -> tuple[dict, list[RunSeries]]:
         if when is not None:
             stamps.append((when, rows))
     stamps.sort()
-    runs = [r for r in record.get(RUNS, []) if isinstance(r, dict) and r.get("launched")]
-    if not runs:
-        finished = record.get(FINISHED)
-        runs = [finished] if isinstance(finished, dict) and finished.get("launched") else []
+    runs = [r for r in record.all_runs() if r.get("launched")]
     launches = [float(r["launched"]) for r in runs] or [stamps[0][0] if stamps else 0.0]
     series = [RunSeries(launched, []) for launched in launches]
     for when, rows in stamps:
@@ -111,10 +109,9 @@ def saved_over_time(output: str) -> tuple[dict, list[RunSeries]]:
     return record, [s for s in series if s.points]
 
 
-def _run_section(record: dict, series: list[RunSeries]) -> list[str]:
+def _run_section(record: RunRecord, series: list[RunSeries]) -> list[str]:
     parts = ["<h2>The run</h2>"]
-    finished = record.get(FINISHED)
-    finished = finished if isinstance(finished, dict) else {}
+    finished = record.finished if isinstance(record.finished, dict) else {}
     phases = finished.get("phases")
     if isinstance(phases, dict) and phases:
         rate = finished.get("steady_images_per_s")
@@ -146,17 +143,17 @@ def render(
     review: Review,
     thumbs: dict[str, str | None],
     duplicates: list[list[tuple[str, float]]],
-    record: dict | None = None,
+    record: RunRecord | None = None,
     series: list[RunSeries] | None = None,
 ) -> str:
     run = review.run
-    random = run.get("weights") == NO_WEIGHTS
+    random = run.weights == NO_WEIGHTS
     classes = sorted(review.classes.values(), key=lambda c: (-c.count, c.name))
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>resnet-batch report: {_e(run.get('model', ''))}</title><style>{CSS}</style></head><body>",
-        f"<h1>resnet-batch report</h1><p>{_e(run.get('model', '?'))}, weights {_e(run.get('weights', '?'))}, "
-        f"version {_e(run.get('package_version', '?'))}</p>",
+        f"<title>resnet-batch report: {_e(run.model or '')}</title><style>{CSS}</style></head><body>",
+        f"<h1>resnet-batch report</h1><p>{_e(run.model or '?')}, weights {_e(run.weights or '?')}, "
+        f"version {_e(run.package_version or '?')}</p>",
         "<table class='counts'>",
         f"<tr><td>inputs</td><td class='n' id='count-inputs'>{review.rows}</td></tr>",
         f"<tr><td>labeled</td><td class='n' id='count-labeled'>{review.labeled}</td></tr>",
@@ -164,7 +161,7 @@ def render(
         f"<tr><td>classes</td><td class='n' id='count-classes'>{len(classes)}</td></tr>",
         f"<tr><td>to review</td><td class='n' id='count-review'>{review.flagged}</td></tr></table>",
         *([f"<p id='random-weights' class='warn'>{_e(RANDOM_WEIGHTS_NOTE)}</p>"] if random else []),
-        *_run_section(record or {}, series or []),
+        *_run_section(record or RunRecord(), series or []),
         "<h2>Errors by category</h2><table id='error-categories'>",
         *(f"<tr><td>{_e(c)}</td><td class='n'>{n}</td></tr>" for c, n in review.errors.most_common()),
         "</table>" if review.errors else "</table><p>none</p>",
@@ -187,10 +184,18 @@ def render(
         )
         parts += [_cell(p.path, f"{p.prob:.3f}", thumbs) for p in picks]
         parts.append("</div></section>")
-    parts.append(
+    parts += _queue_duplicates_and_errors(review, thumbs, duplicates, random)
+    parts.append(f"<script>{SCRIPT}</script></body></html>")
+    return "\n".join(parts)
+
+
+def _queue_duplicates_and_errors(
+    review: Review, thumbs: dict[str, str | None], duplicates: list[list[tuple[str, float]]], random: bool
+) -> list[str]:
+    parts = [
         f"<h2>Review queue</h2><p>{_e(review.queue_rule)}: {review.flagged} rows; "
         f"the {len(review.queue)} least confident shown.</p><div class='grid' id='review-queue'>"
-    )
+    ]
     parts += [_cell(p.path, f"{p.label} {p.prob:.3f}", thumbs) for p in review.queue]
     parts.append("</div>")
     if duplicates and random:
@@ -206,8 +211,7 @@ def render(
     parts.append("</table>")
     if len(review.error_rows) < sum(review.errors.values()):
         parts.append(f"<p>the first {len(review.error_rows)} of {sum(review.errors.values())} shown</p>")
-    parts.append(f"<script>{SCRIPT}</script></body></html>")
-    return "\n".join(parts)
+    return parts
 
 
 def build_report(

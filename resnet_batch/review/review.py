@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from ..core.columns import ERROR, MARGIN, NEEDS_REVIEW, PATH, TOPK_LABELS, TOPK_PROBS, error_category
 from ..core.errors import UsageError
 from ..output.features import batches, open_output
+from ..output.record import RunRecord
 
 HISTOGRAM_BINS = 20
 
@@ -77,7 +78,7 @@ class Review:
     flagged: int = 0  # rows with needs_review (or, without that column, in the queue's sense)
     queue: list[Pick] = field(default_factory=list)
     queue_rule: str = ""
-    run: dict = field(default_factory=dict)
+    run: RunRecord = field(default_factory=RunRecord)
 
     @property
     def labeled(self) -> int:
@@ -100,7 +101,7 @@ def collect(
     flagged_column = NEEDS_REVIEW in dataset.schema.names
     review = Review(
         run=run,
-        queue_rule=f"needs_review (top-1 probability under {(run.get('review') or {}).get('review_below')})"
+        queue_rule=f"needs_review (top-1 probability under {(run.review or {}).get('review_below')})"
         if flagged_column
         else "the least confident rows (no --review-below was given)",
     )

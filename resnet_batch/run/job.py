@@ -8,16 +8,18 @@ input checked.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from functools import partial
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from ..config.description import rows_per_file, run_info, run_schema
+from ..config.description import rows_per_file, run_record, run_schema
 from ..config.label_config import LabelConfig
 from ..config.plan import make_plan
 from ..core.errors import Interrupted, UsageError
@@ -27,7 +29,7 @@ from ..data.sources import list_inputs
 from ..model.registry import check_weights_argument
 from ..output import repair
 from ..output.ownership import OutputLease
-from ..output.writer import FINISHED, RUNS, OutputDir
+from ..output.writer import OutputDir
 from ..review.evaluate import EvalReport, attach_labels, score
 from . import estimate, pipeline, ray_session
 from .bookkeeping import Books, check_output, count_here, count_on_ray, counts_here, load_done_once
@@ -49,26 +51,20 @@ def run_label(
 ) -> LabelSummary:
     """Label every input; `table` (path + extra columns) replaces listing cfg.inputs.
 
-    `report` is called with a reporters.Snapshot a few times a second (default: a log line
-    every cfg.execution.progress_every seconds). On SIGINT/SIGTERM (KeyboardInterrupt or Interrupted)
+    `report` is called with a Snapshot a few times a second (default: a log line every
+    cfg.execution.progress_every seconds). On SIGINT/SIGTERM (KeyboardInterrupt or Interrupted)
     the finished work is saved first, then errors.Interrupted says how much.
     """
     check_weights_argument(cfg.compute.model, cfg.compute.weights)  # a mistyped name fails now, not after Ray's start
-    run = LabelRun(
-        cfg, report or LogReporter(cfg.execution.progress_every), Timeline(launched=launched_at or time.time())
-    )
+    timeline = Timeline(launched=launched_at or time.time())
     try:
-        return _label(run, table)
+        return _label(cfg, table, report or LogReporter(cfg.execution.progress_every), timeline)
     except KeyboardInterrupt as caught:
         stop = Interrupted.of(caught)
         # A second signal while stopping (delivered once Ray has stopped) carries no counts:
         # the first one's, if it had any, are what the stop says.
         earlier = caught.__context__
-        first = earlier if not stop.processed and isinstance(earlier, Interrupted) else stop
-        saved = run.saver.saved if run.saver else 0
-        if saved and not first.processed:  # stopped after the pipeline's end: all of it is saved
-            first = Interrupted(first.signum, saved, saved)
-        raise first from None
+        raise (earlier if not stop.processed and isinstance(earlier, Interrupted) else stop) from None
 
 
 def run_eval(cfg: LabelConfig, label_column: str | None = None, **run_options) -> tuple[LabelSummary, EvalReport]:
@@ -94,47 +90,20 @@ def _plan_inputs(cfg: LabelConfig, table: pa.Table | None) -> InputPlan:
     return plan
 
 
-def _label(run: LabelRun, table: pa.Table | None) -> LabelSummary:
-    cfg, timeline, report = run.cfg, run.timeline, run.report
-    started_ray = False
+def _label(cfg: LabelConfig, table: pa.Table | None, report: Reporter, timeline: Timeline) -> LabelSummary:
     # A checkpoint takes seconds to read (and torch to import): the weights are resolved on
     # a thread while the driver lists its inputs and Ray starts.
     pool = ThreadPoolExecutor(1, thread_name_prefix="resnet-batch-weights")
     weights = pool.submit(_resolve_weights, cfg)
-    held = ExitStack()
-    try:
-        report(Snapshot.before("checking the output"))
-        out = OutputDir(cfg.output)
-        out.check(cfg.mode)
-        lease = held.enter_context(out.lease(on_takeover=ray_session.end_leftovers))  # one writer at a time
-        out.check(cfg.mode)  # again: another job may have written there before it let go
-        if cfg.mode == "resume":
-            repair.set_aside_fenced(out)
-            repair.set_aside_damaged(out)
-        report(Snapshot.before("listing the inputs"))
-        plan = _plan_inputs(cfg, table)
-        if cfg.compute.labels:
-            weights.result()  # a --labels file that does not fit is refused before Ray starts
-        books, pending = Books.in_process(), len(plan.units)
-        if cfg.mode == "resume" and plan.units:
-            books, pending, started_ray = _count_resume(cfg, out, plan, report)
-            _note_ray(lease, started_ray)
-        if pending and books.local:  # (books on Ray: a resume counted there, Ray is up)
-            report(Snapshot.before("starting Ray"))
-            started_ray = pipeline.start_ray(cfg.execution.address)
-            _note_ray(lease, started_ray)
-            # A resume counted here hands its books over as they stand.
-            books = Books.on_ray(books if cfg.mode == "resume" else None)
-        saver = run.saver = _saver(cfg, out, weights, plan)
-        if pending:
-            _execute(run, weights.result(), plan, books)
-        saver.ensure_begun()  # a run that labeled nothing still applies --mode (overwrite replaces)
-        check, misnamed = _final_check(out, books, saver, timeline)
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        if started_ray:
-            ray_session.stop()
-        held.close()
+    with ExitStack() as held:  # closed in reverse: Ray stopped, then the lease let go
+        held.callback(pool.shutdown, wait=False, cancel_futures=True)
+        out, plan, books, pending = _prepare(cfg, table, report, weights, held)
+        run = LabelRun(cfg, report, timeline, _saver(cfg, out, weights.result(), plan))
+        with _saying_what_was_saved(run.saver):
+            if pending:
+                _execute(run, weights.result(), plan, books)
+            run.saver.ensure_begun()  # a run that labeled nothing still applies --mode (overwrite replaces)
+            check, misnamed = _final_check(out, books, run.saver, timeline)
     timeline.ended = time.time()
     if check.repeated:
         log.warning("%d listed entries named an input listed before; each path is labeled once", check.repeated)
@@ -142,9 +111,9 @@ def _label(run: LabelRun, table: pa.Table | None) -> LabelSummary:
         weights=weights.result().weights,
         inputs=check.inputs,
         already_done=check.already_done,
-        processed=saver.stats.rows,
+        processed=run.saver.stats.rows,
         rows_in_output=check.rows,
-        errors=saver.stats.errors,
+        errors=run.saver.stats.errors,
         timeline=timeline,
         missing=check.missing,
         duplicates=check.duplicates,
@@ -153,6 +122,59 @@ def _label(run: LabelRun, table: pa.Table | None) -> LabelSummary:
         errors_before=books.errors_loaded,
         outside=check.outside,
     )
+
+
+def _prepare(
+    cfg: LabelConfig, table: pa.Table | None, report: Reporter, weights: Future, held: ExitStack
+) -> tuple[OutputDir, InputPlan, Books, int]:
+    """The output taken (its lease held), the inputs cut into read units, the resume's
+    count, Ray up where there is work: (output, inputs, books, inputs left to label)."""
+    report(Snapshot.before("checking the output"))
+    out = OutputDir(cfg.output)
+    out.check(cfg.mode)
+    lease = held.enter_context(out.lease(on_takeover=ray_session.end_leftovers))  # one writer at a time
+    out.check(cfg.mode)  # again: another job may have written there before it let go
+    if cfg.mode == "resume":
+        repair.set_aside_fenced(out)
+        repair.set_aside_damaged(out)
+    report(Snapshot.before("listing the inputs"))
+    plan = _plan_inputs(cfg, table)
+    if cfg.compute.labels:
+        weights.result()  # a --labels file that does not fit is refused before Ray starts
+    start_ray = partial(_start_ray, cfg, report, lease, held)
+    books, pending = Books.in_process(), len(plan.units)
+    if cfg.mode == "resume" and plan.units:
+        books, pending = _count_resume(cfg, out, plan, start_ray)
+    if pending and books.local:  # (books on Ray: a resume counted there, Ray is up)
+        start_ray()
+        # A resume counted here hands its books over as they stand.
+        books = Books.on_ray(books if cfg.mode == "resume" else None)
+    return out, plan, books, pending
+
+
+def _start_ray(cfg: LabelConfig, report: Reporter, lease: OutputLease, held: ExitStack) -> None:
+    """Ray joined or started; a Ray of the job's own is stopped when the run ends, and noted
+    in the lease: if the job dies, the job that takes the output over ends what its Ray left
+    running (ray_session.end_leftovers)."""
+    report(Snapshot.before("starting Ray"))
+    if pipeline.start_ray(cfg.execution.address):
+        held.callback(ray_session.stop)
+        session = ray_session.own_session()
+        if session:
+            lease.note(ray_session=session)
+
+
+@contextmanager
+def _saying_what_was_saved(saver: Saver) -> Iterator[None]:
+    """A stop after the pipeline's end (every row saved, so no counts of its own) says what
+    this run saved."""
+    try:
+        yield
+    except KeyboardInterrupt as caught:
+        stop = Interrupted.of(caught)
+        if stop.processed or not saver.saved:
+            raise
+        raise Interrupted(stop.signum, saver.saved, saver.saved) from caught
 
 
 def _final_check(out: OutputDir, books: Books, saver: Saver, timeline: Timeline) -> tuple[OutputCheck, list]:
@@ -169,14 +191,6 @@ def _final_check(out: OutputDir, books: Books, saver: Saver, timeline: Timeline)
     return check, misnamed
 
 
-def _note_ray(lease: OutputLease, started: bool) -> None:
-    """The local Ray this job started, in its lease: if the job dies, the job that takes the
-    output over ends what its Ray left running (ray_session.end_leftovers)."""
-    session = ray_session.own_session() if started else None
-    if session:
-        lease.note(ray_session=session)
-
-
 def _record_finished(out: OutputDir, saver: Saver, check: OutputCheck, timeline: Timeline) -> None:
     """The run record's last word: when the run ended, its counts, and where its time went
     (readers tell a finished output from a partial one by it)."""
@@ -191,33 +205,17 @@ def _record_finished(out: OutputDir, saver: Saver, check: OutputCheck, timeline:
         "phases": {k: round(v, 3) for k, v in timeline.phases(until=now).items()},
         "steady_images_per_s": round(timeline.steady_rate(saver.stats.rows), 3),
     }
-    out.record_run({**saver.run_info, FINISHED: finished, RUNS: [*_earlier_runs(out), finished]})
+    earlier = out.earlier_run.all_runs() if out.earlier_run else []
+    out.record_run(dataclasses.replace(saver.record, finished=finished, runs=[*earlier, finished]))
 
 
-def _earlier_runs(out: OutputDir) -> list[dict]:
-    """The runs a resumed output recorded before this one (each run's `finished`)."""
-    earlier = out.earlier_run or {}
-    runs = earlier.get(RUNS)
-    if isinstance(runs, list):
-        return [r for r in runs if isinstance(r, dict)]
-    return [earlier[FINISHED]] if isinstance(earlier.get(FINISHED), dict) else []
-
-
-def _saver(cfg: LabelConfig, out: OutputDir, weights: Future, plan: InputPlan) -> Saver:
+def _saver(cfg: LabelConfig, out: OutputDir, resolved: ResolvedWeights, plan: InputPlan) -> Saver:
     """What saves the run's rows, with the run described in its footers and run record."""
-    resolved = weights.result()
-    info = run_info(cfg.compute, cfg.execution.precision, resolved, [f.name for f in plan.extra_fields])
+    record = run_record(cfg.compute, cfg.execution.precision, resolved, [f.name for f in plan.extra_fields])
     if cfg.mode == "resume":
-        out.check_resumable(info)
-    schema = run_schema(cfg.compute, resolved, plan.extra_fields, info)
-    return Saver(
-        out,
-        schema,
-        rows_per_file(cfg, resolved),
-        cfg.execution.checkpoint_every,
-        begin=partial(out.begin, cfg.mode, info),
-        run_info=info,
-    )
+        out.check_resumable(record)
+    schema = run_schema(cfg.compute, resolved, plan.extra_fields, record)
+    return Saver(out, schema, rows_per_file(cfg, resolved), cfg.execution.checkpoint_every, cfg.mode, record)
 
 
 def _execute(run: LabelRun, resolved: ResolvedWeights, plan: InputPlan, books: Books) -> None:
@@ -253,15 +251,15 @@ def plan_only(cfg: LabelConfig, calibrate: int = 0) -> list[str]:
             ray_session.stop()
 
 
-def _count_resume(cfg: LabelConfig, out: OutputDir, plan: InputPlan, report: Reporter) -> tuple[Books, int, bool]:
-    """(books, inputs left to label, whether Ray was started) for a resume: counted in this
-    process where it is small and local (a finished one then needs no Ray), else in Ray tasks."""
+def _count_resume(
+    cfg: LabelConfig, out: OutputDir, plan: InputPlan, start_ray: Callable[[], None]
+) -> tuple[Books, int]:
+    """(books, inputs left to label) for a resume: counted in this process where it is small
+    and local (a finished one then needs no Ray), else in Ray tasks (Ray started first)."""
     books: Books | None = load_done_once(out, Books.in_process) if counts_here(plan, out) else None
     pending = count_here(plan, books) if books is not None else None
-    started_ray = False
     if books is None or pending is None:
-        report(Snapshot.before("starting Ray"))
-        started_ray = pipeline.start_ray(cfg.execution.address)
+        start_ray()
         books = load_done_once(out, Books.on_ray)
         pending = count_on_ray(plan, books)
     log.info("resume: %d inputs still to label", pending)
@@ -274,7 +272,7 @@ def _count_resume(cfg: LabelConfig, out: OutputDir, plan: InputPlan, report: Rep
         )
     if pending:
         books.forget_claims()  # the pipeline's listing claims them again, as it finds them then
-    return books, pending, started_ray
+    return books, pending
 
 
 def _resolve_weights(cfg: LabelConfig, verify: bool = True):

@@ -123,7 +123,6 @@ def execute(plan: ExecutionPlan, inputs: InputPlan, books: Books, run: LabelRun)
     for line in plan.lines():
         log.info("%s", line)
     saver, timeline = run.saver, run.timeline
-    assert saver is not None, "the run's saver is made before its pipeline runs"
     counter = CounterClient()
     counter.actor.share_decoding.remote(plan.decode_cores_per_actor, plan.cpu_decode_share)
     source = InputsDatasource(inputs, books, counter.actor)
@@ -187,9 +186,7 @@ class DriverLoop:
 
     @property
     def saver(self) -> Saver:
-        saver = self.label_run.saver
-        assert saver is not None, "the run's saver is made before its pipeline runs"
-        return saver
+        return self.label_run.saver
 
     def run(self) -> None:
         """Hand finished blocks to the saver, and report, until the end."""
@@ -204,7 +201,7 @@ class DriverLoop:
                 break
             if isinstance(item, BaseException):
                 raise item
-            if item and "ran" not in saver.run_info:  # before the first save: the footers say what ran
+            if item and saver.record.ran is None:  # before the first save: the footers say what ran
                 saver.record_what_ran(self.counter.actors())
             self._add(item or [])
             if item:

@@ -13,6 +13,7 @@ leaves the output as it found it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -24,6 +25,7 @@ import ray
 
 from ..core.columns import with_run_metadata
 from ..core.storage import retrying
+from ..output.record import RunRecord
 from ..output.writer import OutputDir, WriteStats
 
 log = logging.getLogger(__name__)
@@ -61,13 +63,13 @@ class Saver:
         schema: pa.Schema,
         rows_per_file: int,
         checkpoint_every_s: float,
-        begin: Callable[[], None],
-        run_info: dict | None = None,
+        mode: str,
+        record: RunRecord,
     ):
         self.out, self.schema, self.rows_per_file = out, schema, rows_per_file
-        self.run_info = run_info if run_info is not None else {}  # what begin() records; completed as the run learns
+        self.record = record  # what begin() records; completed as the run learns what ran
         self.checkpoint_every_s = checkpoint_every_s
-        self._begin = begin  # applies --mode to the output; called once, before the first write
+        self.mode = mode  # applied to the output once, before the first write (OutputDir.begin)
         self.begun = False
         self.buffer: list[BlockPart] = []
         self.buffered_rows = 0
@@ -86,18 +88,20 @@ class Saver:
         run record."""
         if not actors:
             return
-        info = self.run_info
-        info["ran"] = [json.loads(r) for r in sorted({json.dumps(a, sort_keys=True) for a in actors})]
-        info["precision"] = ",".join(sorted({a["precision"] for a in actors}))
-        info["device"] = ",".join(sorted({a["device"] for a in actors}))
-        info["versions"] = {
-            "ray": ray.__version__,
-            "torch": ",".join(sorted({a["torch"] for a in actors})),
-            "torchvision": ",".join(sorted({a["torchvision"] for a in actors})),
-        }
-        self.schema = with_run_metadata(self.schema, info)
+        self.record = dataclasses.replace(
+            self.record,
+            ran=[json.loads(r) for r in sorted({json.dumps(a, sort_keys=True) for a in actors})],
+            precision=",".join(sorted({a["precision"] for a in actors})),
+            device=",".join(sorted({a["device"] for a in actors})),
+            versions={
+                "ray": ray.__version__,
+                "torch": ",".join(sorted({a["torch"] for a in actors})),
+                "torchvision": ",".join(sorted({a["torchvision"] for a in actors})),
+            },
+        )
+        self.schema = with_run_metadata(self.schema, self.record.to_json())
         if self.begun:
-            self.out.record_run(info)
+            self.out.record_run(self.record)
 
     def add(self, part: BlockPart) -> None:
         if not self.buffer:
@@ -132,7 +136,7 @@ class Saver:
 
     def ensure_begun(self) -> None:
         if not self.begun:
-            self._begin()
+            self.out.begin(self.mode, self.record)
             self.begun = True
 
     def finish(self, timeout_s: float | None = None) -> WriteStats:

@@ -16,12 +16,12 @@ if TYPE_CHECKING:
 @dataclass
 class LabelRun:
     """What a label run holds while it runs: its arguments, where it reports, its timeline,
-    and its saver once made (a stop says how many rows that saved)."""
+    and what saves its rows."""
 
     cfg: LabelConfig
     report: Reporter
     timeline: Timeline
-    saver: Saver | None = None
+    saver: Saver
 
 
 STEADY_MIN_S = 1.0  # a steady phase shorter than this gives no rate (a few batches over milliseconds)
