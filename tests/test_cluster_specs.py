@@ -10,7 +10,8 @@ import pytest
 import ray
 import yaml
 
-from resnet_batch.config.label_config import LabelConfig, load_config_file
+from resnet_batch.config.config_file import load_config_file
+from resnet_batch.config.label_config import LabelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

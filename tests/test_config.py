@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from resnet_batch.config.label_config import LabelConfig, load_config_file
+from resnet_batch.config.config_file import load_config_file
+from resnet_batch.config.label_config import LabelConfig
 from resnet_batch.core.errors import UsageError
 
 
@@ -76,3 +77,50 @@ def test_config_file_errors(tmp_path):
     bad.write_text("- just\n- a list\n")
     with pytest.raises(UsageError, match="must hold a mapping"):
         load_config_file(str(bad))
+
+
+def test_each_option_is_declared_once_and_every_consumer_takes_it_from_there():
+    """The records (config/options.py) against what consumes them: LabelConfig's fields and
+    defaults, the parser's flags, the config file's keys and kinds, LabelConfig.of/options."""
+    import dataclasses
+    import typing
+
+    from resnet_batch.cli.arguments import build_parser
+    from resnet_batch.config.label_config import GROUPS
+    from resnet_batch.config.options import BY_NAME, KINDS, OPTIONS
+
+    assert len(BY_NAME) == len(OPTIONS)
+    holders = {"job": LabelConfig, **GROUPS}
+    fields = {
+        f.name: (group, f)
+        for group, holder in holders.items()
+        for f in dataclasses.fields(holder)
+        if f.name not in GROUPS
+    }
+    assert set(fields) == set(BY_NAME), set(fields) ^ set(BY_NAME)
+    expected_kinds = {int: "int", float: "float", bool: "bool", str: "str"}
+    for name, option in BY_NAME.items():
+        group, field = fields[name]
+        assert option.group == group and option.kind in KINDS, name
+        if field.default is not dataclasses.MISSING:
+            assert field.default == option.default, name
+        hint = typing.get_type_hints(holders[group])[name]
+        plain = {a for a in typing.get_args(hint) if a is not type(None)} or {hint}
+        if option.kind in expected_kinds.values():
+            assert {expected_kinds.get(a) for a in plain} == {option.kind}, (name, hint)
+    label = next(a for a in build_parser()._actions if a.dest == "command").choices["label"]
+    flags = {a.dest: a for a in label._actions}
+    for option in OPTIONS:
+        action = flags[option.name]
+        assert action.default is None and (
+            option.name == "inputs" or option.flags or option.flag in action.option_strings
+        )
+        assert action.help == (option.help if option.name == "inputs" else option.described())
+    cfg = LabelConfig.of(inputs=("a",), output="o")
+    assert {k: v for k, v in cfg.options().items() if k not in ("inputs", "output")} == {
+        o.name: o.default for o in OPTIONS if o.name not in ("inputs", "output")
+    }
+    every_key = {
+        o.name: list(o.default) if o.kind == "strings" else o.default for o in OPTIONS if o.default is not None
+    }
+    assert LabelConfig.from_sources({**every_key, "inputs": ["a"], "output": "o"}, {}) == cfg

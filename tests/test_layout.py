@@ -160,7 +160,7 @@ def test_tests_and_benches_use_only_public_names():
 # String literals equal to a column name that mean something else there.
 OTHER_MEANINGS = {
     ("resnet_batch.output.writer", "error"),
-    ("resnet_batch.config.label_config", "error"),  # --mode error
+    ("resnet_batch.config.options", "error"),  # --mode error
     ("resnet_batch.model.hf", "height"),  # a Hugging Face preprocessor's size key
     ("resnet_batch.review.export", "image"),
 }  # Label Studio's task field

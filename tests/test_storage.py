@@ -301,7 +301,7 @@ def test_a_fifo_named_as_a_file_is_refused_however_it_is_spelled(tmp_path, spell
     at once (a plain read would block forever), whether named as a path or a file:// URI."""
     import os
 
-    from resnet_batch.config.label_config import load_config_file
+    from resnet_batch.config.config_file import load_config_file
     from resnet_batch.core.storage import NotRegularFile, read_bytes_or_raise
     from resnet_batch.model.checkpoints import read_labels
 

@@ -11,155 +11,32 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from ..model.registry import ARCHITECTURES, NULL_MODEL
+from ..config.options import OPTIONS, SECTIONS, Option
 
 
 def _add_job_args(p: argparse.ArgumentParser) -> None:
-    """A job's options in the groups LabelConfig holds them in: its inputs and output, what
-    it computes, how it runs. Every default is None, so that a config file's value survives
-    unless a flag is given."""
-    io = p.add_argument_group("inputs and output")
-    io.add_argument(
-        "inputs",
-        nargs="*",
-        metavar="INPUT",
-        help="directory, image file, glob, fsspec URI, or manifest (.txt/.csv/.parquet)",
-    )
-    io.add_argument("--output", "-o", help="output Parquet dataset directory (local path or URI) (required)")
-    io.add_argument("--config", help="YAML job config with the same option names; flags win (default: none)")
-    io.add_argument("--mode", help="error|overwrite|resume: when OUTPUT holds results (default error)")
-    io.add_argument("--path-column", help="manifest column holding image URIs (default path)")
-    io.add_argument(
-        "--add-to-output",
-        action="store_true",
-        default=None,
-        help="with --mode resume: label these INPUTs into an output that holds rows of other inputs "
-        "(without it, such a resume is refused as another job's) (default: off)",
-    )
-    io.add_argument("--rows-per-file", type=int, help="rows per Parquet part file, at most (default 10000)")
-    compute = p.add_argument_group("what is computed")
-    compute.add_argument(
-        "--model",
-        help=f"{', '.join(ARCHITECTURES)} (default resnet50), "
-        f"or {NULL_MODEL}: the null model, a benchmark aid that runs no network and writes resnet50's "
-        "columns, filled with constants",
-    )
-    compute.add_argument("--weights", help="DEFAULT|IMAGENET1K_V1|IMAGENET1K_V2|none|PATH-or-URI (default DEFAULT)")
-    compute.add_argument(
-        "--preprocess",
-        help="torchvision weights whose transforms() a checkpoint or 'none' uses (default IMAGENET1K_V1)",
-    )
-    compute.add_argument(
-        "--labels",
-        help="class names for a checkpoint's outputs: a file with one name a line, "
-        "or JSON (a list or {id: name}) (default: the weights' own, ImageNet's for torchvision's)",
-    )
-    compute.add_argument("--top-k", type=int, help="labels per image, 0 = no labels (default 5)")
-    compute.add_argument(
-        "--review-below",
-        type=float,
-        metavar="P",
-        help="add needs_review: true where the top-1 probability is under P (0-1) (default: no needs_review column)",
-    )
-    compute.add_argument(
-        "--no-embeddings",
-        dest="embeddings",
-        action="store_const",
-        const=False,
-        help="do not write the pooled embedding (default: written)",
-    )
-    compute.add_argument(
-        "--features",
-        help="comma-separated: pooled (the `embedding` column), c2, c3, c4, c5 "
-        "(each stage average-pooled, a column each) (default pooled)",
-    )
-    compute.add_argument("--embedding-dtype", help="float32|float16, of the pooled vectors (default float32)")
-    compute.add_argument(
-        "--spatial",
-        help="c4|c5: also write that stage's whole feature map, float16, "
-        "as spatial_c4/spatial_c5 (stride 16/32) (default: none)",
-    )
-    compute.add_argument(
-        "--crop",
-        help="center|none: none keeps the whole image (shorter side resized, padded "
-        "to a few batch shapes; rows record scale and valid cells) (default center)",
-    )
-    compute.add_argument(
-        "--resize", type=int, help="with --crop none: shorter side in pixels (default: the weights' own, e.g. 256)"
-    )
-    run = p.add_argument_group("how it runs")
-    run.add_argument(
-        "--address",
-        help="the Ray cluster to join, from one of its nodes: HOST:6379 or auto (the one `ray start` "
-        "began on this machine) (default: $RAY_ADDRESS, else a Ray of the job's own, started here and "
-        "stopped at the end); from off the cluster, use submit",
-    )
-    run.add_argument("--device", help="auto|cpu|cuda (default auto)")
-    run.add_argument("--precision", help="auto|fp32|fp16|bf16 (default auto: bf16/fp16 where fast)")
-    run.add_argument(
-        "--batch-size", type=int, help="images per model batch (default: 256 on a GPU, on a CPU 32 (fp32) or 64 (bf16))"
-    )
-    run.add_argument("--num-workers", type=int, help="model actors (default one per GPU / CPU node)")
-    run.add_argument(
-        "--threads-per-worker",
-        type=int,
-        help="cores per CPU model actor, one single-threaded forward each (default: the node's); "
-        "torch threads per GPU actor (default 4)",
-    )
-    run.add_argument(
-        "--io-threads",
-        type=int,
-        help="file-fetch threads per decode task (default: 1 for local inputs, 16 for remote ones)",
-    )
-    run.add_argument("--compile", action="store_const", const=True, help="torch.compile the model (default: off)")
-    run.add_argument(
-        "--decode",
-        help="auto|cpu|gpu: where JPEGs are decoded (gpu: batched decode, resize and crop "
-        "in the model actor, within a grey level of the PIL reference; auto: gpu when the model runs "
-        "on GPUs and --crop center, else cpu) (default auto)",
-    )
-    run.add_argument(
-        "--gpu-decoder",
-        help="auto|nvjpeg|nvimgcodec: the decoder of GPU decoding (nvjpeg: "
-        "torchvision's; nvimgcodec: NVIDIA's nvImageCodec, pip install 'resnet-batch[gpu]'; auto: "
-        "nvimgcodec where it is installed, else nvjpeg) (default auto)",
-    )
-    run.add_argument(
-        "--cpu-decode-share",
-        help="auto|FRACTION: with GPU decoding, the fraction of JPEGs CPU tasks decode anyway, so a "
-        "node's cores and its GPU share the decoding; auto sets it from the decode and forward "
-        "rates measured as the job runs (default auto)",
-    )
-    run.add_argument(
-        "--max-pixels",
-        type=int,
-        help="refuse images with more pixels, a 16-bit sample counting as two pixels, a 32-bit one as four "
-        "(default 100000000)",
-    )
-    run.add_argument(
-        "--max-bytes",
-        type=int,
-        help="refuse (too_large) a file larger than this many bytes, before it is read whole (default 536870912)",
-    )
-    run.add_argument(
-        "--checkpoint-every",
-        type=float,
-        metavar="SECONDS",
-        help="save finished rows at least this often, whatever --rows-per-file (default 60)",
-    )
-    run.add_argument(
-        "--progress-every",
-        type=float,
-        metavar="SECONDS",
-        help="seconds between progress lines when not in a terminal (default 30)",
-    )
-    run.add_argument(
-        "--wait-for-resources",
-        type=float,
-        metavar="SECONDS",
-        help="how long the job may wait for CPUs or GPUs the cluster lacks (the progress line says "
-        "which), then fail with exit 2 (default 600)",
-    )
+    """A job's options (config/options.py), in their --help sections. Every default is None,
+    so that a config file's value survives unless a flag is given; `--config` is the command
+    line's own."""
+    sections = {title: p.add_argument_group(title) for title in SECTIONS}
+    for option in OPTIONS:
+        _add_option(sections[option.section], option)
+        if option.name == "output":
+            sections[option.section].add_argument(
+                "--config", help="YAML job config with the same option names; flags win (default: none)"
+            )
+
+
+def _add_option(group: argparse._ArgumentGroup, option: Option) -> None:
+    if option.name == "inputs":
+        group.add_argument("inputs", nargs="*", metavar=option.metavar, help=option.help)
+        return
+    flags = option.flags or (option.flag,)
+    if option.const is not None:  # a flag without a value
+        group.add_argument(*flags, dest=option.name, action="store_const", const=option.const, help=option.described())
+        return
+    typed: dict = {"type": {"int": int, "float": float}[option.kind]} if option.kind in ("int", "float") else {}
+    group.add_argument(*flags, dest=option.name, metavar=option.metavar, help=option.described(), **typed)
 
 
 def _command(

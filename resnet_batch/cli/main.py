@@ -47,7 +47,8 @@ NOT_JOB_OPTIONS = frozenset(
 
 def _job_config(args: argparse.Namespace, eval_defaults: bool = False):
     """LabelConfig from --config and flags (flags win)."""
-    from ..config.label_config import LabelConfig, load_config_file
+    from ..config.config_file import load_config_file
+    from ..config.label_config import LabelConfig
 
     flags = {k: v for k, v in vars(args).items() if k not in NOT_JOB_OPTIONS}
     flags["inputs"] = flags["inputs"] or None

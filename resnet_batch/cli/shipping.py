@@ -78,7 +78,7 @@ def prepare(label_args: list[str], job_server: str, working_dir: str | None) -> 
 def _config_values(path: str | None) -> dict:
     if not path or not is_local(path) or not os.path.isfile(path):
         return {}
-    from ..config.label_config import load_config_file
+    from ..config.config_file import load_config_file
 
     return load_config_file(path)
 
