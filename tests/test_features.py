@@ -52,7 +52,12 @@ def reference_features(resolved, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def network(resolved, spatial=None, whole_image=False, top_k=5) -> Network:
     settings = InferenceSettings(
-        weights=resolved, precision="fp32", features=ALL, spatial=spatial, whole_image=whole_image, top_k=top_k
+        weights=resolved,
+        precision="fp32",
+        features=ALL,
+        spatial=spatial,
+        whole_image=WholeImage(resolved.preprocessing.resize_size) if whole_image else None,
+        top_k=top_k,
     )
     return Network(settings)
 

@@ -13,11 +13,10 @@ from resnet_batch.config.label_config import LabelConfig
 from resnet_batch.core.pathset import isin_sorted, path_hashes
 from resnet_batch.data.directories import list_directory
 from resnet_batch.data.input_plan import WALK, plan_inputs
-from resnet_batch.data.sources import list_inputs
 from resnet_batch.output.writer import OutputDir
 from resnet_batch.run.bookkeeping import Books, check_output, count_here
 from resnet_batch.run.job import run_label
-from resnet_batch.run.listing import walk, walk_here
+from resnet_batch.run.listing import list_here, walk, walk_here
 
 from .conftest import write_jpegs
 
@@ -62,7 +61,8 @@ def test_walk_finds_what_a_full_listing_finds(ray_local, tree):
     assert len(tables) > 1  # one table per directory, yielded as each is listed
     walked = sorted(p for t in tables for p in t.column("path").to_pylist())
     assert walked == expected
-    assert walked == sorted(list_inputs([str(root)]).column("path").to_pylist())
+    # What eval lists in the driver (the same read units, listed here) is the same.
+    assert walked == sorted(list_here(plan_inputs([str(root)])).column("path").to_pylist())
     # The driver's own walk (local output checks) yields the same tables in the same order.
     assert [lv.table.to_pylist() for lv in walk_here(str(root)) if lv.table.num_rows] == [t.to_pylist() for t in tables]
 

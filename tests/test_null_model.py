@@ -61,7 +61,7 @@ def test_null_model_never_takes_a_gpu():
     plan = make_plan(
         cfg, resolve_weights("none", "DEFAULT"), Cluster(gpus=4, cpu_nodes=1, cpus_per_node=8, cpu_bf16=False)
     )
-    assert plan.gpus_per_actor == 0 and plan.device == "cpu" and not plan.decode_on_device
+    assert plan.gpus_per_actor == 0 and plan.inference.device == "cpu" and not plan.decode_on_device
     assert plan.cpus_per_actor == 0  # it computes nothing: the cores are left to decoding
 
 

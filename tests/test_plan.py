@@ -22,9 +22,9 @@ def resolved():
 def test_a_gpu_cluster_gets_an_actor_per_gpu_decoding_jpegs(resolved):
     plan = make_plan(CFG, resolved, Cluster(gpus=2, cpu_nodes=1, cpus_per_node=16, cpu_bf16=False))
     assert (plan.actors, plan.gpus_per_actor, plan.calls_per_actor, plan.cpus_per_actor) == (2, 1, 2, 1)
-    assert plan.device == plan.inference.device == "cuda" and plan.decode_on_device
+    assert plan.inference.device == "cuda" and plan.decode_on_device
     assert plan.batch_size == 256 and plan.block_rows == 256 * BLOCKS_PER_BATCH
-    assert plan.precision == plan.inference.precision == "auto"  # the GPU's kind decides, on its node
+    assert plan.inference.precision == "auto"  # the GPU's kind decides, on its node
     assert not make_plan(CFG.replace(device="cpu"), resolved, Cluster(2, 1, 16, False)).decode_on_device
 
 
@@ -32,7 +32,7 @@ def test_a_gpu_cluster_gets_an_actor_per_gpu_decoding_jpegs(resolved):
 def test_auto_precision_on_cpus_is_decided_once_by_the_model_nodes(resolved, bf16, precision, batch):
     plan = make_plan(CFG, resolved, Cluster(gpus=0, cpu_nodes=3, cpus_per_node=8, cpu_bf16=bf16))
     # The actors get the precision the batch size was chosen for, never "auto" to decide again.
-    assert plan.precision == plan.inference.precision == precision and plan.batch_size == batch
+    assert plan.inference.precision == precision and plan.batch_size == batch
     assert (plan.actors, plan.calls_per_actor, plan.threads_per_call) == (3, 8, 1)
     assert make_plan(CFG.replace(precision="fp32"), resolved, Cluster(0, 3, 8, bf16)).inference.precision == "fp32"
 

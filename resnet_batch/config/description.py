@@ -5,15 +5,22 @@ before any work starts.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from .. import __version__
-from ..core.columns import EMBEDDING_DTYPES, REVIEW_COLUMNS, SPATIAL_SHAPE, VALID, OutputColumns, with_run_metadata
+from ..core.columns import (
+    EMBEDDING_DTYPES,
+    REVIEW_COLUMNS,
+    SPATIAL_SHAPE,
+    VALID,
+    OutputColumns,
+    spatial_column,
+    with_run_metadata,
+)
 from ..data.preprocessing import WholeImage
-from ..model.registry import POOLED, STAGE_STRIDES, STAGES, feature_width, stage_width
+from ..model.registry import POOLED, STAGE_STRIDES, STAGES, feature_width, map_cells, stage_width
 from ..output.record import RunRecord
 from .label_config import ComputeOptions, LabelConfig
 
@@ -37,9 +44,9 @@ def spatial_info(compute: ComputeOptions, resolved: ResolvedWeights) -> dict | N
         return None
     stride = STAGE_STRIDES[compute.spatial]
     channels = stage_width(compute.model, compute.spatial)
-    cells = math.ceil(resolved.preprocessing.crop_size / stride)
+    cells = map_cells(resolved.preprocessing.crop_size, stride)
     return {
-        "column": f"spatial_{compute.spatial}",
+        "column": spatial_column(compute.spatial),
         "stage": compute.spatial,
         "stride": stride,
         "dtype": "float16",
@@ -106,9 +113,9 @@ def row_bytes(compute: ComputeOptions, resolved: ResolvedWeights) -> int:
         whole = whole_image(compute, resolved)
         if whole:  # the largest padded shape
             width_px, height_px = whole.padded_size(whole.max_size, whole.resize)
-            cells = math.ceil(width_px / stride) * math.ceil(height_px / stride)
+            cells = map_cells(width_px, stride) * map_cells(height_px, stride)
         else:
-            cells = math.ceil(resolved.preprocessing.crop_size / stride) ** 2
+            cells = map_cells(resolved.preprocessing.crop_size, stride) ** 2
         row += 2 * stage_width(compute.model, compute.spatial) * cells
     return row
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..core.errors import UsageError
 from ..data.limits import DEFAULT_MAX_BYTES
-from ..data.preprocessing import DEVICE_FILTERS, WholeImage
+from ..data.preprocessing import DEVICE_FILTERS
 from ..model.memory import MemoryPlan, plan_memory
 from ..model.registry import NULL_MODEL
 from ..model.settings import InferenceSettings, cpu_has_native_bf16
@@ -76,15 +76,12 @@ class ExecutionPlan:
     calls_per_actor: int  # calls one actor runs at once, each on a thread of its own
     threads_per_call: int  # torch intra-op threads of each call
     cpus_per_actor: int  # CPUs each model actor holds (the null model, which computes nothing, holds none)
-    device: str  # "cuda" or "cpu"
-    precision: str  # as the model's nodes resolve it ("auto" only on GPUs, whose kind decides)
     batch_size: int
     block_rows: int  # rows per decode task
     cpu_decode_share: float | None  # with decode_on_device: the share CPU tasks decode all the same (None: adapts)
     io_threads: int
     max_pixels: int
-    whole_image: WholeImage | None
-    inference: InferenceSettings  # what each model actor runs with
+    inference: InferenceSettings  # what each model actor runs with: its device, precision, geometry
     read_tasks: int = 1  # read tasks at once (listing, hashing, claiming: CPU that decoding needs too)
     decode_cores_per_actor: int = 1  # the cores a model actor's share of CPU decoding runs on
     cluster: Cluster | None = None  # what the plan was made for
@@ -130,7 +127,11 @@ class ExecutionPlan:
         return max(1, self.cluster.cpu_nodes * self.cluster.cpus_per_node - self.actors * self.cpus_per_actor)
 
     def _precision(self) -> str:
-        return "bf16 where the GPU has it, else fp16 (auto)" if self.precision == "auto" else self.precision
+        return (
+            "bf16 where the GPU has it, else fp16 (auto)"
+            if self.inference.precision == "auto"
+            else self.inference.precision
+        )
 
     def _decoding(self) -> str:
         tasks = f"decode tasks of {self.block_rows} rows, 1 CPU each at idle priority"
@@ -172,7 +173,7 @@ def make_plan(
         top_k=compute.top_k,
         features=compute.features,
         spatial=compute.spatial,
-        whole_image=compute.crop == "none",
+        whole_image=whole_image(compute, resolved),
         review_below=compute.review_below,
         embedding_dtype=compute.embedding_dtype,
         device="cuda" if on_gpu else "cpu",
@@ -182,7 +183,7 @@ def make_plan(
         warmup_batch=batch_size,
         gpu_decoder=execution.gpu_decoder if on_device else None,
     )
-    whole = whole_image(compute, resolved)
+    whole = settings.whole_image
     memory = plan_memory(
         compute.model,
         precision,
@@ -200,14 +201,11 @@ def make_plan(
         calls_per_actor=calls,
         threads_per_call=threads,
         cpus_per_actor=0 if compute.model == NULL_MODEL else 1,
-        device=settings.device,
-        precision=precision,
         batch_size=batch_size,
         block_rows=batch_size * BLOCKS_PER_BATCH,
         cpu_decode_share=None if execution.cpu_decode_share == "auto" else float(execution.cpu_decode_share),
         io_threads=execution.io_threads or (1 if local_inputs else REMOTE_IO_THREADS),
         max_pixels=execution.max_pixels,
-        whole_image=whole,
         inference=settings,
         read_tasks=max(1, min(MAX_READ_TASKS, cluster.cpu_nodes * cluster.cpus_per_node // CPUS_PER_READ_TASK)),
         decode_cores_per_actor=max(1, cluster.cpu_nodes * cluster.cpus_per_node // actors - 1),

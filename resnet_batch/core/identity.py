@@ -74,10 +74,17 @@ def split_member(path: str, is_file: Callable[[str], bool]) -> tuple[str, str] |
     `is_file(shard)` tells whether the candidate shard is a regular file: only then is
     the rest of the path a member's name rather than a folder's content.
     """
-    at = path.lower().find(TAR_SEPARATOR)
-    while at >= 0:
-        shard = path[: at + len(TAR_SEPARATOR) - 1]
+    for shard in shard_candidates(path):
         if is_file(shard):
             return shard, path[len(shard) + 1 :]
-        at = path.lower().find(TAR_SEPARATOR, at + 1)
     return None
+
+
+def shard_candidates(path: str) -> list[str]:
+    """Every prefix of `path` ending in `.tar` before a `/`, shortest first: the shards a
+    member's path may name."""
+    found, at = [], path.lower().find(TAR_SEPARATOR)
+    while at >= 0:
+        found.append(path[: at + len(TAR_SEPARATOR) - 1])
+        at = path.lower().find(TAR_SEPARATOR, at + 1)
+    return found

@@ -23,7 +23,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..core.columns import ERROR, HEIGHT, IMAGE, INTERNAL_PREFIX, PATH, SCALE, WIDTH
 from ..core.errors import ImageError, one_line
-from ..core.identity import TAR_SEPARATOR, split_member
+from ..core.identity import shard_candidates, split_member
 from ..core.reporting import DecodeReporter
 from ..core.storage import (
     READ_ONLY_SCHEMES,
@@ -94,7 +94,7 @@ def _shard_of(member: str) -> str:
     """The shard a tar member's path names: the first `.tar/` prefix that is a file (a member
     may be named `inner.tar/x.jpg`)."""
     found = split_member(member, _is_file)
-    return found[0] if found else member[: member.lower().index(TAR_SEPARATOR) + len(TAR_SEPARATOR) - 1]
+    return found[0] if found else shard_candidates(member)[0]
 
 
 _is_file = functools.lru_cache(maxsize=256)(is_file)  # a decode task reads many members of a few shards

@@ -166,7 +166,7 @@ def _glob_tables(uri: str) -> Iterator[pa.Table]:
 
 
 def _is_directory(uri: str) -> bool:
-    """Whatever is not a directory is listed (or refused, if missing) by list_inputs."""
+    """Whatever is not a directory is listed (or refused, if missing) as named files."""
     fs, path = filesystem(uri)
     try:
         return fs.isdir(path)

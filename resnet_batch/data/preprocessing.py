@@ -30,7 +30,8 @@ PIL_RESAMPLING = {
 # The resize filters device/resize.py implements, and the JPEG decoders device/decoders.py
 # offers (named here for the driver, which imports no torch).
 DEVICE_FILTERS = ("bilinear", "bicubic")
-GPU_DECODERS = ("nvjpeg", "nvimgcodec")
+NVJPEG, NVIMGCODEC = "nvjpeg", "nvimgcodec"
+GPU_DECODERS = (NVJPEG, NVIMGCODEC)
 
 
 @dataclass(frozen=True)

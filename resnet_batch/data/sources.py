@@ -28,7 +28,6 @@ from .manifests import (
     TAR_SIZE,
     is_image,
     list_tar_members,
-    read_manifest,
 )
 
 if TYPE_CHECKING:
@@ -160,20 +159,6 @@ def inline_memory_bytes(table: pa.Table) -> pa.Table:
         except FileNotFoundError:
             blobs.append(None)  # the decode stage reports not_found
     return table.append_column(INLINE_BYTES, pa.array(blobs, pa.binary()))
-
-
-def list_inputs(inputs: list[str], path_column: str = PATH) -> pa.Table:
-    """All inputs as one table, duplicates removed (first occurrence wins)."""
-    tables = []
-    for uri in inputs:
-        if is_manifest(uri):
-            tables.append(read_manifest(uri, path_column))
-        else:
-            tables.append(location_table(uri))
-    table = (
-        pa.concat_tables(tables, promote_options="default") if tables else pa.table({PATH: pa.array([], pa.string())})
-    )
-    return inline_memory_bytes(drop_duplicate_paths(with_internal_columns(table)))
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -38,7 +38,7 @@ import torch
 
 from ..core.errors import UsageError, one_line, require
 from ..data.decode import decode_checked
-from ..data.preprocessing import Preprocessing
+from ..data.preprocessing import NVIMGCODEC, NVJPEG, Preprocessing
 from .resize import resize_crop_chunked
 from .streams import current_stream, host_to_device
 
@@ -117,7 +117,7 @@ def _streams_to_drain(device: torch.device) -> tuple[torch.cuda.Stream, ...]:
 
 
 class NvJpeg:
-    name = "nvjpeg"
+    name = NVJPEG
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -151,7 +151,7 @@ class NvJpeg:
 
 
 class NvImageCodec:
-    name = "nvimgcodec"
+    name = NVIMGCODEC
 
     def __init__(self, device: torch.device):
         nvimgcodec = require("nvidia.nvimgcodec", "gpu", "--gpu-decoder nvimgcodec")
@@ -191,7 +191,7 @@ def _planar(image: torch.Tensor) -> torch.Tensor:
     return image.contiguous()
 
 
-BACKENDS: dict[str, Callable[[torch.device], JpegBackend]] = {"nvjpeg": NvJpeg, "nvimgcodec": NvImageCodec}
+BACKENDS: dict[str, Callable[[torch.device], JpegBackend]] = {NVJPEG: NvJpeg, NVIMGCODEC: NvImageCodec}
 
 
 def jpeg_backend(name: str, device: torch.device) -> JpegBackend:

@@ -27,7 +27,7 @@ from ..device.streams import current_stream, timing_event
 from .network import Network, resolve_device
 from .outputs import empty_outputs, finished_table
 from .phases import PhaseClock
-from .registry import STAGE_STRIDES
+from .registry import STAGE_STRIDES, map_cells
 from .settings import InferenceSettings
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ class Predictor:
             column[row] = maps[j].reshape(-1)  # C-major: (C, H, W) flattened
         outputs[SPATIAL_SHAPE][rows] = maps.shape[1:]
         # Cell (i, j) is centred on pixel (stride * j, stride * i): it is on the image when that is.
-        cells = (maps.shape[3], maps.shape[2]) if resized is None else -(-resized // stride)
+        cells = (maps.shape[3], maps.shape[2]) if resized is None else map_cells(resized, stride)
         outputs[VALID][rows, 2:] = cells
 
 

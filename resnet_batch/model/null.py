@@ -31,7 +31,7 @@ from ..core.reporting import ModelReporter
 from ..data.decode import RESIZED_COLUMNS
 from .outputs import empty_outputs, finished_table
 from .phases import PhaseClock
-from .registry import STAGE_STRIDES, stage_width
+from .registry import STAGE_STRIDES, map_cells, stage_width
 from .settings import InferenceSettings
 
 RAN = {"device": "cpu", "precision": "none", "torch": "none", "torchvision": "none", "gpu": None}
@@ -92,11 +92,11 @@ class NullPredictor:
         if stage is None:
             return
         stride, channels = STAGE_STRIDES[stage], stage_width(s.weights.model, stage)
-        crop = -(-s.weights.preprocessing.crop_size // stride)
+        crop = map_cells(s.weights.preprocessing.crop_size, stride)
         column = out[spatial_column(stage)]
         for i in ok:
             if s.whole_image:
-                width, height = (-(-int(batch[c][i]) // stride) for c in RESIZED_COLUMNS)
+                width, height = (map_cells(int(batch[c][i]), stride) for c in RESIZED_COLUMNS)
             else:
                 width = height = crop
             column[i] = np.zeros(channels * height * width, np.float16)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Any
 
 from ..core.columns import EMBEDDING, STAGES
 from ..core.errors import UsageError
@@ -166,6 +167,14 @@ CHECKPOINT_FORMS = "a .pt/.pth/.safetensors file, a save_pretrained folder or hf
 # Backbone stages by their detection names: cN is layer(N-1)'s output, at stride 2**N.
 STAGE_STRIDES = {stage: 2 ** int(stage[1]) for stage in STAGES}
 POOLED = "pooled"  # the classifier's input: c5 average-pooled, written as `embedding`
+
+
+def map_cells(pixels: Any, stride: int) -> Any:
+    """Cells along a side of `pixels` (a number, or numpy's numbers) in a stage's map of
+    `stride` (a part cell counts)."""
+    return -(-pixels // stride)
+
+
 FEATURES = (POOLED, *STAGES)
 
 

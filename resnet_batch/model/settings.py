@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..data.preprocessing import WholeImage
 from .registry import POOLED
 from .weights import ResolvedWeights
 
@@ -24,7 +25,7 @@ class InferenceSettings:
     top_k: int = 5
     features: tuple[str, ...] = (POOLED,)  # pooled (the `embedding` column) and/or c2..c5, pooled
     spatial: str | None = None  # c4 or c5: that stage's whole map, float16
-    whole_image: bool = False  # --crop none: images padded to a few shapes, resized sizes given
+    whole_image: WholeImage | None = None  # --crop none: images padded to a few shapes, resized sizes given
     review_below: float | None = None  # needs_review: top-1 probability under this
     embedding_dtype: str = "float32"
     device: str = "auto"

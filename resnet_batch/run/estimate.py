@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from ..config.label_config import LabelConfig
 from ..config.plan import ExecutionPlan
 from ..core.columns import PATH
-from ..data.input_plan import WALK, InputPlan, unit_tables
+from ..data.input_plan import InputPlan
 from ..model.registry import BASIC_WIDTHS, NULL_MODEL, architecture
-from .listing import walk_here
+from .listing import unit_tables_here
 
 COUNT_LIMIT_S = 20.0
 # Images/s per core of a CPU forward at 224x224, channels_last (measured: resnet50 21.8 img/s
@@ -50,8 +50,7 @@ def count_inputs(plan: InputPlan, limit_s: float = COUNT_LIMIT_S, sample: int = 
     started = time.monotonic()
     found, first = 0, list[str]()
     for unit in plan.units:
-        tables = (page.table for page in walk_here(unit.source)) if unit.kind == WALK else unit_tables(unit)
-        for table in tables:
+        for table in unit_tables_here(unit):
             found += table.num_rows
             if len(first) < sample:
                 first += table.column(PATH).to_pylist()[: sample - len(first)]
@@ -76,7 +75,7 @@ def guessed_rate(plan: ExecutionPlan, model: str) -> Rate | None:
         per_core, what = NULL_RATE_PER_CORE, "decoding alone (the null model)"
     else:
         family = "basic" if architecture(model).stage_widths == BASIC_WIDTHS else "bottleneck"
-        precision = "bf16" if plan.precision == "bf16" else "fp32"
+        precision = "bf16" if plan.inference.precision == "bf16" else "fp32"
         per_core, what = CPU_RATE_PER_CORE[(family, precision)], f"{model}'s forward in {precision}"
     return Rate(
         per_core * cores,

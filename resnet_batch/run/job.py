@@ -25,7 +25,6 @@ from ..config.plan import make_plan
 from ..core.errors import Interrupted, UsageError
 from ..core.storage import is_local
 from ..data.input_plan import InputPlan, plan_inputs
-from ..data.sources import list_inputs
 from ..model.registry import check_weights_argument
 from ..output import repair
 from ..output.ownership import OutputLease
@@ -33,6 +32,7 @@ from ..output.writer import OutputDir
 from ..review.evaluate import EvalReport, attach_labels, score
 from . import estimate, pipeline, ray_session
 from .bookkeeping import Books, check_output, count_here, count_on_ray, counts_here, load_done_once
+from .listing import list_here
 from .progress.snapshot import LogReporter, Snapshot
 from .saving import Saver
 from .summary import LabelRun, LabelSummary, Timeline
@@ -72,7 +72,7 @@ def run_eval(cfg: LabelConfig, label_column: str | None = None, **run_options) -
 
     `run_options` are run_label's (launched_at, report)."""
     cfg = cfg.replace(top_k=max(5, cfg.compute.top_k))
-    table = attach_labels(list_inputs(list(cfg.inputs), cfg.path_column), label_column)
+    table = attach_labels(list_here(plan_inputs(list(cfg.inputs), cfg.path_column)), label_column)
     summary = run_label(cfg, table, **run_options)
     out = OutputDir(cfg.output)
     return summary, score(out.part_files(), out.fs, cfg.compute.model, summary.weights)

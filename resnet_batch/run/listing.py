@@ -20,8 +20,8 @@ import ray
 from ..core.columns import PATH
 from ..core.pathset import path_hashes
 from ..data.directories import ListedPage, list_directory
-from ..data.input_plan import WALK, ReadUnit, unit_tables
-from ..data.sources import conform
+from ..data.input_plan import WALK, InputPlan, ReadUnit, unit_tables
+from ..data.sources import conform, with_internal_columns
 from . import ray_compat
 
 if TYPE_CHECKING:
@@ -81,6 +81,23 @@ def walk_here(root: str) -> Iterator[ListedPage]:
         for level in list_directory(queue.popleft()):
             queue.extend(level.subdirs)
             yield level
+
+
+def unit_tables_here(unit: ReadUnit) -> Iterator[pa.Table]:
+    """A read unit's tables listed in this process, as its read task lists them (a walk one
+    directory after another), with the internal columns."""
+    if unit.kind != WALK:
+        yield from unit_tables(unit)
+        return
+    for page in walk_here(unit.source):
+        yield with_internal_columns(page.table)
+
+
+def list_here(plan: InputPlan) -> pa.Table:
+    """Every input of `plan`, listed in this process by the read units' own listing: for a
+    job that needs its inputs before it starts (eval's labels)."""
+    tables = [conform(t, plan.schema) for unit in plan.units for t in unit_tables_here(unit)]
+    return pa.concat_tables(tables) if tables else plan.schema.empty_table()
 
 
 POSITION_BITS = 32  # a claim's position: (read unit's index << 32) + the entry's rank in the unit

@@ -263,7 +263,7 @@ def add_stages(ds: ray.data.Dataset, plan: ExecutionPlan, schema: pa.Schema, pro
                 plan.inference.weights.preprocessing,
                 plan.max_pixels,
                 plan.io_threads,
-                whole=plan.whole_image,
+                whole=plan.inference.whole_image,
                 handoff=JpegHandoff(plan.cpu_decode_share, CounterReports(progress)) if plan.decode_on_device else None,
                 max_bytes=plan.max_bytes,
             ),
