@@ -12,10 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from resnet_batch.core.errors import LeaseLost
-from resnet_batch.output import ownership
+from resnet_batch.output import lease_record, ownership
+from resnet_batch.output.part_names import FENCED_PREFIX, OUR_PART, part_name
 from resnet_batch.output.record import RunRecord
 from resnet_batch.output.repair import set_aside_fenced
-from resnet_batch.output.writer import FENCED_PREFIX, OUR_PART, OutputDir, part_name
+from resnet_batch.output.writer import OutputDir
 
 
 def _table(paths: list[str]) -> pa.Table:
@@ -55,7 +56,7 @@ def _stale(lease_path, token: str) -> None:
     with open(lease_path) as f:
         record = json.load(f)
     assert record["token"] == token
-    record["renewed"] = time.time() - 2 * ownership.STALE_AFTER_S  # as after a long pause
+    record["renewed"] = time.time() - 2 * lease_record.STALE_AFTER_S  # as after a long pause
     with open(lease_path, "w") as f:
         json.dump(record, f)
 
@@ -117,8 +118,8 @@ def test_the_renewer_never_takes_back_a_lease(tmp_path, monkeypatch):
 
 
 def test_stale_after_is_a_checked_setting(monkeypatch):
-    monkeypatch.setenv(ownership.STALE_VARIABLE, "5")
-    assert ownership.stale_after_s() == 5.0
-    monkeypatch.setenv(ownership.STALE_VARIABLE, "soon")
+    monkeypatch.setenv(lease_record.STALE_VARIABLE, "5")
+    assert lease_record.stale_after_s() == 5.0
+    monkeypatch.setenv(lease_record.STALE_VARIABLE, "soon")
     with pytest.raises(ValueError, match="RESNET_BATCH_LEASE_STALE_S='soon': give the seconds"):
-        ownership.stale_after_s()
+        lease_record.stale_after_s()

@@ -18,7 +18,7 @@ from PIL import Image
 
 from resnet_batch.core import storage
 from resnet_batch.core.errors import ImageError
-from resnet_batch.data.decode import read_image_bytes
+from resnet_batch.data.image_bytes import read_image_bytes
 
 from .conftest import write_jpegs
 from .helpers import cli, in_process

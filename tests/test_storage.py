@@ -274,14 +274,14 @@ def test_a_stale_lease_is_taken_over_by_one_job_only(tmp_path):
 def test_a_lease_being_written_is_never_read_as_stale(tmp_path, monkeypatch):
     """Created or renewed, a lease file is whole whenever another job reads it: one read
     empty or half-written would count as stale and be taken over from its live holder."""
-    from resnet_batch.output import ownership
+    from resnet_batch.output import lease_record, ownership
     from resnet_batch.output.writer import OutputDir
 
     monkeypatch.setattr(ownership, "RENEW_EVERY_S", 0.0005)  # the holder rewrites its lease nonstop
     uri = str(tmp_path / "out")
     held = OutputDir(uri).lease().__enter__()
     try:
-        reads = [ownership.lease_state(held.fs, held.path) for _ in range(3000)]
+        reads = [lease_record.lease_state(held.fs, held.path) for _ in range(3000)]
         rivals = []
         for _ in range(200):
             try:

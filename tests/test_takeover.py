@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from resnet_batch.output.ownership import LEASE_FILE, STALE_VARIABLE, lease_state
-from resnet_batch.output.writer import OUR_PART, OutputDir
+from resnet_batch.output.lease_record import LEASE_FILE, STALE_VARIABLE, lease_state
+from resnet_batch.output.part_names import OUR_PART
+from resnet_batch.output.writer import OutputDir
 
 from .conftest import write_jpegs
 from .helpers import RESNET_BATCH, in_process, kill_session

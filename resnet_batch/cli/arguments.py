@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from typing import NoReturn
 
 from ..config.options import OPTIONS, SECTIONS, Option
+from .tool_arguments import add_jobs, add_review_tools, add_submit, command
 
 
 def _add_job_args(p: argparse.ArgumentParser) -> None:
@@ -37,25 +37,6 @@ def _add_option(group: argparse._ArgumentGroup, option: Option) -> None:
         return
     typed: dict = {"type": {"int": int, "float": float}[option.kind]} if option.kind in ("int", "float") else {}
     group.add_argument(*flags, dest=option.name, metavar=option.metavar, help=option.described(), **typed)
-
-
-def _command(
-    sub: argparse._SubParsersAction,
-    name: str,
-    summary: str,
-    description: str,
-    example: str,
-    parents: Sequence[argparse.ArgumentParser] = (),
-) -> argparse.ArgumentParser:
-    """A subcommand whose --help gives a paragraph on what it does, one example and every default."""
-    return sub.add_parser(
-        name,
-        help=summary,
-        description=description,
-        epilog=f"example:\n  {example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=list(parents),
-    )
 
 
 class _SuggestingParser(argparse.ArgumentParser):
@@ -113,7 +94,13 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     common.add_argument("--version", action="version", version=f"resnet-batch {__version__}", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
-    label = _command(
+    for add in (_add_label, _add_models, _add_eval, add_submit, add_review_tools, add_jobs):
+        add(sub, common)
+    return parser
+
+
+def _add_label(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    label = command(
         sub,
         "label",
         "label images: top-k classes and embeddings to Parquet",
@@ -145,7 +132,10 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         help="with --dry-run: measure the rate by labeling the first N inputs into a temporary folder, "
         "and estimate the time from it (default: a rough guide from measured forward rates)",
     )
-    models = _command(
+
+
+def _add_models(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    models = command(
         sub,
         "models",
         "list models, weights and embedding widths",
@@ -157,7 +147,10 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     models.add_argument(
         "--json", action="store_true", help="one JSON object per model instead of a table (default: a table)"
     )
-    evaluate = _command(
+
+
+def _add_eval(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    evaluate = command(
         sub,
         "eval",
         "top-1/top-5 error on a labeled collection (ImageNet layouts)",
@@ -174,166 +167,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         "--label-column",
         help="manifest column with the class index or WordNet id (default: the WordNet id in each path)",
     )
-    _add_submit(sub, common)
-    _add_review_tools(sub, common)
-    _add_jobs(sub, common)
-    return parser
 
 
 VERBOSE_HELP = "debug logging, with Ray's own logs in the terminal (by default they go to a log file)"
-
-
-def _add_jobs(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    jobs = _command(
-        sub,
-        "jobs",
-        "list, status, logs or stop of submitted jobs",
-        "Manage the label jobs `submit` sent to a cluster. The job server is --address, else $RAY_ADDRESS, "
-        "else the one the last `submit` on this machine used; the command says which.",
-        "resnet-batch jobs list",
-        (common,),
-    )
-    jobs.add_argument(
-        "action",
-        choices=["list", "status", "logs", "stop"],
-        help="list: every job submitted (id, status, start, progress, output); status: one job's state "
-        "and latest progress line (with its time) as JSON; logs: its whole log (--follow: to its end); stop: "
-        "SIGTERM, then SIGKILL "
-        "after 45 s (the job saves its finished rows)",
-    )
-    jobs.add_argument(
-        "job_id",
-        metavar="ID",
-        nargs="?",
-        help="the job's submission id, as `submit` printed it (status, logs and stop)",
-    )
-    jobs.add_argument(
-        "--address",
-        default=None,
-        help="the cluster's job server, e.g. http://HEAD:8265 (default: $RAY_ADDRESS, else the last submit's)",
-    )
-    jobs.add_argument(
-        "--follow",
-        action="store_true",
-        help="with logs: stream the log until the job ends, then say how it ended (default: what it has so far)",
-    )
-
-
-def _add_submit(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    submit = _command(
-        sub,
-        "submit",
-        "submit a label job to a Ray cluster: submit --address URL -- label ...",
-        "Send a `label` command (everything after --) to a Ray cluster's job server as a Ray job, with this "
-        "resnet-batch shipped along; the cluster's image provides torch and Ray. Prints the job id and how to "
-        "follow, stop and list it; --wait follows the logs and exits with the job's status.",
-        "resnet-batch submit --address http://HEAD:8265 --wait -- label s3://b/images --output s3://b/labels",
-        (common,),
-    )
-    submit.usage = "resnet-batch submit [-h] [--address URL] [--wait] [options] -- label INPUT ... --output OUTPUT"
-    submit.add_argument(
-        "--address",
-        default=None,
-        help="the cluster's job server, e.g. http://HEAD:8265 (default: $RAY_ADDRESS, else the last submit's)",
-    )
-    submit.add_argument(
-        "--wait",
-        action="store_true",
-        help="follow the logs and exit with the job's status (default: return once submitted)",
-    )
-    submit.add_argument("--working-dir", help="local directory uploaded as the job's working directory (default: none)")
-    submit.add_argument(
-        "--paths-on-cluster",
-        action="store_true",
-        help="the job's local paths are mounted at the same place on every node: send them as they are "
-        "(default: a job server on another machine gets small local files shipped, and local data refused)",
-    )
-    submit.add_argument(
-        "--pip", nargs="+", action="extend", default=[], help="extra pip packages for the job (default: none)"
-    )
-    submit.add_argument("--submission-id", help="job id to use (default: generated)")
-    submit.add_argument(
-        "--entrypoint-num-cpus", type=float, default=0, help="CPUs reserved for the driver (default 0: it mostly waits)"
-    )
-    submit.add_argument("--entrypoint-num-gpus", type=float, default=0, help="GPUs reserved for the driver (default 0)")
-    submit.add_argument(
-        "--metadata", action="append", default=[], metavar="KEY=VALUE", help="job metadata, repeatable (default: none)"
-    )
-
-
-def _add_review_tools(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    report = _command(
-        sub,
-        "report",
-        "a self-contained HTML page to review a labeling output",
-        "One HTML file (thumbnails inlined) to review a label job's output: the class histogram, the least "
-        "confident images of each class, the review queue, the errors, and near-duplicate groups from "
-        "`neighbors`.",
-        "resnet-batch report ./labels --html review.html",
-        (common,),
-    )
-    report.add_argument(
-        "output", metavar="LABELS", help="the folder (or bucket prefix) a label job wrote: its --output"
-    )
-    report.add_argument("--html", required=True, metavar="FILE", help="the page to write")
-    report.add_argument(
-        "--per-class", type=int, default=4, help="thumbnails per class, least confident first (default 4; ~2 KB each)"
-    )
-    report.add_argument("--queue", type=int, default=200, help="review-queue rows shown (default 200)")
-    report.add_argument(
-        "--neighbors", metavar="DIR", help="a `neighbors --output` folder: show duplicate groups (default: none)"
-    )
-
-    export = _command(
-        sub,
-        "export",
-        "export an output to a labeling tool, a class-per-folder tree, or CSV",
-        "Turn a label job's output into what the next tool reads: a Label Studio task file with the top-k as "
-        "predictions (and its labeling config beside it), an imagefolder tree (one folder per top-1 class, files "
-        "linked or copied; tar members extracted), or a flat CSV of path, labels and scores.",
-        "resnet-batch export ./labels --format label-studio --output tasks.json --rows review",
-        (common,),
-    )
-    export.add_argument(
-        "output", metavar="LABELS", help="the folder (or bucket prefix) a label job wrote: its --output"
-    )
-    export.add_argument("--format", required=True, help="label-studio|imagefolder|csv")
-    export.add_argument("--output", dest="target", required=True, metavar="PATH", help="file (folder for imagefolder)")
-    export.add_argument(
-        "--rows", default="all", help="all|review: every labeled row, or those with needs_review (default all)"
-    )
-    export.add_argument(
-        "--copy", action="store_true", help="imagefolder: copy files instead of linking them (default: symlinks)"
-    )
-    export.add_argument(
-        "--local-files-root",
-        help="label-studio: its LOCAL_FILES_DOCUMENT_ROOT; local paths are made relative to it "
-        "(default /, with a warning)",
-    )
-
-    neighbors = _command(
-        sub,
-        "neighbors",
-        "nearest neighbours of every row, and near-duplicate groups",
-        "Find each row's --k nearest neighbours by cosine similarity of the pooled embeddings (exact on small "
-        "outputs, an IVF index on large ones, with its measured recall), and group rows at or above --threshold "
-        "as near-duplicates. Writes Parquet to its own --output folder, which `report --neighbors` shows.",
-        "resnet-batch neighbors ./labels --output ./labels-neighbors --k 10",
-        (common,),
-    )
-    neighbors.add_argument(
-        "output",
-        metavar="LABELS",
-        help="the folder (or bucket prefix) a label job wrote, with embeddings: its --output",
-    )
-    neighbors.add_argument("--k", type=int, default=10, help="neighbours per row (default 10)")
-    neighbors.add_argument("--output", dest="target", required=True, metavar="DIR", help="folder for the results")
-    neighbors.add_argument(
-        "--threshold",
-        type=float,
-        default=0.95,
-        help="cosine similarity from which two rows are near-duplicates (default 0.95)",
-    )
 
 
 def options_markdown() -> str:

@@ -166,7 +166,6 @@ def main(argv: list[str] | None = None) -> int:
         argv, label_args = split_job_command(argv)
         args = build_parser(__doc__).parse_args(argv)
         args.label_args = label_args
-        joined_before = _ray_connected()
         console = Console(args.command, args.verbose)
         try:
             return _command(args, console, argv)
@@ -178,13 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return EXIT_SIGNAL_BASE + signum if signum else EXIT_INCOMPLETE
         finally:
-            if not joined_before and _ray_connected():
-                sys.modules["ray"].shutdown()  # a cluster this command joined: disconnect cleanly
             console.close()
-
-
-def _ray_connected() -> bool:
-    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
 def _command(args: argparse.Namespace, console: Console, argv: list[str]) -> int:

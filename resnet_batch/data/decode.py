@@ -10,7 +10,6 @@ Every input yields one output row; failures become an `error` string "category: 
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 import time
@@ -22,20 +21,10 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..core.columns import ERROR, HEIGHT, IMAGE, INTERNAL_PREFIX, PATH, SCALE, WIDTH
-from ..core.errors import ImageError, one_line
-from ..core.identity import shard_candidates, split_member
+from ..core.errors import ImageError
 from ..core.reporting import DecodeReporter
-from ..core.storage import (
-    READ_ONLY_SCHEMES,
-    NotRegularFile,
-    StoreUnreachable,
-    TooManyBytes,
-    is_file,
-    is_unreachable,
-    read_bytes_or_raise,
-    retrying,
-    scheme_of,
-)
+from ..core.storage import StoreUnreachable
+from .image_bytes import read_image_bytes, short_error
 from .limits import (
     DECODE_TASK_BYTES,
     DEFAULT_MAX_BYTES,
@@ -59,49 +48,6 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # The pixel limit is --max-pixels alone, checked from the header before anything is
 # decoded; Pillow's own (~89M, a warning, then an error at twice that) would override it.
 Image.MAX_IMAGE_PIXELS = None
-
-
-def read_image_bytes(uri: str, offset: int = -1, size: int = -1, max_bytes: int | None = None) -> bytes:
-    """Bytes of a file, or of a tar member (`shard.tar/key.jpg` at `offset` in the shard);
-    a file over `max_bytes` is a too_large error, read no further than that."""
-    if offset >= 0:
-        uri = _shard_of(uri)
-    try:
-        data = retrying(lambda: read_bytes_or_raise(uri, offset, size, max_bytes), f"reading {uri}")
-    except TooManyBytes as exc:
-        held = f"{exc.size} bytes" if exc.size is not None else "more bytes"
-        raise ImageError("too_large", f"the file holds {held} than --max-bytes {exc.limit} allows") from None
-    except FileNotFoundError:
-        raise ImageError("not_found", "no such file") from None
-    except IsADirectoryError:
-        raise ImageError("read_error", "is a directory") from None
-    except NotRegularFile as exc:
-        raise ImageError("not_a_file", f"{exc.kind}, not a regular file") from None
-    except PermissionError:
-        raise ImageError("read_error", "permission denied") from None
-    except OSError as exc:
-        if is_unreachable(exc) and scheme_of(uri) not in READ_ONLY_SCHEMES:
-            # The store every input is read from stopped answering, past the retries: no row
-            # could be read; the job stops and a resume reads them (one dead web host is a row).
-            raise StoreUnreachable(f"reading {uri}: {_short(exc)}") from None
-        raise ImageError("read_error", _short(exc)) from None
-    if not data:
-        raise ImageError("empty_file", "file has 0 bytes")
-    return data
-
-
-def _shard_of(member: str) -> str:
-    """The shard a tar member's path names: the first `.tar/` prefix that is a file (a member
-    may be named `inner.tar/x.jpg`)."""
-    found = split_member(member, _is_file)
-    return found[0] if found else shard_candidates(member)[0]
-
-
-_is_file = functools.lru_cache(maxsize=256)(is_file)  # a decode task reads many members of a few shards
-
-
-def _short(exc: BaseException, limit: int = 200) -> str:
-    return one_line(exc, limit) or type(exc).__name__
 
 
 CONVERT_ROWS = 256  # 16- and 32-bit greys are scaled to 8 bits this many rows at a time
@@ -140,7 +86,7 @@ def open_checked(data: bytes, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageError("decode_error", "not a recognised image format") from None
     except Exception as exc:
-        raise ImageError("decode_error", _short(exc)) from None
+        raise ImageError("decode_error", short_error(exc)) from None
     width, height = img.size
     weight = sample_bytes(img.mode)
     if width * height * weight > max_pixels:
@@ -164,7 +110,7 @@ def to_rgb_oriented(img: Image.Image) -> Image.Image:
         ImageOps.exif_transpose(img, in_place=True)  # not a copy: that cost ~0.4 ms per photo
         return to_rgb(img)
     except Exception as exc:
-        raise ImageError("decode_error", _short(exc)) from None
+        raise ImageError("decode_error", short_error(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -251,7 +197,7 @@ def load_one(
     except MemoryError:
         return DecodedImage(None, width, height, "too_large: out of memory while decoding")
     except Exception as exc:  # a decoder bug must cost one row, not the job
-        return DecodedImage(None, width, height, f"decode_error: {type(exc).__name__}: {_short(exc)}")
+        return DecodedImage(None, width, height, f"decode_error: {type(exc).__name__}: {short_error(exc)}")
 
 
 def decode_checked(data: bytes, prep: Preprocessing) -> DecodedImage:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -25,7 +24,7 @@ import pyarrow.parquet as pq
 
 from ..core.columns import INTERNAL_PREFIX, PATH, RESERVED_COLUMNS
 from ..core.errors import UsageError, one_line
-from ..core.identity import as_text, from_text, member_escapes, normalise_local
+from ..core.identity import as_text, from_text, normalise_local
 from ..core.storage import NotRegularFile, filesystem, is_local, open_regular, read_bytes_or_raise, scheme_of
 
 IMAGE_EXTENSIONS = frozenset(".jpg .jpeg .jpe .jfif .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .ico".split())
@@ -107,7 +106,7 @@ def _open_manifest(uri: str, path_column: str) -> Manifest:
         first_mib = ManifestSplit(uri, PATH, 0, min(size, 1 << 20))
         first = next((t.column(PATH)[0].as_py() for t in read_split(first_mib) if t.num_rows), None)
         return Manifest(splits, pa.schema([]), first)
-    with _open(uri) as f:
+    with open_input(uri) as f:
         if lower.endswith(".csv"):
             reader = pacsv.open_csv(f, **_csv_options(path_column))
             schema, head = reader.schema, next(iter(reader), None)  # a header alone: no rows
@@ -135,7 +134,7 @@ def _size(uri: str) -> int:
     return fs.size(path)
 
 
-def _open(uri: str):
+def open_input(uri: str):
     """Local files only as regular files (a FIFO named x.tar or x.txt would block the read)."""
     if scheme_of(uri) == "":
         return open_regular(uri)
@@ -176,7 +175,7 @@ def _conversion_error(split: ManifestSplit, schema: pa.Schema, rows: int, exc: E
     """Which column, row and value a CSV block failed to convert (read again as text)."""
     bad = [f for f in schema if f.name != split.path_column and not pa.types.is_string(f.type)]
     text = {f.name: pa.string() for f in bad}
-    with _open(split.uri) as f:
+    with open_input(split.uri) as f:
         options = _csv_options(split.path_column)
         options["convert_options"] = pacsv.ConvertOptions(column_types={split.path_column: pa.binary(), **text})
         row = 0
@@ -221,7 +220,7 @@ def read_split(split: ManifestSplit) -> Iterator[pa.Table]:
     if lower.endswith(".txt"):
         yield _with_paths(pa.table({}), _text_lines(split), split.uri)
         return
-    with _open(split.uri) as f:
+    with open_input(split.uri) as f:
         if lower.endswith(".csv"):
             batches = _csv_batches(f, split)
         else:
@@ -274,80 +273,3 @@ def read_manifest(uri: str, path_column: str = PATH) -> pa.Table:
     if not tables:
         return pa.table({PATH: pa.array([], pa.string()), **{f.name: pa.array([], f.type) for f in manifest.extras}})
     return pa.concat_tables(tables, promote_options="default")
-
-
-def list_tar_members(uri: str) -> pa.Table:
-    """One row per image member name of a WebDataset-style shard: path `shard.tar/key.jpg`.
-
-    Only the headers are read (seeking over member data), so remote shards are not
-    downloaded here; workers later fetch each member by byte range. A member named like an
-    image that cannot be read as one (a name that leaves the shard, a link, a device) gets
-    a row with its reason: it is an input all the same. Names are normalised (`./a.jpg`
-    and `b//c.jpg` are `a.jpg` and `b/c.jpg`), and a name the shard holds twice is one
-    input: the last member of that name, the one `tar -x` leaves. A shard cut short keeps
-    the members before the break, and one `list_failed` row of its own says where it broke.
-    """
-    if uri.lower().endswith(GZIP_TAR_EXTENSIONS):
-        raise UsageError(
-            f"cannot read tar shard {uri}: it is gzip-compressed, so its members cannot be read by "
-            "byte range; gunzip it to a .tar"
-        )
-    members: dict[str, tuple[int, int, str | None]] = {}
-    broken = None
-    try:
-        with _open(uri) as f, tarfile.open(fileobj=f, mode="r:") as tar:
-            try:
-                for member in tar:
-                    if (is_image(member.name) or member.name.lower().endswith(TAR_EXTENSIONS)) and not member.isdir():
-                        members.pop(_member_key(member.name), None)  # the last of a name, in its own place
-                        members[_member_key(member.name)] = _member_entry(member)
-                cut = _cut_header(f, tar.offset)
-                if cut:
-                    raise tarfile.ReadError(cut)
-            except (OSError, EOFError, tarfile.TarError) as exc:
-                broken = (
-                    f"cannot read tar shard {uri} past its first {len(members)} image members: "
-                    f"{type(exc).__name__}: {one_line(exc)}"
-                )
-    except NotRegularFile:
-        raise
-    except (OSError, EOFError, tarfile.TarError) as exc:
-        raise UsageError(f"cannot read tar shard {uri}: {type(exc).__name__}: {one_line(exc)}") from None
-    paths = [f"{uri}/{as_text(name)}" for name in members] + ([uri] if broken else [])
-    rows = list(members.values()) + ([(-1, -1, f"list_failed: {broken}")] if broken else [])
-    return pa.table(
-        {
-            PATH: pa.array(paths, pa.string()),
-            TAR_OFFSET: pa.array([r[0] for r in rows], pa.int64()),
-            TAR_SIZE: pa.array([r[1] for r in rows], pa.int64()),
-            LIST_ERROR: pa.array([r[2] for r in rows], pa.string()),
-        }
-    )
-
-
-def _member_key(name: str) -> str:
-    """A member's name without `.` parts or repeated slashes; an absolute name stays absolute."""
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    return ("/" if name.startswith("/") else "") + "/".join(parts)
-
-
-def _cut_header(f, end: int) -> str | None:
-    """Why a shard whose members ended at `end` was cut inside a header, or None: Python's
-    tarfile takes a header cut short for the end of the archive, where a whole one would
-    be followed by zero blocks (or nothing)."""
-    f.seek(end)
-    rest = f.read(1024)
-    if rest.strip(b"\0"):
-        return f"a member's header is cut short at byte {end} ({len(rest)} bytes left)"
-    return None
-
-
-def _member_entry(member: tarfile.TarInfo) -> tuple[int, int, str | None]:
-    """(offset, size, error) of an image member; an error where it cannot be read as one."""
-    if member_escapes(member.name):
-        return -1, -1, "unsafe_member: its name leaves the shard (absolute, or with ..); not read"
-    if not member.isfile():
-        return -1, -1, "not_a_file: a tar member that is a link or a device, not a regular file"
-    if member.name.lower().endswith(TAR_EXTENSIONS):
-        return -1, -1, "nested_shard: a tar shard inside a tar shard is not read; extract it and label it as a shard"
-    return member.offset_data, member.size, None

@@ -27,8 +27,8 @@ from .manifests import (
     TAR_OFFSET,
     TAR_SIZE,
     is_image,
-    list_tar_members,
 )
+from .shards import list_tar_members
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem

@@ -24,7 +24,7 @@ import pyarrow.dataset as pads
 
 from ..core.columns import ERROR, PATH, SCALE, SPATIAL_SHAPE, read_run_metadata
 from ..core.errors import UsageError
-from .ownership import lease_state
+from .lease_record import lease_state
 from .record import RunRecord
 from .repair import untrusted_parts
 from .writer import OutputDir

@@ -38,30 +38,18 @@ from typing import TYPE_CHECKING
 
 from ..core.errors import LeaseLost, UsageError, cannot, one_line
 from ..core.storage import is_store_error, modified_at
+from .lease_record import LEASE_FILE, describe_holder, held_message, is_stale, read_lease, safe_token, stale_after_s
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
 
-__all__ = [
-    "FENCE_PREFIX",
-    "Fence",
-    "LEASE_FILE",
-    "OutputLease",
-    "RUN_FILE",
-    "lease_state",
-    "read_seals",
-]
+__all__ = ["FENCE_PREFIX", "LEASE_FILE", "RUN_FILE", "Fence", "OutputLease", "read_seals"]
 
 log = logging.getLogger(__name__)
 
-LEASE_FILE = "_resnet_batch.lock"
 RUN_FILE = "_resnet_batch.json"
 RENEW_EVERY_S = 60.0
-STALE_AFTER_S = 600.0
-# How long a lease may go unrenewed before another job takes it over (seconds; renewed ten
-# times as often): a cluster whose hosts can pause longer than this sets it higher.
-STALE_VARIABLE = "RESNET_BATCH_LEASE_STALE_S"
 TAKEOVER_S = 60.0  # a takeover marker older than this was left by a job that died taking over
 FENCE_PREFIX = "_resnet_batch.fenced-"  # + MARK.json: the parts of a writer whose lease was taken over
 MARK_DIGITS = 16
@@ -82,9 +70,9 @@ class Fence:
 
     def confirm(self, fs: AbstractFileSystem) -> None:
         """Return if the lease is still this writer's; else raise LeaseLost."""
-        holder = _read_lease(fs, self.lease)
+        holder = read_lease(fs, self.lease)
         if not holder or holder.get("token") != self.token:
-            raise LeaseLost(self.uri, _describe(holder) if holder else None)
+            raise LeaseLost(self.uri, describe_holder(holder) if holder else None)
 
 
 Seal = Callable[[str], list[str]]  # a stale writer's mark -> the names of its parts there now
@@ -136,14 +124,14 @@ class OutputLease:
                 if self._create(self.lease):
                     break
                 holder = self._read()
-                if holder and not _is_stale(holder):
-                    raise UsageError(_held_message(self.uri, holder, self.lease))
+                if holder and not is_stale(holder):
+                    raise UsageError(held_message(self.uri, holder, self.lease))
                 self._take_over(holder)
             else:
                 raise UsageError(f"--output {self.uri} is being claimed by another job at the same moment; retry")
             holder = self._read()
             if not holder or holder.get("token") != self.token:  # a store without conditional creates
-                raise UsageError(_held_message(self.uri, holder or {}, self.lease))
+                raise UsageError(held_message(self.uri, holder or {}, self.lease))
         except BaseException as exc:
             self._cleanup_dir()
             if isinstance(exc, Exception) and is_store_error(exc):  # a missing bucket, no permission
@@ -173,14 +161,14 @@ class OutputLease:
         """
         if stale is None:
             return  # gone already: create again
-        marker = f"{self.lease}.takeover-{_safe_token(stale)}"
+        marker = f"{self.lease}.takeover-{safe_token(stale)}"
         if not self._create(marker):
             if self._age_s(marker) > TAKEOVER_S:  # its taker died half-way
                 self._remove(marker)
             return  # a rival is taking it over; the next look at the lease says who holds it
         try:
             if self._read() == stale:
-                log.warning("taking over the stale lease of %s (%s)", self.uri, _describe(stale))
+                log.warning("taking over the stale lease of %s (%s)", self.uri, describe_holder(stale))
                 self._seal_parts_of(stale)
                 self._remove()
                 if self.on_takeover:
@@ -197,7 +185,7 @@ class OutputLease:
     def _seal_parts_of(self, stale: dict) -> None:
         """The stale writer's parts as they are now, recorded before its lease goes: any
         other part of its mark was made visible after this, and is never counted."""
-        mark = _safe_token(stale)[:MARK_DIGITS]
+        mark = safe_token(stale)[:MARK_DIGITS]
         record = {"mark": mark, "token": stale.get("token"), "by": self.token, "at": time.time()}
         record["parts"] = sorted(self.seal(mark))
         with self.fs.open(f"{self.path.rstrip('/')}/{FENCE_PREFIX}{mark}.json", "wb") as f:
@@ -227,7 +215,7 @@ class OutputLease:
             raise
 
     def _read(self) -> dict | None:
-        return _read_lease(self.fs, self.lease)
+        return read_lease(self.fs, self.lease)
 
     def _remove(self, path: str | None = None) -> None:
         try:
@@ -270,27 +258,6 @@ class OutputLease:
                 pass
 
 
-def lease_state(fs: AbstractFileSystem, path: str) -> str | None:
-    """For readers: None (no job holds the output), "held: WHO" (a job is writing it now),
-    or "stale: WHO" (the job that held it died without releasing it)."""
-    holder = _read_lease(fs, f"{path.rstrip('/')}/{LEASE_FILE}")
-    if holder is None:
-        return None
-    return f"{'stale' if _is_stale(holder) else 'held'}: {_describe(holder)}"
-
-
-def _read_lease(fs: AbstractFileSystem, lease: str) -> dict | None:
-    """The lease's record; None where there is none, {} where it is unreadable."""
-    try:
-        if hasattr(fs, "invalidate_cache"):
-            fs.invalidate_cache(lease)
-        return json.loads(fs.cat_file(lease) or b"{}")  # one request (an open is a HEAD, then a GET)
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        return {}  # a half-written or foreign file: stale unless renewed (never, here)
-
-
 def read_seals(fs: AbstractFileSystem, path: str, names: list[str]) -> dict[str, frozenset[str]]:
     """The seals among `names` (an output's file names): a stale writer's mark -> its parts
     as the job that took over found them."""
@@ -329,59 +296,3 @@ def _create_whole(path: str, data: bytes) -> bool:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-
-
-def stale_after_s() -> float:
-    """STALE_AFTER_S, or what RESNET_BATCH_LEASE_STALE_S says."""
-    value = os.environ.get(STALE_VARIABLE, "")
-    try:
-        seconds = float(value) if value else STALE_AFTER_S
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise UsageError(f"{STALE_VARIABLE}={value!r}: give the seconds a lease may go unrenewed, e.g. 600")
-    return seconds
-
-
-def _is_stale(holder: dict) -> bool:
-    """Its process is gone (same host), or it has not been renewed for STALE_AFTER_S."""
-    renewed = holder.get("renewed")
-    if not isinstance(renewed, (int, float)) or time.time() - renewed > stale_after_s():
-        return True
-    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
-        try:
-            os.kill(holder["pid"], 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            pass
-    return False
-
-
-def _safe_token(holder: dict) -> str:
-    """The stale lease's token as a file name (a damaged lease: a digest of what it holds)."""
-    token = holder.get("token")
-    if isinstance(token, str) and token.isalnum() and len(token) <= 64:
-        return token
-    import hashlib
-
-    return hashlib.sha1(json.dumps(holder, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _describe(holder: dict | None) -> str:
-    if not holder:
-        return "unreadable"
-    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
-    return f"pid {holder.get('pid')} on {holder.get('host')} since {since}"
-
-
-def _held_message(uri: str, holder: dict, lease: str) -> str:
-    renewed = holder.get("renewed")
-    when = ""
-    if isinstance(renewed, (int, float)):  # a job that died (its host with it) stops renewing
-        at = time.strftime("%H:%M:%S", time.localtime(renewed + stale_after_s()))
-        when = f"once its lease is {stale_after_s():.0f} s unrenewed ({at}), or "
-    return (
-        f"--output {uri} is being written by another job ({_describe(holder)}); wait for it to end; "
-        f"if that job is gone, the output is free {when}at once if you remove {lease}"
-    )

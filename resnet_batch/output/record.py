@@ -90,3 +90,29 @@ class RunRecord:
 
 RESUME_FIELDS = {f.name: f.metadata["resume"] for f in dataclasses.fields(RunRecord) if "resume" in f.metadata}
 RESOLVED_FIELDS = tuple(f.name for f in dataclasses.fields(RunRecord) if f.metadata.get("resolved"))
+
+
+def change_in_words(key: str, was: object, now: object) -> str:
+    """ "--review-below was 0.5, now unset": a setting that differs, as the flag that sets it."""
+    if key == "preprocessing":
+        old, new = (v if isinstance(v, dict) else {} for v in (was, now))
+        parts = [
+            f"{k} was {_shown(old.get(k))}, now {_shown(new.get(k))}"
+            for k in sorted({*old, *new})
+            if old.get(k) != new.get(k)
+        ]
+        return f"{RESUME_FIELDS[key]}: " + ", ".join(parts)
+    if key == "review":  # the review columns follow --top-k; --review-below is the setting
+        was = was.get("review_below") if isinstance(was, dict) else was
+        now = now.get("review_below") if isinstance(now, dict) else now
+    if key == "embeddings":
+        return f"--no-embeddings was {'off' if was else 'on'}, now {'off' if now else 'on'}"
+    return f"{RESUME_FIELDS[key]} was {_shown(was)}, now {_shown(now)}"
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value)) or "none"
+    return str(value)

@@ -16,17 +16,17 @@ import pyarrow.parquet as pq
 from ..core.columns import PATH
 from ..core.pathset import isin_sorted, path_hashes
 from ..core.storage import join
-from .writer import (
+from .part_names import (
     DAMAGED_PREFIX,
     FENCED_PREFIX,
     OUR_PART,
     PART_PREFIX,
     PART_SUFFIX,
     REPEATS_PREFIX,
-    OutputDir,
     is_part,
     part_name,
 )
+from .writer import OutputDir
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,8 @@ and DuckDB do by default.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import re
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -32,28 +30,18 @@ from ..core.storage import check_scheme, filesystem, is_local, is_store_error, j
 from .ownership import (
     FENCE_PREFIX,
     LEASE_FILE,
-    MARK_DIGITS,
     RUN_FILE,
     Fence,
     OutputLease,
     read_seals,
 )
-from .record import RESUME_FIELDS, RunRecord
+from .part_names import DAMAGED_PREFIX, OUR_PART, OUR_TMP, PART_PREFIX, PART_SUFFIX, TMP_PREFIX, is_part, part_name
+from .record import RunRecord, change_in_words
 from .targets import refuse_inside_job_output
 
 log = logging.getLogger(__name__)
 
 MODES = ("error", "overwrite", "resume")
-PART_PREFIX = "part-"
-PART_SUFFIX = ".parquet"
-TMP_PREFIX = "_tmp-"
-# Exactly the names write_part gives: a resume deletes temporary files of these names only.
-OUR_TMP = re.compile(r"_tmp-[0-9a-f]{32}\.parquet")
-# With the writer's fence mark; without one, as written before parts carried it.
-OUR_PART = re.compile(rf"part-[0-9a-f]{{24}}(?:-(?P<mark>[0-9a-f]{{{MARK_DIGITS}}}))?\.parquet")
-DAMAGED_PREFIX = "_damaged-"  # a part file of ours whose footer cannot be read, set aside by a resume
-FENCED_PREFIX = "_fenced-"  # a part made visible after its writer lost the lease, set aside
-REPEATS_PREFIX = "_repeats-"  # a part whose rows another part holds too, set aside by a resume
 
 
 @dataclass
@@ -66,18 +54,6 @@ class WriteStats:
         self.rows += other.rows
         self.files += other.files
         self.errors.update(other.errors)
-
-
-def part_name(paths: list[str], mark: str | None) -> str:
-    """The part holding `paths`: a digest of their length-prefixed encodings (injective: no
-    path, whatever characters it holds, can pass for two, or two for one), and the writer's
-    fence mark."""
-    digest = hashlib.sha1()
-    for path in paths:
-        data = path.encode("utf-8", "surrogatepass")
-        digest.update(len(data).to_bytes(8, "big"))
-        digest.update(data)
-    return f"{PART_PREFIX}{digest.hexdigest()[:24]}{'-' + mark if mark else ''}{PART_SUFFIX}"
 
 
 class OutputDir:
@@ -330,7 +306,7 @@ class OutputDir:
                 )
             changed = previous.differences(record)
             if changed:
-                was = "; ".join(_flag_change(k, getattr(previous, k), getattr(record, k)) for k in changed)
+                was = "; ".join(change_in_words(k, getattr(previous, k), getattr(record, k)) for k in changed)
                 raise UsageError(
                     f"cannot resume {self.uri}: {was} (in {name}); use the same settings, or --mode overwrite"
                 )
@@ -369,35 +345,3 @@ class OutputDir:
             stats.rows += chunk.num_rows
             stats.errors.update(error_category(e) for e in chunk.column(ERROR).to_pylist() if e is not None)
         return stats
-
-
-def is_part(name: str) -> bool:
-    """A part file's name, ours or not (`part-*.parquet`)."""
-    return name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)
-
-
-# How each setting a resume must keep is given on the command line, and how its recorded value reads.
-def _flag_change(key: str, was: object, now: object) -> str:
-    """ "--review-below was 0.5, now unset": a setting that differs, as the flag that sets it."""
-    if key == "preprocessing":
-        old, new = (v if isinstance(v, dict) else {} for v in (was, now))
-        parts = [
-            f"{k} was {_shown(old.get(k))}, now {_shown(new.get(k))}"
-            for k in sorted({*old, *new})
-            if old.get(k) != new.get(k)
-        ]
-        return f"{RESUME_FIELDS[key]}: " + ", ".join(parts)
-    if key == "review":  # the review columns follow --top-k; --review-below is the setting
-        was = was.get("review_below") if isinstance(was, dict) else was
-        now = now.get("review_below") if isinstance(now, dict) else now
-    if key == "embeddings":
-        return f"--no-embeddings was {'off' if was else 'on'}, now {'off' if now else 'on'}"
-    return f"{RESUME_FIELDS[key]} was {_shown(was)}, now {_shown(now)}"
-
-
-def _shown(value: object) -> str:
-    if value is None:
-        return "unset"
-    if isinstance(value, list | tuple):
-        return ",".join(map(str, value)) or "none"
-    return str(value)

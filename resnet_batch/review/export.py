@@ -33,7 +33,8 @@ from ..core.columns import ENTROPY, ERROR, MARGIN, NEEDS_REVIEW, PATH, TOPK_LABE
 from ..core.errors import UsageError
 from ..core.identity import TAR_SEPARATOR, from_text, member_escapes, split_member
 from ..core.storage import filesystem, is_file, is_local, is_special_file, replaced_atomically
-from ..data.manifests import TAR_OFFSET, TAR_SIZE, list_tar_members
+from ..data.manifests import TAR_OFFSET, TAR_SIZE
+from ..data.shards import list_tar_members
 from ..output.features import batches, open_output
 from ..output.targets import check_tool_target
 

@@ -41,7 +41,8 @@ def thumbnail(path: str, max_pixels: int = 100_000_000) -> str | None:
     """A small JPEG data URI of the image at `path`, or None when it cannot be read."""
     from PIL import Image
 
-    from ..data.decode import ImageError, decode_rgb, read_image_bytes
+    from ..data.decode import ImageError, decode_rgb
+    from ..data.image_bytes import read_image_bytes
 
     if TAR_SEPARATOR in path.lower():  # a tar member's offset is not in the output: no thumbnail
         return None

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from ..config.description import rows_per_file, run_record, run_schema
+from ..config.estimate import estimate_line, guessed_rate
 from ..config.label_config import LabelConfig
 from ..config.plan import make_plan
 from ..core.errors import Interrupted, UsageError
+from ..core.signals import signals_deferred
 from ..core.storage import is_local
 from ..data.input_plan import InputPlan, plan_inputs
 from ..model.registry import check_weights_argument
@@ -157,8 +159,7 @@ def _start_ray(cfg: LabelConfig, report: Reporter, lease: OutputLease, held: Exi
     in the lease: if the job dies, the job that takes the output over ends what its Ray left
     running (ray_session.end_leftovers)."""
     report(Snapshot.before("starting Ray"))
-    if pipeline.start_ray(cfg.execution.address):
-        held.callback(ray_session.stop)
+    if held.enter_context(pipeline.ray_for_the_job(cfg.execution.address)):
         session = ray_session.own_session()
         if session:
             lease.note(ray_session=session)
@@ -183,7 +184,7 @@ def _final_check(out: OutputDir, books: Books, saver: Saver, timeline: Timeline)
     repair.set_aside_fenced(out)  # parts a job that lost the lease made visible during this run
     checking = time.time()
     log.info("final check: every input has exactly one row?")
-    with ray_session.signals_deferred():
+    with signals_deferred():
         check = check_output(out, books)
         timeline.check_s = time.time() - checking
         misnamed = out.misnamed_parts() if check.duplicates else []
@@ -235,20 +236,16 @@ def plan_only(cfg: LabelConfig, calibrate: int = 0) -> list[str]:
     check_weights_argument(cfg.compute.model, cfg.compute.weights)
     OutputDir(cfg.output).check(cfg.mode)
     resolved = _resolve_weights(cfg, verify=False)
-    started_ray = pipeline.start_ray(cfg.execution.address)
-    try:
+    with pipeline.ray_for_the_job(cfg.execution.address):
         cluster = ray_session.cluster(ask_bf16=cfg.execution.precision == "auto")
         plan = make_plan(cfg, resolved, cluster, local_inputs=is_local(cfg.inputs[0]))
         count = estimate.count_inputs(_plan_inputs(cfg, None), sample=calibrate)
         rate = (
             estimate.calibrated_rate(cfg, count.sample, run_label, plan.batch_size)
             if calibrate and count.sample
-            else estimate.guessed_rate(plan, cfg.compute.model)
+            else guessed_rate(plan, cfg.compute.model)
         )
-        return [*plan.lines(), count.line(), estimate.estimate_line(count, rate)]
-    finally:
-        if started_ray:
-            ray_session.stop()
+        return [*plan.lines(), count.line(), estimate_line(count, rate)]
 
 
 def _count_resume(

@@ -15,6 +15,8 @@ import queue
 import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -26,6 +28,7 @@ from ray.data.datasource import Datasource, ReadTask
 
 from ..config.plan import ExecutionPlan
 from ..core.errors import Interrupted, LeaseLost, SaveFailed, one_line, root_cause
+from ..core.signals import signals_deferred
 from ..core.storage import is_unreachable
 from ..data.decode import JpegHandoff, LowPriorityDecode, to_idle_priority
 from ..data.input_plan import InputPlan
@@ -88,15 +91,24 @@ def _read_at_idle_priority(*args):
     yield from read_unit(*args)
 
 
-def start_ray(address: str | None) -> bool:
-    """Join or start Ray (ray_session); True when this job started it."""
+@contextmanager
+def ray_for_the_job(address: str | None) -> Iterator[bool]:
+    """Ray joined or started (ray_session) for the block (True: this job started it); at its
+    end a Ray of the job's own is stopped, and a cluster the block joined disconnected from."""
+    joined_before = ray.is_initialized()
     started = ray_session.join_or_start(address)
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # ours: watch.py and reporters.py
+    context.enable_progress_bars = False  # ours: progress/watch.py and the command line's bar
     # A stage's own error, not Ray Data's UserCodeException around it (whose cause a task's
     # pickling drops): the job tells a store that stopped answering from a bug by it.
     context.raise_original_map_exception = True
-    return started
+    try:
+        yield started
+    finally:
+        if started:
+            ray_session.stop()
+        elif not joined_before:
+            ray_session.disconnect()
 
 
 _END = object()
@@ -241,7 +253,7 @@ def _save_on_stop(saver: Saver, exc: BaseException, done: int) -> None:
     """Save what is finished (at most SAVE_ON_INTERRUPT_S); a second signal meanwhile waits
     for it, so that the stop's count is what the output holds."""
     log.debug("stopping (%s): saving %d finished rows", type(exc).__name__, done - saver.saved)
-    with ray_session.signals_deferred(redeliver=False):
+    with signals_deferred(redeliver=False):
         try:
             saver.finish(timeout_s=SAVE_ON_INTERRUPT_S)
         except Exception as failed:

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
 import signal
 import socket
-import threading
 import time
-from contextlib import contextmanager
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..config.plan import Cluster
 from ..core.errors import UsageError, one_line, root_cause
+from ..core.processes import alive, processes_naming
+from ..core.signals import signals_deferred
 from ..model.settings import cpu_has_native_bf16
 from . import ray_compat
 
@@ -258,36 +257,17 @@ def stop() -> None:
         _stop_now(True)
 
 
+def disconnect() -> None:
+    """Leave a cluster this process joined (its nodes run on)."""
+    with signals_deferred():
+        ray.shutdown()
+
+
 def _stop_now(started: bool) -> None:
     node = ray_compat.started_node() if started else None  # None when Ray was joined
     for process in ray_compat.node_processes(node, MONITOR_PROCESS):
         process.kill()
     ray.shutdown()
-
-
-@contextmanager
-def signals_deferred(redeliver: bool = True):
-    """SIGINT and SIGTERM wait until the block ends, then reach the handlers they would have
-    (with `redeliver=False`: are dropped, the block itself being the stop they ask for).
-
-    A job's handlers raise; raised inside ray.shutdown(), that would leave the processes
-    after the interrupted one running, orphaned, once the driver exits; raised inside a C
-    call (pyarrow, numpy) it surfaces as a SystemError.
-    """
-    caught: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield caught
-        return
-    previous = {
-        s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        yield caught
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if caught and redeliver:
-            signal.raise_signal(caught[0])
 
 
 def own_session() -> str | None:
@@ -298,19 +278,20 @@ def own_session() -> str | None:
 
 def end_leftovers(stale: dict) -> None:
     """A dead job's own Ray, which outlives its driver for a minute or so, ended: the
-    processes of its session (recorded in its lease; _session_processes), on this host and
+    processes of its session (recorded in its lease: those whose command line names it, or that
+    hold a file of its folder open, as its agents and workers, which rename themselves, do), on this host and
     only when the job's process is gone."""
     session = stale.get("ray_session")
-    if not session or stale.get("host") != socket.gethostname() or _alive(stale.get("pid")):
+    if not session or stale.get("host") != socket.gethostname() or alive(stale.get("pid")):
         return
-    pids = _session_processes(str(session))
+    pids = processes_naming(f"/{session}/", str(session))
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + 10
-    while pids and time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while pids and time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.05)
     if pids:
         log.warning(
@@ -319,41 +300,3 @@ def end_leftovers(stale: dict) -> None:
             stale.get("pid"),
             session,
         )
-
-
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):  # a zombie is gone, whatever kill(0) says
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
-
-
-def _session_processes(session: str) -> list[int]:
-    """The live processes of a Ray session: those whose command line names it, or that hold
-    a file of its folder open (its agents and workers rename themselves, and keep their log
-    files open); read from /proc (Linux)."""
-    found = []
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if entry.isdigit() and int(entry) != os.getpid() and _alive(int(entry)) and _of_session(entry, session):
-            found.append(int(entry))
-    return found
-
-
-def _of_session(pid: str, session: str) -> bool:
-    with contextlib.suppress(OSError):
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if session.encode() in f.read():
-                return True
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                if f"/{session}/" in os.readlink(f"/proc/{pid}/fd/{fd}"):
-                    return True
-    return False
