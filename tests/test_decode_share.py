@@ -1,5 +1,5 @@
 """--cpu-decode-share auto: the share where a node's cores and its GPU keep up with each
-other, from the seconds both report (run/decode_share.py), and the data path's overlap
+other, from the seconds both report (run/progress/decode_share.py), and the data path's overlap
 with the forward in the model actor (device/feed.py), with a fake decoder and model."""
 
 from __future__ import annotations

@@ -205,18 +205,25 @@ def test_a_manifest_column_named_like_an_output_column_is_refused(tmp_path, colu
 def test_the_architecture_module_table_is_the_tree():
     """ARCHITECTURE.md's module table names every module of the package, in its folder, and
     nothing that is gone."""
-    import re
-
     listed, folder = set(), None
     for line in (ROOT / "ARCHITECTURE.md").read_text().splitlines():
-        heading = re.match(r"\| \*\*(\w+)/\*\* \|", line)
+        heading = re.match(r"\| \*\*([\w/]+)/\*\* \|", line)
         if heading:
             folder = heading.group(1)
         row = re.match(r"\| `(\w+\.py)` \|", line)
         if row and folder:
             listed.add(f"{folder}/{row.group(1)}")
-    tree = {str(p.relative_to(PACKAGE)) for p in PACKAGE.glob("*/*.py") if p.name != "__init__.py"}
+    tree = {str(p.relative_to(PACKAGE)) for p in PACKAGE.glob("*/**/*.py") if p.name != "__init__.py"}
     assert listed == tree, {"missing from the table": sorted(tree - listed), "not in the tree": sorted(listed - tree)}
+
+
+def test_the_architecture_picture_is_the_layers():
+    """ARCHITECTURE.md's picture of the layers names each one, top layer first, and only those."""
+    text = (ROOT / "ARCHITECTURE.md").read_text().split("## The layers", 1)[1]
+    picture = text.split("```", 2)[1]
+    drawn = re.findall(r"^\s{2}(\w+)/\s", picture, flags=re.M)
+    assert drawn == LAYERS[::-1]
+    assert sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()) == sorted(LAYERS)
 
 
 def test_stages_report_through_protocols_not_actor_handles():

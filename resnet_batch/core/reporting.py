@@ -1,7 +1,7 @@
 """What the stages tell the job while they run, as two small typed interfaces.
 
 The decode tasks (data/) and the model actors (model/) report through these; the run layer
-implements them over its counter actor (run/reports.py), and a test passes a plain object
+implements them over its counter actor (run/progress/counter.py), and a test passes a plain object
 that records the calls. Every method is best effort: reporting never fails a batch.
 """
 

@@ -1,6 +1,6 @@
 """A batch's way onto the model's device, overlapped with the forward of the batch before it.
 
-A GPU actor runs two calls at once (run/plan.py). Each call's data path (crops copied in
+A GPU actor runs two calls at once (config/plan.py). Each call's data path (crops copied in
 from pinned memory, JPEGs decoded and resized on the device) runs on the feed's own CUDA
 stream, one call at a time, and ends in an event; the forward runs on its call's stream and
 waits on that event, on the device: no host sync between them. So while batch N's forward
@@ -8,7 +8,7 @@ holds the SMs, batch N+1's copy, decode (the JPEG engines) and resize are alread
 
 The feed also times both on the device (CUDA events, read once the batch is done, so no
 extra sync): those GPU seconds per image are what the CPU decode share is set from
-(run/decode_share.py).
+(run/progress/decode_share.py).
 """
 
 from __future__ import annotations

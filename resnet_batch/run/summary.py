@@ -39,7 +39,7 @@ class Timeline:
     check_s: float = 0.0  # the final exactly-once check (part of shutdown)
     ended: float = 0.0  # everything saved and checked, Ray stopped
     actor_phases: list = field(default_factory=list)  # each model actor's start (model/phases.py)
-    decoding: dict = field(default_factory=dict)  # how decoding was shared (run/decode_share.py)
+    decoding: dict = field(default_factory=dict)  # how decoding was shared (run/progress/decode_share.py)
     placements: list = field(default_factory=list)  # each model actor's node id and GPU ids
     labeled: int = 0  # rows through the model, a block redone after a lost node counted again
 
