@@ -11,6 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from .tiers import ray_sessions, refuse_new_sessions
+
 
 def smooth_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """Photo-like content (smooth gradients plus noise) so JPEG and resizing behave realistically."""
@@ -195,29 +197,22 @@ def resnet50_ckpt(tmp_path_factory) -> Path:
     return save_random_checkpoint("resnet50", tmp_path_factory.mktemp("ckpt") / "resnet50.pth", seed=1)
 
 
-# The end-to-end tier: test modules that run `resnet-batch` (in processes of their own, each
-# starting a Ray, or through main() on the shared local Ray) or start clusters, and every test
-# that runs on the shared local Ray (whole jobs through Ray Data). The rest runs in this
-# process without Ray: the fast tier a developer runs after every change, pytest -m "not e2e".
-END_TO_END = {
-    "test_cli",
-    "test_gpu_nodes",
-    "test_hostile",
-    "test_interrupt",
-    "test_local_cluster",
-    "test_multinode",
-    "test_progress",
-    "test_resume_kill",
-    "test_submit",
-    "test_gpu_check",
-    "test_allocator",
-    "test_takeover",
-    "test_names_and_stops",
-}
-
-
+# The end-to-end tier: each module that runs `resnet-batch` in processes of its own, starts
+# clusters or Ray, says so (pytestmark = pytest.mark.e2e); a test on the shared local Ray
+# (the ray_local fixture) is in it by that fixture. The rest runs in this process without
+# Ray: the fast tier a developer runs after every change, pytest -m "not e2e". A test
+# outside the tier that starts a Ray (here or in a process of its own) fails, naming why.
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        on_ray = "ray_local" in getattr(item, "fixturenames", ())
-        if item.module.__name__.rsplit(".", 1)[-1] in END_TO_END or item.get_closest_marker("slow") or on_ray:
+        if "ray_local" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(autouse=True)
+def _only_the_e2e_tier_starts_ray(request):
+    if request.node.get_closest_marker("e2e"):
+        yield
+        return
+    before = ray_sessions()
+    yield
+    refuse_new_sessions(before)

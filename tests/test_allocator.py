@@ -6,7 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from resnet_batch.model.settings import ALLOCATOR_ENV
+
+pytestmark = pytest.mark.e2e  # runs the command, or Ray, in processes of its own
 
 # Minor page faults of three resnet18 forward passes after two warm-up passes, on a thread
 # other than the main one (Ray runs the model on such a thread, where glibc gives it an arena

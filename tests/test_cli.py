@@ -17,6 +17,8 @@ import pytest
 
 from .helpers import RESNET_BATCH, cli, in_process
 
+pytestmark = pytest.mark.e2e  # runs the command, or Ray, in processes of its own
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "images"
 

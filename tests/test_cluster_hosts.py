@@ -29,6 +29,7 @@ NULL_JOB = ["--model", "none", "--batch-size", "8", "--checkpoint-every", "1", "
 PARTITION_S, LINK_DOWN_S = 30, 20
 
 pytestmark = [
+    pytest.mark.e2e,
     pytest.mark.slow,
     pytest.mark.skipif(
         os.geteuid() != 0 or not all(shutil.which(t) for t in ("ip", "nsenter", "unshare")),

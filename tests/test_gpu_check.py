@@ -8,6 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.e2e  # runs the command, or Ray, in processes of its own
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -11,7 +11,12 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 from .conftest import write_jpegs
+
+pytestmark = pytest.mark.e2e  # runs the command, or Ray, in processes of its own
+
 
 ROOT = Path(__file__).resolve().parents[1]
 

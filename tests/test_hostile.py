@@ -31,6 +31,9 @@ from .conftest import write_jpegs
 from .helpers import RESNET_BATCH, cli, in_process, kill_session, session_processes
 from .inputs_catalogue import bomb_png
 
+pytestmark = pytest.mark.e2e  # runs the command, or Ray, in processes of its own
+
+
 JOB = ["--model", "resnet18", "--weights", "none", "--precision", "fp32", "--batch-size", "8"]
 # Where what a row holds is not what a test checks: the null model runs the whole pipeline
 # (listing, decoding, the actor pool, saving) without a network, or torch in its actor.

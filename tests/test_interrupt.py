@@ -20,7 +20,7 @@ from resnet_batch.model.null import BATCH_SECONDS_VARIABLE
 from .conftest import write_jpegs
 from .helpers import RESNET_BATCH, in_process, kill_session, session_processes
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 STOPPED = re.compile(r"^stopped by (SIG\w+): (\d+) images labeled and saved; to finish: (.+ --mode resume)$")
 

@@ -32,3 +32,15 @@ def test_no_blanket_ignores():
                 blanket.append(f"{path.relative_to(ROOT)}:{number}")
     text = (ROOT / "pyproject.toml").read_text()
     assert not blanket and "ignore_errors" not in text and "disable_error_code" not in text, blanket
+
+
+def test_a_test_outside_the_e2e_tier_that_starts_ray_fails(tmp_path, monkeypatch):
+    """The fast tier's guard (tests/tiers.py): a new Ray session folder during the test fails it."""
+    from tests.tiers import ray_sessions, refuse_new_sessions
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    before = ray_sessions()
+    refuse_new_sessions(before)  # nothing started: passes
+    (tmp_path / "ray" / "session_2026-12-07_15-00-00_1").mkdir(parents=True)
+    with pytest.raises(pytest.fail.Exception, match="outside the e2e tier"):
+        refuse_new_sessions(before)

@@ -12,7 +12,7 @@ import pytest
 
 from .helpers import RESNET_BATCH, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "cluster" / "local-cluster.sh"
 EXAMPLES = ROOT / "examples" / "images"

@@ -12,7 +12,7 @@ import pytest
 
 from .conftest import write_jpegs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 
 

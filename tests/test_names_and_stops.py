@@ -17,9 +17,13 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from .conftest import write_jpegs
 from .helpers import RESNET_BATCH, in_process, kill_session
+
+pytestmark = pytest.mark.e2e  # runs the command, or Ray, in processes of its own
+
 
 PIPELINE_JOB = ["--model", "none", "--precision", "fp32", "--batch-size", "8"]
 

@@ -11,8 +11,13 @@ import struct
 import subprocess
 import termios
 
+import pytest
+
 from .conftest import write_jpegs
 from .helpers import RESNET_BATCH
+
+pytestmark = pytest.mark.e2e  # runs the command, or Ray, in processes of its own
+
 
 FRAME = re.compile(
     r"(?P<phase>[a-z][^\r\n:|]*): +\d+%\|[^|]*\| (?P<done>\d+)/(?P<total>\d+)\+? "

@@ -16,7 +16,7 @@ from resnet_batch.model.null import BATCH_SECONDS_VARIABLE
 from .conftest import write_jpegs
 from .helpers import RESNET_BATCH, kill_session
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def label_cmd(src, out, mode):

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from resnet_batch.output.lease_record import LEASE_FILE, STALE_VARIABLE, lease_state
 from resnet_batch.output.part_names import OUR_PART
@@ -22,6 +23,9 @@ from resnet_batch.output.writer import OutputDir
 
 from .conftest import write_jpegs
 from .helpers import RESNET_BATCH, in_process, kill_session
+
+pytestmark = pytest.mark.e2e  # runs the command, or Ray, in processes of its own
+
 
 PIPELINE_JOB = ["--model", "none", "--precision", "fp32", "--batch-size", "8"]
 
