@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import shlex
@@ -168,7 +169,7 @@ class GpuMonitor:
 
     def _read(self) -> None:
         columns: list[str] = []
-        for line in self.proc.stdout:
+        for line in self.proc.stdout or ():
             fields = line.split()
             if line.startswith("#"):
                 columns = columns or [f for f in fields if f != "#"]
@@ -202,13 +203,12 @@ def bare_forward(args) -> dict:
     resolved = resolve_weights(args.model, "none")
     paths = sorted(Path(args.data).glob("*.jpg"))[: min(args.images, BARE_DISTINCT)]
     with ThreadPoolExecutor(os.cpu_count()) as pool:
-        crops = np.stack(
-            list(pool.map(lambda p: load_one(Source(str(p)), resolved.preprocessing, Limits()).pixels, paths))
-        )
+        loaded = list(pool.map(lambda p: load_one(Source(str(p)), resolved.preprocessing, Limits()), paths))
+    decoded = np.stack([image.pixels for image in loaded if image.pixels is not None])
     settings = InferenceSettings(weights=resolved, top_k=5, precision=args.precision, device=args.device)
     predictor = Predictor(settings, schema=None)
     # `images` crops in all, cycling through the distinct ones decoded above
-    crops = torch.from_numpy(crops[np.arange(args.images) % len(crops)])
+    crops = torch.from_numpy(decoded[np.arange(args.images) % len(decoded)])
     if predictor.device.type == "cuda":
         crops = crops.pin_memory()
     batches = list(torch.split(crops, args.batch_size))
@@ -222,7 +222,8 @@ def bare_forward(args) -> dict:
         if predictor.device.type == "cuda":
             torch.cuda.synchronize()
 
-    layouts = {}
+    seconds_of: dict[str, float] = {}
+    windows: dict[str, list[float]] = {}
     for layout in args.layouts.split(","):
         calls, threads = (int(n) for n in layout.split("x"))
         torch.set_num_threads(threads)
@@ -232,17 +233,17 @@ def bare_forward(args) -> dict:
             start, wall_start = time.monotonic(), time.time()
             list(pool.map(run, [batches[i::calls] for i in range(calls)]))
             sync()
-        layouts[layout] = {"seconds": time.monotonic() - start, "window": [wall_start, time.time()]}
-    best = min(layouts, key=lambda name: layouts[name]["seconds"])
-    seconds = layouts[best]["seconds"]
+        seconds_of[layout], windows[layout] = time.monotonic() - start, [wall_start, time.time()]
+    best = min(seconds_of, key=seconds_of.__getitem__)
+    seconds = seconds_of[best]
     return {
         "images": len(crops),
         "steady_s": seconds,
         "run_s": seconds,
         "precision": predictor.network.precision,
-        "steady_window": layouts[best]["window"],
+        "steady_window": windows[best],
         "layout": best,
-        "layouts": {name: len(crops) / v["seconds"] for name, v in layouts.items()},
+        "layouts": {name: len(crops) / s for name, s in seconds_of.items()},
     }
 
 
@@ -254,7 +255,7 @@ def ray_documented(args) -> dict:
     from torchvision.models import get_model, get_model_weights
 
     weights = get_model_weights(args.model).DEFAULT
-    ray.init(num_cpus=os.cpu_count(), logging_level="WARNING")
+    ray.init(num_cpus=os.cpu_count(), logging_level=logging.WARNING)
     ds = ray.data.read_images(str(args.data), mode="RGB", include_paths=True)
     if args.images:
         ds = ds.limit(args.images)
@@ -341,7 +342,7 @@ def resnet_batch_label(args) -> dict:
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-3000:])
     summary = parse_summary(result.stdout)
-    processed = int(re.search(r"processed (\d+)", result.stdout).group(1))
+    processed = int(_found(r"processed (\d+)", result.stdout).group(1))
     steady_from = launched + summary["start-up"] + summary["first batch"]
     # A run of one block has no steady phase: its rate is then the end-to-end one.
     steady_s = processed / summary["steady_rate"] if summary["steady_rate"] else summary["wall"]
@@ -390,6 +391,13 @@ def process_started_at() -> float:
     return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _found(pattern: str | re.Pattern, text: str) -> re.Match:
+    match = re.search(pattern, text)
+    if match is None:
+        raise SystemExit(f"{pattern!r} not in the output: {text[-2000:]}")
+    return match
+
+
 SUMMARY = re.compile(
     r"wall ([\d.]+)s = start-up ([\d.]+)s \+ first batch ([\d.]+)s \+ steady ([\d.]+)s"
     r"(?: \(([\d.]+) images/s\))? \+ shutdown ([\d.]+)s"
@@ -398,7 +406,7 @@ SUMMARY = re.compile(
 
 def parse_summary(stdout: str) -> dict:
     """The wall-time split of `resnet-batch label`'s summary line, in seconds (steady_rate: images/s)."""
-    wall, startup, first, steady, rate, shutdown = SUMMARY.search(stdout).groups()
+    wall, startup, first, steady, rate, shutdown = _found(SUMMARY, stdout).groups()
     return {
         "wall": float(wall),
         "start-up": float(startup),
@@ -458,9 +466,10 @@ def measure(name: str, args) -> dict:
         end_to_end=result["images"] / result["run_s"],
     )
     if gpu:
+        steady_start, steady_end = result["steady_window"]
         result.update(
-            sm_steady=gpu.mean(*result["steady_window"], 1),
-            jpg_steady=gpu.mean(*result["steady_window"], 2),
+            sm_steady=gpu.mean(steady_start, steady_end, 1),
+            jpg_steady=gpu.mean(steady_start, steady_end, 2),
             sm_samples=gpu.samples,
         )
     return result

@@ -63,7 +63,8 @@ class CpuMeter:
     """CPU seconds of every process in the given hosts' network namespaces, sampled."""
 
     def __init__(self, hosts: Hosts, names: list[str]):
-        self.hosts, self.names, self.most = hosts, names, {}
+        self.hosts, self.names = hosts, names
+        self.most: dict[tuple[str, str], float] = {}
         self.drivers: set[str] = set()  # the job's driver: `resnet-batch label`, run by the job server
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)

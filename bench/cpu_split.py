@@ -15,7 +15,7 @@ import argparse
 import os
 import subprocess
 import time
-from collections import Counter
+from collections import defaultdict
 
 
 def cpu_seconds() -> dict[int, tuple[str, float]]:
@@ -52,11 +52,11 @@ def main() -> None:
     after, t1 = cpu_seconds(), time.monotonic()
     output = proc.communicate()[0]
     print("\n".join(line for line in output.splitlines() if "images/s steady" in line))
-    shares = Counter()
+    shares: dict[str, float] = defaultdict(float)
     for pid, (name, seconds) in after.items():
         shares[name] += seconds - before.get(pid, (name, 0.0))[1]
     window = t1 - t0
-    for name, seconds in shares.most_common():
+    for name, seconds in sorted(shares.items(), key=lambda share: -share[1]):
         if seconds / window >= 0.005:
             print(f"{100 * seconds / window:6.1f}%  {name}")
     print(f"{100 * sum(shares.values()) / window:6.1f}%  in all, over {window:.0f} s (100% = one core)")

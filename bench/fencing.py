@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -54,7 +55,7 @@ def per_part_ms(uri: str, n: int, parts: int, fenced: bool) -> float:
     return 1000 * statistics.median(times)
 
 
-def s3_server() -> tuple[object, str]:
+def s3_server() -> tuple[Any, str]:
     from moto.server import ThreadedMotoServer
 
     with socket.socket() as s:

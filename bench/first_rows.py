@@ -43,7 +43,7 @@ def first_rows(source: str, flags: list[str], timeout: float) -> float | None:
         started = time.time()
         job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         seconds = None
-        for line in job.stdout:
+        for line in job.stdout or ():
             if LABELED.search(line):
                 seconds = time.time() - started
                 break

@@ -72,7 +72,8 @@ def timed_run(cmd: list[str], limit_s: float, gpu: bool, env: dict | None = None
         done = subprocess.run(
             cmd, capture_output=True, text=True, timeout=limit_s, cwd=ROOT, env={**os.environ, **(env or {})}
         )
-        code, out, err = done.returncode, done.stdout, done.stderr
+        code: int | str = done.returncode
+        out, err = done.stdout, done.stderr
     except subprocess.TimeoutExpired as exc:
         code, out, err = "timeout", _text(exc.stdout), _text(exc.stderr)
     finally:

@@ -48,9 +48,8 @@ def run(args) -> dict:
         ),
         schema=OutputColumns(feature_width(model, POOLED), with_topk=True).schema(),
     )
-    crops = torch.from_numpy(
-        np.stack([load_one(Source(str(p)), resolved.preprocessing, Limits()).pixels for p in paths[:n]])
-    )
+    decoded = [load_one(Source(str(p)), resolved.preprocessing, Limits()).pixels for p in paths[:n]]
+    crops = torch.from_numpy(np.stack([pixels for pixels in decoded if pixels is not None]))
     if device.type == "cuda":
         crops = crops.pin_memory()
     forward_s = timed(lambda: predictor.network.run_model(crops.to(device, non_blocking=True)), device, args.batches)
@@ -127,7 +126,7 @@ def corruption(args, device, prep, paths) -> list[dict]:
         sizes = decoded_sizes(jpegs)
         for name in GPU_DECODERS:
             for barrier in (True, False):
-                entry = {"decoder": name, "kind": kind, "barrier": barrier}
+                entry: dict[str, object] = {"decoder": name, "kind": kind, "barrier": barrier}
                 try:
                     backend = jpeg_backend(name, device)
                 except (UsageError, RuntimeError) as exc:
@@ -148,7 +147,7 @@ def _reencoded(path: Path, options: dict) -> bytes:
 
 def available_decoders(prep, device) -> dict:
     """Each GPU decoder of the job (device/decoders.py) as a DeviceDecoder, or why it is not here."""
-    found = {}
+    found: dict[str, DeviceDecoder | str] = {}
     for name in GPU_DECODERS:
         try:
             found[name] = DeviceDecoder(prep, device, jpeg_backend(name, device))
@@ -334,7 +333,8 @@ def gpu_busy(kernels: list[tuple[float, float]]) -> tuple[float, list[float], fl
     """(busy microseconds, idle gaps, window) of sorted kernel intervals, overlaps merged."""
     if not kernels:
         return 0.0, [], 0.0
-    busy, gaps, (start, end) = 0.0, [], kernels[0]
+    gaps: list[float] = []
+    busy, (start, end) = 0.0, kernels[0]
     for s, e in kernels[1:]:
         if s > end:
             busy, gaps, start = busy + end - start, gaps + [s - end], s

@@ -11,6 +11,7 @@ pipeline's read task does.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 from pathlib import Path
@@ -49,7 +50,7 @@ def main() -> None:
     from resnet_batch.core.storage import filesystem
     from resnet_batch.run.listing import walk
 
-    ray.init(include_dashboard=False, logging_level="WARNING")
+    ray.init(include_dashboard=False, logging_level=logging.WARNING)
     base = rss_mib()
     start = time.monotonic()
     count = sum(level.table.num_rows for level in walk(str(args.root)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,9 @@ from resnet_batch.data.decode import DecodeStage
 from resnet_batch.model.network import Network
 from resnet_batch.model.settings import InferenceSettings
 from resnet_batch.model.weights import resolve_weights
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.helpers import scramble_batch_norms  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -43,14 +47,11 @@ def main() -> None:
     ref = Network(base)
     if args.weights == "none":  # random BN statistics make activations realistic in scale
         torch.manual_seed(1)
-        for module in ref.model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
+        scramble_batch_norms(ref.model)
     low = Network(dataclasses.replace(base, precision=args.precision))
     low.model.load_state_dict(ref.model.state_dict())
 
-    outs = {"fp32": [], args.precision: []}
+    outs: dict[str, list] = {"fp32": [], args.precision: []}
     for i in range(0, len(crops), 32):
         outs["fp32"].append(tuple(ref.run_model(crops[i : i + 32]).values()))  # (embedding, logits)
         outs[args.precision].append(tuple(low.run_model(crops[i : i + 32]).values()))

@@ -143,7 +143,7 @@ def measure(workdir: Path, size: int, timeout: float, rows_per_file: int = 200_0
         "wall_s": first["wall"],
         "first_batch_s": split["start-up"] + split["first batch"],
         "rows_per_s": split["steady_rate"],
-        "check_s": float(CHECK.search(first["stdout"]).group(1)),
+        "check_s": float(checked.group(1)) if (checked := CHECK.search(first["stdout"])) else float("nan"),
         "driver_rss_mib": first["rss_mib"],
     }
     print(json.dumps(result), flush=True)  # kept should the resume fail

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.conftest import write_jpegs  # noqa: E402
-from tests.helpers import ray_processes_of  # noqa: E402
+from tests.helpers import session_processes  # noqa: E402
 
 JOB = [
     "--model",
@@ -52,10 +52,11 @@ def one_job(folder: Path, out: Path, delay: float, after_dataset: bool) -> str:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "RAY_ADDRESS": "", "RAY_USAGE_STATS_ENABLED": "0"},
+        start_new_session=True,  # its Ray's processes are found by its session
     )
     lines = []
     if after_dataset:  # the progress lines, until the dataset runs
-        for line in job.stderr:
+        for line in job.stderr or ():
             lines.append(line)
             if DATASET_STARTED.match(line):
                 break
@@ -69,7 +70,7 @@ def one_job(folder: Path, out: Path, delay: float, after_dataset: bool) -> str:
         job.communicate()
         return "HUNG"
     last = ("".join(lines) + rest).strip().splitlines()[-1:]
-    left = ray_processes_of(job.pid)
+    left = session_processes(job.pid)
     if job.returncode != 128 + signal.SIGTERM:
         return f"exit {job.returncode}, last line {last}"
     if not last or not last[0].startswith("stopped by SIGTERM: "):

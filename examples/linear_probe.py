@@ -41,7 +41,7 @@ class FeatureRows(IterableDataset):
 
     def __iter__(self):
         for batch in features.read(self.output, [self.column], as_torch=True):
-            for path, vector in zip(batch["path"], batch[self.column]):
+            for path, vector in zip(batch["path"], batch[self.column], strict=True):
                 if is_held_out(path, self.fraction) == self.held_out:
                     yield vector.float(), self.classes[class_of(path)]
 

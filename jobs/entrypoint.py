@@ -1,6 +1,7 @@
 """Ray Jobs entrypoint: run a label job from a config file in this folder.
 
-    ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/entrypoint.py jobs/resnet50-gpu-bucket.yaml [--flags]
+    ray job submit --address http://HEAD:8265 --working-dir . -- \\
+        python jobs/entrypoint.py jobs/resnet50-gpu-bucket.yaml [--flags]
 
 `resnet-batch submit` builds the same entrypoint for you; this file is for clusters that
 take a plain Python command (KubeRay RayJob, Anyscale, CI).

@@ -1,8 +1,9 @@
 """resnet-batch: batch image labeling and embedding extraction with Ray Data.
 
 The package is in layers, each importing only those below it: core/ (shared vocabulary),
-data/ (inputs to pixels), model/ (backbones), output/ (Parquet), review/ (tools on a
-finished output) and run/ (the job, and the only layer that knows Ray).
+data/ (inputs to pixels), device/ (a GPU's data path), model/ (backbones), output/
+(Parquet), review/ (tools on a finished output), config/ (what a job is asked to do), run/
+(the job on Ray, the only layer that knows Ray) and cli/ (the command line).
 """
 
 import time

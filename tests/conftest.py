@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from .helpers import scramble_batch_norms
 from .tiers import ray_sessions, refuse_new_sessions
 
 
@@ -86,11 +88,7 @@ def save_random_checkpoint(model_name: str, path: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     model = tvm.get_model(model_name, weights=None)
-    # Random-init BN running stats are 0/1; perturb them so the checkpoint exercises them.
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
+    scramble_batch_norms(model)
     torch.save(model.state_dict(), path)
     return path
 
@@ -177,7 +175,9 @@ def ray_local(s3_endpoint, gcs_server, azure_server):
         # "local": a Ray of the suite's own, whatever `ray start` left running on the machine.
         # Its workers' output stays in its log files: forwarded, it would land, at any moment,
         # in what a command run through main() here is seen to print (helpers.in_process).
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        ray.init(
+            address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False
+        )
     yield ray
     ray.shutdown()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sys
 
 import ray
@@ -23,30 +24,31 @@ GPUS_PER_NODE = 8
 CPUS_PER_NODE = 12  # declared: a model actor's CPU each, and a few for decode tasks
 
 
-def plan_on_declared_gpus(make_plan):
+class PlanOnDeclaredGpus:
     """The job's own plan, its model actors computing on the CPU: every resource, count and
     placement is the plan's; only the device the forward runs on is not."""
 
-    def plan(*args, **kwargs):
-        planned = make_plan(*args, **kwargs)
-        plan.lines = planned.lines()
+    def __init__(self, make_plan):
+        self.make_plan, self.lines = make_plan, []
+
+    def __call__(self, *args, **kwargs):
+        planned = self.make_plan(*args, **kwargs)
+        self.lines = planned.lines()
         model = dataclasses.replace(planned.inference, device="cpu", precision="fp32", threads=1)
         return dataclasses.replace(planned, inference=model)
-
-    return plan
 
 
 def main(nodes: int, src: str, out: str) -> None:
     cluster = None
     if nodes == 1:
-        ray.init(num_cpus=CPUS_PER_NODE, num_gpus=GPUS_PER_NODE, logging_level="WARNING")
+        ray.init(num_cpus=CPUS_PER_NODE, num_gpus=GPUS_PER_NODE, logging_level=logging.WARNING)
     else:
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
         for _ in range(nodes):
             cluster.add_node(num_cpus=CPUS_PER_NODE, num_gpus=GPUS_PER_NODE)
         cluster.wait_for_nodes()
-        ray.init(address=cluster.address, logging_level="WARNING")
-    planned = plan_on_declared_gpus(job.make_plan)
+        ray.init(address=cluster.address, logging_level=logging.WARNING)
+    planned = PlanOnDeclaredGpus(job.make_plan)
     job.make_plan = planned
     cfg = LabelConfig.of(
         inputs=(src,), output=out, model="resnet18", weights="none", batch_size=2, top_k=1, checkpoint_every=1

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from typing import IO
 from unittest import mock
 
 from resnet_batch.core.reporting import BatchTimes
@@ -127,3 +129,28 @@ class RecordingReporter:
 
     def device_path_failed(self, where: str, error: str) -> None:
         self._record("device_path_failed", where, error)
+
+
+def scramble_batch_norms(model) -> None:
+    """BatchNorm statistics away from random init's 0 and 1, so that a checkpoint, a key
+    conversion or the folding of a BatchNorm is seen to carry them."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            assert module.running_mean is not None and module.running_var is not None
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+
+
+def found(pattern: str | re.Pattern, text: str) -> re.Match:
+    """The first match of `pattern` in `text`; a test fails saying what was not there."""
+    match = re.search(pattern, text)
+    assert match is not None, f"{pattern if isinstance(pattern, str) else pattern.pattern!r} not in {text[-2000:]!r}"
+    return match
+
+
+def piped(stream: IO | None) -> IO:
+    """A subprocess's pipe (Popen gives one where it was asked for)."""
+    assert stream is not None
+    return stream

@@ -32,7 +32,8 @@ class FaultyFiles(ThreadingHTTPServer):
     def __init__(self, folder: Path, certificate: tuple[Path, Path] | None = None):
         """`certificate`: (certificate, key) files, to serve HTTPS."""
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.folder, self.requests, self.lock = folder, Counter(), threading.Lock()
+        self.folder, self.lock = folder, threading.Lock()
+        self.requests: Counter[str] = Counter()
         self.scheme = "https" if certificate else "http"
         if certificate:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -83,8 +83,8 @@ def reference_rgb(path: Path) -> Image.Image:
     """Independent reference decode: EXIF orientation, 16-bit scaled to 8, then Pillow RGB."""
     from PIL import ImageOps
 
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
+    with Image.open(path) as opened:
+        img: Image.Image = ImageOps.exif_transpose(opened)
         if img.mode.startswith("I"):
             arr = np.round(np.asarray(img, dtype=np.float64) / 257.0).astype(np.uint8)
             return Image.fromarray(arr, "L").convert("RGB")

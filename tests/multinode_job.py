@@ -7,6 +7,7 @@ Prints one JSON line with what happened.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 import time
@@ -27,7 +28,7 @@ def main(src: str, out: str) -> None:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": health})
     workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, logging_level="WARNING")
+    ray.init(address=cluster.address, logging_level=logging.WARNING)
     cfg = LabelConfig.of(
         inputs=(src,),
         output=out,

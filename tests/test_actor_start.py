@@ -47,13 +47,14 @@ def test_our_own_errors_travel_as_they_are(tmp_path):
 
 def test_the_counter_keeps_the_first_failure(ray_local):
     """What the driver asks after a failed start: the counter actor behind the reporter."""
-    from resnet_batch.run.progress.counter import CounterReports, ProgressCounter
+    from resnet_batch.run.progress.counter import CounterClient, CounterReports
 
-    counter = ProgressCounter.remote()
-    reports = CounterReports(counter)
+    client = CounterClient()
+    reports = CounterReports(client.actor)
     reports.start_failed(ModelStartError("first"))
     reports.start_failed(ModelStartError("second"))
-    assert str(ray_local.get(counter.why_start_failed.remote())) == "first"
+    assert str(client.start_failure()) == "first"
+    client.close()
 
 
 def _checkpoint_source(uri: str):

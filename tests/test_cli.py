@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from .helpers import RESNET_BATCH, cli, in_process
+from .helpers import RESNET_BATCH, cli, found, in_process
 
 pytestmark = pytest.mark.e2e  # runs the command, or Ray, in processes of its own
 
@@ -277,7 +277,7 @@ def test_shipped_job_starts_its_own_ray_and_writes_every_row(tmp_path):
     )
     took = time.monotonic() - began
     assert late.returncode == 0, late.stderr
-    wall = float(re.search(r"wall ([\d.]+)s", late.stdout).group(1))
+    wall = float(found(r"wall ([\d.]+)s", late.stdout).group(1))
     assert wall <= took - 3 + 0.5, (wall, took)
 
     # The default --mode error refuses to touch the result, before doing any work: exit 2

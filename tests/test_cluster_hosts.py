@@ -8,7 +8,6 @@ Needs root (network and mount namespaces): elsewhere these tests skip, saying so
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -20,6 +19,7 @@ import pytest
 
 from .cluster_hosts import SCRIPT, Hosts, Job, saved_in
 from .conftest import save_random_checkpoint, write_reference_set
+from .helpers import found
 from .test_label_reference import check_against_reference, reference_outputs
 
 JOB_SERVER = "http://198.18.0.2:8265"
@@ -205,7 +205,7 @@ def test_the_storage_host_down_20_s_then_past_the_retry_budget(hosts):
         hosts.script("link-up", "s3")
     stop = next((line for line in log.splitlines() if "the store stopped answering" in line), "")
     assert job.process.returncode == 1 and stop, log[-3000:]
-    saved = int(re.search(r"this run saved (\d+) rows", stop).group(1))
+    saved = int(found(r"this run saved (\d+) rows", stop).group(1))
     assert saved >= COUNT // 5 and "--mode resume" in stop, stop
     assert hosts.tool("outcome", "s3://rbc-data/budget")["rows"] >= saved
     resume = _submit(hosts, "s3://rbc-data/budget", "--mode", "resume")

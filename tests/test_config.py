@@ -108,7 +108,9 @@ def test_each_option_is_declared_once_and_every_consumer_takes_it_from_there():
         plain = {a for a in typing.get_args(hint) if a is not type(None)} or {hint}
         if option.kind in expected_kinds.values():
             assert {expected_kinds.get(a) for a in plain} == {option.kind}, (name, hint)
-    label = next(a for a in build_parser()._actions if a.dest == "command").choices["label"]
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    assert isinstance(commands, dict)
+    label = commands["label"]
     flags = {a.dest: a for a in label._actions}
     for option in OPTIONS:
         action = flags[option.name]

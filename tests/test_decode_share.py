@@ -85,7 +85,8 @@ def test_a_batch_decodes_while_the_one_before_runs_its_forward():
         n = len(images)
         return {"embedding": torch.zeros((n, 512)), "logits": torch.zeros((n, 1000))}
 
-    predictor.feed.decoder, predictor.network.forward = fake_decoder, fake_forward
+    setattr(predictor.feed, "decoder", fake_decoder)  # noqa: B010 (the fake is no DeviceDecoder)
+    predictor.network.forward = fake_forward
     batch = {
         "path": np.array([f"{i}.jpg" for i in range(4)], dtype=object),
         "error": np.array([""] * 4, dtype=object),

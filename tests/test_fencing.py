@@ -44,11 +44,16 @@ def test_part_names_are_injective(one, other, tmp_path):
     assert read == sorted(one + other)
 
 
+def _mark(out: OutputDir) -> str:
+    assert out.fence is not None, "the output's lease is held"
+    return out.fence.mark
+
+
 def test_a_retried_write_rewrites_its_own_part(tmp_path):
     out = OutputDir(str(tmp_path / "out"))
     with out.lease():
         first, again = out.write_part(_table(["a", "b"])), out.write_part(_table(["a", "b"]))
-        assert first == again and first.endswith(f"-{out.fence.mark}.parquet")
+        assert first == again and first.endswith(f"-{_mark(out)}.parquet")
         assert len(out.part_files()) == 1
 
 
@@ -69,7 +74,7 @@ def test_a_writer_that_lost_the_lease_makes_nothing_visible(tmp_path):
     _stale(paused_lease.lease, paused_lease.token)
     taker = OutputDir(uri)
     with taker.lease() as lease:
-        seal = json.loads((tmp_path / "out" / f"{ownership.FENCE_PREFIX}{paused.fence.mark}.json").read_text())
+        seal = json.loads((tmp_path / "out" / f"{ownership.FENCE_PREFIX}{_mark(paused)}.json").read_text())
         assert seal["parts"] == [p.rsplit("/", 1)[-1] for p in paused.part_files()] and seal["by"] == lease.token
         with pytest.raises(LeaseLost, match="is no longer this job's: another job took it over"):
             paused.write_part(_table(["after"]))
@@ -92,7 +97,7 @@ def test_a_part_made_visible_after_the_takeover_is_never_counted(tmp_path):
     _stale(paused_lease.lease, paused_lease.token)
     taker = OutputDir(uri)
     with taker.lease():
-        late = part_name(["b"], paused.fence.mark)  # what the paused writer renames into place now
+        late = part_name(["b"], _mark(paused))  # what the paused writer renames into place now
         pq.write_table(_table(["b"]), tmp_path / "out" / late)
         assert [p.rsplit("/", 1)[-1] for p in taker.part_files()] == [kept]
         assert taker.fenced_parts() == [late]
@@ -108,6 +113,7 @@ def test_the_renewer_never_takes_back_a_lease(tmp_path, monkeypatch):
     paused = OutputDir(uri)
     paused_lease = paused.lease().__enter__()
     paused_lease._stop.set()  # paused: no renewal
+    assert paused_lease._renewer is not None
     paused_lease._renewer.join()
     _stale(paused_lease.lease, paused_lease.token)
     with OutputDir(uri).lease() as taker:

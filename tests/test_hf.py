@@ -17,6 +17,8 @@ from resnet_batch.model.settings import InferenceSettings
 from resnet_batch.model.weights import resolve_weights
 from resnet_batch.run.job import run_label
 
+from .helpers import scramble_batch_norms
+
 transformers = pytest.importorskip("transformers")
 
 SHAPES = {
@@ -35,10 +37,7 @@ def save_hf_model(name: str, folder, seed: int = 0):
         **SHAPES[name],
     )
     model = transformers.ResNetForImageClassification(config).eval()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
+    scramble_batch_norms(model)
     model.save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(
         json.dumps(

@@ -28,7 +28,7 @@ import pytest
 from PIL import Image
 
 from .conftest import write_jpegs
-from .helpers import RESNET_BATCH, cli, in_process, kill_session, session_processes
+from .helpers import RESNET_BATCH, cli, in_process, kill_session, piped, session_processes
 from .inputs_catalogue import bomb_png
 
 pytestmark = pytest.mark.e2e  # runs the command, or Ray, in processes of its own
@@ -225,7 +225,7 @@ def test_imagefolder_exports_stay_in_their_shard(hostile, tmp_path):
     folder, expected, out, _ = hostile
     member = folder / "shard.tar"
     with tarfile.open(member) as tar:
-        a_bytes = tar.extractfile("a.jpg").read()
+        a_bytes = piped(tar.extractfile("a.jpg")).read()
     for copy in (False, True):
         target = tmp_path / f"export-{copy}"
         result = in_process(
@@ -243,7 +243,7 @@ def test_imagefolder_exports_stay_in_their_shard(hostile, tmp_path):
         a_member = exported[f"{member}/a.jpg"]
         assert a_member.read_bytes() == a_bytes and not a_member.is_symlink()
         with tarfile.open(folder / "dups.tar") as tar:  # the bytes labeled: the last member named a.jpg
-            assert exported[f"{folder}/dups.tar/a.jpg"].read_bytes() == tar.extractfile("a.jpg").read()
+            assert exported[f"{folder}/dups.tar/a.jpg"].read_bytes() == piped(tar.extractfile("a.jpg")).read()
         assert not any(p.endswith("escape.jpg") for p in exported), "a member that leaves its shard is never exported"
         assert all(b"never labeled" not in p.read_bytes() for p in files)
 
@@ -357,7 +357,7 @@ def test_one_writer_at_a_time(tmp_path, ray_local):
     assert lease.exists(), "the first job holds a lease while it runs"
     second = in_process("label", str(folder), "--output", str(out), *PIPELINE_JOB)
     one_line_error(second, "is being written by another job (pid")
-    assert first.wait(timeout=240) == 0, first.stderr.read()
+    assert first.wait(timeout=240) == 0, piped(first.stderr).read()
     assert not lease.exists(), "the lease is released at the end"
     assert sorted(rows(out).column("path").to_pylist()) == sorted(str(p) for p in folder.iterdir())
 

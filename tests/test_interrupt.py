@@ -18,7 +18,7 @@ import pytest
 from resnet_batch.model.null import BATCH_SECONDS_VARIABLE
 
 from .conftest import write_jpegs
-from .helpers import RESNET_BATCH, in_process, kill_session, session_processes
+from .helpers import RESNET_BATCH, found, in_process, kill_session, piped, session_processes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -103,8 +103,8 @@ def test_signals_save_work_and_resume_finishes_it(ray_local, tmp_path):
     assert code == 128 + signal.SIGTERM, stderr
     assert "Traceback" not in stdout + stderr
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and STOPPED.match(lines[0]), stderr
-    said = STOPPED.match(lines[0])
+    assert len(lines) == 1, stderr
+    said = found(STOPPED, lines[0])
     assert said.group(1) == "SIGTERM"
     first = saved_rows(out)
     assert int(said.group(2)) == first and 0 < first < n
@@ -118,7 +118,7 @@ def test_signals_save_work_and_resume_finishes_it(ray_local, tmp_path):
     assert code == 128 + signal.SIGINT, stderr
     assert "Traceback" not in stdout + stderr and STOPPED.match(stderr.strip()), stderr
     second = saved_rows(out)
-    assert int(STOPPED.match(stderr.strip()).group(2)) == second - first and first < second < n
+    assert int(found(STOPPED, stderr.strip()).group(2)) == second - first and first < second < n
 
     # 3. Resume to the end (no signal: through main() on the suite's Ray): only what is not on
     # disk is labeled.
@@ -189,7 +189,7 @@ def test_a_stop_keeps_every_row_the_progress_lines_counted(tmp_path):
     job = start(cmd)
     counted, saved_while_running, lines = 0, 0, []
     try:
-        for line in job.stderr:  # one progress line a second: wait on them, never on time
+        for line in piped(job.stderr):  # one progress line a second: wait on them, never on time
             lines.append(line)
             seen = PROGRESS.search(line)
             if not seen:
@@ -203,7 +203,7 @@ def test_a_stop_keeps_every_row_the_progress_lines_counted(tmp_path):
             pytest.fail("the job ended before it saved while running:\n" + "".join(lines[-20:]))
         assert saved_rows(out) >= saved_while_running > 0  # "saved" counts rows in part files
         os.kill(job.pid, signal.SIGTERM)
-        rest = job.stderr.read()
+        rest = piped(job.stderr).read()
         job.wait(timeout=120)
     finally:
         if job.poll() is None:
@@ -233,7 +233,7 @@ def test_a_sigterm_as_the_dataset_starts_says_what_it_saved(tmp_path, moment):
     job = start(cmd)
     lines = []
     try:
-        for line in job.stderr:  # wait on the job's own lines, never on time
+        for line in piped(job.stderr):  # wait on the job's own lines, never on time
             lines.append(line)
             seen = STARTED.match(line)
             if seen and (moment == "starting" or not seen.group(1).startswith("starting")):
@@ -241,7 +241,7 @@ def test_a_sigterm_as_the_dataset_starts_says_what_it_saved(tmp_path, moment):
         else:
             pytest.fail("the job ended before the dataset ran:\n" + "".join(lines[-20:]))
         os.kill(job.pid, signal.SIGTERM)
-        rest = job.stderr.read()
+        rest = piped(job.stderr).read()
         job.wait(timeout=120)
     finally:
         if job.poll() is None:

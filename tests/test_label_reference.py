@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,7 +24,7 @@ def reference_outputs(model_name: str, ckpt, weights_for_transforms: str, paths)
     model = tvm.get_model(model_name, weights=None)
     model.load_state_dict(torch.load(ckpt, weights_only=True))
     model.eval()
-    pooled = {}
+    pooled: dict[str, Any] = {}
     model.avgpool.register_forward_hook(lambda m, i, o: pooled.__setitem__("x", o.flatten(1)))
     transform = weights.transforms()
     embeddings, logits = {}, {}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ["resnet_batch", "tests", "bench"]
+SOURCES = ["resnet_batch", "tests", "bench", "examples", "jobs"]
 
 
 @pytest.mark.parametrize(

@@ -124,6 +124,7 @@ def test_a_resize_no_batch_can_hold_is_refused():
 
 def test_gpu_batches_are_left_to_the_gpu_and_unknown_memory_is_not_guessed():
     gpus = Cluster(gpus=1, cpu_nodes=1, cpus_per_node=8, cpu_bf16=False, gpu_nodes=1, memory_per_node=16 * GiB)
-    assert make_plan(CFG.replace(batch_size=4096, device="auto"), RESOLVED, gpus).memory.per_image == 0
+    on_gpus = make_plan(CFG.replace(batch_size=4096, device="auto"), RESOLVED, gpus).memory
+    assert on_gpus is not None and on_gpus.per_image == 0
     unknown = Cluster(gpus=0, cpu_nodes=1, cpus_per_node=2, cpu_bf16=False)
     assert make_plan(CFG.replace(batch_size=4096), RESOLVED, unknown).batch_size == 4096

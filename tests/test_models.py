@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,6 +20,8 @@ from resnet_batch.data.preprocessing import Preprocessing
 from resnet_batch.model.models import MODELS, fold_batch_norms, forward_stages
 from resnet_batch.model.registry import ARCHITECTURES, describe_models
 from resnet_batch.model.weights import build_model, hub_checkpoint, resolve_weights
+
+from .helpers import scramble_batch_norms
 
 
 def test_registry_widths_and_weights():
@@ -37,7 +40,9 @@ def test_registry_widths_and_weights():
     ]
     for name, row in rows.items():  # the torch-free registry agrees with torchvision's builders
         with torch.device("meta"):
-            assert row["embedding_dim"] == ARCHITECTURES[name].embedding_dim == MODELS[name].builder().fc.in_features
+            fc = MODELS[name].builder().fc
+            assert isinstance(fc, torch.nn.Linear)
+            assert row["embedding_dim"] == ARCHITECTURES[name].embedding_dim == fc.in_features
     assert "IMAGENET1K_V2" in rows["resnet101"]["weights"] and "IMAGENET1K_V2" not in rows["resnet34"]["weights"]
 
 
@@ -157,6 +162,7 @@ def test_hub_cache_is_used(tmp_path, monkeypatch):
     reference = tvm.resnet18()
     torch.save(reference.state_dict(), cache / "resnet18-f37072fd.pth")
     model = build_model(resolve_weights("resnet18", "IMAGENET1K_V1"))
+    assert isinstance(model.fc, torch.nn.Linear) and isinstance(reference.fc, torch.nn.Linear)
     assert torch.equal(model.fc.weight, reference.fc.weight)
 
 
@@ -182,7 +188,7 @@ def test_cached_release_resolves_without_torch(tmp_path):
 def _variants(tmp_path, state):
     from safetensors.torch import save_file
 
-    paths = {}
+    paths: dict[str, Any] = {}
     torch.save(state, paths.setdefault("plain", tmp_path / "plain.pth"))
     torch.save({"state_dict": state, "epoch": 3}, paths.setdefault("wrapped", tmp_path / "wrapped.pt"))
     torch.save({f"module.{k}": v for k, v in state.items()}, paths.setdefault("ddp", tmp_path / "ddp.pth"))
@@ -262,10 +268,9 @@ def test_forward_stages_equals_model_forward():
 def test_folded_batch_norms_give_the_unfolded_outputs(name):
     torch.manual_seed(0)
     model = MODELS[name].builder().eval()
+    scramble_batch_norms(model)  # statistics and affine far from identity
     for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):  # statistics and affine far from identity
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
+        if isinstance(module, torch.nn.BatchNorm2d):
             module.weight.data.uniform_(0.8, 1.2)
             module.bias.data.uniform_(-0.1, 0.1)
     x = torch.rand(2, 3, 224, 224)

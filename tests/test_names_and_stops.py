@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from .conftest import write_jpegs
-from .helpers import RESNET_BATCH, in_process, kill_session
+from .helpers import RESNET_BATCH, in_process, kill_session, piped
 
 pytestmark = pytest.mark.e2e  # runs the command, or Ray, in processes of its own
 
@@ -364,7 +364,7 @@ def test_a_signal_during_the_final_check_stops_cleanly(tmp_path):
         [*args, "-v"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
     try:
-        for line in job.stderr:
+        for line in piped(job.stderr):
             if "final check: every input has exactly one row?" in line:
                 os.kill(job.pid, signal.SIGINT)
                 break
@@ -394,7 +394,7 @@ def test_a_folder_that_changes_during_a_resume_is_finished_by_that_resume(tmp_pa
         start_new_session=True,
     )
     try:
-        for line in resume.stderr:
+        for line in piped(resume.stderr):
             if "resume: 20 inputs still to label" in line:  # counted; the pipeline's walk is still to come
                 write_jpegs(tmp_path / "in" / "early", 10, seed=31, height=8, width=8)  # ranks before the rest
                 break

@@ -51,6 +51,7 @@ def test_null_model_rows_have_resnet50s_columns(ray_local, tmp_path):
         assert len(row["spatial_c5"]) == 2048 * 7 * 7 and not any(row["spatial_c5"])
         assert row["width"] == 320
     meta = read_run_metadata(table.schema)
+    assert meta is not None
     assert meta["model"] == "none" and meta["ran"] == [
         {"device": "cpu", "precision": "none", "torch": "none", "torchvision": "none", "gpu": None}
     ]

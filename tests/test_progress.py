@@ -14,7 +14,7 @@ import termios
 import pytest
 
 from .conftest import write_jpegs
-from .helpers import RESNET_BATCH
+from .helpers import RESNET_BATCH, found
 
 pytestmark = pytest.mark.e2e  # runs the command, or Ray, in processes of its own
 
@@ -103,7 +103,7 @@ def test_the_bar_moves_by_batches(tmp_path):
             assert f["rate"] == "?" and f["eta"] == "?", f
 
     # The last frame agrees with the summary below it.
-    summary_errors = re.search(r"errors: (?:decode_error )?(\d+|none)", text).group(1)
+    summary_errors = found(r"errors: (?:decode_error )?(\d+|none)", text).group(1)
     assert frames[-1]["errors"] == ("0" if summary_errors == "none" else summary_errors)
     assert frames[-1]["saved"] == "200" and frames[-1]["done"] == "200"
     assert "complete: every input has exactly one row" in text
@@ -135,7 +135,7 @@ def test_the_bar_moves_by_batches(tmp_path):
 
 
 def test_what_a_starved_job_waits_for():
-    from resnet_batch.run.resources import short_of
+    from resnet_batch.run.progress.resources import short_of
 
     assert short_of({"CPU": 1}, {"CPU": 0}, 1, 0) == (
         "waiting for 1 CPU for the decode tasks; the cluster has CPU 0 free of 1, 1 held by model actors"

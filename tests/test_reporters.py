@@ -19,12 +19,14 @@ def test_a_line_every_few_seconds_and_the_last_once():
     report(snapshot("labeling", done=10, saved=10, walking=False))
     assert lines == ["labeling: 10/10 images (100.0%), 10 saved, 0 errors, rate not yet known"]
 
-    every = LogReporter(every_s=0.0, emit=(timed := []).append)
+    timed: list[str] = []
+    every = LogReporter(every_s=0.0, emit=timed.append)
     for done in range(3):
         every(snapshot("labeling", done=done))
     assert [line.split(",")[0] for line in timed] == [f"labeling: {d} images of 10+ listed so far" for d in range(3)]
     # A total below what is done (a bucket still being listed by tasks): no total, no percentage.
-    unknown = LogReporter(every_s=0.0, emit=(said := []).append)
+    said: list[str] = []
+    unknown = LogReporter(every_s=0.0, emit=said.append)
     unknown(snapshot("labeling", done=450, saved=450, total=0, walking=False))
     assert said == ["labeling: 450 images so far, 450 saved, 0 errors, rate not yet known"]
 

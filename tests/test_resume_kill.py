@@ -14,7 +14,7 @@ import pytest
 from resnet_batch.model.null import BATCH_SECONDS_VARIABLE
 
 from .conftest import write_jpegs
-from .helpers import RESNET_BATCH, kill_session
+from .helpers import RESNET_BATCH, kill_session, piped
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -57,7 +57,7 @@ def test_sigkill_driver_then_resume(tmp_path):
     try:
         deadline = time.monotonic() + 240
         while len(list(out.glob("part-*.parquet"))) < 2:
-            assert driver.poll() is None, driver.stdout.read().decode()[-3000:]
+            assert driver.poll() is None, piped(driver.stdout).read().decode()[-3000:]
             assert time.monotonic() < deadline, "no output appeared"
             time.sleep(0.1)
         os.kill(driver.pid, signal.SIGKILL)
@@ -66,7 +66,7 @@ def test_sigkill_driver_then_resume(tmp_path):
         # Then every process of its Ray (its session: workers Ray renamed included), at
         # whatever point each is, a write task's too: what is on disk is what survives.
         kill_session(driver.pid)
-        driver.stdout.close()
+        piped(driver.stdout).close()
 
     survivors = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     done = sum(pq.read_metadata(out / name).num_rows for name in survivors)

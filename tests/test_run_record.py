@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -72,7 +73,8 @@ def test_a_resume_is_refused_for_each_setting_that_changes_the_rows_naming_its_f
         out.check_resumable(record_for())  # the same settings: resumable
         for name, change in changes.items():
             if change is None:  # a change that needs other weights or inputs: the record's own value
-                other = dataclasses.replace(record_for(), **{name: "other"})
+                changed: dict[str, Any] = {name: "other"}
+                other = dataclasses.replace(record_for(), **changed)
             else:
                 cfg = CFG.replace(**change)
                 other = run_record(cfg.compute, "auto", resolve_weights("resnet18", "none"), ["source"])

@@ -116,7 +116,7 @@ def test_the_actor_falls_back_to_the_cpu_and_labels_as_the_cpu_path(
 
 
 class FixedCounter:
-    """The driver's view of the counter (progress.CounterClient) with fixed counts."""
+    """The driver's view of the counter (watch.Polled) with fixed counts."""
 
     def __init__(self, counts: Counts):
         self.counts = counts

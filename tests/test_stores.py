@@ -34,7 +34,7 @@ from resnet_batch.output.writer import OutputDir
 from resnet_batch.run.job import run_label
 
 from .conftest import write_jpegs
-from .helpers import RESNET_BATCH, in_process, kill_session
+from .helpers import RESNET_BATCH, in_process, kill_session, piped
 from .stores import INSTALL, ROOT, start_azure, start_gcs
 from .test_label_reference import check_against_reference, reference_outputs
 
@@ -207,7 +207,7 @@ def _until_two_parts(store: Store, output: str, job: subprocess.Popen) -> None:
     """Returns once two part files of the running job are on the store (the job mid-run)."""
     deadline = time.monotonic() + 240
     while len(store.fs.glob(f"{store.key(output)}/part-*.parquet")) < 2:
-        assert job.poll() is None, job.stdout.read()[-3000:]
+        assert job.poll() is None, piped(job.stdout).read()[-3000:]
         assert time.monotonic() < deadline, "no part file appeared"
         store.fs.invalidate_cache()
         time.sleep(0.2)
@@ -229,7 +229,7 @@ def test_a_job_killed_mid_run_resumes_to_exactly_once(store, on_the_store):
         job.wait(timeout=30)
     finally:
         kill_session(job.pid)
-        job.stdout.close()
+        piped(job.stdout).close()
     saved = store.table(output).num_rows
     assert 0 < saved < len(uris), "the kill must land mid-job"
 

@@ -76,7 +76,7 @@ def test_a_paused_job_adds_no_row_after_its_lease_is_taken_over(tmp_path, monkey
             start_new_session=True,
         )
         _wait_for("the takeover", lambda: _token(out) not in (None, first_token), second)
-        taker_mark = _token(out)[:16]
+        taker_mark = str(_token(out))[:16]
         _wait_for("the second job's first part", lambda: _marks(out)[taker_mark] >= 1, second)
         os.kill(first.pid, signal.SIGCONT)  # wakes up beside the job that holds the output now
         first_out, first_err = first.communicate(timeout=240)

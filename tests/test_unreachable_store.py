@@ -63,6 +63,11 @@ def test_past_the_budget_and_on_a_final_error_the_error_is_raised(tmp_path):
         retrying(refused, "writing to s3://b/out", budget_s=0.2, pause=0.01)
     assert len(attempts) >= 2
     missing = []
+
+    def read_missing():
+        missing.append(1)
+        return open(tmp_path / "gone", "rb")
+
     with pytest.raises(FileNotFoundError):
-        retrying(lambda: missing.append(1) or open(tmp_path / "gone", "rb"), "reading", budget_s=30, pause=0.01)
+        retrying(read_missing, "reading", budget_s=30, pause=0.01)
     assert len(missing) == 1

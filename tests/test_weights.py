@@ -17,6 +17,8 @@ from resnet_batch.model.network import Network
 from resnet_batch.model.settings import InferenceSettings
 from resnet_batch.model.weights import resolve_weights
 
+from .helpers import scramble_batch_norms
+
 
 def test_every_architecture_is_recognised_from_its_state_dict():
     for name, spec in MODELS.items():
@@ -95,10 +97,7 @@ def timm_model(name: str, num_classes: int = 1000):
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, num_classes=num_classes).eval()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
+    scramble_batch_norms(model)
     return model
 
 

@@ -40,7 +40,7 @@ class ComputeOptions:
     def __post_init__(self):
         object.__setattr__(self, "model", check_model(self.model))  # as written or in any case: ResNet18
         self._check_features()
-        checks.one_of("--embedding-dtype", self.embedding_dtype, EMBEDDING_DTYPES)
+        checks.one_of("--embedding-dtype", self.embedding_dtype, tuple(EMBEDDING_DTYPES))
         checks.whole_number("--top-k", self.top_k, minimum=0)
         if self.top_k > 1000:
             raise UsageError(f"--top-k must be at most 1000, got {self.top_k}")

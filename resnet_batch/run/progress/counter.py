@@ -123,7 +123,8 @@ class CounterClient:
     def __init__(self):
         # On the driver's node, so losing a worker node does not take progress with it.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        self.actor = ProgressCounter.options(scheduling_strategy=here, max_restarts=-1).remote()
+        actor_class: Any = ProgressCounter  # an actor class, which Ray's type stubs do not say
+        self.actor = actor_class.options(scheduling_strategy=here, max_restarts=-1).remote()
         self.counts = Counts()
         self._pending = None
 

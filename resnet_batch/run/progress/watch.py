@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Protocol
 
 import ray
 
 from ...config.plan import PoolNeeds
-from .counter import CounterClient, Counts
+from .counter import Counts
 from .resources import nodes_being_added, short_of
 from .snapshot import Snapshot
 
@@ -19,6 +20,12 @@ log = logging.getLogger(__name__)
 STEADY_AFTER_S = 5.0  # a rate over less time than this, after the first rows, says little
 STALL_S = 20.0  # no row through the model for this long: say what the job waits for
 RESOURCE_POLL_S = 5.0
+
+
+class Polled(Protocol):
+    """What RunWatch asks of the counter (counter.CounterClient): its counts, never waiting."""
+
+    def poll(self, wait: bool = False) -> Counts: ...
 
 
 class RunWatch:
@@ -30,7 +37,7 @@ class RunWatch:
     `needs.wait_limit_s` it says so in the phase; then `check()` raises ResourcesUnavailable.
     """
 
-    def __init__(self, counter: CounterClient, walks: int, needs: PoolNeeds):
+    def __init__(self, counter: Polled, walks: int, needs: PoolNeeds):
         self.counter, self.walks, self.needs = counter, walks, needs
         self.started = self.last_change = time.monotonic()
         self.first_at = 0.0
