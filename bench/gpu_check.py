@@ -1,8 +1,8 @@
-"""One device check that tells where a GPU node's time goes, for a machine lent briefly.
+"""One check that tells where a GPU node's time goes, in a few minutes of the node's time.
 
-On the GPU machine, after `bash ../shared/device/pack.sh JPEG_FOLDER` here:
+On the GPU node (the project installed there, with `.[gpu]` for nvImageCodec):
 
-    . .device/activate.sh && python bench/gpu_check.py --data /tmp/rb-images --out $OUT
+    python bench/gpu_check.py --data DIR_OF_JPEGS --out OUT
 
 (at most --budget-s, 340 s, plus the report), or anywhere, on the CPU, as a smoke run of
 every section:
