@@ -100,17 +100,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
 
 
 def _add_label(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    label = command(
-        sub,
-        "label",
-        "label images: top-k classes and embeddings to Parquet",
-        "Label every image the INPUTs name (folders are walked, .tar shards read member by member, manifests "
-        "list paths or URIs) with a torchvision ResNet, one Parquet row per image: top-k classes, the pooled "
-        "embedding and any --features / --spatial maps. Runs on a Ray of its own, or joins --address. Rows are "
-        "saved every --checkpoint-every seconds; a stop keeps them, and --mode resume finishes the rest.",
-        "resnet-batch label ./photos --output ./labels --model resnet50",
-        (common,),
-    )
+    label = command(sub, "label", common)
     _add_job_args(label)
     label.add_argument(
         "--summary-json",
@@ -135,33 +125,14 @@ def _add_label(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def _add_models(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    models = command(
-        sub,
-        "models",
-        "list models, weights and embedding widths",
-        "The backbones --model takes, their default and published --weights, the embedding width and the "
-        "channels of the c2..c5 stages (--features, --spatial). Nothing is downloaded.",
-        "resnet-batch models --json",
-        (common,),
-    )
+    models = command(sub, "models", common)
     models.add_argument(
         "--json", action="store_true", help="one JSON object per model instead of a table (default: a table)"
     )
 
 
 def _add_eval(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    evaluate = command(
-        sub,
-        "eval",
-        "top-1/top-5 error on a labeled collection (ImageNet layouts)",
-        "Label a collection whose true classes are known, then score top-1 and top-5 error with 95% intervals, "
-        "beside torchvision's published figures. The class comes from a WordNet id in the image's folder or "
-        "file name (val/n01440764/x.JPEG, ImageNet's layouts), or from a manifest's --label-column (a class "
-        "index or a WordNet id). "
-        "Predictions go to --output (default eval-MODEL-WEIGHTS in the current folder, --mode overwrite).",
-        "resnet-batch eval /data/imagenet/val --model resnet50 --weights IMAGENET1K_V2",
-        (common,),
-    )
+    evaluate = command(sub, "eval", common)
     _add_job_args(evaluate)
     evaluate.add_argument(
         "--label-column",

@@ -4,39 +4,94 @@ export and neighbors (on a finished output)."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 
-def command(
-    sub: argparse._SubParsersAction,
-    name: str,
-    summary: str,
-    description: str,
-    example: str,
-    parents: Sequence[argparse.ArgumentParser] = (),
-) -> argparse.ArgumentParser:
+@dataclass(frozen=True)
+class Subcommand:
+    summary: str  # its line in `resnet-batch --help`
+    description: str  # the paragraph its own --help starts with
+    example: str
+
+
+SUBCOMMANDS = {
+    "label": Subcommand(
+        "label images: top-k classes and embeddings to Parquet",
+        "Label every image the INPUTs name (folders are walked, .tar shards read member by member, "
+        "manifests list paths or URIs) with a torchvision ResNet, one Parquet row per image: top-k "
+        "classes, the pooled embedding and any --features / --spatial maps. Runs on a Ray of its own, or "
+        "joins --address. Rows are saved every --checkpoint-every seconds; a stop keeps them, and --mode "
+        "resume finishes the rest.",
+        "resnet-batch label ./photos --output ./labels --model resnet50",
+    ),
+    "models": Subcommand(
+        "list models, weights and embedding widths",
+        "The backbones --model takes, their default and published --weights, the embedding width and the "
+        "channels of the c2..c5 stages (--features, --spatial). Nothing is downloaded.",
+        "resnet-batch models --json",
+    ),
+    "eval": Subcommand(
+        "top-1/top-5 error on a labeled collection (ImageNet layouts)",
+        "Label a collection whose true classes are known, then score top-1 and top-5 error with 95% "
+        "intervals, beside torchvision's published figures. The class comes from a WordNet id in the "
+        "image's folder or file name (val/n01440764/x.JPEG, ImageNet's layouts), or from a manifest's "
+        "--label-column (a class index or a WordNet id). Predictions go to --output (default "
+        "eval-MODEL-WEIGHTS in the current folder, --mode overwrite).",
+        "resnet-batch eval /data/imagenet/val --model resnet50 --weights IMAGENET1K_V2",
+    ),
+    "submit": Subcommand(
+        "submit a label job to a Ray cluster: submit --address URL -- label ...",
+        "Send a `label` command (everything after --) to a Ray cluster's job server as a Ray job, with "
+        "this resnet-batch shipped along; the cluster's image provides torch and Ray. Prints the job id "
+        "and how to follow, stop and list it; --wait follows the logs and exits with the job's status.",
+        "resnet-batch submit --address http://HEAD:8265 --wait -- label s3://b/images --output s3://b/labels",
+    ),
+    "report": Subcommand(
+        "a self-contained HTML page to review a labeling output",
+        "One HTML file (thumbnails inlined) to review a label job's output: the class histogram, the "
+        "least confident images of each class, the review queue, the errors, and near-duplicate groups "
+        "from `neighbors`.",
+        "resnet-batch report ./labels --html review.html",
+    ),
+    "export": Subcommand(
+        "export an output to a labeling tool, a class-per-folder tree, or CSV",
+        "Turn a label job's output into what the next tool reads: a Label Studio task file with the top-k"
+        " as predictions (and its labeling config beside it), an imagefolder tree (one folder per top-1 "
+        "class, files linked or copied; tar members extracted), or a flat CSV of path, labels and scores.",
+        "resnet-batch export ./labels --format label-studio --output tasks.json --rows review",
+    ),
+    "neighbors": Subcommand(
+        "nearest neighbours of every row, and near-duplicate groups",
+        "Find each row's --k nearest neighbours by cosine similarity of the pooled embeddings (exact on "
+        "small outputs, an IVF index on large ones, with its measured recall), and group rows at or above"
+        " --threshold as near-duplicates. Writes Parquet to its own --output folder, which `report "
+        "--neighbors` shows.",
+        "resnet-batch neighbors ./labels --output ./labels-neighbors --k 10",
+    ),
+    "jobs": Subcommand(
+        "list, status, logs or stop of submitted jobs",
+        "Manage the label jobs `submit` sent to a cluster. The job server is --address, else "
+        "$RAY_ADDRESS, else the one the last `submit` on this machine used; the command says which.",
+        "resnet-batch jobs list",
+    ),
+}
+
+
+def command(sub: argparse._SubParsersAction, name: str, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """A subcommand whose --help gives a paragraph on what it does, one example and every default."""
+    about = SUBCOMMANDS[name]
     return sub.add_parser(
         name,
-        help=summary,
-        description=description,
-        epilog=f"example:\n  {example}",
+        help=about.summary,
+        description=about.description,
+        epilog=f"example:\n  {about.example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=list(parents),
+        parents=[common],
     )
 
 
 def add_submit(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    submit = command(
-        sub,
-        "submit",
-        "submit a label job to a Ray cluster: submit --address URL -- label ...",
-        "Send a `label` command (everything after --) to a Ray cluster's job server as a Ray job, with this "
-        "resnet-batch shipped along; the cluster's image provides torch and Ray. Prints the job id and how to "
-        "follow, stop and list it; --wait follows the logs and exits with the job's status.",
-        "resnet-batch submit --address http://HEAD:8265 --wait -- label s3://b/images --output s3://b/labels",
-        (common,),
-    )
+    submit = command(sub, "submit", common)
     submit.usage = "resnet-batch submit [-h] [--address URL] [--wait] [options] -- label INPUT ... --output OUTPUT"
     submit.add_argument(
         "--address",
@@ -69,15 +124,7 @@ def add_submit(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def add_jobs(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    jobs = command(
-        sub,
-        "jobs",
-        "list, status, logs or stop of submitted jobs",
-        "Manage the label jobs `submit` sent to a cluster. The job server is --address, else $RAY_ADDRESS, "
-        "else the one the last `submit` on this machine used; the command says which.",
-        "resnet-batch jobs list",
-        (common,),
-    )
+    jobs = command(sub, "jobs", common)
     jobs.add_argument(
         "action",
         choices=["list", "status", "logs", "stop"],
@@ -110,16 +157,7 @@ def add_review_tools(sub: argparse._SubParsersAction, common: argparse.ArgumentP
 
 
 def _add_report(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    report = command(
-        sub,
-        "report",
-        "a self-contained HTML page to review a labeling output",
-        "One HTML file (thumbnails inlined) to review a label job's output: the class histogram, the least "
-        "confident images of each class, the review queue, the errors, and near-duplicate groups from "
-        "`neighbors`.",
-        "resnet-batch report ./labels --html review.html",
-        (common,),
-    )
+    report = command(sub, "report", common)
     report.add_argument(
         "output", metavar="LABELS", help="the folder (or bucket prefix) a label job wrote: its --output"
     )
@@ -134,16 +172,7 @@ def _add_report(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
 
 
 def _add_export(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    export = command(
-        sub,
-        "export",
-        "export an output to a labeling tool, a class-per-folder tree, or CSV",
-        "Turn a label job's output into what the next tool reads: a Label Studio task file with the top-k as "
-        "predictions (and its labeling config beside it), an imagefolder tree (one folder per top-1 class, files "
-        "linked or copied; tar members extracted), or a flat CSV of path, labels and scores.",
-        "resnet-batch export ./labels --format label-studio --output tasks.json --rows review",
-        (common,),
-    )
+    export = command(sub, "export", common)
     export.add_argument(
         "output", metavar="LABELS", help="the folder (or bucket prefix) a label job wrote: its --output"
     )
@@ -163,16 +192,7 @@ def _add_export(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
 
 
 def _add_neighbors(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    neighbors = command(
-        sub,
-        "neighbors",
-        "nearest neighbours of every row, and near-duplicate groups",
-        "Find each row's --k nearest neighbours by cosine similarity of the pooled embeddings (exact on small "
-        "outputs, an IVF index on large ones, with its measured recall), and group rows at or above --threshold "
-        "as near-duplicates. Writes Parquet to its own --output folder, which `report --neighbors` shows.",
-        "resnet-batch neighbors ./labels --output ./labels-neighbors --k 10",
-        (common,),
-    )
+    neighbors = command(sub, "neighbors", common)
     neighbors.add_argument(
         "output",
         metavar="LABELS",

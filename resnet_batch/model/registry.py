@@ -95,47 +95,36 @@ def _resnet(
     v1: tuple[str, float, float],
     v2: tuple[str, float, float] | None = None,
     v1_resize: int = 256,
-    **more,
+    depths: tuple[int, ...] | None = None,
 ) -> Architecture:
     """An architecture from each release's file hash and top-1/top-5 accuracy; V2 resizes to
-    232 and is the default where there is one, as in torchvision."""
+    232 and is the default where there is one, as in torchvision. `depths`: blocks per stage
+    of a plain ResNet, whose layout transformers' configs and timm's models share."""
     releases = [Release(V1, f"{_DOWNLOADS}{name}-{v1[0]}.pth", v1_resize, v1[1], v1[2])]
     if v2:
         releases.append(Release(V2, f"{_DOWNLOADS}{name}-{v2[0]}.pth", 232, v2[1], v2[2]))
     mib = 6.0 if widths == BASIC_WIDTHS else 20.0 if name.startswith("wide_") else 10.0
-    return Architecture(name, widths, tuple(releases), V2 if v2 else V1, activation_mib_224=mib, **more)
+    block = "basic" if widths == BASIC_WIDTHS else "bottleneck"
+    return Architecture(
+        name,
+        widths,
+        tuple(releases),
+        V2 if v2 else V1,
+        hf_layout=(block, depths) if depths else None,
+        timm_layout=depths is not None,
+        activation_mib_224=mib,
+    )
 
 
 B, N = BASIC_WIDTHS, BOTTLENECK_WIDTHS
 ARCHITECTURES = {
     a.name: a
     for a in (
-        _resnet("resnet18", B, ("f37072fd", 69.758, 89.078), hf_layout=("basic", (2, 2, 2, 2)), timm_layout=True),
-        _resnet("resnet34", B, ("b627a593", 73.314, 91.42), hf_layout=("basic", (3, 4, 6, 3)), timm_layout=True),
-        _resnet(
-            "resnet50",
-            N,
-            ("0676ba61", 76.13, 92.862),
-            ("11ad3fa6", 80.858, 95.434),
-            hf_layout=("bottleneck", (3, 4, 6, 3)),
-            timm_layout=True,
-        ),
-        _resnet(
-            "resnet101",
-            N,
-            ("63fe2227", 77.374, 93.546),
-            ("cd907fc2", 81.886, 95.78),
-            hf_layout=("bottleneck", (3, 4, 23, 3)),
-            timm_layout=True,
-        ),
-        _resnet(
-            "resnet152",
-            N,
-            ("394f9c45", 78.312, 94.046),
-            ("f82ba261", 82.284, 96.002),
-            hf_layout=("bottleneck", (3, 8, 36, 3)),
-            timm_layout=True,
-        ),
+        _resnet("resnet18", B, ("f37072fd", 69.758, 89.078), depths=(2, 2, 2, 2)),
+        _resnet("resnet34", B, ("b627a593", 73.314, 91.42), depths=(3, 4, 6, 3)),
+        _resnet("resnet50", N, ("0676ba61", 76.13, 92.862), ("11ad3fa6", 80.858, 95.434), depths=(3, 4, 6, 3)),
+        _resnet("resnet101", N, ("63fe2227", 77.374, 93.546), ("cd907fc2", 81.886, 95.78), depths=(3, 4, 23, 3)),
+        _resnet("resnet152", N, ("394f9c45", 78.312, 94.046), ("f82ba261", 82.284, 96.002), depths=(3, 8, 36, 3)),
         _resnet("resnext50_32x4d", N, ("7cdf4587", 77.618, 93.698), ("1a0047aa", 81.198, 95.34)),
         _resnet("resnext101_32x8d", N, ("8ba56ff5", 79.312, 94.526), ("110c445d", 82.834, 96.228)),
         _resnet("resnext101_64x4d", N, ("173b62eb", 83.246, 96.454), v1_resize=232),

@@ -12,9 +12,9 @@ from .weights import ResolvedWeights
 
 # glibc maps each large block afresh and unmaps it on free, so every forward pass would
 # page-fault its activations in again: the resnet18 forward on 2 CPU cores runs 1.4-1.5x
-# as fast without that (BENCHMARKS.md, bench/forward.py), at about the same RSS. The model actor reallocates the same sizes
-# every batch: one arena (Ray runs the model on a thread of its own, whose arena would map
-# large blocks anyway), never mmap, never trim. Environment, not mallopt(): it must hold
+# as fast without that (BENCHMARKS.md, bench/forward.py), at about the same RSS. The model
+# actor reallocates the same sizes every batch: one arena (Ray runs the model on a thread of
+# its own, whose arena would map large blocks anyway), never mmap, never trim. Environment, not mallopt(): it must hold
 # before any thread of the process has an arena.
 ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
 
