@@ -42,3 +42,26 @@ def test_the_summary_says_what_a_lost_node_made_the_job_redo():
     assert "redone: 16 rows labeled twice (their first result was lost)" in summary_lines(redone)
     assert summary_json(redone, "out")["labeled"] == 116
     assert not [line for line in summary_lines(summary(100)) if line.startswith("redone")]
+
+
+def test_a_stop_says_the_rows_the_first_signal_found_else_those_saved():
+    """The stop line's counts: the pipeline's, for the signal that stopped it; a second
+    signal while stopping says the first one's; a stop once every row was saved says those."""
+    import signal
+
+    from resnet_batch.core.errors import Interrupted
+    from resnet_batch.run.job import stop_said
+
+    first = Interrupted(signal.SIGTERM, processed=120, saved=100)
+    assert stop_said(first, saved=100) is first
+    try:
+        try:
+            raise first
+        except Interrupted:
+            raise KeyboardInterrupt  # a second signal, delivered as Ray stopped
+    except KeyboardInterrupt as second:
+        said = stop_said(second, saved=100)
+    assert (said.signum, said.processed, said.saved) == (signal.SIGTERM, 120, 100)
+    after_the_end = stop_said(Interrupted(signal.SIGINT), saved=64)
+    assert (after_the_end.signum, after_the_end.processed, after_the_end.saved) == (signal.SIGINT, 64, 64)
+    assert stop_said(Interrupted(signal.SIGINT), saved=0).processed == 0

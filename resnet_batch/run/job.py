@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -59,14 +59,7 @@ def run_label(
     """
     check_weights_argument(cfg.compute.model, cfg.compute.weights)  # a mistyped name fails now, not after Ray's start
     timeline = Timeline(launched=launched_at or time.time())
-    try:
-        return _label(cfg, table, report or LogReporter(cfg.execution.progress_every), timeline)
-    except KeyboardInterrupt as caught:
-        stop = Interrupted.of(caught)
-        # A second signal while stopping (delivered once Ray has stopped) carries no counts:
-        # the first one's, if it had any, are what the stop says.
-        earlier = caught.__context__
-        raise (earlier if not stop.processed and isinstance(earlier, Interrupted) else stop) from None
+    return _label(cfg, table, report or LogReporter(cfg.execution.progress_every), timeline)
 
 
 def run_eval(cfg: LabelConfig, label_column: str | None = None, **run_options) -> tuple[LabelSummary, EvalReport]:
@@ -97,15 +90,18 @@ def _label(cfg: LabelConfig, table: pa.Table | None, report: Reporter, timeline:
     # a thread while the driver lists its inputs and Ray starts.
     pool = ThreadPoolExecutor(1, thread_name_prefix="resnet-batch-weights")
     weights = pool.submit(_resolve_weights, cfg)
-    with ExitStack() as held:  # closed in reverse: Ray stopped, then the lease let go
-        held.callback(pool.shutdown, wait=False, cancel_futures=True)
-        out, plan, books, pending = _prepare(cfg, table, report, weights, held)
-        run = LabelRun(cfg, report, timeline, _saver(cfg, out, weights.result(), plan))
-        with _saying_what_was_saved(run.saver):
+    run: LabelRun | None = None  # once made, a stop says what its saver saved
+    try:
+        with ExitStack() as held:  # closed in reverse: Ray stopped, then the lease let go
+            held.callback(pool.shutdown, wait=False, cancel_futures=True)
+            out, plan, books, pending = _prepare(cfg, table, report, weights, held)
+            run = LabelRun(cfg, report, timeline, _saver(cfg, out, weights.result(), plan))
             if pending:
                 _execute(run, weights.result(), plan, books)
             run.saver.ensure_begun()  # a run that labeled nothing still applies --mode (overwrite replaces)
             check, misnamed = _final_check(out, books, run.saver, timeline)
+    except KeyboardInterrupt as caught:
+        raise stop_said(caught, run.saver.saved if run else 0) from None
     timeline.ended = time.time()
     if check.repeated:
         log.warning("%d listed entries named an input listed before; each path is labeled once", check.repeated)
@@ -124,6 +120,16 @@ def _label(cfg: LabelConfig, table: pa.Table | None, report: Reporter, timeline:
         errors_before=books.errors_loaded,
         outside=check.outside,
     )
+
+
+def stop_said(caught: KeyboardInterrupt, saved: int) -> Interrupted:
+    """What a stop says: the counts the pipeline gave the signal that stopped it (a second
+    signal, delivered once Ray has stopped, carries none: the first one's are said), else the
+    rows saved (a stop after the pipeline's end: every row is saved by then)."""
+    stop = Interrupted.of(caught)
+    earlier = caught.__context__
+    first = earlier if not stop.processed and isinstance(earlier, Interrupted) else stop
+    return Interrupted(first.signum, saved, saved) if saved and not first.processed else first
 
 
 def _prepare(
@@ -163,19 +169,6 @@ def _start_ray(cfg: LabelConfig, report: Reporter, lease: OutputLease, held: Exi
         session = ray_session.own_session()
         if session:
             lease.note(ray_session=session)
-
-
-@contextmanager
-def _saying_what_was_saved(saver: Saver) -> Iterator[None]:
-    """A stop after the pipeline's end (every row saved, so no counts of its own) says what
-    this run saved."""
-    try:
-        yield
-    except KeyboardInterrupt as caught:
-        stop = Interrupted.of(caught)
-        if stop.processed or not saver.saved:
-            raise
-        raise Interrupted(stop.signum, saver.saved, saver.saved) from caught
 
 
 def _final_check(out: OutputDir, books: Books, saver: Saver, timeline: Timeline) -> tuple[OutputCheck, list]:
