@@ -58,7 +58,7 @@ def test_a_stop_says_the_rows_the_first_signal_found_else_those_saved():
         try:
             raise first
         except Interrupted:
-            raise KeyboardInterrupt  # a second signal, delivered as Ray stopped
+            raise KeyboardInterrupt  # noqa: B904 (a second signal as Ray stops: chained implicitly)
     except KeyboardInterrupt as second:
         said = stop_said(second, saved=100)
     assert (said.signum, said.processed, said.saved) == (signal.SIGTERM, 120, 100)
