@@ -1,4 +1,4 @@
-"""The driver's view of a running pipeline: a Snapshot for the reporters (reporters.py),
+"""The driver's view of a running pipeline: a Snapshot for the reporters (snapshot.py),
 the phase in words, the steady rate, what the job waits for when it cannot go on, and the
 warnings the stages' reports call for."""
 
