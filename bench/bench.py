@@ -43,6 +43,9 @@ from resnet_batch.config.plan import Cluster, make_plan
 from resnet_batch.model.settings import ALLOCATOR_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.helpers import found  # noqa: E402
+
 DEFAULT_DATA = ROOT / "bench" / "data"
 BARE_DISTINCT = 2048  # images the bare forward decodes beforehand; larger runs cycle through them
 BARE_GPU_LAYOUTS = ("1x4", "2x4", "4x2")  # calls at once x torch threads per call
@@ -185,6 +188,22 @@ class GpuMonitor:
 
 
 # --------------------------------------------------------------------------- contenders
+def cpu_crops(paths: list[Path], preprocessing, threads: int = 1) -> np.ndarray:
+    """The CPU path's uint8 crops of `paths`, stacked; an image that does not decode stops the
+    bench, which measures the model on the images it was given."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from resnet_batch.data.decode import Source, load_one
+    from resnet_batch.data.limits import Limits
+
+    with ThreadPoolExecutor(threads) as pool:
+        images = list(pool.map(lambda p: load_one(Source(str(p)), preprocessing, Limits()), paths))
+    failed = [f"{p}: {image.error}" for p, image in zip(paths, images, strict=True) if image.pixels is None]
+    if failed:
+        raise SystemExit(f"bench images that do not decode: {failed[:3]}")
+    return np.stack([image.pixels for image in images if image.pixels is not None])
+
+
 def bare_forward(args) -> dict:
     """Model forward only, from uint8 crops decoded beforehand and held in pinned memory: each
     batch's copy to the device and its normalisation are in it, as in the job's actor. Every
@@ -194,17 +213,13 @@ def bare_forward(args) -> dict:
 
     import torch
 
-    from resnet_batch.data.decode import Source, load_one
-    from resnet_batch.data.limits import Limits
     from resnet_batch.model.inference import Predictor
     from resnet_batch.model.settings import InferenceSettings
     from resnet_batch.model.weights import resolve_weights
 
     resolved = resolve_weights(args.model, "none")
     paths = sorted(Path(args.data).glob("*.jpg"))[: min(args.images, BARE_DISTINCT)]
-    with ThreadPoolExecutor(os.cpu_count()) as pool:
-        loaded = list(pool.map(lambda p: load_one(Source(str(p)), resolved.preprocessing, Limits()), paths))
-    decoded = np.stack([image.pixels for image in loaded if image.pixels is not None])
+    decoded = cpu_crops(paths, resolved.preprocessing, threads=os.cpu_count() or 1)
     settings = InferenceSettings(weights=resolved, top_k=5, precision=args.precision, device=args.device)
     predictor = Predictor(settings, schema=None)
     # `images` crops in all, cycling through the distinct ones decoded above
@@ -342,7 +357,7 @@ def resnet_batch_label(args) -> dict:
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-3000:])
     summary = parse_summary(result.stdout)
-    processed = int(_found(r"processed (\d+)", result.stdout).group(1))
+    processed = int(found(r"processed (\d+)", result.stdout).group(1))
     steady_from = launched + summary["start-up"] + summary["first batch"]
     # A run of one block has no steady phase: its rate is then the end-to-end one.
     steady_s = processed / summary["steady_rate"] if summary["steady_rate"] else summary["wall"]
@@ -391,13 +406,6 @@ def process_started_at() -> float:
     return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _found(pattern: str | re.Pattern, text: str) -> re.Match:
-    match = re.search(pattern, text)
-    if match is None:
-        raise SystemExit(f"{pattern!r} not in the output: {text[-2000:]}")
-    return match
-
-
 SUMMARY = re.compile(
     r"wall ([\d.]+)s = start-up ([\d.]+)s \+ first batch ([\d.]+)s \+ steady ([\d.]+)s"
     r"(?: \(([\d.]+) images/s\))? \+ shutdown ([\d.]+)s"
@@ -406,7 +414,7 @@ SUMMARY = re.compile(
 
 def parse_summary(stdout: str) -> dict:
     """The wall-time split of `resnet-batch label`'s summary line, in seconds (steady_rate: images/s)."""
-    wall, startup, first, steady, rate, shutdown = _found(SUMMARY, stdout).groups()
+    wall, startup, first, steady, rate, shutdown = found(SUMMARY, stdout).groups()
     return {
         "wall": float(wall),
         "start-up": float(startup),

@@ -17,6 +17,7 @@ from device_decode import timed
 from forward_variants import variants
 from PIL import Image
 
+from bench import cpu_crops
 from resnet_batch.core.columns import OutputColumns
 from resnet_batch.core.errors import UsageError
 from resnet_batch.data.decode import DecodeStage, JpegHandoff, Source, load_one
@@ -48,8 +49,7 @@ def run(args) -> dict:
         ),
         schema=OutputColumns(feature_width(model, POOLED), with_topk=True).schema(),
     )
-    decoded = [load_one(Source(str(p)), resolved.preprocessing, Limits()).pixels for p in paths[:n]]
-    crops = torch.from_numpy(np.stack([pixels for pixels in decoded if pixels is not None]))
+    crops = torch.from_numpy(cpu_crops(paths[:n], resolved.preprocessing))
     if device.type == "cuda":
         crops = crops.pin_memory()
     forward_s = timed(lambda: predictor.network.run_model(crops.to(device, non_blocking=True)), device, args.batches)

@@ -34,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import parse_summary  # noqa: E402
+from tests.helpers import found  # noqa: E402
 
 TINY_IMAGES = 16  # distinct JPEGs; every input is a hard link to one of them
 PER_FOLDER = 10_000
@@ -143,7 +144,7 @@ def measure(workdir: Path, size: int, timeout: float, rows_per_file: int = 200_0
         "wall_s": first["wall"],
         "first_batch_s": split["start-up"] + split["first batch"],
         "rows_per_s": split["steady_rate"],
-        "check_s": float(checked.group(1)) if (checked := CHECK.search(first["stdout"])) else float("nan"),
+        "check_s": float(found(CHECK, first["stdout"]).group(1)),
         "driver_rss_mib": first["rss_mib"],
     }
     print(json.dumps(result), flush=True)  # kept should the resume fail

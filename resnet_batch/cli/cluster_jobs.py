@@ -16,9 +16,7 @@ from pathlib import Path
 from .. import __version__
 from ..core.errors import Interrupted, UsageError
 from .console import Console, print_table
-
-EXIT_OK, EXIT_INCOMPLETE = 0, 1
-EXIT_SIGNAL_BASE = 128
+from .exits import EXIT_INCOMPLETE, EXIT_OK, EXIT_SIGNAL_BASE
 
 
 def _job_server(args: argparse.Namespace, console: Console) -> str:

@@ -30,33 +30,27 @@ from . import cluster_jobs, review_commands
 from .arguments import build_parser
 from .command_line import resume_command, split_job_command
 from .console import Console, print_table, raising_on_signals
+from .exits import EXIT_INCOMPLETE, EXIT_OK, EXIT_SIGNAL_BASE, EXIT_USAGE
 from .summary_text import summary_json, summary_lines
 
 if TYPE_CHECKING:
     from ..config.label_config import LabelConfig
 
-EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
-EXIT_SIGNAL_BASE = 128  # a job stopped by signal N exits 128 + N, as shells report it
-
-
-# The command line's own arguments, beside the job's options (LabelConfig's).
-NOT_JOB_OPTIONS = frozenset(
-    ("command", "config", "verbose", "label_args", "label_column", "json", "dry_run", "summary_json", "calibrate")
-)
-
 
 def _job_config(args: argparse.Namespace, eval_defaults: bool = False):
-    """LabelConfig from --config and flags (flags win)."""
+    """LabelConfig from --config and flags (flags win): the job's options are those the
+    option records name; the rest of the arguments are the command line's own."""
     from ..config.config_file import load_config_file
     from ..config.label_config import LabelConfig
+    from ..config.options import BY_NAME, default
 
-    flags = {k: v for k, v in vars(args).items() if k not in NOT_JOB_OPTIONS}
+    flags = {k: v for k, v in vars(args).items() if k in BY_NAME}
     flags["inputs"] = flags["inputs"] or None
     file_values = load_config_file(args.config) if args.config else {}
     if eval_defaults and not (flags["output"] or file_values.get("output")):
         # eval's predictions go next to the user unless told otherwise, replaced on re-runs
-        model = flags["model"] or file_values.get("model", "resnet50")
-        weights = str(flags["weights"] or file_values.get("weights", "DEFAULT")).replace("/", "_")
+        model = flags["model"] or file_values.get("model", default("model"))
+        weights = str(flags["weights"] or file_values.get("weights", default("weights"))).replace("/", "_")
         flags["output"] = f"eval-{model}-{weights}"
         flags["mode"] = flags["mode"] or file_values.get("mode", "overwrite")
     return LabelConfig.from_sources(file_values, flags)

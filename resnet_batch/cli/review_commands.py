@@ -7,8 +7,7 @@ import os
 
 from ..core import checks
 from .console import Console
-
-EXIT_OK = 0
+from .exits import EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:

@@ -207,7 +207,6 @@ class WeightsChoice:
 
     kind: str  # "none" | "release" | "pretrained" | "checkpoint"
     value: str  # the release's name, or the path or URI as given
-    release: Release | None = None
 
 
 def choose_weights(model: str, weights: str) -> WeightsChoice:
@@ -222,18 +221,16 @@ def choose_weights(model: str, weights: str) -> WeightsChoice:
     if weights.lower() == NO_WEIGHTS:
         return WeightsChoice("none", NO_WEIGHTS)
     if weights == DEFAULT or looks_like_weights_name(weights):
-        release = ARCHITECTURES[model].release(weights)
-        return WeightsChoice("release", release.name, release)
+        return WeightsChoice("release", ARCHITECTURES[model].release(weights).name)
     return WeightsChoice("pretrained" if weights.startswith(HF_PREFIX) else "checkpoint", weights)
 
 
-def check_weights_argument(model: str, weights: str) -> WeightsChoice:
+def check_weights_argument(model: str, weights: str) -> None:
     """What resolving the weights (on a thread, awaited only once Ray has started) would
     refuse, refused now: an unknown release name, a missing local checkpoint."""
     choice = choose_weights(model, weights)
     if choice.kind == "checkpoint" and is_local(weights) and not _exists(weights):
         raise UsageError(f"checkpoint not found: {weights}; --weights {valid_weights(model)}")
-    return choice
 
 
 def _exists(uri: str) -> bool:

@@ -106,7 +106,7 @@ def change_in_words(key: str, was: object, now: object) -> str:
         was = was.get("review_below") if isinstance(was, dict) else was
         now = now.get("review_below") if isinstance(now, dict) else now
     if key == "embeddings":
-        return f"--no-embeddings was {'off' if was else 'on'}, now {'off' if now else 'on'}"
+        return f"{RESUME_FIELDS[key]} was {'off' if was else 'on'}, now {'off' if now else 'on'}"
     return f"{RESUME_FIELDS[key]} was {_shown(was)}, now {_shown(now)}"
 
 

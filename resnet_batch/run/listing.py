@@ -21,7 +21,7 @@ from ..core.columns import PATH
 from ..core.pathset import path_hashes
 from ..data.directories import ListedPage, list_directory
 from ..data.input_plan import WALK, InputPlan, ReadUnit, unit_tables
-from ..data.sources import conform, with_internal_columns
+from ..data.sources import conform
 from . import ray_compat
 
 if TYPE_CHECKING:
@@ -85,12 +85,8 @@ def walk_here(root: str) -> Iterator[ListedPage]:
 
 def unit_tables_here(unit: ReadUnit) -> Iterator[pa.Table]:
     """A read unit's tables listed in this process, as its read task lists them (a walk one
-    directory after another), with the internal columns."""
-    if unit.kind != WALK:
-        yield from unit_tables(unit)
-        return
-    for page in walk_here(unit.source):
-        yield with_internal_columns(page.table)
+    directory after another)."""
+    return (table for table, _ in _tables(unit, here=True))
 
 
 def list_here(plan: InputPlan) -> pa.Table:

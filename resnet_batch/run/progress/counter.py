@@ -2,10 +2,10 @@
 
 Read tasks (images found while walking directories), decode tasks (their CPU seconds) and
 model actors (rows and errors, device times, their start, placement and failures) report
-to a small counter actor (through CounterReports, sent without waiting for an answer,
-except the one question a decode task asks: a lost report costs a figure on the screen,
-never a batch); the driver polls it through CounterClient,
-never blocking its loop. watch.py turns the counts into a Snapshot for the reporters.
+to a small counter actor through CounterReports, sent without waiting for an answer but
+for the one question a decode task asks (a lost report costs a figure on the screen, never
+a batch); the driver polls it through CounterClient, never blocking its loop. watch.py
+turns the counts into a Snapshot for the reporters.
 """
 
 from __future__ import annotations
